@@ -1,0 +1,133 @@
+/*
+ * sdcoreml.h — the whole public API of libsdcoreml.
+ *
+ * libsdcoreml turns Stable Diffusion weights (a diffusers folder, or a Hugging Face cache
+ * entry) into Core ML ML Program packages (.mlpackage) with the file names and the model
+ * inputs and outputs of Apple's ml-stable-diffusion converter, so the Swift package and the
+ * Python pipeline take them unchanged.
+ *
+ * Contract, as in SQLite and zstd:
+ *   - the library never prints and never exits; every call returns an sdc_status and, on
+ *     failure, writes a one-line message naming the file (and tensor or field) at fault into
+ *     the caller's buffer;
+ *   - logging and progress leave the library only through the callbacks in sdc_job;
+ *   - outputs are built in a temporary directory beside the target and renamed into place,
+ *     so a failed run leaves no partial package;
+ *   - what is not declared in this header is not API.
+ */
+#ifndef SDCOREML_H
+#define SDCOREML_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SDC_VERSION_MAJOR 0
+#define SDC_VERSION_MINOR 1
+#define SDC_VERSION_PATCH 0
+
+/* Status codes. Numbers are stable: new codes are appended, none is reused. */
+typedef enum sdc_status {
+    SDC_OK = 0,
+    SDC_E_IO = 1,          /* a file could not be opened, read, written or renamed */
+    SDC_E_FORMAT = 2,      /* a file's contents are malformed (bad JSON, bad header, ...) */
+    SDC_E_NOMEM = 3,       /* an allocation failed */
+    SDC_E_UNSUPPORTED = 4, /* valid input that this version cannot handle yet */
+    SDC_E_NOTFOUND = 5,    /* a model, component, file or tensor does not exist */
+    SDC_E_ARG = 6,         /* invalid option or argument */
+    SDC_E_CHECK = 7,       /* a correctness check failed */
+    SDC_E_INTERNAL = 8,    /* a bug in sdcoreml */
+} sdc_status;
+
+const char *sdc_status_str(sdc_status s);
+const char *sdc_version(void); /* "0.1.0" */
+
+typedef enum sdc_attention {
+    SDC_ATTN_ORIGINAL = 0,
+    SDC_ATTN_SPLIT_EINSUM = 1, /* the anchor's default */
+    SDC_ATTN_SPLIT_EINSUM_V2 = 2,
+} sdc_attention;
+
+typedef enum sdc_precision {
+    SDC_PRECISION_FLOAT16 = 0, /* the anchor's default: fp16 weights and compute */
+    SDC_PRECISION_FLOAT32 = 1,
+} sdc_precision;
+
+typedef enum sdc_log_level { SDC_LOG_INFO = 0, SDC_LOG_NOTICE = 1, SDC_LOG_WARNING = 2 } sdc_log_level;
+
+/* Called with one line of text, without a trailing newline. */
+typedef void (*sdc_log_fn)(void *user, sdc_log_level level, const char *line);
+/* Progress of one long task: `done` of `total` units (bytes) of the task named `what`. */
+typedef void (*sdc_progress_fn)(void *user, const char *what, uint64_t done, uint64_t total);
+
+/*
+ * One conversion run: the options of torch2coreml with the same meaning. Fill it with
+ * sdc_job_init() and change what you need. Strings are borrowed for the duration of the call.
+ */
+typedef struct sdc_job {
+    const char *model_version;      /* --model-version: diffusers folder or Hub id (required) */
+    const char *output_dir;         /* -o (default ".") */
+    const char *refiner_version;    /* --refiner-version */
+    const char *custom_vae_version; /* --custom-vae-version */
+    const char *const *controlnet;  /* --convert-controlnet ids */
+    int n_controlnet;
+
+    bool convert_text_encoder;
+    bool convert_vae_decoder;
+    bool convert_vae_encoder;
+    bool convert_unet;
+    bool convert_mmdit;
+    bool convert_safety_checker;
+    bool convert_controlnet; /* the flag was given (even with no ids) */
+
+    int latent_h, latent_w;          /* 0: from the UNet config's sample_size */
+    int text_token_sequence_length;  /* 0: from the text encoder config */
+    int text_encoder_hidden_size;    /* 0: from the UNet config */
+    sdc_attention attention;         /* --attention-implementation */
+    sdc_precision precision;         /* --compute-precision */
+    const char *compute_unit;        /* --compute-unit (recorded only; a load-time option) */
+    const char *min_deployment_target; /* --min-deployment-target (default macOS13) */
+
+    bool check_output_correctness;
+    bool chunk_unet;
+    int quantize_nbits; /* 0: off */
+    bool unet_support_controlnet;
+    bool unet_batch_one;
+    bool include_t5;
+    bool bundle_resources_for_swift_cli;
+    bool xl_version;
+    bool sd3_version;
+    const char *text_encoder_vocabulary_url;
+    const char *text_encoder_merges_url;
+    const char *text_encoder_t5_url;
+    const char *text_encoder_t5_config_url;
+    const char *text_encoder_t5_data_url;
+
+    /* Recorded in each package's metadata as the options used (e.g. the command line
+       without paths). May be NULL. */
+    const char *options_summary;
+
+    sdc_log_fn log;
+    sdc_progress_fn progress;
+    void *user;
+} sdc_job;
+
+void sdc_job_init(sdc_job *job);
+
+/* Runs every conversion the job asks for. On failure `err` holds one line (no newline). */
+sdc_status sdc_convert(const sdc_job *job, char *err, size_t err_size);
+
+/*
+ * Describes an existing .mlpackage as a JSON document (inputs, outputs, metadata, op
+ * histogram, weight bytes). *json_out is malloc'd; free() it.
+ */
+sdc_status sdc_inspect_json(const char *package_path, char **json_out, char *err, size_t err_size);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SDCOREML_H */

@@ -1,0 +1,80 @@
+/*
+ * common.h — what every translation unit of the library shares: errors, allocation,
+ * asserts, small helpers. Internal; not installed.
+ */
+#ifndef SDC_COMMON_H
+#define SDC_COMMON_H
+
+#include "sdcoreml.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* An error being built: a status plus one line naming the file and the tensor or field. */
+typedef struct sdc_err {
+    sdc_status code;
+    char msg[1024];
+} sdc_err;
+
+/* Records the first error (later ones keep the first message) and returns its code. */
+sdc_status sdc_fail(sdc_err *e, sdc_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Prefixes an existing message, e.g. with the component being converted. */
+void sdc_err_prefix(sdc_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Asserts are for our own bugs only, never for file contents. */
+#define SDC_ASSERT(x)                                                                      \
+    do {                                                                                   \
+        if (!(x)) sdc_assert_fail(__FILE__, __LINE__, #x);                                 \
+    } while (0)
+_Noreturn void sdc_assert_fail(const char *file, int line, const char *expr);
+
+/* One allocation path so tests can count and fail allocations. */
+void *sdc_malloc(size_t n);
+void *sdc_calloc(size_t count, size_t size);
+void *sdc_realloc(void *p, size_t n);
+void sdc_free(void *p);
+char *sdc_strdup(const char *s);
+
+/* Overflow-checked arithmetic for sizes computed from untrusted files. */
+static inline bool sdc_mul_u64(uint64_t a, uint64_t b, uint64_t *out) {
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool sdc_add_u64(uint64_t a, uint64_t b, uint64_t *out) {
+    return !__builtin_add_overflow(a, b, out);
+}
+
+#define SDC_MAX_RANK 8
+#define SDC_COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Element types of tensors in weight files, in the graph and in packages. */
+typedef enum sdc_dtype {
+    SDC_DT_INVALID = 0,
+    SDC_DT_F32,
+    SDC_DT_F16,
+    SDC_DT_BF16,
+    SDC_DT_F64,
+    SDC_DT_I64,
+    SDC_DT_I32,
+    SDC_DT_I16,
+    SDC_DT_I8,
+    SDC_DT_U8,
+    SDC_DT_BOOL,
+    SDC_DT_U16,
+    SDC_DT_U32,
+    SDC_DT_U64,
+    SDC_DT_STRING, /* MIL scalar strings only */
+} sdc_dtype;
+
+size_t sdc_dtype_size(sdc_dtype t); /* bytes per element; 0 for STRING/INVALID */
+const char *sdc_dtype_name(sdc_dtype t); /* "F32", "F16", ... as safetensors spells them */
+
+/* snprintf into a fixed buffer; returns false when it did not fit. */
+bool sdc_fmt(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,86 @@
+/* blob.c — streaming writer for blob storage v2; see blob.h for the layout. */
+#include "coreml/blob.h"
+
+#include <errno.h>
+
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+uint32_t sdc_blob_code(sdc_dtype t) {
+    switch (t) {
+    case SDC_DT_F16: return SDC_BLOB_F16;
+    case SDC_DT_F32: return SDC_BLOB_F32;
+    case SDC_DT_U8: return SDC_BLOB_U8;
+    case SDC_DT_I8: return SDC_BLOB_I8;
+    default: return 0;
+    }
+}
+
+static uint64_t align_up(uint64_t x) { return (x + SDC_BLOB_ALIGN - 1) & ~(uint64_t)(SDC_BLOB_ALIGN - 1); }
+
+uint64_t sdc_blob_next_record(uint64_t record, uint64_t nbytes) {
+    return align_up(record + SDC_BLOB_HEADER + nbytes);
+}
+
+static sdc_status write_bytes(sdc_blob_writer *w, const void *p, size_t n, sdc_err *err) {
+    if (n && fwrite(p, 1, n, w->f) != n)
+        return sdc_fail(err, SDC_E_IO, "%s: write failed: %s", w->path, strerror(errno));
+    w->pos += n;
+    return SDC_OK;
+}
+
+sdc_status sdc_blob_open(sdc_blob_writer *w, const char *path, sdc_err *err) {
+    memset(w, 0, sizeof *w);
+    w->path = path;
+    w->f = fopen(path, "wb");
+    if (!w->f) return sdc_fail(err, SDC_E_IO, "%s: cannot create: %s", path, strerror(errno));
+    setvbuf(w->f, NULL, _IOFBF, 1 << 22);
+    uint8_t header[SDC_BLOB_HEADER] = {0}; /* count is patched in sdc_blob_close */
+    put_u32(header + 4, 2);
+    return write_bytes(w, header, sizeof header, err);
+}
+
+sdc_status sdc_blob_begin(sdc_blob_writer *w, uint32_t code, uint64_t nbytes, uint64_t *record,
+                          sdc_err *err) {
+    SDC_ASSERT(w->pending == 0 && code != 0);
+    static const uint8_t zeros[SDC_BLOB_ALIGN];
+    sdc_status s = write_bytes(w, zeros, (size_t)(align_up(w->pos) - w->pos), err);
+    if (s) return s;
+    uint8_t rec[SDC_BLOB_HEADER] = {0};
+    put_u32(rec, SDC_BLOB_SENTINEL);
+    put_u32(rec + 4, code);
+    put_u64(rec + 8, nbytes);
+    put_u64(rec + 16, w->pos + SDC_BLOB_HEADER);
+    *record = w->pos;
+    if ((s = write_bytes(w, rec, sizeof rec, err))) return s;
+    w->pending = nbytes;
+    w->count++;
+    return SDC_OK;
+}
+
+sdc_status sdc_blob_write(sdc_blob_writer *w, const void *data, size_t n, sdc_err *err) {
+    SDC_ASSERT(n <= w->pending);
+    w->pending -= n;
+    return write_bytes(w, data, n, err);
+}
+
+sdc_status sdc_blob_close(sdc_blob_writer *w, sdc_err *err) {
+    SDC_ASSERT(w->pending == 0);
+    uint8_t count[4];
+    put_u32(count, w->count);
+    sdc_status s = SDC_OK;
+    if (fseek(w->f, 0, SEEK_SET) != 0 || fwrite(count, 1, 4, w->f) != 4)
+        s = sdc_fail(err, SDC_E_IO, "%s: cannot write header: %s", w->path, strerror(errno));
+    if (fclose(w->f) != 0 && !s) s = sdc_fail(err, SDC_E_IO, "%s: close failed: %s", w->path, strerror(errno));
+    w->f = NULL;
+    return s;
+}
+
+void sdc_blob_abort(sdc_blob_writer *w) {
+    if (w->f) fclose(w->f);
+    w->f = NULL;
+}

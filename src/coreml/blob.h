@@ -1,0 +1,46 @@
+/*
+ * blob.h — MIL blob storage v2 (weights/weight.bin), written as a stream.
+ *
+ * Layout: a 64-byte header {u32 count, u32 version = 2, 7 × u64 reserved}; then per blob a
+ * 64-byte record {u32 0xDEADBEEF, u32 dtype code, u64 size in bytes, u64 data offset,
+ * u64 padding bits, 4 × u64 reserved} immediately followed by the data. Every record starts
+ * at a multiple of 64; the gap before it is zeros; the file ends right after the last data.
+ * A BlobFileValue's offset is the offset of the record, not of the data.
+ */
+#ifndef SDC_BLOB_H
+#define SDC_BLOB_H
+
+#include "common.h"
+
+enum {
+    SDC_BLOB_F16 = 1,
+    SDC_BLOB_F32 = 2,
+    SDC_BLOB_U8 = 3,
+    SDC_BLOB_I8 = 4,
+    SDC_BLOB_HEADER = 64,
+    SDC_BLOB_ALIGN = 64,
+    SDC_BLOB_SENTINEL = 0xDEADBEEF,
+};
+
+/* Blob dtype code for a tensor dtype, or 0 when it cannot live in a blob (spec <= 8). */
+uint32_t sdc_blob_code(sdc_dtype t);
+/* Offset of the record that follows a blob whose record is at `record` with `nbytes` data. */
+uint64_t sdc_blob_next_record(uint64_t record, uint64_t nbytes);
+
+typedef struct sdc_blob_writer {
+    FILE *f;
+    const char *path;
+    uint64_t pos;     /* bytes written so far */
+    uint64_t pending; /* data bytes still expected for the current blob */
+    uint32_t count;
+} sdc_blob_writer;
+
+sdc_status sdc_blob_open(sdc_blob_writer *w, const char *path, sdc_err *err);
+/* Starts a blob of `nbytes`; *record receives the offset to put in the BlobFileValue. */
+sdc_status sdc_blob_begin(sdc_blob_writer *w, uint32_t code, uint64_t nbytes, uint64_t *record, sdc_err *err);
+sdc_status sdc_blob_write(sdc_blob_writer *w, const void *data, size_t n, sdc_err *err);
+/* Writes the final header and closes; fails if a blob is incomplete. */
+sdc_status sdc_blob_close(sdc_blob_writer *w, sdc_err *err);
+void sdc_blob_abort(sdc_blob_writer *w);
+
+#endif

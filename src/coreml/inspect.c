@@ -1,0 +1,194 @@
+/*
+ * inspect.c — reads an existing .mlpackage (ours or anyone's) and describes it as JSON:
+ * inputs, outputs, metadata, op histogram of the main function and weight bytes.
+ * Every byte is untrusted: the manifest, the protobuf and the weight file are checked.
+ */
+#include <errno.h>
+#include <sys/stat.h>
+
+#include <jansson.h>
+
+#include "coreml.pb-c.h"
+#include "coreml/blob.h"
+#include "source/source.h"
+
+enum { MAX_MODEL_FILE = 512 << 20 };
+
+static sdc_status read_whole(const char *path, uint8_t **out, size_t *n, sdc_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return sdc_fail(err, SDC_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || st.st_size < 0 || st.st_size > MAX_MODEL_FILE) {
+        fclose(f);
+        return sdc_fail(err, SDC_E_FORMAT, "%s: missing or larger than %d MiB", path, MAX_MODEL_FILE >> 20);
+    }
+    uint8_t *buf = sdc_malloc((size_t)st.st_size);
+    if (!buf) {
+        fclose(f);
+        return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    }
+    size_t got = fread(buf, 1, (size_t)st.st_size, f);
+    fclose(f);
+    if (got != (size_t)st.st_size) {
+        sdc_free(buf);
+        return sdc_fail(err, SDC_E_IO, "%s: short read", path);
+    }
+    *out = buf;
+    *n = got;
+    return SDC_OK;
+}
+
+/* Finds the root model's path through Manifest.json, as Core ML does. */
+static sdc_status root_model_path(const char *pkg, char *out, size_t size, sdc_err *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/Manifest.json", pkg);
+    json_t *m;
+    sdc_status s = sdc_json_load(path, &m, err);
+    if (s) return s;
+    json_t *root = json_object_get(m, "rootModelIdentifier");
+    json_t *items = json_object_get(m, "itemInfoEntries");
+    json_t *item = json_is_string(root) && json_is_object(items) ? json_object_get(items, json_string_value(root)) : NULL;
+    json_t *rel = item ? json_object_get(item, "path") : NULL;
+    if (!json_is_string(rel) || strstr(json_string_value(rel), ".."))
+        s = sdc_fail(err, SDC_E_FORMAT, "%s: no valid rootModelIdentifier item with a path", path);
+    else if (!sdc_fmt(out, size, "%s/Data/%s", pkg, json_string_value(rel)))
+        s = sdc_fail(err, SDC_E_ARG, "%s: path too long", path);
+    json_decref(m);
+    return s;
+}
+
+static const char *array_type_name(int t) {
+    switch (t) {
+    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT32: return "FLOAT32";
+    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT16: return "FLOAT16";
+    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__INT32: return "INT32";
+    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__DOUBLE: return "DOUBLE";
+    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__INT8: return "INT8";
+    default: return "UNKNOWN";
+    }
+}
+
+static json_t *features_json(size_t n, Sdc__Coreml__FeatureDescription **f) {
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *shape = json_array();
+        const char *dtype = "NOT_A_MULTIARRAY";
+        if (f[i]->type && f[i]->type->type_case == SDC__COREML__FEATURE_TYPE__TYPE_MULTI_ARRAY_TYPE) {
+            Sdc__Coreml__ArrayFeatureType *a = f[i]->type->multiarraytype;
+            for (size_t k = 0; k < a->n_shape; k++) json_array_append_new(shape, json_integer(a->shape[k]));
+            dtype = array_type_name(a->datatype);
+        }
+        json_array_append_new(arr, json_pack("{s:s, s:o, s:s, s:s}", "name", f[i]->name, "shape", shape, "dtype",
+                                             dtype, "description", f[i]->shortdescription));
+    }
+    return arr;
+}
+
+static json_t *metadata_json(const Sdc__Coreml__Metadata *md) {
+    json_t *user = json_object();
+    if (!md) return json_pack("{s:o}", "user_defined", user);
+    for (size_t i = 0; i < md->n_userdefined; i++)
+        json_object_set_new(user, md->userdefined[i]->key, json_string(md->userdefined[i]->value));
+    return json_pack("{s:s, s:s, s:s, s:s, s:o}", "author", md->author, "license", md->license, "version",
+                     md->versionstring, "short_description", md->shortdescription, "user_defined", user);
+}
+
+static const Sdc__Coreml__Block *main_block(const Sdc__Coreml__Model *m, const char **opset) {
+    if (m->type_case != SDC__COREML__MODEL__TYPE_ML_PROGRAM || !m->mlprogram) return NULL;
+    for (size_t i = 0; i < m->mlprogram->n_functions; i++) {
+        Sdc__Coreml__Program__FunctionsEntry *fe = m->mlprogram->functions[i];
+        if (strcmp(fe->key, "main") || !fe->value) continue;
+        for (size_t k = 0; k < fe->value->n_block_specializations; k++) {
+            if (!strcmp(fe->value->block_specializations[k]->key, fe->value->opset)) {
+                *opset = fe->value->opset;
+                return fe->value->block_specializations[k]->value;
+            }
+        }
+    }
+    return NULL;
+}
+
+static json_t *histogram_json(const Sdc__Coreml__Block *b) {
+    json_t *h = json_object();
+    for (size_t i = 0; b && i < b->n_operations; i++) {
+        const char *t = b->operations[i]->type;
+        json_t *c = json_object_get(h, t);
+        json_object_set_new(h, t, json_integer(c ? json_integer_value(c) + 1 : 1));
+    }
+    return h;
+}
+
+/* Walks the blob records of weight.bin, checking sentinels and bounds; sums data bytes. */
+static sdc_status weight_bytes(const char *model_path, uint64_t *total, uint64_t *count, sdc_err *err) {
+    char path[4200];
+    const char *slash = strrchr(model_path, '/');
+    snprintf(path, sizeof path, "%.*s/weights/weight.bin", (int)(slash - model_path), model_path);
+    *total = *count = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return errno == ENOENT ? SDC_OK : sdc_fail(err, SDC_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    uint8_t rec[64];
+    sdc_status s = SDC_OK;
+    if (fstat(fileno(f), &st) != 0 || fread(rec, 1, 64, f) != 64 || rec[4] != 2) {
+        fclose(f);
+        return sdc_fail(err, SDC_E_FORMAT, "%s: not a blob storage v2 file", path);
+    }
+    uint32_t declared = (uint32_t)rec[0] | (uint32_t)rec[1] << 8 | (uint32_t)rec[2] << 16 | (uint32_t)rec[3] << 24;
+    uint64_t off = 64, size = (uint64_t)st.st_size;
+    while (off < size) {
+        uint64_t nbytes = 0, data = 0;
+        if (fseeko(f, (off_t)off, SEEK_SET) != 0 || fread(rec, 1, 64, f) != 64) {
+            s = sdc_fail(err, SDC_E_FORMAT, "%s: truncated record at offset %llu", path, (unsigned long long)off);
+            break;
+        }
+        for (int i = 7; i >= 0; i--) {
+            nbytes = nbytes << 8 | rec[8 + i];
+            data = data << 8 | rec[16 + i];
+        }
+        if (rec[0] != 0xEF || rec[1] != 0xBE || rec[2] != 0xAD || rec[3] != 0xDE || data != off + 64 ||
+            nbytes > size - data) {
+            s = sdc_fail(err, SDC_E_FORMAT, "%s: bad blob record at offset %llu", path, (unsigned long long)off);
+            break;
+        }
+        *total += nbytes;
+        (*count)++;
+        off = sdc_blob_next_record(off, nbytes);
+    }
+    if (!s && *count != declared)
+        s = sdc_fail(err, SDC_E_FORMAT, "%s: header says %u blobs, found %llu", path, declared, (unsigned long long)*count);
+    fclose(f);
+    return s;
+}
+
+sdc_status sdc_inspect_json(const char *package_path, char **json_out, char *errbuf, size_t err_size) {
+    sdc_err err = {0};
+    char model_path[4096];
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    Sdc__Coreml__Model *m = NULL;
+    uint64_t wbytes = 0, blobs = 0;
+    sdc_status s = root_model_path(package_path, model_path, sizeof model_path, &err);
+    if (!s) s = read_whole(model_path, &buf, &n, &err);
+    if (!s && !(m = sdc__coreml__model__unpack(NULL, n, buf)))
+        s = sdc_fail(&err, SDC_E_FORMAT, "%s: not a Core ML model protobuf", model_path);
+    if (!s) s = weight_bytes(model_path, &wbytes, &blobs, &err);
+    if (!s) {
+        const char *opset = "";
+        const Sdc__Coreml__Block *b = main_block(m, &opset);
+        Sdc__Coreml__ModelDescription *d = m->description;
+        json_t *doc = json_pack(
+            "{s:i, s:s, s:o, s:o, s:o, s:o, s:I, s:I, s:I}", "specification_version", m->specificationversion, "opset",
+            opset, "inputs", d ? features_json(d->n_input, d->input) : json_array(), "outputs",
+            d ? features_json(d->n_output, d->output) : json_array(), "metadata",
+            metadata_json(d ? d->metadata : NULL), "op_histogram", histogram_json(b), "op_count",
+            (json_int_t)(b ? b->n_operations : 0), "weight_bytes", (json_int_t)wbytes, "weight_blobs", (json_int_t)blobs);
+        char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+        json_decref(doc);
+        if (!text) s = sdc_fail(&err, SDC_E_NOMEM, "out of memory");
+        *json_out = text;
+    }
+    if (m) sdc__coreml__model__free_unpacked(m, NULL);
+    sdc_free(buf);
+    if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");
+    return s;
+}

@@ -1,0 +1,45 @@
+/*
+ * safetensors.h — strict, mmap-based reader of .safetensors files.
+ *
+ * File layout: [u64 LE header length N][N bytes JSON header][data]. Every byte is untrusted:
+ * the header length is bounded, JSON must be an object without duplicate keys, dtypes come
+ * from a whitelist, offsets must tile the data buffer in order without holes or overlap and
+ * end exactly at end of file, and END-BEGIN must equal prod(shape) × dtype size (checked for
+ * overflow). Errors name the file and, where there is one, the tensor.
+ *
+ * Tensor data are never copied: views point into the read-only mapping, which lives until
+ * sdc_st_close(). Data may be unaligned; read them with memcpy.
+ */
+#ifndef SDC_SAFETENSORS_H
+#define SDC_SAFETENSORS_H
+
+#include "common.h"
+
+#define SDC_ST_MAX_HEADER (100u * 1000u * 1000u) /* as the reference reader */
+
+typedef struct sdc_st_file sdc_st_file;
+
+/* A lazy view of one tensor inside a mapped file. */
+typedef struct sdc_tensor {
+    const char *name;         /* owned by the file */
+    sdc_dtype dtype;
+    int rank;
+    int64_t shape[SDC_MAX_RANK];
+    uint64_t numel;
+    const uint8_t *data;      /* into the mapping; unaligned */
+    uint64_t nbytes;
+    const sdc_st_file *file;
+} sdc_tensor;
+
+sdc_status sdc_st_open(const char *path, sdc_st_file **out, sdc_err *err);
+void sdc_st_close(sdc_st_file *f); /* NULL is a no-op */
+
+const char *sdc_st_path(const sdc_st_file *f);
+size_t sdc_st_count(const sdc_st_file *f);
+const sdc_tensor *sdc_st_at(const sdc_st_file *f, size_t i);      /* in data-offset order */
+const sdc_tensor *sdc_st_find(const sdc_st_file *f, const char *name); /* NULL if absent */
+
+/* Reads element i of a float tensor (F32, F16, BF16, F64) as float. */
+float sdc_tensor_get_f32(const sdc_tensor *t, uint64_t i);
+
+#endif

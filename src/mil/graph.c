@@ -1,0 +1,345 @@
+/* graph.c — graph container, names, inputs/outputs and constants. Ops are in ops.c. */
+#include "mil/graph.h"
+
+#include "io/fp16.h"
+#include "mil/graph_internal.h"
+
+/* ---------------------------------------------------------------- name set
+   Open addressing over arena strings; MIL needs every value name unique in the function. */
+
+typedef struct name_set {
+    const char **slots;
+    size_t cap, used;
+} name_set;
+
+static uint64_t hash_str(const char *s) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    while (*s) h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+    return h;
+}
+
+static bool name_set_grow(name_set *set) {
+    size_t cap = set->cap ? set->cap * 2 : 1024;
+    const char **slots = sdc_calloc(cap, sizeof *slots);
+    if (!slots) return false;
+    for (size_t i = 0; i < set->cap; i++) {
+        const char *s = set->slots[i];
+        if (!s) continue;
+        size_t j = hash_str(s) & (cap - 1);
+        while (slots[j]) j = (j + 1) & (cap - 1);
+        slots[j] = s;
+    }
+    sdc_free(set->slots);
+    set->slots = slots;
+    set->cap = cap;
+    return true;
+}
+
+static bool name_set_contains(const name_set *set, const char *s) {
+    if (!set->cap) return false;
+    for (size_t j = hash_str(s) & (set->cap - 1); set->slots[j]; j = (j + 1) & (set->cap - 1))
+        if (!strcmp(set->slots[j], s)) return true;
+    return false;
+}
+
+static bool name_set_add(name_set *set, const char *s) {
+    if ((set->used + 1) * 2 > set->cap && !name_set_grow(set)) return false;
+    size_t j = hash_str(s) & (set->cap - 1);
+    while (set->slots[j]) j = (j + 1) & (set->cap - 1);
+    set->slots[j] = s;
+    set->used++;
+    return true;
+}
+
+/* ---------------------------------------------------------------- graph */
+
+mil_graph *mil_graph_new(int opset) {
+    mil_graph *g = sdc_calloc(1, sizeof *g);
+    if (!g) return NULL;
+    sdc_arena_init(&g->arena);
+    g->opset = opset;
+    g->names = sdc_calloc(1, sizeof(name_set));
+    if (!g->names) {
+        sdc_free(g);
+        return NULL;
+    }
+    return g;
+}
+
+void mil_graph_free(mil_graph *g) {
+    if (!g) return;
+    name_set *set = g->names;
+    if (set) sdc_free(set->slots);
+    sdc_free(set);
+    sdc_free(g->ops);
+    sdc_free(g->inputs);
+    sdc_free(g->outputs);
+    sdc_arena_free(&g->arena);
+    sdc_free(g);
+}
+
+bool mil_graph_ok(const mil_graph *g) { return g->err.code == SDC_OK; }
+
+void *mil_fail(mil_graph *g, sdc_status code, const char *fmt, ...) {
+    if (g->err.code != SDC_OK) return NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g->err.msg, sizeof g->err.msg, fmt, ap);
+    va_end(ap);
+    g->err.code = code;
+    return NULL;
+}
+
+void *mil_oom(mil_graph *g) { return mil_fail(g, SDC_E_NOMEM, "out of memory while building the graph"); }
+
+/* MIL identifiers: [A-Za-z_][A-Za-z0-9_@]*; we use the stricter [A-Za-z_][A-Za-z0-9_]*. */
+static void sanitize_identifier(char *s) {
+    for (char *p = s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')))
+            *p = '_';
+}
+
+void mil_scope(mil_graph *g, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g->scope, sizeof g->scope, fmt, ap);
+    va_end(ap);
+    sanitize_identifier(g->scope);
+}
+
+/* Reserves a fresh name "<scope>_<hint>" (or "<hint>"), adding "_<n>" until it is unused.
+   Names that start with a digit or are MIL keywords get a prefix. */
+const char *mil_fresh_name(mil_graph *g, const char *hint) {
+    name_set *set = g->names;
+    char base[384];
+    if (g->scope[0])
+        snprintf(base, sizeof base, "%s_%s", g->scope, hint);
+    else
+        snprintf(base, sizeof base, "%s", hint);
+    sanitize_identifier(base);
+    if (base[0] >= '0' && base[0] <= '9') {
+        memmove(base + 1, base, strlen(base) + 1 < sizeof base - 1 ? strlen(base) + 1 : sizeof base - 2);
+        base[0] = '_';
+    }
+    char name[400];
+    snprintf(name, sizeof name, "%s", base);
+    for (unsigned n = 1; name_set_contains(set, name); n++) snprintf(name, sizeof name, "%s_%u", base, n);
+    char *s = sdc_arena_strdup(&g->arena, name);
+    if (!s || !name_set_add(set, s)) return mil_oom(g);
+    return s;
+}
+
+static bool reserve_name(mil_graph *g, const char *name) {
+    name_set *set = g->names;
+    if (name_set_contains(set, name)) return false;
+    char *s = sdc_arena_strdup(&g->arena, name);
+    return s && name_set_add(set, s);
+}
+
+static bool push_var(mil_graph *g, mil_var ***arr, int *n, int *cap, mil_var *v) {
+    if (*n == *cap) {
+        int c = *cap ? *cap * 2 : 8;
+        mil_var **a = sdc_realloc(*arr, (size_t)c * sizeof *a);
+        if (!a) return false;
+        *arr = a;
+        *cap = c;
+    }
+    (*arr)[(*n)++] = v;
+    return true;
+}
+
+mil_var *mil_input(mil_graph *g, const char *name, sdc_dtype dtype, int rank, const int64_t *shape) {
+    if (!mil_graph_ok(g)) return NULL;
+    SDC_ASSERT(rank >= 0 && rank <= SDC_MAX_RANK);
+    if (!reserve_name(g, name)) return mil_fail(g, SDC_E_INTERNAL, "input name '%s' used twice", name);
+    mil_var *v = sdc_arena_alloc(&g->arena, sizeof *v);
+    if (!v) return mil_oom(g);
+    v->name = sdc_arena_strdup(&g->arena, name);
+    v->type.dtype = dtype;
+    v->type.rank = rank;
+    memcpy(v->type.shape, shape, (size_t)rank * sizeof *shape);
+    if (!push_var(g, &g->inputs, &g->n_inputs, &g->cap_inputs, v)) return mil_oom(g);
+    return v;
+}
+
+bool mil_output(mil_graph *g, mil_var *v, const char *name) {
+    if (!v || !mil_graph_ok(g)) return false;
+    if (!v->producer || v->const_kind != MIL_NOT_CONST) {
+        mil_fail(g, SDC_E_INTERNAL, "output '%s' must be computed by an op", name);
+        return false;
+    }
+    if (strcmp(v->name, name) != 0) {
+        if (!reserve_name(g, name)) {
+            mil_fail(g, SDC_E_INTERNAL, "output name '%s' already in use", name);
+            return false;
+        }
+        v->name = sdc_arena_strdup(&g->arena, name);
+    }
+    if (!push_var(g, &g->outputs, &g->n_outputs, &g->cap_outputs, v)) {
+        mil_oom(g);
+        return false;
+    }
+    return true;
+}
+
+/* ---------------------------------------------------------------- shapes */
+
+uint64_t mil_numel(const mil_type *t) {
+    uint64_t n = 1;
+    for (int i = 0; i < t->rank; i++) n *= (uint64_t)t->shape[i];
+    return n;
+}
+
+bool mil_shape_eq(const mil_type *a, const mil_type *b) {
+    if (a->rank != b->rank) return false;
+    for (int i = 0; i < a->rank; i++)
+        if (a->shape[i] != b->shape[i]) return false;
+    return true;
+}
+
+const char *mil_shape_str(const mil_type *t, char *buf, size_t size) {
+    size_t n = 0;
+    n += (size_t)snprintf(buf + n, size - n, "[");
+    for (int i = 0; i < t->rank && n < size; i++)
+        n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (n < size) snprintf(buf + n, size - n, "]");
+    return buf;
+}
+
+/* ---------------------------------------------------------------- ops (shared plumbing) */
+
+mil_op *mil_new_op(mil_graph *g, const char *type, int n_outputs) {
+    if (!mil_graph_ok(g)) return NULL;
+    if (g->n_ops == g->cap_ops) {
+        size_t c = g->cap_ops ? g->cap_ops * 2 : 256;
+        mil_op **ops = sdc_realloc(g->ops, c * sizeof *ops);
+        if (!ops) return mil_oom(g);
+        g->ops = ops;
+        g->cap_ops = c;
+    }
+    mil_op *op = sdc_arena_alloc(&g->arena, sizeof *op);
+    mil_var **outs = sdc_arena_alloc(&g->arena, (size_t)n_outputs * sizeof *outs);
+    if (!op || !outs) return mil_oom(g);
+    op->type = type;
+    op->name = mil_fresh_name(g, type);
+    op->n_outputs = n_outputs;
+    op->outputs = outs;
+    for (int i = 0; i < n_outputs; i++) {
+        mil_var *v = sdc_arena_alloc(&g->arena, sizeof *v);
+        if (!v) return mil_oom(g);
+        v->producer = op;
+        v->name = i == 0 ? op->name : mil_fresh_name(g, type);
+        outs[i] = v;
+    }
+    if (!op->name) return NULL;
+    g->ops[g->n_ops++] = op;
+    return op;
+}
+
+bool mil_set_param(mil_graph *g, mil_op *op, const char *name, int n, mil_var **vars) {
+    if (!op) return false;
+    SDC_ASSERT(op->n_params < MIL_MAX_PARAMS);
+    for (int i = 0; i < n; i++)
+        if (!vars[i]) return false;
+    mil_var **copy = sdc_arena_alloc(&g->arena, (size_t)n * sizeof *copy);
+    if (!copy) return mil_oom(g) != NULL;
+    memcpy(copy, vars, (size_t)n * sizeof *copy);
+    op->params[op->n_params++] = (mil_param){name, n, copy};
+    return true;
+}
+
+bool mil_param1(mil_graph *g, mil_op *op, const char *name, mil_var *v) {
+    return mil_set_param(g, op, name, 1, &v);
+}
+
+/* ---------------------------------------------------------------- constants */
+
+static mil_var *new_const(mil_graph *g, const char *hint, sdc_dtype dtype, int rank, const int64_t *shape) {
+    mil_op *op = mil_new_op(g, "const", 1);
+    if (!op) return NULL;
+    /* const ops are named after what they hold, not "const" */
+    mil_var *v = op->outputs[0];
+    op->name = v->name = mil_fresh_name(g, hint);
+    v->type.dtype = dtype;
+    v->type.rank = rank;
+    if (rank) memcpy(v->type.shape, shape, (size_t)rank * sizeof *shape);
+    return op->name ? v : NULL;
+}
+
+mil_var *mil_const_weight(mil_graph *g, const sdc_tensor *src, sdc_dtype dtype, int rank,
+                          const int64_t *shape, uint64_t first) {
+    if (!mil_graph_ok(g)) return NULL;
+    SDC_ASSERT(dtype == SDC_DT_F16 || dtype == SDC_DT_F32);
+    mil_var *v = new_const(g, src->name, dtype, rank, shape);
+    if (!v) return NULL;
+    uint64_t n = mil_numel(&v->type), end;
+    if (!sdc_add_u64(first, n, &end) || end > src->numel)
+        return mil_fail(g, SDC_E_INTERNAL, "weight view [%llu, +%llu) outside tensor '%s'",
+                        (unsigned long long)first, (unsigned long long)n, src->name);
+    v->const_kind = MIL_CONST_WEIGHT;
+    v->weight = (mil_weight){src, first, 1.0f};
+    return v;
+}
+
+mil_var *mil_const_floats(mil_graph *g, sdc_dtype dtype, int rank, const int64_t *shape,
+                          const float *values) {
+    SDC_ASSERT(dtype == SDC_DT_F16 || dtype == SDC_DT_F32);
+    mil_var *v = new_const(g, rank ? "const" : "scalar", dtype, rank, shape);
+    if (!v) return NULL;
+    uint64_t n = mil_numel(&v->type);
+    void *bytes = sdc_arena_alloc(&g->arena, n * sdc_dtype_size(dtype));
+    if (!bytes) return mil_oom(g);
+    if (dtype == SDC_DT_F32)
+        memcpy(bytes, values, n * sizeof(float));
+    else
+        for (uint64_t i = 0; i < n; i++) ((uint16_t *)bytes)[i] = sdc_f32_to_f16(values[i]);
+    v->const_kind = MIL_CONST_BYTES;
+    v->bytes = bytes;
+    return v;
+}
+
+mil_var *mil_const_scalar(mil_graph *g, sdc_dtype dtype, float value) {
+    return mil_const_floats(g, dtype, 0, NULL, &value);
+}
+
+mil_var *mil_const_ints(mil_graph *g, int n, const int32_t *values) {
+    int64_t shape[1] = {n};
+    mil_var *v = new_const(g, "ints", SDC_DT_I32, 1, shape);
+    if (!v) return NULL;
+    int32_t *bytes = sdc_arena_alloc(&g->arena, (size_t)n * sizeof *bytes);
+    if (!bytes) return mil_oom(g);
+    memcpy(bytes, values, (size_t)n * sizeof *bytes);
+    v->const_kind = MIL_CONST_BYTES;
+    v->bytes = bytes;
+    return v;
+}
+
+mil_var *mil_const_int(mil_graph *g, int32_t value) {
+    mil_var *v = new_const(g, "int", SDC_DT_I32, 0, NULL);
+    if (!v) return NULL;
+    int32_t *bytes = sdc_arena_alloc(&g->arena, sizeof *bytes);
+    if (!bytes) return mil_oom(g);
+    *bytes = value;
+    v->const_kind = MIL_CONST_BYTES;
+    v->bytes = bytes;
+    return v;
+}
+
+mil_var *mil_const_bool(mil_graph *g, bool value) {
+    mil_var *v = new_const(g, "bool", SDC_DT_BOOL, 0, NULL);
+    if (!v) return NULL;
+    uint8_t *bytes = sdc_arena_alloc(&g->arena, 1);
+    if (!bytes) return mil_oom(g);
+    *bytes = value;
+    v->const_kind = MIL_CONST_BYTES;
+    v->bytes = bytes;
+    return v;
+}
+
+mil_var *mil_const_string(mil_graph *g, const char *value) {
+    mil_var *v = new_const(g, "str", SDC_DT_STRING, 0, NULL);
+    if (!v) return NULL;
+    v->const_kind = MIL_CONST_STRING;
+    v->str = sdc_arena_strdup(&g->arena, value);
+    return v->str ? v : mil_oom(g);
+}

@@ -1,0 +1,153 @@
+/*
+ * graph.h — the MIL graph IR that network builders emit and the package writer serialises.
+ *
+ * A graph is one MIL function ("main"): typed inputs, a list of ops in the order they were
+ * built (which is a topological order, since an op can only take vars that already exist),
+ * and named outputs. Everything lives in the graph's arena.
+ *
+ * Constants are vars produced by `const` ops. Their value is one of:
+ *   - bytes: a small value built by a builder (axes, epsilon, a causal mask), in the arena;
+ *   - weight: a lazy reference into a mapped weight file plus a transform (element range,
+ *     dtype conversion to the var's dtype, scale) applied only while the writer streams it
+ *     to weight.bin, so the model's weights are never held in memory;
+ *   - string: a MIL string scalar (e.g. gelu's mode).
+ *
+ * Op constructors (mil_add, mil_linear, ...) check their operands and infer the static output
+ * shape. On a mismatch they record the first error in the graph, naming the op, and return
+ * NULL; every constructor given a NULL operand returns NULL, so a builder checks the graph's
+ * error once at the end (as ggml does with its context).
+ */
+#ifndef SDC_MIL_GRAPH_H
+#define SDC_MIL_GRAPH_H
+
+#include "common.h"
+#include "io/safetensors.h"
+#include "mil/arena.h"
+
+typedef struct mil_type {
+    sdc_dtype dtype;
+    int rank;
+    int64_t shape[SDC_MAX_RANK];
+} mil_type;
+
+typedef enum mil_const_kind {
+    MIL_NOT_CONST = 0,
+    MIL_CONST_BYTES,
+    MIL_CONST_WEIGHT,
+    MIL_CONST_STRING,
+} mil_const_kind;
+
+/* A weight materialised while writing: numel(var) elements of `src` starting at element
+   `first`, converted to the var's dtype and multiplied by `scale`. */
+typedef struct mil_weight {
+    const sdc_tensor *src;
+    uint64_t first;
+    float scale;
+} mil_weight;
+
+typedef struct mil_op mil_op;
+
+typedef struct mil_var {
+    const char *name;
+    mil_type type;
+    mil_op *producer; /* NULL for function inputs */
+    mil_const_kind const_kind;
+    const void *bytes; /* MIL_CONST_BYTES: row-major, little-endian, in type.dtype */
+    mil_weight weight; /* MIL_CONST_WEIGHT */
+    const char *str;   /* MIL_CONST_STRING */
+} mil_var;
+
+/* One named parameter of an op; n > 1 only for tuple parameters such as concat's values. */
+typedef struct mil_param {
+    const char *name;
+    int n;
+    mil_var **vars;
+} mil_param;
+
+#define MIL_MAX_PARAMS 16
+
+struct mil_op {
+    const char *type; /* "linear" */
+    const char *name; /* unique op name, written as the op's `name` attribute */
+    int n_params;
+    mil_param params[MIL_MAX_PARAMS];
+    int n_outputs;
+    mil_var **outputs;
+};
+
+typedef struct mil_graph {
+    sdc_arena arena;
+    mil_op **ops;
+    size_t n_ops, cap_ops;
+    mil_var **inputs;
+    int n_inputs, cap_inputs;
+    mil_var **outputs;
+    int n_outputs, cap_outputs;
+    int opset;        /* 6 = CoreML6 (iOS16), 7 = CoreML7 (iOS17), 8 = CoreML8 (iOS18) */
+    char scope[256];  /* prefix of op and var names, set by builders */
+    void *names;      /* set of names in use */
+    sdc_err err;      /* first error while building */
+} mil_graph;
+
+mil_graph *mil_graph_new(int opset);
+void mil_graph_free(mil_graph *g);
+bool mil_graph_ok(const mil_graph *g);
+
+/* Names of the ops built next start with this scope (printf-style), sanitised to the MIL
+   identifier rule [A-Za-z_][A-Za-z0-9_]*. */
+void mil_scope(mil_graph *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Function inputs and outputs. The output var is renamed to `name` (which must be free). */
+mil_var *mil_input(mil_graph *g, const char *name, sdc_dtype dtype, int rank, const int64_t *shape);
+bool mil_output(mil_graph *g, mil_var *v, const char *name);
+
+/* Records an error (first one wins) and returns NULL, for builders' own checks. */
+void *mil_fail(mil_graph *g, sdc_status code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+uint64_t mil_numel(const mil_type *t);
+bool mil_shape_eq(const mil_type *a, const mil_type *b);
+/* "[1, 77, 768]" into buf */
+const char *mil_shape_str(const mil_type *t, char *buf, size_t size);
+
+/* ---------------------------------------------------------------- constants */
+
+/* A weight tensor viewed with `shape` (same element count as the source unless `first` and
+   the shape select a contiguous range), stored as `dtype` (F16 or F32). */
+mil_var *mil_const_weight(mil_graph *g, const sdc_tensor *src, sdc_dtype dtype, int rank,
+                          const int64_t *shape, uint64_t first);
+/* Float values given as float, stored as `dtype` (F16 or F32). */
+mil_var *mil_const_floats(mil_graph *g, sdc_dtype dtype, int rank, const int64_t *shape,
+                          const float *values);
+mil_var *mil_const_scalar(mil_graph *g, sdc_dtype dtype, float value);
+mil_var *mil_const_ints(mil_graph *g, int n, const int32_t *values); /* int32 vector [n] */
+mil_var *mil_const_int(mil_graph *g, int32_t value);                /* int32 scalar */
+mil_var *mil_const_bool(mil_graph *g, bool value);
+mil_var *mil_const_string(mil_graph *g, const char *value);
+
+/* ---------------------------------------------------------------- ops (shape comments use
+   NumPy broadcasting; T = the op's float dtype) */
+
+mil_var *mil_cast(mil_graph *g, mil_var *x, sdc_dtype to);
+mil_var *mil_add(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *mil_sub(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *mil_mul(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *mil_real_div(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *mil_sigmoid(mil_graph *g, mil_var *x);
+mil_var *mil_silu(mil_graph *g, mil_var *x);
+mil_var *mil_gelu(mil_graph *g, mil_var *x, const char *mode); /* "EXACT", "TANH_APPROXIMATION" */
+mil_var *mil_softmax(mil_graph *g, mil_var *x, int axis);
+/* x [*, D_in] · weightᵀ [D_out, D_in] + bias [D_out] */
+mil_var *mil_linear(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias);
+mil_var *mil_matmul(mil_graph *g, mil_var *x, mil_var *y, bool transpose_x, bool transpose_y);
+/* normalises over `axes` (negative allowed); gamma/beta shaped like x.shape[axes] or NULL */
+mil_var *mil_layer_norm(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes, mil_var *gamma,
+                        mil_var *beta, float epsilon);
+mil_var *mil_reshape(mil_graph *g, mil_var *x, int rank, const int64_t *shape);
+mil_var *mil_transpose(mil_graph *g, mil_var *x, int rank, const int32_t *perm);
+mil_var *mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis);
+mil_var *mil_reduce_argmax(mil_graph *g, mil_var *x, int axis, bool keep_dims);
+mil_var *mil_concat(mil_graph *g, int n, mil_var **values, int axis);
+/* elementwise x == y -> BOOL (broadcasting) */
+mil_var *mil_equal(mil_graph *g, mil_var *x, mil_var *y);
+
+#endif

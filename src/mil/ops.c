@@ -1,0 +1,290 @@
+/*
+ * ops.c — MIL op constructors with operand checks and static shape inference.
+ *
+ * Every parameter whose MIL default is not None is written explicitly (coremltools does the
+ * same, and the Core ML compiler is not documented to fill defaults), and which parameters
+ * exist depends on the opset (e.g. gather's validate_indices appears in iOS17).
+ */
+#include "mil/graph_internal.h"
+
+static bool is_float(sdc_dtype t) { return t == SDC_DT_F16 || t == SDC_DT_F32; }
+
+static mil_var *out1(mil_op *op, sdc_dtype dtype, int rank, const int64_t *shape) {
+    if (!op) return NULL;
+    mil_var *v = op->outputs[0];
+    v->type.dtype = dtype;
+    v->type.rank = rank;
+    if (rank) memcpy(v->type.shape, shape, (size_t)rank * sizeof *shape);
+    return v;
+}
+
+static mil_var *same_as(mil_op *op, const mil_var *x) {
+    return out1(op, x->type.dtype, x->type.rank, x->type.shape);
+}
+
+static void *shape_error(mil_graph *g, const char *op, const char *what, const mil_var *a, const mil_var *b) {
+    char sa[128], sb[128];
+    return mil_fail(g, SDC_E_INTERNAL, "%s in scope '%s': %s (%s %s vs %s %s)", op, g->scope, what,
+                    a->name, mil_shape_str(&a->type, sa, sizeof sa), b ? b->name : "",
+                    b ? mil_shape_str(&b->type, sb, sizeof sb) : "");
+}
+
+static bool require_float(mil_graph *g, const char *op, const mil_var *x) {
+    if (is_float(x->type.dtype)) return true;
+    mil_fail(g, SDC_E_INTERNAL, "%s in scope '%s': input %s has dtype %s, want F16 or F32", op,
+             g->scope, x->name, sdc_dtype_name(x->type.dtype));
+    return false;
+}
+
+static int norm_axis(int axis, int rank) { return axis < 0 ? axis + rank : axis; }
+
+/* ---------------------------------------------------------------- elementwise */
+
+static mil_var *binary(mil_graph *g, const char *type, mil_var *x, mil_var *y) {
+    if (!x || !y || !mil_graph_ok(g)) return NULL;
+    if (x->type.dtype != y->type.dtype)
+        return mil_fail(g, SDC_E_INTERNAL, "%s in scope '%s': dtypes differ (%s %s vs %s %s)", type,
+                        g->scope, x->name, sdc_dtype_name(x->type.dtype), y->name,
+                        sdc_dtype_name(y->type.dtype));
+    /* NumPy broadcasting from the trailing dimension */
+    int rank = x->type.rank > y->type.rank ? x->type.rank : y->type.rank;
+    int64_t shape[SDC_MAX_RANK];
+    for (int i = 0; i < rank; i++) {
+        int xi = x->type.rank - rank + i, yi = y->type.rank - rank + i;
+        int64_t a = xi >= 0 ? x->type.shape[xi] : 1, b = yi >= 0 ? y->type.shape[yi] : 1;
+        if (a != b && a != 1 && b != 1) return shape_error(g, type, "shapes do not broadcast", x, y);
+        shape[i] = a == 1 ? b : a;
+    }
+    mil_op *op = mil_new_op(g, type, 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "y", y)) return NULL;
+    return out1(op, x->type.dtype, rank, shape);
+}
+
+mil_var *mil_add(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "add", x, y); }
+mil_var *mil_sub(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "sub", x, y); }
+mil_var *mil_mul(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "mul", x, y); }
+mil_var *mil_real_div(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "real_div", x, y); }
+
+mil_var *mil_equal(mil_graph *g, mil_var *x, mil_var *y) {
+    mil_var *v = binary(g, "equal", x, y);
+    if (v) v->type.dtype = SDC_DT_BOOL;
+    return v;
+}
+
+static mil_var *unary(mil_graph *g, const char *type, mil_var *x) {
+    if (!x || !mil_graph_ok(g) || !require_float(g, type, x)) return NULL;
+    mil_op *op = mil_new_op(g, type, 1);
+    if (!mil_param1(g, op, "x", x)) return NULL;
+    return same_as(op, x);
+}
+
+mil_var *mil_sigmoid(mil_graph *g, mil_var *x) { return unary(g, "sigmoid", x); }
+mil_var *mil_silu(mil_graph *g, mil_var *x) { return unary(g, "silu", x); }
+
+mil_var *mil_gelu(mil_graph *g, mil_var *x, const char *mode) {
+    if (!x || !mil_graph_ok(g) || !require_float(g, "gelu", x)) return NULL;
+    mil_var *m = mil_const_string(g, mode);
+    mil_op *op = mil_new_op(g, "gelu", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "mode", m)) return NULL;
+    return same_as(op, x);
+}
+
+mil_var *mil_cast(mil_graph *g, mil_var *x, sdc_dtype to) {
+    if (!x || !mil_graph_ok(g)) return NULL;
+    const char *name = to == SDC_DT_F16 ? "fp16" : to == SDC_DT_F32 ? "fp32" : to == SDC_DT_I32 ? "int32"
+                     : to == SDC_DT_BOOL ? "bool" : NULL;
+    if (!name) return mil_fail(g, SDC_E_INTERNAL, "cast to %s is not a MIL cast", sdc_dtype_name(to));
+    mil_var *d = mil_const_string(g, name);
+    mil_op *op = mil_new_op(g, "cast", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "dtype", d)) return NULL;
+    return out1(op, to, x->type.rank, x->type.shape);
+}
+
+mil_var *mil_softmax(mil_graph *g, mil_var *x, int axis) {
+    if (!x || !mil_graph_ok(g) || !require_float(g, "softmax", x)) return NULL;
+    if (norm_axis(axis, x->type.rank) < 0 || norm_axis(axis, x->type.rank) >= x->type.rank)
+        return shape_error(g, "softmax", "axis out of range", x, NULL);
+    mil_var *a = mil_const_int(g, axis);
+    mil_op *op = mil_new_op(g, "softmax", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axis", a)) return NULL;
+    return same_as(op, x);
+}
+
+/* ---------------------------------------------------------------- linear algebra */
+
+mil_var *mil_linear(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias) {
+    if (!x || !weight || !bias || !mil_graph_ok(g) || !require_float(g, "linear", x)) return NULL;
+    const mil_type *xt = &x->type, *wt = &weight->type;
+    if (xt->rank < 1 || xt->rank > 3 || wt->rank != 2 || xt->shape[xt->rank - 1] != wt->shape[1])
+        return shape_error(g, "linear", "x [*, D_in] does not match weight [D_out, D_in]", x, weight);
+    if (bias->type.rank != 1 || bias->type.shape[0] != wt->shape[0])
+        return shape_error(g, "linear", "bias must be [D_out]", bias, weight);
+    if (weight->type.dtype != x->type.dtype || bias->type.dtype != x->type.dtype)
+        return shape_error(g, "linear", "weight/bias dtype differs from x", x, weight);
+    mil_op *op = mil_new_op(g, "linear", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "weight", weight) ||
+        !mil_param1(g, op, "bias", bias))
+        return NULL;
+    int64_t shape[SDC_MAX_RANK];
+    memcpy(shape, xt->shape, sizeof shape);
+    shape[xt->rank - 1] = wt->shape[0];
+    return out1(op, x->type.dtype, xt->rank, shape);
+}
+
+mil_var *mil_matmul(mil_graph *g, mil_var *x, mil_var *y, bool transpose_x, bool transpose_y) {
+    if (!x || !y || !mil_graph_ok(g) || !require_float(g, "matmul", x)) return NULL;
+    const mil_type *a = &x->type, *b = &y->type;
+    if (a->rank < 2 || b->rank < 2 || x->type.dtype != y->type.dtype)
+        return shape_error(g, "matmul", "operands must be rank >= 2 with one dtype", x, y);
+    int64_t m = transpose_x ? a->shape[a->rank - 1] : a->shape[a->rank - 2];
+    int64_t k1 = transpose_x ? a->shape[a->rank - 2] : a->shape[a->rank - 1];
+    int64_t k2 = transpose_y ? b->shape[b->rank - 1] : b->shape[b->rank - 2];
+    int64_t n = transpose_y ? b->shape[b->rank - 2] : b->shape[b->rank - 1];
+    if (k1 != k2) return shape_error(g, "matmul", "inner dimensions differ", x, y);
+    int rank = a->rank > b->rank ? a->rank : b->rank;
+    int64_t shape[SDC_MAX_RANK];
+    for (int i = 0; i < rank - 2; i++) { /* batch dims broadcast */
+        int ai = a->rank - rank + i, bi = b->rank - rank + i;
+        int64_t da = ai >= 0 ? a->shape[ai] : 1, db = bi >= 0 ? b->shape[bi] : 1;
+        if (da != db && da != 1 && db != 1) return shape_error(g, "matmul", "batch dims do not broadcast", x, y);
+        shape[i] = da == 1 ? db : da;
+    }
+    shape[rank - 2] = m;
+    shape[rank - 1] = n;
+    mil_var *tx = mil_const_bool(g, transpose_x), *ty = mil_const_bool(g, transpose_y);
+    mil_op *op = mil_new_op(g, "matmul", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "y", y) ||
+        !mil_param1(g, op, "transpose_x", tx) || !mil_param1(g, op, "transpose_y", ty))
+        return NULL;
+    return out1(op, x->type.dtype, rank, shape);
+}
+
+mil_var *mil_layer_norm(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes, mil_var *gamma,
+                        mil_var *beta, float epsilon) {
+    if (!x || !mil_graph_ok(g) || !require_float(g, "layer_norm", x)) return NULL;
+    mil_type norm_shape = {x->type.dtype, n_axes, {0}};
+    for (int i = 0; i < n_axes; i++) {
+        int a = norm_axis(axes[i], x->type.rank);
+        if (a < 0 || a >= x->type.rank) return shape_error(g, "layer_norm", "axis out of range", x, NULL);
+        norm_shape.shape[i] = x->type.shape[a];
+    }
+    mil_var *affine[2] = {gamma, beta};
+    for (int i = 0; i < 2; i++)
+        if (affine[i] && (!mil_shape_eq(&affine[i]->type, &norm_shape) || affine[i]->type.dtype != x->type.dtype))
+            return shape_error(g, "layer_norm", "gamma/beta must match x.shape[axes] and dtype", affine[i], x);
+    mil_var *ax = mil_const_ints(g, n_axes, axes);
+    mil_var *eps = mil_const_scalar(g, x->type.dtype, epsilon);
+    mil_op *op = mil_new_op(g, "layer_norm", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axes", ax)) return NULL;
+    if (gamma && !mil_param1(g, op, "gamma", gamma)) return NULL;
+    if (beta && !mil_param1(g, op, "beta", beta)) return NULL;
+    if (!mil_param1(g, op, "epsilon", eps)) return NULL;
+    return same_as(op, x);
+}
+
+/* ---------------------------------------------------------------- shape ops */
+
+mil_var *mil_reshape(mil_graph *g, mil_var *x, int rank, const int64_t *shape) {
+    if (!x || !mil_graph_ok(g)) return NULL;
+    mil_type t = {x->type.dtype, rank, {0}};
+    memcpy(t.shape, shape, (size_t)rank * sizeof *shape);
+    if (mil_numel(&t) != mil_numel(&x->type))
+        return shape_error(g, "reshape", "element count changes", x, NULL);
+    int32_t s32[SDC_MAX_RANK];
+    for (int i = 0; i < rank; i++) s32[i] = (int32_t)shape[i];
+    mil_var *s = mil_const_ints(g, rank, s32);
+    mil_op *op = mil_new_op(g, "reshape", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "shape", s)) return NULL;
+    return out1(op, t.dtype, rank, t.shape);
+}
+
+mil_var *mil_transpose(mil_graph *g, mil_var *x, int rank, const int32_t *perm) {
+    if (!x || !mil_graph_ok(g)) return NULL;
+    if (rank != x->type.rank) return shape_error(g, "transpose", "perm length differs from rank", x, NULL);
+    int64_t shape[SDC_MAX_RANK];
+    bool seen[SDC_MAX_RANK] = {0};
+    for (int i = 0; i < rank; i++) {
+        if (perm[i] < 0 || perm[i] >= rank || seen[perm[i]])
+            return shape_error(g, "transpose", "perm is not a permutation", x, NULL);
+        seen[perm[i]] = true;
+        shape[i] = x->type.shape[perm[i]];
+    }
+    mil_var *p = mil_const_ints(g, rank, perm);
+    mil_op *op = mil_new_op(g, "transpose", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "perm", p)) return NULL;
+    return out1(op, x->type.dtype, rank, shape);
+}
+
+mil_var *mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis) {
+    if (!x || !indices || !mil_graph_ok(g)) return NULL;
+    int a = norm_axis(axis, x->type.rank);
+    if (a < 0 || a >= x->type.rank || indices->type.dtype != SDC_DT_I32)
+        return shape_error(g, "gather", "axis out of range or indices not int32", x, indices);
+    /* out = x.shape[:axis] + indices.shape + x.shape[axis+1:] */
+    int64_t shape[SDC_MAX_RANK];
+    int rank = 0;
+    if (x->type.rank - 1 + indices->type.rank > SDC_MAX_RANK)
+        return shape_error(g, "gather", "result rank too large", x, indices);
+    for (int i = 0; i < a; i++) shape[rank++] = x->type.shape[i];
+    for (int i = 0; i < indices->type.rank; i++) shape[rank++] = indices->type.shape[i];
+    for (int i = a + 1; i < x->type.rank; i++) shape[rank++] = x->type.shape[i];
+    mil_var *ax = mil_const_int(g, axis);
+    mil_var *batch_dims = g->opset >= 6 ? mil_const_int(g, 0) : NULL;
+    mil_var *validate = g->opset >= 7 ? mil_const_bool(g, false) : NULL;
+    mil_op *op = mil_new_op(g, "gather", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "indices", indices) ||
+        !mil_param1(g, op, "axis", ax))
+        return NULL;
+    if (batch_dims && !mil_param1(g, op, "batch_dims", batch_dims)) return NULL;
+    if (validate && !mil_param1(g, op, "validate_indices", validate)) return NULL;
+    return out1(op, x->type.dtype, rank, shape);
+}
+
+mil_var *mil_reduce_argmax(mil_graph *g, mil_var *x, int axis, bool keep_dims) {
+    if (!x || !mil_graph_ok(g)) return NULL;
+    int a = norm_axis(axis, x->type.rank);
+    if (a < 0 || a >= x->type.rank) return shape_error(g, "reduce_argmax", "axis out of range", x, NULL);
+    int64_t shape[SDC_MAX_RANK];
+    int rank = 0;
+    for (int i = 0; i < x->type.rank; i++) {
+        if (i != a)
+            shape[rank++] = x->type.shape[i];
+        else if (keep_dims)
+            shape[rank++] = 1;
+    }
+    mil_var *ax = mil_const_int(g, axis), *kd = mil_const_bool(g, keep_dims);
+    mil_var *odt = g->opset >= 7 ? mil_const_string(g, "int32") : NULL;
+    mil_op *op = mil_new_op(g, "reduce_argmax", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axis", ax) ||
+        !mil_param1(g, op, "keep_dims", kd))
+        return NULL;
+    if (odt && !mil_param1(g, op, "output_dtype", odt)) return NULL;
+    return out1(op, SDC_DT_I32, rank, shape);
+}
+
+mil_var *mil_concat(mil_graph *g, int n, mil_var **values, int axis) {
+    if (!mil_graph_ok(g) || n < 1) return NULL;
+    for (int i = 0; i < n; i++)
+        if (!values[i]) return NULL;
+    const mil_type *t0 = &values[0]->type;
+    int a = norm_axis(axis, t0->rank);
+    if (a < 0 || a >= t0->rank) return shape_error(g, "concat", "axis out of range", values[0], NULL);
+    int64_t shape[SDC_MAX_RANK];
+    memcpy(shape, t0->shape, sizeof shape);
+    shape[a] = 0;
+    for (int i = 0; i < n; i++) {
+        const mil_type *t = &values[i]->type;
+        if (t->rank != t0->rank || t->dtype != t0->dtype)
+            return shape_error(g, "concat", "rank or dtype differs", values[0], values[i]);
+        for (int d = 0; d < t->rank; d++)
+            if (d != a && t->shape[d] != t0->shape[d])
+                return shape_error(g, "concat", "non-axis dims differ", values[0], values[i]);
+        shape[a] += t->shape[a];
+    }
+    mil_var *ax = mil_const_int(g, axis), *il = mil_const_bool(g, false);
+    mil_op *op = mil_new_op(g, "concat", 1);
+    if (!mil_set_param(g, op, "values", n, values) || !mil_param1(g, op, "axis", ax) ||
+        !mil_param1(g, op, "interleave", il))
+        return NULL;
+    return out1(op, t0->dtype, t0->rank, shape);
+}

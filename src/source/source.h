@@ -1,0 +1,88 @@
+/*
+ * source.h — where model weights come from.
+ *
+ * A model is named as the anchor names it (--model-version): either a local diffusers folder
+ * (one that holds model_index.json or a component folder), or a Hub id "org/name" resolved
+ * from the local Hugging Face cache: $HF_HUB_CACHE, else $HF_HOME/hub, else
+ * $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub; inside it
+ * models--org--name/refs/main names the snapshot models--org--name/snapshots/<rev>/.
+ * When nothing is found, the error lists every place tried.
+ *
+ * A component (text_encoder, unet, vae, ...) is a subfolder with config.json and weights,
+ * chosen as the anchor does: the fp16 variant when present, else the default file;
+ * .safetensors only; a sharded "*.safetensors.index.json" (or ".index.fp16.json") maps
+ * tensor names to shard files.
+ */
+#ifndef SDC_SOURCE_H
+#define SDC_SOURCE_H
+
+#include "common.h"
+#include "io/safetensors.h"
+
+#include <jansson.h>
+
+typedef struct sdc_source {
+    char id[512];     /* as given on the command line */
+    char root[4096];  /* the folder that holds model_index.json */
+    json_t *model_index; /* parsed model_index.json, or NULL if the folder has none */
+} sdc_source;
+
+/* Resolves a folder path or Hub id. */
+sdc_status sdc_source_open(const char *model_version, sdc_source *out, sdc_err *err);
+void sdc_source_close(sdc_source *s);
+
+/* True when the pipeline has this component: model_index.json lists it with a non-null
+   class, or (no model_index.json) the subfolder exists. */
+bool sdc_source_has(const sdc_source *s, const char *component);
+
+/* The weights of one component: all tensors of all its shard files, found by name. */
+typedef struct sdc_weights sdc_weights;
+
+typedef struct sdc_component {
+    char name[64];        /* "text_encoder" */
+    char dir[4096];       /* root/name */
+    char config_path[4096];
+    json_t *config;       /* parsed config.json (duplicate keys rejected) */
+    sdc_weights *weights;
+} sdc_component;
+
+/* Opens config.json and the weight files of `component`. Errors name the file.
+   The component "" is the model folder itself, for single-model repositories (a ControlNet
+   keeps config.json and its weights at the root); sdc_source_has(s, "") tells whether the
+   root holds a config.json. */
+sdc_status sdc_component_open(const sdc_source *s, const char *component, sdc_component *out,
+                              sdc_err *err);
+void sdc_component_close(sdc_component *c);
+
+/* Tensor lookup across shards. NULL if absent. */
+const sdc_tensor *sdc_weights_find(const sdc_weights *w, const char *name);
+/* Lookup that must succeed with exactly this shape; the error names the file(s) and tensor.
+   Accepted dtypes: F32, F16, BF16. */
+sdc_status sdc_weights_get(const sdc_weights *w, const char *name, int rank, const int64_t *shape,
+                           const sdc_tensor **out, sdc_err *err);
+/* The weight file(s) as one string for messages: "dir/model.fp16.safetensors". */
+const char *sdc_weights_describe(const sdc_weights *w);
+size_t sdc_weights_count(const sdc_weights *w);
+uint64_t sdc_weights_total_bytes(const sdc_weights *w);
+
+/* Config helpers: typed reads with defaults (an absent key or JSON null takes the default);
+   a value of the wrong JSON type is an error naming config_path and the key. */
+sdc_status sdc_config_int(const sdc_component *c, const char *key, int64_t dflt, int64_t *out,
+                          sdc_err *err);
+sdc_status sdc_config_double(const sdc_component *c, const char *key, double dflt, double *out,
+                             sdc_err *err);
+sdc_status sdc_config_string(const sdc_component *c, const char *key, const char *dflt,
+                             const char **out, sdc_err *err);
+
+/* A JSON boolean; absent or null gives dflt. */
+sdc_status sdc_config_bool(const sdc_component *c, const char *key, bool dflt, bool *out,
+                           sdc_err *err);
+/* An array of at most `max` integers (e.g. block_out_channels) into out[0..*n); absent or null
+   gives *n = 0. A scalar is a type error: callers that accept both check json_is_array. */
+sdc_status sdc_config_int_list(const sdc_component *c, const char *key, size_t max, int64_t *out,
+                               size_t *n, sdc_err *err);
+
+/* Reads a JSON file strictly (duplicate keys rejected, size bounded). */
+sdc_status sdc_json_load(const char *path, json_t **out, sdc_err *err);
+
+#endif
