@@ -46,9 +46,7 @@ static sdc_status st_fail(sdc_err *err, sdc_status code, const char *fmt, ...) {
 
 /* Formats a shape as "[4, 4]" for messages; truncates quietly if it does not fit. */
 static const char *shape_str(const int64_t *shape, int rank, char *buf, size_t size) {
-    size_t used = 0;
-    buf[0] = '\0';
-    used += (size_t)snprintf(buf, size, "[");
+    size_t used = (size_t)snprintf(buf, size, "[");
     for (int i = 0; i < rank && used < size; i++)
         used += (size_t)snprintf(buf + used, size - used, "%s%lld", i ? ", " : "",
                                  (long long)shape[i]);
@@ -380,9 +378,16 @@ static uint64_t load_le(const uint8_t *p, size_t nbytes) {
 /* Maps the file read-only; a zero-length file is reported before mmap, which rejects it. */
 static sdc_status map_file(sdc_st_file *f, sdc_err *err) {
     int fd = open(f->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return st_fail(err, errno == ENOENT ? SDC_E_NOTFOUND : SDC_E_IO, "%s: cannot open: %s",
-                       f->path, strerror(errno));
+    if (fd < 0) {
+        int e = errno;
+        struct stat lsb;
+        if (e == ENOENT && lstat(f->path, &lsb) == 0) /* a Hub cache link to a missing blob */
+            return st_fail(err, SDC_E_NOTFOUND,
+                           "%s: cannot open: dangling symbolic link (incomplete download?)",
+                           f->path);
+        return st_fail(err, e == ENOENT ? SDC_E_NOTFOUND : SDC_E_IO, "%s: cannot open: %s",
+                       f->path, strerror(e));
+    }
     struct stat sb;
     sdc_status st = SDC_OK;
     if (fstat(fd, &sb) != 0)
