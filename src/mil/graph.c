@@ -336,6 +336,18 @@ mil_var *mil_const_bool(mil_graph *g, bool value) {
     return v;
 }
 
+mil_var *mil_const_bools(mil_graph *g, int n, const int32_t *values) {
+    int64_t shape[1] = {n};
+    mil_var *v = new_const(g, "bools", SDC_DT_BOOL, 1, shape);
+    if (!v) return NULL;
+    uint8_t *bytes = sdc_arena_alloc(&g->arena, (size_t)n);
+    if (!bytes) return mil_oom(g);
+    for (int i = 0; i < n; i++) bytes[i] = values[i] != 0;
+    v->const_kind = MIL_CONST_BYTES;
+    v->bytes = bytes;
+    return v;
+}
+
 mil_var *mil_const_string(mil_graph *g, const char *value) {
     mil_var *v = new_const(g, "str", SDC_DT_STRING, 0, NULL);
     if (!v) return NULL;

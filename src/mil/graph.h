@@ -122,6 +122,7 @@ mil_var *mil_const_scalar(mil_graph *g, sdc_dtype dtype, float value);
 mil_var *mil_const_ints(mil_graph *g, int n, const int32_t *values); /* int32 vector [n] */
 mil_var *mil_const_int(mil_graph *g, int32_t value);                /* int32 scalar */
 mil_var *mil_const_bool(mil_graph *g, bool value);
+mil_var *mil_const_bools(mil_graph *g, int n, const int32_t *values); /* bool vector [n] */
 mil_var *mil_const_string(mil_graph *g, const char *value);
 
 /* ---------------------------------------------------------------- ops (shape comments use
@@ -147,7 +148,33 @@ mil_var *mil_transpose(mil_graph *g, mil_var *x, int rank, const int32_t *perm);
 mil_var *mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis);
 mil_var *mil_reduce_argmax(mil_graph *g, mil_var *x, int axis, bool keep_dims);
 mil_var *mil_concat(mil_graph *g, int n, mil_var **values, int axis);
-/* elementwise x == y -> BOOL (broadcasting) */
+/* elementwise comparisons -> BOOL (broadcasting) */
 mil_var *mil_equal(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *mil_greater(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *mil_maximum(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *mil_pow(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *mil_sqrt(mil_graph *g, mil_var *x);
+mil_var *mil_exp(mil_graph *g, mil_var *x);
+mil_var *mil_sin(mil_graph *g, mil_var *x);
+mil_var *mil_cos(mil_graph *g, mil_var *x);
+mil_var *mil_rsqrt(mil_graph *g, mil_var *x, float epsilon);
+mil_var *mil_clip(mil_graph *g, mil_var *x, float lo, float hi);
+
+/* conv: x [N, Cin, H, W], weight [Cout, Cin/groups, kH, kW], bias [Cout] or NULL;
+   pad = {top, bottom, left, right} (pad_type "custom") */
+mil_var *mil_conv(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias, int stride, const int pad[4],
+                  int groups);
+/* reduce over `axes`; op is "reduce_mean", "reduce_sum", "reduce_max", ... */
+mil_var *mil_reduce(mil_graph *g, const char *op, mil_var *x, int n_axes, const int32_t *axes, bool keep_dims);
+/* nearest-neighbour upsampling of the last two dims by integer factors */
+mil_var *mil_upsample_nearest(mil_graph *g, mil_var *x, int scale_h, int scale_w);
+/* einsum with the two equations MIL supports: "nchw,nwhu->nchu" and "chw,whr->chr" */
+mil_var *mil_einsum(mil_graph *g, const char *equation, mil_var *a, mil_var *b);
+/* splits x along axis into n pieces of the given sizes; outputs in out[] */
+bool mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *sizes, mil_var **out);
+/* x[..., begin:end, ...] along one axis (stride 1) */
+mil_var *mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_t end);
+mil_var *mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
+mil_var *mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
 
 #endif

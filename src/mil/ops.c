@@ -65,11 +65,16 @@ mil_var *mil_sub(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "sub",
 mil_var *mil_mul(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "mul", x, y); }
 mil_var *mil_real_div(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "real_div", x, y); }
 
-mil_var *mil_equal(mil_graph *g, mil_var *x, mil_var *y) {
-    mil_var *v = binary(g, "equal", x, y);
+mil_var *mil_maximum(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "maximum", x, y); }
+mil_var *mil_pow(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "pow", x, y); }
+
+static mil_var *compare(mil_graph *g, const char *type, mil_var *x, mil_var *y) {
+    mil_var *v = binary(g, type, x, y);
     if (v) v->type.dtype = SDC_DT_BOOL;
     return v;
 }
+mil_var *mil_equal(mil_graph *g, mil_var *x, mil_var *y) { return compare(g, "equal", x, y); }
+mil_var *mil_greater(mil_graph *g, mil_var *x, mil_var *y) { return compare(g, "greater", x, y); }
 
 static mil_var *unary(mil_graph *g, const char *type, mil_var *x) {
     if (!x || !mil_graph_ok(g) || !require_float(g, type, x)) return NULL;
@@ -80,6 +85,26 @@ static mil_var *unary(mil_graph *g, const char *type, mil_var *x) {
 
 mil_var *mil_sigmoid(mil_graph *g, mil_var *x) { return unary(g, "sigmoid", x); }
 mil_var *mil_silu(mil_graph *g, mil_var *x) { return unary(g, "silu", x); }
+mil_var *mil_sqrt(mil_graph *g, mil_var *x) { return unary(g, "sqrt", x); }
+mil_var *mil_exp(mil_graph *g, mil_var *x) { return unary(g, "exp", x); }
+mil_var *mil_sin(mil_graph *g, mil_var *x) { return unary(g, "sin", x); }
+mil_var *mil_cos(mil_graph *g, mil_var *x) { return unary(g, "cos", x); }
+
+mil_var *mil_rsqrt(mil_graph *g, mil_var *x, float epsilon) {
+    if (!x || !mil_graph_ok(g) || !require_float(g, "rsqrt", x)) return NULL;
+    mil_var *eps = mil_const_scalar(g, x->type.dtype, epsilon);
+    mil_op *op = mil_new_op(g, "rsqrt", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "epsilon", eps)) return NULL;
+    return same_as(op, x);
+}
+
+mil_var *mil_clip(mil_graph *g, mil_var *x, float lo, float hi) {
+    if (!x || !mil_graph_ok(g) || !require_float(g, "clip", x)) return NULL;
+    mil_var *a = mil_const_scalar(g, x->type.dtype, lo), *b = mil_const_scalar(g, x->type.dtype, hi);
+    mil_op *op = mil_new_op(g, "clip", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "alpha", a) || !mil_param1(g, op, "beta", b)) return NULL;
+    return same_as(op, x);
+}
 
 mil_var *mil_gelu(mil_graph *g, mil_var *x, const char *mode) {
     if (!x || !mil_graph_ok(g) || !require_float(g, "gelu", x)) return NULL;
@@ -287,4 +312,198 @@ mil_var *mil_concat(mil_graph *g, int n, mil_var **values, int axis) {
         !mil_param1(g, op, "interleave", il))
         return NULL;
     return out1(op, t0->dtype, t0->rank, shape);
+}
+
+/* ---------------------------------------------------------------- convolution, reductions */
+
+mil_var *mil_conv(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias, int stride, const int pad[4],
+                  int groups) {
+    if (!x || !weight || !mil_graph_ok(g) || !require_float(g, "conv", x)) return NULL;
+    const mil_type *xt = &x->type, *wt = &weight->type;
+    if (xt->rank != 4 || wt->rank != 4 || groups < 1 || xt->shape[1] % groups || wt->shape[0] % groups ||
+        wt->shape[1] * groups != xt->shape[1] || wt->dtype != xt->dtype)
+        return shape_error(g, "conv", "x [N, Cin, H, W] does not match weight [Cout, Cin/groups, kH, kW]", x, weight);
+    if (bias && (bias->type.rank != 1 || bias->type.shape[0] != wt->shape[0] || bias->type.dtype != xt->dtype))
+        return shape_error(g, "conv", "bias must be [Cout]", bias, weight);
+    int64_t h = (xt->shape[2] + pad[0] + pad[1] - wt->shape[2]) / stride + 1;
+    int64_t w = (xt->shape[3] + pad[2] + pad[3] - wt->shape[3]) / stride + 1;
+    if (h < 1 || w < 1) return shape_error(g, "conv", "kernel larger than the padded input", x, weight);
+    int32_t strides[2] = {stride, stride}, dil[2] = {1, 1}, pads[4] = {pad[0], pad[1], pad[2], pad[3]};
+    mil_var *st = mil_const_ints(g, 2, strides), *pt = mil_const_string(g, "custom");
+    mil_var *pd = mil_const_ints(g, 4, pads), *dl = mil_const_ints(g, 2, dil), *gr = mil_const_int(g, groups);
+    mil_op *op = mil_new_op(g, "conv", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "weight", weight)) return NULL;
+    if (bias && !mil_param1(g, op, "bias", bias)) return NULL;
+    if (!mil_param1(g, op, "strides", st) || !mil_param1(g, op, "pad_type", pt) || !mil_param1(g, op, "pad", pd) ||
+        !mil_param1(g, op, "dilations", dl) || !mil_param1(g, op, "groups", gr))
+        return NULL;
+    int64_t shape[4] = {xt->shape[0], wt->shape[0], h, w};
+    return out1(op, xt->dtype, 4, shape);
+}
+
+mil_var *mil_reduce(mil_graph *g, const char *type, mil_var *x, int n_axes, const int32_t *axes, bool keep_dims) {
+    if (!x || !mil_graph_ok(g)) return NULL;
+    bool reduced[SDC_MAX_RANK] = {0};
+    for (int i = 0; i < n_axes; i++) {
+        int a = norm_axis(axes[i], x->type.rank);
+        if (a < 0 || a >= x->type.rank || reduced[a]) return shape_error(g, type, "bad axes", x, NULL);
+        reduced[a] = true;
+    }
+    int64_t shape[SDC_MAX_RANK];
+    int rank = 0;
+    for (int i = 0; i < x->type.rank; i++) {
+        if (!reduced[i])
+            shape[rank++] = x->type.shape[i];
+        else if (keep_dims)
+            shape[rank++] = 1;
+    }
+    mil_var *ax = mil_const_ints(g, n_axes, axes), *kd = mil_const_bool(g, keep_dims);
+    mil_op *op = mil_new_op(g, type, 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axes", ax) || !mil_param1(g, op, "keep_dims", kd))
+        return NULL;
+    return out1(op, x->type.dtype, rank, shape);
+}
+
+mil_var *mil_upsample_nearest(mil_graph *g, mil_var *x, int scale_h, int scale_w) {
+    if (!x || !mil_graph_ok(g) || !require_float(g, "upsample_nearest_neighbor", x)) return NULL;
+    if (x->type.rank < 3 || scale_h < 1 || scale_w < 1)
+        return shape_error(g, "upsample_nearest_neighbor", "needs rank >= 3 and positive scales", x, NULL);
+    mil_var *sh = mil_const_int(g, scale_h), *sw = mil_const_int(g, scale_w);
+    mil_op *op = mil_new_op(g, "upsample_nearest_neighbor", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "scale_factor_height", sh) ||
+        !mil_param1(g, op, "scale_factor_width", sw))
+        return NULL;
+    int64_t shape[SDC_MAX_RANK];
+    memcpy(shape, x->type.shape, sizeof shape);
+    shape[x->type.rank - 2] *= scale_h;
+    shape[x->type.rank - 1] *= scale_w;
+    return out1(op, x->type.dtype, x->type.rank, shape);
+}
+
+/* ---------------------------------------------------------------- einsum */
+
+mil_var *mil_einsum(mil_graph *g, const char *equation, mil_var *a, mil_var *b) {
+    if (!a || !b || !mil_graph_ok(g) || !require_float(g, "einsum", a)) return NULL;
+    const mil_type *at = &a->type, *bt = &b->type;
+    int64_t shape[4];
+    int rank;
+    if (!strcmp(equation, "nchw,nwhu->nchu")) { /* a [N, C, H, W] · b [N, W, H, U] → [N, C, H, U] */
+        if (at->rank != 4 || bt->rank != 4 || at->shape[3] != bt->shape[1] ||
+            (at->shape[2] != bt->shape[2] && at->shape[2] != 1 && bt->shape[2] != 1) ||
+            (at->shape[0] != bt->shape[0] && at->shape[0] != 1 && bt->shape[0] != 1))
+            return shape_error(g, "einsum nchw,nwhu->nchu", "operand shapes do not match", a, b);
+        shape[0] = at->shape[0] > bt->shape[0] ? at->shape[0] : bt->shape[0];
+        shape[1] = at->shape[1];
+        shape[2] = at->shape[2] > bt->shape[2] ? at->shape[2] : bt->shape[2];
+        shape[3] = bt->shape[3];
+        rank = 4;
+    } else if (!strcmp(equation, "chw,whr->chr")) {
+        if (at->rank != 3 || bt->rank != 3 || at->shape[2] != bt->shape[0] || at->shape[1] != bt->shape[1])
+            return shape_error(g, "einsum chw,whr->chr", "operand shapes do not match", a, b);
+        shape[0] = at->shape[0];
+        shape[1] = at->shape[1];
+        shape[2] = bt->shape[2];
+        rank = 3;
+    } else {
+        return mil_fail(g, SDC_E_INTERNAL, "einsum: equation '%s' is not one MIL supports", equation);
+    }
+    if (at->dtype != bt->dtype) return shape_error(g, "einsum", "dtypes differ", a, b);
+    mil_var *vals[2] = {a, b};
+    mil_var *eq = mil_const_string(g, equation);
+    mil_op *op = mil_new_op(g, "einsum", 1);
+    if (!mil_set_param(g, op, "values", 2, vals) || !mil_param1(g, op, "equation", eq)) return NULL;
+    return out1(op, at->dtype, rank, shape);
+}
+
+/* ---------------------------------------------------------------- split, slice, dims */
+
+bool mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *sizes, mil_var **out) {
+    if (!x || !mil_graph_ok(g) || n < 1) return false;
+    int a = norm_axis(axis, x->type.rank);
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) total += sizes[i];
+    if (a < 0 || a >= x->type.rank || total != x->type.shape[a]) {
+        shape_error(g, "split", "sizes do not add up to the axis length", x, NULL);
+        return false;
+    }
+    int32_t s32[64];
+    if (n > 64) return mil_fail(g, SDC_E_INTERNAL, "split: too many pieces") != NULL;
+    for (int i = 0; i < n; i++) s32[i] = (int32_t)sizes[i];
+    mil_var *ss = mil_const_ints(g, n, s32), *ax = mil_const_int(g, axis);
+    mil_op *op = mil_new_op(g, "split", n);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "split_sizes", ss) || !mil_param1(g, op, "axis", ax))
+        return false;
+    for (int i = 0; i < n; i++) {
+        mil_var *v = op->outputs[i];
+        v->type = x->type;
+        v->type.shape[a] = sizes[i];
+        out[i] = v;
+    }
+    return true;
+}
+
+mil_var *mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_t end) {
+    if (!x || !mil_graph_ok(g)) return NULL;
+    int a = norm_axis(axis, x->type.rank), r = x->type.rank;
+    if (a < 0 || a >= r || begin < 0 || end <= begin || end > x->type.shape[a])
+        return shape_error(g, "slice_by_index", "range outside the axis", x, NULL);
+    int32_t b[SDC_MAX_RANK] = {0}, e[SDC_MAX_RANK] = {0}, st[SDC_MAX_RANK];
+    int32_t bm[SDC_MAX_RANK], em[SDC_MAX_RANK];
+    for (int i = 0; i < r; i++) {
+        st[i] = 1;
+        bm[i] = em[i] = i != a; /* masked axes are taken whole */
+        if (i == a) {
+            b[i] = (int32_t)begin;
+            e[i] = (int32_t)end;
+        }
+    }
+    mil_var *vb = mil_const_ints(g, r, b), *ve = mil_const_ints(g, r, e), *vs = mil_const_ints(g, r, st);
+    mil_var *vbm = mil_const_bools(g, r, bm), *vem = mil_const_bools(g, r, em);
+    int32_t zeros[SDC_MAX_RANK] = {0};
+    mil_var *vsq = mil_const_bools(g, r, zeros);
+    mil_op *op = mil_new_op(g, "slice_by_index", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "begin", vb) || !mil_param1(g, op, "end", ve) ||
+        !mil_param1(g, op, "stride", vs) || !mil_param1(g, op, "begin_mask", vbm) ||
+        !mil_param1(g, op, "end_mask", vem) || !mil_param1(g, op, "squeeze_mask", vsq))
+        return NULL;
+    mil_type t = x->type;
+    t.shape[a] = end - begin;
+    return out1(op, t.dtype, t.rank, t.shape);
+}
+
+mil_var *mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes) {
+    if (!x || !mil_graph_ok(g)) return NULL;
+    int rank = x->type.rank + n_axes;
+    if (rank > SDC_MAX_RANK) return shape_error(g, "expand_dims", "rank too large", x, NULL);
+    bool inserted[SDC_MAX_RANK] = {0};
+    for (int i = 0; i < n_axes; i++) {
+        int a = norm_axis(axes[i], rank);
+        if (a < 0 || a >= rank || inserted[a]) return shape_error(g, "expand_dims", "bad axes", x, NULL);
+        inserted[a] = true;
+    }
+    int64_t shape[SDC_MAX_RANK];
+    for (int i = 0, k = 0; i < rank; i++) shape[i] = inserted[i] ? 1 : x->type.shape[k++];
+    mil_var *ax = mil_const_ints(g, n_axes, axes);
+    mil_op *op = mil_new_op(g, "expand_dims", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axes", ax)) return NULL;
+    return out1(op, x->type.dtype, rank, shape);
+}
+
+mil_var *mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes) {
+    if (!x || !mil_graph_ok(g)) return NULL;
+    bool drop[SDC_MAX_RANK] = {0};
+    for (int i = 0; i < n_axes; i++) {
+        int a = norm_axis(axes[i], x->type.rank);
+        if (a < 0 || a >= x->type.rank || x->type.shape[a] != 1)
+            return shape_error(g, "squeeze", "axis is not of size 1", x, NULL);
+        drop[a] = true;
+    }
+    int64_t shape[SDC_MAX_RANK];
+    int rank = 0;
+    for (int i = 0; i < x->type.rank; i++)
+        if (!drop[i]) shape[rank++] = x->type.shape[i];
+    mil_var *ax = mil_const_ints(g, n_axes, axes);
+    mil_op *op = mil_new_op(g, "squeeze", 1);
+    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axes", ax)) return NULL;
+    return out1(op, x->type.dtype, rank, shape);
 }

@@ -25,4 +25,32 @@ typedef struct sdc_clip_text_options {
 sdc_status sdc_build_clip_text(const sdc_component *c, const sdc_clip_text_options *opt, mil_graph **out,
                                sdc_err *err);
 
+typedef struct sdc_unet_options {
+    sdc_dtype compute;       /* F16 or F32 */
+    int opset;
+    sdc_attention attention; /* ORIGINAL, SPLIT_EINSUM, SPLIT_EINSUM_V2 */
+    int batch;               /* 2 (classifier-free guidance) or 1 */
+    int latent_h, latent_w;
+    int64_t context_dim;     /* D of encoder_hidden_states; 0: cross_attention_dim */
+    int64_t context_len;     /* K tokens (77) */
+    int n_time_ids;          /* SDXL: 6 (base) or 5 (refiner) */
+} sdc_unet_options;
+
+/* What the converter needs to know about a UNet config before building it. */
+typedef struct sdc_unet_info {
+    int64_t in_channels, cross_attention_dim;
+    bool text_time; /* SDXL's addition_embed_type "text_time" */
+    int64_t addition_time_embed_dim, projection_input_dim;
+    int downsamples;
+} sdc_unet_info;
+
+sdc_status sdc_unet_describe(const sdc_component *c, sdc_unet_info *info, sdc_err *err);
+
+/*
+ * UNet2DConditionModel with the anchor's contract: inputs `sample` (B, in, h, w),
+ * `timestep` (B,), `encoder_hidden_states` (B, D, 1, K), plus `time_ids` (B, n) and
+ * `text_embeds` (B, P) for SDXL, all float16; output `noise_pred` (B, out, h, w) float32.
+ */
+sdc_status sdc_build_unet(const sdc_component *c, const sdc_unet_options *opt, mil_graph **out, sdc_err *err);
+
 #endif

@@ -1,0 +1,119 @@
+/* convert_unet.c — --convert-unet: the UNet, and the SDXL refiner with --refiner-version. */
+#include "convert_internal.h"
+
+static const char *const UNET_INPUT_DOCS[] = {
+    "The low resolution latent feature maps being denoised through reverse diffusion",
+    "A value emitted by the associated scheduler object to condition the model on a given noise schedule",
+    "Output embeddings from the associated text_encoder model to condition the generated image on text. "
+    "A maximum of 77 tokens (~40 words) are allowed. Longer text is truncated.",
+    "Additional time ids (original size, crop offsets, target size or aesthetic score) for SDXL",
+    "Additional pooled text embeddings from text_encoder_2 for SDXL",
+};
+static const char *const UNET_OUTPUT_DOCS[] = {"Same shape and dtype as the `sample` input. "
+                                               "The predicted noise to facilitate the reverse diffusion (denoising) process"};
+
+/* sample_size: an int, or [h, w] */
+static sdc_status latent_size(const conv_ctx *c, const sdc_component *u, int *h, int *w) {
+    json_t *v = json_object_get(u->config, "sample_size");
+    int64_t dh = 64, dw = 64;
+    if (json_is_integer(v)) {
+        dh = dw = json_integer_value(v);
+    } else if (json_is_array(v) && json_array_size(v) == 2 && json_is_integer(json_array_get(v, 0)) &&
+               json_is_integer(json_array_get(v, 1))) {
+        dh = json_integer_value(json_array_get(v, 0));
+        dw = json_integer_value(json_array_get(v, 1));
+    } else if (v && !json_is_null(v)) {
+        return sdc_fail(c->err, SDC_E_FORMAT, "%s: 'sample_size' must be an integer or [h, w]", u->config_path);
+    }
+    *h = c->job->latent_h ? c->job->latent_h : (int)(dh > 0 && dh < 4096 ? dh : 64);
+    *w = c->job->latent_w ? c->job->latent_w : (int)(dw > 0 && dw < 4096 ? dw : 64);
+    return SDC_OK;
+}
+
+/* K of encoder_hidden_states: --text-token-sequence-length, else the text encoder's
+   max_position_embeddings (77), as the anchor. */
+static sdc_status context_length(const conv_ctx *c, const sdc_source *src, int64_t *k) {
+    if (c->job->text_token_sequence_length) {
+        *k = c->job->text_token_sequence_length;
+        return SDC_OK;
+    }
+    *k = 77;
+    const char *te = sdc_source_has(src, "text_encoder") ? "text_encoder"
+                     : sdc_source_has(src, "text_encoder_2") ? "text_encoder_2" : NULL;
+    if (!te) return SDC_OK;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s/config.json", src->root, te);
+    json_t *cfg;
+    sdc_status s = sdc_json_load(path, &cfg, c->err);
+    if (s) return s;
+    json_t *v = json_object_get(cfg, "max_position_embeddings");
+    if (json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) <= 4096) *k = json_integer_value(v);
+    json_decref(cfg);
+    return SDC_OK;
+}
+
+static bool requires_aesthetics_score(const sdc_source *src) {
+    json_t *v = src->model_index ? json_object_get(src->model_index, "requires_aesthetics_score") : NULL;
+    return json_is_true(v);
+}
+
+/* An SDXL UNet without --xl-version would get no time_ids/text_embeds contract the Swift
+   pipeline can rely on, and --xl-version on an SD 1/2 UNet is a typo: both are refused. */
+static sdc_status check_xl(const conv_ctx *c, const sdc_source *src, const sdc_unet_info *info, const char *id) {
+    bool xl = info->text_time || conv_looks_xl(src);
+    if (xl && !c->job->xl_version)
+        return sdc_fail(c->err, SDC_E_ARG,
+                        "%s is an SDXL model (its UNet takes time_ids and text_embeds); add --xl-version", id);
+    if (!xl && c->job->xl_version)
+        return sdc_fail(c->err, SDC_E_ARG, "--xl-version given, but %s is not an SDXL model", id);
+    if (xl && !info->text_time)
+        return sdc_fail(c->err, SDC_E_UNSUPPORTED, "%s: an SDXL pipeline whose UNet has no addition_embed_type "
+                        "'text_time' is not supported", id);
+    return SDC_OK;
+}
+
+static sdc_status convert_from(const conv_ctx *c, const sdc_source *src, const char *submodule, const char *id) {
+    char path[4096];
+    sdc_status s = conv_package_path(c, submodule, path, sizeof path);
+    if (s || conv_exists_skip(c, path, submodule)) return s;
+    sdc_component comp;
+    if ((s = sdc_component_open(src, "unet", &comp, c->err))) return s;
+    sdc_unet_info info;
+    sdc_unet_options opt = {
+        .compute = conv_compute_dtype(c),
+        .opset = c->target.opset,
+        .attention = c->job->attention,
+        .batch = c->job->unet_batch_one ? 1 : 2,
+        .context_dim = c->job->text_encoder_hidden_size,
+    };
+    mil_graph *g = NULL;
+    if (!(s = sdc_unet_describe(&comp, &info, c->err)) && !(s = check_xl(c, src, &info, id)) &&
+        !(s = latent_size(c, &comp, &opt.latent_h, &opt.latent_w)) && !(s = context_length(c, src, &opt.context_len))) {
+        opt.n_time_ids = requires_aesthetics_score(src) ? 5 : 6;
+        if (sdc_weights_find(comp.weights, "time_embedding.cond_proj.weight"))
+            conv_log(c, SDC_LOG_NOTICE, "%s: time_embedding.cond_proj (LCM guidance embedding) is not used by the "
+                     "converted UNet, as with the anchor", comp.dir);
+        conv_log(c, SDC_LOG_INFO, "converting %s: %s, latent %dx%d, batch %d (%s)", submodule, id, opt.latent_h,
+                 opt.latent_w, opt.batch, sdc_weights_describe(comp.weights));
+        s = sdc_build_unet(&comp, &opt, &g, c->err);
+    }
+    if (!s) {
+        conv_docs docs = {UNET_INPUT_DOCS, UNET_OUTPUT_DOCS, id, NULL};
+        s = conv_write(c, g, path, submodule, &docs);
+    }
+    mil_graph_free(g);
+    sdc_component_close(&comp);
+    return s;
+}
+
+sdc_status conv_unet(const conv_ctx *c) {
+    sdc_status s = convert_from(c, c->src, "unet", c->job->model_version);
+    if (s || !c->job->refiner_version) return s;
+    /* The refiner is named after the base model (…_<base>_refiner.mlpackage); its metadata
+       version is the refiner id, as the anchor writes them. */
+    sdc_source refiner;
+    if ((s = sdc_source_open(c->job->refiner_version, &refiner, c->err))) return s;
+    s = convert_from(c, &refiner, "refiner", c->job->refiner_version);
+    sdc_source_close(&refiner);
+    return s;
+}

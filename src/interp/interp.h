@@ -1,0 +1,290 @@
+/*
+ * interp.h — internals of the reference interpreter (src/interp/). Not installed.
+ *
+ * The interpreter runs function `main` of an ML Program package on the CPU by the MIL
+ * semantics of reference/coreml-format.md §6. It reads packages, never the converter's
+ * graph, so it runs packages written by any tool.
+ *
+ * Loading (load.c) turns the protobuf into a flat program:
+ *   - a table of *slots*, one per named value (function inputs, op outputs, inline values);
+ *     each carries its declared type (MIL dtype + shape; -1 = unknown dimension);
+ *   - a list of *ops* in block order, each with its parameters resolved to slot indices and
+ *     its kernel looked up by type (an unknown op type fails the load, naming the op).
+ * Constants are not copied: a const slot keeps a *source* (a pointer into the mapped
+ * weight.bin or into the protobuf, in the stored dtype) and is decoded when an op uses it,
+ * into a temporary freed after that op. Small constants (axes, epsilons, biases) are
+ * decoded once at load. constexpr_* ops (palettized / quantized weights) are sources too,
+ * expanded per use, so memory stays near the package size.
+ *
+ * Values at run time: float dtypes (fp16, fp32) are held as float, integer and bool dtypes
+ * as int32, strings as borrowed char*. Every op computes in fp32 and its results are rounded
+ * to the declared output dtype (fp16 results become fp16-representable by RNE), as a device
+ * computing in fp16 would store them. Each op's computed output shape is checked against the
+ * shape declared in the package.
+ */
+#ifndef SDC_INTERP_H
+#define SDC_INTERP_H
+
+#include "common.h"
+
+/* MIL DataType codes (reference/coreml-format.md §3.2), used as the interpreter's dtypes. */
+enum {
+    MT_BOOL = 1,
+    MT_STRING = 2,
+    MT_FP16 = 10,
+    MT_FP32 = 11,
+    MT_FP64 = 12,
+    MT_BF16 = 13,
+    MT_INT8 = 21,
+    MT_INT16 = 22,
+    MT_INT32 = 23,
+    MT_INT64 = 24,
+    MT_INT4 = 25,
+    MT_UINT8 = 31,
+    MT_UINT16 = 32,
+    MT_UINT32 = 33,
+    MT_UINT64 = 34,
+    MT_UINT4 = 35,
+    MT_UINT2 = 36,
+    MT_UINT1 = 37,
+    MT_UINT6 = 38,
+    MT_UINT3 = 39,
+};
+
+bool mt_valid(int t);
+bool mt_is_float(int t);  /* fp16, fp32, fp64, bf16: held as float */
+bool mt_is_int(int t);    /* bool and every integer type: held as int32 */
+int mt_bits(int t);       /* element size in bits in stored form; 0 for STRING/unknown */
+const char *mt_name(int t); /* "fp16", "int32", ... as MIL text spells them */
+
+/* ---------------------------------------------------------------- tensors */
+
+typedef struct itensor {
+    int dtype; /* MT_* */
+    int rank;
+    int64_t shape[SDC_MAX_RANK];
+    size_t n; /* element count (1 for a scalar) */
+    union {
+        float *f;   /* float dtypes */
+        int32_t *i; /* integer and bool dtypes */
+        void *p;
+    };
+    const char *s; /* STRING scalar, borrowed */
+} itensor;
+
+/* Allocates a tensor of `dtype` (not STRING) and shape; data uninitialised. NULL on overflow
+   or out of memory. */
+itensor *it_new(int dtype, int rank, const int64_t *shape);
+void it_free(itensor *t);
+bool it_numel(int rank, const int64_t *shape, size_t *n); /* false on overflow / negative */
+/* Element i as float / as int64 whatever the storage. */
+static inline float it_getf(const itensor *t, size_t i) { return mt_is_float(t->dtype) ? t->f[i] : (float)t->i[i]; }
+static inline int64_t it_geti(const itensor *t, size_t i) {
+    return mt_is_float(t->dtype) ? (int64_t)t->f[i] : (int64_t)t->i[i];
+}
+/* "[1, 77, 768]" */
+const char *shape_str(int rank, const int64_t *shape, char *buf, size_t size);
+
+/* ---------------------------------------------------------------- threads, BLAS, fp16 */
+
+typedef struct ipool ipool;
+ipool *ipool_new(int n_threads); /* n_threads <= 1: everything runs on the caller */
+void ipool_free(ipool *p);
+int ipool_size(const ipool *p);
+/* Calls fn(ctx, begin, end) over [0, n) split in at most ipool_size() chunks of at least
+   `grain` items; returns when all are done. Not reentrant (no nested calls). */
+void ipool_for(ipool *p, size_t n, size_t grain, void (*fn)(void *ctx, size_t begin, size_t end), void *ctx);
+
+/* C[M×N] = op(A)·op(B) + beta·C, row-major; op(X) = Xᵀ when tX. OpenBLAS when built with it,
+   else the blocked kernel below, threaded over p. */
+void igemm(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+           const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+/* The portable cache-blocked kernel (always built, tested against a naive product). */
+void igemm_fallback(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
+                    int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+const char *igemm_backend(void); /* "openblas" or "builtin" */
+
+/* Rounds every value to the nearest fp16 (RNE; overflow to ±Inf), in place. */
+void round_f16(ipool *p, float *x, size_t n);
+/* n little-endian fp16 bit patterns (unaligned) to float. */
+void f16_expand(ipool *p, const uint8_t *src, float *dst, size_t n);
+
+/* ---------------------------------------------------------------- constant sources */
+
+typedef enum {
+    RAW_F32, RAW_F64, RAW_F16, RAW_BF16, RAW_I8, RAW_U8, RAW_I16, RAW_U16, RAW_I32, RAW_U32,
+    RAW_I64, RAW_U64,
+    RAW_PBOOL, /* protobuf_c_boolean array (host int) */
+    RAW_BITS,  /* unsigned sub-byte, LSB-first packed, `bits` wide */
+    RAW_SBITS, /* signed (two's complement) sub-byte */
+} raw_fmt;
+
+typedef enum { CS_NONE = 0, CS_RAW, CS_CONSTEXPR } cs_kind;
+
+typedef struct csrc {
+    cs_kind kind;
+    raw_fmt fmt;
+    int bits;
+    const uint8_t *ptr; /* CS_RAW: element 0 in stored form (may be unaligned) */
+    size_t n;           /* CS_RAW: stored elements */
+    int op;             /* CS_CONSTEXPR: index of the constexpr op */
+} csrc;
+
+/* Decodes stored elements [first, first+count) of a CS_RAW source as float / int32. */
+void csrc_read_f(const csrc *s, size_t first, size_t count, float *dst);
+void csrc_read_i(const csrc *s, size_t first, size_t count, int32_t *dst);
+
+/* ---------------------------------------------------------------- program */
+
+typedef enum { SL_INPUT, SL_OP, SL_CONST } slot_kind;
+
+typedef struct islot {
+    const char *name;
+    int dtype;
+    int rank;
+    int64_t shape[SDC_MAX_RANK]; /* -1: unknown */
+    slot_kind kind;
+    int producer;  /* op index (SL_OP, and SL_CONST made by an op), -1 otherwise */
+    csrc src;      /* SL_CONST */
+    itensor *val;  /* SL_CONST decoded at load (small values); NULL: decoded per use */
+    int last_use;  /* index of the last op that reads it; INT32_MAX for function outputs */
+} islot;
+
+typedef struct iparam {
+    const char *name;
+    int n;
+    int *slots;
+} iparam;
+
+typedef struct irun irun;
+typedef struct iop iop;
+typedef sdc_status (*iop_fn)(irun *r, const iop *op);
+
+typedef struct iop_def {
+    const char *type;
+    iop_fn fn;
+    int code;  /* variant for kernels shared by several op types */
+    bool constexpr_op;
+} iop_def;
+
+struct iop {
+    const char *type;
+    const char *name;
+    const iop_def *def;
+    int n_params;
+    iparam *params;
+    int n_out;
+    int *outs;
+};
+
+const iop_def *iop_find(const char *type);
+
+struct sdc_model {
+    char *path;
+    void *proto;          /* Sdc__Coreml__Model */
+    uint8_t *proto_buf;
+    struct ifile *files;  /* mapped blob files */
+    int n_files;
+    islot *slots;
+    int n_slots, cap_slots;
+    iop *ops;
+    int n_ops;
+    int *inputs, n_inputs;   /* slot indices of the function inputs */
+    int *outputs, n_outputs; /* slot indices of the block outputs */
+    int *out_dtype;          /* dtype each output is returned in (from the description) */
+    struct sdc_ndarray *in_desc, *out_desc;
+    void *names;             /* name -> slot hash */
+    struct iarena *arena;
+    ipool *pool;
+    bool exact_fp16_off;     /* options: do not round fp16 results */
+};
+
+/* ---------------------------------------------------------------- kernels' view of a run */
+
+struct irun {
+    struct sdc_model *m;
+    itensor **vals; /* per slot: the live runtime value */
+    itensor *temps[32]; /* constants decoded for the current op */
+    int n_temps;
+    sdc_err *err;
+    const iop *op;
+};
+
+/* Records an error naming the package and the op; returns its code. */
+sdc_status rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+const iparam *rt_param(const iop *op, const char *name);
+/* Value of parameter `name` (element k of a tuple parameter); NULL if absent (or on error:
+   check r->err->code). rt_req fails when absent. */
+itensor *rt_in(irun *r, const iop *op, const char *name);
+itensor *rt_in_at(irun *r, const iop *op, const char *name, int k);
+itensor *rt_req(irun *r, const iop *op, const char *name);
+/* The constant source behind a parameter when it is a lazily decoded CS_RAW constant (so a
+   kernel can decode only what it needs, e.g. gather rows); NULL otherwise. */
+const csrc *rt_lazy(irun *r, const iop *op, const char *name, const islot **slot);
+
+/* Scalars and small vectors of parameters, with defaults when absent. */
+sdc_status rt_int(irun *r, const iop *op, const char *name, int64_t dflt, int64_t *out);
+sdc_status rt_bool(irun *r, const iop *op, const char *name, bool dflt, bool *out);
+sdc_status rt_float(irun *r, const iop *op, const char *name, float dflt, float *out);
+sdc_status rt_str(irun *r, const iop *op, const char *name, const char *dflt, const char **out);
+/* A 1-D (or scalar) integer parameter into out[0..*n), at most `max` values; *present false
+   (and *n 0) when absent. */
+sdc_status rt_ints(irun *r, const iop *op, const char *name, int64_t *out, int max, int *n, bool *present);
+
+/* Allocates output k with the computed shape after checking it against the declared type;
+   dtype is the declared one. NULL on error. */
+itensor *rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shape);
+int rt_out_dtype(const irun *r, const iop *op, int k);
+ipool *rt_pool(irun *r);
+
+/* Normalises axis a of a rank-`rank` tensor (negative counts from the end); false if out of range. */
+static inline bool norm_axis(int64_t *a, int rank) {
+    if (*a < 0) *a += rank;
+    return *a >= 0 && *a < rank;
+}
+
+/* Evaluates a constexpr op's value (used by load.c and exec.c). */
+sdc_status constexpr_eval(irun *r, const iop *op, itensor **out);
+
+/* Kernel entry points, one per family (ops_*.c); `code` of the def picks the variant. */
+sdc_status k_unary(irun *r, const iop *op);
+sdc_status k_binary(irun *r, const iop *op);
+sdc_status k_cast(irun *r, const iop *op);
+sdc_status k_clip(irun *r, const iop *op);
+sdc_status k_select(irun *r, const iop *op);
+sdc_status k_gelu(irun *r, const iop *op);
+sdc_status k_act_alpha(irun *r, const iop *op);
+sdc_status k_softmax(irun *r, const iop *op);
+sdc_status k_linear(irun *r, const iop *op);
+sdc_status k_matmul(irun *r, const iop *op);
+sdc_status k_einsum(irun *r, const iop *op);
+sdc_status k_conv(irun *r, const iop *op);
+sdc_status k_layer_norm(irun *r, const iop *op);
+sdc_status k_instance_norm(irun *r, const iop *op);
+sdc_status k_batch_norm(irun *r, const iop *op);
+sdc_status k_reduce(irun *r, const iop *op);
+sdc_status k_reduce_arg(irun *r, const iop *op);
+sdc_status k_reshape(irun *r, const iop *op);
+sdc_status k_transpose(irun *r, const iop *op);
+sdc_status k_expand_dims(irun *r, const iop *op);
+sdc_status k_squeeze(irun *r, const iop *op);
+sdc_status k_identity(irun *r, const iop *op);
+sdc_status k_concat(irun *r, const iop *op);
+sdc_status k_stack(irun *r, const iop *op);
+sdc_status k_split(irun *r, const iop *op);
+sdc_status k_slice_by_index(irun *r, const iop *op);
+sdc_status k_slice_by_size(irun *r, const iop *op);
+sdc_status k_gather(irun *r, const iop *op);
+sdc_status k_tile(irun *r, const iop *op);
+sdc_status k_pad(irun *r, const iop *op);
+sdc_status k_band_part(irun *r, const iop *op);
+sdc_status k_fill(irun *r, const iop *op);
+sdc_status k_range_1d(irun *r, const iop *op);
+sdc_status k_upsample_nn(irun *r, const iop *op);
+sdc_status k_shape(irun *r, const iop *op);
+sdc_status k_sdpa(irun *r, const iop *op);
+sdc_status k_constexpr(irun *r, const iop *op); /* never executed: constexpr ops are sources */
+
+#endif

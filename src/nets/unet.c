@@ -1,0 +1,504 @@
+/*
+ * unet.c — diffusers UNet2DConditionModel (SD 1.x, 2.x, SDXL base and refiner, inpainting)
+ * as Apple's ANE-oriented graph (anchor §7): transformer activations in (B, C, 1, S), every
+ * Linear as a 1×1 conv, LayerNorm over channels, GroupNorm lowered per group, GEGLU with
+ * exact GELU, and the three attention implementations.
+ *
+ * Shapes in comments: B batch, C channels, H×W spatial, S = H·W tokens, D context channels,
+ * K context tokens (77), h heads, d = C / h.
+ */
+#include "nets/nets.h"
+
+#include <math.h>
+
+#include "nets/blocks.h"
+
+enum { MAX_BLOCKS = 8 };
+
+typedef struct unet_config {
+    int64_t in_channels, out_channels, center_input;
+    int64_t channels[MAX_BLOCKS]; /* block_out_channels */
+    size_t n_blocks;
+    bool down_attn[MAX_BLOCKS], up_attn[MAX_BLOCKS];
+    int64_t heads[MAX_BLOCKS];  /* per down level */
+    int64_t depth[MAX_BLOCKS];  /* transformer_layers_per_block per down level */
+    int64_t layers_per_block;
+    int64_t groups;
+    double norm_eps;
+    bool flip_sin_to_cos;
+    double freq_shift;
+    int64_t conv_in_kernel, conv_out_kernel;
+    int64_t cross_attention_dim;
+    bool text_time; /* addition_embed_type "text_time" (SDXL) */
+    int64_t addition_time_embed_dim, projection_input_dim;
+} unet_config;
+
+typedef struct unet_ctx {
+    sdc_net n;
+    const unet_config *cfg;
+    const sdc_unet_options *opt;
+    mil_var *temb_silu;  /* SiLU(emb) (B, 4·C0, 1, 1), shared by every resnet */
+    mil_var *context;    /* encoder_hidden_states (B, D, 1, K) in the compute dtype */
+    int64_t temb_channels;
+} unet_ctx;
+
+/* ---------------------------------------------------------------- config */
+
+static sdc_status block_types(const sdc_component *c, const char *key, size_t n, bool *attn, sdc_err *err) {
+    json_t *arr = json_object_get(c->config, key);
+    if (!json_is_array(arr) || json_array_size(arr) != n)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: '%s' must list %zu block types", c->config_path, key, n);
+    for (size_t i = 0; i < n; i++) {
+        const char *t = json_string_value(json_array_get(arr, i));
+        if (!t) return sdc_fail(err, SDC_E_FORMAT, "%s: '%s'[%zu] is not a string", c->config_path, key, i);
+        if (!strcmp(t, "CrossAttnDownBlock2D") || !strcmp(t, "CrossAttnUpBlock2D"))
+            attn[i] = true;
+        else if (!strcmp(t, "DownBlock2D") || !strcmp(t, "UpBlock2D"))
+            attn[i] = false;
+        else
+            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: block type '%s' is not supported", c->config_path, t);
+    }
+    return SDC_OK;
+}
+
+/* An int or a per-level list (diffusers accepts both for heads and transformer depth). */
+static sdc_status per_level(const sdc_component *c, const char *key, int64_t dflt, size_t n, int64_t *out,
+                            sdc_err *err) {
+    json_t *v = json_object_get(c->config, key);
+    if (!v || json_is_null(v)) {
+        for (size_t i = 0; i < n; i++) out[i] = dflt;
+        return SDC_OK;
+    }
+    if (json_is_integer(v)) {
+        for (size_t i = 0; i < n; i++) out[i] = json_integer_value(v);
+    } else if (json_is_array(v) && json_array_size(v) == n) {
+        for (size_t i = 0; i < n; i++) {
+            json_t *e = json_array_get(v, i);
+            if (!json_is_integer(e)) return sdc_fail(err, SDC_E_FORMAT, "%s: '%s' must hold integers", c->config_path, key);
+            out[i] = json_integer_value(e);
+        }
+    } else {
+        return sdc_fail(err, SDC_E_FORMAT, "%s: '%s' must be an integer or a list of %zu", c->config_path, key, n);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (out[i] < 1 || out[i] > 4096)
+            return sdc_fail(err, SDC_E_FORMAT, "%s: '%s' holds %lld", c->config_path, key, (long long)out[i]);
+    return SDC_OK;
+}
+
+/* Options that change the graph in ways this builder does not implement are refused. */
+static sdc_status refuse_unsupported(const sdc_component *c, sdc_err *err) {
+    static const char *const must_be_null[] = {"class_embed_type", "encoder_hid_dim", "time_embedding_act_fn",
+                                               "reverse_transformer_layers_per_block", "attention_type_ip"};
+    for (size_t i = 0; i < SDC_COUNT_OF(must_be_null); i++) {
+        json_t *v = json_object_get(c->config, must_be_null[i]);
+        if (v && !json_is_null(v))
+            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: '%s' is not supported", c->config_path, must_be_null[i]);
+    }
+    static const char *const must_be_false[] = {"dual_cross_attention", "only_cross_attention"};
+    for (size_t i = 0; i < SDC_COUNT_OF(must_be_false); i++) {
+        json_t *v = json_object_get(c->config, must_be_false[i]);
+        if (v && !json_is_false(v) && !json_is_null(v))
+            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: '%s' is not supported", c->config_path, must_be_false[i]);
+    }
+    const char *s;
+    sdc_status st;
+    if ((st = sdc_config_string(c, "resnet_time_scale_shift", "default", &s, err))) return st;
+    if (strcmp(s, "default")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: resnet_time_scale_shift '%s' is not supported", c->config_path, s);
+    if ((st = sdc_config_string(c, "act_fn", "silu", &s, err))) return st;
+    if (strcmp(s, "silu")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: act_fn '%s' is not supported", c->config_path, s);
+    if ((st = sdc_config_string(c, "time_embedding_type", "positional", &s, err))) return st;
+    if (strcmp(s, "positional")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: time_embedding_type '%s' is not supported", c->config_path, s);
+    if ((st = sdc_config_string(c, "mid_block_type", "UNetMidBlock2DCrossAttn", &s, err))) return st;
+    if (strcmp(s, "UNetMidBlock2DCrossAttn")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: mid_block_type '%s' is not supported", c->config_path, s);
+    return SDC_OK;
+}
+
+static sdc_status read_config(const sdc_component *c, unet_config *cfg, sdc_err *err) {
+    memset(cfg, 0, sizeof *cfg);
+    sdc_status s = refuse_unsupported(c, err);
+    if (s) return s;
+    if ((s = sdc_config_int_list(c, "block_out_channels", MAX_BLOCKS, cfg->channels, &cfg->n_blocks, err))) return s;
+    if (cfg->n_blocks < 1) return sdc_fail(err, SDC_E_FORMAT, "%s: 'block_out_channels' is missing", c->config_path);
+    const char *add;
+    bool center;
+    if ((s = block_types(c, "down_block_types", cfg->n_blocks, cfg->down_attn, err)) ||
+        (s = block_types(c, "up_block_types", cfg->n_blocks, cfg->up_attn, err)) ||
+        (s = sdc_config_int(c, "in_channels", 4, &cfg->in_channels, err)) ||
+        (s = sdc_config_int(c, "out_channels", 4, &cfg->out_channels, err)) ||
+        (s = sdc_config_int(c, "layers_per_block", 2, &cfg->layers_per_block, err)) ||
+        (s = sdc_config_int(c, "norm_num_groups", 32, &cfg->groups, err)) ||
+        (s = sdc_config_double(c, "norm_eps", 1e-5, &cfg->norm_eps, err)) ||
+        (s = sdc_config_bool(c, "flip_sin_to_cos", true, &cfg->flip_sin_to_cos, err)) ||
+        (s = sdc_config_double(c, "freq_shift", 0, &cfg->freq_shift, err)) ||
+        (s = sdc_config_bool(c, "center_input_sample", false, &center, err)) ||
+        (s = sdc_config_int(c, "conv_in_kernel", 3, &cfg->conv_in_kernel, err)) ||
+        (s = sdc_config_int(c, "conv_out_kernel", 3, &cfg->conv_out_kernel, err)) ||
+        (s = sdc_config_int(c, "cross_attention_dim", 1280, &cfg->cross_attention_dim, err)) ||
+        (s = per_level(c, "transformer_layers_per_block", 1, cfg->n_blocks, cfg->depth, err)) ||
+        (s = sdc_config_string(c, "addition_embed_type", "", &add, err)))
+        return s;
+    cfg->center_input = center;
+    /* diffusers: num_attention_heads, else attention_head_dim (which historically holds the
+       head count in SD configs) */
+    json_t *nah = json_object_get(c->config, "num_attention_heads");
+    s = per_level(c, nah && !json_is_null(nah) ? "num_attention_heads" : "attention_head_dim", 8, cfg->n_blocks,
+                  cfg->heads, err);
+    if (s) return s;
+    if (*add && strcmp(add, "text_time"))
+        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: addition_embed_type '%s' is not supported", c->config_path, add);
+    cfg->text_time = *add != 0;
+    if (cfg->text_time &&
+        ((s = sdc_config_int(c, "addition_time_embed_dim", 256, &cfg->addition_time_embed_dim, err)) ||
+         (s = sdc_config_int(c, "projection_class_embeddings_input_dim", 2816, &cfg->projection_input_dim, err))))
+        return s;
+    int64_t checks[][3] = {{cfg->in_channels, 1, 64}, {cfg->out_channels, 1, 64}, {cfg->layers_per_block, 1, 16},
+                           {cfg->groups, 1, 1024}, {cfg->conv_in_kernel, 1, 7}, {cfg->conv_out_kernel, 1, 7},
+                           {cfg->cross_attention_dim, 1, 1 << 16}};
+    for (size_t i = 0; i < SDC_COUNT_OF(checks); i++)
+        if (checks[i][0] < checks[i][1] || checks[i][0] > checks[i][2] )
+            return sdc_fail(err, SDC_E_FORMAT, "%s: a size field is out of range (%lld)", c->config_path, (long long)checks[i][0]);
+    if (cfg->conv_in_kernel % 2 == 0 || cfg->conv_out_kernel % 2 == 0)
+        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: even conv_in/conv_out kernels are not supported", c->config_path);
+    for (size_t i = 0; i < cfg->n_blocks; i++) {
+        if (cfg->channels[i] < 1 || cfg->channels[i] > 1 << 14 || cfg->channels[i] % cfg->groups)
+            return sdc_fail(err, SDC_E_FORMAT, "%s: block_out_channels[%zu] = %lld is not a positive multiple of norm_num_groups %lld",
+                            c->config_path, i, (long long)cfg->channels[i], (long long)cfg->groups);
+        if (cfg->channels[i] % cfg->heads[i])
+            return sdc_fail(err, SDC_E_FORMAT, "%s: block_out_channels[%zu] = %lld is not divisible by %lld heads",
+                            c->config_path, i, (long long)cfg->channels[i], (long long)cfg->heads[i]);
+    }
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- attention */
+
+/* q (B, C, 1, Sq) · k, v (B, C, 1, Sk), q already scaled by d^-1/2 → (B, C, 1, Sq) */
+static mil_var *attention_original(unet_ctx *u, mil_var *q, mil_var *k, mil_var *v, int64_t heads) {
+    mil_graph *g = u->n.g;
+    int64_t B = q->type.shape[0], C = q->type.shape[1], d = C / heads;
+    int64_t sq = q->type.shape[3], sk = k->type.shape[3];
+    int64_t qs[4] = {B, heads, d, sq}, ks[4] = {B, heads, d, sk}, os[4] = {B, C, 1, sq};
+    mil_var *w = mil_matmul(g, mil_reshape(g, q, 4, qs), mil_reshape(g, k, 4, ks), true, false); /* (B, h, Sq, Sk) */
+    w = mil_softmax(g, w, -1);
+    mil_var *o = mil_matmul(g, mil_reshape(g, v, 4, ks), w, false, true); /* (B, h, d, Sq) */
+    return mil_reshape(g, o, 4, os);
+}
+
+enum { MAX_HEADS = 64, V2_CHUNK = 512 };
+
+/* One head of SPLIT_EINSUM: q_h (B, d, 1, Sq), kt_h (B, Sk, 1, d), v_h (B, d, 1, Sk) → (B, d, 1, Sq) */
+static mil_var *einsum_head(mil_graph *g, mil_var *q_h, mil_var *kt_h, mil_var *v_h) {
+    mil_var *w = mil_einsum(g, "nchw,nwhu->nchu", kt_h, q_h); /* (B, Sk, 1, Sq) */
+    w = mil_softmax(g, w, 1);                                 /* over keys */
+    return mil_einsum(g, "nchw,nwhu->nchu", v_h, w);         /* (B, d, 1, Sq) */
+}
+
+/* SPLIT_EINSUM (and _V2 with query chunks of 512; unlike the anchor, a shorter last chunk
+   covers any remainder, so 48×48 latents work) */
+static mil_var *attention_split(unet_ctx *u, mil_var *q, mil_var *k, mil_var *v, int64_t heads, bool v2) {
+    mil_graph *g = u->n.g;
+    if (!q || !k || !v) return NULL;
+    if (heads > MAX_HEADS) return mil_fail(g, SDC_E_UNSUPPORTED, "more than %d attention heads", MAX_HEADS);
+    int64_t C = q->type.shape[1], d = C / heads, sq = q->type.shape[3];
+    int64_t sizes[MAX_HEADS];
+    for (int64_t i = 0; i < heads; i++) sizes[i] = d;
+    static const int32_t to_keys_first[4] = {0, 3, 2, 1};
+    mil_var *kt = mil_transpose(g, k, 4, to_keys_first); /* (B, Sk, 1, C) */
+    mil_var *qh[MAX_HEADS], *kh[MAX_HEADS], *vh[MAX_HEADS], *oh[MAX_HEADS];
+    if (!mil_split(g, q, 1, (int)heads, sizes, qh) || !mil_split(g, kt, 3, (int)heads, sizes, kh) ||
+        !mil_split(g, v, 1, (int)heads, sizes, vh))
+        return NULL;
+    int64_t n_chunks = v2 ? (sq + V2_CHUNK - 1) / V2_CHUNK : 1;
+    if (sq < V2_CHUNK) n_chunks = 1; /* the anchor's fallback to SPLIT_EINSUM */
+    for (int64_t h = 0; h < heads; h++) {
+        if (n_chunks == 1) {
+            oh[h] = einsum_head(g, qh[h], kh[h], vh[h]);
+            continue;
+        }
+        int64_t csizes[MAX_HEADS];
+        for (int64_t c = 0; c < n_chunks; c++) csizes[c] = c < n_chunks - 1 ? V2_CHUNK : sq - V2_CHUNK * (n_chunks - 1);
+        mil_var *qc[MAX_HEADS], *oc[MAX_HEADS];
+        if (n_chunks > MAX_HEADS) return mil_fail(g, SDC_E_UNSUPPORTED, "query too long for SPLIT_EINSUM_V2");
+        if (!mil_split(g, qh[h], 3, (int)n_chunks, csizes, qc)) return NULL;
+        for (int64_t c = 0; c < n_chunks; c++) oc[c] = einsum_head(g, qc[c], kh[h], vh[h]);
+        oh[h] = mil_concat(g, (int)n_chunks, oc, 3);
+    }
+    return mil_concat(g, (int)heads, oh, 1); /* (B, C, 1, Sq) */
+}
+
+/* diffusers Attention with to_q/to_k/to_v (no bias) and to_out.0 (bias), as 1×1 convs */
+static mil_var *attention(unet_ctx *u, mil_var *x, mil_var *context, const char *prefix, int64_t C, int64_t heads) {
+    mil_graph *g = u->n.g;
+    char p[256];
+    int64_t D = context ? context->type.shape[1] : C;
+    mil_var *ctx = context ? context : x;
+    snprintf(p, sizeof p, "%s.to_q", prefix);
+    mil_var *q = net_linear_1x1(&u->n, x, p, C, C, false); /* (B, C, 1, S) */
+    snprintf(p, sizeof p, "%s.to_k", prefix);
+    mil_var *k = net_linear_1x1(&u->n, ctx, p, D, C, false);
+    snprintf(p, sizeof p, "%s.to_v", prefix);
+    mil_var *v = net_linear_1x1(&u->n, ctx, p, D, C, false);
+    /* scaling q first keeps QKᵀ inside the fp16 range */
+    q = mil_mul(g, q, mil_const_scalar(g, u->n.t, (float)(1.0 / sqrt((double)(C / heads)))));
+    mil_var *o;
+    switch (u->opt->attention) {
+    case SDC_ATTN_ORIGINAL: o = attention_original(u, q, k, v, heads); break;
+    case SDC_ATTN_SPLIT_EINSUM_V2: o = attention_split(u, q, k, v, heads, true); break;
+    default: o = attention_split(u, q, k, v, heads, false);
+    }
+    snprintf(p, sizeof p, "%s.to_out.0", prefix);
+    return net_linear_1x1(&u->n, o, p, C, C, true);
+}
+
+/* GEGLU feed-forward: (B, C, 1, S) → proj (B, 8C, 1, S) → hidden · gelu(gate) → (B, C, 1, S) */
+static mil_var *feed_forward(unet_ctx *u, mil_var *x, const char *prefix, int64_t C) {
+    mil_graph *g = u->n.g;
+    char p[256];
+    snprintf(p, sizeof p, "%s.net.0.proj", prefix);
+    mil_var *h = net_linear_1x1(&u->n, x, p, C, 8 * C, true);
+    mil_var *parts[2];
+    int64_t sizes[2] = {4 * C, 4 * C};
+    if (!mil_split(g, h, 1, 2, sizes, parts)) return NULL;
+    h = mil_mul(g, parts[0], mil_gelu(g, parts[1], "EXACT"));
+    snprintf(p, sizeof p, "%s.net.2", prefix);
+    return net_linear_1x1(&u->n, h, p, 4 * C, C, true);
+}
+
+/* Transformer2DModel: (B, C, H, W) → GN → proj_in → (B, C, 1, HW) → blocks → proj_out → + x */
+static mil_var *spatial_transformer(unet_ctx *u, mil_var *x, const char *prefix, int64_t heads, int64_t depth) {
+    mil_graph *g = u->n.g;
+    if (!x) return NULL;
+    char p[256];
+    int64_t B = x->type.shape[0], C = x->type.shape[1], H = x->type.shape[2], W = x->type.shape[3];
+    snprintf(p, sizeof p, "%s.norm", prefix);
+    mil_var *h = net_group_norm(&u->n, x, p, (int)u->cfg->groups, 1e-6f);
+    snprintf(p, sizeof p, "%s.proj_in", prefix);
+    h = net_linear_1x1(&u->n, h, p, C, C, true);
+    int64_t seq[4] = {B, C, 1, H * W};
+    h = mil_reshape(g, h, 4, seq); /* (B, C, 1, S) */
+    for (int64_t k = 0; k < depth; k++) {
+        char b[200];
+        snprintf(b, sizeof b, "%s.transformer_blocks.%lld", prefix, (long long)k);
+        mil_scope(g, "%s", b);
+        snprintf(p, sizeof p, "%s.norm1", b);
+        char a[256];
+        snprintf(a, sizeof a, "%s.attn1", b);
+        h = mil_add(g, h, attention(u, net_layer_norm_c(&u->n, h, p, 1e-5f), NULL, a, C, heads));
+        snprintf(p, sizeof p, "%s.norm2", b);
+        snprintf(a, sizeof a, "%s.attn2", b);
+        h = mil_add(g, h, attention(u, net_layer_norm_c(&u->n, h, p, 1e-5f), u->context, a, C, heads));
+        snprintf(p, sizeof p, "%s.norm3", b);
+        snprintf(a, sizeof a, "%s.ff", b);
+        h = mil_add(g, h, feed_forward(u, net_layer_norm_c(&u->n, h, p, 1e-5f), a, C));
+    }
+    int64_t img[4] = {B, C, H, W};
+    h = mil_reshape(g, h, 4, img);
+    snprintf(p, sizeof p, "%s.proj_out", prefix);
+    return mil_add(g, net_linear_1x1(&u->n, h, p, C, C, true), x);
+}
+
+static mil_var *resnet(unet_ctx *u, mil_var *x, const char *prefix, int64_t cin, int64_t cout) {
+    mil_scope(u->n.g, "%s", prefix);
+    return net_resnet(&u->n, x, u->temb_silu, prefix, cin, cout, u->temb_channels, (int)u->cfg->groups,
+                      (float)u->cfg->norm_eps);
+}
+
+/* ---------------------------------------------------------------- embeddings */
+
+/* TimestepEmbedding as 1×1 convs: (B, in, 1, 1) → linear_1 → SiLU → linear_2 → (B, out, 1, 1) */
+static mil_var *timestep_mlp(unet_ctx *u, mil_var *x, const char *prefix, int64_t in, int64_t out) {
+    char p[256];
+    snprintf(p, sizeof p, "%s.linear_1", prefix);
+    mil_var *h = mil_silu(u->n.g, net_linear_1x1(&u->n, x, p, in, out, true));
+    snprintf(p, sizeof p, "%s.linear_2", prefix);
+    return net_linear_1x1(&u->n, h, p, out, out, true);
+}
+
+/* The sinusoids run in float32 even in fp16 programs: t·freq reaches ~1000, where fp16 steps
+   are 0.5 and sin/cos would be noise. */
+static mil_var *time_embedding(unet_ctx *u, mil_var *timestep, mil_var *time_ids, mil_var *text_embeds) {
+    mil_graph *g = u->n.g;
+    const unet_config *cfg = u->cfg;
+    int64_t B = timestep->type.shape[0], C0 = cfg->channels[0];
+    mil_scope(g, "time_embedding");
+    mil_var *t32 = timestep->type.dtype == SDC_DT_F32 ? timestep : mil_cast(g, timestep, SDC_DT_F32);
+    mil_var *s = net_to_compute(&u->n, net_sinusoid(&u->n, t32, C0, cfg->flip_sin_to_cos, cfg->freq_shift));
+    int64_t col[4] = {B, C0, 1, 1};
+    mil_var *emb = timestep_mlp(u, mil_reshape(g, s, 4, col), "time_embedding", C0, u->temb_channels);
+    if (cfg->text_time) { /* SDXL: add_embedding(concat(text_embeds, sinusoids of time_ids)) */
+        mil_scope(g, "add_embedding");
+        int64_t n_ids = time_ids->type.shape[1], A = cfg->addition_time_embed_dim;
+        int64_t flat[1] = {B * n_ids}, rows[2] = {B, n_ids * A};
+        mil_var *ids32 = time_ids->type.dtype == SDC_DT_F32 ? time_ids : mil_cast(g, time_ids, SDC_DT_F32);
+        mil_var *te = net_sinusoid(&u->n, mil_reshape(g, ids32, 1, flat), A, cfg->flip_sin_to_cos, cfg->freq_shift);
+        te = net_to_compute(&u->n, mil_reshape(g, te, 2, rows)); /* (B, n·A) */
+        mil_var *parts[2] = {net_to_compute(&u->n, text_embeds), te};
+        mil_var *add = mil_concat(g, 2, parts, 1); /* (B, projection_input_dim) */
+        int64_t col2[4] = {B, cfg->projection_input_dim, 1, 1};
+        emb = mil_add(g, emb, timestep_mlp(u, mil_reshape(g, add, 4, col2), "add_embedding",
+                                           cfg->projection_input_dim, u->temb_channels));
+    }
+    return emb; /* (B, 4·C0, 1, 1) */
+}
+
+/* ---------------------------------------------------------------- the network */
+
+typedef struct skip_stack {
+    mil_var *v[64];
+    int n;
+} skip_stack;
+
+static mil_var *down_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
+    const unet_config *cfg = u->cfg;
+    char p[256];
+    int64_t cin = cfg->channels[0];
+    skips->v[skips->n++] = h;
+    for (size_t i = 0; i < cfg->n_blocks; i++) {
+        int64_t cout = cfg->channels[i];
+        for (int64_t j = 0; j < cfg->layers_per_block; j++) {
+            snprintf(p, sizeof p, "down_blocks.%zu.resnets.%lld", i, (long long)j);
+            h = resnet(u, h, p, j == 0 ? cin : cout, cout);
+            if (cfg->down_attn[i]) {
+                snprintf(p, sizeof p, "down_blocks.%zu.attentions.%lld", i, (long long)j);
+                h = spatial_transformer(u, h, p, cfg->heads[i], cfg->depth[i]);
+            }
+            skips->v[skips->n++] = h;
+        }
+        if (i + 1 < cfg->n_blocks) {
+            static const int pad1[4] = {1, 1, 1, 1};
+            snprintf(p, sizeof p, "down_blocks.%zu.downsamplers.0.conv", i);
+            mil_scope(u->n.g, "%s", p);
+            h = net_conv(&u->n, h, p, cout, cout, 3, 2, pad1); /* (B, C, H/2, W/2) */
+            skips->v[skips->n++] = h;
+        }
+        cin = cout;
+    }
+    return h;
+}
+
+static mil_var *mid_block(unet_ctx *u, mil_var *h) {
+    const unet_config *cfg = u->cfg;
+    size_t last = cfg->n_blocks - 1;
+    int64_t C = cfg->channels[last];
+    h = resnet(u, h, "mid_block.resnets.0", C, C);
+    h = spatial_transformer(u, h, "mid_block.attentions.0", cfg->heads[last], cfg->depth[last]);
+    return resnet(u, h, "mid_block.resnets.1", C, C);
+}
+
+static mil_var *up_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
+    const unet_config *cfg = u->cfg;
+    mil_graph *g = u->n.g;
+    size_t nb = cfg->n_blocks;
+    char p[256];
+    int64_t prev = cfg->channels[nb - 1];
+    for (size_t i = 0; i < nb; i++) {
+        size_t level = nb - 1 - i; /* diffusers reverses the per-level lists for the up path */
+        int64_t cout = cfg->channels[level], cin = cfg->channels[level > 0 ? level - 1 : 0];
+        int64_t layers = cfg->layers_per_block + 1;
+        for (int64_t j = 0; j < layers; j++) {
+            if (skips->n == 0) return mil_fail(g, SDC_E_INTERNAL, "UNet skip stack underflow");
+            mil_var *skip = skips->v[--skips->n];
+            int64_t skip_c = j == layers - 1 ? cin : cout, res_in = j == 0 ? prev : cout;
+            mil_var *parts[2] = {h, skip};
+            mil_scope(g, "up_blocks_%zu_concat_%lld", i, (long long)j);
+            h = mil_concat(g, 2, parts, 1); /* (B, res_in + skip_c, H, W) */
+            snprintf(p, sizeof p, "up_blocks.%zu.resnets.%lld", i, (long long)j);
+            h = resnet(u, h, p, res_in + skip_c, cout);
+            if (cfg->up_attn[i]) {
+                snprintf(p, sizeof p, "up_blocks.%zu.attentions.%lld", i, (long long)j);
+                h = spatial_transformer(u, h, p, cfg->heads[level], cfg->depth[level]);
+            }
+        }
+        if (i + 1 < nb) {
+            snprintf(p, sizeof p, "up_blocks.%zu.upsamplers.0.conv", i);
+            mil_scope(g, "%s", p);
+            h = net_conv3(&u->n, mil_upsample_nearest(g, h, 2, 2), p, cout, cout);
+        }
+        prev = cout;
+    }
+    return h;
+}
+
+static void build(unet_ctx *u, int64_t B, int64_t latent_h, int64_t latent_w, int64_t D, int64_t K, int64_t n_time_ids,
+                  int64_t text_embeds_dim) {
+    mil_graph *g = u->n.g;
+    const unet_config *cfg = u->cfg;
+    /* The contract's inputs are float16 whatever the compute precision: the Python pipeline
+       checks dtypes strictly and feeds float16. */
+    int64_t ss[4] = {B, cfg->in_channels, latent_h, latent_w}, ts[1] = {B}, es[4] = {B, D, 1, K};
+    mil_var *sample = mil_input(g, "sample", SDC_DT_F16, 4, ss);
+    mil_var *timestep = mil_input(g, "timestep", SDC_DT_F16, 1, ts);
+    mil_var *ehs = mil_input(g, "encoder_hidden_states", SDC_DT_F16, 4, es);
+    mil_var *time_ids = NULL, *text_embeds = NULL;
+    if (cfg->text_time) {
+        int64_t tis[2] = {B, n_time_ids}, tes[2] = {B, text_embeds_dim};
+        time_ids = mil_input(g, "time_ids", SDC_DT_F16, 2, tis);
+        text_embeds = mil_input(g, "text_embeds", SDC_DT_F16, 2, tes);
+    }
+    u->context = net_to_compute(&u->n, ehs);
+    mil_var *emb = time_embedding(u, timestep, time_ids, text_embeds);
+    u->temb_silu = mil_silu(g, emb);
+
+    mil_scope(g, "conv_in");
+    mil_var *x = net_to_compute(&u->n, sample);
+    if (cfg->center_input) x = mil_sub(g, mil_mul(g, x, mil_const_scalar(g, u->n.t, 2.0f)), mil_const_scalar(g, u->n.t, 1.0f));
+    int k = (int)cfg->conv_in_kernel, pk = k / 2;
+    const int pad_in[4] = {pk, pk, pk, pk};
+    mil_var *h = net_conv(&u->n, x, "conv_in", cfg->in_channels, cfg->channels[0], k, 1, pad_in);
+    skip_stack skips = {.n = 0};
+    h = down_path(u, h, &skips);
+    h = mid_block(u, h);
+    h = up_path(u, h, &skips);
+    mil_scope(g, "conv_out");
+    h = mil_silu(g, net_group_norm(&u->n, h, "conv_norm_out", (int)cfg->groups, (float)cfg->norm_eps));
+    k = (int)cfg->conv_out_kernel;
+    pk = k / 2;
+    const int pad_out[4] = {pk, pk, pk, pk};
+    h = net_conv(&u->n, h, "conv_out", cfg->channels[0], cfg->out_channels, k, 1, pad_out);
+    net_output_f32(&u->n, h, "noise_pred");
+}
+
+/* ---------------------------------------------------------------- entry */
+
+sdc_status sdc_unet_describe(const sdc_component *c, sdc_unet_info *info, sdc_err *err) {
+    unet_config cfg;
+    sdc_status s = read_config(c, &cfg, err);
+    if (s) return s;
+    memset(info, 0, sizeof *info);
+    info->in_channels = cfg.in_channels;
+    info->cross_attention_dim = cfg.cross_attention_dim;
+    info->text_time = cfg.text_time;
+    info->addition_time_embed_dim = cfg.addition_time_embed_dim;
+    info->projection_input_dim = cfg.projection_input_dim;
+    info->downsamples = (int)cfg.n_blocks - 1;
+    return SDC_OK;
+}
+
+sdc_status sdc_build_unet(const sdc_component *c, const sdc_unet_options *opt, mil_graph **out, sdc_err *err) {
+    unet_config cfg;
+    sdc_status s = read_config(c, &cfg, err);
+    if (s) return s;
+    int64_t mult = (int64_t)1 << (cfg.n_blocks - 1);
+    if (opt->latent_h < 1 || opt->latent_w < 1 || opt->latent_h % mult || opt->latent_w % mult || opt->latent_h > 1024 ||
+        opt->latent_w > 1024)
+        return sdc_fail(err, SDC_E_ARG, "%s: latent size %dx%d must be a positive multiple of %lld (the UNet halves it %zu times)",
+                        c->config_path, opt->latent_h, opt->latent_w, (long long)mult, cfg.n_blocks - 1);
+    if (cfg.text_time) {
+        int64_t text_dim = cfg.projection_input_dim - opt->n_time_ids * cfg.addition_time_embed_dim;
+        if (text_dim < 1)
+            return sdc_fail(err, SDC_E_FORMAT, "%s: projection_class_embeddings_input_dim %lld leaves no room for text_embeds after %d time ids",
+                            c->config_path, (long long)cfg.projection_input_dim, opt->n_time_ids);
+    }
+    mil_graph *g = mil_graph_new(opt->opset);
+    if (!g) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    unet_ctx u = {.n = {g, c, opt->compute, err}, .cfg = &cfg, .opt = opt, .temb_channels = 4 * cfg.channels[0]};
+    {
+        /* time_embedding.linear_1 tells the embedding width (4·C0 in every SD UNet) */
+        const sdc_tensor *t = sdc_weights_find(c->weights, "time_embedding.linear_1.weight");
+        if (t && t->rank >= 1) u.temb_channels = t->shape[0];
+    }
+    build(&u, opt->batch, opt->latent_h, opt->latent_w, opt->context_dim ? opt->context_dim : cfg.cross_attention_dim,
+          opt->context_len, opt->n_time_ids, cfg.projection_input_dim - opt->n_time_ids * cfg.addition_time_embed_dim);
+    return net_finish(&u.n, out);
+}
