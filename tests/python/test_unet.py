@@ -1,0 +1,226 @@
+"""UNet conversion (issue 4): the anchor's I/O contract (reference/anchor-ml-stable-diffusion.md
+§4.2) checked with coremltools for every fixture and attention implementation, the SDXL
+footgun messages, and noise_pred compared with diffusers' UNet2DConditionModel in float32 by
+running the package through sdcoreml's interpreter."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import coreml_checks
+from conftest import check_ok, package_name
+
+ATTENTIONS = ["ORIGINAL", "SPLIT_EINSUM", "SPLIT_EINSUM_V2"]
+# kind -> is it SDXL
+KINDS = {"sd1": False, "sd2": False, "sd1-inpaint": False, "sdxl": True, "sdxl-refiner": True}
+
+
+def unet_config(pipeline):
+    return json.loads((Path(pipeline) / "unet" / "config.json").read_text())
+
+
+def expected_io(pipeline, batch=2, latent=None, xl=False):
+    cfg = unet_config(pipeline)
+    h, w = latent or (cfg["sample_size"], cfg["sample_size"])
+    d = cfg["cross_attention_dim"]
+    inputs = [
+        ("sample", (batch, cfg["in_channels"], h, w), "FLOAT16"),
+        ("timestep", (batch,), "FLOAT16"),
+        ("encoder_hidden_states", (batch, d, 1, 77), "FLOAT16"),
+    ]
+    if xl:
+        index = json.loads((Path(pipeline) / "model_index.json").read_text())
+        n_ids = 5 if index.get("requires_aesthetics_score") else 6
+        text_dim = cfg["projection_class_embeddings_input_dim"] - n_ids * cfg["addition_time_embed_dim"]
+        inputs += [("time_ids", (batch, n_ids), "FLOAT16"), ("text_embeds", (batch, text_dim), "FLOAT16")]
+    outputs = [("noise_pred", (batch, cfg.get("out_channels", 4), h, w), "FLOAT32")]
+    return inputs, outputs
+
+
+def convert_unet(sdcoreml, pipeline, out, *flags):
+    pipeline = Path(pipeline)
+    r = sdcoreml("--convert-unet", "--model-version", pipeline.name, "-o", out, *flags, cwd=pipeline.parent)
+    return r, Path(out) / package_name(pipeline.name, "unet")
+
+
+@pytest.fixture(scope="module")
+def unet_packages(sdcoreml, pipelines, tmp_path_factory):
+    """Converts each (kind, attention, precision) once per module."""
+    cache = {}
+
+    def get(kind, attention="SPLIT_EINSUM", precision="FLOAT16", *extra):
+        key = (kind, attention, precision) + extra
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"unet-{kind}-{attention}-{precision}")
+            flags = ["--attention-implementation", attention, "--compute-precision", precision, *extra]
+            if KINDS[kind]:
+                flags.append("--xl-version")
+            r, pkg = convert_unet(sdcoreml, pipelines[kind], out, *flags)
+            check_ok(r)
+            cache[key] = pkg
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_contract(unet_packages, pipelines, kind, attention):
+    pkg = unet_packages(kind, attention)
+    inputs, outputs = expected_io(pipelines[kind], xl=KINDS[kind])
+    info = coreml_checks.load_and_check(str(pkg), inputs=inputs, outputs=outputs, spec_version=7)
+    hist = info.op_histogram
+    if attention == "ORIGINAL":
+        assert hist["einsum"] == 0 and hist["matmul"] > 0
+    else:  # the ANE form: one einsum pair per head, softmax over the key axis
+        assert hist["einsum"] > 0 and hist["matmul"] == 0
+    assert hist["conv"] > 0 and hist["linear"] == 0, "every Linear must be a 1x1 conv"
+    assert info.const_dtypes["fp32"] == 0, "a FLOAT16 package must not carry fp32 weights"
+
+
+@pytest.mark.parametrize("latent", [(48, 48), (40, 56)])
+def test_split_einsum_v2_odd_latents(sdcoreml, pipelines, tmp_path, latent):
+    """48x48 = 2304 tokens (not a multiple of 512) breaks the anchor's V2; ours must convert."""
+    h, w = latent
+    r, pkg = convert_unet(sdcoreml, pipelines["sd1"], tmp_path, "--attention-implementation", "SPLIT_EINSUM_V2",
+                          "--latent-h", h, "--latent-w", w)
+    check_ok(r)
+    inputs, outputs = expected_io(pipelines["sd1"], latent=latent)
+    coreml_checks.load_and_check(str(pkg), inputs=inputs, outputs=outputs)
+
+
+def test_batch_one(sdcoreml, pipelines, tmp_path):
+    r, pkg = convert_unet(sdcoreml, pipelines["sd2"], tmp_path, "--unet-batch-one")
+    check_ok(r)
+    inputs, outputs = expected_io(pipelines["sd2"], batch=1)
+    coreml_checks.load_and_check(str(pkg), inputs=inputs, outputs=outputs)
+
+
+def test_latent_size_must_divide(sdcoreml, pipelines, tmp_path):
+    r, _ = convert_unet(sdcoreml, pipelines["sd1"], tmp_path, "--latent-h", 31, "--latent-w", 32)
+    assert r.returncode == 2
+    assert "latent size 31x32 must be a positive multiple of" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sdxl_without_xl_version_is_refused(sdcoreml, pipelines, tmp_path):
+    for kind in ("sdxl", "sdxl-refiner"):
+        r, _ = convert_unet(sdcoreml, pipelines[kind], tmp_path)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert lines == [f"sdcoreml: error: {kind} is an SDXL model (its UNet takes time_ids and text_embeds); "
+                         "add --xl-version"], r.stderr
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_xl_version_on_sd1_is_refused(sdcoreml, pipelines, tmp_path):
+    r, _ = convert_unet(sdcoreml, pipelines["sd1"], tmp_path, "--xl-version")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["sdcoreml: error: --xl-version given, but tiny-sd is not an SDXL model"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refiner_version_names_and_metadata(sdcoreml, pipelines, tmp_path):
+    """--refiner-version writes <base>_refiner.mlpackage, whose metadata version is the refiner id."""
+    base, refiner = pipelines["sdxl"], pipelines["sdxl-refiner"]
+    assert base.parent == refiner.parent
+    r = sdcoreml("--convert-unet", "--xl-version", "--model-version", base.name, "--refiner-version", refiner.name,
+                 "-o", tmp_path, cwd=base.parent)
+    check_ok(r)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [package_name(base.name, "refiner"), package_name(base.name, "unet")]
+    inputs, outputs = expected_io(refiner, xl=True)
+    info = coreml_checks.load_and_check(str(tmp_path / package_name(base.name, "refiner")), inputs=inputs,
+                                        outputs=outputs)
+    assert info.metadata["version"] == refiner.name
+    assert {n: s for n, s, _ in inputs}["time_ids"] == (2, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers: our interpreter on the package vs diffusers in float32
+
+
+def psnr(a, b):
+    """The anchor's compute_psnr: a = reference, b = candidate."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    max_b = np.abs(b).max()
+    rmse = np.sqrt(((a - b) ** 2).mean())
+    return 20 * np.log10((max_b + 1e-5) / (rmse + 1e-10))
+
+
+def random_inputs(pipeline, xl, seed=0):
+    """Inputs in the package's dtypes (fp16), like the anchor's torch.rand samples; timestep 981,
+    the first of a 50-step schedule."""
+    rng = np.random.default_rng(seed)
+    inputs, _ = expected_io(pipeline, xl=xl)
+    feeds = {}
+    for name, shape, _dtype in inputs:
+        feeds[name] = rng.random(shape, dtype=np.float32).astype(np.float16)
+    feeds["timestep"] = np.full(feeds["timestep"].shape, 981, np.float16)
+    if xl:
+        ids = feeds["time_ids"]
+        feeds["time_ids"] = np.tile(np.array([64, 64, 0, 0, 64, 64][: ids.shape[1]], np.float16), (ids.shape[0], 1))
+    return feeds
+
+
+def diffusers_noise_pred(pipeline, feeds):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(pipeline) / "unet", torch_dtype=torch.float32).eval()
+    f = {k: torch.from_numpy(v.astype(np.float32)) for k, v in feeds.items()}
+    ehs = f["encoder_hidden_states"].squeeze(2).permute(0, 2, 1)  # (B, D, 1, K) -> (B, K, D)
+    extra = {}
+    if "time_ids" in f:
+        extra["added_cond_kwargs"] = {"time_ids": f["time_ids"], "text_embeds": f["text_embeds"]}
+    with torch.no_grad():
+        return unet(f["sample"], f["timestep"], encoder_hidden_states=ehs, **extra).sample.numpy()
+
+
+def run_package(sdcoreml, pkg, feeds, tmp_path):
+    args = ["run", pkg]
+    for name, value in feeds.items():
+        p = tmp_path / f"in-{name}.npy"
+        np.save(p, value)
+        args += ["--input", f"{name}={p}"]
+    out = tmp_path / "run-out"
+    check_ok(sdcoreml(*args, "-o", out))
+    return {p.stem: np.load(p) for p in out.glob("*.npy")}
+
+
+@pytest.mark.parametrize("precision,min_psnr", [("FLOAT16", 40.0), ("FLOAT32", 60.0)])
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_noise_pred_matches_diffusers(sdcoreml, unet_packages, pipelines, tmp_path, kind, attention, precision,
+                                      min_psnr):
+    pkg = unet_packages(kind, attention, precision)
+    feeds = random_inputs(pipelines[kind], KINDS[kind])
+    ref = diffusers_noise_pred(pipelines[kind], feeds)
+    got = run_package(sdcoreml, pkg, feeds, tmp_path)["noise_pred"]
+    assert got.shape == ref.shape and got.dtype == np.float32
+    value = psnr(ref, got)
+    print(f"PSNR unet {kind} {attention} {precision}: {value:.1f} dB")
+    assert value >= min_psnr, f"{kind} {attention} {precision}: PSNR {value:.1f} dB < {min_psnr}"
+
+
+@pytest.mark.parametrize("latent", [(48, 48), (40, 56)])
+def test_split_einsum_v2_odd_latents_match(sdcoreml, pipelines, tmp_path, latent):
+    h, w = latent
+    r, pkg = convert_unet(sdcoreml, pipelines["sd1"], tmp_path / "pkg", "--attention-implementation",
+                          "SPLIT_EINSUM_V2", "--latent-h", h, "--latent-w", w, "--compute-precision", "FLOAT32")
+    check_ok(r)
+    rng = np.random.default_rng(1)
+    cfg = unet_config(pipelines["sd1"])
+    feeds = {
+        "sample": rng.random((2, 4, h, w), dtype=np.float32).astype(np.float16),
+        "timestep": np.full((2,), 981, np.float16),
+        "encoder_hidden_states": rng.random((2, cfg["cross_attention_dim"], 1, 77), dtype=np.float32).astype(np.float16),
+    }
+    ref = diffusers_noise_pred(pipelines["sd1"], feeds)
+    got = run_package(sdcoreml, pkg, feeds, tmp_path)["noise_pred"]
+    value = psnr(ref, got)
+    print(f"PSNR unet sd1 SPLIT_EINSUM_V2 {h}x{w} FLOAT32: {value:.1f} dB")
+    assert value >= 60.0
