@@ -254,6 +254,7 @@ static sdc_status stream_weight(stream_state *st, const mil_var *v, sdc_err *err
         if (st->hooks && st->hooks->progress)
             st->hooks->progress(st->hooks->user, st->hooks->what, st->done, st->total);
     }
+    sdc_tensor_release(w->src);
     if (overflows)
         return sdc_fail(err, SDC_E_FORMAT,
                         "%s: tensor '%s': %llu values exceed the float16 range (65504); "

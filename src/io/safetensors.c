@@ -493,3 +493,15 @@ float sdc_tensor_get_f32(const sdc_tensor *t, uint64_t i) {
     default: SDC_ASSERT(!"sdc_tensor_get_f32 on a non-float tensor"); return 0.0f;
     }
 }
+
+/* Streaming a model touches every page of its mapping once; without this, those file pages
+   would stay in the process's resident set and peak RSS would grow to the model size. */
+void sdc_tensor_release(const sdc_tensor *t) {
+    if (!t || !t->nbytes) return;
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t begin = (uintptr_t)t->data & ~(uintptr_t)(page - 1);
+    uintptr_t end = ((uintptr_t)t->data + t->nbytes + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t map_end = (uintptr_t)t->file->map + t->file->map_size;
+    if (end > map_end) end = map_end; /* the mapping's last page may be partial */
+    if (end > begin) madvise((void *)begin, end - begin, MADV_DONTNEED);
+}

@@ -39,6 +39,10 @@ size_t sdc_st_count(const sdc_st_file *f);
 const sdc_tensor *sdc_st_at(const sdc_st_file *f, size_t i);      /* in data-offset order */
 const sdc_tensor *sdc_st_find(const sdc_st_file *f, const char *name); /* NULL if absent */
 
+/* Drops the tensor's pages from the resident set once it has been streamed (they are re-read
+   from the file if used again). */
+void sdc_tensor_release(const sdc_tensor *t);
+
 /* Reads element i of a float tensor (F32, F16, BF16, F64) as float. */
 float sdc_tensor_get_f32(const sdc_tensor *t, uint64_t i);
 
