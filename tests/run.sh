@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The test command: bash tests/run.sh
+#
+#   1. as root, apt-get installs the build and test packages that are missing (Debian);
+#   2. creates or reuses the Python test venv (Debian's python3 + its CPU torch, plus the exact
+#      pins of tests/requirements.txt);
+#   3. builds with CMake;
+#   4. runs the C unit tests (ctest);
+#   5. runs the Python oracle tests (pytest tests/python).
+#
+# Environment:
+#   SDCOREML_VENV    venv to use (default ~/.cache/sdcoreml/venv-<hash of tests/requirements.txt>)
+#   SDCOREML_CACHE   cache root for the venv and generated fixtures (default ~/.cache/sdcoreml)
+#   BUILD_DIR        CMake build directory (default build)
+#   PYTEST_ARGS      extra arguments for pytest
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+T0=$(date +%s)
+say() { printf '\n==> [%ss] %s\n' "$(($(date +%s) - T0))" "$*"; }
+
+: "${HOME:=/root}"
+export SDCOREML_CACHE="${SDCOREML_CACHE:-$HOME/.cache/sdcoreml}"
+BUILD_DIR="${BUILD_DIR:-build}"
+case "$BUILD_DIR" in /*) ;; *) BUILD_DIR="$ROOT/$BUILD_DIR" ;; esac
+
+# ---- 1. system packages ------------------------------------------------------------------------
+BUILD_PKGS=(cmake gcc pkg-config libjansson-dev libprotobuf-c-dev protobuf-c-compiler)
+TEST_PKGS=(python3-torch python3-venv python3-numpy)
+missing=()
+for p in "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; do
+    if ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then missing+=("$p"); fi
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -eq 0 ]]; then
+        say "apt-get install ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    else
+        echo "tests/run.sh: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+    fi
+fi
+
+# ---- 2. Python venv ----------------------------------------------------------------------------
+REQ="$ROOT/tests/requirements.txt"
+REQ_HASH=$(sha256sum "$REQ" | cut -c1-12)
+VENV="${SDCOREML_VENV:-$SDCOREML_CACHE/venv-$REQ_HASH}"
+MARKER="$VENV/.sdcoreml-installed"
+if [[ -f "$MARKER" && -x "$VENV/bin/python" ]]; then
+    say "reusing venv $VENV"
+else
+    say "creating venv $VENV"
+    if [[ -e "$VENV" ]]; then
+        # Only ever delete a half-made venv of ours, never some other folder given by mistake.
+        if [[ -f "$VENV/pyvenv.cfg" ]] || [[ -d "$VENV" && -z "$(ls -A "$VENV")" ]]; then
+            rm -rf "$VENV"
+        else
+            echo "tests/run.sh: $VENV exists and is not a venv; refusing to replace it" >&2
+            exit 1
+        fi
+    fi
+    mkdir -p "$(dirname "$VENV")"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$REQ"
+    "$VENV/bin/python" - <<'PY'
+import torch, numpy, diffusers, transformers, coremltools
+from coremltools.converters.mil.frontend.milproto.load import load  # noqa: F401
+print("venv ok: torch", torch.__version__, "numpy", numpy.__version__, "diffusers", diffusers.__version__,
+      "transformers", transformers.__version__, "coremltools", coremltools.__version__)
+PY
+    echo "$REQ_HASH" > "$MARKER"
+fi
+PY="$VENV/bin/python"
+
+# ---- 3. build ----------------------------------------------------------------------------------
+say "cmake build ($BUILD_DIR)"
+cmake -B "$BUILD_DIR" -S .
+cmake --build "$BUILD_DIR" -j2
+
+# ---- 4. C unit tests ---------------------------------------------------------------------------
+say "ctest"
+ctest --test-dir "$BUILD_DIR" --output-on-failure
+
+# ---- 5. Python oracle tests --------------------------------------------------------------------
+say "pytest tests/python"
+export SDCOREML_BIN="${SDCOREML_BIN:-$BUILD_DIR/sdcoreml}"
+export PYTHONDONTWRITEBYTECODE=1
+rc=0
+# shellcheck disable=SC2086
+"$PY" -m pytest tests/python -q ${PYTEST_ARGS:-} || rc=$?
+if ((rc == 5)); then
+    echo "tests/run.sh: pytest collected no tests" >&2
+    exit 1
+elif ((rc != 0)); then
+    exit "$rc"
+fi
+say "all tests passed"
