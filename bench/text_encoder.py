@@ -129,8 +129,8 @@ def main():
     print(f"  {'read throughput':<22}{read_bytes / 1e6 / statistics.median(walls):>9,.0f} MB/s (median run)")
     print(f"  {'peak RSS / weights':<22}{max(r[2] for r in rows) / read_bytes:>12.2f}x")
     print()
-    print("  (peak RSS is ru_maxrss of the sdcoreml process: it counts the pages of the mmap'd input")
-    print("   that were touched, so reading every weight once shows up as ~1x the weights read)")
+    print("  (peak RSS is ru_maxrss of the sdcoreml process; it includes touched pages of the mmap'd")
+    print("   input, which sdcoreml releases tensor by tensor after streaming them)")
     return 0
 
 
