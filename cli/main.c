@@ -5,6 +5,7 @@
  *
  * Exit codes: 0 success, 1 conversion or input error, 2 usage error or unsupported option.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,15 +30,15 @@ typedef struct cli_opt {
 /* In the order of torch2coreml's --help, then ours. */
 static const cli_opt OPTIONS[] = {
     {"--convert-text-encoder", FLAG, NULL, "convert text_encoder (and text_encoder_2 when present)"},
-    {"--convert-vae-decoder", FLAG, NULL, "convert the VAE decoder (not supported yet)"},
-    {"--convert-vae-encoder", FLAG, NULL, "convert the VAE encoder (not supported yet)"},
+    {"--convert-vae-decoder", FLAG, NULL, "convert the VAE decoder (fp32 with --xl-version unless --custom-vae-version)"},
+    {"--convert-vae-encoder", FLAG, NULL, "convert the VAE encoder, for image-to-image (fp32 with --xl-version)"},
     {"--convert-unet", FLAG, NULL, "convert the UNet (and the refiner with --refiner-version)"},
     {"--convert-mmdit", FLAG, NULL, "convert the SD3 MMDiT (not supported yet)"},
-    {"--convert-safety-checker", FLAG, NULL, "convert the safety checker (not supported yet)"},
+    {"--convert-safety-checker", FLAG, NULL, "convert the safety checker (skipped with a warning if the pipeline has none)"},
     {"--convert-controlnet", LIST, "ID", "convert these ControlNets (not supported yet)"},
     {"--model-version", VALUE, "ID", "diffusers folder, or Hub id org/name in the local HF cache (required)"},
     {"--refiner-version", VALUE, "ID", "SDXL refiner, converted with --convert-unet as <model>_refiner"},
-    {"--custom-vae-version", VALUE, "ID", "replacement VAE (not supported yet)"},
+    {"--custom-vae-version", VALUE, "ID", "replacement VAE: folder or Hub id (vae/ or config.json at its root)"},
     {"--compute-unit", VALUE, "UNIT", "ALL, CPU_AND_GPU, CPU_ONLY or CPU_AND_NE; load-time only [ALL]"},
     {"--latent-h", VALUE, "N", "latent height [UNet sample_size]"},
     {"--latent-w", VALUE, "N", "latent width [UNet sample_size]"},
@@ -45,7 +46,7 @@ static const cli_opt OPTIONS[] = {
     {"--text-encoder-hidden-size", VALUE, "N", "channels D of encoder_hidden_states [cross_attention_dim]"},
     {"--attention-implementation", VALUE, "IMPL", "ORIGINAL, SPLIT_EINSUM or SPLIT_EINSUM_V2 [SPLIT_EINSUM]"},
     {"-o", VALUE, "DIR", "output directory [.]"},
-    {"--check-output-correctness", FLAG, NULL, "check outputs against a float32 reference (not supported yet)"},
+    {"--check-output-correctness", FLAG, NULL, "run each package and a float32 reference in the interpreter; fail below 35 dB PSNR"},
     {"--chunk-unet", FLAG, NULL, "split the UNet in two packages (not supported yet)"},
     {"--quantize-nbits", VALUE, "N", "palettize weights to 1, 2, 4, 6 or 8 bits (not supported yet)"},
     {"--unet-support-controlnet", FLAG, NULL, "UNet with ControlNet residual inputs (not supported yet)"},
@@ -72,7 +73,8 @@ static void usage(FILE *f) {
             "Apple's python_coreml_stable_diffusion.torch2coreml.\n\n"
             "Usage:\n"
             "  sdcoreml --model-version ID [--convert-text-encoder ...] [-o DIR] [options]\n"
-            "  sdcoreml inspect PACKAGE.mlpackage [--json]\n\n"
+            "  sdcoreml inspect PACKAGE.mlpackage [--json]\n"
+            "  sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy ... -o DIR [--json]\n\n"
             "Options:\n");
     for (size_t i = 0; i < sizeof OPTIONS / sizeof OPTIONS[0]; i++) {
         char left[64];
@@ -120,7 +122,6 @@ typedef struct cli_state {
     sdc_job job;
     const char *controlnets[64];
     bool quiet, help, version;
-    char summary[4096];
 } cli_state;
 
 static bool parse_int(const char *s, int lo, int hi, int *out) {
@@ -198,15 +199,6 @@ static void set_flag(cli_state *st, const char *name) {
         if (!strcmp(flags[i].name, name)) *flags[i].field = true;
 }
 
-/* Records the options used (without -o, whose path does not change the package) for the
-   packages' metadata. */
-static void summarise(cli_state *st, const char *name, const char *value) {
-    if (!strcmp(name, "-o") || !strcmp(name, "--quiet")) return;
-    size_t n = strlen(st->summary);
-    snprintf(st->summary + n, sizeof st->summary - n, "%s%s%s%s", n ? " " : "", name, value ? " " : "",
-             value ? value : "");
-}
-
 static int parse_args(cli_state *st, int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
@@ -219,20 +211,16 @@ static int parse_args(cli_state *st, int argc, char **argv) {
         if (o->kind == FLAG) {
             if (eq) return usage_error("option '%s' takes no value", o->name);
             set_flag(st, o->name);
-            summarise(st, o->name, NULL);
         } else if (o->kind == VALUE) {
             const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
             if (!v) return usage_error("option '%s' needs a value", o->name);
             int rc = set_value(st, o->name, v);
             if (rc) return rc;
-            summarise(st, o->name, v);
         } else { /* LIST: --convert-controlnet [ID ...], like argparse's nargs="*" */
             st->job.convert_controlnet = true;
-            summarise(st, o->name, NULL);
             if (eq) st->controlnets[st->job.n_controlnet++] = eq + 1;
             while (i + 1 < argc && argv[i + 1][0] != '-' && st->job.n_controlnet < 64) {
                 st->controlnets[st->job.n_controlnet++] = argv[++i];
-                summarise(st, argv[i], NULL);
             }
             st->job.controlnet = st->controlnets;
         }
@@ -347,8 +335,19 @@ static int cmd_inspect(int argc, char **argv) {
 
 /* ---------------------------------------------------------------- main */
 
+/* Ctrl-C or a kill during a conversion: remove the half-written package, then die of the
+   same signal so the caller sees it. */
+static void on_signal(int sig) {
+    sdc_remove_partial_output();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+int sdc_cli_run(int argc, char **argv); /* cli/run.c */
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "inspect")) return cmd_inspect(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "run")) return sdc_cli_run(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "help")) {
         usage(stdout);
         return 0;
@@ -366,8 +365,10 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!st.job.model_version) return usage_error("%s", "the following arguments are required: --model-version");
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGHUP, on_signal);
     ui u = {.quiet = st.quiet, .tty = isatty(2) != 0};
-    st.job.options_summary = st.summary;
     st.job.log = on_log;
     st.job.progress = on_progress;
     st.job.user = &u;

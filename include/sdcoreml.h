@@ -107,8 +107,8 @@ typedef struct sdc_job {
     const char *text_encoder_t5_config_url;
     const char *text_encoder_t5_data_url;
 
-    /* Recorded in each package's metadata as the options used (e.g. the command line
-       without paths). May be NULL. */
+    /* Recorded in each package's metadata as the options used. NULL (the CLI's choice):
+       the effective options, normalised, so equivalent command lines give identical packages. */
     const char *options_summary;
 
     sdc_log_fn log;
@@ -122,10 +122,102 @@ void sdc_job_init(sdc_job *job);
 sdc_status sdc_convert(const sdc_job *job, char *err, size_t err_size);
 
 /*
+ * Removes the package currently being written, if any. Async-signal-safe: a program's SIGINT /
+ * SIGTERM handler calls it so that an interrupted run leaves no partial output behind.
+ */
+void sdc_remove_partial_output(void);
+
+/*
  * Describes an existing .mlpackage as a JSON document (inputs, outputs, metadata, op
  * histogram, weight bytes). *json_out is malloc'd; free() it.
  */
 sdc_status sdc_inspect_json(const char *package_path, char **json_out, char *err, size_t err_size);
+
+/* ================================================================ interpreter
+ *
+ * A reference interpreter that runs function `main` of any ML Program package (.mlpackage,
+ * ours or another tool's) on the CPU, by the MIL op semantics. Every op accumulates in fp32
+ * and rounds its result to the dtype the package declares for it (fp16 results are rounded
+ * to fp16 by RNE), so an fp16 program gives what a device computing in fp16 would give, not
+ * better. Weights stay in their stored form (mapped weight.bin, palettized or quantized) and
+ * are expanded per op, so memory stays near the package size plus the live activations.
+ * Everything read from the package is validated; an op type it does not know fails the load,
+ * naming the op.
+ *
+ *     sdc_model *m;
+ *     if (sdc_model_load("TextEncoder.mlpackage", NULL, &m, err, sizeof err)) ...
+ *     float ids[77] = {...};
+ *     sdc_ndarray in = {.name = "input_ids", .dtype = SDC_ND_F32, .rank = 2, .shape = {1, 77}, .data = ids};
+ *     sdc_ndarray *out; int n_out;
+ *     if (sdc_model_predict(m, &in, 1, &out, &n_out, err, sizeof err)) ...
+ *     ... out[i].name, out[i].shape, out[i].data ...
+ *     sdc_ndarrays_free(out, n_out);
+ *     sdc_model_free(m);
+ *
+ * A model runs one prediction at a time (predict is not reentrant on the same model); two
+ * models are independent.
+ */
+
+typedef enum sdc_nd_dtype {
+    SDC_ND_F32 = 0, /* float */
+    SDC_ND_F16 = 1, /* IEEE binary16 bit patterns (uint16_t) */
+    SDC_ND_I32 = 2, /* int32_t */
+} sdc_nd_dtype;
+
+#define SDC_ND_MAX_RANK 8
+
+/* A dense row-major array in host byte order. */
+typedef struct sdc_ndarray {
+    const char *name;
+    sdc_nd_dtype dtype;
+    int rank;
+    int64_t shape[SDC_ND_MAX_RANK]; /* in a model's description, -1 marks a flexible dim */
+    void *data;
+} sdc_ndarray;
+
+const char *sdc_nd_dtype_name(sdc_nd_dtype t); /* "float32", "float16", "int32" (NumPy names) */
+size_t sdc_ndarray_numel(const sdc_ndarray *a); /* product of the shape (1 for rank 0) */
+
+typedef struct sdc_model sdc_model;
+
+typedef struct sdc_model_options {
+    int n_threads;        /* worker threads; 0: one per online CPU */
+    bool no_fp16_rounding; /* evaluate fp16 programs without rounding results to fp16 (a float32
+                              evaluation of the same program; for diagnostics) */
+} sdc_model_options;
+
+/* Opens and validates a package (NULL options: defaults). Free with sdc_model_free. */
+sdc_status sdc_model_load(const char *package_path, const sdc_model_options *options, sdc_model **out,
+                          char *err, size_t err_size);
+void sdc_model_free(sdc_model *m); /* NULL is a no-op */
+
+/* The model's inputs and outputs in the package's order. The returned arrays describe name,
+   dtype, rank and shape (data is NULL) and live as long as the model. */
+int sdc_model_n_inputs(const sdc_model *m);
+int sdc_model_n_outputs(const sdc_model *m);
+const sdc_ndarray *sdc_model_input(const sdc_model *m, int i);
+const sdc_ndarray *sdc_model_output(const sdc_model *m, int i);
+
+/*
+ * Runs `main`. Every declared input must be given exactly once, by name, with the declared
+ * shape (a flexible dim takes any size >= 1). An input given as F32 where F16 or I32 is
+ * declared is converted (F16 by RNE; I32 only from integral values); other dtype mismatches
+ * are errors naming the input. *outputs receives n_outputs arrays in the package's order, in
+ * the dtypes the package declares; free them with sdc_ndarrays_free.
+ */
+sdc_status sdc_model_predict(sdc_model *m, const sdc_ndarray *inputs, int n_inputs, sdc_ndarray **outputs,
+                             int *n_outputs, char *err, size_t err_size);
+void sdc_ndarrays_free(sdc_ndarray *arrays, int n); /* frees names, data and the array */
+
+/* Copies any array's values into a new malloc'd float buffer (NULL when out of memory). */
+float *sdc_ndarray_to_f32(const sdc_ndarray *a);
+
+/* NumPy .npy files (format versions 1.0, 2.0 and 3.0; dtypes <f4, <f2, <i4; C order).
+   sdc_npy_read fills name = NULL and malloc'd data (free with free()); other dtypes, Fortran
+   order and malformed headers are errors naming the file. sdc_npy_write writes atomically
+   (a temporary file renamed into place). */
+sdc_status sdc_npy_read(const char *path, sdc_ndarray *out, char *err, size_t err_size);
+sdc_status sdc_npy_write(const char *path, const sdc_ndarray *a, char *err, size_t err_size);
 
 #ifdef __cplusplus
 }

@@ -58,13 +58,8 @@ static sdc_status refuse_unbuilt(const sdc_job *job, sdc_err *err) {
         bool on;
         const char *flag;
     } flags[] = {
-        {job->convert_vae_decoder, "--convert-vae-decoder"},
-        {job->convert_vae_encoder, "--convert-vae-encoder"},
         {job->convert_mmdit, "--convert-mmdit"},
-        {job->convert_safety_checker, "--convert-safety-checker"},
         {job->convert_controlnet, "--convert-controlnet"},
-        {job->custom_vae_version != NULL, "--custom-vae-version"},
-        {job->check_output_correctness, "--check-output-correctness"},
         {job->chunk_unet, "--chunk-unet"},
         {job->quantize_nbits != 0, "--quantize-nbits"},
         {job->unet_support_controlnet, "--unet-support-controlnet"},
@@ -74,7 +69,8 @@ static sdc_status refuse_unbuilt(const sdc_job *job, sdc_err *err) {
     };
     for (size_t i = 0; i < SDC_COUNT_OF(flags); i++)
         if (flags[i].on) return sdc_fail(err, SDC_E_ARG, "not supported yet: %s", flags[i].flag);
-    if (!job->convert_text_encoder && !job->convert_unet)
+    if (!job->convert_text_encoder && !job->convert_unet && !job->convert_vae_decoder && !job->convert_vae_encoder &&
+        !job->convert_safety_checker)
         return sdc_fail(err, SDC_E_ARG, "nothing to do: give at least one --convert-* flag");
     return SDC_OK;
 }
@@ -130,14 +126,44 @@ static const char *const LICENSE_SD = "OpenRAIL (https://huggingface.co/spaces/C
 static const char *const LICENSE_XL =
     "OpenRAIL++-M (https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/blob/main/LICENSE.md)";
 
+/* The effective options, spelled as flags in a fixed order, so equivalent command lines give
+   identical metadata (and so identical packages). -o is left out: it does not change a package. */
+static void effective_options(const sdc_job *job, char *buf, size_t size) {
+    static const char *const attn[] = {"ORIGINAL", "SPLIT_EINSUM", "SPLIT_EINSUM_V2"};
+    size_t n = 0;
+#define ADD(...) (n += n < size ? (size_t)snprintf(buf + n, size - n, __VA_ARGS__) : 0)
+    ADD("--model-version %s", job->model_version);
+    if (job->refiner_version) ADD(" --refiner-version %s", job->refiner_version);
+    if (job->custom_vae_version) ADD(" --custom-vae-version %s", job->custom_vae_version);
+    const struct {
+        bool on;
+        const char *flag;
+    } flags[] = {{job->convert_text_encoder, "--convert-text-encoder"}, {job->convert_vae_decoder, "--convert-vae-decoder"},
+                 {job->convert_vae_encoder, "--convert-vae-encoder"},   {job->convert_unet, "--convert-unet"},
+                 {job->convert_safety_checker, "--convert-safety-checker"}, {job->xl_version, "--xl-version"},
+                 {job->unet_batch_one, "--unet-batch-one"}};
+    for (size_t i = 0; i < SDC_COUNT_OF(flags); i++)
+        if (flags[i].on) ADD(" %s", flags[i].flag);
+    if (job->latent_h) ADD(" --latent-h %d", job->latent_h);
+    if (job->latent_w) ADD(" --latent-w %d", job->latent_w);
+    if (job->text_token_sequence_length) ADD(" --text-token-sequence-length %d", job->text_token_sequence_length);
+    if (job->text_encoder_hidden_size) ADD(" --text-encoder-hidden-size %d", job->text_encoder_hidden_size);
+    ADD(" --attention-implementation %s", attn[job->attention <= SDC_ATTN_SPLIT_EINSUM_V2 ? job->attention : 1]);
+    ADD(" --compute-precision %s", job->precision == SDC_PRECISION_FLOAT32 ? "FLOAT32" : "FLOAT16");
+    ADD(" --min-deployment-target %s", job->min_deployment_target ? job->min_deployment_target : "macOS13");
+#undef ADD
+}
+
 sdc_status conv_write(const conv_ctx *c, const mil_graph *g, const char *path, const char *what,
                       const conv_docs *docs) {
     const sdc_job *job = c->job;
+    char options[2048];
+    effective_options(job, options, sizeof options);
     const char *version = docs && docs->version ? docs->version : job->model_version;
     char author[700];
     snprintf(author, sizeof author, "Please refer to the Model Card available at huggingface.co/%s", version);
     const char *keys[2] = {"com.github.sdcoreml.options", "com.github.sdcoreml.version"};
-    const char *values[2] = {job->options_summary ? job->options_summary : "", sdc_version()};
+    const char *values[2] = {job->options_summary ? job->options_summary : options, sdc_version()};
     sdc_package_info info = {
         .spec_version = c->target.spec,
         .short_description = SHORT_DESCRIPTION,
@@ -153,6 +179,22 @@ sdc_status conv_write(const conv_ctx *c, const mil_graph *g, const char *path, c
     sdc_write_hooks hooks = {job->progress, job->user, what};
     sdc_status s = sdc_write_package(g, &info, path, &hooks, c->err);
     if (!s) conv_log(c, SDC_LOG_INFO, "wrote %s (%zu ops)", path, g->n_ops);
+    return s;
+}
+
+sdc_status conv_emit(const conv_ctx *c, const char *path, const char *what, const conv_docs *docs,
+                     conv_build_fn build, void *state, const conv_check_hint *hint) {
+    mil_graph *g = NULL;
+    sdc_status s = SDC_OK;
+    if (!conv_exists_skip(c, path, what)) {
+        if (!(s = build(c, state, false, &g))) s = conv_write(c, g, path, what, docs);
+        mil_graph_free(g);
+        g = NULL;
+    }
+    if (!s && c->job->check_output_correctness) {
+        if (!(s = build(c, state, true, &g))) s = conv_check(c, path, g, what, hint);
+        mil_graph_free(g);
+    }
     return s;
 }
 
@@ -178,8 +220,11 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     bool opened = false;
     if (!s) opened = (s = sdc_source_open(job->model_version, &src, &err)) == SDC_OK;
     if (!s) s = make_output_dir(job->output_dir ? job->output_dir : ".", &err);
+    if (!s && job->convert_vae_decoder) s = conv_vae_decoder(&c);
+    if (!s && job->convert_vae_encoder) s = conv_vae_encoder(&c);
     if (!s && job->convert_unet) s = conv_unet(&c);
     if (!s && job->convert_text_encoder) s = conv_text_encoders(&c);
+    if (!s && job->convert_safety_checker) s = conv_safety_checker(&c);
     if (opened) sdc_source_close(&src);
     if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");
     return s;

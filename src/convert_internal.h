@@ -45,8 +45,41 @@ sdc_dtype conv_compute_dtype(const conv_ctx *c);
 /* Whether the pipeline is SDXL, judged from model_index.json and its components. */
 bool conv_looks_xl(const sdc_source *src);
 
+/* --check-output-correctness: hints for the seeded inputs. */
+typedef struct conv_check_hint {
+    int64_t vocab_size; /* input_ids drawn from [0, vocab_size); 0: not a text model */
+    float timestep;     /* value of a `timestep` input */
+    const char *only_output; /* compare just this output (NULL: all), e.g. the safety checker's
+                                concept_scores, whose thresholded outputs may flip on ties */
+} conv_check_hint;
+
+/* Builds the graph of one package: the converted one, or (reference = true) the float32
+   graph without the ANE rewrite that --check-output-correctness compares it with. */
+typedef sdc_status (*conv_build_fn)(const conv_ctx *c, void *state, bool reference, mil_graph **out);
+
+/* Writes the package unless it exists, then checks it when --check-output-correctness asks
+   (an existing package is checked too, so a re-run verifies earlier output). */
+sdc_status conv_emit(const conv_ctx *c, const char *path, const char *what, const conv_docs *docs,
+                     conv_build_fn build, void *state, const conv_check_hint *hint);
+
+/* Runs `package` and a reference package built from `reference` on the same seeded inputs;
+   fails (SDC_E_CHECK) naming the model and output when an output's PSNR is below 35 dB. */
+sdc_status conv_check(const conv_ctx *c, const char *package, const mil_graph *reference, const char *what,
+                      const conv_check_hint *hint);
+float conv_first_timestep(const sdc_source *src, sdc_err *err);
+double sdc_psnr(const float *ref, const float *cand, size_t n);
+
 /* Each converter: returns SDC_OK after writing (or skipping) its package(s). */
 sdc_status conv_text_encoders(const conv_ctx *c);
 sdc_status conv_unet(const conv_ctx *c);
+sdc_status conv_vae_decoder(const conv_ctx *c);
+sdc_status conv_vae_encoder(const conv_ctx *c);
+sdc_status conv_safety_checker(const conv_ctx *c);
+
+/* The VAE to convert: --custom-vae-version (its vae/ folder, or config.json at its root), else
+   the pipeline's vae/. *out is zeroed first, so it can be closed whatever happens. */
+sdc_status conv_vae_open(const conv_ctx *c, sdc_component *out);
+/* Latent size: --latent-h/-w, else the UNet's sample_size, else the VAE's sample_size / scale. */
+sdc_status conv_latent_size(const conv_ctx *c, const sdc_vae_info *vae, int *h, int *w);
 
 #endif

@@ -18,24 +18,34 @@ static int token_count(const conv_ctx *c, const char *tokenizer) {
     return n > 0 && n <= 4096 ? (int)n : 0; /* some tokenizers say 1e30 for "unlimited" */
 }
 
+typedef struct text_state {
+    const sdc_component *comp;
+    int tokens;
+} text_state;
+
+/* The reference for --check-output-correctness is the same CLIP graph in float32: text
+   encoders have no ANE rewrite. */
+static sdc_status build_text(const conv_ctx *c, void *state, bool reference, mil_graph **out) {
+    const text_state *t = state;
+    sdc_clip_text_options opt = {reference ? SDC_DT_F32 : conv_compute_dtype(c), c->target.opset, t->tokens,
+                                 c->job->xl_version};
+    return sdc_build_clip_text(t->comp, &opt, out, c->err);
+}
+
 static sdc_status convert_one(const conv_ctx *c, const char *name, const char *tokenizer) {
     char path[4096];
     sdc_status s = conv_package_path(c, name, path, sizeof path);
-    if (s || conv_exists_skip(c, path, name)) return s;
+    if (s) return s;
+    if (!c->job->check_output_correctness && conv_exists_skip(c, path, name)) return SDC_OK;
     sdc_component comp;
     if ((s = sdc_component_open(c->src, name, &comp, c->err))) return s;
     int tokens = token_count(c, tokenizer);
-    int64_t positions = 77;
+    int64_t positions = 77, vocab = 49408;
     if (tokens < 0)
         s = c->err->code;
     else if (tokens == 0 && !(s = sdc_config_int(&comp, "max_position_embeddings", 77, &positions, c->err)))
         tokens = positions > 0 && positions <= 4096 ? (int)positions : 77;
-    mil_graph *g = NULL;
-    if (!s) {
-        sdc_clip_text_options opt = {conv_compute_dtype(c), c->target.opset, tokens, c->job->xl_version};
-        conv_log(c, SDC_LOG_INFO, "converting %s (%s)", name, sdc_weights_describe(comp.weights));
-        s = sdc_build_clip_text(&comp, &opt, &g, c->err);
-    }
+    if (!s) s = sdc_config_int(&comp, "vocab_size", 49408, &vocab, c->err);
     if (!s) {
         bool xl = c->job->xl_version;
         const char *in_docs[] = {"The token ids that represent the input text"};
@@ -46,9 +56,11 @@ static sdc_status convert_one(const conv_ctx *c, const char *name, const char *t
                : "The last_hidden_state at the end-of-text token",
         };
         conv_docs docs = {in_docs, out_docs, NULL, NULL};
-        s = conv_write(c, g, path, name, &docs);
+        text_state st = {&comp, tokens};
+        conv_check_hint hint = {.vocab_size = vocab};
+        conv_log(c, SDC_LOG_INFO, "converting %s (%s)", name, sdc_weights_describe(comp.weights));
+        s = conv_emit(c, path, name, &docs, build_text, &st, &hint);
     }
-    mil_graph_free(g);
     sdc_component_close(&comp);
     return s;
 }

@@ -72,36 +72,53 @@ static sdc_status check_xl(const conv_ctx *c, const sdc_source *src, const sdc_u
     return SDC_OK;
 }
 
+typedef struct unet_state {
+    const sdc_component *comp;
+    sdc_unet_options opt;
+} unet_state;
+
+/* The reference for --check-output-correctness: float32, and ORIGINAL attention (the plain
+   matmul form, no per-head split einsums). */
+static sdc_status build_unet(const conv_ctx *c, void *state, bool reference, mil_graph **out) {
+    const unet_state *u = state;
+    sdc_unet_options opt = u->opt;
+    if (reference) {
+        opt.compute = SDC_DT_F32;
+        opt.attention = SDC_ATTN_ORIGINAL;
+    }
+    return sdc_build_unet(u->comp, &opt, out, c->err);
+}
+
 static sdc_status convert_from(const conv_ctx *c, const sdc_source *src, const char *submodule, const char *id) {
     char path[4096];
     sdc_status s = conv_package_path(c, submodule, path, sizeof path);
-    if (s || conv_exists_skip(c, path, submodule)) return s;
+    if (s) return s;
+    if (!c->job->check_output_correctness && conv_exists_skip(c, path, submodule)) return SDC_OK;
     sdc_component comp;
     if ((s = sdc_component_open(src, "unet", &comp, c->err))) return s;
     sdc_unet_info info;
-    sdc_unet_options opt = {
-        .compute = conv_compute_dtype(c),
-        .opset = c->target.opset,
-        .attention = c->job->attention,
-        .batch = c->job->unet_batch_one ? 1 : 2,
-        .context_dim = c->job->text_encoder_hidden_size,
-    };
-    mil_graph *g = NULL;
+    unet_state st = {.comp = &comp,
+                     .opt = {
+                         .compute = conv_compute_dtype(c),
+                         .opset = c->target.opset,
+                         .attention = c->job->attention,
+                         .batch = c->job->unet_batch_one ? 1 : 2,
+                         .context_dim = c->job->text_encoder_hidden_size,
+                     }};
+    sdc_unet_options *opt = &st.opt;
     if (!(s = sdc_unet_describe(&comp, &info, c->err)) && !(s = check_xl(c, src, &info, id)) &&
-        !(s = latent_size(c, &comp, &opt.latent_h, &opt.latent_w)) && !(s = context_length(c, src, &opt.context_len))) {
-        opt.n_time_ids = requires_aesthetics_score(src) ? 5 : 6;
+        !(s = latent_size(c, &comp, &opt->latent_h, &opt->latent_w)) && !(s = context_length(c, src, &opt->context_len))) {
+        opt->n_time_ids = requires_aesthetics_score(src) ? 5 : 6;
         if (sdc_weights_find(comp.weights, "time_embedding.cond_proj.weight"))
             conv_log(c, SDC_LOG_NOTICE, "%s: time_embedding.cond_proj (LCM guidance embedding) is not used by the "
                      "converted UNet, as with the anchor", comp.dir);
-        conv_log(c, SDC_LOG_INFO, "converting %s: %s, latent %dx%d, batch %d (%s)", submodule, id, opt.latent_h,
-                 opt.latent_w, opt.batch, sdc_weights_describe(comp.weights));
-        s = sdc_build_unet(&comp, &opt, &g, c->err);
-    }
-    if (!s) {
+        conv_log(c, SDC_LOG_INFO, "converting %s: %s, latent %dx%d, batch %d (%s)", submodule, id, opt->latent_h,
+                 opt->latent_w, opt->batch, sdc_weights_describe(comp.weights));
         conv_docs docs = {UNET_INPUT_DOCS, UNET_OUTPUT_DOCS, id, NULL};
-        s = conv_write(c, g, path, submodule, &docs);
+        conv_check_hint hint = {.timestep = conv_first_timestep(src, c->err)};
+        if (!c->err->code) s = conv_emit(c, path, submodule, &docs, build_unet, &st, &hint);
+        else s = c->err->code;
     }
-    mil_graph_free(g);
     sdc_component_close(&comp);
     return s;
 }

@@ -2,6 +2,7 @@
 #include "coreml/writer.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -561,6 +562,37 @@ static sdc_status make_dirs(const char *tmp, sdc_err *err) {
 }
 
 /* "<dir>/.<base>.partial-<pid>": hidden, beside the target, so the final rename is atomic. */
+/* The temporary package being written, for sdc_remove_partial_output() from a signal handler:
+   a fixed buffer and only async-signal-safe calls (unlink, rmdir). */
+static char inflight[4096];
+static volatile sig_atomic_t inflight_set;
+
+static void set_inflight(const char *tmp) {
+    inflight_set = 0;
+    if (tmp) {
+        snprintf(inflight, sizeof inflight, "%s", tmp);
+        inflight_set = 1;
+    }
+}
+
+static void append(char *dst, size_t size, const char *a, const char *b) {
+    size_t n = 0;
+    for (; *a && n + 1 < size; a++) dst[n++] = *a;
+    for (; *b && n + 1 < size; b++) dst[n++] = *b;
+    dst[n] = 0;
+}
+
+void sdc_remove_partial_output(void) {
+    if (!inflight_set) return;
+    char p[4200];
+    for (size_t i = 0; i < SDC_COUNT_OF(package_files); i++) {
+        append(p, sizeof p, inflight, package_files[i]);
+        if (unlink(p) != 0) rmdir(p);
+    }
+    rmdir(inflight);
+    inflight_set = 0;
+}
+
 static bool temp_path_for(const char *path, char *out, size_t size) {
     const char *slash = strrchr(path, '/');
     if (slash)
@@ -587,8 +619,10 @@ sdc_status sdc_write_package(const mil_graph *g, const sdc_package_info *info, c
     struct stat st;
     if (stat(path, &st) == 0) return sdc_fail(err, SDC_E_IO, "%s: already exists", path);
     sdc_remove_package_tree(tmp); /* a leftover from a crashed run with our pid */
+    set_inflight(tmp);
     sdc_status s = make_dirs(tmp, err);
     if (s) {
+        set_inflight(NULL);
         sdc_remove_package_tree(tmp);
         return s;
     }
@@ -622,6 +656,7 @@ sdc_status sdc_write_package(const mil_graph *g, const sdc_package_info *info, c
     if (!s && rename(tmp, path) != 0)
         s = sdc_fail(err, SDC_E_IO, "%s: cannot rename the finished package into place: %s", path, strerror(errno));
     if (s) sdc_remove_package_tree(tmp);
+    set_inflight(NULL);
     sdc_free(buf);
     sdc_free(slots);
     sdc_arena_free(&c.arena);

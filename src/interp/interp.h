@@ -69,12 +69,15 @@ typedef struct itensor {
         int32_t *i; /* integer and bool dtypes */
         void *p;
     };
-    const char *s; /* STRING scalar, borrowed */
+    const char *s;  /* STRING scalar, borrowed */
+    bool borrowed;  /* data points into a mapped weight file: not freed, never written */
 } itensor;
 
 /* Allocates a tensor of `dtype` (not STRING) and shape; data uninitialised. NULL on overflow
    or out of memory. */
 itensor *it_new(int dtype, int rank, const int64_t *shape);
+/* A tensor header over existing data (borrowed: it_free leaves the data alone). */
+itensor *it_view(int dtype, int rank, const int64_t *shape, void *data);
 void it_free(itensor *t);
 bool it_numel(int rank, const int64_t *shape, size_t *n); /* false on overflow / negative */
 /* Element i as float / as int64 whatever the storage. */
@@ -204,8 +207,8 @@ struct sdc_model {
 struct irun {
     struct sdc_model *m;
     itensor **vals; /* per slot: the live runtime value */
-    itensor *temps[32]; /* constants decoded for the current op */
-    int n_temps;
+    itensor **temps; /* constants decoded for the current op */
+    int n_temps, cap_temps;
     sdc_err *err;
     const iop *op;
 };
@@ -245,8 +248,36 @@ static inline bool norm_axis(int64_t *a, int rank) {
     return *a >= 0 && *a < rank;
 }
 
+/* Reductions over a set of dims: element (k, j) of x is at kept[k] + red[j]; kept positions
+   and reduced positions both run in row-major order of their dims. */
+typedef struct red_plan {
+    size_t nk, nr;
+    size_t *kept, *red;
+} red_plan;
+sdc_status red_plan_make(irun *r, const iop *op, const itensor *x, const bool *reduced, red_plan *p);
+void red_plan_free(red_plan *p);
+
 /* Evaluates a constexpr op's value (used by load.c and exec.c). */
 sdc_status constexpr_eval(irun *r, const iop *op, itensor **out);
+
+/* Variants (iop_def.code) of the shared kernels. */
+enum {
+    U_ABS, U_ACOS, U_ASIN, U_ATAN, U_ATANH, U_CEIL, U_COS, U_COSH, U_ERF, U_EXP, U_EXP2, U_FLOOR,
+    U_ROUND, U_SIGN, U_SIN, U_SINH, U_SQRT, U_SQUARE, U_TAN, U_TANH, U_RELU, U_RELU6, U_SIGMOID,
+    U_SILU, U_SOFTPLUS, U_SOFTSIGN, U_LOGICAL_NOT, U_INVERSE, U_LOG, U_RSQRT,
+};
+enum {
+    B_ADD, B_SUB, B_MUL, B_REAL_DIV, B_FLOOR_DIV, B_MOD, B_POW, B_MAXIMUM, B_MINIMUM, B_EQUAL,
+    B_NOT_EQUAL, B_LESS, B_LESS_EQUAL, B_GREATER, B_GREATER_EQUAL, B_AND, B_OR, B_XOR,
+};
+enum { A_LEAKY_RELU, A_ELU, A_THRESHOLD, A_LINEAR, A_SIGMOID_HARD, A_SCALED_TANH, A_CLAMPED_RELU, A_SOFTPLUS_PARAM, A_PRELU };
+enum {
+    R_SUM, R_MEAN, R_MAX, R_MIN, R_PROD, R_L1_NORM, R_L2_NORM, R_LOG_SUM, R_LOG_SUM_EXP, R_SUM_SQUARE,
+};
+enum { C_LUT, C_AFFINE, C_CAST, C_SPARSE, C_BLOCKWISE };
+
+/* OpenBLAS's thread count (no-op without OpenBLAS). */
+void igemm_set_threads(int n);
 
 /* Kernel entry points, one per family (ops_*.c); `code` of the def picks the variant. */
 sdc_status k_unary(irun *r, const iop *op);

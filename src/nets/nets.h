@@ -53,4 +53,49 @@ sdc_status sdc_unet_describe(const sdc_component *c, sdc_unet_info *info, sdc_er
  */
 sdc_status sdc_build_unet(const sdc_component *c, const sdc_unet_options *opt, mil_graph **out, sdc_err *err);
 
+typedef struct sdc_vae_options {
+    sdc_dtype compute; /* F16 or F32: weights and compute */
+    sdc_dtype input;   /* F16 or F32: dtype of the input feature (z or x) */
+    int opset;
+    int latent_h, latent_w;
+} sdc_vae_options;
+
+/* What the converter needs to know about an AutoencoderKL config before building it. */
+typedef struct sdc_vae_info {
+    int64_t latent_channels, in_channels, out_channels;
+    int scale;           /* image size / latent size: 2^(blocks - 1), 8 for every SD VAE */
+    int64_t sample_size; /* the config's image size */
+} sdc_vae_info;
+
+sdc_status sdc_vae_describe(const sdc_component *c, sdc_vae_info *info, sdc_err *err);
+
+/*
+ * diffusers AutoencoderKL, with the anchor's contracts (§4.4–4.5):
+ *   decoder: input `z` (1, L, h, w) → post_quant_conv → decoder → output `image`
+ *            (1, out_channels, s·h, s·w) float32 (no scaling factor inside);
+ *   encoder: input `x` (1, in_channels, s·h, s·w) → encoder → quant_conv → output `latent`
+ *            (1, 2L, h, w) float32: L mean channels, then L logvar channels.
+ * s = sdc_vae_info.scale. The mid-block attention accepts diffusers' current
+ * (to_q/to_k/to_v/to_out.0) and legacy (query/key/value/proj_attn) weight names.
+ */
+sdc_status sdc_build_vae_decoder(const sdc_component *c, const sdc_vae_options *opt, mil_graph **out,
+                                 sdc_err *err);
+sdc_status sdc_build_vae_encoder(const sdc_component *c, const sdc_vae_options *opt, mil_graph **out,
+                                 sdc_err *err);
+
+typedef struct sdc_safety_checker_options {
+    sdc_dtype compute; /* F16 or F32: weights and compute of the CLIP vision tower */
+    int opset;
+    int image_h, image_w; /* size of the `images` input (the VAE decoder's output size) */
+} sdc_safety_checker_options;
+
+/*
+ * diffusers StableDiffusionSafetyChecker with the anchor's branch-free forward (§4.6):
+ * inputs `clip_input` (1, 3, S, S) (S = vision_config.image_size, 224), `images`
+ * (1, H, W, 3) and `adjustment` (1,), all float16; outputs `filtered_images` (1, H, W, 3),
+ * `has_nsfw_concepts` (1, 1, 1, 1) (0 or 1) and `concept_scores` (1, N concepts), float32.
+ */
+sdc_status sdc_build_safety_checker(const sdc_component *c, const sdc_safety_checker_options *opt,
+                                    mil_graph **out, sdc_err *err);
+
 #endif

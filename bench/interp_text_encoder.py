@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Benchmark: sdcoreml's reference interpreter vs PyTorch CPU on a full-size SD 1.5 text
+encoder (CLIP ViT-L/14 text tower, 123 M parameters, random weights), same input.
+
+    <test venv>/bin/python bench/interp_text_encoder.py [--runs 3] [--compute-precision FLOAT16] [--threads N]
+
+The model is made once by tests/fixtures/make_tiny_pipelines.py --kind sd15-text-encoder-full
+and cached under $SDCOREML_CACHE/bench (default ~/.cache/sdcoreml/bench), shared with
+bench/text_encoder.py. It is converted with build/sdcoreml --convert-text-encoder, then in one
+run of this script:
+  - the interpreter: `sdcoreml run` `--runs` times; its predict time (load and .npy I/O
+    excluded; reported by `run --json`) and the whole process's wall time;
+  - PyTorch: transformers' CLIPTextModel in float32 on the CPU, forward `--runs` times after
+    one warm-up call (loading excluded);
+prints every time, the medians and their ratio, and the PSNR of the interpreter's
+last_hidden_state against PyTorch's (the anchor's formula). Nothing is asserted.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+GENERATOR = REPO / "tests" / "fixtures" / "make_tiny_pipelines.py"
+KIND = "sd15-text-encoder-full"
+
+
+def cache_root():
+    return Path(os.environ.get("SDCOREML_CACHE") or Path.home() / ".cache" / "sdcoreml")
+
+
+def model_dir():
+    h = hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:12]
+    return cache_root() / "bench" / f"{KIND}-{h}" / KIND
+
+
+def ensure_model():
+    d = model_dir()
+    if (d / "model_index.json").exists():
+        return d
+    help_text = subprocess.run([sys.executable, str(GENERATOR), "--help"], capture_output=True, text=True).stdout
+    if KIND not in help_text:
+        sys.exit(f"bench: {GENERATOR} has no --kind {KIND}")
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".gen-", dir=d.parent))
+    t = time.perf_counter()
+    try:
+        subprocess.run([sys.executable, str(GENERATOR), "--kind", KIND, "--out", str(tmp / KIND)], check=True,
+                       stdout=subprocess.DEVNULL)
+        os.rename(tmp / KIND, d)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"generated {d} in {time.perf_counter() - t:.1f} s")
+    return d
+
+
+def psnr(a, b):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(20 * np.log10((np.abs(b).max() + 1e-5) / (np.sqrt(np.mean((a - b) ** 2)) + 1e-10)))
+
+
+def token_ids():
+    """A fixed prompt-like input: <|startoftext|>, 12 word ids, <|endoftext|>, padding."""
+    rng = np.random.default_rng(0)
+    ids = np.full((1, 77), 49407, np.int64)
+    ids[0, 0] = 49406
+    ids[0, 1:13] = rng.integers(320, 49000, 12)
+    return ids
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--compute-precision", default="FLOAT16", choices=["FLOAT16", "FLOAT32"])
+    ap.add_argument("--threads", type=int, default=0, help="interpreter threads [one per CPU]")
+    ap.add_argument("--sdcoreml", default=os.environ.get("SDCOREML_BIN", str(REPO / "build" / "sdcoreml")))
+    args = ap.parse_args()
+
+    import torch
+    from transformers import CLIPTextModel
+
+    exe = Path(args.sdcoreml)
+    if not exe.is_file():
+        sys.exit(f"bench: {exe} not built (cmake -B build -S . && cmake --build build -j2)")
+    src = ensure_model()
+    work = Path(tempfile.mkdtemp(prefix="sdcoreml-bench-interp-"))
+    try:
+        extra = ["--compute-precision", args.compute_precision]
+        t = time.perf_counter()
+        subprocess.run([str(exe), "--convert-text-encoder", "--model-version", src.name, "-o", str(work / "pkg"), "--quiet",
+                        *extra], cwd=src.parent, check=True, stdout=subprocess.DEVNULL)
+        convert_s = time.perf_counter() - t
+        pkg = next((work / "pkg").glob("*.mlpackage"))
+
+        ids = token_ids()
+        np.save(work / "ids.npy", ids.astype(np.float32))
+        cmd = [str(exe), "run", str(pkg), "--input", f"input_ids={work / 'ids.npy'}", "-o", str(work / "out"), "--json"]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        interp_predict, interp_wall = [], []
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            if r.returncode:
+                sys.exit(f"bench: sdcoreml run exited {r.returncode}:\n{r.stderr}")
+            doc = json.loads(r.stdout)
+            interp_predict.append(doc["predict_seconds"])
+            interp_wall.append(wall)
+        got = {o["name"]: np.load(o["file"]) for o in doc["outputs"]}
+
+        model = CLIPTextModel.from_pretrained(src / "text_encoder", variant="fp16", torch_dtype=torch.float32).eval()
+        tids = torch.from_numpy(ids)
+        torch_times = []
+        with torch.no_grad():
+            ref = model(tids, return_dict=True)  # warm-up
+            for _ in range(args.runs):
+                t = time.perf_counter()
+                ref = model(tids, return_dict=True)
+                torch_times.append(time.perf_counter() - t)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    med_i, med_w, med_t = statistics.median(interp_predict), statistics.median(interp_wall), statistics.median(torch_times)
+    print(f"SD 1.5 text encoder (123 M params, random weights), input_ids (1, 77); {os.cpu_count()} CPUs")
+    print(f"  package: --compute-precision {args.compute_precision} (converted in {convert_s:.1f} s)")
+    print(f"  interpreter predict (s):       {' '.join(f'{x:.3f}' for x in interp_predict)}  median {med_i:.3f}")
+    print(f"  interpreter process wall (s):  {' '.join(f'{x:.3f}' for x in interp_wall)}  median {med_w:.3f}"
+          "  (load + predict + .npy I/O)")
+    print(f"  PyTorch {torch.__version__} CPU fp32 forward (s): {' '.join(f'{x:.3f}' for x in torch_times)}  median {med_t:.3f}"
+          f"  ({torch.get_num_threads()} threads)")
+    print(f"  ratio interpreter / PyTorch: {med_i / med_t:.2f}x (predict)   {med_w / med_t:.2f}x (whole process)")
+    print(f"  PSNR last_hidden_state vs PyTorch: {psnr(ref.last_hidden_state.numpy(), got['last_hidden_state']):.1f} dB;"
+          f" pooled_outputs: {psnr(ref.pooler_output.numpy(), got['pooled_outputs']):.1f} dB")
+
+
+if __name__ == "__main__":
+    main()

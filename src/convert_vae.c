@@ -1,0 +1,139 @@
+/*
+ * convert_vae.c — --convert-vae-decoder and --convert-vae-encoder (anchor §4.4, §4.5, §8),
+ * with --custom-vae-version replacing the pipeline's VAE.
+ *
+ * Precision, as the anchor: the decoder takes `z` in float16 and computes at
+ * --compute-precision, except with --xl-version (and no --custom-vae-version) where input and
+ * compute are float32 (SDXL's VAE overflows in fp16); the encoder is float32 in and inside
+ * whenever --xl-version.
+ */
+#include "convert_internal.h"
+
+static const char *const DECODER_INPUT_DOCS[] = {
+    "The denoised latent embeddings from the unet model after the last step of reverse diffusion"};
+static const char *const DECODER_OUTPUT_DOCS[] = {"Generated image normalized to range [-1, 1]"};
+static const char *const ENCODER_INPUT_DOCS[] = {
+    "The input image to base the initial latents on normalized to range [-1, 1]"};
+static const char *const ENCODER_OUTPUT_DOCS[] = {
+    "The latent embeddings from the unet model from the input image: the mean channels, then the log-variance "
+    "channels"};
+
+/* SDXL pipelines need --xl-version (the fp32 rule depends on it), and --xl-version on an
+   SD 1/2 pipeline is a typo: both refused, as the UNet and text encoder converters do. */
+static sdc_status check_xl(const conv_ctx *c) {
+    bool xl = conv_looks_xl(c->src);
+    if (xl && !c->job->xl_version)
+        return sdc_fail(c->err, SDC_E_ARG,
+                        "%s is an SDXL pipeline; add --xl-version (its VAE is converted in float32, as the anchor "
+                        "does, because it overflows in float16)",
+                        c->job->model_version);
+    if (!xl && c->job->xl_version)
+        return sdc_fail(c->err, SDC_E_ARG, "--xl-version given, but %s is not an SDXL pipeline",
+                        c->job->model_version);
+    return SDC_OK;
+}
+
+sdc_status conv_vae_open(const conv_ctx *c, sdc_component *out) {
+    memset(out, 0, sizeof *out); /* closable whatever fails */
+    const char *custom = c->job->custom_vae_version;
+    if (!custom) {
+        if (!sdc_source_has(c->src, "vae"))
+            return sdc_fail(c->err, SDC_E_NOTFOUND, "%s: the pipeline has no vae", c->src->root);
+        return sdc_component_open(c->src, "vae", out, c->err);
+    }
+    /* A custom VAE is a pipeline-like folder with vae/, or a bare AutoencoderKL repository
+       with config.json at its root (e.g. madebyollin/sdxl-vae-fp16-fix). */
+    sdc_source vae;
+    sdc_status s = sdc_source_open(custom, &vae, c->err);
+    if (s) return s;
+    if (sdc_source_has(&vae, "vae"))
+        s = sdc_component_open(&vae, "vae", out, c->err);
+    else if (sdc_source_has(&vae, ""))
+        s = sdc_component_open(&vae, "", out, c->err);
+    else
+        s = sdc_fail(c->err, SDC_E_NOTFOUND, "--custom-vae-version %s: %s has neither vae/ nor config.json", custom,
+                     vae.root);
+    sdc_source_close(&vae);
+    return s;
+}
+
+/* Latent size: --latent-h/-w, else the UNet config's sample_size (an int or [h, w]), else
+   the VAE's sample_size / scale when the pipeline has no UNet. */
+sdc_status conv_latent_size(const conv_ctx *c, const sdc_vae_info *vae, int *h, int *w) {
+    int64_t dh = vae->sample_size / vae->scale, dw = dh;
+    if (sdc_source_has(c->src, "unet")) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/unet/config.json", c->src->root);
+        json_t *cfg;
+        sdc_status s = sdc_json_load(path, &cfg, c->err);
+        if (s) return s;
+        json_t *v = json_object_get(cfg, "sample_size");
+        if (json_is_integer(v)) {
+            dh = dw = json_integer_value(v);
+        } else if (json_is_array(v) && json_array_size(v) == 2 && json_is_integer(json_array_get(v, 0)) &&
+                   json_is_integer(json_array_get(v, 1))) {
+            dh = json_integer_value(json_array_get(v, 0));
+            dw = json_integer_value(json_array_get(v, 1));
+        } else if (v && !json_is_null(v)) {
+            json_decref(cfg);
+            return sdc_fail(c->err, SDC_E_FORMAT, "%s: 'sample_size' must be an integer or [h, w]", path);
+        }
+        json_decref(cfg);
+    }
+    *h = c->job->latent_h ? c->job->latent_h : (int)(dh > 0 && dh <= 1024 ? dh : 64);
+    *w = c->job->latent_w ? c->job->latent_w : (int)(dw > 0 && dw <= 1024 ? dw : 64);
+    return SDC_OK;
+}
+
+typedef struct vae_state {
+    const sdc_component *comp;
+    sdc_vae_options opt;
+    bool decoder;
+} vae_state;
+
+/* The reference for --check-output-correctness is the same graph in float32 (the VAE has no
+   ANE rewrite). */
+static sdc_status build_vae(const conv_ctx *c, void *state, bool reference, mil_graph **out) {
+    const vae_state *v = state;
+    sdc_vae_options opt = v->opt;
+    if (reference) opt.compute = SDC_DT_F32;
+    return v->decoder ? sdc_build_vae_decoder(v->comp, &opt, out, c->err) : sdc_build_vae_encoder(v->comp, &opt, out, c->err);
+}
+
+static sdc_status convert(const conv_ctx *c, bool decoder) {
+    const char *sub = decoder ? "vae_decoder" : "vae_encoder";
+    char path[4096];
+    sdc_status s = conv_package_path(c, sub, path, sizeof path);
+    if (s) return s;
+    if (!c->job->check_output_correctness && conv_exists_skip(c, path, sub)) return SDC_OK;
+    if ((s = check_xl(c))) return s;
+    const sdc_job *job = c->job;
+    bool fp32 = job->xl_version && (!decoder || !job->custom_vae_version);
+    sdc_component comp;
+    if ((s = conv_vae_open(c, &comp))) return s;
+    vae_state st = {.comp = &comp,
+                    .decoder = decoder,
+                    .opt = {
+                        .compute = fp32 ? SDC_DT_F32 : conv_compute_dtype(c),
+                        .input = fp32 ? SDC_DT_F32 : SDC_DT_F16,
+                        .opset = c->target.opset,
+                    }};
+    sdc_vae_options *opt = &st.opt;
+    sdc_vae_info info;
+    if (!(s = sdc_vae_describe(&comp, &info, c->err)) && !(s = conv_latent_size(c, &info, &opt->latent_h, &opt->latent_w))) {
+        conv_log(c, SDC_LOG_INFO, "converting %s: latent %dx%d, image %dx%d, %s in, %s compute%s (%s)", sub,
+                 opt->latent_h, opt->latent_w, opt->latent_h * info.scale, opt->latent_w * info.scale,
+                 sdc_dtype_name(opt->input), sdc_dtype_name(opt->compute),
+                 fp32 && job->precision != SDC_PRECISION_FLOAT32 ? " (SDXL VAE rule)" : "",
+                 sdc_weights_describe(comp.weights));
+        conv_docs docs = {decoder ? DECODER_INPUT_DOCS : ENCODER_INPUT_DOCS,
+                          decoder ? DECODER_OUTPUT_DOCS : ENCODER_OUTPUT_DOCS, NULL, NULL};
+        conv_check_hint hint = {0};
+        s = conv_emit(c, path, sub, &docs, build_vae, &st, &hint);
+    }
+    sdc_component_close(&comp);
+    return s;
+}
+
+sdc_status conv_vae_decoder(const conv_ctx *c) { return convert(c, true); }
+sdc_status conv_vae_encoder(const conv_ctx *c) { return convert(c, false); }

@@ -1,0 +1,227 @@
+/*
+ * gemm.c — single-precision matrix product for conv, matmul, linear and einsum.
+ *
+ * With OpenBLAS (SDC_HAVE_OPENBLAS, found by CMake) igemm calls cblas_sgemm, which threads
+ * itself. Otherwise, and always for igemm_fallback, a cache-blocked kernel: C is cut into
+ * tiles handed to the pool's threads; each tile walks K in blocks, packs its A rows and B
+ * columns into contiguous panels and runs a 4×16 register-blocked micro-kernel (compiled
+ * twice: baseline and AVX2+FMA, picked at run time on x86-64).
+ */
+#include "interp/interp.h"
+
+#include <limits.h>
+
+#ifdef SDC_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+
+enum { MR = 4, NR = 16, KC = 256, MT = 64, NT = 256 };
+
+typedef struct gemm_args {
+    bool ta, tb;
+    int64_t M, N, K;
+    const float *A, *B;
+    int64_t lda, ldb, ldc;
+    float beta;
+    float *C;
+    int64_t tiles_n; /* tiles along N */
+} gemm_args;
+
+static inline float get_a(const gemm_args *g, int64_t i, int64_t k) {
+    return g->ta ? g->A[k * g->lda + i] : g->A[i * g->lda + k];
+}
+static inline float get_b(const gemm_args *g, int64_t k, int64_t j) {
+    return g->tb ? g->B[j * g->ldb + k] : g->B[k * g->ldb + j];
+}
+
+/* Rows [i0, i0+mi) × K range [k0, k0+kk) into MR-row panels, k-major, zero-padded. */
+static void pack_a(const gemm_args *g, float *dst, int64_t i0, int64_t mi, int64_t k0, int64_t kk) {
+    for (int64_t p = 0; p < mi; p += MR) {
+        for (int64_t k = 0; k < kk; k++) {
+            for (int r = 0; r < MR; r++) *dst++ = p + r < mi ? get_a(g, i0 + p + r, k0 + k) : 0.0f;
+        }
+    }
+}
+
+/* Columns [j0, j0+nj) into NR-column panels, k-major, zero-padded. */
+static void pack_b(const gemm_args *g, float *dst, int64_t j0, int64_t nj, int64_t k0, int64_t kk) {
+    for (int64_t p = 0; p < nj; p += NR) {
+        int64_t w = nj - p < NR ? nj - p : NR;
+        for (int64_t k = 0; k < kk; k++) {
+            if (!g->tb && w == NR) {
+                memcpy(dst, g->B + (k0 + k) * g->ldb + j0 + p, NR * sizeof(float));
+                dst += NR;
+            } else {
+                for (int c = 0; c < NR; c++) *dst++ = c < w ? get_b(g, k0 + k, j0 + p + c) : 0.0f;
+            }
+        }
+    }
+}
+
+#define MICRO_KERNEL_BODY                                                                       \
+    float acc[MR][NR];                                                                          \
+    memset(acc, 0, sizeof acc);                                                                 \
+    for (int64_t k = 0; k < kk; k++) {                                                          \
+        const float *bk = b + k * NR;                                                           \
+        for (int r = 0; r < MR; r++) {                                                          \
+            float ar = a[k * MR + r];                                                           \
+            for (int j = 0; j < NR; j++) acc[r][j] += ar * bk[j];                               \
+        }                                                                                       \
+    }                                                                                           \
+    for (int r = 0; r < mr; r++)                                                                \
+        for (int j = 0; j < nr; j++) c[r * ldc + j] += acc[r][j];
+
+static void micro_generic(int64_t kk, const float *restrict a, const float *restrict b, float *restrict c, int64_t ldc,
+                          int mr, int nr) {
+    MICRO_KERNEL_BODY
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,fma"))) static void micro_avx2(int64_t kk, const float *restrict a, const float *restrict b,
+                                                          float *restrict c, int64_t ldc, int mr, int nr) {
+    MICRO_KERNEL_BODY
+}
+static bool use_avx2(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return cached;
+}
+#endif
+
+static void gemm_tiles(void *ctx, size_t t0, size_t t1) {
+    const gemm_args *g = ctx;
+    float *pa = sdc_malloc(sizeof(float) * MT * KC);
+    float *pb = sdc_malloc(sizeof(float) * NT * KC);
+    void (*micro)(int64_t, const float *restrict, const float *restrict, float *restrict, int64_t, int, int) = micro_generic;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (use_avx2()) micro = micro_avx2;
+#endif
+    for (size_t t = t0; t < t1; t++) {
+        int64_t i0 = (int64_t)(t / (size_t)g->tiles_n) * MT, j0 = (int64_t)(t % (size_t)g->tiles_n) * NT;
+        int64_t mi = g->M - i0 < MT ? g->M - i0 : MT, nj = g->N - j0 < NT ? g->N - j0 : NT;
+        for (int64_t i = 0; i < mi; i++) {
+            float *row = g->C + (i0 + i) * g->ldc + j0;
+            if (g->beta == 0.0f) memset(row, 0, sizeof(float) * (size_t)nj);
+            else if (g->beta != 1.0f)
+                for (int64_t j = 0; j < nj; j++) row[j] *= g->beta;
+        }
+        if (!pa || !pb) { /* out of memory: a slow unpacked product, still correct */
+            for (int64_t i = 0; i < mi; i++)
+                for (int64_t j = 0; j < nj; j++) {
+                    float s = 0;
+                    for (int64_t k = 0; k < g->K; k++) s += get_a(g, i0 + i, k) * get_b(g, k, j0 + j);
+                    g->C[(i0 + i) * g->ldc + j0 + j] += s;
+                }
+            continue;
+        }
+        for (int64_t k0 = 0; k0 < g->K; k0 += KC) {
+            int64_t kk = g->K - k0 < KC ? g->K - k0 : KC;
+            pack_a(g, pa, i0, mi, k0, kk);
+            pack_b(g, pb, j0, nj, k0, kk);
+            for (int64_t p = 0; p < mi; p += MR) {
+                for (int64_t q = 0; q < nj; q += NR) {
+                    int mr = (int)(mi - p < MR ? mi - p : MR), nr = (int)(nj - q < NR ? nj - q : NR);
+                    micro(kk, pa + p * kk, pb + q * kk, g->C + (i0 + p) * g->ldc + j0 + q, g->ldc, mr, nr);
+                }
+            }
+        }
+    }
+    sdc_free(pa);
+    sdc_free(pb);
+}
+
+void igemm_fallback(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                    const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    gemm_args g = {ta, tb, M, N, K, A, B, lda, ldb, ldc, beta, C, (N + NT - 1) / NT};
+    size_t tiles = (size_t)((M + MT - 1) / MT) * (size_t)g.tiles_n;
+    /* small products are not worth waking threads for */
+    if ((double)M * (double)N * (double)K < 262144.0) gemm_tiles(&g, 0, tiles);
+    else ipool_for(p, tiles, 1, gemm_tiles, &g);
+}
+
+/* One product on the calling thread. */
+static void sgemm_1t(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+                     int64_t ldb, float beta, float *C, int64_t ldc) {
+#ifdef SDC_HAVE_OPENBLAS
+    if (M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX) {
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, 1.0f,
+                    A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+        return;
+    }
+#endif
+    igemm_fallback(NULL, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}
+
+typedef struct split_args {
+    bool ta, tb, by_cols;
+    int64_t M, N, K, lda, ldb, ldc, step;
+    const float *A, *B;
+    float beta;
+    float *C;
+} split_args;
+
+static void split_part(void *ctx, size_t b, size_t e) {
+    const split_args *s = ctx;
+    for (size_t i = b; i < e; i++) {
+        int64_t lo = (int64_t)i * s->step, n = (s->by_cols ? s->N : s->M) - lo;
+        if (n > s->step) n = s->step;
+        if (n <= 0) continue;
+        if (s->by_cols) /* columns lo..lo+n of op(B) and C */
+            sgemm_1t(s->ta, s->tb, s->M, n, s->K, s->A, s->lda, s->tb ? s->B + lo * s->ldb : s->B + lo, s->ldb, s->beta,
+                     s->C + lo, s->ldc);
+        else /* rows lo..lo+n of op(A) and C */
+            sgemm_1t(s->ta, s->tb, n, s->N, s->K, s->ta ? s->A + lo : s->A + lo * s->lda, s->lda, s->B, s->ldb, s->beta,
+                     s->C + lo * s->ldc, s->ldc);
+    }
+}
+
+/* Threads split C in column (or row) blocks, each computed by a single-threaded product, so
+   OpenBLAS runs with one thread per caller (igemm_set_threads(1) at model load) and every
+   thread of the pool works on its own cache-friendly block. */
+void igemm(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+           int64_t ldb, float beta, float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+        return;
+    }
+    int T = ipool_size(p);
+    double flops = 2.0 * (double)M * (double)N * (double)K;
+#ifndef SDC_HAVE_OPENBLAS
+    if (flops >= 262144.0 && T > 1) { /* the blocked kernel threads itself over tiles */
+        igemm_fallback(p, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#endif
+    if (T <= 1 || flops < 4e6) {
+        sgemm_1t(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    split_args s = {ta, tb, N >= M, M, N, K, lda, ldb, ldc, 0, A, B, beta, C};
+    int64_t len = s.by_cols ? N : M, parts = T;
+    s.step = (len + parts - 1) / parts;
+    if (s.by_cols) s.step = (s.step + 15) / 16 * 16; /* whole vector widths */
+    parts = (len + s.step - 1) / s.step;
+    ipool_for(p, (size_t)parts, 1, split_part, &s);
+}
+
+const char *igemm_backend(void) {
+#ifdef SDC_HAVE_OPENBLAS
+    return "openblas";
+#else
+    return "builtin";
+#endif
+}
+
+void igemm_set_threads(int n) {
+#ifdef SDC_HAVE_OPENBLAS
+    if (n > 0) openblas_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}

@@ -1,0 +1,880 @@
+/*
+ * load.c — reads and validates a package into the interpreter's flat program (interp.h).
+ *
+ * Manifest.json → root model item → model.mlmodel (protobuf, our trimmed schema) → function
+ * `main` → the block of its opset. Every byte is untrusted: value types (dtype, rank ≤ 8,
+ * dims), immediate sizes against the declared shape, blob records (sentinel, dtype code
+ * against the declared dtype, offsets and sizes inside weight.bin), names bound before use
+ * and never rebound, and op types known. Errors name the model file and the op or value.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "coreml.pb-c.h"
+#include "interp/interp.h"
+#include "io/fp16.h"
+#include "source/source.h"
+
+#define MAX_MODEL_FILE ((uint64_t)2 << 30)
+#define EAGER_ELEMS 4096 /* constants this small are decoded once at load */
+
+typedef Sdc__Coreml__Model PModel;
+typedef Sdc__Coreml__Value PValue;
+typedef Sdc__Coreml__ValueType PValueType;
+typedef Sdc__Coreml__Operation POp;
+typedef Sdc__Coreml__Block PBlock;
+
+struct ifile {
+    char *name; /* as written in the BlobFileValue */
+    uint8_t *map;
+    size_t size;
+};
+
+/* ---------------------------------------------------------------- arena */
+
+struct iarena {
+    struct iarena *next;
+    size_t used, cap;
+    _Alignas(16) uint8_t data[];
+};
+
+static void *arena_alloc(sdc_model *m, size_t n) {
+    n = (n + 15) & ~(size_t)15;
+    struct iarena *a = m->arena;
+    if (!a || a->cap - a->used < n) {
+        size_t cap = n > 65536 ? n : 65536;
+        struct iarena *b = sdc_malloc(sizeof *b + cap);
+        if (!b) return NULL;
+        b->next = a;
+        b->used = 0;
+        b->cap = cap;
+        m->arena = a = b;
+    }
+    void *p = a->data + a->used;
+    a->used += n;
+    memset(p, 0, n);
+    return p;
+}
+
+static char *arena_strdup(sdc_model *m, const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = arena_alloc(m, n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+/* ---------------------------------------------------------------- name → slot hash */
+
+typedef struct name_map {
+    size_t cap; /* power of two */
+    size_t count;
+    const char **keys;
+    int *vals;
+} name_map;
+
+static uint64_t hash_str(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h;
+}
+
+static int map_get(const name_map *nm, const char *key) {
+    if (!nm->cap) return -1;
+    for (size_t i = hash_str(key) & (nm->cap - 1);; i = (i + 1) & (nm->cap - 1)) {
+        if (!nm->keys[i]) return -1;
+        if (!strcmp(nm->keys[i], key)) return nm->vals[i];
+    }
+}
+
+static bool map_put(name_map *nm, const char *key, int val) {
+    if ((nm->count + 1) * 2 > nm->cap) {
+        size_t cap = nm->cap ? nm->cap * 2 : 256;
+        const char **keys = sdc_calloc(cap, sizeof *keys);
+        int *vals = sdc_calloc(cap, sizeof *vals);
+        if (!keys || !vals) {
+            sdc_free(keys);
+            sdc_free(vals);
+            return false;
+        }
+        for (size_t i = 0; i < nm->cap; i++) {
+            if (!nm->keys[i]) continue;
+            size_t j = hash_str(nm->keys[i]) & (cap - 1);
+            while (keys[j]) j = (j + 1) & (cap - 1);
+            keys[j] = nm->keys[i];
+            vals[j] = nm->vals[i];
+        }
+        sdc_free(nm->keys);
+        sdc_free(nm->vals);
+        nm->keys = keys;
+        nm->vals = vals;
+        nm->cap = cap;
+    }
+    size_t i = hash_str(key) & (nm->cap - 1);
+    while (nm->keys[i]) i = (i + 1) & (nm->cap - 1);
+    nm->keys[i] = key;
+    nm->vals[i] = val;
+    nm->count++;
+    return true;
+}
+
+static void map_free(name_map *nm) {
+    if (!nm) return;
+    sdc_free(nm->keys);
+    sdc_free(nm->vals);
+    sdc_free(nm);
+}
+
+/* ---------------------------------------------------------------- load state */
+
+typedef struct loader {
+    sdc_model *m;
+    const char *model_path; /* .../Data/com.apple.CoreML/model.mlmodel */
+    char model_dir[4096];
+    sdc_err *err;
+    name_map *names;
+    int anon; /* counter for inline values */
+} loader;
+
+static int new_slot(loader *L, const char *name) {
+    sdc_model *m = L->m;
+    if (m->n_slots == m->cap_slots) {
+        int cap = m->cap_slots ? m->cap_slots * 2 : 256;
+        islot *s = sdc_realloc(m->slots, sizeof *s * (size_t)cap);
+        if (!s) return -1;
+        m->slots = s;
+        m->cap_slots = cap;
+    }
+    islot *s = &m->slots[m->n_slots];
+    memset(s, 0, sizeof *s);
+    s->name = name;
+    s->producer = -1;
+    s->last_use = -1;
+    return m->n_slots++;
+}
+
+/* Binds a fresh name to a new slot (SSA: rebinding is an error). */
+static int bind_name(loader *L, const char *name, const char *what) {
+    if (!name || !*name) {
+        sdc_fail(L->err, SDC_E_FORMAT, "%s: %s has an empty name", L->model_path, what);
+        return -1;
+    }
+    if (map_get(L->names, name) >= 0) {
+        sdc_fail(L->err, SDC_E_FORMAT, "%s: value '%s' (%s) is defined twice", L->model_path, name, what);
+        return -1;
+    }
+    char *copy = arena_strdup(L->m, name);
+    int s = copy ? new_slot(L, copy) : -1;
+    if (s < 0 || !map_put(L->names, copy, s)) {
+        sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+        return -1;
+    }
+    return s;
+}
+
+/* ---------------------------------------------------------------- types */
+
+static sdc_status parse_type(loader *L, const PValueType *vt, islot *s, const char *what) {
+    if (!vt || vt->type_case != SDC__COREML__VALUE_TYPE__TYPE_TENSOR_TYPE || !vt->tensortype)
+        return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: %s: only tensor types are supported (lists, tuples and dictionaries are not)",
+                        L->model_path, what);
+    const Sdc__Coreml__TensorType *tt = vt->tensortype;
+    int dt = (int)tt->datatype;
+    if (!mt_valid(dt))
+        return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: %s: data type code %d is not supported", L->model_path, what, dt);
+    if (tt->rank < 0 || tt->rank > SDC_MAX_RANK || (size_t)tt->rank != tt->n_dimensions)
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: rank %lld with %zu dimensions (rank must be known, 0..%d)", L->model_path,
+                        what, (long long)tt->rank, tt->n_dimensions, SDC_MAX_RANK);
+    s->dtype = dt;
+    s->rank = (int)tt->rank;
+    for (int i = 0; i < s->rank; i++) {
+        const Sdc__Coreml__Dimension *d = tt->dimensions[i];
+        if (d && d->dimension_case == SDC__COREML__DIMENSION__DIMENSION_CONSTANT && d->constant) {
+            if (d->constant->size > ((uint64_t)1 << 40))
+                return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: dimension %d is too large", L->model_path, what, i);
+            s->shape[i] = (int64_t)d->constant->size;
+        } else if (d && d->dimension_case == SDC__COREML__DIMENSION__DIMENSION_UNKNOWN) {
+            if (d->unknown && d->unknown->variadic)
+                return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: %s: variadic dimensions are not supported", L->model_path, what);
+            s->shape[i] = -1;
+        } else {
+            return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: dimension %d is not set", L->model_path, what, i);
+        }
+    }
+    size_t n;
+    if (!it_numel(s->rank, s->shape, &n))
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: shape is too large", L->model_path, what);
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- blob files */
+
+static sdc_status open_blob_file(loader *L, const char *name, struct ifile **out) {
+    sdc_model *m = L->m;
+    for (int i = 0; i < m->n_files; i++) {
+        if (!strcmp(m->files[i].name, name)) {
+            *out = &m->files[i];
+            return SDC_OK;
+        }
+    }
+    static const char prefix[] = "@model_path/";
+    const char *rel = name + sizeof prefix - 1;
+    if (strncmp(name, prefix, sizeof prefix - 1) || !*rel || rel[0] == '/' || strstr(rel, ".."))
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: blob file name '%s' is not @model_path/<relative path>", L->model_path, name);
+    char path[8192];
+    if (!sdc_fmt(path, sizeof path, "%s/%s", L->model_dir, rel))
+        return sdc_fail(L->err, SDC_E_ARG, "%s: blob path too long", L->model_path);
+    struct ifile *files = sdc_realloc(m->files, sizeof *files * (size_t)(m->n_files + 1));
+    if (!files) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+    m->files = files;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return sdc_fail(L->err, SDC_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 64) {
+        close(fd);
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: not a blob storage file (shorter than its 64-byte header)", path);
+    }
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return sdc_fail(L->err, SDC_E_IO, "%s: cannot map: %s", path, strerror(errno));
+    const uint8_t *h = map;
+    uint32_t version = (uint32_t)h[4] | (uint32_t)h[5] << 8 | (uint32_t)h[6] << 16 | (uint32_t)h[7] << 24;
+    if (version != 2) {
+        munmap(map, (size_t)st.st_size);
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: blob storage version %u (expected 2)", path, version);
+    }
+    struct ifile *f = &m->files[m->n_files];
+    f->name = arena_strdup(m, name);
+    f->map = map;
+    f->size = (size_t)st.st_size;
+    if (!f->name) {
+        munmap(map, f->size);
+        return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+    }
+    m->n_files++;
+    *out = f;
+    return SDC_OK;
+}
+
+static uint32_t blob_code(int dt) {
+    switch (dt) {
+    case MT_FP16: return 1;
+    case MT_FP32: return 2;
+    case MT_UINT8: return 3;
+    case MT_INT8: return 4;
+    case MT_BF16: return 5;
+    case MT_INT16: return 6;
+    case MT_UINT16: return 7;
+    case MT_INT4: return 8;
+    case MT_UINT1: return 9;
+    case MT_UINT2: return 10;
+    case MT_UINT4: return 11;
+    case MT_UINT3: return 12;
+    case MT_UINT6: return 13;
+    case MT_INT32: return 14;
+    case MT_UINT32: return 15;
+    default: return 0;
+    }
+}
+
+static raw_fmt fmt_of(int dt, int *bits) {
+    *bits = mt_bits(dt);
+    switch (dt) {
+    case MT_FP16: return RAW_F16;
+    case MT_FP32: return RAW_F32;
+    case MT_FP64: return RAW_F64;
+    case MT_BF16: return RAW_BF16;
+    case MT_INT8: return RAW_I8;
+    case MT_UINT8: case MT_BOOL: return RAW_U8;
+    case MT_INT16: return RAW_I16;
+    case MT_UINT16: return RAW_U16;
+    case MT_INT32: return RAW_I32;
+    case MT_UINT32: return RAW_U32;
+    case MT_INT64: return RAW_I64;
+    case MT_UINT64: return RAW_U64;
+    case MT_INT4: return RAW_SBITS;
+    default: return RAW_BITS; /* uint1..uint6 */
+    }
+}
+
+static uint64_t packed_bytes(size_t n, int bits) { return ((uint64_t)n * (uint64_t)bits + 7) / 8; }
+
+static uint64_t rd64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+static sdc_status blob_source(loader *L, const Sdc__Coreml__Value__BlobFileValue *b, islot *s, const char *what) {
+    struct ifile *f;
+    sdc_status st = open_blob_file(L, b->filename ? b->filename : "", &f);
+    if (st) return st;
+    size_t n;
+    it_numel(s->rank, s->shape, &n);
+    uint32_t want = blob_code(s->dtype);
+    uint64_t off = b->offset;
+    if (!want)
+        return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: %s: %s values cannot be stored in a blob", L->model_path, what,
+                        mt_name(s->dtype));
+    for (int i = 0; i < s->rank; i++)
+        if (s->shape[i] < 0)
+            return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: a blob value needs a fully known shape", L->model_path, what);
+    if (off < 64 || off > f->size - 64)
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: blob offset %llu is outside %s", L->model_path, what,
+                        (unsigned long long)off, f->name);
+    const uint8_t *rec = f->map + off;
+    uint32_t sentinel = (uint32_t)rec[0] | (uint32_t)rec[1] << 8 | (uint32_t)rec[2] << 16 | (uint32_t)rec[3] << 24;
+    uint32_t code = (uint32_t)rec[4] | (uint32_t)rec[5] << 8 | (uint32_t)rec[6] << 16 | (uint32_t)rec[7] << 24;
+    uint64_t size = rd64(rec + 8), data = rd64(rec + 16), pad_bits = rd64(rec + 24);
+    if (sentinel != 0xDEADBEEFu)
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: no blob record at offset %llu of %s (bad sentinel)", L->model_path, what,
+                        (unsigned long long)off, f->name);
+    if (code != want)
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: blob at offset %llu has dtype code %u but the value is %s (code %u)",
+                        L->model_path, what, (unsigned long long)off, code, mt_name(s->dtype), want);
+    uint64_t need = packed_bytes(n, mt_bits(s->dtype));
+    if (size != need || data > f->size || size > f->size - data || pad_bits >= 8)
+        return sdc_fail(L->err, SDC_E_FORMAT,
+                        "%s: %s: blob at offset %llu holds %llu bytes at %llu, but shape %s of %s needs %llu bytes inside the %zu-byte file",
+                        L->model_path, what, (unsigned long long)off, (unsigned long long)size, (unsigned long long)data,
+                        shape_str(s->rank, s->shape, (char[160]){0}, 160), mt_name(s->dtype), (unsigned long long)need,
+                        f->size);
+    s->src.kind = CS_RAW;
+    s->src.fmt = fmt_of(s->dtype, &s->src.bits);
+    s->src.ptr = f->map + data;
+    s->src.n = n;
+    return SDC_OK;
+}
+
+static sdc_status immediate_source(loader *L, const Sdc__Coreml__Value__ImmediateValue *iv, islot *s, const char *what) {
+    size_t n;
+    it_numel(s->rank, s->shape, &n);
+    for (int i = 0; i < s->rank; i++)
+        if (s->shape[i] < 0)
+            return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: an immediate value needs a fully known shape", L->model_path, what);
+    if (iv->value_case != SDC__COREML__VALUE__IMMEDIATE_VALUE__VALUE_TENSOR || !iv->tensor)
+        return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: %s: only tensor immediate values are supported", L->model_path, what);
+    const Sdc__Coreml__TensorValue *tv = iv->tensor;
+    int dt = s->dtype;
+    csrc *c = &s->src;
+    c->kind = CS_RAW;
+    c->n = n;
+    size_t have = 0;
+    bool ok_type = true;
+    switch (tv->value_case) {
+    case SDC__COREML__TENSOR_VALUE__VALUE_FLOATS:
+        ok_type = mt_is_float(dt);
+        c->fmt = RAW_F32;
+        c->ptr = (const uint8_t *)tv->floats->values;
+        have = tv->floats->n_values;
+        break;
+    case SDC__COREML__TENSOR_VALUE__VALUE_DOUBLES:
+        ok_type = mt_is_float(dt);
+        c->fmt = RAW_F64;
+        c->ptr = (const uint8_t *)tv->doubles->values;
+        have = tv->doubles->n_values;
+        break;
+    case SDC__COREML__TENSOR_VALUE__VALUE_INTS:
+        ok_type = mt_is_int(dt) && mt_bits(dt) <= 32;
+        c->fmt = RAW_I32;
+        c->ptr = (const uint8_t *)tv->ints->values;
+        have = tv->ints->n_values;
+        break;
+    case SDC__COREML__TENSOR_VALUE__VALUE_LONG_INTS:
+        ok_type = mt_is_int(dt);
+        c->fmt = RAW_I64;
+        c->ptr = (const uint8_t *)tv->longints->values;
+        have = tv->longints->n_values;
+        for (size_t i = 0; ok_type && i < have; i++)
+            if (tv->longints->values[i] > INT32_MAX || tv->longints->values[i] < INT32_MIN)
+                return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: %s: 64-bit integer %lld does not fit in int32", L->model_path, what,
+                                (long long)tv->longints->values[i]);
+        break;
+    case SDC__COREML__TENSOR_VALUE__VALUE_BOOLS:
+        ok_type = dt == MT_BOOL;
+        c->fmt = RAW_PBOOL;
+        c->ptr = (const uint8_t *)tv->bools->values;
+        have = tv->bools->n_values;
+        break;
+    case SDC__COREML__TENSOR_VALUE__VALUE_STRINGS:
+        if (dt != MT_STRING || tv->strings->n_values != 1 || s->rank != 0)
+            return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: %s: only scalar strings are supported", L->model_path, what);
+        c->kind = CS_NONE;
+        s->val = arena_alloc(L->m, sizeof(itensor));
+        if (!s->val) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+        s->val->dtype = MT_STRING;
+        s->val->n = 1;
+        s->val->s = tv->strings->values[0];
+        return SDC_OK;
+    case SDC__COREML__TENSOR_VALUE__VALUE_BYTES: {
+        int bits;
+        c->fmt = fmt_of(dt, &bits);
+        c->bits = bits;
+        ok_type = bits > 0 && dt != MT_FP64 && dt != MT_INT64 && dt != MT_UINT64;
+        if (dt == MT_BOOL) c->fmt = RAW_U8;
+        c->ptr = tv->bytes->values.data;
+        if (ok_type && tv->bytes->values.len != packed_bytes(n, bits))
+            return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: %zu bytes for shape %s of %s (expected %llu)", L->model_path, what,
+                            tv->bytes->values.len, shape_str(s->rank, s->shape, (char[160]){0}, 160), mt_name(dt),
+                            (unsigned long long)packed_bytes(n, bits));
+        have = n;
+        break;
+    }
+    case SDC__COREML__TENSOR_VALUE__VALUE__NOT_SET:
+    default:
+        ok_type = n == 0;
+        c->fmt = RAW_F32;
+        c->ptr = NULL;
+        have = 0;
+        break;
+    }
+    if (!ok_type || dt == MT_STRING)
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: immediate value of kind %d does not fit its type %s", L->model_path, what,
+                        (int)tv->value_case, mt_name(dt));
+    if (have != n)
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: %zu values for shape %s (%zu elements)", L->model_path, what, have,
+                        shape_str(s->rank, s->shape, (char[160]){0}, 160), n);
+    return SDC_OK;
+}
+
+/* A Value (const op's `val`, a constexpr attribute, or an inline binding) into slot s. The
+   type comes from `type` (the output's) or, failing that, from the value's own. */
+static sdc_status value_source(loader *L, const PValue *v, const PValueType *type, int s, const char *what) {
+    if (!v) return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: missing value", L->model_path, what);
+    islot *sl = &L->m->slots[s];
+    sdc_status st = parse_type(L, type ? type : v->type, sl, what);
+    if (st) return st;
+    if (type && v->type) { /* the value's own type must agree with the declared one */
+        islot tmp = {0};
+        st = parse_type(L, v->type, &tmp, what);
+        if (st) return st;
+        bool same = tmp.dtype == sl->dtype && tmp.rank == sl->rank;
+        for (int i = 0; same && i < sl->rank; i++) same = tmp.shape[i] == sl->shape[i];
+        if (!same)
+            return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: value type %s %s differs from the declared %s %s", L->model_path, what,
+                            mt_name(tmp.dtype), shape_str(tmp.rank, tmp.shape, (char[160]){0}, 160), mt_name(sl->dtype),
+                            shape_str(sl->rank, sl->shape, (char[160]){0}, 160));
+    }
+    sl->kind = SL_CONST;
+    if (v->value_case == SDC__COREML__VALUE__VALUE_BLOB_FILE_VALUE && v->blobfilevalue)
+        return blob_source(L, v->blobfilevalue, sl, what);
+    if (v->value_case == SDC__COREML__VALUE__VALUE_IMMEDIATE_VALUE && v->immediatevalue)
+        return immediate_source(L, v->immediatevalue, sl, what);
+    return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: value has neither an immediate nor a blob", L->model_path, what);
+}
+
+/* ---------------------------------------------------------------- ops */
+
+static sdc_status add_param(loader *L, iop *op, int *cap, const char *name, int n) {
+    if (op->n_params == *cap) {
+        int c = *cap ? *cap * 2 : 8;
+        iparam *p = arena_alloc(L->m, sizeof *p * (size_t)c);
+        if (!p) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+        if (op->n_params) memcpy(p, op->params, sizeof *p * (size_t)op->n_params);
+        op->params = p;
+        *cap = c;
+    }
+    iparam *p = &op->params[op->n_params++];
+    p->name = arena_strdup(L->m, name);
+    p->n = n;
+    p->slots = arena_alloc(L->m, sizeof(int) * (size_t)(n ? n : 1));
+    if (!p->name || !p->slots) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+    return SDC_OK;
+}
+
+static const char *op_label(const POp *po, char *buf, size_t size) {
+    /* coremltools writes the op's name as attribute `name` (a scalar string) */
+    for (size_t i = 0; i < po->n_attributes; i++) {
+        const PValue *v = po->attributes[i]->value;
+        if (strcmp(po->attributes[i]->key, "name") || !v || v->value_case != SDC__COREML__VALUE__VALUE_IMMEDIATE_VALUE ||
+            !v->immediatevalue || v->immediatevalue->value_case != SDC__COREML__VALUE__IMMEDIATE_VALUE__VALUE_TENSOR ||
+            !v->immediatevalue->tensor || v->immediatevalue->tensor->value_case != SDC__COREML__TENSOR_VALUE__VALUE_STRINGS ||
+            v->immediatevalue->tensor->strings->n_values != 1)
+            continue;
+        snprintf(buf, size, "%s", v->immediatevalue->tensor->strings->values[0]);
+        return buf;
+    }
+    /* else the first output's name */
+    snprintf(buf, size, "%s", po->n_outputs && po->outputs[0] && po->outputs[0]->name ? po->outputs[0]->name : "?");
+    return buf;
+}
+
+static sdc_status load_op(loader *L, const POp *po, int index) {
+    sdc_model *m = L->m;
+    iop *op = &m->ops[index];
+    char label[512], what[1200];
+    op_label(po, label, sizeof label);
+    op->type = arena_strdup(m, po->type ? po->type : "");
+    op->name = arena_strdup(m, label);
+    if (!op->type || !op->name) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+    snprintf(what, sizeof what, "op '%s' (%s)", op->name, op->type);
+    if (po->n_blocks)
+        return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: %s: ops with nested blocks (control flow) are not supported", L->model_path,
+                        what);
+    bool is_const = !strcmp(op->type, "const");
+    op->def = is_const ? NULL : iop_find(op->type);
+    if (!is_const && !op->def)
+        return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: op type '%s' (op '%s') is not supported by the interpreter", L->model_path,
+                        op->type, op->name);
+    if (po->n_outputs < 1 || po->n_outputs > 4096)
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: has %zu outputs", L->model_path, what, po->n_outputs);
+    if (is_const && po->n_outputs != 1)
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: a const op has exactly one output", L->model_path, what);
+    bool constexpr_op = op->def && op->def->constexpr_op;
+
+    /* parameters: inputs (and, for iOS 16 constexpr ops, attributes) */
+    int cap = 0;
+    for (size_t i = 0; i < po->n_inputs; i++) {
+        const Sdc__Coreml__Operation__InputsEntry *e = po->inputs[i];
+        if (!e->key || !e->value) return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: malformed input entry", L->model_path, what);
+        if (rt_param(op, e->key))
+            return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: input '%s' is given twice", L->model_path, what, e->key);
+        size_t nb = e->value->n_arguments;
+        if (nb < 1 || nb > 65536)
+            return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: input '%s' has %zu bindings", L->model_path, what, e->key, nb);
+        sdc_status st = add_param(L, op, &cap, e->key, (int)nb);
+        if (st) return st;
+        iparam *p = &op->params[op->n_params - 1];
+        for (size_t k = 0; k < nb; k++) {
+            const Sdc__Coreml__Argument__Binding *b = e->value->arguments[k];
+            if (b && b->binding_case == SDC__COREML__ARGUMENT__BINDING__BINDING_NAME) {
+                int s = map_get(L->names, b->name ? b->name : "");
+                if (s < 0)
+                    return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: input '%s' uses '%s', which is not defined before it",
+                                    L->model_path, what, e->key, b->name ? b->name : "");
+                if (constexpr_op && m->slots[s].kind != SL_CONST)
+                    return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: input '%s' must be a constant", L->model_path, what, e->key);
+                p->slots[k] = s;
+            } else if (b && b->binding_case == SDC__COREML__ARGUMENT__BINDING__BINDING_VALUE) {
+                char iw[1400];
+                snprintf(iw, sizeof iw, "%s input '%s'", what, e->key);
+                char anon[64];
+                snprintf(anon, sizeof anon, "<inline %d>", L->anon++);
+                char *nm = arena_strdup(m, anon);
+                int s = nm ? new_slot(L, nm) : -1;
+                if (s < 0) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+                st = value_source(L, b->value, NULL, s, iw);
+                if (st) return st;
+                p->slots[k] = s;
+            } else {
+                return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: input '%s' has an empty binding", L->model_path, what, e->key);
+            }
+        }
+    }
+    const PValue *const_val = NULL;
+    for (size_t i = 0; i < po->n_attributes; i++) {
+        const Sdc__Coreml__Operation__AttributesEntry *a = po->attributes[i];
+        if (!a->key || !strcmp(a->key, "name")) continue;
+        if (is_const) {
+            if (!strcmp(a->key, "val")) const_val = a->value;
+            continue;
+        }
+        if (!constexpr_op) continue; /* other attributes carry no semantics we use */
+        if (rt_param(op, a->key))
+            return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: parameter '%s' is given twice", L->model_path, what, a->key);
+        sdc_status st = add_param(L, op, &cap, a->key, 1);
+        if (st) return st;
+        char iw[1400], anon[64];
+        snprintf(iw, sizeof iw, "%s attribute '%s'", what, a->key);
+        snprintf(anon, sizeof anon, "<attribute %d>", L->anon++);
+        char *nm = arena_strdup(m, anon);
+        int s = nm ? new_slot(L, nm) : -1;
+        if (s < 0) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+        st = value_source(L, a->value, NULL, s, iw);
+        if (st) return st;
+        op->params[op->n_params - 1].slots[0] = s;
+    }
+
+    /* outputs */
+    op->n_out = (int)po->n_outputs;
+    op->outs = arena_alloc(m, sizeof(int) * po->n_outputs);
+    if (!op->outs) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+    for (size_t k = 0; k < po->n_outputs; k++) {
+        const Sdc__Coreml__NamedValueType *nv = po->outputs[k];
+        char ow[1400];
+        snprintf(ow, sizeof ow, "%s output '%s'", what, nv && nv->name ? nv->name : "");
+        int s = bind_name(L, nv ? nv->name : NULL, ow);
+        if (s < 0) return L->err->code;
+        op->outs[k] = s;
+        islot *sl = &m->slots[s];
+        sl->producer = index;
+        if (is_const) {
+            if (!const_val) return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: const op without a 'val' attribute", L->model_path, what);
+            sdc_status st = value_source(L, const_val, nv->type, s, ow);
+            if (st) return st;
+        } else {
+            sdc_status st = parse_type(L, nv->type, sl, ow);
+            if (st) return st;
+            if (constexpr_op) {
+                sl->kind = SL_CONST;
+                sl->src.kind = CS_CONSTEXPR;
+                sl->src.op = index;
+                if (po->n_outputs != 1)
+                    return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: a constexpr op has one output", L->model_path, what);
+            } else {
+                sl->kind = SL_OP;
+            }
+        }
+    }
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- manifest */
+
+static sdc_status root_model_path(const char *pkg, char *out, size_t size, sdc_err *err) {
+    char path[4096];
+    if (!sdc_fmt(path, sizeof path, "%s/Manifest.json", pkg)) return sdc_fail(err, SDC_E_ARG, "%s: path too long", pkg);
+    json_t *m;
+    sdc_status s = sdc_json_load(path, &m, err);
+    if (s) return s;
+    json_t *version = json_object_get(m, "fileFormatVersion");
+    json_t *root = json_object_get(m, "rootModelIdentifier");
+    json_t *items = json_object_get(m, "itemInfoEntries");
+    json_t *item = json_is_string(root) && json_is_object(items) ? json_object_get(items, json_string_value(root)) : NULL;
+    json_t *rel = json_is_object(item) ? json_object_get(item, "path") : NULL;
+    if (!json_is_string(version))
+        s = sdc_fail(err, SDC_E_FORMAT, "%s: no fileFormatVersion string", path);
+    else if (!json_is_string(rel))
+        s = sdc_fail(err, SDC_E_FORMAT, "%s: rootModelIdentifier does not name an item with a path", path);
+    else if (strstr(json_string_value(rel), "..") || json_string_value(rel)[0] == '/' || !json_string_value(rel)[0])
+        s = sdc_fail(err, SDC_E_FORMAT, "%s: root model path '%s' leaves the package", path, json_string_value(rel));
+    else if (!sdc_fmt(out, size, "%s/Data/%s", pkg, json_string_value(rel)))
+        s = sdc_fail(err, SDC_E_ARG, "%s: path too long", path);
+    json_decref(m);
+    return s;
+}
+
+static sdc_status read_model_file(const char *path, uint8_t **out, size_t *n, sdc_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return sdc_fail(err, SDC_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 || (uint64_t)st.st_size > MAX_MODEL_FILE) {
+        fclose(f);
+        return sdc_fail(err, SDC_E_FORMAT, "%s: empty, not a file, or larger than 2 GiB", path);
+    }
+    uint8_t *buf = sdc_malloc((size_t)st.st_size);
+    if (!buf) {
+        fclose(f);
+        return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    }
+    size_t got = fread(buf, 1, (size_t)st.st_size, f);
+    fclose(f);
+    if (got != (size_t)st.st_size) {
+        sdc_free(buf);
+        return sdc_fail(err, SDC_E_IO, "%s: short read", path);
+    }
+    *out = buf;
+    *n = got;
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- descriptions */
+
+static int nd_from_array_type(int t) {
+    switch (t) {
+    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT32: return SDC_ND_F32;
+    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT16: return SDC_ND_F16;
+    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__INT32: return SDC_ND_I32;
+    default: return -1;
+    }
+}
+
+static int nd_from_mt(int t) {
+    if (t == MT_FP16) return SDC_ND_F16;
+    if (mt_is_float(t)) return SDC_ND_F32;
+    return SDC_ND_I32;
+}
+
+static const Sdc__Coreml__FeatureDescription *find_feature(Sdc__Coreml__FeatureDescription **f, size_t n, const char *name) {
+    for (size_t i = 0; i < n; i++)
+        if (f[i] && f[i]->name && !strcmp(f[i]->name, name)) return f[i];
+    return NULL;
+}
+
+static sdc_status describe(loader *L, const PModel *pm) {
+    sdc_model *m = L->m;
+    const Sdc__Coreml__ModelDescription *d = pm->description;
+    m->in_desc = arena_alloc(m, sizeof(sdc_ndarray) * (size_t)(m->n_inputs + 1));
+    m->out_desc = arena_alloc(m, sizeof(sdc_ndarray) * (size_t)(m->n_outputs + 1));
+    m->out_dtype = arena_alloc(m, sizeof(int) * (size_t)(m->n_outputs + 1));
+    if (!m->in_desc || !m->out_desc || !m->out_dtype) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+    for (int i = 0; i < m->n_inputs; i++) {
+        const islot *s = &m->slots[m->inputs[i]];
+        sdc_ndarray *a = &m->in_desc[i];
+        a->name = s->name;
+        a->rank = s->rank;
+        memcpy(a->shape, s->shape, sizeof(int64_t) * (size_t)s->rank);
+        if (s->dtype != MT_FP32 && s->dtype != MT_FP16 && s->dtype != MT_INT32)
+            return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: input '%s' is %s (supported: fp32, fp16, int32)", L->model_path,
+                            s->name, mt_name(s->dtype));
+        a->dtype = (sdc_nd_dtype)nd_from_mt(s->dtype);
+    }
+    for (int i = 0; i < m->n_outputs; i++) {
+        const islot *s = &m->slots[m->outputs[i]];
+        sdc_ndarray *a = &m->out_desc[i];
+        a->name = s->name;
+        a->rank = s->rank;
+        memcpy(a->shape, s->shape, sizeof(int64_t) * (size_t)s->rank);
+        if (s->dtype == MT_STRING)
+            return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: output '%s' is a string", L->model_path, s->name);
+        int dt = nd_from_mt(s->dtype);
+        /* the description's dtype is what Core ML hands back */
+        const Sdc__Coreml__FeatureDescription *f = d ? find_feature(d->output, d->n_output, s->name) : NULL;
+        if (f && f->type && f->type->type_case == SDC__COREML__FEATURE_TYPE__TYPE_MULTI_ARRAY_TYPE && f->type->multiarraytype) {
+            int t = nd_from_array_type((int)f->type->multiarraytype->datatype);
+            if (t >= 0) dt = t;
+        }
+        a->dtype = (sdc_nd_dtype)dt;
+        m->out_dtype[i] = dt;
+    }
+    /* every described input must be a function input */
+    for (size_t i = 0; d && i < d->n_input; i++) {
+        const char *nm = d->input[i] && d->input[i]->name ? d->input[i]->name : "";
+        bool found = false;
+        for (int k = 0; k < m->n_inputs && !found; k++) found = !strcmp(m->slots[m->inputs[k]].name, nm);
+        if (!found)
+            return sdc_fail(L->err, SDC_E_FORMAT, "%s: described input '%s' is not an input of function main", L->model_path, nm);
+    }
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- entry */
+
+void interp_model_release(sdc_model *m);
+
+static sdc_status build(loader *L, const PModel *pm) {
+    sdc_model *m = L->m;
+    if (pm->type_case != SDC__COREML__MODEL__TYPE_ML_PROGRAM || !pm->mlprogram)
+        return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: not an ML Program (neural networks and pipelines are not supported)",
+                        L->model_path);
+    const Sdc__Coreml__Program *prog = pm->mlprogram;
+    if (prog->version != 1)
+        return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: program version %lld (expected 1)", L->model_path, (long long)prog->version);
+    const Sdc__Coreml__Function *fn = NULL;
+    for (size_t i = 0; i < prog->n_functions; i++)
+        if (prog->functions[i]->key && !strcmp(prog->functions[i]->key, "main")) fn = prog->functions[i]->value;
+    if (!fn) return sdc_fail(L->err, SDC_E_FORMAT, "%s: the program has no function 'main'", L->model_path);
+    const PBlock *blk = NULL;
+    for (size_t i = 0; i < fn->n_block_specializations; i++)
+        if (fn->opset && fn->block_specializations[i]->key && !strcmp(fn->block_specializations[i]->key, fn->opset))
+            blk = fn->block_specializations[i]->value;
+    if (!blk)
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: function main has no block for its opset '%s'", L->model_path,
+                        fn->opset ? fn->opset : "");
+    if (blk->n_operations > (1u << 24) || fn->n_inputs > 4096 || blk->n_outputs > 4096)
+        return sdc_fail(L->err, SDC_E_FORMAT, "%s: too many ops, inputs or outputs", L->model_path);
+
+    m->inputs = arena_alloc(m, sizeof(int) * (fn->n_inputs + 1));
+    m->outputs = arena_alloc(m, sizeof(int) * (blk->n_outputs + 1));
+    m->ops = sdc_calloc(blk->n_operations + 1, sizeof(iop));
+    if (!m->inputs || !m->outputs || !m->ops) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < fn->n_inputs; i++) {
+        const Sdc__Coreml__NamedValueType *nv = fn->inputs[i];
+        char what[600];
+        snprintf(what, sizeof what, "function input '%s'", nv && nv->name ? nv->name : "");
+        int s = bind_name(L, nv ? nv->name : NULL, what);
+        if (s < 0) return L->err->code;
+        sdc_status st = parse_type(L, nv->type, &m->slots[s], what);
+        if (st) return st;
+        m->slots[s].kind = SL_INPUT;
+        m->inputs[m->n_inputs++] = s;
+    }
+    for (size_t i = 0; i < blk->n_operations; i++) {
+        if (!blk->operations[i]) return sdc_fail(L->err, SDC_E_FORMAT, "%s: empty operation %zu", L->model_path, i);
+        sdc_status st = load_op(L, blk->operations[i], (int)i);
+        m->n_ops = (int)i + 1;
+        if (st) return st;
+    }
+    for (size_t i = 0; i < blk->n_outputs; i++) {
+        int s = map_get(L->names, blk->outputs[i] ? blk->outputs[i] : "");
+        if (s < 0) return sdc_fail(L->err, SDC_E_FORMAT, "%s: block output '%s' is not defined", L->model_path, blk->outputs[i]);
+        for (int k = 0; k < m->n_outputs; k++)
+            if (m->outputs[k] == s)
+                return sdc_fail(L->err, SDC_E_FORMAT, "%s: block output '%s' is listed twice", L->model_path, blk->outputs[i]);
+        m->outputs[m->n_outputs++] = s;
+    }
+    /* liveness: the last op reading each value */
+    for (int i = 0; i < m->n_ops; i++)
+        for (int p = 0; p < m->ops[i].n_params; p++)
+            for (int k = 0; k < m->ops[i].params[p].n; k++) m->slots[m->ops[i].params[p].slots[k]].last_use = i;
+    for (int i = 0; i < m->n_outputs; i++) m->slots[m->outputs[i]].last_use = INT32_MAX;
+    return describe(L, pm);
+}
+
+/* Decodes small constants once (constexpr values included). */
+static sdc_status decode_small(loader *L) {
+    sdc_model *m = L->m;
+    irun r = {.m = m, .err = L->err};
+    for (int s = 0; s < m->n_slots; s++) {
+        islot *sl = &m->slots[s];
+        if (sl->kind != SL_CONST || sl->val || sl->src.kind == CS_NONE) continue;
+        size_t n;
+        if (!it_numel(sl->rank, sl->shape, &n) || n > EAGER_ELEMS) continue;
+        itensor *t = NULL;
+        if (sl->src.kind == CS_RAW) {
+            t = it_new(sl->dtype, sl->rank, sl->shape);
+            if (!t) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+            if (mt_is_float(sl->dtype)) {
+                csrc_read_f(&sl->src, 0, n, t->f);
+                if (sl->dtype == MT_FP16) round_f16(NULL, t->f, n);
+            } else {
+                csrc_read_i(&sl->src, 0, n, t->i);
+            }
+        } else {
+            sdc_status st = constexpr_eval(&r, &m->ops[sl->src.op], &t);
+            for (int i = 0; i < r.n_temps; i++) it_free(r.temps[i]);
+            r.n_temps = 0;
+            if (st) {
+                sdc_free(r.temps);
+                return st;
+            }
+        }
+        sl->val = t;
+    }
+    sdc_free(r.temps);
+    return SDC_OK;
+}
+
+sdc_status interp_model_load(const char *pkg, sdc_model *m, sdc_err *err) {
+    loader L = {.m = m, .err = err};
+    char model_path[4096];
+    sdc_status s = root_model_path(pkg, model_path, sizeof model_path, err);
+    if (s) return s;
+    L.model_path = model_path;
+    const char *slash = strrchr(model_path, '/');
+    snprintf(L.model_dir, sizeof L.model_dir, "%.*s", (int)(slash - model_path), model_path);
+    size_t n = 0;
+    if ((s = read_model_file(model_path, &m->proto_buf, &n, err))) return s;
+    PModel *pm = sdc__coreml__model__unpack(NULL, n, m->proto_buf);
+    /* protobuf-c copies every string and byte field: the file buffer is not needed any more */
+    sdc_free(m->proto_buf);
+    m->proto_buf = NULL;
+    if (!pm) return sdc_fail(err, SDC_E_FORMAT, "%s: not a Core ML model protobuf", model_path);
+    m->proto = pm;
+    L.names = sdc_calloc(1, sizeof *L.names);
+    if (!L.names) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    m->names = L.names;
+    s = build(&L, pm);
+    if (!s) s = decode_small(&L);
+    return s;
+}
+
+void interp_model_release(sdc_model *m) {
+    for (int s = 0; s < m->n_slots; s++)
+        if (m->slots[s].val && m->slots[s].val->dtype != MT_STRING) it_free(m->slots[s].val);
+    sdc_free(m->slots);
+    sdc_free(m->ops);
+    for (int i = 0; i < m->n_files; i++) munmap(m->files[i].map, m->files[i].size);
+    sdc_free(m->files);
+    map_free(m->names);
+    if (m->proto) sdc__coreml__model__free_unpacked(m->proto, NULL);
+    sdc_free(m->proto_buf);
+    for (struct iarena *a = m->arena, *next; a; a = next) {
+        next = a->next;
+        sdc_free(a);
+    }
+}

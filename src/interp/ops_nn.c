@@ -1,0 +1,749 @@
+/*
+ * ops_nn.c — linear, matmul, einsum, conv (all through igemm), softmax, layer/instance/batch
+ * norm and scaled_dot_product_attention.
+ *
+ * Sums run in fp32 inside the GEMM and in double for the normalisation statistics; results are
+ * rounded to the declared dtype by the executor.
+ */
+#include <math.h>
+
+#include "interp/interp.h"
+
+static bool all_float(const itensor *a, const itensor *b) {
+    return a && b && mt_is_float(a->dtype) && mt_is_float(b->dtype);
+}
+
+/* Many small independent products: threads over the batch, each with the single-threaded
+   blocked kernel; large ones: one after another, each threaded by igemm. */
+typedef struct batch_gemm {
+    bool ta, tb;
+    int64_t M, N, K, lda, ldb, ldc;
+    size_t count;
+    const float **A, **B;
+    float **C;
+} batch_gemm;
+
+static void batch_rows(void *ctx, size_t b, size_t e) {
+    batch_gemm *g = ctx;
+    for (size_t i = b; i < e; i++)
+        igemm_fallback(NULL, g->ta, g->tb, g->M, g->N, g->K, g->A[i], g->lda, g->B[i], g->ldb, 0.0f, g->C[i], g->ldc);
+}
+
+static void run_batch(ipool *p, batch_gemm *g) {
+    double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K;
+    if (g->count > 1 && flops < 4e6) {
+        ipool_for(p, g->count, 1, batch_rows, g);
+        return;
+    }
+    for (size_t i = 0; i < g->count; i++)
+        igemm(p, g->ta, g->tb, g->M, g->N, g->K, g->A[i], g->lda, g->B[i], g->ldb, 0.0f, g->C[i], g->ldc);
+}
+
+static sdc_status alloc_batch(irun *r, const iop *op, batch_gemm *g, size_t count) {
+    g->count = count;
+    g->A = sdc_malloc(sizeof *g->A * (count ? count : 1));
+    g->B = sdc_malloc(sizeof *g->B * (count ? count : 1));
+    g->C = sdc_malloc(sizeof *g->C * (count ? count : 1));
+    if (!g->A || !g->B || !g->C) return rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+    return SDC_OK;
+}
+
+static void free_batch(batch_gemm *g) {
+    sdc_free(g->A);
+    sdc_free(g->B);
+    sdc_free(g->C);
+}
+
+/* ---------------------------------------------------------------- linear */
+
+typedef struct lin16_ctx {
+    const uint8_t *w16; /* [dout, din] fp16 */
+    const float *x;
+    float *o;
+    int64_t M, din, dout, rows;
+    float beta;
+    int failed;
+} lin16_ctx;
+
+/* Weight rows block by block: expand into a per-thread buffer that stays in cache, multiply. */
+static void lin16_blocks(void *ctx, size_t b, size_t e) {
+    lin16_ctx *c = ctx;
+    float *buf = sdc_malloc(sizeof(float) * (size_t)(c->rows * c->din + 1));
+    if (!buf) {
+        c->failed = 1;
+        return;
+    }
+    for (size_t k = b; k < e; k++) {
+        int64_t j0 = (int64_t)k * c->rows, n = c->dout - j0 < c->rows ? c->dout - j0 : c->rows;
+        f16_expand(NULL, c->w16 + 2 * (size_t)(j0 * c->din), buf, (size_t)(n * c->din));
+        igemm(NULL, false, true, c->M, n, c->din, c->x, c->din, buf, c->din, c->beta, c->o + j0, c->dout);
+    }
+    sdc_free(buf);
+}
+
+sdc_status k_linear(irun *r, const iop *op) {
+    /* An fp16 weight stored in the package is expanded a block of rows at a time into a
+       cache-sized buffer, each block multiplied right away: the weight is read once, as fp16,
+       and never held in fp32 as a whole. */
+    const islot *ws = NULL;
+    const csrc *lazy = rt_lazy(r, op, "weight", &ws);
+    if (lazy && (lazy->fmt != RAW_F16 || ws->rank != 2)) lazy = NULL;
+    itensor *x = rt_req(r, op, "x"), *w = x && !lazy ? rt_req(r, op, "weight") : NULL;
+    if (!x || (!lazy && !w)) return r->err->code;
+    itensor *b = rt_in(r, op, "bias");
+    if (r->err->code) return r->err->code;
+    char a1[200], a2[200];
+    int wrank = lazy ? ws->rank : w->rank;
+    const int64_t *wshape = lazy ? ws->shape : w->shape;
+    if (!mt_is_float(x->dtype) || !mt_is_float(lazy ? ws->dtype : w->dtype))
+        return rt_fail(r, op, SDC_E_UNSUPPORTED, "x and weight must be fp16 or fp32");
+    if (x->rank < 1 || wrank != 2 || x->shape[x->rank - 1] != wshape[1])
+        return rt_fail(r, op, SDC_E_FORMAT, "x %s does not match weight %s [D_out, D_in]", shape_str(x->rank, x->shape, a1, sizeof a1),
+                       shape_str(wrank, wshape, a2, sizeof a2));
+    int64_t dout = wshape[0], din = wshape[1];
+    if (b && (b->rank != 1 || b->shape[0] != dout || !mt_is_float(b->dtype)))
+        return rt_fail(r, op, SDC_E_FORMAT, "bias %s must be float [%lld]", shape_str(b->rank, b->shape, a1, sizeof a1), (long long)dout);
+    int64_t shape[SDC_MAX_RANK];
+    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->rank);
+    shape[x->rank - 1] = dout;
+    itensor *o = rt_out(r, op, 0, x->rank, shape);
+    if (!o) return r->err->code;
+    if (o->n == 0) return SDC_OK;
+    int64_t M = (int64_t)(o->n / (size_t)dout);
+    if (b) {
+        for (int64_t i = 0; i < M; i++) memcpy(o->f + i * dout, b->f, sizeof(float) * (size_t)dout);
+    }
+    float beta = b ? 1.0f : 0.0f;
+    if (!lazy) {
+        igemm(rt_pool(r), false, true, M, dout, din, x->f, din, w->f, din, beta, o->f, dout);
+        return SDC_OK;
+    }
+    /* blocks of about 512 KiB of fp32, in a multiple of the thread count */
+    int64_t T = ipool_size(rt_pool(r)), blocks = (dout * din * 4 + (1 << 19) - 1) >> 19;
+    blocks = (blocks + T - 1) / T * T;
+    int64_t rows = (dout + blocks - 1) / blocks;
+    rows = (rows + 15) / 16 * 16;
+    if (rows > dout) rows = dout;
+    lin16_ctx c = {lazy->ptr, x->f, o->f, M, din, dout, rows, beta, 0};
+    ipool_for(rt_pool(r), (size_t)((dout + rows - 1) / rows), 1, lin16_blocks, &c);
+    if (c.failed) return rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+sdc_status k_matmul(irun *r, const iop *op) {
+    itensor *x = rt_req(r, op, "x"), *y = x ? rt_req(r, op, "y") : NULL;
+    bool tx, ty;
+    if (!y || rt_bool(r, op, "transpose_x", false, &tx) || rt_bool(r, op, "transpose_y", false, &ty)) return r->err->code;
+    if (!all_float(x, y)) return rt_fail(r, op, SDC_E_UNSUPPORTED, "x and y must be fp16 or fp32");
+    if (x->rank < 1 || y->rank < 1) return rt_fail(r, op, SDC_E_FORMAT, "operands must have rank >= 1");
+    /* NumPy rules: a 1-D x is [1, K] (row dropped after), a 1-D y is [K, 1] (column dropped) */
+    int64_t xs[SDC_MAX_RANK + 1], ys[SDC_MAX_RANK + 1];
+    int xr = x->rank, yr = y->rank;
+    bool x1 = xr == 1, y1 = yr == 1;
+    if (x1) {
+        xs[0] = 1, xs[1] = x->shape[0], xr = 2, tx = false;
+    } else {
+        memcpy(xs, x->shape, sizeof(int64_t) * (size_t)xr);
+    }
+    if (y1) {
+        ys[0] = y->shape[0], ys[1] = 1, yr = 2, ty = false;
+    } else {
+        memcpy(ys, y->shape, sizeof(int64_t) * (size_t)yr);
+    }
+    int64_t M = tx ? xs[xr - 1] : xs[xr - 2], K = tx ? xs[xr - 2] : xs[xr - 1];
+    int64_t K2 = ty ? ys[yr - 1] : ys[yr - 2], N = ty ? ys[yr - 2] : ys[yr - 1];
+    char a1[200], a2[200];
+    if (K != K2)
+        return rt_fail(r, op, SDC_E_FORMAT, "inner dimensions differ: x %s%s, y %s%s", shape_str(x->rank, x->shape, a1, sizeof a1),
+                       tx ? "ᵀ" : "", shape_str(y->rank, y->shape, a2, sizeof a2), ty ? "ᵀ" : "");
+    /* broadcast the batch dims */
+    int xb = xr - 2, yb = yr - 2, br = xb > yb ? xb : yb;
+    int64_t bs[SDC_MAX_RANK], bx[SDC_MAX_RANK], by[SDC_MAX_RANK];
+    for (int d = 0; d < br; d++) {
+        int64_t dx = d - (br - xb) >= 0 ? xs[d - (br - xb)] : 1, dy = d - (br - yb) >= 0 ? ys[d - (br - yb)] : 1;
+        if (dx != dy && dx != 1 && dy != 1)
+            return rt_fail(r, op, SDC_E_FORMAT, "batch dims of x %s and y %s do not broadcast",
+                           shape_str(x->rank, x->shape, a1, sizeof a1), shape_str(y->rank, y->shape, a2, sizeof a2));
+        bs[d] = dx == 1 ? dy : dx;
+        bx[d] = dx;
+        by[d] = dy;
+    }
+    int orank = 0;
+    int64_t oshape[SDC_MAX_RANK + 2];
+    for (int d = 0; d < br; d++) oshape[orank++] = bs[d];
+    if (!x1) oshape[orank++] = M;
+    if (!y1) oshape[orank++] = N;
+    if (orank > SDC_MAX_RANK) return rt_fail(r, op, SDC_E_UNSUPPORTED, "result rank too large");
+    itensor *o = rt_out(r, op, 0, orank, oshape);
+    if (!o) return r->err->code;
+    size_t nb = 1;
+    for (int d = 0; d < br; d++) nb *= (size_t)bs[d];
+    size_t xmat = (size_t)(M * K), ymat = (size_t)(K * N), omat = (size_t)(M * N);
+    int64_t lda = tx ? M : K, ldb = ty ? K : N;
+    if (o->n == 0) return SDC_OK;
+    bool y_shared = true, x_full = true;
+    for (int d = 0; d < br; d++) {
+        y_shared = y_shared && by[d] == 1;
+        x_full = x_full && bx[d] == bs[d];
+    }
+    if (y_shared && x_full && !tx) { /* one product: batches of x stacked as rows */
+        igemm(rt_pool(r), false, ty, (int64_t)nb * M, N, K, x->f, lda, y->f, ldb, 0.0f, o->f, N);
+        return SDC_OK;
+    }
+    batch_gemm g = {.ta = tx, .tb = ty, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb, .ldc = N};
+    if (alloc_batch(r, op, &g, nb)) return r->err->code;
+    for (size_t b = 0; b < nb; b++) {
+        size_t rem = b, ox = 0, oy = 0, sx = 1, sy = 1;
+        for (int d = br - 1; d >= 0; d--) {
+            size_t i = rem % (size_t)bs[d];
+            rem /= (size_t)bs[d];
+            ox += (bx[d] == 1 ? 0 : i) * sx;
+            oy += (by[d] == 1 ? 0 : i) * sy;
+            sx *= (size_t)bx[d];
+            sy *= (size_t)by[d];
+        }
+        g.A[b] = x->f + ox * xmat;
+        g.B[b] = y->f + oy * ymat;
+        g.C[b] = o->f + b * omat;
+    }
+    run_batch(rt_pool(r), &g);
+    free_batch(&g);
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- einsum */
+
+/* Maps the equation's letters to ids in order of first appearance (coremltools'
+   parse_einsum_equation) and checks it is one of the two supported forms. */
+static int einsum_form(const char *eq) {
+    char a[16], b[16], c[16];
+    int na = 0, nb = 0, nc = 0, part = 0;
+    for (const char *p = eq; *p; p++) {
+        if (*p == ' ') continue;
+        if (*p == ',') {
+            if (part != 0) return 0;
+            part = 1;
+        } else if (p[0] == '-' && p[1] == '>') {
+            if (part != 1) return 0;
+            part = 2;
+            p++;
+        } else {
+            char ch = *p;
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z'))) return 0;
+            if (part == 0 && na < 15) a[na++] = ch;
+            else if (part == 1 && nb < 15) b[nb++] = ch;
+            else if (part == 2 && nc < 15) c[nc++] = ch;
+            else return 0;
+        }
+    }
+    if (part != 2) return 0;
+    char seen[48];
+    int ns = 0, ia[16], ib[16], ic[16];
+    char *all[3] = {a, b, c};
+    int ns_[3] = {na, nb, nc}, *ids[3] = {ia, ib, ic};
+    for (int t = 0; t < 3; t++)
+        for (int i = 0; i < ns_[t]; i++) {
+            int id = -1;
+            for (int k = 0; k < ns; k++)
+                if (seen[k] == all[t][i]) id = k;
+            if (id < 0) {
+                seen[ns] = all[t][i];
+                id = ns++;
+            }
+            ids[t][i] = id;
+        }
+    static const int a4[] = {0, 1, 2, 3}, b4[] = {0, 3, 2, 4}, c4[] = {0, 1, 2, 4};
+    static const int a3[] = {0, 1, 2}, b3[] = {2, 1, 3}, c3[] = {0, 1, 3};
+    if (na == 4 && nb == 4 && nc == 4 && !memcmp(ia, a4, sizeof a4) && !memcmp(ib, b4, sizeof b4) && !memcmp(ic, c4, sizeof c4))
+        return 4;
+    if (na == 3 && nb == 3 && nc == 3 && !memcmp(ia, a3, sizeof a3) && !memcmp(ib, b3, sizeof b3) && !memcmp(ic, c3, sizeof c3))
+        return 3;
+    return 0;
+}
+
+sdc_status k_einsum(irun *r, const iop *op) {
+    const iparam *vp = rt_param(op, "values");
+    const char *eq;
+    if (!vp || vp->n != 2) return rt_fail(r, op, SDC_E_FORMAT, "'values' must hold two tensors");
+    itensor *x = rt_in_at(r, op, "values", 0), *y = x ? rt_in_at(r, op, "values", 1) : NULL;
+    if (!y || rt_str(r, op, "equation", NULL, &eq)) return r->err->code;
+    if (!eq) return rt_fail(r, op, SDC_E_FORMAT, "required input 'equation' is missing");
+    int form = einsum_form(eq);
+    if (!form)
+        return rt_fail(r, op, SDC_E_UNSUPPORTED, "equation '%s' is not one of the supported forms (nchw,nwhu->nchu and chw,whr->chr)", eq);
+    if (!all_float(x, y)) return rt_fail(r, op, SDC_E_UNSUPPORTED, "operands must be fp16 or fp32");
+    char a1[200], a2[200];
+    if (x->rank != form || y->rank != form)
+        return rt_fail(r, op, SDC_E_FORMAT, "equation '%s' needs rank-%d operands, got %s and %s", eq, form,
+                       shape_str(x->rank, x->shape, a1, sizeof a1), shape_str(y->rank, y->shape, a2, sizeof a2));
+    /* view both as rank 4 [B, C, H, W] · [B, W, H, U] */
+    int64_t X[4], Y[4];
+    if (form == 4) {
+        memcpy(X, x->shape, sizeof X);
+        memcpy(Y, y->shape, sizeof Y);
+    } else {
+        X[0] = Y[0] = 1;
+        memcpy(X + 1, x->shape, 3 * sizeof(int64_t));
+        memcpy(Y + 1, y->shape, 3 * sizeof(int64_t));
+    }
+    if (X[3] != Y[1] || (X[0] != Y[0] && X[0] != 1 && Y[0] != 1) || (X[2] != Y[2] && X[2] != 1 && Y[2] != 1))
+        return rt_fail(r, op, SDC_E_FORMAT, "operands %s and %s do not fit '%s'", shape_str(x->rank, x->shape, a1, sizeof a1),
+                       shape_str(y->rank, y->shape, a2, sizeof a2), eq);
+    int64_t B = X[0] > Y[0] ? X[0] : Y[0], C = X[1], H = X[2] > Y[2] ? X[2] : Y[2], W = X[3], U = Y[3];
+    int64_t oshape[4] = {B, C, H, U};
+    itensor *o = rt_out(r, op, 0, form, form == 4 ? oshape : oshape + 1);
+    if (!o) return r->err->code;
+    if (o->n == 0) return SDC_OK;
+    batch_gemm g = {.M = C, .N = U, .K = W, .lda = X[2] * W, .ldb = Y[2] * U, .ldc = H * U};
+    if (alloc_batch(r, op, &g, (size_t)(B * H))) return r->err->code;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            size_t i = (size_t)(b * H + h);
+            int64_t bx = X[0] == 1 ? 0 : b, by = Y[0] == 1 ? 0 : b, hx = X[2] == 1 ? 0 : h, hy = Y[2] == 1 ? 0 : h;
+            g.A[i] = x->f + bx * C * X[2] * W + hx * W;
+            g.B[i] = y->f + by * W * Y[2] * U + hy * U;
+            g.C[i] = o->f + b * C * H * U + h * U;
+        }
+    run_batch(rt_pool(r), &g);
+    free_batch(&g);
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- conv */
+
+typedef struct conv_geom {
+    int64_t cin_g, k[3], in[3], out[3], s[3], d[3], pb[3]; /* spatial as 3-D */
+    int64_t P;                                              /* output positions */
+    int64_t kdim;                                           /* cin_g · prod(k) */
+} conv_geom;
+
+typedef struct im2col_ctx {
+    const conv_geom *g;
+    const float *x; /* [cin_g, in0, in1, in2] of this (n, group) */
+    float *cols;    /* [kdim, tile] */
+    int64_t p0, tile;
+} im2col_ctx;
+
+static void im2col_rows(void *vctx, size_t r0, size_t r1) {
+    im2col_ctx *c = vctx;
+    const conv_geom *g = c->g;
+    int64_t ksz = g->k[0] * g->k[1] * g->k[2];
+    for (size_t row = r0; row < r1; row++) {
+        int64_t ci = (int64_t)row / ksz, kr = (int64_t)row % ksz;
+        int64_t k0 = kr / (g->k[1] * g->k[2]), k1 = (kr / g->k[2]) % g->k[1], k2 = kr % g->k[2];
+        const float *src = c->x + ci * g->in[0] * g->in[1] * g->in[2];
+        float *dst = c->cols + (int64_t)row * c->tile;
+        int64_t p = c->p0;
+        int64_t o2 = p % g->out[2], o1 = (p / g->out[2]) % g->out[1], o0 = p / (g->out[2] * g->out[1]);
+        for (int64_t t = 0; t < c->tile; t++) {
+            int64_t i0 = o0 * g->s[0] - g->pb[0] + k0 * g->d[0];
+            int64_t i1 = o1 * g->s[1] - g->pb[1] + k1 * g->d[1];
+            int64_t i2 = o2 * g->s[2] - g->pb[2] + k2 * g->d[2];
+            dst[t] = (i0 >= 0 && i0 < g->in[0] && i1 >= 0 && i1 < g->in[1] && i2 >= 0 && i2 < g->in[2])
+                         ? src[(i0 * g->in[1] + i1) * g->in[2] + i2]
+                         : 0.0f;
+            if (++o2 == g->out[2]) {
+                o2 = 0;
+                if (++o1 == g->out[1]) {
+                    o1 = 0;
+                    o0++;
+                }
+            }
+        }
+    }
+}
+
+sdc_status k_conv(irun *r, const iop *op) {
+    itensor *x = rt_req(r, op, "x"), *w = x ? rt_req(r, op, "weight") : NULL;
+    if (!w) return r->err->code;
+    itensor *b = rt_in(r, op, "bias");
+    if (r->err->code) return r->err->code;
+    char a1[200], a2[200];
+    if (!all_float(x, w)) return rt_fail(r, op, SDC_E_UNSUPPORTED, "x and weight must be fp16 or fp32");
+    int S = x->rank - 2;
+    if (S < 1 || S > 3 || w->rank != x->rank)
+        return rt_fail(r, op, SDC_E_FORMAT, "x %s and weight %s must be [N, C, 1-3 spatial dims] of one rank",
+                       shape_str(x->rank, x->shape, a1, sizeof a1), shape_str(w->rank, w->shape, a2, sizeof a2));
+    int64_t groups, strides[3], dil[3], pad[6];
+    int ns, nd, np;
+    bool has_s, has_d, has_p;
+    const char *pad_type;
+    if (rt_int(r, op, "groups", 1, &groups) || rt_ints(r, op, "strides", strides, 3, &ns, &has_s) ||
+        rt_ints(r, op, "dilations", dil, 3, &nd, &has_d) || rt_ints(r, op, "pad", pad, 6, &np, &has_p) ||
+        rt_str(r, op, "pad_type", "valid", &pad_type))
+        return r->err->code;
+    if ((has_s && ns != S) || (has_d && nd != S))
+        return rt_fail(r, op, SDC_E_FORMAT, "strides and dilations must have %d values", S);
+    int64_t N = x->shape[0], Cin = x->shape[1], Cout = w->shape[0];
+    if (groups < 1 || Cin % groups || Cout % groups || w->shape[1] != Cin / groups)
+        return rt_fail(r, op, SDC_E_FORMAT, "x %s, weight %s and groups %lld do not fit ([C_out, C_in/groups, *K])",
+                       shape_str(x->rank, x->shape, a1, sizeof a1), shape_str(w->rank, w->shape, a2, sizeof a2), (long long)groups);
+    if (b && (b->n != (size_t)Cout || b->rank != 1 || !mt_is_float(b->dtype)))
+        return rt_fail(r, op, SDC_E_FORMAT, "bias must be float [%lld]", (long long)Cout);
+    conv_geom g;
+    g.cin_g = Cin / groups;
+    int off = 3 - S;
+    for (int i = 0; i < 3; i++) g.k[i] = g.in[i] = g.s[i] = g.d[i] = 1, g.pb[i] = 0;
+    int64_t pa[3] = {0, 0, 0};
+    for (int i = 0; i < S; i++) {
+        int j = i + off;
+        g.in[j] = x->shape[2 + i];
+        g.k[j] = w->shape[2 + i];
+        g.s[j] = has_s ? strides[i] : 1;
+        g.d[j] = has_d ? dil[i] : 1;
+        if (g.s[j] < 1 || g.d[j] < 1 || g.k[j] < 1) return rt_fail(r, op, SDC_E_FORMAT, "strides, dilations and kernel sizes must be >= 1");
+        int64_t eff = (g.k[j] - 1) * g.d[j] + 1;
+        if (!strcmp(pad_type, "valid")) {
+            g.pb[j] = pa[j] = 0;
+        } else if (!strcmp(pad_type, "custom")) {
+            if (!has_p || np != 2 * S) return rt_fail(r, op, SDC_E_FORMAT, "pad_type 'custom' needs pad with %d values", 2 * S);
+            g.pb[j] = pad[2 * i];
+            pa[j] = pad[2 * i + 1];
+            if (g.pb[j] < 0 || pa[j] < 0) return rt_fail(r, op, SDC_E_FORMAT, "negative padding");
+        } else if (!strcmp(pad_type, "same") || !strcmp(pad_type, "same_lower")) {
+            int64_t outd = (g.in[j] + g.s[j] - 1) / g.s[j];
+            int64_t total = (outd - 1) * g.s[j] + eff - g.in[j];
+            if (total < 0) total = 0;
+            g.pb[j] = pad_type[4] ? total - total / 2 : total / 2; /* same_lower puts the odd one before */
+            pa[j] = total - g.pb[j];
+        } else {
+            return rt_fail(r, op, SDC_E_FORMAT, "unknown pad_type '%s'", pad_type);
+        }
+        int64_t span = g.in[j] + g.pb[j] + pa[j] - eff;
+        if (span < 0) return rt_fail(r, op, SDC_E_FORMAT, "kernel %lld (dilated %lld) is larger than the padded input", (long long)g.k[j], (long long)eff);
+        g.out[j] = span / g.s[j] + 1;
+    }
+    for (int i = 0; i < off; i++) g.out[i] = 1;
+    int64_t oshape[5] = {N, Cout};
+    for (int i = 0; i < S; i++) oshape[2 + i] = g.out[i + off];
+    itensor *o = rt_out(r, op, 0, x->rank, oshape);
+    if (!o) return r->err->code;
+    g.P = g.out[0] * g.out[1] * g.out[2];
+    g.kdim = g.cin_g * g.k[0] * g.k[1] * g.k[2];
+    int64_t cout_g = Cout / groups, in_sz = g.in[0] * g.in[1] * g.in[2];
+    bool direct = g.k[0] * g.k[1] * g.k[2] == 1 && g.s[0] * g.s[1] * g.s[2] == 1 && g.pb[0] + g.pb[1] + g.pb[2] == 0 &&
+                  pa[0] + pa[1] + pa[2] == 0;
+    int64_t tile = g.P;
+    if (!direct && g.kdim * tile > (16 << 20)) { /* bound the column buffer to 64 MiB */
+        tile = (16 << 20) / g.kdim;
+        if (tile < 64) tile = 64;
+        if (tile > g.P) tile = g.P;
+    }
+    float *cols = direct || o->n == 0 ? NULL : sdc_malloc(sizeof(float) * (size_t)(g.kdim * tile));
+    if (!direct && o->n && !cols) return rt_fail(r, op, SDC_E_NOMEM, "out of memory for the im2col buffer");
+    for (int64_t n = 0; n < N && o->n; n++) {
+        for (int64_t gi = 0; gi < groups; gi++) {
+            const float *xg = x->f + (n * Cin + gi * g.cin_g) * in_sz;
+            const float *wg = w->f + gi * cout_g * g.kdim;
+            float *og = o->f + (n * Cout + gi * cout_g) * g.P;
+            if (direct) {
+                igemm(rt_pool(r), false, false, cout_g, g.P, g.kdim, wg, g.kdim, xg, g.P, 0.0f, og, g.P);
+                continue;
+            }
+            for (int64_t p0 = 0; p0 < g.P; p0 += tile) {
+                int64_t t = g.P - p0 < tile ? g.P - p0 : tile;
+                im2col_ctx c = {&g, xg, cols, p0, t};
+                ipool_for(rt_pool(r), (size_t)g.kdim, (size_t)(8192 / (t ? t : 1)) + 1, im2col_rows, &c);
+                igemm(rt_pool(r), false, false, cout_g, t, g.kdim, wg, g.kdim, cols, t, 0.0f, og + p0, g.P);
+            }
+        }
+    }
+    sdc_free(cols);
+    if (b)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < Cout; c++) {
+                float *row = o->f + (n * Cout + c) * g.P, bv = b->f[c];
+                for (int64_t p = 0; p < g.P; p++) row[p] += bv;
+            }
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- softmax */
+
+typedef struct sm_ctx {
+    const float *x;
+    float *o;
+    int64_t L, inner;
+} sm_ctx;
+
+static void softmax_lines(void *vctx, size_t b, size_t e) {
+    sm_ctx *c = vctx;
+    for (size_t line = b; line < e; line++) {
+        size_t outer = line / (size_t)c->inner, in = line % (size_t)c->inner;
+        const float *x = c->x + outer * (size_t)(c->L * c->inner) + in;
+        float *o = c->o + outer * (size_t)(c->L * c->inner) + in;
+        int64_t st = c->inner;
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < c->L; i++) mx = x[i * st] > mx ? x[i * st] : mx;
+        double sum = 0;
+        for (int64_t i = 0; i < c->L; i++) {
+            float v = expf(x[i * st] - mx);
+            o[i * st] = v;
+            sum += v;
+        }
+        float inv = (float)(1.0 / sum);
+        for (int64_t i = 0; i < c->L; i++) o[i * st] *= inv;
+    }
+}
+
+sdc_status k_softmax(irun *r, const iop *op) {
+    itensor *x = rt_req(r, op, "x");
+    int64_t axis;
+    if (!x || rt_int(r, op, "axis", -1, &axis)) return r->err->code;
+    if (!mt_is_float(x->dtype)) return rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32");
+    if (!norm_axis(&axis, x->rank)) return rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range", (long long)axis);
+    itensor *o = rt_out(r, op, 0, x->rank, x->shape);
+    if (!o) return r->err->code;
+    sm_ctx c = {x->f, o->f, x->shape[axis], 1};
+    for (int d = (int)axis + 1; d < x->rank; d++) c.inner *= x->shape[d];
+    if (o->n == 0) return SDC_OK;
+    size_t lines = x->n / (size_t)c.L;
+    ipool_for(rt_pool(r), lines, (size_t)(4096 / (c.L ? c.L : 1)) + 1, softmax_lines, &c);
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- normalisation */
+
+static void offsets(int rank, const int64_t *shape, const bool *sel, bool want, size_t *out) {
+    int64_t stride[SDC_MAX_RANK], idx[SDC_MAX_RANK] = {0};
+    int64_t s = 1;
+    for (int d = rank - 1; d >= 0; d--) {
+        stride[d] = s;
+        s *= shape[d];
+    }
+    size_t n = 0, off = 0;
+    for (;;) {
+        out[n++] = off;
+        int d = rank - 1;
+        for (; d >= 0; d--) {
+            if (sel[d] != want) continue;
+            if (++idx[d] < shape[d]) {
+                off += (size_t)stride[d];
+                break;
+            }
+            off -= (size_t)(stride[d] * (shape[d] - 1));
+            idx[d] = 0;
+        }
+        if (d < 0) break;
+    }
+}
+
+sdc_status red_plan_make(irun *r, const iop *op, const itensor *x, const bool *reduced, red_plan *p) {
+    p->nk = p->nr = 1;
+    for (int d = 0; d < x->rank; d++) {
+        if (reduced[d]) p->nr *= (size_t)x->shape[d];
+        else p->nk *= (size_t)x->shape[d];
+    }
+    p->kept = sdc_malloc(sizeof(size_t) * (p->nk ? p->nk : 1));
+    p->red = sdc_malloc(sizeof(size_t) * (p->nr ? p->nr : 1));
+    if (!p->kept || !p->red) {
+        sdc_free(p->kept);
+        sdc_free(p->red);
+        return rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+    }
+    if (x->n) {
+        offsets(x->rank, x->shape, reduced, false, p->kept);
+        offsets(x->rank, x->shape, reduced, true, p->red);
+    }
+    return SDC_OK;
+}
+
+void red_plan_free(red_plan *p) {
+    sdc_free(p->kept);
+    sdc_free(p->red);
+}
+
+typedef struct norm_ctx {
+    red_plan p;
+    const float *x;
+    float *o;
+    const float *gamma, *beta; /* indexed by the reduced position (layer_norm) */
+    const float *cg, *cb;      /* indexed by channel (instance_norm) */
+    int64_t C;
+    float eps;
+} norm_ctx;
+
+static void norm_rows(void *vctx, size_t b, size_t e) {
+    norm_ctx *c = vctx;
+    size_t nr = c->p.nr;
+    for (size_t k = b; k < e; k++) {
+        size_t base = c->p.kept[k];
+        double s = 0;
+        for (size_t j = 0; j < nr; j++) s += c->x[base + c->p.red[j]];
+        double mean = s / (double)nr, v = 0;
+        for (size_t j = 0; j < nr; j++) {
+            double d = c->x[base + c->p.red[j]] - mean;
+            v += d * d;
+        }
+        float inv = (float)(1.0 / sqrt(v / (double)nr + (double)c->eps)), m = (float)mean;
+        float cg = c->cg ? c->cg[k % (size_t)c->C] : 1.0f, cb = c->cb ? c->cb[k % (size_t)c->C] : 0.0f;
+        for (size_t j = 0; j < nr; j++) {
+            size_t i = base + c->p.red[j];
+            float y = (c->x[i] - m) * inv;
+            if (c->gamma) y *= c->gamma[j];
+            if (c->beta) y += c->beta[j];
+            c->o[i] = y * cg + cb;
+        }
+    }
+}
+
+sdc_status k_layer_norm(irun *r, const iop *op) {
+    itensor *x = rt_req(r, op, "x");
+    if (!x) return r->err->code;
+    itensor *gamma = rt_in(r, op, "gamma"), *beta = r->err->code ? NULL : rt_in(r, op, "beta");
+    int64_t axes[SDC_MAX_RANK];
+    int na;
+    bool has_axes;
+    norm_ctx c = {0};
+    if (r->err->code || rt_ints(r, op, "axes", axes, SDC_MAX_RANK, &na, &has_axes) || rt_float(r, op, "epsilon", 1e-5f, &c.eps))
+        return r->err->code;
+    if (!mt_is_float(x->dtype)) return rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32");
+    bool red[SDC_MAX_RANK] = {false};
+    if (!has_axes)
+        for (int d = 0; d < x->rank; d++) red[d] = true;
+    for (int i = 0; i < na; i++) {
+        if (!norm_axis(&axes[i], x->rank) || red[axes[i]])
+            return rt_fail(r, op, SDC_E_FORMAT, "axes must be distinct and in [-rank, rank)");
+        red[axes[i]] = true;
+    }
+    size_t nr = 1;
+    for (int d = 0; d < x->rank; d++)
+        if (red[d]) nr *= (size_t)x->shape[d];
+    if ((gamma && (gamma->n != nr || !mt_is_float(gamma->dtype))) || (beta && (beta->n != nr || !mt_is_float(beta->dtype))))
+        return rt_fail(r, op, SDC_E_FORMAT, "gamma/beta must be float with x.shape[axes] (%zu elements)", nr);
+    itensor *o = rt_out(r, op, 0, x->rank, x->shape);
+    if (!o) return r->err->code;
+    if (o->n == 0) return SDC_OK;
+    if (red_plan_make(r, op, x, red, &c.p)) return r->err->code;
+    c.x = x->f;
+    c.o = o->f;
+    c.gamma = gamma ? gamma->f : NULL;
+    c.beta = beta ? beta->f : NULL;
+    ipool_for(rt_pool(r), c.p.nk, (size_t)(16384 / (nr ? nr : 1)) + 1, norm_rows, &c);
+    red_plan_free(&c.p);
+    return SDC_OK;
+}
+
+sdc_status k_instance_norm(irun *r, const iop *op) {
+    itensor *x = rt_req(r, op, "x");
+    if (!x) return r->err->code;
+    itensor *gamma = rt_in(r, op, "gamma"), *beta = r->err->code ? NULL : rt_in(r, op, "beta");
+    norm_ctx c = {0};
+    if (r->err->code || rt_float(r, op, "epsilon", 1e-5f, &c.eps)) return r->err->code;
+    if (!mt_is_float(x->dtype) || x->rank < 3) return rt_fail(r, op, SDC_E_FORMAT, "x must be float [N, C, *D] with rank >= 3");
+    c.C = x->shape[1];
+    if ((gamma && (gamma->n != (size_t)c.C || !mt_is_float(gamma->dtype))) || (beta && (beta->n != (size_t)c.C || !mt_is_float(beta->dtype))))
+        return rt_fail(r, op, SDC_E_FORMAT, "gamma/beta must be float [%lld]", (long long)c.C);
+    bool red[SDC_MAX_RANK] = {false};
+    for (int d = 2; d < x->rank; d++) red[d] = true;
+    itensor *o = rt_out(r, op, 0, x->rank, x->shape);
+    if (!o) return r->err->code;
+    if (o->n == 0) return SDC_OK;
+    if (red_plan_make(r, op, x, red, &c.p)) return r->err->code;
+    c.x = x->f;
+    c.o = o->f;
+    c.cg = gamma ? gamma->f : NULL;
+    c.cb = beta ? beta->f : NULL;
+    ipool_for(rt_pool(r), c.p.nk, 1, norm_rows, &c);
+    red_plan_free(&c.p);
+    return SDC_OK;
+}
+
+sdc_status k_batch_norm(irun *r, const iop *op) {
+    itensor *x = rt_req(r, op, "x"), *mean = x ? rt_req(r, op, "mean") : NULL, *var = mean ? rt_req(r, op, "variance") : NULL;
+    if (!var) return r->err->code;
+    itensor *gamma = rt_in(r, op, "gamma"), *beta = r->err->code ? NULL : rt_in(r, op, "beta");
+    float eps;
+    if (r->err->code || rt_float(r, op, "epsilon", 1e-5f, &eps)) return r->err->code;
+    if (!mt_is_float(x->dtype) || x->rank < 2) return rt_fail(r, op, SDC_E_FORMAT, "x must be float [N, C, *D]");
+    size_t C = (size_t)x->shape[1];
+    itensor *ps[4] = {mean, var, gamma, beta};
+    for (int i = 0; i < 4; i++)
+        if (ps[i] && (ps[i]->n != C || !mt_is_float(ps[i]->dtype)))
+            return rt_fail(r, op, SDC_E_FORMAT, "mean, variance, gamma and beta must be float [%zu]", C);
+    itensor *o = rt_out(r, op, 0, x->rank, x->shape);
+    if (!o) return r->err->code;
+    size_t inner = 1;
+    for (int d = 2; d < x->rank; d++) inner *= (size_t)x->shape[d];
+    for (size_t i = 0; i < x->n; i++) {
+        size_t ch = (i / (inner ? inner : 1)) % C;
+        float y = (x->f[i] - mean->f[ch]) / sqrtf(var->f[ch] + eps);
+        if (gamma) y *= gamma->f[ch];
+        if (beta) y += beta->f[ch];
+        o->f[i] = y;
+    }
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- scaled_dot_product_attention */
+
+sdc_status k_sdpa(irun *r, const iop *op) {
+    itensor *q = rt_req(r, op, "query"), *k = q ? rt_req(r, op, "key") : NULL, *v = k ? rt_req(r, op, "value") : NULL;
+    if (!v) return r->err->code;
+    itensor *mask = rt_in(r, op, "attn_mask");
+    if (r->err->code) return r->err->code;
+    if (!all_float(q, k) || !mt_is_float(v->dtype)) return rt_fail(r, op, SDC_E_UNSUPPORTED, "query, key and value must be float");
+    int R = q->rank;
+    if (R < 3 || k->rank != R || v->rank != R) return rt_fail(r, op, SDC_E_FORMAT, "query, key and value must have one rank >= 3");
+    int64_t L = q->shape[R - 2], E = q->shape[R - 1], S = k->shape[R - 2], EV = v->shape[R - 1];
+    size_t nb = 1;
+    for (int d = 0; d < R - 2; d++) {
+        if (k->shape[d] != q->shape[d] || v->shape[d] != q->shape[d])
+            return rt_fail(r, op, SDC_E_UNSUPPORTED, "batch dims of query, key and value must be equal");
+        nb *= (size_t)q->shape[d];
+    }
+    if (k->shape[R - 1] != E || v->shape[R - 2] != S) return rt_fail(r, op, SDC_E_FORMAT, "key must be [*, S, E] and value [*, S, EV]");
+    int64_t oshape[SDC_MAX_RANK];
+    memcpy(oshape, q->shape, sizeof(int64_t) * (size_t)R);
+    oshape[R - 1] = EV;
+    itensor *o = rt_out(r, op, 0, R, oshape);
+    if (!o) return r->err->code;
+    /* mask broadcast to [*batch, L, S] */
+    int64_t mst[SDC_MAX_RANK] = {0};
+    if (mask) {
+        if (mask->rank > R) return rt_fail(r, op, SDC_E_FORMAT, "attn_mask has a larger rank than query");
+        int64_t s = 1;
+        for (int d = R - 1; d >= 0; d--) {
+            int dd = d - (R - mask->rank);
+            int64_t want = d == R - 1 ? S : d == R - 2 ? L : q->shape[d];
+            int64_t have = dd >= 0 ? mask->shape[dd] : 1;
+            if (have != 1 && have != want) return rt_fail(r, op, SDC_E_FORMAT, "attn_mask does not broadcast to [*, L, S]");
+            mst[d] = have == 1 ? 0 : s;
+            s *= have;
+        }
+    }
+    float *scores = sdc_malloc(sizeof(float) * (size_t)(L * S + 1));
+    if (!scores) return rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+    float scale = 1.0f / sqrtf((float)E);
+    for (size_t b = 0; b < nb; b++) {
+        igemm(rt_pool(r), false, true, L, S, E, q->f + b * (size_t)(L * E), E, k->f + b * (size_t)(S * E), E, 0.0f, scores, S);
+        size_t mb = 0, rem = b;
+        for (int d = R - 3; d >= 0; d--) {
+            mb += (rem % (size_t)q->shape[d]) * (size_t)mst[d];
+            rem /= (size_t)q->shape[d];
+        }
+        for (int64_t i = 0; i < L; i++) {
+            float *row = scores + i * S, mx = -INFINITY;
+            for (int64_t j = 0; j < S; j++) {
+                row[j] *= scale;
+                if (mask) {
+                    size_t mi = mb + (size_t)(i * mst[R - 2] + j * mst[R - 1]);
+                    if (mask->dtype == MT_BOOL) row[j] = mask->i[mi] ? row[j] : -INFINITY;
+                    else row[j] += it_getf(mask, mi);
+                }
+                mx = row[j] > mx ? row[j] : mx;
+            }
+            double sum = 0;
+            for (int64_t j = 0; j < S; j++) {
+                row[j] = mx == -INFINITY ? 0.0f : expf(row[j] - mx);
+                sum += row[j];
+            }
+            for (int64_t j = 0; j < S; j++) row[j] = sum > 0 ? (float)(row[j] / sum) : 0.0f;
+        }
+        igemm(rt_pool(r), false, false, L, EV, S, scores, S, v->f + b * (size_t)(S * EV), EV, 0.0f, o->f + b * (size_t)(L * EV), EV);
+    }
+    sdc_free(scores);
+    return SDC_OK;
+}

@@ -1,0 +1,128 @@
+/* pool.c — a fixed pthread pool for data-parallel loops (ipool_for). The caller takes part in
+   the work; workers sleep on a condition variable between loops (no spinning, so they do not
+   compete with OpenBLAS's own threads). */
+#include "interp/interp.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+struct ipool {
+    int n; /* threads including the caller */
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t wake, done;
+    uint64_t generation;
+    bool quit;
+    /* the current loop */
+    void (*fn)(void *, size_t, size_t);
+    void *ctx;
+    size_t total, chunk;
+    int n_chunks;
+    atomic_int next;
+    int finished; /* chunks done, under mu */
+    int active;   /* workers inside run_chunks, under mu: the loop's state is only reset
+                     when none is, so no worker ever sees a half-written loop */
+};
+
+static int run_chunks(ipool *p) {
+    int done = 0;
+    for (;;) {
+        int c = atomic_fetch_add(&p->next, 1);
+        if (c >= p->n_chunks) break;
+        size_t b = (size_t)c * p->chunk, e = b + p->chunk;
+        if (e > p->total) e = p->total;
+        p->fn(p->ctx, b, e);
+        done++;
+    }
+    return done;
+}
+
+static void *worker(void *arg) {
+    ipool *p = arg;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->quit && p->generation == seen) pthread_cond_wait(&p->wake, &p->mu);
+        if (p->quit) break;
+        seen = p->generation;
+        p->active++;
+        pthread_mutex_unlock(&p->mu);
+        int done = run_chunks(p);
+        pthread_mutex_lock(&p->mu);
+        p->finished += done;
+        p->active--;
+        if (p->finished == p->n_chunks && p->active == 0) pthread_cond_broadcast(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+ipool *ipool_new(int n_threads) {
+    ipool *p = sdc_calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n = n_threads < 1 ? 1 : n_threads > 256 ? 256 : n_threads;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->done, NULL);
+    if (p->n > 1) {
+        p->threads = sdc_calloc((size_t)p->n - 1, sizeof *p->threads);
+        if (!p->threads) {
+            p->n = 1;
+            return p;
+        }
+        for (int i = 0; i < p->n - 1; i++) {
+            if (pthread_create(&p->threads[i], NULL, worker, p) != 0) {
+                p->n = i + 1; /* run with the threads we got */
+                break;
+            }
+        }
+    }
+    return p;
+}
+
+void ipool_free(ipool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = true;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->n - 1; i++) pthread_join(p->threads[i], NULL);
+    sdc_free(p->threads);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->wake);
+    pthread_cond_destroy(&p->done);
+    sdc_free(p);
+}
+
+int ipool_size(const ipool *p) { return p ? p->n : 1; }
+
+void ipool_for(ipool *p, size_t n, size_t grain, void (*fn)(void *ctx, size_t begin, size_t end), void *ctx) {
+    if (n == 0) return;
+    if (grain < 1) grain = 1;
+    size_t max_chunks = n / grain;
+    if (!p || p->n <= 1 || max_chunks <= 1) {
+        fn(ctx, 0, n);
+        return;
+    }
+    /* a few chunks per thread for balance */
+    size_t want = (size_t)p->n * 4;
+    if (want > max_chunks) want = max_chunks;
+    size_t chunk = (n + want - 1) / want;
+    pthread_mutex_lock(&p->mu);
+    while (p->active > 0) pthread_cond_wait(&p->done, &p->mu); /* a late worker of the last loop */
+    p->fn = fn;
+    p->ctx = ctx;
+    p->total = n;
+    p->chunk = chunk;
+    p->n_chunks = (int)((n + chunk - 1) / chunk);
+    atomic_store(&p->next, 0);
+    p->finished = 0;
+    p->generation++;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    int done = run_chunks(p);
+    pthread_mutex_lock(&p->mu);
+    p->finished += done;
+    while (p->finished < p->n_chunks || p->active > 0) pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}

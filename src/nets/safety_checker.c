@@ -1,0 +1,301 @@
+/*
+ * safety_checker.c — diffusers StableDiffusionSafetyChecker (sd-architectures.md §8) with the
+ * branch-free forward the anchor traces (anchor §4.6):
+ *
+ *   pooled = CLIP vision tower(clip_input)          post_layernorm of the class token
+ *   e      = visual_projection(pooled)              no bias
+ *   special_scores = cos(e, special_care_embeds) − special_care_embeds_weights + adjustment
+ *   special_care   = any(special_scores > 0)        as 0/1
+ *   concept_scores = cos(e, concept_embeds) − concept_embeds_weights + 0.01 · special_care
+ *   has_nsfw       = any(concept_scores > 0)        as 0/1, shaped (1, 1, 1, 1)
+ *   filtered_images = images · (1 − has_nsfw)       unsafe images become zeros
+ *
+ * with cos(x, Y) = normalize(x) · normalize(Y)ᵀ (F.normalize: x / max(‖x‖, 1e-12)).
+ *
+ * The vision tower is transformers' CLIPVisionTransformer: patch conv (stride = patch, no
+ * bias) → (1, G², W) tokens, class embedding prepended, position embeddings added,
+ * pre_layrnorm (sic), pre-LN encoder layers (no mask), post_layernorm on token 0. It runs in
+ * the compute dtype; the cosine/threshold tail (a few thousand flops) runs in float32 so the
+ * decision near 0 is not fp16 rounding noise. Shapes in comments: T = G² + 1 tokens,
+ * W hidden size, P projection size, N concepts, M special concepts.
+ */
+#include "nets/nets.h"
+
+#include <math.h>
+
+#include "nets/blocks.h"
+
+#define PREFIX "vision_model.vision_model."
+
+typedef struct vision_config {
+    int64_t hidden, intermediate, layers, heads, image_size, patch, channels, projection;
+    double eps;
+    bool quick_gelu;
+} vision_config;
+
+typedef struct sc_ctx {
+    sdc_net n;
+    const vision_config *cfg;
+} sc_ctx;
+
+/* ---------------------------------------------------------------- config */
+
+static sdc_status read_positive(const sdc_component *c, const char *key, int64_t dflt, int64_t max, int64_t *out,
+                                sdc_err *err) {
+    sdc_status s = sdc_config_int(c, key, dflt, out, err);
+    if (s) return s;
+    if (*out < 1 || *out > max)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: '%s' is %lld, expected 1..%lld", c->config_path, key,
+                        (long long)*out, (long long)max);
+    return SDC_OK;
+}
+
+/* transformers CLIPConfig: the vision tower's settings live in "vision_config" (only the
+   values that differ from CLIPVisionConfig's defaults are written), projection_dim at the top. */
+static sdc_status read_config(const sdc_component *c, vision_config *cfg, sdc_err *err) {
+    memset(cfg, 0, sizeof *cfg);
+    sdc_status s = read_positive(c, "projection_dim", 512, 1 << 16, &cfg->projection, err);
+    if (s) return s;
+    json_t *vc = json_object_get(c->config, "vision_config");
+    json_t *empty = NULL;
+    if (!vc || json_is_null(vc)) {
+        vc = empty = json_object();
+        if (!vc) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    } else if (!json_is_object(vc)) {
+        return sdc_fail(err, SDC_E_FORMAT, "%s: 'vision_config' must be an object", c->config_path);
+    }
+    sdc_component v = *c; /* the same file, read one level down */
+    v.config = vc;
+    const char *act = NULL;
+    if (!(s = read_positive(&v, "hidden_size", 768, 1 << 16, &cfg->hidden, err)) &&
+        !(s = read_positive(&v, "intermediate_size", 3072, 1 << 18, &cfg->intermediate, err)) &&
+        !(s = read_positive(&v, "num_hidden_layers", 12, 1024, &cfg->layers, err)) &&
+        !(s = read_positive(&v, "num_attention_heads", 12, 1024, &cfg->heads, err)) &&
+        !(s = read_positive(&v, "image_size", 224, 4096, &cfg->image_size, err)) &&
+        !(s = read_positive(&v, "patch_size", 32, 4096, &cfg->patch, err)) &&
+        !(s = read_positive(&v, "num_channels", 3, 64, &cfg->channels, err)) &&
+        !(s = sdc_config_double(&v, "layer_norm_eps", 1e-5, &cfg->eps, err)) &&
+        !(s = sdc_config_string(&v, "hidden_act", "quick_gelu", &act, err))) {
+        if (!strcmp(act, "quick_gelu"))
+            cfg->quick_gelu = true;
+        else if (strcmp(act, "gelu"))
+            s = sdc_fail(err, SDC_E_UNSUPPORTED, "%s: vision_config hidden_act '%s' is not supported (quick_gelu, gelu)",
+                         c->config_path, act);
+    }
+    json_decref(empty); /* act points into vc only while it lives: not used after this */
+    if (s) return s;
+    if (cfg->hidden % cfg->heads)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: vision_config hidden_size %lld is not a multiple of num_attention_heads %lld",
+                        c->config_path, (long long)cfg->hidden, (long long)cfg->heads);
+    if (cfg->patch > cfg->image_size)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: vision_config patch_size %lld exceeds image_size %lld", c->config_path,
+                        (long long)cfg->patch, (long long)cfg->image_size);
+    if (!(cfg->eps > 0 && cfg->eps < 1))
+        return sdc_fail(err, SDC_E_FORMAT, "%s: vision_config layer_norm_eps %g is out of range", c->config_path,
+                        cfg->eps);
+    return SDC_OK;
+}
+
+/* Rows of a [rows, cols] embedding table whose width must be `cols` (concept tables). */
+static sdc_status table_rows(const sdc_component *c, const char *name, int64_t cols, int64_t *rows, sdc_err *err) {
+    const sdc_tensor *t = sdc_weights_find(c->weights, name);
+    if (!t) return sdc_fail(err, SDC_E_NOTFOUND, "%s: no tensor '%s'", sdc_weights_describe(c->weights), name);
+    if (t->rank != 2 || t->shape[1] != cols || t->shape[0] < 1 || t->shape[0] > 4096)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s' must be [rows, %lld] with 1..4096 rows",
+                        sdc_weights_describe(c->weights), name, (long long)cols);
+    *rows = t->shape[0];
+    return SDC_OK;
+}
+
+/* ---------------------------------------------------------------- the vision tower */
+
+/* nn.Linear: x [1, T, in] → [1, T, out] */
+static mil_var *linear(sc_ctx *x, mil_var *in, const char *prefix, int64_t n_in, int64_t n_out) {
+    char w[256], b[256];
+    snprintf(w, sizeof w, "%s.weight", prefix);
+    snprintf(b, sizeof b, "%s.bias", prefix);
+    int64_t ws[2] = {n_out, n_in}, bs[1] = {n_out};
+    return mil_linear(x->n.g, in, net_weight(&x->n, w, 2, ws), net_weight(&x->n, b, 1, bs));
+}
+
+/* LayerNorm over the last axis */
+static mil_var *layer_norm(sc_ctx *x, mil_var *in, const char *prefix) {
+    char w[256], b[256];
+    snprintf(w, sizeof w, "%s.weight", prefix);
+    snprintf(b, sizeof b, "%s.bias", prefix);
+    int64_t s[1] = {x->cfg->hidden};
+    static const int32_t axes[1] = {-1};
+    return mil_layer_norm(x->n.g, in, 1, axes, net_weight(&x->n, w, 1, s), net_weight(&x->n, b, 1, s),
+                          (float)x->cfg->eps);
+}
+
+/* [1, T, W] → [1, heads, T, D] */
+static mil_var *split_heads(sc_ctx *x, mil_var *in, int64_t T) {
+    int64_t shape[4] = {1, T, x->cfg->heads, x->cfg->hidden / x->cfg->heads};
+    static const int32_t perm[4] = {0, 2, 1, 3};
+    return mil_transpose(x->n.g, mil_reshape(x->n.g, in, 4, shape), 4, perm);
+}
+
+static mil_var *self_attention(sc_ctx *x, mil_var *h, const char *layer, int64_t T) {
+    mil_graph *g = x->n.g;
+    int64_t W = x->cfg->hidden, D = W / x->cfg->heads;
+    char p[256];
+    snprintf(p, sizeof p, "%s.self_attn.q_proj", layer);
+    mil_var *q = linear(x, h, p, W, W); /* [1, T, W] */
+    snprintf(p, sizeof p, "%s.self_attn.k_proj", layer);
+    mil_var *k = linear(x, h, p, W, W);
+    snprintf(p, sizeof p, "%s.self_attn.v_proj", layer);
+    mil_var *v = linear(x, h, p, W, W);
+    q = mil_mul(g, q, mil_const_scalar(g, x->n.t, 1.0f / sqrtf((float)D))); /* scaled before QKᵀ, as CLIP */
+    q = split_heads(x, q, T);                                                 /* [1, H, T, D] */
+    k = split_heads(x, k, T);
+    v = split_heads(x, v, T);
+    mil_var *w = mil_softmax(g, mil_matmul(g, q, k, false, true), -1); /* [1, H, T, T] */
+    mil_var *o = mil_matmul(g, w, v, false, false);                     /* [1, H, T, D] */
+    static const int32_t perm[4] = {0, 2, 1, 3};
+    int64_t merged[3] = {1, T, W};
+    o = mil_reshape(g, mil_transpose(g, o, 4, perm), 3, merged); /* [1, T, W] */
+    snprintf(p, sizeof p, "%s.self_attn.out_proj", layer);
+    return linear(x, o, p, W, W);
+}
+
+static mil_var *mlp(sc_ctx *x, mil_var *h, const char *layer) {
+    mil_graph *g = x->n.g;
+    const vision_config *cfg = x->cfg;
+    char p[256];
+    snprintf(p, sizeof p, "%s.mlp.fc1", layer);
+    h = linear(x, h, p, cfg->hidden, cfg->intermediate); /* [1, T, I] */
+    if (cfg->quick_gelu)                                 /* x · sigmoid(1.702 x) */
+        h = mil_mul(g, h, mil_sigmoid(g, mil_mul(g, h, mil_const_scalar(g, x->n.t, 1.702f))));
+    else
+        h = mil_gelu(g, h, "EXACT");
+    snprintf(p, sizeof p, "%s.mlp.fc2", layer);
+    return linear(x, h, p, cfg->intermediate, cfg->hidden); /* [1, T, W] */
+}
+
+/* clip_input (1, C, S, S) → pooled (1, W) */
+static mil_var *vision_tower(sc_ctx *x, mil_var *pixels) {
+    mil_graph *g = x->n.g;
+    const vision_config *cfg = x->cfg;
+    int64_t W = cfg->hidden, G = cfg->image_size / cfg->patch, T = G * G + 1;
+    mil_scope(g, "embeddings");
+    static const int pad0[4] = {0, 0, 0, 0};
+    int64_t ps[4] = {W, cfg->channels, cfg->patch, cfg->patch};
+    mil_var *h = mil_conv(g, net_to_compute(&x->n, pixels), net_weight(&x->n, PREFIX "embeddings.patch_embedding.weight", 4, ps),
+                          NULL, (int)cfg->patch, pad0, 1); /* (1, W, G, G) */
+    int64_t flat[3] = {1, W, G * G};
+    static const int32_t to_tokens[3] = {0, 2, 1};
+    h = mil_transpose(g, mil_reshape(g, h, 3, flat), 3, to_tokens); /* (1, G², W) */
+    mil_var *cls = NULL, *pos = NULL;
+    const sdc_tensor *t;
+    int64_t cs[1] = {W}, cls_shape[3] = {1, 1, W}, pshape[2] = {T, W};
+    if (mil_graph_ok(g) && !x->n.err->code &&
+        !sdc_weights_get(x->n.c->weights, PREFIX "embeddings.class_embedding", 1, cs, &t, x->n.err))
+        cls = mil_const_weight(g, t, x->n.t, 3, cls_shape, 0); /* (1, 1, W) */
+    pos = net_weight(&x->n, PREFIX "embeddings.position_embedding.weight", 2, pshape);
+    mil_var *parts[2] = {cls, h};
+    h = mil_add(g, mil_concat(g, 2, parts, 1), pos); /* (1, T, W) */
+    h = layer_norm(x, h, PREFIX "pre_layrnorm");
+    char layer[128], p[160];
+    for (int64_t l = 0; l < cfg->layers; l++) {
+        mil_scope(g, "layers_%lld", (long long)l);
+        snprintf(layer, sizeof layer, PREFIX "encoder.layers.%lld", (long long)l);
+        snprintf(p, sizeof p, "%s.layer_norm1", layer);
+        h = mil_add(g, h, self_attention(x, layer_norm(x, h, p), layer, T));
+        snprintf(p, sizeof p, "%s.layer_norm2", layer);
+        h = mil_add(g, h, mlp(x, layer_norm(x, h, p), layer));
+    }
+    mil_scope(g, "pool");
+    mil_var *first = layer_norm(x, mil_slice(g, h, 1, 0, 1), PREFIX "post_layernorm"); /* (1, 1, W) */
+    int64_t pooled[2] = {1, W};
+    return mil_reshape(g, first, 2, pooled);
+}
+
+/* ---------------------------------------------------------------- the checker */
+
+/* A weight in the compute dtype, then float32 for the tail. */
+static mil_var *weight_f32(sc_ctx *x, const char *name, int rank, const int64_t *shape) {
+    mil_var *w = net_weight(&x->n, name, rank, shape);
+    return w && w->type.dtype != SDC_DT_F32 ? mil_cast(x->n.g, w, SDC_DT_F32) : w;
+}
+
+/* F.normalize over the last axis, float32: x / max(‖x‖, 1e-12) */
+static mil_var *normalize(mil_graph *g, mil_var *v) {
+    static const int32_t last[1] = {-1};
+    mil_var *norm = mil_sqrt(g, mil_reduce(g, "reduce_sum", mil_mul(g, v, v), 1, last, true));
+    return mil_real_div(g, v, mil_maximum(g, norm, mil_const_scalar(g, SDC_DT_F32, 1e-12f)));
+}
+
+/* any(v > 0) over the last axis as 0.0 / 1.0, keeping the axis */
+static mil_var *any_positive(mil_graph *g, mil_var *v) {
+    static const int32_t last[1] = {-1};
+    mil_var *pos = mil_cast(g, mil_greater(g, v, mil_const_scalar(g, SDC_DT_F32, 0.0f)), SDC_DT_F32);
+    return mil_reduce(g, "reduce_max", pos, 1, last, true);
+}
+
+/* cos(e, table) − thresholds: e (1, P) float32 normalised → (1, rows) */
+static mil_var *scores(sc_ctx *x, mil_var *e_n, const char *table, const char *thresholds, int64_t rows) {
+    mil_graph *g = x->n.g;
+    int64_t P = x->cfg->projection, ts[2] = {rows, P}, ws[1] = {rows};
+    mil_var *emb = normalize(g, weight_f32(x, table, 2, ts));                    /* (rows, P) */
+    mil_var *cos = mil_matmul(g, e_n, emb, false, true);                          /* (1, rows) */
+    return mil_sub(g, cos, weight_f32(x, thresholds, 1, ws));
+}
+
+static void build(sc_ctx *x, const sdc_safety_checker_options *opt, int64_t n_concepts, int64_t n_special) {
+    mil_graph *g = x->n.g;
+    const vision_config *cfg = x->cfg;
+    int64_t cs[4] = {1, cfg->channels, cfg->image_size, cfg->image_size};
+    int64_t is[4] = {1, opt->image_h, opt->image_w, 3}, as[1] = {1};
+    mil_var *clip_input = mil_input(g, "clip_input", SDC_DT_F16, 4, cs);
+    mil_var *images = mil_input(g, "images", SDC_DT_F16, 4, is);
+    mil_var *adjustment = mil_input(g, "adjustment", SDC_DT_F16, 1, as);
+
+    mil_var *pooled = vision_tower(x, clip_input); /* (1, W) */
+    mil_scope(g, "projection");
+    int64_t vp[2] = {cfg->projection, cfg->hidden};
+    mil_var *e = mil_matmul(g, pooled, net_weight(&x->n, "visual_projection.weight", 2, vp), false, true); /* (1, P) */
+    if (e && e->type.dtype != SDC_DT_F32) e = mil_cast(g, e, SDC_DT_F32);
+    mil_var *e_n = normalize(g, e);
+
+    mil_scope(g, "special_care");
+    mil_var *special = scores(x, e_n, "special_care_embeds", "special_care_embeds_weights", n_special); /* (1, M) */
+    special = mil_add(g, special, mil_cast(g, adjustment, SDC_DT_F32));
+    mil_var *special_care = any_positive(g, special); /* (1, 1) */
+
+    mil_scope(g, "concepts");
+    mil_var *concept_scores = scores(x, e_n, "concept_embeds", "concept_embeds_weights", n_concepts); /* (1, N) */
+    concept_scores = mil_add(g, concept_scores, mil_mul(g, special_care, mil_const_scalar(g, SDC_DT_F32, 0.01f)));
+    int64_t one4[4] = {1, 1, 1, 1};
+    mil_var *has_nsfw = mil_reshape(g, any_positive(g, concept_scores), 4, one4); /* (1, 1, 1, 1) */
+
+    mil_scope(g, "filter");
+    mil_var *keep = mil_sub(g, mil_const_scalar(g, SDC_DT_F32, 1.0f), has_nsfw);
+    mil_var *filtered = mil_mul(g, mil_cast(g, images, SDC_DT_F32), keep); /* (1, H, W, 3) */
+
+    mil_scope(g, "out");
+    net_output_f32(&x->n, filtered, "filtered_images");
+    net_output_f32(&x->n, has_nsfw, "has_nsfw_concepts");
+    net_output_f32(&x->n, concept_scores, "concept_scores");
+}
+
+sdc_status sdc_build_safety_checker(const sdc_component *c, const sdc_safety_checker_options *opt,
+                                    mil_graph **out, sdc_err *err) {
+    vision_config cfg;
+    sdc_status s = read_config(c, &cfg, err);
+    if (s) return s;
+    int64_t n_concepts, n_special;
+    if ((s = table_rows(c, "concept_embeds", cfg.projection, &n_concepts, err)) ||
+        (s = table_rows(c, "special_care_embeds", cfg.projection, &n_special, err)))
+        return s;
+    if (opt->image_h < 1 || opt->image_w < 1 || opt->image_h > 16384 || opt->image_w > 16384)
+        return sdc_fail(err, SDC_E_ARG, "%s: image size %dx%d must be within 1..16384", c->config_path, opt->image_h,
+                        opt->image_w);
+    if (opt->compute != SDC_DT_F16 && opt->compute != SDC_DT_F32)
+        return sdc_fail(err, SDC_E_INTERNAL, "safety checker: compute dtype must be F16 or F32");
+    mil_graph *g = mil_graph_new(opt->opset);
+    if (!g) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    sc_ctx x = {.n = {g, c, opt->compute, err}, .cfg = &cfg};
+    build(&x, opt, n_concepts, n_special);
+    return net_finish(&x.n, out);
+}

@@ -1,0 +1,71 @@
+"""--check-output-correctness on Linux (issue 3): each converted package and a float32 reference
+of the same weights (no ANE rewrite) run in sdcoreml's interpreter on seeded inputs; PSNR is
+printed per model and output and below 35 dB the run fails naming the model and output."""
+
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from conftest import check_ok, package_name
+
+PSNR_LINE = re.compile(r"^sdcoreml: check (\S+): output (\S+): PSNR ([0-9.]+) dB \(minimum 35\)$", re.M)
+
+
+def convert(sdcoreml, pipeline, out, *flags):
+    pipeline = Path(pipeline)
+    return sdcoreml("--model-version", pipeline.name, "-o", out, "--check-output-correctness", *flags,
+                    cwd=pipeline.parent)
+
+
+def test_good_conversions_pass(sdcoreml, pipelines, tmp_path):
+    r = check_ok(convert(sdcoreml, pipelines["sd1"], tmp_path, "--convert-text-encoder", "--convert-unet"))
+    found = {(m, o): float(p) for m, o, p in PSNR_LINE.findall(r.stderr)}
+    te, unet = package_name("tiny-sd", "text_encoder"), package_name("tiny-sd", "unet")
+    assert set(found) == {(te, "last_hidden_state"), (te, "pooled_outputs"), (unet, "noise_pred")}, r.stderr
+    assert all(p >= 35 for p in found.values())
+    # nothing of the reference packages is left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([te, unet])
+
+
+def test_sdxl_passes(sdcoreml, pipelines, tmp_path):
+    r = check_ok(convert(sdcoreml, pipelines["sdxl"], tmp_path, "--xl-version", "--convert-text-encoder",
+                         "--convert-unet", "--attention-implementation", "SPLIT_EINSUM_V2"))
+    outputs = sorted(o for _, o, _ in PSNR_LINE.findall(r.stderr))
+    assert outputs == ["hidden_embeds", "hidden_embeds", "noise_pred", "pooled_outputs", "pooled_outputs"]
+
+
+def damage_weights(package):
+    """Flips the sign of every 3rd fp16 weight in the data of each blob (headers intact)."""
+    path = Path(package) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    b = bytearray(path.read_bytes())
+    count = struct.unpack_from("<I", b, 0)[0]
+    off = 64
+    for _ in range(count):
+        sentinel, dtype, size, data = struct.unpack_from("<IIQQ", b, off)
+        assert sentinel == 0xDEADBEEF
+        if dtype == 1:  # fp16
+            for i in range(data + 1, data + size, 6):
+                b[i] ^= 0x80
+        off = (data + size + 63) // 64 * 64
+    path.write_bytes(bytes(b))
+
+
+def test_damaged_weights_fail_naming_model_and_output(sdcoreml, pipelines, tmp_path):
+    check_ok(convert(sdcoreml, pipelines["sd1"], tmp_path, "--convert-unet"))
+    unet = tmp_path / package_name("tiny-sd", "unet")
+    damage_weights(unet)
+    r = convert(sdcoreml, pipelines["sd1"], tmp_path, "--convert-unet")
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"sdcoreml: error: --check-output-correctness: " + re.escape(unet.name) +
+                        r" output 'noise_pred': PSNR -?[0-9.]+ dB is below 35 dB", last), last
+    # the damaged package is left as it was (the check never rewrites), and no reference remains
+    assert sorted(p.name for p in tmp_path.iterdir()) == [unet.name]
+
+
+def test_seeded_inputs_are_deterministic(sdcoreml, pipelines, tmp_path):
+    a = check_ok(convert(sdcoreml, pipelines["sd1"], tmp_path / "a", "--convert-unet"))
+    b = check_ok(convert(sdcoreml, pipelines["sd1"], tmp_path / "b", "--convert-unet"))
+    assert PSNR_LINE.findall(a.stderr) == PSNR_LINE.findall(b.stderr)

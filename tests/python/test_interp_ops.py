@@ -1,0 +1,603 @@
+"""The reference interpreter, op by op, on programs it did not write.
+
+Each case builds a small program with coremltools' own MIL builder (`mb.program`), converts it
+with `ct.convert(..., convert_to="mlprogram")` on Linux (skip_model_load), runs
+`sdcoreml run` on random inputs and compares with a NumPy implementation of the op's MIL
+semantics written here (reference/coremltools-format.md §6, coremltools' op definitions).
+
+Every case runs twice: FLOAT32 (tight tolerance) and FLOAT16 (coremltools inserts casts and
+stores weights as fp16; the reference then sees fp16-rounded inputs and weights and the
+tolerance allows for fp16 intermediate results). FLOAT16 outputs must also be exactly
+fp16-representable: the interpreter rounds every fp16 op result, as a device would.
+"""
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import check_ok
+
+ct = pytest.importorskip("coremltools")
+from coremltools.converters.mil import Builder as mb  # noqa: E402
+from coremltools.converters.mil.mil import types  # noqa: E402
+
+RNG_SEED = 1234
+
+
+# ---------------------------------------------------------------------------------------------
+# Harness
+
+
+def save_program(prog, path, precision="FLOAT32", target=None):
+    """Converts a PyMIL program to an .mlpackage at `path`."""
+    target = target or ct.target.iOS16
+    cp = ct.precision.FLOAT32 if precision == "FLOAT32" else ct.precision.FLOAT16
+    m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target, compute_precision=cp,
+                   skip_model_load=True)
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    m.save(str(path))
+    return m
+
+
+def run_package(sdcoreml, pkg, inputs, tmp, extra=()):
+    """Runs `sdcoreml run` on {name: array}; returns ([(name, array)] in output order, json)."""
+    tmp = Path(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    args = ["run", str(pkg)]
+    for name, arr in inputs.items():
+        f = tmp / f"in_{name}.npy"
+        np.save(f, arr)
+        args += ["--input", f"{name}={f}"]
+    out = tmp / "out"
+    r = check_ok(sdcoreml(*args, "-o", out, "--json", *extra))
+    doc = json.loads(r.stdout)
+    return [(o["name"], np.load(o["file"])) for o in doc["outputs"]], doc
+
+
+def f16(a):
+    return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+
+
+def check_close(name, got, want, precision, rtol32=1e-5, atol32=1e-5, rtol16=1e-2, atol16=None):
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    scale = float(np.max(np.abs(want))) if want.size else 1.0
+    if precision == "FLOAT32":
+        np.testing.assert_allclose(got, want, rtol=rtol32, atol=atol32 * max(scale, 1.0), err_msg=name)
+    else:
+        atol = atol16 if atol16 is not None else 4e-3 * max(scale, 1e-3)
+        np.testing.assert_allclose(got, want, rtol=rtol16, atol=atol, err_msg=name)
+
+
+class Case:
+    """One program: `build(**consts)` -> prog, inputs {name: array}, reference(inputs, consts)."""
+
+    def __init__(self, name, specs, build, ref, consts=None, exact=False, tol=None):
+        self.name = name
+        self.specs = specs  # [(name, shape, kind)] kind: "f" float32 normal, "u" uniform [0,1), "i" int32
+        self.build = build
+        self.ref = ref
+        self.consts = consts or {}
+        self.exact = exact
+        self.tol = tol or {}
+
+
+def make_inputs(specs, rng):
+    out = {}
+    for name, shape, kind in specs:
+        if kind == "f":
+            out[name] = rng.standard_normal(shape).astype(np.float32)
+        elif kind == "u":
+            out[name] = (rng.random(shape) + 0.5).astype(np.float32)  # positive, for sqrt/log/pow
+        elif kind == "q":  # quarters in [-8, 8): exact in fp16, and so are small multiples
+            out[name] = (rng.integers(-32, 32, shape) / 4).astype(np.float32)
+        elif kind.startswith("i"):
+            hi = int(kind[1:] or 5)
+            out[name] = rng.integers(0, hi, shape).astype(np.int32)
+        else:
+            raise ValueError(kind)
+    return out
+
+
+def tensor_specs(specs):
+    return [mb.TensorSpec(shape=s, dtype=types.int32 if k.startswith("i") else types.fp32) for _, s, k in specs]
+
+
+def build_prog(case, consts):
+    """mb.program names the function inputs after the Python parameters, so the function is
+    made with the case's input names as parameters."""
+    names = [n for n, _, _ in case.specs]
+    env = {"body": lambda *args: case.build(dict(zip(names, args)), consts)}
+    exec(f"def main({', '.join(names)}):\n    return body({', '.join(names)})\n", env)
+    return mb.program(input_specs=tensor_specs(case.specs), opset_version=ct.target.iOS16)(env["main"])
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy references
+
+
+def np_conv(x, w, b, strides, pad_type, pad, dil, groups):
+    S = x.ndim - 2
+    N, C = x.shape[:2]
+    Co = w.shape[0]
+    K = w.shape[2:]
+    pads = []
+    for i in range(S):
+        eff = (K[i] - 1) * dil[i] + 1
+        if pad_type == "valid":
+            pads.append((0, 0))
+        elif pad_type == "custom":
+            pads.append((pad[2 * i], pad[2 * i + 1]))
+        else:
+            n_in = x.shape[2 + i]
+            out = -(-n_in // strides[i])
+            total = max(0, (out - 1) * strides[i] + eff - n_in)
+            before = total // 2 if pad_type == "same" else total - total // 2
+            pads.append((before, total - before))
+    xp = np.pad(x, [(0, 0), (0, 0)] + pads)
+    out_sp = [(xp.shape[2 + i] - ((K[i] - 1) * dil[i] + 1)) // strides[i] + 1 for i in range(S)]
+    out = np.zeros((N, Co, *out_sp), np.float64)
+    cin_g, cout_g = C // groups, Co // groups
+    for g in range(groups):
+        xg = xp[:, g * cin_g:(g + 1) * cin_g]
+        wg = w[g * cout_g:(g + 1) * cout_g]
+        for kidx in np.ndindex(*K):
+            sl = [slice(None), slice(None)]
+            for i in range(S):
+                start = kidx[i] * dil[i]
+                sl.append(slice(start, start + (out_sp[i] - 1) * strides[i] + 1, strides[i]))
+            patch = xg[tuple(sl)]  # N, cin_g, *out
+            wk = wg[(slice(None), slice(None)) + kidx]  # cout_g, cin_g
+            out[:, g * cout_g:(g + 1) * cout_g] += np.einsum("nc...,oc->no...", patch, wk)
+    if b is not None:
+        out += b.reshape((1, Co) + (1,) * S)
+    return out
+
+
+def np_softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_layer_norm(x, axes, gamma, beta, eps):
+    axes = tuple(a % x.ndim for a in axes)
+    m = x.mean(axis=axes, keepdims=True)
+    v = ((x - m) ** 2).mean(axis=axes, keepdims=True)
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
+    y = (x - m) / np.sqrt(v + eps)
+    if gamma is not None:
+        y = y * gamma.reshape(shape)
+    if beta is not None:
+        y = y + beta.reshape(shape)
+    return y
+
+
+def np_gelu(x, mode):
+    if mode == "EXACT":
+        return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    if mode == "TANH_APPROXIMATION":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return x / (1 + np.exp(-1.702 * x))
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+
+
+def conv_case(name, xshape, wshape, strides, pad_type, pad, dil, groups, bias=True):
+    def build(v, c):
+        kw = dict(x=v["x"], weight=c["w"], strides=strides, pad_type=pad_type, dilations=dil, groups=groups)
+        if pad_type == "custom":
+            kw["pad"] = pad
+        if bias:
+            kw["bias"] = c["b"]
+        return mb.conv(**kw)
+
+    def ref(v, c):
+        return [np_conv(v["x"].astype(np.float64), c["w"].astype(np.float64), c.get("b"), strides, pad_type, pad, dil, groups)]
+
+    def consts(rng):
+        d = {"w": rand(rng, *wshape, scale=0.3)}
+        if bias:
+            d["b"] = rand(rng, wshape[0])
+        return d
+
+    return Case(name, [("x", xshape, "f")], build, ref, consts)
+
+
+def elementwise_cases():
+    ops = {
+        "add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.divide,
+        "maximum": np.maximum, "minimum": np.minimum,
+    }
+    cases = []
+    for op, fn in ops.items():
+        cases.append(Case(
+            f"{op}_broadcast", [("x", (2, 1, 4, 3), "u"), ("y", (5, 1, 3), "u")],
+            (lambda op: lambda v, c: getattr(mb, op)(x=v["x"], y=v["y"]))(op),
+            (lambda fn: lambda v, c: [fn(v["x"].astype(np.float64), v["y"].astype(np.float64))])(fn)))
+    cases.append(Case("pow", [("x", (3, 7), "u"), ("y", (7,), "f")],
+                      lambda v, c: mb.pow(x=v["x"], y=v["y"]), lambda v, c: [np.power(v["x"].astype(np.float64), v["y"])]))
+    cases.append(Case("add_scalar_const", [("x", (4, 5), "f")],
+                      lambda v, c: mb.add(x=v["x"], y=np.float32(0.25)), lambda v, c: [v["x"] + 0.25]))
+    cases.append(Case(
+        "compare_select", [("x", (3, 1, 5), "f"), ("y", (4, 5), "f")],
+        lambda v, c: [mb.select(cond=mb.less(x=v["x"], y=v["y"]), a=v["x"], b=v["y"]),
+                      mb.select(cond=mb.greater_equal(x=v["x"], y=np.float32(0.0)), a=v["x"], b=np.float32(7.0)),
+                      mb.select(cond=mb.equal(x=v["x"], y=v["x"]), a=v["x"], b=v["y"])],
+        # (coremltools types select's result as broadcast(a, b) only, so cond never widens it)
+        lambda v, c: [np.where(v["x"] < v["y"], v["x"], v["y"]), np.where(v["x"] >= 0, v["x"], 7.0),
+                      np.broadcast_to(v["x"], (3, 4, 5))],
+        exact=True))
+    unary = {
+        "sin": np.sin, "cos": np.cos, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs, "tanh": np.tanh,
+        "sigmoid": sigmoid, "relu": lambda x: np.maximum(x, 0), "silu": lambda x: x * sigmoid(x),
+        "erf": np.vectorize(math.erf), "floor": np.floor, "ceil": np.ceil, "square": np.square,
+    }
+    for op, fn in unary.items():
+        kind = "u" if op == "sqrt" else "f"
+        cases.append(Case(op, [("x", (3, 17), kind)], (lambda op: lambda v, c: getattr(mb, op)(x=v["x"]))(op),
+                          (lambda fn: lambda v, c: [fn(v["x"].astype(np.float64))])(fn)))
+    cases.append(Case("log_eps", [("x", (3, 9), "u")], lambda v, c: mb.log(x=v["x"], epsilon=np.float32(0.5)),
+                      lambda v, c: [np.log(v["x"].astype(np.float64) + 0.5)]))
+    cases.append(Case("rsqrt_eps", [("x", (3, 9), "u")], lambda v, c: mb.rsqrt(x=v["x"], epsilon=np.float32(1e-3)),
+                      lambda v, c: [1 / np.sqrt(v["x"].astype(np.float64) + 1e-3)]))
+    cases.append(Case("inverse", [("x", (3, 9), "u")], lambda v, c: mb.inverse(x=v["x"], epsilon=np.float32(1e-4)),
+                      lambda v, c: [1 / (v["x"].astype(np.float64) + 1e-4)]))
+    cases.append(Case("clip", [("x", (4, 6), "f")], lambda v, c: mb.clip(x=v["x"], alpha=np.float32(-0.5), beta=np.float32(0.7)),
+                      lambda v, c: [np.clip(v["x"], -0.5, 0.7)], exact=True))
+    for mode in ("EXACT", "TANH_APPROXIMATION", "SIGMOID_APPROXIMATION"):
+        cases.append(Case(f"gelu_{mode}", [("x", (2, 3, 11), "f")], (lambda mode: lambda v, c: mb.gelu(x=v["x"], mode=mode))(mode),
+                          (lambda mode: lambda v, c: [np_gelu(v["x"].astype(np.float64), mode)])(mode)))
+    cases.append(Case("leaky_relu", [("x", (5, 4), "f")], lambda v, c: mb.leaky_relu(x=v["x"], alpha=np.float32(0.1)),
+                      lambda v, c: [np.where(v["x"] >= 0, v["x"], 0.1 * v["x"])]))
+    return cases
+
+
+def cast_case():
+    # fp32 -> int32 truncates toward zero, int32 -> fp32 back, plus an int32 input
+    return Case(
+        "cast", [("x", (3, 8), "q"), ("k", (3, 8), "i9")],
+        lambda v, c: [mb.cast(x=mb.cast(x=mb.mul(x=v["x"], y=np.float32(3.0)), dtype="int32"), dtype="fp32"),
+                      mb.cast(x=mb.add(x=v["k"], y=np.int32(2)), dtype="fp32")],
+        lambda v, c: [np.trunc(v["x"] * 3.0), v["k"] + 2.0], exact=True)
+
+
+def shape_cases():
+    cs = []
+    cs.append(Case("reshape", [("x", (2, 3, 4), "f")],
+                   lambda v, c: [mb.reshape(x=v["x"], shape=[4, -1]), mb.reshape(x=v["x"], shape=[0, -1, 2]),
+                                 mb.reshape(x=v["x"], shape=[0, 0, 4])],
+                   lambda v, c: [v["x"].reshape(4, 6), v["x"].reshape(2, 6, 2), v["x"].reshape(2, 3, 4)], exact=True))
+    cs.append(Case("transpose", [("x", (2, 3, 4, 5), "f")], lambda v, c: mb.transpose(x=v["x"], perm=[2, 0, 3, 1]),
+                   lambda v, c: [v["x"].transpose(2, 0, 3, 1)], exact=True))
+    cs.append(Case("expand_squeeze", [("x", (3, 1, 4), "f")],
+                   lambda v, c: [mb.expand_dims(x=v["x"], axes=[0, -1]), mb.squeeze(x=v["x"], axes=[1]), mb.squeeze(x=v["x"])],
+                   lambda v, c: [v["x"][None, ..., None], v["x"][:, 0], v["x"][:, 0]], exact=True))
+    cs.append(Case("tile", [("x", (2, 3), "f")], lambda v, c: mb.tile(x=v["x"], reps=[3, 2]),
+                   lambda v, c: [np.tile(v["x"], (3, 2))], exact=True))
+    cs.append(Case("concat", [("a", (2, 3, 4), "f"), ("b", (2, 1, 4), "f"), ("c", (2, 5, 4), "f")],
+                   lambda v, c: [mb.concat(values=[v["a"], v["b"], v["c"]], axis=1), mb.concat(values=[v["a"], v["a"]], axis=-1)],
+                   lambda v, c: [np.concatenate([v["a"], v["b"], v["c"]], 1), np.concatenate([v["a"], v["a"]], -1)], exact=True))
+    cs.append(Case("split", [("x", (4, 9, 2), "f")],
+                   lambda v, c: list(mb.split(x=v["x"], num_splits=3, axis=1)) + list(mb.split(x=v["x"], split_sizes=[1, 3], axis=0)),
+                   lambda v, c: list(np.split(v["x"], 3, 1)) + [v["x"][:1], v["x"][1:]], exact=True))
+    cs.append(Case(
+        "slice_by_index", [("x", (5, 6, 7), "f")],
+        lambda v, c: [mb.slice_by_index(x=v["x"], begin=[1, 0, 6], end=[5, 6, 0], stride=[2, 1, -2]),
+                      mb.slice_by_index(x=v["x"], begin=[0, -2, 1], end=[0, 0, 4], begin_mask=[True, False, False],
+                                        end_mask=[True, True, False], squeeze_mask=[False, False, False]),
+                      mb.slice_by_index(x=v["x"], begin=[2, 0, 0], end=[3, 6, 7], squeeze_mask=[True, False, False])],
+        lambda v, c: [v["x"][1:5:2, 0:6, 6:0:-2], v["x"][:, -2:, 1:4], v["x"][2]], exact=True))
+    cs.append(Case("slice_by_size", [("x", (5, 6, 7), "f")], lambda v, c: mb.slice_by_size(x=v["x"], begin=[1, 2, 0], size=[3, -1, 4]),
+                   lambda v, c: [v["x"][1:4, 2:, 0:4]], exact=True))
+    cs.append(Case("gather", [("x", (6, 5, 4), "f"), ("i", (2, 3), "i5")],
+                   lambda v, c: [mb.gather(x=v["x"], indices=v["i"], axis=1), mb.gather(x=v["x"], indices=v["i"], axis=0)],
+                   lambda v, c: [np.take(v["x"], v["i"], axis=1), np.take(v["x"], v["i"], axis=0)], exact=True))
+    cs.append(Case("gather_batch_dims", [("x", (2, 5, 4), "f"), ("i", (2, 3), "i5")],
+                   lambda v, c: mb.gather(x=v["x"], indices=v["i"], axis=1, batch_dims=1),
+                   lambda v, c: [np.stack([np.take(v["x"][b], v["i"][b], axis=0) for b in range(2)])], exact=True))
+    cs.append(Case("gather_const_table", [("i", (7,), "i50")], lambda v, c: mb.gather(x=c["t"], indices=v["i"], axis=0),
+                   lambda v, c: [c["t"][v["i"]]], consts=lambda rng: {"t": rand(rng, 50, 96)}, exact=True))
+    cs.append(Case("upsample_nn", [("x", (1, 2, 3, 4), "f")],
+                   lambda v, c: [mb.upsample_nearest_neighbor(x=v["x"], scale_factor_height=2, scale_factor_width=3)],
+                   lambda v, c: [v["x"].repeat(2, axis=2).repeat(3, axis=3)], exact=True))
+    cs.append(Case("pad", [("x", (2, 3, 4), "f")],
+                   lambda v, c: [mb.pad(x=v["x"], pad=[1, 2, 0, 3], mode="constant", constant_val=np.float32(0.5)),
+                                 mb.pad(x=v["x"], pad=[2, 1], mode="reflect"), mb.pad(x=v["x"], pad=[1, 1, 2, 0], mode="replicate")],
+                   lambda v, c: [np.pad(v["x"], [(0, 0), (1, 2), (0, 3)], constant_values=0.5),
+                                 np.pad(v["x"], [(0, 0), (0, 0), (2, 1)], mode="reflect"),
+                                 np.pad(v["x"], [(0, 0), (1, 1), (2, 0)], mode="edge")], exact=True))
+    cs.append(Case("band_part", [("x", (2, 5, 6), "f")],
+                   lambda v, c: [mb.band_part(x=v["x"], lower=-1, upper=0), mb.band_part(x=v["x"], lower=1, upper=2)],
+                   lambda v, c: [np.tril(v["x"]), np.triu(np.tril(v["x"], 2), -1)], exact=True))
+    return cs
+
+
+def reduce_cases():
+    cs = []
+    for op, fn in (("reduce_mean", np.mean), ("reduce_sum", np.sum), ("reduce_max", np.max), ("reduce_min", np.min),
+                   ("reduce_prod", np.prod)):
+        cs.append(Case(op, [("x", (3, 4, 5), "u")],
+                       (lambda op: lambda v, c: [getattr(mb, op)(x=v["x"], axes=[0, 2], keep_dims=True),
+                                                 getattr(mb, op)(x=v["x"], axes=[-1], keep_dims=False)])(op),
+                       (lambda fn: lambda v, c: [fn(v["x"].astype(np.float64), axis=(0, 2), keepdims=True),
+                                                 fn(v["x"].astype(np.float64), axis=-1)])(fn)))
+    cs.append(Case("reduce_argmax", [("x", (3, 4, 5), "f")],
+                   lambda v, c: [mb.cast(x=mb.reduce_argmax(x=v["x"], axis=1, keep_dims=False), dtype="fp32")],
+                   lambda v, c: [np.argmax(v["x"], axis=1).astype(np.float32)], exact=True))
+    return cs
+
+
+def nn_cases():
+    cs = []
+    cs.append(conv_case("conv2d_3x3_same", (1, 4, 9, 8), (6, 4, 3, 3), [1, 1], "same", None, [1, 1], 1))
+    cs.append(conv_case("conv2d_custom_stride_dil_groups", (2, 6, 11, 10), (4, 3, 3, 2), [2, 1], "custom", [1, 2, 0, 1], [2, 1], 2))
+    cs.append(conv_case("conv2d_valid_stride", (1, 3, 10, 9), (5, 3, 4, 3), [3, 2], "valid", None, [1, 1], 1))
+    cs.append(conv_case("conv2d_same_stride2", (1, 2, 9, 10), (3, 2, 3, 3), [2, 2], "same", None, [1, 1], 1))
+    cs.append(conv_case("conv2d_same_lower_even", (1, 2, 7, 8), (3, 2, 2, 4), [1, 1], "same_lower", None, [1, 1], 1, bias=False))
+    cs.append(conv_case("conv2d_1x1", (2, 8, 5, 6), (12, 8, 1, 1), [1, 1], "valid", None, [1, 1], 1))
+    cs.append(conv_case("conv2d_depthwise", (1, 6, 8, 8), (12, 1, 3, 3), [1, 1], "same", None, [1, 1], 6))
+    cs.append(conv_case("conv1d", (2, 3, 17), (4, 3, 5), [2], "custom", [2, 1], [2], 1))
+
+    cs.append(Case("matmul_broadcast_transpose", [("x", (2, 1, 3, 4), "f"), ("y", (3, 5, 4), "f")],
+                   lambda v, c: mb.matmul(x=v["x"], y=v["y"], transpose_y=True),
+                   lambda v, c: [np.matmul(v["x"].astype(np.float64), np.swapaxes(v["y"], -1, -2))]))
+    cs.append(Case("matmul_transpose_x", [("x", (2, 6, 3), "f"), ("y", (2, 6, 5), "f")],
+                   lambda v, c: mb.matmul(x=v["x"], y=v["y"], transpose_x=True),
+                   lambda v, c: [np.matmul(np.swapaxes(v["x"].astype(np.float64), -1, -2), v["y"])]))
+    # (coremltools' matmul accepts a 1-D x, not a 1-D y; it mistypes a 1-D x against batched y)
+    cs.append(Case("matmul_1d", [("x", (7,), "f"), ("y", (7, 4), "f")],
+                   lambda v, c: mb.matmul(x=v["x"], y=v["y"]), lambda v, c: [np.matmul(v["x"].astype(np.float64), v["y"])]))
+    cs.append(Case("matmul_const_weight", [("x", (2, 5, 6), "f")], lambda v, c: mb.matmul(x=v["x"], y=c["w"]),
+                   lambda v, c: [np.matmul(v["x"].astype(np.float64), c["w"])], consts=lambda rng: {"w": rand(rng, 6, 3)}))
+    cs.append(Case("linear", [("x", (2, 5, 7), "f")], lambda v, c: mb.linear(x=v["x"], weight=c["w"], bias=c["b"]),
+                   lambda v, c: [v["x"].astype(np.float64) @ c["w"].T.astype(np.float64) + c["b"]],
+                   consts=lambda rng: {"w": rand(rng, 3, 7), "b": rand(rng, 3)}))
+    cs.append(Case("linear_large", [("x", (1, 77, 96), "f")], lambda v, c: mb.linear(x=v["x"], weight=c["w"], bias=c["b"]),
+                   lambda v, c: [v["x"].astype(np.float64) @ c["w"].T.astype(np.float64) + c["b"]],
+                   consts=lambda rng: {"w": rand(rng, 130, 96, scale=0.1), "b": rand(rng, 130)}))
+    cs.append(Case("einsum_nchw", [("a", (2, 3, 4, 5), "f"), ("b", (1, 5, 4, 6), "f")],
+                   lambda v, c: mb.einsum(values=(v["a"], v["b"]), equation="bchk,bkhq->bchq"),
+                   lambda v, c: [np.einsum("nchw,nwhu->nchu", v["a"].astype(np.float64), np.broadcast_to(v["b"], (2, 5, 4, 6)))]))
+    cs.append(Case("einsum_chw", [("a", (3, 1, 5), "f"), ("b", (5, 4, 2), "f")],
+                   lambda v, c: mb.einsum(values=(v["a"], v["b"]), equation="chw,whr->chr"),
+                   lambda v, c: [np.einsum("chw,whr->chr", np.broadcast_to(v["a"], (3, 4, 5)).astype(np.float64), v["b"])]))
+    cs.append(Case("softmax", [("x", (2, 3, 4, 5), "f")],
+                   lambda v, c: [mb.softmax(x=v["x"], axis=1), mb.softmax(x=v["x"], axis=-1)],
+                   lambda v, c: [np_softmax(v["x"].astype(np.float64), 1), np_softmax(v["x"].astype(np.float64), -1)]))
+    cs.append(Case("layer_norm", [("x", (2, 7, 6), "f")],
+                   lambda v, c: [mb.layer_norm(x=v["x"], axes=[-1], gamma=c["g"], beta=c["b"], epsilon=np.float32(1e-5)),
+                                 mb.layer_norm(x=v["x"], axes=[0, 2], epsilon=np.float32(1e-3))],
+                   lambda v, c: [np_layer_norm(v["x"].astype(np.float64), [-1], c["g"], c["b"], 1e-5),
+                                 np_layer_norm(v["x"].astype(np.float64), [0, 2], None, None, 1e-3)],
+                   consts=lambda rng: {"g": rand(rng, 6), "b": rand(rng, 6)}))
+    cs.append(Case("instance_norm", [("x", (2, 3, 5, 4), "f")],
+                   lambda v, c: mb.instance_norm(x=v["x"], gamma=c["g"], beta=c["b"], epsilon=np.float32(1e-5)),
+                   lambda v, c: [np_layer_norm(v["x"].astype(np.float64), [2, 3], None, None, 1e-5) * c["g"].reshape(1, 3, 1, 1)
+                                 + c["b"].reshape(1, 3, 1, 1)],
+                   consts=lambda rng: {"g": rand(rng, 3), "b": rand(rng, 3)}))
+    cs.append(Case("batch_norm", [("x", (2, 3, 4, 2), "f")],
+                   lambda v, c: mb.batch_norm(x=v["x"], mean=c["m"], variance=c["v"], gamma=c["g"], beta=c["b"], epsilon=np.float32(1e-3)),
+                   lambda v, c: [(v["x"] - c["m"].reshape(1, 3, 1, 1)) / np.sqrt(c["v"].reshape(1, 3, 1, 1) + 1e-3)
+                                 * c["g"].reshape(1, 3, 1, 1) + c["b"].reshape(1, 3, 1, 1)],
+                   consts=lambda rng: {"m": rand(rng, 3), "v": np.abs(rand(rng, 3)) + 0.5, "g": rand(rng, 3), "b": rand(rng, 3)}))
+    # group norm as coremltools lowers it: reshape, reduce_mean, variance, normalise, affine
+    def gn_build(v, c):
+        x = mb.reshape(x=v["x"], shape=[2, 2, 3, 4, 5])
+        m = mb.reduce_mean(x=x, axes=[2, 3, 4], keep_dims=True)
+        d = mb.sub(x=x, y=m)
+        var = mb.reduce_mean(x=mb.mul(x=d, y=d), axes=[2, 3, 4], keep_dims=True)
+        y = mb.real_div(x=d, y=mb.sqrt(x=mb.add(x=var, y=np.float32(1e-5))))
+        return mb.add(x=mb.mul(x=mb.reshape(x=y, shape=[2, 6, 4, 5]), y=c["g"]), y=c["b"])
+
+    def gn_ref(v, c):
+        x = v["x"].astype(np.float64).reshape(2, 2, 3, 4, 5)
+        y = np_layer_norm(x, [2, 3, 4], None, None, 1e-5).reshape(2, 6, 4, 5)
+        return [y * c["g"] + c["b"]]
+
+    cs.append(Case("group_norm_lowered", [("x", (2, 6, 4, 5), "f")], gn_build, gn_ref,
+                   consts=lambda rng: {"g": rand(rng, 1, 6, 1, 1), "b": rand(rng, 1, 6, 1, 1)}))
+    return cs
+
+
+CASES = elementwise_cases() + [cast_case()] + shape_cases() + reduce_cases() + nn_cases()
+
+
+def case_consts(case, rng):
+    if callable(case.consts):
+        return case.consts(rng)
+    return dict(case.consts)
+
+
+def round_consts_fp16(consts):
+    return {k: f16(v) if v.dtype == np.float32 else v for k, v in consts.items()}
+
+
+@pytest.mark.parametrize("precision", ["FLOAT32", "FLOAT16"])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_op(sdcoreml, tmp_path, case, precision):
+    rng = np.random.default_rng(RNG_SEED)
+    consts = case_consts(case, rng)
+    inputs = make_inputs(case.specs, rng)
+    prog = build_prog(case, consts)
+    pkg = tmp_path / f"{case.name}.mlpackage"
+    save_program(prog, pkg, precision)
+    # the converted model's input names (the builder names them after the lambda's parameters)
+    spec = ct.utils.load_spec(str(pkg))
+    in_names = [i.name for i in spec.description.input]
+    feed = dict(zip(in_names, inputs.values()))
+    got, _ = run_package(sdcoreml, pkg, feed, tmp_path / "run")
+    ref_in = inputs
+    ref_consts = consts
+    if precision == "FLOAT16":
+        # the program sees fp16-rounded inputs and weights
+        ref_in = {k: f16(v) if v.dtype == np.float32 else v for k, v in inputs.items()}
+        ref_consts = round_consts_fp16(consts)
+    want = case.ref(ref_in, ref_consts)
+    assert len(got) == len(want), f"{len(got)} outputs, expected {len(want)}"
+    for (name, g), w in zip(got, want):
+        w = np.asarray(w)
+        if precision == "FLOAT16":
+            assert np.array_equal(f16(g), g.astype(np.float32)), f"{name}: an fp16 program produced values that are not fp16"
+        if case.exact and precision == "FLOAT32":
+            assert np.array_equal(g, w.astype(g.dtype)), f"{case.name} {name}: not exact"
+        else:
+            check_close(f"{case.name} {name}", g, w, precision)
+
+
+# ---------------------------------------------------------------------------------------------
+# fp16 rounding of every op result
+
+
+def test_fp16_results_are_rounded(sdcoreml, tmp_path):
+    """In an fp16 program, 1 + 2^-12 + 2^-12 is 1 (each add rounds to fp16), not 1 + 2^-11."""
+    x = np.full((1, 8), 1.0, np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8))], opset_version=ct.target.iOS16)
+    def prog(x):
+        h = mb.cast(x=x, dtype="fp16")
+        a = mb.add(x=h, y=np.float16(2 ** -12))
+        b = mb.add(x=a, y=np.float16(2 ** -12))
+        return mb.cast(x=b, dtype="fp32")
+
+    pkg = tmp_path / "round.mlpackage"
+    save_program(prog, pkg, "FLOAT32")
+    name = ct.utils.load_spec(str(pkg)).description.input[0].name
+    got, _ = run_package(sdcoreml, pkg, {name: x}, tmp_path / "run")
+    assert np.all(got[0][1] == 1.0), got[0][1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed weights: coremltools' own palettization / quantization vs its own decompression
+
+
+def compress_model(kind, m):
+    import coremltools.optimize.coreml as cto
+
+    if kind == "palettize":
+        cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="uniform", nbits=4, weight_threshold=16))
+        return cto.palettize_weights(m, cfg)
+    cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear", dtype="int8", weight_threshold=16))
+    return cto.linear_quantize_weights(m, cfg)
+
+
+@pytest.mark.parametrize("target", ["iOS16", "iOS18"])
+@pytest.mark.parametrize("kind", ["palettize", "quantize"])
+def test_compressed_weights(sdcoreml, tmp_path, kind, target):
+    import coremltools.optimize.coreml as cto
+
+    rng = np.random.default_rng(7)
+    w = rand(rng, 24, 40)
+    cw = rand(rng, 8, 4, 3, 3)
+    tgt = getattr(ct.target, target)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 40)), mb.TensorSpec(shape=(1, 4, 6, 6))], opset_version=tgt)
+    def prog(x, y):
+        return mb.linear(x=x, weight=w), mb.conv(x=y, weight=cw, pad_type="same")
+
+    m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=tgt, compute_precision=ct.precision.FLOAT32,
+                   skip_model_load=True)
+    cm = compress_model(kind, m)
+    ops = {op.type for op in cm.get_spec().mlProgram.functions["main"].block_specializations[
+        next(iter(cm.get_spec().mlProgram.functions["main"].block_specializations))].operations}
+    assert any(t.startswith("constexpr_") for t in ops), ops
+    dm = cto.decompress_weights(cm)
+    p1, p2 = tmp_path / "compressed.mlpackage", tmp_path / "dense.mlpackage"
+    cm.save(str(p1))
+    dm.save(str(p2))
+    names = [i.name for i in ct.utils.load_spec(str(p1)).description.input]
+    feed = {names[0]: rand(rng, 2, 40), names[1]: rand(rng, 1, 4, 6, 6)}
+    a, _ = run_package(sdcoreml, p1, feed, tmp_path / "r1")
+    b, _ = run_package(sdcoreml, p2, feed, tmp_path / "r2")
+    for (na, ga), (nb, gb) in zip(a, b):
+        np.testing.assert_allclose(ga, gb, rtol=1e-5, atol=1e-5, err_msg=f"{kind} {target} {na}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_unknown_op_is_named(sdcoreml, tmp_path):
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3))], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.cumsum(x=x, axis=1, name="my_cumsum")
+
+    pkg = tmp_path / "cumsum.mlpackage"
+    save_program(prog, pkg)
+    name = ct.utils.load_spec(str(pkg)).description.input[0].name
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
+    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'x.npy'}", "-o", tmp_path / "o")
+    assert r.returncode == 1
+    assert "cumsum" in r.stderr and "my_cumsum" in r.stderr, r.stderr
+
+
+def simple_package(tmp_path):
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3))], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.add(x=x, y=np.float32(1.0), name="y")
+
+    pkg = tmp_path / "simple.mlpackage"
+    save_program(prog, pkg)
+    return pkg, ct.utils.load_spec(str(pkg)).description.input[0].name
+
+
+def test_input_errors_are_named(sdcoreml, tmp_path):
+    pkg, name = simple_package(tmp_path)
+    np.save(tmp_path / "bad_shape.npy", np.zeros((3, 2), np.float32))
+    np.save(tmp_path / "f64.npy", np.zeros((2, 3), np.float64))
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(np.zeros((2, 3), np.float32)))
+    np.save(tmp_path / "ok.npy", np.zeros((2, 3), np.float32))
+    r = sdcoreml("run", pkg, "-o", tmp_path / "o")
+    assert r.returncode == 1 and f"missing input '{name}'" in r.stderr and "[2, 3]" in r.stderr, r.stderr
+    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'bad_shape.npy'}", "-o", tmp_path / "o")
+    assert r.returncode == 1 and name in r.stderr and "[3, 2]" in r.stderr and "[2, 3]" in r.stderr, r.stderr
+    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'f64.npy'}", "-o", tmp_path / "o")
+    assert r.returncode == 1 and "f64.npy" in r.stderr and "<f8" in r.stderr, r.stderr
+    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'fortran.npy'}", "-o", tmp_path / "o")
+    assert r.returncode == 1 and "fortran.npy" in r.stderr and "Fortran" in r.stderr, r.stderr
+    r = sdcoreml("run", pkg, "--input", f"nope={tmp_path / 'ok.npy'}", "--input", f"{name}={tmp_path / 'ok.npy'}", "-o", tmp_path / "o")
+    assert r.returncode == 1 and "'nope' is not an input" in r.stderr, r.stderr
+    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'ok.npy'}")
+    assert r.returncode == 2, r.stderr
+    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'ok.npy'}", "-o", tmp_path / "o")
+    check_ok(r)
+    assert np.array_equal(np.load(tmp_path / "o" / "y.npy"), np.ones((2, 3), np.float32))
+
+
+def test_damaged_weights_are_rejected(sdcoreml, tmp_path):
+    rng = np.random.default_rng(3)
+    w = rand(rng, 16, 8)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8))], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.linear(x=x, weight=w, name="y")
+
+    pkg = tmp_path / "w.mlpackage"
+    save_program(prog, pkg)
+    name = ct.utils.load_spec(str(pkg)).description.input[0].name
+    np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
+    wb = pkg / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    data = bytearray(wb.read_bytes())
+    data[64:68] = b"\0\0\0\0"  # the first record's sentinel
+    wb.write_bytes(bytes(data))
+    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'x.npy'}", "-o", tmp_path / "o")
+    assert r.returncode == 1 and "weight.bin" in r.stderr and "sentinel" in r.stderr, r.stderr
+    wb.write_bytes(bytes(data[:100]))  # truncated
+    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'x.npy'}", "-o", tmp_path / "o")
+    assert r.returncode == 1 and "weight.bin" in r.stderr, r.stderr

@@ -1,0 +1,367 @@
+/*
+ * test_interp_ops.c — the interpreter's building blocks against hand-computed or naive
+ * expectations: the blocked GEMM (odd shapes, transposes, beta, strides), igemm with
+ * threads, fp16 rounding and expansion against the reference conversions, the thread pool,
+ * .npy reading and writing (and its errors), and small packages written by our own writer
+ * and run through the public API (broadcasting, linear, softmax, fp16 rounding of results,
+ * input checks). Op semantics on packages written by coremltools are covered by
+ * tests/python/test_interp_ops.py.
+ */
+#include <math.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "coreml/writer.h"
+#include "interp/interp.h"
+#include "io/fp16.h"
+#include "io/npy.h"
+#include "mil/graph.h"
+
+static uint64_t rng_state = 88172645463325252ull;
+static float frand(void) { /* xorshift, uniform in [-1, 1) */
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+static void naive_gemm(bool ta, bool tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb, float beta,
+                       float *C, int ldc) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)(ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+            C[i * ldc + j] = (float)(s + (beta == 0.0f ? 0.0 : (double)beta * C[i * ldc + j]));
+        }
+}
+
+static void test_gemm(void) {
+    static const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 65}, {64, 256, 256}, {70, 300, 5}, {5, 17, 300}, {77, 96, 130}};
+    ipool *pool = ipool_new(3);
+    for (size_t s = 0; s < SDC_COUNT_OF(shapes); s++) {
+        for (int variant = 0; variant < 8; variant++) {
+            bool ta = variant & 1, tb = variant & 2, strided = variant & 4;
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            int lda = (ta ? M : K) + (strided ? 3 : 0), ldb = (tb ? K : N) + (strided ? 5 : 0), ldc = N + (strided ? 2 : 0);
+            size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+            float *A = malloc(na * 4), *B = malloc(nb * 4), *C0 = malloc(nc * 4), *C1 = malloc(nc * 4), *C2 = malloc(nc * 4);
+            for (size_t i = 0; i < na; i++) A[i] = frand();
+            for (size_t i = 0; i < nb; i++) B[i] = frand();
+            for (size_t i = 0; i < nc; i++) C0[i] = C1[i] = C2[i] = frand();
+            float beta = strided ? 0.5f : (variant & 1 ? 1.0f : 0.0f);
+            naive_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C0, ldc);
+            igemm_fallback(pool, ta, tb, M, N, K, A, lda, B, ldb, beta, C1, ldc);
+            igemm(pool, ta, tb, M, N, K, A, lda, B, ldb, beta, C2, ldc);
+            double worst1 = 0, worst2 = 0;
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double tol = 1e-5 * (K + 1);
+                    double d1 = fabs(C1[i * ldc + j] - C0[i * ldc + j]), d2 = fabs(C2[i * ldc + j] - C0[i * ldc + j]);
+                    worst1 = d1 / tol > worst1 ? d1 / tol : worst1;
+                    worst2 = d2 / tol > worst2 ? d2 / tol : worst2;
+                }
+            CHECK_MSG(worst1 <= 1.0, "fallback %dx%dx%d ta=%d tb=%d strided=%d: error %.2f x tolerance", M, N, K, ta, tb, strided, worst1);
+            CHECK_MSG(worst2 <= 1.0, "igemm (%s) %dx%dx%d ta=%d tb=%d strided=%d: error %.2f x tolerance", igemm_backend(), M, N, K, ta,
+                      tb, strided, worst2);
+            /* the padding columns of C are never touched */
+            bool pad_ok = true;
+            for (int i = 0; i < M && strided; i++)
+                for (int j = N; j < ldc; j++) pad_ok = pad_ok && C1[i * ldc + j] == C0[i * ldc + j] && C2[i * ldc + j] == C0[i * ldc + j];
+            CHECK(pad_ok);
+            free(A), free(B), free(C0), free(C1), free(C2);
+        }
+    }
+    ipool_free(pool);
+}
+
+static void test_fp16(void) {
+    /* expansion: every bit pattern */
+    uint8_t *h = malloc(65536 * 2);
+    float *f = malloc(65536 * 4);
+    for (int i = 0; i < 65536; i++) h[2 * i] = (uint8_t)i, h[2 * i + 1] = (uint8_t)(i >> 8);
+    f16_expand(NULL, h, f, 65536);
+    int bad = 0;
+    for (int i = 0; i < 65536; i++) {
+        float want = sdc_f16_to_f32((uint16_t)i);
+        if (!(isnan(want) ? isnan(f[i]) : memcmp(&want, &f[i], 4) == 0)) bad++;
+    }
+    CHECK_MSG(bad == 0, "f16_expand differs from sdc_f16_to_f32 on %d patterns", bad);
+    /* rounding: values around ties, subnormals, overflow; must equal the reference RNE */
+    enum { N = 200003 };
+    float *x = malloc(N * 4), *y = malloc(N * 4);
+    for (int i = 0; i < N; i++) {
+        float v;
+        switch (i % 5) {
+        case 0: v = frand() * 70000.0f; break;
+        case 1: v = frand() * 1e-6f; break; /* fp16 subnormals */
+        case 2: { /* exact ties between two fp16 values */
+            uint16_t b = (uint16_t)(i * 7919 % 0x7bff);
+            float lo = sdc_f16_to_f32(b), hi = sdc_f16_to_f32((uint16_t)(b + 1));
+            v = lo + (hi - lo) * 0.5f;
+            break;
+        }
+        case 3: v = frand() * 8.0f; break;
+        default: v = 65504.0f + frand() * 40.0f; break; /* around the overflow threshold */
+        }
+        x[i] = y[i] = v;
+    }
+    ipool *pool = ipool_new(2);
+    round_f16(pool, x, N);
+    bad = 0;
+    for (int i = 0; i < N; i++) {
+        float want = sdc_f16_to_f32(sdc_f32_to_f16(y[i]));
+        if (memcmp(&want, &x[i], 4)) bad++;
+    }
+    CHECK_MSG(bad == 0, "round_f16 differs from the reference RNE on %d of %d values", bad, N);
+    float one = 1.0f + 1.0f / 4096.0f; /* a tie: rounds to even, 1.0 */
+    round_f16(NULL, &one, 1);
+    CHECK(one == 1.0f);
+    ipool_free(pool);
+    free(h), free(f), free(x), free(y);
+}
+
+static void count_range(void *ctx, size_t b, size_t e) {
+    int *hits = ctx;
+    for (size_t i = b; i < e; i++) __atomic_add_fetch(&hits[i], 1, __ATOMIC_RELAXED);
+}
+
+static void test_pool(void) {
+    ipool *pool = ipool_new(4);
+    CHECK(ipool_size(pool) == 4);
+    int *hits = calloc(10007, sizeof *hits);
+    bool ok = true;
+    for (int round = 0; round < 300; round++) {
+        size_t n = (size_t)(round * 37 % 10007) + 1;
+        memset(hits, 0, sizeof *hits * n);
+        ipool_for(pool, n, (size_t)(round % 7) + 1, count_range, hits);
+        for (size_t i = 0; i < n; i++) ok = ok && hits[i] == 1;
+    }
+    CHECK_MSG(ok, "ipool_for visited an index other than exactly once");
+    free(hits);
+    ipool_free(pool);
+}
+
+/* ---------------------------------------------------------------- npy */
+
+static void write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+static void test_npy(const char *dir) {
+    char path[512], err[1024];
+    float fv[6] = {1, -2, 3.5f, 0, 1e-3f, -7};
+    sdc_ndarray a = {.dtype = SDC_ND_F32, .rank = 2, .shape = {2, 3}, .data = fv};
+    snprintf(path, sizeof path, "%s/a.npy", dir);
+    CHECK(sdc_npy_write(path, &a, err, sizeof err) == SDC_OK);
+    sdc_ndarray b;
+    CHECK(sdc_npy_read(path, &b, err, sizeof err) == SDC_OK);
+    CHECK(b.dtype == SDC_ND_F32 && b.rank == 2 && b.shape[0] == 2 && b.shape[1] == 3 && !memcmp(b.data, fv, sizeof fv));
+    free(b.data);
+    /* the header is padded so the data starts at 64 */
+    FILE *f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    CHECK((ftell(f) - 24) % 64 == 0);
+    fclose(f);
+
+    int32_t iv[1] = {42};
+    sdc_ndarray s = {.dtype = SDC_ND_I32, .rank = 0, .data = iv};
+    snprintf(path, sizeof path, "%s/s.npy", dir);
+    CHECK(sdc_npy_write(path, &s, err, sizeof err) == SDC_OK);
+    CHECK(sdc_npy_read(path, &b, err, sizeof err) == SDC_OK);
+    CHECK(b.dtype == SDC_ND_I32 && b.rank == 0 && ((int32_t *)b.data)[0] == 42);
+    free(b.data);
+
+    uint16_t hv[3] = {0x3c00, 0xc000, 0x7c00};
+    sdc_ndarray hh = {.dtype = SDC_ND_F16, .rank = 1, .shape = {3}, .data = hv};
+    snprintf(path, sizeof path, "%s/h.npy", dir);
+    CHECK(sdc_npy_write(path, &hh, err, sizeof err) == SDC_OK);
+    CHECK(sdc_npy_read(path, &b, err, sizeof err) == SDC_OK);
+    CHECK(b.dtype == SDC_ND_F16 && b.shape[0] == 3 && !memcmp(b.data, hv, sizeof hv));
+    free(b.data);
+
+    /* errors name the file */
+    static const struct {
+        const char *name, *header, *want;
+    } bad[] = {
+        {"fortran.npy", "{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }", "Fortran"},
+        {"f64.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", "'<f8'"},
+        {"big.npy", "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", "'>f4'"},
+        {"short.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", "data size"},
+        {"noshape.npy", "{'descr': '<f4', 'fortran_order': False, }", "shape"},
+        {"garbage.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2,) }x", "trailing"},
+    };
+    for (size_t i = 0; i < SDC_COUNT_OF(bad); i++) {
+        uint8_t buf[256] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
+        size_t hl = strlen(bad[i].header);
+        memcpy(buf + 10, bad[i].header, hl);
+        size_t total = (10 + hl + 1 + 63) / 64 * 64;
+        memset(buf + 10 + hl, ' ', total - 10 - hl - 1);
+        buf[total - 1] = '\n';
+        buf[8] = (uint8_t)(total - 10);
+        memset(buf + total, 0, 8); /* two float32 values */
+        snprintf(path, sizeof path, "%s/%s", dir, bad[i].name);
+        write_file(path, buf, total + 8);
+        sdc_status st = sdc_npy_read(path, &b, err, sizeof err);
+        CHECK_MSG(st != SDC_OK && strstr(err, bad[i].name) && strstr(err, bad[i].want), "%s: status %d, '%s'", bad[i].name, st, err);
+    }
+    snprintf(path, sizeof path, "%s/magic.npy", dir);
+    write_file(path, "not numpy at all", 16);
+    CHECK(sdc_npy_read(path, &b, err, sizeof err) == SDC_E_FORMAT && strstr(err, "magic.npy"));
+}
+
+/* ---------------------------------------------------------------- packages */
+
+static bool write_pkg(mil_graph *g, const char *path) {
+    sdc_package_info info = {.spec_version = 7, .short_description = "", .author = "", .license = "", .version = ""};
+    sdc_err err = {0};
+    if (!mil_graph_ok(g)) {
+        fprintf(stderr, "graph: %s\n", g->err.msg);
+        return false;
+    }
+    sdc_status s = sdc_write_package(g, &info, path, NULL, &err);
+    if (s) fprintf(stderr, "write: %s\n", err.msg);
+    return s == SDC_OK;
+}
+
+static void test_package_fp32(const char *dir) {
+    char path[512], err[1024];
+    snprintf(path, sizeof path, "%s/p32.mlpackage", dir);
+    mil_graph *g = mil_graph_new(6);
+    int64_t xs[3] = {2, 1, 3}, ys[2] = {4, 1};
+    mil_var *x = mil_input(g, "x", SDC_DT_F32, 3, xs);
+    mil_var *y = mil_input(g, "y", SDC_DT_F32, 2, ys);
+    mil_var *s = mil_add(g, x, y); /* [2, 4, 3] by broadcasting */
+    float w[6] = {1, 0, -1, 0.5f, 2, 0}, bias[2] = {0.25f, -1};
+    int64_t wshape[2] = {2, 3}, bshape[1] = {2};
+    mil_var *lin = mil_linear(g, s, mil_const_floats(g, SDC_DT_F32, 2, wshape, w), mil_const_floats(g, SDC_DT_F32, 1, bshape, bias));
+    mil_var *sm = mil_softmax(g, lin, -1);
+    mil_output(g, s, "sum");
+    mil_output(g, sm, "probs");
+    bool ok = write_pkg(g, path);
+    mil_graph_free(g);
+    if (!CHECK(ok)) return;
+
+    sdc_model *m;
+    if (!CHECK_MSG(sdc_model_load(path, NULL, &m, err, sizeof err) == SDC_OK, "%s", err)) return;
+    CHECK(sdc_model_n_inputs(m) == 2 && sdc_model_n_outputs(m) == 2);
+    CHECK(!strcmp(sdc_model_input(m, 0)->name, "x") && sdc_model_input(m, 0)->rank == 3 && sdc_model_input(m, 0)->shape[2] == 3);
+    CHECK(!strcmp(sdc_model_output(m, 1)->name, "probs") && sdc_model_output(m, 1)->dtype == SDC_ND_F32);
+    float xv[6] = {1, 2, 3, -1, -2, -3}, yv[4] = {0, 10, 20, 30};
+    sdc_ndarray in[2] = {{.name = "y", .dtype = SDC_ND_F32, .rank = 2, .shape = {4, 1}, .data = yv},
+                         {.name = "x", .dtype = SDC_ND_F32, .rank = 3, .shape = {2, 1, 3}, .data = xv}};
+    sdc_ndarray *out;
+    int n_out;
+    if (CHECK_MSG(sdc_model_predict(m, in, 2, &out, &n_out, err, sizeof err) == SDC_OK, "%s", err)) {
+        CHECK(n_out == 2 && out[0].rank == 3 && out[0].shape[0] == 2 && out[0].shape[1] == 4 && out[0].shape[2] == 3);
+        const float *sv = out[0].data;
+        bool sum_ok = true, prob_ok = true;
+        for (int a = 0; a < 2; a++)
+            for (int b = 0; b < 4; b++)
+                for (int c = 0; c < 3; c++) sum_ok = sum_ok && sv[(a * 4 + b) * 3 + c] == xv[a * 3 + c] + yv[b];
+        CHECK(sum_ok);
+        const float *pv = out[1].data;
+        for (int r = 0; r < 8; r++) {
+            const float *t = sv + r * 3;
+            double l0 = t[0] * 1 + t[1] * 0 + t[2] * -1 + 0.25, l1 = t[0] * 0.5 + t[1] * 2 + t[2] * 0 - 1;
+            double p0 = 1 / (1 + exp(l1 - l0));
+            prob_ok = prob_ok && fabs(pv[2 * r] - p0) < 1e-6 && fabs(pv[2 * r + 1] - (1 - p0)) < 1e-6;
+        }
+        CHECK(prob_ok);
+        sdc_ndarrays_free(out, n_out);
+    }
+    /* input checks name the input and the expected shape */
+    in[1].shape[2] = 4;
+    CHECK(sdc_model_predict(m, in, 2, &out, &n_out, err, sizeof err) == SDC_E_ARG && strstr(err, "'x'") && strstr(err, "[2, 1, 3]"));
+    in[1].shape[2] = 3;
+    CHECK(sdc_model_predict(m, in, 1, &out, &n_out, err, sizeof err) == SDC_E_ARG && strstr(err, "missing") && strstr(err, "'x'"));
+    in[1].name = "z";
+    CHECK(sdc_model_predict(m, in, 2, &out, &n_out, err, sizeof err) == SDC_E_ARG && strstr(err, "'z' is not an input"));
+    sdc_model_free(m);
+}
+
+static void test_package_fp16(const char *dir) {
+    char path[512], err[1024];
+    snprintf(path, sizeof path, "%s/p16.mlpackage", dir);
+    mil_graph *g = mil_graph_new(6);
+    int64_t xs[1] = {4};
+    mil_var *x = mil_input(g, "x", SDC_DT_F16, 1, xs);
+    mil_var *eps = mil_const_scalar(g, SDC_DT_F16, 1.0f / 4096.0f);
+    mil_var *a = mil_add(g, mil_add(g, x, eps), eps); /* each add rounds to fp16 */
+    mil_output(g, mil_cast(g, a, SDC_DT_F32), "y");
+    bool ok = write_pkg(g, path);
+    mil_graph_free(g);
+    if (!CHECK(ok)) return;
+    for (int exact = 0; exact < 2; exact++) {
+        sdc_model *m;
+        sdc_model_options opt = {.n_threads = 1, .no_fp16_rounding = exact};
+        if (!CHECK_MSG(sdc_model_load(path, &opt, &m, err, sizeof err) == SDC_OK, "%s", err)) return;
+        CHECK(sdc_model_input(m, 0)->dtype == SDC_ND_F16);
+        float xv[4] = {1.0f, 2.0f, 0.5f, 1.0009765625f}; /* given as float32: converted to fp16 */
+        sdc_ndarray in = {.name = "x", .dtype = SDC_ND_F32, .rank = 1, .shape = {4}, .data = xv};
+        sdc_ndarray *out;
+        int n_out;
+        if (CHECK_MSG(sdc_model_predict(m, &in, 1, &out, &n_out, err, sizeof err) == SDC_OK, "%s", err)) {
+            const float *y = out[0].data;
+            if (!exact) {
+                /* 1 + 2^-12 is a tie between 1 and 1 + 2^-10: to even, 1, at both adds; 0.5 + 2^-12 is
+                   a tie to even 0.5; (1 + 2^-10) + 2^-12 is nearer 1 + 2^-10 */
+                CHECK(y[0] == 1.0f && y[1] == 2.0f && y[2] == 0.5f && y[3] == 1.0009765625f);
+            } else {
+                CHECK(y[0] == 1.0f + 1.0f / 2048.0f && y[1] == 2.0f + 1.0f / 2048.0f);
+            }
+            sdc_ndarrays_free(out, n_out);
+        }
+        sdc_model_free(m);
+    }
+}
+
+static void test_bad_packages(const char *dir) {
+    char path[600], err[1024];
+    sdc_model *m;
+    snprintf(path, sizeof path, "%s/none.mlpackage", dir);
+    CHECK(sdc_model_load(path, NULL, &m, err, sizeof err) != SDC_OK && strstr(err, "Manifest.json"));
+    /* a weight file whose record is damaged: the error names weight.bin */
+    snprintf(path, sizeof path, "%s/w.mlpackage", dir);
+    mil_graph *g = mil_graph_new(6);
+    int64_t xs[2] = {1, 8}, ws[2] = {16, 8};
+    float w[128];
+    for (int i = 0; i < 128; i++) w[i] = frand();
+    mil_var *x = mil_input(g, "x", SDC_DT_F32, 2, xs);
+    int64_t bs[1] = {16};
+    float b[16] = {0};
+    mil_output(g, mil_linear(g, x, mil_const_floats(g, SDC_DT_F32, 2, ws, w), mil_const_floats(g, SDC_DT_F32, 1, bs, b)), "y");
+    bool ok = write_pkg(g, path);
+    mil_graph_free(g);
+    if (!CHECK(ok)) return;
+    CHECK_MSG(sdc_model_load(path, NULL, &m, err, sizeof err) == SDC_OK, "%s", err);
+    sdc_model_free(m);
+    char wpath[700];
+    snprintf(wpath, sizeof wpath, "%s/Data/com.apple.CoreML/weights/weight.bin", path);
+    FILE *f = fopen(wpath, "r+b");
+    if (!CHECK(f)) return;
+    fseek(f, 64 + 4, SEEK_SET); /* the first record's dtype code */
+    uint8_t code = 9;
+    fwrite(&code, 1, 1, f);
+    fclose(f);
+    CHECK(sdc_model_load(path, NULL, &m, err, sizeof err) == SDC_E_FORMAT && strstr(err, "dtype code 9"));
+    if (truncate(wpath, 100) == 0)
+        CHECK(sdc_model_load(path, NULL, &m, err, sizeof err) == SDC_E_FORMAT && strstr(err, "weight.bin"));
+}
+
+int main(void) {
+    char dir[] = "/tmp/sdc-test-interp-XXXXXX";
+    if (!mkdtemp(dir)) return 1;
+    test_gemm();
+    test_fp16();
+    test_pool();
+    test_npy(dir);
+    test_package_fp32(dir);
+    test_package_fp16(dir);
+    test_bad_packages(dir);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    return CHECK_DONE("test_interp_ops");
+}
