@@ -59,10 +59,8 @@ static sdc_status refuse_unbuilt(const sdc_job *job, sdc_err *err) {
         const char *flag;
     } flags[] = {
         {job->convert_mmdit, "--convert-mmdit"},
-        {job->convert_controlnet, "--convert-controlnet"},
         {job->chunk_unet, "--chunk-unet"},
         {job->quantize_nbits != 0, "--quantize-nbits"},
-        {job->unet_support_controlnet, "--unet-support-controlnet"},
         {job->include_t5, "--include-t5"},
         {job->bundle_resources_for_swift_cli, "--bundle-resources-for-swift-cli"},
         {job->sd3_version, "--sd3-version"},
@@ -70,8 +68,10 @@ static sdc_status refuse_unbuilt(const sdc_job *job, sdc_err *err) {
     for (size_t i = 0; i < SDC_COUNT_OF(flags); i++)
         if (flags[i].on) return sdc_fail(err, SDC_E_ARG, "not supported yet: %s", flags[i].flag);
     if (!job->convert_text_encoder && !job->convert_unet && !job->convert_vae_decoder && !job->convert_vae_encoder &&
-        !job->convert_safety_checker)
+        !job->convert_safety_checker && !job->convert_controlnet)
         return sdc_fail(err, SDC_E_ARG, "nothing to do: give at least one --convert-* flag");
+    if (job->convert_controlnet && job->n_controlnet == 0)
+        return sdc_fail(err, SDC_E_ARG, "--convert-controlnet needs at least one ControlNet (a folder or Hub id)");
     return SDC_OK;
 }
 
@@ -90,6 +90,12 @@ sdc_status conv_package_path(const conv_ctx *c, const char *submodule, char *out
     const char *dir = c->job->output_dir ? c->job->output_dir : ".";
     if (!sdc_fmt(out, size, "%s/Stable_Diffusion_version_%s_%s.mlpackage", dir, id, submodule))
         return sdc_fail(c->err, SDC_E_ARG, "-o: output path too long");
+    return SDC_OK;
+}
+
+sdc_status conv_output_path(const conv_ctx *c, const char *name, char *out, size_t size) {
+    const char *dir = c->job->output_dir ? c->job->output_dir : ".";
+    if (!sdc_fmt(out, size, "%s/%s", dir, name)) return sdc_fail(c->err, SDC_E_ARG, "-o: output path too long");
     return SDC_OK;
 }
 
@@ -166,7 +172,7 @@ sdc_status conv_write(const conv_ctx *c, const mil_graph *g, const char *path, c
     const char *values[2] = {job->options_summary ? job->options_summary : options, sdc_version()};
     sdc_package_info info = {
         .spec_version = c->target.spec,
-        .short_description = SHORT_DESCRIPTION,
+        .short_description = docs && docs->short_description ? docs->short_description : SHORT_DESCRIPTION,
         .author = author,
         .license = docs && docs->license ? docs->license : job->xl_version ? LICENSE_XL : LICENSE_SD,
         .version = version,
@@ -175,6 +181,8 @@ sdc_status conv_write(const conv_ctx *c, const mil_graph *g, const char *path, c
         .user_values = values,
         .input_docs = docs ? docs->inputs : NULL,
         .output_docs = docs ? docs->outputs : NULL,
+        .n_input_docs = docs ? docs->n_inputs : 0,
+        .n_output_docs = docs ? docs->n_outputs : 0,
     };
     sdc_write_hooks hooks = {job->progress, job->user, what};
     sdc_status s = sdc_write_package(g, &info, path, &hooks, c->err);
@@ -222,6 +230,7 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     if (!s) s = make_output_dir(job->output_dir ? job->output_dir : ".", &err);
     if (!s && job->convert_vae_decoder) s = conv_vae_decoder(&c);
     if (!s && job->convert_vae_encoder) s = conv_vae_encoder(&c);
+    if (!s && job->convert_controlnet) s = conv_controlnets(&c);
     if (!s && job->convert_unet) s = conv_unet(&c);
     if (!s && job->convert_text_encoder) s = conv_text_encoders(&c);
     if (!s && job->convert_safety_checker) s = conv_safety_checker(&c);

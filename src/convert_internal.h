@@ -33,6 +33,8 @@ typedef struct conv_docs {
     const char *const *outputs;
     const char *version; /* metadata version; NULL: --model-version */
     const char *license; /* NULL: by --xl-version */
+    const char *short_description; /* NULL: Stable Diffusion's */
+    int n_inputs, n_outputs; /* how many docs the arrays hold; 0: one per input / output */
 } conv_docs;
 
 /* Writes `g` to `path` with the anchor's metadata and ours; logs the result. */
@@ -69,9 +71,13 @@ sdc_status conv_check(const conv_ctx *c, const char *package, const mil_graph *r
 float conv_first_timestep(const sdc_source *src, sdc_err *err);
 double sdc_psnr(const float *ref, const float *cand, size_t n);
 
+/* "<-o>/<name>": for packages not named after the model (ControlNet_<id>.mlpackage) */
+sdc_status conv_output_path(const conv_ctx *c, const char *name, char *out, size_t size);
+
 /* Each converter: returns SDC_OK after writing (or skipping) its package(s). */
 sdc_status conv_text_encoders(const conv_ctx *c);
 sdc_status conv_unet(const conv_ctx *c);
+sdc_status conv_controlnets(const conv_ctx *c);
 sdc_status conv_vae_decoder(const conv_ctx *c);
 sdc_status conv_vae_encoder(const conv_ctx *c);
 sdc_status conv_safety_checker(const conv_ctx *c);

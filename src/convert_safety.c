@@ -78,7 +78,7 @@ sdc_status conv_safety_checker(const conv_ctx *c) {
     st.comp = &comp;
     conv_log(c, SDC_LOG_INFO, "converting %s: images %dx%d (%s)", sub, st.opt.image_h, st.opt.image_w,
              sdc_weights_describe(comp.weights));
-    conv_docs docs = {INPUT_DOCS, OUTPUT_DOCS, NULL, LICENSE_SD}; /* always OpenRAIL, as the anchor */
+    conv_docs docs = {.inputs = INPUT_DOCS, .outputs = OUTPUT_DOCS, .license = LICENSE_SD}; /* always OpenRAIL, as the anchor */
     /* as the anchor, which compares concept_scores only: the thresholded outputs could flip
        between fp16 and fp32 for a score within rounding of 0 */
     conv_check_hint hint = {.only_output = "concept_scores"};

@@ -55,7 +55,7 @@ static sdc_status convert_one(const conv_ctx *c, const char *name, const char *t
             xl ? "The pooled text embedding (projected when the model has a text projection)"
                : "The last_hidden_state at the end-of-text token",
         };
-        conv_docs docs = {in_docs, out_docs, NULL, NULL};
+        conv_docs docs = {.inputs = in_docs, .outputs = out_docs};
         text_state st = {&comp, tokens};
         conv_check_hint hint = {.vocab_size = vocab};
         conv_log(c, SDC_LOG_INFO, "converting %s (%s)", name, sdc_weights_describe(comp.weights));

@@ -104,9 +104,11 @@ static sdc_status convert_from(const conv_ctx *c, const sdc_source *src, const c
                          .attention = c->job->attention,
                          .batch = c->job->unet_batch_one ? 1 : 2,
                          .context_dim = c->job->text_encoder_hidden_size,
+                         /* the base UNet only: the anchor's refiner has no ControlNet inputs */
+                         .controlnet_inputs = c->job->unet_support_controlnet && src == c->src,
                      }};
     sdc_unet_options *opt = &st.opt;
-    if (!(s = sdc_unet_describe(&comp, &info, c->err)) && !(s = check_xl(c, src, &info, id)) &&
+    if (!(s = sdc_unet_describe(&comp, false, &info, c->err)) && !(s = check_xl(c, src, &info, id)) &&
         !(s = latent_size(c, &comp, &opt->latent_h, &opt->latent_w)) && !(s = context_length(c, src, &opt->context_len))) {
         opt->n_time_ids = requires_aesthetics_score(src) ? 5 : 6;
         if (sdc_weights_find(comp.weights, "time_embedding.cond_proj.weight"))
@@ -114,7 +116,9 @@ static sdc_status convert_from(const conv_ctx *c, const sdc_source *src, const c
                      "converted UNet, as with the anchor", comp.dir);
         conv_log(c, SDC_LOG_INFO, "converting %s: %s, latent %dx%d, batch %d (%s)", submodule, id, opt->latent_h,
                  opt->latent_w, opt->batch, sdc_weights_describe(comp.weights));
-        conv_docs docs = {UNET_INPUT_DOCS, UNET_OUTPUT_DOCS, id, NULL};
+        /* sample, timestep, encoder_hidden_states (+ time_ids, text_embeds); residual inputs undocumented */
+        conv_docs docs = {.inputs = UNET_INPUT_DOCS, .outputs = UNET_OUTPUT_DOCS, .version = id,
+                          .n_inputs = info.text_time ? 5 : 3, .n_outputs = 1};
         conv_check_hint hint = {.timestep = conv_first_timestep(src, c->err)};
         if (!c->err->code) s = conv_emit(c, path, submodule, &docs, build_unet, &st, &hint);
         else s = c->err->code;
@@ -124,7 +128,11 @@ static sdc_status convert_from(const conv_ctx *c, const sdc_source *src, const c
 }
 
 sdc_status conv_unet(const conv_ctx *c) {
-    sdc_status s = convert_from(c, c->src, "unet", c->job->model_version);
+    if (c->job->unet_support_controlnet && c->job->xl_version)
+        return sdc_fail(c->err, SDC_E_UNSUPPORTED, "--unet-support-controlnet is for SD 1.x and 2.x (as with the anchor)");
+    /* --unet-support-controlnet writes "control-unet" (Swift's ControlledUnet) */
+    sdc_status s = convert_from(c, c->src, c->job->unet_support_controlnet ? "control-unet" : "unet",
+                                c->job->model_version);
     if (s || !c->job->refiner_version) return s;
     /* The refiner is named after the base model (…_<base>_refiner.mlpackage); its metadata
        version is the refiner id, as the anchor writes them. */

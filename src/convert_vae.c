@@ -126,8 +126,8 @@ static sdc_status convert(const conv_ctx *c, bool decoder) {
                  sdc_dtype_name(opt->input), sdc_dtype_name(opt->compute),
                  fp32 && job->precision != SDC_PRECISION_FLOAT32 ? " (SDXL VAE rule)" : "",
                  sdc_weights_describe(comp.weights));
-        conv_docs docs = {decoder ? DECODER_INPUT_DOCS : ENCODER_INPUT_DOCS,
-                          decoder ? DECODER_OUTPUT_DOCS : ENCODER_OUTPUT_DOCS, NULL, NULL};
+        conv_docs docs = {.inputs = decoder ? DECODER_INPUT_DOCS : ENCODER_INPUT_DOCS,
+                          .outputs = decoder ? DECODER_OUTPUT_DOCS : ENCODER_OUTPUT_DOCS};
         conv_check_hint hint = {0};
         s = conv_emit(c, path, sub, &docs, build_vae, &st, &hint);
     }

@@ -438,9 +438,11 @@ static Sdc__Coreml__Model *pb_model(pb_ctx *c, const mil_graph *g, const sdc_pac
     Sdc__Coreml__FeatureDescription **outs = pb_array(c, (size_t)g->n_outputs, sizeof *outs);
     Sdc__Coreml__Metadata__UserDefinedEntry **ud = pb_array(c, info->n_user, sizeof *ud);
     if (!d || !md || !ins || !outs || !ud) return NULL;
-    for (int i = 0; i < g->n_inputs; i++) ins[i] = pb_feature(c, g->inputs[i], info->input_docs ? info->input_docs[i] : NULL);
+    int n_in_docs = info->input_docs ? (info->n_input_docs ? info->n_input_docs : g->n_inputs) : 0;
+    int n_out_docs = info->output_docs ? (info->n_output_docs ? info->n_output_docs : g->n_outputs) : 0;
+    for (int i = 0; i < g->n_inputs; i++) ins[i] = pb_feature(c, g->inputs[i], i < n_in_docs ? info->input_docs[i] : NULL);
     for (int i = 0; i < g->n_outputs; i++)
-        outs[i] = pb_feature(c, g->outputs[i], info->output_docs ? info->output_docs[i] : NULL);
+        outs[i] = pb_feature(c, g->outputs[i], i < n_out_docs ? info->output_docs[i] : NULL);
     for (size_t i = 0; i < info->n_user; i++) {
         ud[i] = PB_NEW(c, Sdc__Coreml__Metadata__UserDefinedEntry, SDC__COREML__METADATA__USER_DEFINED_ENTRY__INIT);
         if (!ud[i]) return NULL;

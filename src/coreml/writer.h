@@ -21,8 +21,9 @@ typedef struct sdc_package_info {
     size_t n_user;    /* user-defined metadata, written in this order (keep keys sorted) */
     const char *const *user_keys;
     const char *const *user_values;
-    const char *const *input_docs;  /* one per graph input, or NULL */
-    const char *const *output_docs; /* one per graph output, or NULL */
+    const char *const *input_docs;  /* descriptions of the first n_input_docs inputs, or NULL */
+    const char *const *output_docs; /* descriptions of the first n_output_docs outputs, or NULL */
+    int n_input_docs, n_output_docs; /* 0 with non-NULL docs: one per input / output */
 } sdc_package_info;
 
 typedef struct sdc_write_hooks {

@@ -34,6 +34,7 @@ typedef struct sdc_unet_options {
     int64_t context_dim;     /* D of encoder_hidden_states; 0: cross_attention_dim */
     int64_t context_len;     /* K tokens (77) */
     int n_time_ids;          /* SDXL: 6 (base) or 5 (refiner) */
+    bool controlnet_inputs;  /* UNet only: additional_residual_i inputs (--unet-support-controlnet) */
 } sdc_unet_options;
 
 /* What the converter needs to know about a UNet config before building it. */
@@ -44,7 +45,7 @@ typedef struct sdc_unet_info {
     int downsamples;
 } sdc_unet_info;
 
-sdc_status sdc_unet_describe(const sdc_component *c, sdc_unet_info *info, sdc_err *err);
+sdc_status sdc_unet_describe(const sdc_component *c, bool controlnet, sdc_unet_info *info, sdc_err *err);
 
 /*
  * UNet2DConditionModel with the anchor's contract: inputs `sample` (B, in, h, w),
@@ -52,6 +53,13 @@ sdc_status sdc_unet_describe(const sdc_component *c, sdc_unet_info *info, sdc_er
  * `text_embeds` (B, P) for SDXL, all float16; output `noise_pred` (B, out, h, w) float32.
  */
 sdc_status sdc_build_unet(const sdc_component *c, const sdc_unet_options *opt, mil_graph **out, sdc_err *err);
+
+/*
+ * ControlNetModel (anchor §4.3, §8): inputs `sample`, `timestep`, `encoder_hidden_states`,
+ * `controlnet_cond` (B, 3, 8h, 8w) float16; outputs `additional_residual_0..N-1` float32, the
+ * down-block residuals then the mid block's, shaped as the UNet's skip tensors.
+ */
+sdc_status sdc_build_controlnet(const sdc_component *c, const sdc_unet_options *opt, mil_graph **out, sdc_err *err);
 
 typedef struct sdc_vae_options {
     sdc_dtype compute; /* F16 or F32: weights and compute */

@@ -31,6 +31,11 @@ typedef struct unet_config {
     int64_t cross_attention_dim;
     bool text_time; /* addition_embed_type "text_time" (SDXL) */
     int64_t addition_time_embed_dim, projection_input_dim;
+    /* ControlNetModel only */
+    bool controlnet;
+    int64_t cond_channels;              /* conditioning_channels */
+    int64_t cond_embed[MAX_BLOCKS];     /* conditioning_embedding_out_channels */
+    size_t n_cond_embed;
 } unet_config;
 
 typedef struct unet_ctx {
@@ -114,8 +119,38 @@ static sdc_status refuse_unsupported(const sdc_component *c, sdc_err *err) {
     return SDC_OK;
 }
 
-static sdc_status read_config(const sdc_component *c, unet_config *cfg, sdc_err *err) {
+/* ControlNetModel's own fields: the hint encoder's channels, and no up blocks. */
+static sdc_status read_controlnet_config(const sdc_component *c, unet_config *cfg, sdc_err *err) {
+    sdc_status s;
+    const char *order;
+    bool pool;
+    if ((s = sdc_config_int(c, "conditioning_channels", 3, &cfg->cond_channels, err)) ||
+        (s = sdc_config_int_list(c, "conditioning_embedding_out_channels", MAX_BLOCKS, cfg->cond_embed,
+                                 &cfg->n_cond_embed, err)) ||
+        (s = sdc_config_string(c, "controlnet_conditioning_channel_order", "rgb", &order, err)) ||
+        (s = sdc_config_bool(c, "global_pool_conditions", false, &pool, err)))
+        return s;
+    if (cfg->n_cond_embed == 0) {
+        static const int64_t dflt[4] = {16, 32, 96, 256};
+        memcpy(cfg->cond_embed, dflt, sizeof dflt);
+        cfg->n_cond_embed = 4;
+    }
+    if (strcmp(order, "rgb"))
+        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: controlnet_conditioning_channel_order '%s' is not supported",
+                        c->config_path, order);
+    if (pool) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: global_pool_conditions is not supported", c->config_path);
+    if (cfg->cond_channels < 1 || cfg->cond_channels > 64)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: conditioning_channels %lld is out of range", c->config_path,
+                        (long long)cfg->cond_channels);
+    for (size_t i = 0; i < cfg->n_cond_embed; i++)
+        if (cfg->cond_embed[i] < 1 || cfg->cond_embed[i] > 1 << 14)
+            return sdc_fail(err, SDC_E_FORMAT, "%s: conditioning_embedding_out_channels is out of range", c->config_path);
+    return SDC_OK;
+}
+
+static sdc_status read_config(const sdc_component *c, bool controlnet, unet_config *cfg, sdc_err *err) {
     memset(cfg, 0, sizeof *cfg);
+    cfg->controlnet = controlnet;
     sdc_status s = refuse_unsupported(c, err);
     if (s) return s;
     if ((s = sdc_config_int_list(c, "block_out_channels", MAX_BLOCKS, cfg->channels, &cfg->n_blocks, err))) return s;
@@ -123,7 +158,8 @@ static sdc_status read_config(const sdc_component *c, unet_config *cfg, sdc_err 
     const char *add;
     bool center;
     if ((s = block_types(c, "down_block_types", cfg->n_blocks, cfg->down_attn, err)) ||
-        (s = block_types(c, "up_block_types", cfg->n_blocks, cfg->up_attn, err)) ||
+        (s = controlnet ? read_controlnet_config(c, cfg, err)
+                        : block_types(c, "up_block_types", cfg->n_blocks, cfg->up_attn, err)) ||
         (s = sdc_config_int(c, "in_channels", 4, &cfg->in_channels, err)) ||
         (s = sdc_config_int(c, "out_channels", 4, &cfg->out_channels, err)) ||
         (s = sdc_config_int(c, "layers_per_block", 2, &cfg->layers_per_block, err)) ||
@@ -420,19 +456,24 @@ static mil_var *up_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
     return h;
 }
 
-static void build(unet_ctx *u, int64_t B, int64_t latent_h, int64_t latent_w, int64_t D, int64_t K, int64_t n_time_ids,
-                  int64_t text_embeds_dim) {
+typedef struct io_shapes {
+    int64_t B, latent_h, latent_w, D, K, n_time_ids, text_embeds_dim;
+} io_shapes;
+
+/* The inputs every UNet and ControlNet shares, the time embedding, and conv_in. The contract's
+   inputs are float16 whatever the compute precision: the Python pipeline checks dtypes
+   strictly and feeds float16. Returns conv_in(sample) (B, C0, h, w). */
+static mil_var *stem(unet_ctx *u, const io_shapes *io) {
     mil_graph *g = u->n.g;
     const unet_config *cfg = u->cfg;
-    /* The contract's inputs are float16 whatever the compute precision: the Python pipeline
-       checks dtypes strictly and feeds float16. */
-    int64_t ss[4] = {B, cfg->in_channels, latent_h, latent_w}, ts[1] = {B}, es[4] = {B, D, 1, K};
+    int64_t ss[4] = {io->B, cfg->in_channels, io->latent_h, io->latent_w}, ts[1] = {io->B};
+    int64_t es[4] = {io->B, io->D, 1, io->K};
     mil_var *sample = mil_input(g, "sample", SDC_DT_F16, 4, ss);
     mil_var *timestep = mil_input(g, "timestep", SDC_DT_F16, 1, ts);
     mil_var *ehs = mil_input(g, "encoder_hidden_states", SDC_DT_F16, 4, es);
     mil_var *time_ids = NULL, *text_embeds = NULL;
     if (cfg->text_time) {
-        int64_t tis[2] = {B, n_time_ids}, tes[2] = {B, text_embeds_dim};
+        int64_t tis[2] = {io->B, io->n_time_ids}, tes[2] = {io->B, io->text_embeds_dim};
         time_ids = mil_input(g, "time_ids", SDC_DT_F16, 2, tis);
         text_embeds = mil_input(g, "text_embeds", SDC_DT_F16, 2, tes);
     }
@@ -442,28 +483,94 @@ static void build(unet_ctx *u, int64_t B, int64_t latent_h, int64_t latent_w, in
 
     mil_scope(g, "conv_in");
     mil_var *x = net_to_compute(&u->n, sample);
-    if (cfg->center_input) x = mil_sub(g, mil_mul(g, x, mil_const_scalar(g, u->n.t, 2.0f)), mil_const_scalar(g, u->n.t, 1.0f));
+    if (cfg->center_input)
+        x = mil_sub(g, mil_mul(g, x, mil_const_scalar(g, u->n.t, 2.0f)), mil_const_scalar(g, u->n.t, 1.0f));
     int k = (int)cfg->conv_in_kernel, pk = k / 2;
     const int pad_in[4] = {pk, pk, pk, pk};
-    mil_var *h = net_conv(&u->n, x, "conv_in", cfg->in_channels, cfg->channels[0], k, 1, pad_in);
+    return net_conv(&u->n, x, "conv_in", cfg->in_channels, cfg->channels[0], k, 1, pad_in);
+}
+
+/* ControlNet residuals as extra inputs (anchor §4.2): additional_residual_0..N-2 are added to
+   the skip tensors after the down path, N-1 to the mid block's output. */
+static mil_var *residual_input(unet_ctx *u, int index, const mil_var *like) {
+    char name[64];
+    snprintf(name, sizeof name, "additional_residual_%d", index);
+    if (!like) return NULL;
+    return net_to_compute(&u->n, mil_input(u->n.g, name, SDC_DT_F16, like->type.rank, like->type.shape));
+}
+
+static void build_unet(unet_ctx *u, const io_shapes *io) {
+    mil_graph *g = u->n.g;
+    const unet_config *cfg = u->cfg;
+    mil_var *h = stem(u, io);
     skip_stack skips = {.n = 0};
     h = down_path(u, h, &skips);
+    if (u->opt->controlnet_inputs) {
+        mil_scope(g, "controlnet_residuals");
+        for (int k = 0; k < skips.n; k++) skips.v[k] = mil_add(g, skips.v[k], residual_input(u, k, skips.v[k]));
+    }
     h = mid_block(u, h);
+    if (u->opt->controlnet_inputs) h = mil_add(g, h, residual_input(u, skips.n, h));
     h = up_path(u, h, &skips);
     mil_scope(g, "conv_out");
     h = mil_silu(g, net_group_norm(&u->n, h, "conv_norm_out", (int)cfg->groups, (float)cfg->norm_eps));
-    k = (int)cfg->conv_out_kernel;
-    pk = k / 2;
+    int k = (int)cfg->conv_out_kernel, pk = k / 2;
     const int pad_out[4] = {pk, pk, pk, pk};
     h = net_conv(&u->n, h, "conv_out", cfg->channels[0], cfg->out_channels, k, 1, pad_out);
     net_output_f32(&u->n, h, "noise_pred");
 }
 
+/* ControlNetConditioningEmbedding: cond (B, 3, f·h, f·w) → conv_in + SiLU → per level: conv + SiLU,
+   strided conv + SiLU → conv_out → (B, C0, h, w), f = 2^(levels - 1) */
+static mil_var *conditioning_embedding(unet_ctx *u, mil_var *cond) {
+    const unet_config *cfg = u->cfg;
+    mil_graph *g = u->n.g;
+    char p[128];
+    mil_scope(g, "controlnet_cond_embedding");
+    mil_var *h = mil_silu(g, net_conv3(&u->n, cond, "controlnet_cond_embedding.conv_in", cfg->cond_channels,
+                                       cfg->cond_embed[0]));
+    static const int pad1[4] = {1, 1, 1, 1};
+    for (size_t i = 0; i + 1 < cfg->n_cond_embed; i++) {
+        int64_t cin = cfg->cond_embed[i], cout = cfg->cond_embed[i + 1];
+        snprintf(p, sizeof p, "controlnet_cond_embedding.blocks.%zu", 2 * i);
+        h = mil_silu(g, net_conv3(&u->n, h, p, cin, cin));
+        snprintf(p, sizeof p, "controlnet_cond_embedding.blocks.%zu", 2 * i + 1);
+        h = mil_silu(g, net_conv(&u->n, h, p, cin, cout, 3, 2, pad1)); /* halves H and W */
+    }
+    return net_conv3(&u->n, h, "controlnet_cond_embedding.conv_out", cfg->cond_embed[cfg->n_cond_embed - 1],
+                     cfg->channels[0]);
+}
+
+static void build_controlnet(unet_ctx *u, const io_shapes *io) {
+    mil_graph *g = u->n.g;
+    const unet_config *cfg = u->cfg;
+    int64_t f = (int64_t)1 << (cfg->n_cond_embed - 1);
+    mil_var *h = stem(u, io);
+    int64_t cs[4] = {io->B, cfg->cond_channels, f * io->latent_h, f * io->latent_w};
+    mil_var *cond = net_to_compute(&u->n, mil_input(g, "controlnet_cond", SDC_DT_F16, 4, cs));
+    h = mil_add(g, h, conditioning_embedding(u, cond)); /* (B, C0, h, w) */
+    skip_stack skips = {.n = 0};
+    h = down_path(u, h, &skips);
+    h = mid_block(u, h);
+    char name[64], p[64];
+    for (int k = 0; k <= skips.n; k++) { /* the down residuals, then the mid block's */
+        mil_var *x = k < skips.n ? skips.v[k] : h;
+        int64_t C = x ? x->type.shape[1] : 0;
+        if (k < skips.n)
+            snprintf(p, sizeof p, "controlnet_down_blocks.%d", k);
+        else
+            snprintf(p, sizeof p, "controlnet_mid_block");
+        mil_scope(g, "%s", p);
+        snprintf(name, sizeof name, "additional_residual_%d", k);
+        net_output_f32(&u->n, net_linear_1x1(&u->n, x, p, C, C, true), name);
+    }
+}
+
 /* ---------------------------------------------------------------- entry */
 
-sdc_status sdc_unet_describe(const sdc_component *c, sdc_unet_info *info, sdc_err *err) {
+sdc_status sdc_unet_describe(const sdc_component *c, bool controlnet, sdc_unet_info *info, sdc_err *err) {
     unet_config cfg;
-    sdc_status s = read_config(c, &cfg, err);
+    sdc_status s = read_config(c, controlnet, &cfg, err);
     if (s) return s;
     memset(info, 0, sizeof *info);
     info->in_channels = cfg.in_channels;
@@ -475,30 +582,39 @@ sdc_status sdc_unet_describe(const sdc_component *c, sdc_unet_info *info, sdc_er
     return SDC_OK;
 }
 
-sdc_status sdc_build_unet(const sdc_component *c, const sdc_unet_options *opt, mil_graph **out, sdc_err *err) {
+static sdc_status build(const sdc_component *c, bool controlnet, const sdc_unet_options *opt, mil_graph **out,
+                        sdc_err *err) {
     unet_config cfg;
-    sdc_status s = read_config(c, &cfg, err);
+    sdc_status s = read_config(c, controlnet, &cfg, err);
     if (s) return s;
     int64_t mult = (int64_t)1 << (cfg.n_blocks - 1);
     if (opt->latent_h < 1 || opt->latent_w < 1 || opt->latent_h % mult || opt->latent_w % mult || opt->latent_h > 1024 ||
         opt->latent_w > 1024)
         return sdc_fail(err, SDC_E_ARG, "%s: latent size %dx%d must be a positive multiple of %lld (the UNet halves it %zu times)",
                         c->config_path, opt->latent_h, opt->latent_w, (long long)mult, cfg.n_blocks - 1);
-    if (cfg.text_time) {
-        int64_t text_dim = cfg.projection_input_dim - opt->n_time_ids * cfg.addition_time_embed_dim;
-        if (text_dim < 1)
-            return sdc_fail(err, SDC_E_FORMAT, "%s: projection_class_embeddings_input_dim %lld leaves no room for text_embeds after %d time ids",
-                            c->config_path, (long long)cfg.projection_input_dim, opt->n_time_ids);
-    }
+    int64_t text_dim = cfg.projection_input_dim - opt->n_time_ids * cfg.addition_time_embed_dim;
+    if (cfg.text_time && text_dim < 1)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: projection_class_embeddings_input_dim %lld leaves no room for text_embeds after %d time ids",
+                        c->config_path, (long long)cfg.projection_input_dim, opt->n_time_ids);
     mil_graph *g = mil_graph_new(opt->opset);
     if (!g) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
     unet_ctx u = {.n = {g, c, opt->compute, err}, .cfg = &cfg, .opt = opt, .temb_channels = 4 * cfg.channels[0]};
-    {
-        /* time_embedding.linear_1 tells the embedding width (4·C0 in every SD UNet) */
-        const sdc_tensor *t = sdc_weights_find(c->weights, "time_embedding.linear_1.weight");
-        if (t && t->rank >= 1) u.temb_channels = t->shape[0];
-    }
-    build(&u, opt->batch, opt->latent_h, opt->latent_w, opt->context_dim ? opt->context_dim : cfg.cross_attention_dim,
-          opt->context_len, opt->n_time_ids, cfg.projection_input_dim - opt->n_time_ids * cfg.addition_time_embed_dim);
+    /* time_embedding.linear_1 tells the embedding width (4·C0 in every SD UNet) */
+    const sdc_tensor *t = sdc_weights_find(c->weights, "time_embedding.linear_1.weight");
+    if (t && t->rank >= 1) u.temb_channels = t->shape[0];
+    io_shapes io = {opt->batch, opt->latent_h, opt->latent_w, opt->context_dim ? opt->context_dim : cfg.cross_attention_dim,
+                    opt->context_len, opt->n_time_ids, text_dim};
+    if (controlnet)
+        build_controlnet(&u, &io);
+    else
+        build_unet(&u, &io);
     return net_finish(&u.n, out);
+}
+
+sdc_status sdc_build_unet(const sdc_component *c, const sdc_unet_options *opt, mil_graph **out, sdc_err *err) {
+    return build(c, false, opt, out, err);
+}
+
+sdc_status sdc_build_controlnet(const sdc_component *c, const sdc_unet_options *opt, mil_graph **out, sdc_err *err) {
+    return build(c, true, opt, out, err);
 }

@@ -181,6 +181,8 @@ def diffusers_noise_pred(pipeline, feeds):
 
 
 def run_package(sdcoreml, pkg, feeds, tmp_path):
+    tmp_path = Path(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     args = ["run", pkg]
     for name, value in feeds.items():
         p = tmp_path / f"in-{name}.npy"
