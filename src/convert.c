@@ -206,6 +206,56 @@ sdc_status conv_emit(const conv_ctx *c, const char *path, const char *what, cons
     return s;
 }
 
+/* ---------------------------------------------------------------- shared config reads */
+
+sdc_status conv_pipeline_int(const conv_ctx *c, const sdc_source *src, const char *component, const char *key,
+                             int64_t dflt, int64_t *out) {
+    char path[4200];
+    struct stat st;
+    *out = dflt;
+    snprintf(path, sizeof path, "%s/%s/config.json", src->root, component);
+    if (stat(path, &st) != 0) return SDC_OK;
+    json_t *cfg;
+    sdc_status s = sdc_json_load(path, &cfg, c->err);
+    if (s) return s;
+    json_t *v = json_object_get(cfg, key);
+    if (v && !json_is_null(v) && !json_is_integer(v))
+        s = sdc_fail(c->err, SDC_E_FORMAT, "%s: '%s' must be an integer", path, key);
+    else if (json_is_integer(v) && (json_integer_value(v) < 1 || json_integer_value(v) > 1 << 20))
+        s = sdc_fail(c->err, SDC_E_FORMAT, "%s: '%s' is %lld", path, key, (long long)json_integer_value(v));
+    else if (json_is_integer(v))
+        *out = json_integer_value(v);
+    json_decref(cfg);
+    return s;
+}
+
+sdc_status conv_latent_size(const conv_ctx *c, const sdc_source *src, int64_t dflt, int *h, int *w) {
+    int64_t dh = dflt, dw = dflt;
+    char path[4200];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/unet/config.json", src->root);
+    if (stat(path, &st) == 0) {
+        json_t *cfg;
+        sdc_status s = sdc_json_load(path, &cfg, c->err);
+        if (s) return s;
+        json_t *v = json_object_get(cfg, "sample_size");
+        if (json_is_integer(v)) {
+            dh = dw = json_integer_value(v);
+        } else if (json_is_array(v) && json_array_size(v) == 2 && json_is_integer(json_array_get(v, 0)) &&
+                   json_is_integer(json_array_get(v, 1))) {
+            dh = json_integer_value(json_array_get(v, 0));
+            dw = json_integer_value(json_array_get(v, 1));
+        } else if (v && !json_is_null(v)) {
+            s = sdc_fail(c->err, SDC_E_FORMAT, "%s: 'sample_size' must be an integer or [h, w]", path);
+        }
+        json_decref(cfg);
+        if (s) return s;
+    }
+    *h = c->job->latent_h ? c->job->latent_h : (int)(dh > 0 && dh <= 1024 ? dh : 64);
+    *w = c->job->latent_w ? c->job->latent_w : (int)(dw > 0 && dw <= 1024 ? dw : 64);
+    return SDC_OK;
+}
+
 /* SDXL pipelines name an XL class in model_index.json, or carry a text_encoder_2. */
 bool conv_looks_xl(const sdc_source *src) {
     if (sdc_source_has(src, "text_encoder_2")) return true;

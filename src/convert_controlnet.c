@@ -4,7 +4,6 @@
  */
 #include "convert_internal.h"
 
-#include <sys/stat.h>
 
 static const char *const CONTROLNET_DESCRIPTION =
     "ControlNet is a neural network structure to control diffusion models by adding extra conditions. Please refer "
@@ -17,22 +16,6 @@ static const char *const INPUT_DOCS[] = {
     "Output embeddings from the associated text_encoder model to condition the generated image on text",
     "An additional input image for ControlNet to condition the generated images (channels first, in [0, 1])",
 };
-
-/* An int field of <root>/<component>/config.json, or dflt when absent. */
-static sdc_status pipeline_int(const conv_ctx *c, const char *component, const char *key, int64_t dflt, int64_t *out) {
-    char path[4200];
-    struct stat st;
-    *out = dflt;
-    snprintf(path, sizeof path, "%s/%s/config.json", c->src->root, component);
-    if (stat(path, &st) != 0) return SDC_OK;
-    json_t *cfg;
-    sdc_status s = sdc_json_load(path, &cfg, c->err);
-    if (s) return s;
-    json_t *v = json_object_get(cfg, key);
-    if (json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) <= 1 << 16) *out = json_integer_value(v);
-    json_decref(cfg);
-    return SDC_OK;
-}
 
 /* The Hub card's base_model, when the folder has a README.md with YAML front matter. The anchor
    refuses a ControlNet trained for another base model. */
@@ -106,17 +89,15 @@ static sdc_status convert_one(const conv_ctx *c, const char *id) {
         sdc_source_close(&src);
         return s;
     }
-    int64_t sample = 64, hidden = 0, positions = 77;
+    int64_t hidden = 0, positions = 77;
     cn_state st = {.comp = &comp, .opt = {.compute = conv_compute_dtype(c), .opset = c->target.opset,
                                           .attention = c->job->attention, .batch = 2}};
     sdc_unet_info info;
     if (!(s = sdc_unet_describe(&comp, true, &info, c->err)) && info.text_time)
         s = sdc_fail(c->err, SDC_E_UNSUPPORTED, "%s: SDXL ControlNets are not supported (as with the anchor)", id);
-    if (!s && !(s = pipeline_int(c, "unet", "sample_size", 64, &sample)) &&
-        !(s = pipeline_int(c, "text_encoder", "hidden_size", 0, &hidden)) &&
-        !(s = pipeline_int(c, "text_encoder", "max_position_embeddings", 77, &positions))) {
-        st.opt.latent_h = c->job->latent_h ? c->job->latent_h : (int)sample;
-        st.opt.latent_w = c->job->latent_w ? c->job->latent_w : (int)sample;
+    if (!s && !(s = conv_latent_size(c, c->src, 64, &st.opt.latent_h, &st.opt.latent_w)) &&
+        !(s = conv_pipeline_int(c, c->src, "text_encoder", "hidden_size", 0, &hidden)) &&
+        !(s = conv_pipeline_int(c, c->src, "text_encoder", "max_position_embeddings", 77, &positions))) {
         /* the anchor: encoder_hidden_states channels from the text encoder's hidden_size */
         st.opt.context_dim = c->job->text_encoder_hidden_size ? c->job->text_encoder_hidden_size : hidden;
         st.opt.context_len = c->job->text_token_sequence_length ? c->job->text_token_sequence_length : positions;

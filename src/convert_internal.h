@@ -74,6 +74,12 @@ double sdc_psnr(const float *ref, const float *cand, size_t n);
 /* "<-o>/<name>": for packages not named after the model (ControlNet_<id>.mlpackage) */
 sdc_status conv_output_path(const conv_ctx *c, const char *name, char *out, size_t size);
 
+/* An integer of <src>/<component>/config.json; dflt when the file or key is absent. */
+sdc_status conv_pipeline_int(const conv_ctx *c, const sdc_source *src, const char *component, const char *key,
+                             int64_t dflt, int64_t *out);
+/* Latent size: --latent-h/-w, else the UNet config's sample_size (an int or [h, w]), else dflt. */
+sdc_status conv_latent_size(const conv_ctx *c, const sdc_source *src, int64_t dflt, int *h, int *w);
+
 /* Each converter: returns SDC_OK after writing (or skipping) its package(s). */
 sdc_status conv_text_encoders(const conv_ctx *c);
 sdc_status conv_unet(const conv_ctx *c);
@@ -86,6 +92,5 @@ sdc_status conv_safety_checker(const conv_ctx *c);
    the pipeline's vae/. *out is zeroed first, so it can be closed whatever happens. */
 sdc_status conv_vae_open(const conv_ctx *c, sdc_component *out);
 /* Latent size: --latent-h/-w, else the UNet's sample_size, else the VAE's sample_size / scale. */
-sdc_status conv_latent_size(const conv_ctx *c, const sdc_vae_info *vae, int *h, int *w);
 
 #endif

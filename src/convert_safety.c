@@ -39,7 +39,7 @@ static sdc_status image_size(const conv_ctx *c, int *h, int *w) {
         if (s) return s;
     }
     int lh, lw;
-    sdc_status s = conv_latent_size(c, &info, &lh, &lw);
+    sdc_status s = conv_latent_size(c, c->src, info.sample_size / info.scale, &lh, &lw);
     if (s) return s;
     *h = lh * info.scale;
     *w = lw * info.scale;

@@ -12,44 +12,13 @@ static const char *const UNET_INPUT_DOCS[] = {
 static const char *const UNET_OUTPUT_DOCS[] = {"Same shape and dtype as the `sample` input. "
                                                "The predicted noise to facilitate the reverse diffusion (denoising) process"};
 
-/* sample_size: an int, or [h, w] */
-static sdc_status latent_size(const conv_ctx *c, const sdc_component *u, int *h, int *w) {
-    json_t *v = json_object_get(u->config, "sample_size");
-    int64_t dh = 64, dw = 64;
-    if (json_is_integer(v)) {
-        dh = dw = json_integer_value(v);
-    } else if (json_is_array(v) && json_array_size(v) == 2 && json_is_integer(json_array_get(v, 0)) &&
-               json_is_integer(json_array_get(v, 1))) {
-        dh = json_integer_value(json_array_get(v, 0));
-        dw = json_integer_value(json_array_get(v, 1));
-    } else if (v && !json_is_null(v)) {
-        return sdc_fail(c->err, SDC_E_FORMAT, "%s: 'sample_size' must be an integer or [h, w]", u->config_path);
-    }
-    *h = c->job->latent_h ? c->job->latent_h : (int)(dh > 0 && dh < 4096 ? dh : 64);
-    *w = c->job->latent_w ? c->job->latent_w : (int)(dw > 0 && dw < 4096 ? dw : 64);
-    return SDC_OK;
-}
-
 /* K of encoder_hidden_states: --text-token-sequence-length, else the text encoder's
    max_position_embeddings (77), as the anchor. */
 static sdc_status context_length(const conv_ctx *c, const sdc_source *src, int64_t *k) {
-    if (c->job->text_token_sequence_length) {
-        *k = c->job->text_token_sequence_length;
-        return SDC_OK;
-    }
-    *k = 77;
-    const char *te = sdc_source_has(src, "text_encoder") ? "text_encoder"
-                     : sdc_source_has(src, "text_encoder_2") ? "text_encoder_2" : NULL;
-    if (!te) return SDC_OK;
-    char path[4200];
-    snprintf(path, sizeof path, "%s/%s/config.json", src->root, te);
-    json_t *cfg;
-    sdc_status s = sdc_json_load(path, &cfg, c->err);
-    if (s) return s;
-    json_t *v = json_object_get(cfg, "max_position_embeddings");
-    if (json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) <= 4096) *k = json_integer_value(v);
-    json_decref(cfg);
-    return SDC_OK;
+    *k = c->job->text_token_sequence_length;
+    if (*k) return SDC_OK;
+    const char *te = sdc_source_has(src, "text_encoder") ? "text_encoder" : "text_encoder_2";
+    return conv_pipeline_int(c, src, te, "max_position_embeddings", 77, k);
 }
 
 static bool requires_aesthetics_score(const sdc_source *src) {
@@ -109,7 +78,7 @@ static sdc_status convert_from(const conv_ctx *c, const sdc_source *src, const c
                      }};
     sdc_unet_options *opt = &st.opt;
     if (!(s = sdc_unet_describe(&comp, false, &info, c->err)) && !(s = check_xl(c, src, &info, id)) &&
-        !(s = latent_size(c, &comp, &opt->latent_h, &opt->latent_w)) && !(s = context_length(c, src, &opt->context_len))) {
+        !(s = conv_latent_size(c, src, 64, &opt->latent_h, &opt->latent_w)) && !(s = context_length(c, src, &opt->context_len))) {
         opt->n_time_ids = requires_aesthetics_score(src) ? 5 : 6;
         if (sdc_weights_find(comp.weights, "time_embedding.cond_proj.weight"))
             conv_log(c, SDC_LOG_NOTICE, "%s: time_embedding.cond_proj (LCM guidance embedding) is not used by the "

@@ -57,32 +57,10 @@ sdc_status conv_vae_open(const conv_ctx *c, sdc_component *out) {
     return s;
 }
 
-/* Latent size: --latent-h/-w, else the UNet config's sample_size (an int or [h, w]), else
-   the VAE's sample_size / scale when the pipeline has no UNet. */
-sdc_status conv_latent_size(const conv_ctx *c, const sdc_vae_info *vae, int *h, int *w) {
-    int64_t dh = vae->sample_size / vae->scale, dw = dh;
-    if (sdc_source_has(c->src, "unet")) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/unet/config.json", c->src->root);
-        json_t *cfg;
-        sdc_status s = sdc_json_load(path, &cfg, c->err);
-        if (s) return s;
-        json_t *v = json_object_get(cfg, "sample_size");
-        if (json_is_integer(v)) {
-            dh = dw = json_integer_value(v);
-        } else if (json_is_array(v) && json_array_size(v) == 2 && json_is_integer(json_array_get(v, 0)) &&
-                   json_is_integer(json_array_get(v, 1))) {
-            dh = json_integer_value(json_array_get(v, 0));
-            dw = json_integer_value(json_array_get(v, 1));
-        } else if (v && !json_is_null(v)) {
-            json_decref(cfg);
-            return sdc_fail(c->err, SDC_E_FORMAT, "%s: 'sample_size' must be an integer or [h, w]", path);
-        }
-        json_decref(cfg);
-    }
-    *h = c->job->latent_h ? c->job->latent_h : (int)(dh > 0 && dh <= 1024 ? dh : 64);
-    *w = c->job->latent_w ? c->job->latent_w : (int)(dw > 0 && dw <= 1024 ? dw : 64);
-    return SDC_OK;
+/* Latent size: --latent-h/-w, else the UNet's sample_size, else the VAE's sample_size / scale
+   when the pipeline has no UNet. */
+static sdc_status vae_latent_size(const conv_ctx *c, const sdc_vae_info *vae, int *h, int *w) {
+    return conv_latent_size(c, c->src, vae->sample_size / vae->scale, h, w);
 }
 
 typedef struct vae_state {
@@ -120,7 +98,7 @@ static sdc_status convert(const conv_ctx *c, bool decoder) {
                     }};
     sdc_vae_options *opt = &st.opt;
     sdc_vae_info info;
-    if (!(s = sdc_vae_describe(&comp, &info, c->err)) && !(s = conv_latent_size(c, &info, &opt->latent_h, &opt->latent_w))) {
+    if (!(s = sdc_vae_describe(&comp, &info, c->err)) && !(s = vae_latent_size(c, &info, &opt->latent_h, &opt->latent_w))) {
         conv_log(c, SDC_LOG_INFO, "converting %s: latent %dx%d, image %dx%d, %s in, %s compute%s (%s)", sub,
                  opt->latent_h, opt->latent_w, opt->latent_h * info.scale, opt->latent_w * info.scale,
                  sdc_dtype_name(opt->input), sdc_dtype_name(opt->compute),
