@@ -23,14 +23,13 @@
 
 #include <math.h>
 
-#include "nets/blocks.h"
+#include "nets/clip.h"
 
 #define PREFIX "vision_model.vision_model."
 
 typedef struct vision_config {
-    int64_t hidden, intermediate, layers, heads, image_size, patch, channels, projection;
-    double eps;
-    bool quick_gelu;
+    clip_dims d;
+    int64_t image_size, patch, channels, projection;
 } vision_config;
 
 typedef struct sc_ctx {
@@ -40,21 +39,11 @@ typedef struct sc_ctx {
 
 /* ---------------------------------------------------------------- config */
 
-static sdc_status read_positive(const sdc_component *c, const char *key, int64_t dflt, int64_t max, int64_t *out,
-                                sdc_err *err) {
-    sdc_status s = sdc_config_int(c, key, dflt, out, err);
-    if (s) return s;
-    if (*out < 1 || *out > max)
-        return sdc_fail(err, SDC_E_FORMAT, "%s: '%s' is %lld, expected 1..%lld", c->config_path, key,
-                        (long long)*out, (long long)max);
-    return SDC_OK;
-}
-
 /* transformers CLIPConfig: the vision tower's settings live in "vision_config" (only the
    values that differ from CLIPVisionConfig's defaults are written), projection_dim at the top. */
 static sdc_status read_config(const sdc_component *c, vision_config *cfg, sdc_err *err) {
     memset(cfg, 0, sizeof *cfg);
-    sdc_status s = read_positive(c, "projection_dim", 512, 1 << 16, &cfg->projection, err);
+    sdc_status s = clip_read_positive(c, c->config, "", "projection_dim", 512, 1 << 16, &cfg->projection, err);
     if (s) return s;
     json_t *vc = json_object_get(c->config, "vision_config");
     json_t *empty = NULL;
@@ -64,35 +53,16 @@ static sdc_status read_config(const sdc_component *c, vision_config *cfg, sdc_er
     } else if (!json_is_object(vc)) {
         return sdc_fail(err, SDC_E_FORMAT, "%s: 'vision_config' must be an object", c->config_path);
     }
-    sdc_component v = *c; /* the same file, read one level down */
-    v.config = vc;
-    const char *act = NULL;
-    if (!(s = read_positive(&v, "hidden_size", 768, 1 << 16, &cfg->hidden, err)) &&
-        !(s = read_positive(&v, "intermediate_size", 3072, 1 << 18, &cfg->intermediate, err)) &&
-        !(s = read_positive(&v, "num_hidden_layers", 12, 1024, &cfg->layers, err)) &&
-        !(s = read_positive(&v, "num_attention_heads", 12, 1024, &cfg->heads, err)) &&
-        !(s = read_positive(&v, "image_size", 224, 4096, &cfg->image_size, err)) &&
-        !(s = read_positive(&v, "patch_size", 32, 4096, &cfg->patch, err)) &&
-        !(s = read_positive(&v, "num_channels", 3, 64, &cfg->channels, err)) &&
-        !(s = sdc_config_double(&v, "layer_norm_eps", 1e-5, &cfg->eps, err)) &&
-        !(s = sdc_config_string(&v, "hidden_act", "quick_gelu", &act, err))) {
-        if (!strcmp(act, "quick_gelu"))
-            cfg->quick_gelu = true;
-        else if (strcmp(act, "gelu"))
-            s = sdc_fail(err, SDC_E_UNSUPPORTED, "%s: vision_config hidden_act '%s' is not supported (quick_gelu, gelu)",
-                         c->config_path, act);
-    }
-    json_decref(empty); /* act points into vc only while it lives: not used after this */
+    const char *what = "vision_config ";
+    if (!(s = clip_read_dims(c, vc, what, &CLIP_VISION_DEFAULTS, &cfg->d, err)) &&
+        !(s = clip_read_positive(c, vc, what, "image_size", 224, 4096, &cfg->image_size, err)) &&
+        !(s = clip_read_positive(c, vc, what, "patch_size", 32, 4096, &cfg->patch, err)))
+        s = clip_read_positive(c, vc, what, "num_channels", 3, 64, &cfg->channels, err);
+    json_decref(empty);
     if (s) return s;
-    if (cfg->hidden % cfg->heads)
-        return sdc_fail(err, SDC_E_FORMAT, "%s: vision_config hidden_size %lld is not a multiple of num_attention_heads %lld",
-                        c->config_path, (long long)cfg->hidden, (long long)cfg->heads);
     if (cfg->patch > cfg->image_size)
         return sdc_fail(err, SDC_E_FORMAT, "%s: vision_config patch_size %lld exceeds image_size %lld", c->config_path,
                         (long long)cfg->patch, (long long)cfg->image_size);
-    if (!(cfg->eps > 0 && cfg->eps < 1))
-        return sdc_fail(err, SDC_E_FORMAT, "%s: vision_config layer_norm_eps %g is out of range", c->config_path,
-                        cfg->eps);
     return SDC_OK;
 }
 
@@ -109,75 +79,11 @@ static sdc_status table_rows(const sdc_component *c, const char *name, int64_t c
 
 /* ---------------------------------------------------------------- the vision tower */
 
-/* nn.Linear: x [1, T, in] → [1, T, out] */
-static mil_var *linear(sc_ctx *x, mil_var *in, const char *prefix, int64_t n_in, int64_t n_out) {
-    char w[256], b[256];
-    snprintf(w, sizeof w, "%s.weight", prefix);
-    snprintf(b, sizeof b, "%s.bias", prefix);
-    int64_t ws[2] = {n_out, n_in}, bs[1] = {n_out};
-    return mil_linear(x->n.g, in, net_weight(&x->n, w, 2, ws), net_weight(&x->n, b, 1, bs));
-}
-
-/* LayerNorm over the last axis */
-static mil_var *layer_norm(sc_ctx *x, mil_var *in, const char *prefix) {
-    char w[256], b[256];
-    snprintf(w, sizeof w, "%s.weight", prefix);
-    snprintf(b, sizeof b, "%s.bias", prefix);
-    int64_t s[1] = {x->cfg->hidden};
-    static const int32_t axes[1] = {-1};
-    return mil_layer_norm(x->n.g, in, 1, axes, net_weight(&x->n, w, 1, s), net_weight(&x->n, b, 1, s),
-                          (float)x->cfg->eps);
-}
-
-/* [1, T, W] → [1, heads, T, D] */
-static mil_var *split_heads(sc_ctx *x, mil_var *in, int64_t T) {
-    int64_t shape[4] = {1, T, x->cfg->heads, x->cfg->hidden / x->cfg->heads};
-    static const int32_t perm[4] = {0, 2, 1, 3};
-    return mil_transpose(x->n.g, mil_reshape(x->n.g, in, 4, shape), 4, perm);
-}
-
-static mil_var *self_attention(sc_ctx *x, mil_var *h, const char *layer, int64_t T) {
-    mil_graph *g = x->n.g;
-    int64_t W = x->cfg->hidden, D = W / x->cfg->heads;
-    char p[256];
-    snprintf(p, sizeof p, "%s.self_attn.q_proj", layer);
-    mil_var *q = linear(x, h, p, W, W); /* [1, T, W] */
-    snprintf(p, sizeof p, "%s.self_attn.k_proj", layer);
-    mil_var *k = linear(x, h, p, W, W);
-    snprintf(p, sizeof p, "%s.self_attn.v_proj", layer);
-    mil_var *v = linear(x, h, p, W, W);
-    q = mil_mul(g, q, mil_const_scalar(g, x->n.t, 1.0f / sqrtf((float)D))); /* scaled before QKᵀ, as CLIP */
-    q = split_heads(x, q, T);                                                 /* [1, H, T, D] */
-    k = split_heads(x, k, T);
-    v = split_heads(x, v, T);
-    mil_var *w = mil_softmax(g, mil_matmul(g, q, k, false, true), -1); /* [1, H, T, T] */
-    mil_var *o = mil_matmul(g, w, v, false, false);                     /* [1, H, T, D] */
-    static const int32_t perm[4] = {0, 2, 1, 3};
-    int64_t merged[3] = {1, T, W};
-    o = mil_reshape(g, mil_transpose(g, o, 4, perm), 3, merged); /* [1, T, W] */
-    snprintf(p, sizeof p, "%s.self_attn.out_proj", layer);
-    return linear(x, o, p, W, W);
-}
-
-static mil_var *mlp(sc_ctx *x, mil_var *h, const char *layer) {
-    mil_graph *g = x->n.g;
-    const vision_config *cfg = x->cfg;
-    char p[256];
-    snprintf(p, sizeof p, "%s.mlp.fc1", layer);
-    h = linear(x, h, p, cfg->hidden, cfg->intermediate); /* [1, T, I] */
-    if (cfg->quick_gelu)                                 /* x · sigmoid(1.702 x) */
-        h = mil_mul(g, h, mil_sigmoid(g, mil_mul(g, h, mil_const_scalar(g, x->n.t, 1.702f))));
-    else
-        h = mil_gelu(g, h, "EXACT");
-    snprintf(p, sizeof p, "%s.mlp.fc2", layer);
-    return linear(x, h, p, cfg->intermediate, cfg->hidden); /* [1, T, W] */
-}
-
 /* clip_input (1, C, S, S) → pooled (1, W) */
 static mil_var *vision_tower(sc_ctx *x, mil_var *pixels) {
     mil_graph *g = x->n.g;
     const vision_config *cfg = x->cfg;
-    int64_t W = cfg->hidden, G = cfg->image_size / cfg->patch, T = G * G + 1;
+    int64_t W = cfg->d.hidden, G = cfg->image_size / cfg->patch, T = G * G + 1;
     mil_scope(g, "embeddings");
     static const int pad0[4] = {0, 0, 0, 0};
     int64_t ps[4] = {W, cfg->channels, cfg->patch, cfg->patch};
@@ -195,18 +101,15 @@ static mil_var *vision_tower(sc_ctx *x, mil_var *pixels) {
     pos = net_weight(&x->n, PREFIX "embeddings.position_embedding.weight", 2, pshape);
     mil_var *parts[2] = {cls, h};
     h = mil_add(g, mil_concat(g, 2, parts, 1), pos); /* (1, T, W) */
-    h = layer_norm(x, h, PREFIX "pre_layrnorm");
-    char layer[128], p[160];
-    for (int64_t l = 0; l < cfg->layers; l++) {
+    h = clip_layer_norm(&x->n, h, PREFIX "pre_layrnorm", W, cfg->d.eps);
+    char layer[128];
+    for (int64_t l = 0; l < cfg->d.layers; l++) {
         mil_scope(g, "layers_%lld", (long long)l);
         snprintf(layer, sizeof layer, PREFIX "encoder.layers.%lld", (long long)l);
-        snprintf(p, sizeof p, "%s.layer_norm1", layer);
-        h = mil_add(g, h, self_attention(x, layer_norm(x, h, p), layer, T));
-        snprintf(p, sizeof p, "%s.layer_norm2", layer);
-        h = mil_add(g, h, mlp(x, layer_norm(x, h, p), layer));
+        h = clip_encoder_layer(&x->n, h, layer, &cfg->d, NULL); /* no mask in the vision tower */
     }
     mil_scope(g, "pool");
-    mil_var *first = layer_norm(x, mil_slice(g, h, 1, 0, 1), PREFIX "post_layernorm"); /* (1, 1, W) */
+    mil_var *first = clip_layer_norm(&x->n, mil_slice(g, h, 1, 0, 1), PREFIX "post_layernorm", W, cfg->d.eps); /* (1, 1, W) */
     int64_t pooled[2] = {1, W};
     return mil_reshape(g, first, 2, pooled);
 }
@@ -253,7 +156,7 @@ static void build(sc_ctx *x, const sdc_safety_checker_options *opt, int64_t n_co
 
     mil_var *pooled = vision_tower(x, clip_input); /* (1, W) */
     mil_scope(g, "projection");
-    int64_t vp[2] = {cfg->projection, cfg->hidden};
+    int64_t vp[2] = {cfg->projection, cfg->d.hidden};
     mil_var *e = mil_matmul(g, pooled, net_weight(&x->n, "visual_projection.weight", 2, vp), false, true); /* (1, P) */
     if (e && e->type.dtype != SDC_DT_F32) e = mil_cast(g, e, SDC_DT_F32);
     mil_var *e_n = normalize(g, e);
