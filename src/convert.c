@@ -6,6 +6,8 @@
  */
 #include "convert_internal.h"
 
+#include "passes/palettize.h"
+
 #include <errno.h>
 #include <sys/stat.h>
 
@@ -59,14 +61,14 @@ static sdc_status refuse_unbuilt(const sdc_job *job, sdc_err *err) {
         const char *flag;
     } flags[] = {
         {job->convert_mmdit, "--convert-mmdit"},
-        {job->chunk_unet, "--chunk-unet"},
-        {job->quantize_nbits != 0, "--quantize-nbits"},
         {job->include_t5, "--include-t5"},
         {job->bundle_resources_for_swift_cli, "--bundle-resources-for-swift-cli"},
         {job->sd3_version, "--sd3-version"},
     };
     for (size_t i = 0; i < SDC_COUNT_OF(flags); i++)
         if (flags[i].on) return sdc_fail(err, SDC_E_ARG, "not supported yet: %s", flags[i].flag);
+    if (job->quantize_nbits && !sdc_palettize_nbits_valid(job->quantize_nbits))
+        return sdc_fail(err, SDC_E_ARG, "--quantize-nbits: invalid choice '%d' (1, 2, 4, 6, 8)", job->quantize_nbits);
     if (!job->convert_text_encoder && !job->convert_unet && !job->convert_vae_decoder && !job->convert_vae_encoder &&
         !job->convert_safety_checker && !job->convert_controlnet)
         return sdc_fail(err, SDC_E_ARG, "nothing to do: give at least one --convert-* flag");
@@ -99,10 +101,23 @@ sdc_status conv_output_path(const conv_ctx *c, const char *name, char *out, size
     return SDC_OK;
 }
 
+/* --quantize-nbits: the anchor palettizes the text encoders, the UNets (refiner,
+   control-unet) and the ControlNets, never the VAE or the safety checker (anchor §10.1). */
+static bool palettized_component(const char *what) {
+    static const char *const names[] = {"text_encoder", "text_encoder_2", "unet", "refiner", "control-unet"};
+    for (size_t i = 0; i < SDC_COUNT_OF(names); i++)
+        if (!strcmp(what, names[i])) return true;
+    return !strncmp(what, "ControlNet_", 11);
+}
+
 bool conv_exists_skip(const conv_ctx *c, const char *path, const char *what) {
     struct stat st;
     if (stat(path, &st) != 0) return false;
     conv_log(c, SDC_LOG_NOTICE, "%s exists; skipping %s (remove it to convert again)", path, what);
+    /* the anchor palettizes existing packages in place; we never rewrite one we did not write */
+    if (c->job->quantize_nbits && palettized_component(what))
+        conv_log(c, SDC_LOG_NOTICE, "%s is kept as it is: --quantize-nbits palettizes only the packages this run writes",
+                 path);
     return true;
 }
 
@@ -157,6 +172,7 @@ static void effective_options(const sdc_job *job, char *buf, size_t size) {
     ADD(" --attention-implementation %s", attn[job->attention <= SDC_ATTN_SPLIT_EINSUM_V2 ? job->attention : 1]);
     ADD(" --compute-precision %s", job->precision == SDC_PRECISION_FLOAT32 ? "FLOAT32" : "FLOAT16");
     ADD(" --min-deployment-target %s", job->min_deployment_target ? job->min_deployment_target : "macOS13");
+    if (job->quantize_nbits) ADD(" --quantize-nbits %d", job->quantize_nbits);
 #undef ADD
 }
 
@@ -190,12 +206,22 @@ sdc_status conv_write(const conv_ctx *c, const mil_graph *g, const char *path, c
     return s;
 }
 
+/* --quantize-nbits as a pass on the built graph, before it is written (or chunked, so chunks
+   are palettized too — unlike the anchor, which palettizes after chunking and skips chunks). */
+static sdc_status conv_palettize(const conv_ctx *c, mil_graph *g, const char *what) {
+    if (!c->job->quantize_nbits || !palettized_component(what)) return SDC_OK;
+    size_t n = 0;
+    sdc_status s = sdc_palettize_graph(g, c->job->quantize_nbits, &n, c->err);
+    if (!s) conv_log(c, SDC_LOG_INFO, "%s: palettizing %zu weights to %d bits", what, n, c->job->quantize_nbits);
+    return s;
+}
+
 sdc_status conv_emit(const conv_ctx *c, const char *path, const char *what, const conv_docs *docs,
                      conv_build_fn build, void *state, const conv_check_hint *hint) {
     mil_graph *g = NULL;
     sdc_status s = SDC_OK;
     if (!conv_exists_skip(c, path, what)) {
-        if (!(s = build(c, state, false, &g))) s = conv_write(c, g, path, what, docs);
+        if (!(s = build(c, state, false, &g)) && !(s = conv_palettize(c, g, what))) s = conv_write(c, g, path, what, docs);
         mil_graph_free(g);
         g = NULL;
     }

@@ -1,4 +1,5 @@
 /* convert_unet.c — --convert-unet: the UNet, and the SDXL refiner with --refiner-version. */
+#include "convert_chunk.h"
 #include "convert_internal.h"
 
 static const char *const UNET_INPUT_DOCS[] = {
@@ -62,7 +63,8 @@ static sdc_status convert_from(const conv_ctx *c, const sdc_source *src, const c
     char path[4096];
     sdc_status s = conv_package_path(c, submodule, path, sizeof path);
     if (s) return s;
-    if (!c->job->check_output_correctness && conv_exists_skip(c, path, submodule)) return SDC_OK;
+    if (!c->job->check_output_correctness && !conv_chunks_missing(c, path) && conv_exists_skip(c, path, submodule))
+        return SDC_OK;
     sdc_component comp;
     if ((s = sdc_component_open(src, "unet", &comp, c->err))) return s;
     sdc_unet_info info;
@@ -91,6 +93,7 @@ static sdc_status convert_from(const conv_ctx *c, const sdc_source *src, const c
         conv_check_hint hint = {.timestep = conv_first_timestep(src, c->err)};
         if (!c->err->code) s = conv_emit(c, path, submodule, &docs, build_unet, &st, &hint);
         else s = c->err->code;
+        if (!s) s = conv_emit_chunks(c, path, submodule, &docs, build_unet, &st, &hint); /* --chunk-unet */
     }
     sdc_component_close(&comp);
     return s;

@@ -46,7 +46,12 @@ sdc_status sdc_blob_open(sdc_blob_writer *w, const char *path, sdc_err *err) {
 
 sdc_status sdc_blob_begin(sdc_blob_writer *w, uint32_t code, uint64_t nbytes, uint64_t *record,
                           sdc_err *err) {
-    SDC_ASSERT(w->pending == 0 && code != 0);
+    return sdc_blob_begin_bits(w, code, nbytes, 0, record, err);
+}
+
+sdc_status sdc_blob_begin_bits(sdc_blob_writer *w, uint32_t code, uint64_t nbytes, uint32_t padding_bits,
+                               uint64_t *record, sdc_err *err) {
+    SDC_ASSERT(w->pending == 0 && code != 0 && padding_bits < 8);
     static const uint8_t zeros[SDC_BLOB_ALIGN];
     sdc_status s = write_bytes(w, zeros, (size_t)(align_up(w->pos) - w->pos), err);
     if (s) return s;
@@ -55,6 +60,7 @@ sdc_status sdc_blob_begin(sdc_blob_writer *w, uint32_t code, uint64_t nbytes, ui
     put_u32(rec + 4, code);
     put_u64(rec + 8, nbytes);
     put_u64(rec + 16, w->pos + SDC_BLOB_HEADER);
+    put_u64(rec + 24, padding_bits);
     *record = w->pos;
     if ((s = write_bytes(w, rec, sizeof rec, err))) return s;
     w->pending = nbytes;

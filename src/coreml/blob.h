@@ -17,6 +17,10 @@ enum {
     SDC_BLOB_F32 = 2,
     SDC_BLOB_U8 = 3,
     SDC_BLOB_I8 = 4,
+    SDC_BLOB_U1 = 9, /* sub-byte types (iOS 18): packed LSB-first, coreml-format.md §4.4 */
+    SDC_BLOB_U2 = 10,
+    SDC_BLOB_U4 = 11,
+    SDC_BLOB_U6 = 13,
     SDC_BLOB_HEADER = 64,
     SDC_BLOB_ALIGN = 64,
     SDC_BLOB_SENTINEL = 0xDEADBEEF,
@@ -38,6 +42,9 @@ typedef struct sdc_blob_writer {
 sdc_status sdc_blob_open(sdc_blob_writer *w, const char *path, sdc_err *err);
 /* Starts a blob of `nbytes`; *record receives the offset to put in the BlobFileValue. */
 sdc_status sdc_blob_begin(sdc_blob_writer *w, uint32_t code, uint64_t nbytes, uint64_t *record, sdc_err *err);
+/* The same for sub-byte data: `padding_bits` (< 8) are unused high bits of the last byte. */
+sdc_status sdc_blob_begin_bits(sdc_blob_writer *w, uint32_t code, uint64_t nbytes, uint32_t padding_bits,
+                               uint64_t *record, sdc_err *err);
 sdc_status sdc_blob_write(sdc_blob_writer *w, const void *data, size_t n, sdc_err *err);
 /* Writes the final header and closes; fails if a blob is incomplete. */
 sdc_status sdc_blob_close(sdc_blob_writer *w, sdc_err *err);

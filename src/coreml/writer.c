@@ -12,6 +12,7 @@
 #include "coreml/blob.h"
 #include "coreml/package_names.h"
 #include "io/fp16.h"
+#include "passes/palettize.h"
 
 /* ---------------------------------------------------------------- protobuf in the arena */
 
@@ -56,28 +57,33 @@ static int mil_data_type(sdc_dtype t) {
     }
 }
 
-static Sdc__Coreml__ValueType *pb_tensor_type(pb_ctx *c, const mil_type *t) {
+/* A tensor type by MIL DataType code, for types sdc_dtype has no name for (uint1…uint6). */
+static Sdc__Coreml__ValueType *pb_tensor_type_dt(pb_ctx *c, int datatype, int rank, const int64_t *shape) {
     Sdc__Coreml__TensorType *tt = PB_NEW(c, Sdc__Coreml__TensorType, SDC__COREML__TENSOR_TYPE__INIT);
     Sdc__Coreml__ValueType *vt = PB_NEW(c, Sdc__Coreml__ValueType, SDC__COREML__VALUE_TYPE__INIT);
-    Sdc__Coreml__Dimension **dims = pb_array(c, (size_t)t->rank, sizeof *dims);
+    Sdc__Coreml__Dimension **dims = pb_array(c, (size_t)rank, sizeof *dims);
     if (!tt || !vt || !dims) return NULL;
-    tt->datatype = mil_data_type(t->dtype);
-    tt->rank = t->rank;
-    for (int i = 0; i < t->rank; i++) {
+    tt->datatype = datatype;
+    tt->rank = rank;
+    for (int i = 0; i < rank; i++) {
         Sdc__Coreml__Dimension *d = PB_NEW(c, Sdc__Coreml__Dimension, SDC__COREML__DIMENSION__INIT);
         Sdc__Coreml__Dimension__ConstantDimension *cd = PB_NEW(
             c, Sdc__Coreml__Dimension__ConstantDimension, SDC__COREML__DIMENSION__CONSTANT_DIMENSION__INIT);
         if (!d || !cd) return NULL;
-        cd->size = (uint64_t)t->shape[i];
+        cd->size = (uint64_t)shape[i];
         d->dimension_case = SDC__COREML__DIMENSION__DIMENSION_CONSTANT;
         d->constant = cd;
         dims[i] = d;
     }
-    tt->n_dimensions = (size_t)t->rank;
+    tt->n_dimensions = (size_t)rank;
     tt->dimensions = dims;
     vt->type_case = SDC__COREML__VALUE_TYPE__TYPE_TENSOR_TYPE;
     vt->tensortype = tt;
     return vt;
+}
+
+static Sdc__Coreml__ValueType *pb_tensor_type(pb_ctx *c, const mil_type *t) {
+    return pb_tensor_type_dt(c, mil_data_type(t->dtype), t->rank, t->shape);
 }
 
 static Sdc__Coreml__NamedValueType *pb_named(pb_ctx *c, const mil_var *v) {
@@ -144,7 +150,8 @@ static Sdc__Coreml__Value *pb_immediate(pb_ctx *c, const mil_type *t, const void
     }
     case SDC_DT_F16:
     case SDC_DT_I8:
-    case SDC_DT_U8: {
+    case SDC_DT_U8:
+    case SDC_DT_U32: {
         Sdc__Coreml__TensorValue__RepeatedBytes *r = PB_NEW(
             c, Sdc__Coreml__TensorValue__RepeatedBytes, SDC__COREML__TENSOR_VALUE__REPEATED_BYTES__INIT);
         if (!r) return NULL;
@@ -164,16 +171,42 @@ static Sdc__Coreml__Value *pb_immediate(pb_ctx *c, const mil_type *t, const void
     return v;
 }
 
-static Sdc__Coreml__Value *pb_blob_ref(pb_ctx *c, const mil_type *t, uint64_t record) {
+static Sdc__Coreml__Value *pb_blob_ref_dt(pb_ctx *c, int datatype, int rank, const int64_t *shape, uint64_t record) {
     Sdc__Coreml__Value *v = PB_NEW(c, Sdc__Coreml__Value, SDC__COREML__VALUE__INIT);
     Sdc__Coreml__Value__BlobFileValue *b =
         PB_NEW(c, Sdc__Coreml__Value__BlobFileValue, SDC__COREML__VALUE__BLOB_FILE_VALUE__INIT);
     if (!v || !b) return NULL;
     b->filename = (char *)SDC_WEIGHT_FILE_REF;
     b->offset = record;
-    v->type = pb_tensor_type(c, t);
+    v->type = pb_tensor_type_dt(c, datatype, rank, shape);
     v->value_case = SDC__COREML__VALUE__VALUE_BLOB_FILE_VALUE;
     v->blobfilevalue = b;
+    return v;
+}
+
+static Sdc__Coreml__Value *pb_blob_ref(pb_ctx *c, const mil_type *t, uint64_t record) {
+    return pb_blob_ref_dt(c, mil_data_type(t->dtype), t->rank, t->shape, record);
+}
+
+/* An immediate value held as raw (packed) bytes, by DataType code: sub-byte indices. */
+static Sdc__Coreml__Value *pb_immediate_bytes(pb_ctx *c, int datatype, int rank, const int64_t *shape,
+                                              const void *bytes, size_t nbytes) {
+    Sdc__Coreml__Value *v = PB_NEW(c, Sdc__Coreml__Value, SDC__COREML__VALUE__INIT);
+    Sdc__Coreml__Value__ImmediateValue *iv =
+        PB_NEW(c, Sdc__Coreml__Value__ImmediateValue, SDC__COREML__VALUE__IMMEDIATE_VALUE__INIT);
+    Sdc__Coreml__TensorValue *tv = PB_NEW(c, Sdc__Coreml__TensorValue, SDC__COREML__TENSOR_VALUE__INIT);
+    Sdc__Coreml__TensorValue__RepeatedBytes *r =
+        PB_NEW(c, Sdc__Coreml__TensorValue__RepeatedBytes, SDC__COREML__TENSOR_VALUE__REPEATED_BYTES__INIT);
+    if (!v || !iv || !tv || !r) return NULL;
+    r->values.len = nbytes;
+    r->values.data = (uint8_t *)bytes;
+    tv->value_case = SDC__COREML__TENSOR_VALUE__VALUE_BYTES;
+    tv->bytes = r;
+    iv->value_case = SDC__COREML__VALUE__IMMEDIATE_VALUE__VALUE_TENSOR;
+    iv->tensor = tv;
+    v->type = pb_tensor_type_dt(c, datatype, rank, shape);
+    v->value_case = SDC__COREML__VALUE__VALUE_IMMEDIATE_VALUE;
+    v->immediatevalue = iv;
     return v;
 }
 
@@ -195,6 +228,10 @@ typedef struct const_slot {
     bool in_blob;
     uint64_t record;
     const void *bytes; /* immediate value (arena) */
+    /* palettized consts: the above hold the indices; the table goes here */
+    bool lut_in_blob;
+    uint64_t lut_record;
+    const void *lut_bytes;
 } const_slot;
 
 /* coremltools' rule: float16/float32/uint8/int8 values with at least 10 elements go to the
@@ -240,7 +277,15 @@ typedef struct stream_state {
     float *tmp;
     uint64_t done, total;
     const sdc_write_hooks *hooks;
+    /* palettization (made on the first palettized const) */
+    sdc_palettizer pal;
+    bool pal_ready;
+    uint8_t *idx, *packed; /* CONVERT_CHUNK each */
 } stream_state;
+
+static void progress(stream_state *st) {
+    if (st->hooks && st->hooks->progress) st->hooks->progress(st->hooks->user, st->hooks->what, st->done, st->total);
+}
 
 static sdc_status stream_weight(stream_state *st, const mil_var *v, sdc_err *err) {
     const mil_weight *w = &v->weight;
@@ -264,6 +309,140 @@ static sdc_status stream_weight(stream_state *st, const mil_var *v, sdc_err *err
     return SDC_OK;
 }
 
+/* ---- palettized consts (--quantize-nbits, passes/palettize.h): constexpr_lut_to_dense
+   The values are read twice, a chunk at a time: a histogram, then the packed indices. */
+
+/* Elements [i, i + k) of a const's value in its own dtype: converted from the source
+   weight into st->out, or borrowed from builder bytes. */
+static const void *value_chunk(stream_state *st, const mil_var *v, uint64_t i, size_t k, uint64_t *overflows) {
+    if (v->const_kind == MIL_CONST_BYTES) return (const uint8_t *)v->bytes + i * sdc_dtype_size(v->type.dtype);
+    const mil_weight *w = &v->weight;
+    convert_chunk(w->src, w->first + i, k, v->type.dtype, w->scale, st->out, st->tmp, overflows);
+    return st->out;
+}
+
+/* Blob dtype code and MIL DataType of the indices: iOS 16 packs them into a uint8 vector, the
+   iOS 18 op takes a uintN tensor of the weight's shape. */
+static uint32_t index_blob_code(int nbits, bool ios18) {
+    if (!ios18) return SDC_BLOB_U8;
+    switch (nbits) {
+    case 1: return SDC_BLOB_U1;
+    case 2: return SDC_BLOB_U2;
+    case 4: return SDC_BLOB_U4;
+    case 6: return SDC_BLOB_U6;
+    default: return SDC_BLOB_U8;
+    }
+}
+
+static int index_data_type(int nbits, bool ios18) {
+    if (!ios18) return SDC__COREML__DATA_TYPE__UINT8;
+    switch (nbits) {
+    case 1: return SDC__COREML__DATA_TYPE__UINT1;
+    case 2: return SDC__COREML__DATA_TYPE__UINT2;
+    case 4: return SDC__COREML__DATA_TYPE__UINT4;
+    case 6: return SDC__COREML__DATA_TYPE__UINT6;
+    default: return SDC__COREML__DATA_TYPE__UINT8;
+    }
+}
+
+/* The constexpr_lut_to_dense form: iOS 18's for CoreML8 programs, else iOS 16's. */
+static bool ios18_form(const mil_graph *g) { return g->opset >= 8; }
+
+/* Index storage as coremltools decides it: a blob from 10 elements of the stored value. */
+static bool indices_in_blob(const mil_var *v, bool ios18) {
+    uint64_t n = mil_numel(&v->type);
+    return ios18 ? n >= 10 : (n * (uint64_t)v->lut_bits + 7) / 8 >= 10;
+}
+
+static sdc_status stream_palettized(stream_state *st, pb_ctx *c, bool ios18, const mil_var *v, const_slot *slot,
+                                    sdc_err *err) {
+    int nb = v->lut_bits;
+    bool f32 = v->type.dtype == SDC_DT_F32;
+    size_t esize = sdc_dtype_size(v->type.dtype);
+    uint64_t n = mil_numel(&v->type), overflows = 0;
+    const char *what = v->const_kind == MIL_CONST_WEIGHT ? v->weight.src->name : v->name;
+    sdc_status s = SDC_OK;
+    if (st->pal_ready && st->pal.nbits != nb) {
+        sdc_pal_free(&st->pal);
+        st->pal_ready = false;
+    }
+    if (!st->pal_ready) {
+        if ((s = sdc_pal_init(&st->pal, nb, err))) return s;
+        st->pal_ready = true;
+    }
+    if (!st->idx) st->idx = sdc_malloc(CONVERT_CHUNK);
+    if (!st->packed) st->packed = sdc_malloc(CONVERT_CHUNK);
+    if (!st->idx || !st->packed) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    sdc_palettizer *p = &st->pal;
+
+    /* pass 1: the histogram, then the table */
+    sdc_pal_begin(p, f32);
+    for (uint64_t i = 0; i < n; i += CONVERT_CHUNK) {
+        size_t k = (size_t)(n - i < CONVERT_CHUNK ? n - i : CONVERT_CHUNK);
+        const void *vals = value_chunk(st, v, i, k, &overflows);
+        if (f32) sdc_pal_add_f32(p, vals, k);
+        else sdc_pal_add_f16(p, vals, k);
+    }
+    if (overflows)
+        return sdc_fail(err, SDC_E_FORMAT,
+                        "%s: tensor '%s': %llu values exceed the float16 range (65504); "
+                        "convert with --compute-precision FLOAT32",
+                        sdc_st_path(v->weight.src->file), what, (unsigned long long)overflows);
+    if (p->nonfinite)
+        return sdc_fail(err, SDC_E_FORMAT, "tensor '%s': %llu NaN or infinite values cannot be palettized", what,
+                        (unsigned long long)p->nonfinite);
+    if ((s = sdc_pal_fit(p, err))) return s;
+
+    /* pass 2: the indices, packed LSB-first */
+    uint64_t nbytes = (n * (uint64_t)nb + 7) / 8;
+    uint8_t *imm = NULL;
+    if (indices_in_blob(v, ios18)) {
+        uint32_t pad = ios18 && nb < 8 ? (uint32_t)((8 - (n * (uint64_t)nb) % 8) % 8) : 0;
+        slot->in_blob = true;
+        if ((s = sdc_blob_begin_bits(&st->blob, index_blob_code(nb, ios18), nbytes, pad, &slot->record, err)))
+            return s;
+    } else if (!(imm = pb_array(c, (size_t)nbytes, 1))) {
+        return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    }
+    for (uint64_t i = 0; i < n; i += CONVERT_CHUNK) { /* CONVERT_CHUNK·nb is whole bytes */
+        size_t k = (size_t)(n - i < CONVERT_CHUNK ? n - i : CONVERT_CHUNK), kb = (k * (size_t)nb + 7) / 8;
+        const void *vals = value_chunk(st, v, i, k, &overflows);
+        uint8_t *dst = imm ? imm + i * (uint64_t)nb / 8 : st->packed;
+        if (f32) sdc_pal_pack_f32(p, vals, k, st->idx, dst);
+        else sdc_pal_pack_f16(p, vals, k, st->idx, dst);
+        if (!imm) {
+            if ((s = sdc_blob_write(&st->blob, dst, kb, err))) return s;
+            st->done += kb;
+            progress(st);
+        }
+    }
+    slot->bytes = imm;
+    if (v->const_kind == MIL_CONST_WEIGHT) sdc_tensor_release(v->weight.src);
+
+    /* the table: 2^nb entries in the weight's dtype, ascending, unused ones 0 */
+    size_t entries = (size_t)1 << nb;
+    uint8_t *lut = pb_array(c, entries, esize);
+    if (!lut) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    for (size_t e = 0; e < entries; e++) {
+        if (f32) {
+            float f = (float)p->lut[e];
+            memcpy(lut + 4 * e, &f, 4);
+        } else {
+            memcpy(lut + 2 * e, &p->lut16[e], 2);
+        }
+    }
+    if (entries >= 10) {
+        slot->lut_in_blob = true;
+        if ((s = sdc_blob_begin(&st->blob, sdc_blob_code(v->type.dtype), entries * esize, &slot->lut_record, err)) ||
+            (s = sdc_blob_write(&st->blob, lut, entries * esize, err)))
+            return s;
+        st->done += entries * esize;
+    } else {
+        slot->lut_bytes = lut;
+    }
+    return SDC_OK;
+}
+
 /* Small weights (< 10 elements) are written inline, so they are materialised here. */
 static const void *materialise_small_weight(pb_ctx *c, const mil_var *v) {
     size_t n = (size_t)mil_numel(&v->type);
@@ -279,7 +458,9 @@ static sdc_status write_blobs(const mil_graph *g, const char *bin_path, const_sl
     stream_state st = {.hooks = hooks};
     for (size_t i = 0; i < g->n_ops; i++) {
         const mil_var *v = g->ops[i]->outputs[0];
-        if (v->const_kind != MIL_NOT_CONST && goes_to_blob(v))
+        if (v->lut_bits)
+            st.total += mil_const_stored_bytes(v);
+        else if (v->const_kind != MIL_NOT_CONST && goes_to_blob(v))
             st.total += mil_numel(&v->type) * sdc_dtype_size(v->type.dtype);
     }
     st.out = sdc_malloc(CONVERT_CHUNK * 4);
@@ -288,6 +469,10 @@ static sdc_status write_blobs(const mil_graph *g, const char *bin_path, const_sl
     for (size_t i = 0; s == SDC_OK && i < g->n_ops; i++) {
         const mil_var *v = g->ops[i]->outputs[0];
         if (v->const_kind == MIL_NOT_CONST) continue;
+        if (v->lut_bits) {
+            s = stream_palettized(&st, c, ios18_form(g), v, &slots[i], err);
+            continue;
+        }
         if (!goes_to_blob(v)) {
             slots[i].bytes = v->const_kind == MIL_CONST_WEIGHT ? materialise_small_weight(c, v) : v->bytes;
             if (c->oom) s = sdc_fail(err, SDC_E_NOMEM, "out of memory");
@@ -310,15 +495,74 @@ static sdc_status write_blobs(const mil_graph *g, const char *bin_path, const_sl
         sdc_blob_abort(&st.blob);
     sdc_free(st.out);
     sdc_free(st.tmp);
+    sdc_free(st.idx);
+    sdc_free(st.packed);
+    if (st.pal_ready) sdc_pal_free(&st.pal);
     return s;
 }
 
 /* ---------------------------------------------------------------- the program */
 
-static Sdc__Coreml__Operation *pb_op(pb_ctx *c, const mil_op *op, const const_slot *slot) {
+/* constexpr_lut_to_dense for a palettized const (coreml-format.md §5, §6.3). iOS 16 form:
+   attributes indices (uint8 [ceil(n·N/8)]), lut (T [2^N]), shape (uint32 [rank]), no inputs.
+   iOS 18 form: inputs indices (uintN, the weight's shape) and lut (T [1, …, 1, 2^N, 1]), each
+   one inline value binding. Large values are blob references, small ones immediate. */
+static bool pb_palettized(pb_ctx *c, Sdc__Coreml__Operation *o, const mil_var *v, const const_slot *slot, bool ios18,
+                          Sdc__Coreml__Operation__AttributesEntry **attrs) {
+    int nb = v->lut_bits, rank = v->type.rank;
+    uint64_t n = mil_numel(&v->type), nbytes = (n * (uint64_t)nb + 7) / 8;
+    int64_t entries = (int64_t)1 << nb, ishape[1] = {(int64_t)nbytes};
+    /* indices */
+    int idt = index_data_type(nb, ios18), irank = ios18 ? rank : 1;
+    const int64_t *ish = ios18 ? v->type.shape : ishape;
+    Sdc__Coreml__Value *indices = slot->in_blob ? pb_blob_ref_dt(c, idt, irank, ish, slot->record)
+                                                : pb_immediate_bytes(c, idt, irank, ish, slot->bytes, (size_t)nbytes);
+    /* lut */
+    mil_type lt = {v->type.dtype, ios18 ? rank + 2 : 1, {0}};
+    for (int i = 0; i < lt.rank; i++) lt.shape[i] = 1;
+    lt.shape[ios18 ? rank : 0] = entries;
+    Sdc__Coreml__Value *lut = slot->lut_in_blob ? pb_blob_ref(c, &lt, slot->lut_record)
+                                                : pb_immediate(c, &lt, slot->lut_bytes, NULL);
+    if (!indices || !lut) return false;
+    if (!ios18) {
+        uint32_t *shape = pb_array(c, (size_t)rank, sizeof *shape);
+        if (!shape) return false;
+        for (int i = 0; i < rank; i++) shape[i] = (uint32_t)v->type.shape[i];
+        mil_type st = {SDC_DT_U32, 1, {rank}};
+        attrs[o->n_attributes++] = pb_attr(c, "indices", indices);
+        attrs[o->n_attributes++] = pb_attr(c, "lut", lut);
+        attrs[o->n_attributes++] = pb_attr(c, "shape", pb_immediate(c, &st, shape, NULL));
+        return !c->oom;
+    }
+    Sdc__Coreml__Operation__InputsEntry **ins = pb_array(c, 2, sizeof *ins);
+    if (!ins) return false;
+    const char *names[2] = {"indices", "lut"};
+    Sdc__Coreml__Value *vals[2] = {indices, lut};
+    for (int k = 0; k < 2; k++) {
+        Sdc__Coreml__Operation__InputsEntry *e =
+            PB_NEW(c, Sdc__Coreml__Operation__InputsEntry, SDC__COREML__OPERATION__INPUTS_ENTRY__INIT);
+        Sdc__Coreml__Argument *arg = PB_NEW(c, Sdc__Coreml__Argument, SDC__COREML__ARGUMENT__INIT);
+        Sdc__Coreml__Argument__Binding **b = pb_array(c, 1, sizeof *b);
+        if (!e || !arg || !b) return false;
+        b[0] = PB_NEW(c, Sdc__Coreml__Argument__Binding, SDC__COREML__ARGUMENT__BINDING__INIT);
+        if (!b[0]) return false;
+        b[0]->binding_case = SDC__COREML__ARGUMENT__BINDING__BINDING_VALUE;
+        b[0]->value = vals[k];
+        arg->n_arguments = 1;
+        arg->arguments = b;
+        e->key = (char *)names[k];
+        e->value = arg;
+        ins[k] = e;
+    }
+    o->n_inputs = 2;
+    o->inputs = ins;
+    return true;
+}
+
+static Sdc__Coreml__Operation *pb_op(pb_ctx *c, const mil_op *op, const const_slot *slot, bool ios18) {
     Sdc__Coreml__Operation *o = PB_NEW(c, Sdc__Coreml__Operation, SDC__COREML__OPERATION__INIT);
     Sdc__Coreml__NamedValueType **outs = pb_array(c, (size_t)op->n_outputs, sizeof *outs);
-    Sdc__Coreml__Operation__AttributesEntry **attrs = pb_array(c, 2, sizeof *attrs);
+    Sdc__Coreml__Operation__AttributesEntry **attrs = pb_array(c, 4, sizeof *attrs);
     if (!o || !outs || !attrs) return NULL;
     o->type = (char *)op->type;
     for (int i = 0; i < op->n_outputs; i++) outs[i] = pb_named(c, op->outputs[i]);
@@ -326,6 +570,10 @@ static Sdc__Coreml__Operation *pb_op(pb_ctx *c, const mil_op *op, const const_sl
     o->outputs = outs;
     attrs[o->n_attributes++] = pb_attr(c, "name", pb_immediate(c, &string_scalar, NULL, op->name));
     const mil_var *v = op->outputs[0];
+    if (v->lut_bits) {
+        o->attributes = attrs;
+        return pb_palettized(c, o, v, slot, ios18, attrs) ? o : NULL;
+    }
     if (v->const_kind != MIL_NOT_CONST) {
         Sdc__Coreml__Value *val = slot->in_blob ? pb_blob_ref(c, &v->type, slot->record)
                                                 : pb_immediate(c, &v->type, slot->bytes, v->str);
@@ -363,7 +611,7 @@ static Sdc__Coreml__Program *pb_program(pb_ctx *c, const mil_graph *g, const con
     Sdc__Coreml__Operation **ops = pb_array(c, g->n_ops, sizeof *ops);
     char **outs = pb_array(c, (size_t)g->n_outputs, sizeof *outs);
     if (!block || !ops || !outs) return NULL;
-    for (size_t i = 0; i < g->n_ops; i++) ops[i] = pb_op(c, g->ops[i], &slots[i]);
+    for (size_t i = 0; i < g->n_ops; i++) ops[i] = pb_op(c, g->ops[i], &slots[i], ios18_form(g));
     for (int i = 0; i < g->n_outputs; i++) outs[i] = (char *)g->outputs[i]->name;
     block->n_operations = g->n_ops;
     block->operations = ops;

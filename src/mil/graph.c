@@ -355,3 +355,94 @@ mil_var *mil_const_string(mil_graph *g, const char *value) {
     v->str = sdc_arena_strdup(&g->arena, value);
     return v->str ? v : mil_oom(g);
 }
+
+/* ---------------------------------------------------------------- for passes */
+
+bool mil_op_is_const(const mil_op *op) {
+    if (!strcmp(op->type, "const") || !strncmp(op->type, "constexpr_", 10)) return true;
+    return op->n_outputs > 0 && op->outputs[0]->const_kind != MIL_NOT_CONST;
+}
+
+uint64_t mil_const_nbytes(const mil_var *v) {
+    if (v->lut_bits) return mil_const_stored_bytes(v); /* palettized: indices + table */
+    switch (v->const_kind) {
+    case MIL_NOT_CONST:
+    case MIL_CONST_STRING: return 0;
+    case MIL_CONST_BYTES:
+    case MIL_CONST_WEIGHT:
+    default: return mil_numel(&v->type) * sdc_dtype_size(v->type.dtype);
+    }
+}
+
+bool mil_name_taken(const mil_graph *g, const char *name) { return name_set_contains(g->names, name); }
+
+bool mil_reserve_name(mil_graph *g, const char *name) { return reserve_name(g, name); }
+
+const char *mil_unique_name(mil_graph *g, const char *hint) { return mil_fresh_name(g, hint); }
+
+mil_op *mil_clone_op(mil_graph *g, const mil_op *src, mil_var *(*map)(void *user, const mil_var *v), void *user) {
+    if (!mil_graph_ok(g)) return NULL;
+    if (g->n_ops == g->cap_ops) {
+        size_t c = g->cap_ops ? g->cap_ops * 2 : 256;
+        mil_op **ops = sdc_realloc(g->ops, c * sizeof *ops);
+        if (!ops) return mil_oom(g);
+        g->ops = ops;
+        g->cap_ops = c;
+    }
+    mil_op *op = sdc_arena_alloc(&g->arena, sizeof *op);
+    mil_var **outs = sdc_arena_alloc(&g->arena, (size_t)(src->n_outputs ? src->n_outputs : 1) * sizeof *outs);
+    if (!op || !outs) return mil_oom(g);
+    *op = *src;
+    op->outputs = outs;
+    for (int i = 0; i < src->n_outputs; i++) {
+        mil_var *v = sdc_arena_alloc(&g->arena, sizeof *v);
+        if (!v) return mil_oom(g);
+        *v = *src->outputs[i];
+        v->producer = op;
+        outs[i] = v;
+    }
+    for (int p = 0; p < src->n_params; p++) {
+        const mil_param *sp = &src->params[p];
+        mil_var **vars = sdc_arena_alloc(&g->arena, (size_t)(sp->n ? sp->n : 1) * sizeof *vars);
+        if (!vars) return mil_oom(g);
+        for (int k = 0; k < sp->n; k++)
+            if (!(vars[k] = map(user, sp->vars[k])))
+                return mil_fail(g, SDC_E_INTERNAL, "copying op '%s': its input '%s' has no copy", src->name,
+                                sp->vars[k]->name);
+        op->params[p].vars = vars;
+    }
+    g->ops[g->n_ops++] = op;
+    return op;
+}
+
+/* ---------------------------------------------------------------- palettized consts */
+
+bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits) {
+    if (!mil_graph_ok(g)) return false;
+    SDC_ASSERT(v->producer && v->producer->n_outputs == 1 && !v->lut_bits && nbits >= 1 && nbits <= 8 &&
+               (v->const_kind == MIL_CONST_WEIGHT || v->const_kind == MIL_CONST_BYTES) &&
+               (v->type.dtype == SDC_DT_F16 || v->type.dtype == SDC_DT_F32));
+    char hint[400], scope[sizeof g->scope];
+    snprintf(hint, sizeof hint, "%s_palettized", v->name);
+    memcpy(scope, g->scope, sizeof scope); /* the name is not in the builder's current scope */
+    g->scope[0] = 0;
+    const char *name = mil_fresh_name(g, hint);
+    memcpy(g->scope, scope, sizeof scope);
+    if (!name) return false;
+    v->producer->type = "constexpr_lut_to_dense";
+    v->producer->name = v->name = name;
+    v->lut_bits = nbits;
+    return true;
+}
+
+uint64_t mil_const_stored_bytes(const mil_var *v) {
+    if (v->const_kind == MIL_NOT_CONST || v->const_kind == MIL_CONST_STRING) return 0;
+    uint64_t n = mil_numel(&v->type), esize = sdc_dtype_size(v->type.dtype);
+    if (v->lut_bits) {
+        uint64_t entries = (uint64_t)1 << v->lut_bits;
+        return (n * (uint64_t)v->lut_bits + 7) / 8 + (entries >= 10 ? entries * esize : 0);
+    }
+    bool blob = v->type.dtype == SDC_DT_F16 || v->type.dtype == SDC_DT_F32 || v->type.dtype == SDC_DT_U8 ||
+                v->type.dtype == SDC_DT_I8;
+    return blob && n >= 10 ? n * esize : 0;
+}

@@ -55,6 +55,8 @@ typedef struct mil_var {
     const void *bytes; /* MIL_CONST_BYTES: row-major, little-endian, in type.dtype */
     mil_weight weight; /* MIL_CONST_WEIGHT */
     const char *str;   /* MIL_CONST_STRING */
+    int lut_bits;      /* > 0: a float const palettized to 2^lut_bits values (passes/palettize.h),
+                          written as constexpr_lut_to_dense; its producer's type says so too */
 } mil_var;
 
 /* One named parameter of an op; n > 1 only for tuple parameters such as concat's values. */
@@ -125,6 +127,14 @@ mil_var *mil_const_bool(mil_graph *g, bool value);
 mil_var *mil_const_bools(mil_graph *g, int n, const int32_t *values); /* bool vector [n] */
 mil_var *mil_const_string(mil_graph *g, const char *value);
 
+/* Marks a float (F16/F32) weight or bytes const palettized to `nbits` bits: its op becomes
+   constexpr_lut_to_dense, renamed (op and var) "<name>_palettized" as coremltools names it.
+   The value stays lazy; the writer computes the table and indices while streaming it. */
+bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits);
+/* Bytes a const takes in weight.bin (palettized: packed indices plus the table when it is a
+   blob); 0 for values written inline. For passes that balance weight sizes (chunking). */
+uint64_t mil_const_stored_bytes(const mil_var *v);
+
 /* ---------------------------------------------------------------- ops (shape comments use
    NumPy broadcasting; T = the op's float dtype) */
 
@@ -176,5 +186,28 @@ bool mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *sizes, 
 mil_var *mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_t end);
 mil_var *mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
 mil_var *mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
+
+/* ---------------------------------------------------------------- for passes that build new
+   graphs from an existing one (chunking). A copied op borrows everything it does not own from
+   the source graph (names, small constant bytes, weight references, param names), so the
+   source graph must outlive the copies. */
+
+/* An op that only makes a constant: `const`, a `constexpr_*` op, or one whose output is a
+   constant var (whatever its kind). */
+bool mil_op_is_const(const mil_op *op);
+/* Bytes a constant var stores: elements × dtype size for bytes and weights (what the writer
+   streams), 0 for strings and non-constants. A new const kind whose stored form differs from its
+   type (e.g. a palettized weight carried by one var) adds its case here. */
+uint64_t mil_const_nbytes(const mil_var *v);
+/* Whether `name` is in use in g; reserving it makes it so (false: taken, or out of memory). */
+bool mil_name_taken(const mil_graph *g, const char *name);
+bool mil_reserve_name(mil_graph *g, const char *name);
+/* A fresh name "<scope>_<hint>[_n]" reserved in g, as builders' ops get (NULL: out of memory). */
+const char *mil_unique_name(mil_graph *g, const char *hint);
+/* Appends a copy of `src` (an op of another graph) to g: the struct and its output vars are
+   copied (producer set to the copy, names unchanged and NOT reserved: the caller reserves or
+   renames them), each param var is replaced by map(user, var); NULL from map fails the copy.
+   Returns NULL with g's error set on failure. */
+mil_op *mil_clone_op(mil_graph *g, const mil_op *src, mil_var *(*map)(void *user, const mil_var *v), void *user);
 
 #endif

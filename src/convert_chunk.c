@@ -1,0 +1,285 @@
+/* convert_chunk.c — --chunk-unet: the two chunk packages of a UNet, and their check. */
+#include "convert_chunk.h"
+
+#include <sys/stat.h>
+
+#include "passes/chunk.h"
+#include "passes/palettize.h"
+
+#define CHUNK_MIN_PSNR 35.0
+
+/* "<dir>/<stem>.mlpackage" → "<dir>/<stem>_chunk<n>.mlpackage", as bisect_model names them. */
+static sdc_status chunk_path(const conv_ctx *c, const char *path, int n, char *out, size_t size) {
+    size_t len = strlen(path), ext = strlen(".mlpackage");
+    if (len < ext || strcmp(path + len - ext, ".mlpackage"))
+        return sdc_fail(c->err, SDC_E_INTERNAL, "%s: not a .mlpackage path", path);
+    if (!sdc_fmt(out, size, "%.*s_chunk%d.mlpackage", (int)(len - ext), path, n))
+        return sdc_fail(c->err, SDC_E_ARG, "-o: output path too long");
+    return SDC_OK;
+}
+
+static bool exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+bool conv_chunks_missing(const conv_ctx *c, const char *path) {
+    char p[4200];
+    if (!c->job->chunk_unet) return false;
+    for (int n = 1; n <= 2; n++)
+        if (chunk_path(c, path, n, p, sizeof p) || !exists(p)) return true;
+    return false;
+}
+
+static const char *base_name(const char *path) {
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+/* ---------------------------------------------------------------- writing */
+
+/* The feature descriptions of a chunk: an original input or output keeps its text (matched by
+   name), a boundary tensor gets none. */
+static const char **chunk_docs(const mil_var *const *vars, int n, const mil_var *const *orig, int n_orig,
+                               const char *const *orig_docs, int n_docs) {
+    const char **d = sdc_calloc((size_t)(n ? n : 1), sizeof *d);
+    if (!d || !orig_docs) return d;
+    if (n_docs > 0 && n_docs < n_orig) n_orig = n_docs; /* docs for the first n_docs only */
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n_orig; j++)
+            if (!strcmp(vars[i]->name, orig[j]->name)) d[i] = orig_docs[j];
+    return d;
+}
+
+static sdc_status write_chunk(const conv_ctx *c, const mil_graph *chunk, const mil_graph *g, const char *path,
+                              const char *what, const conv_docs *docs) {
+    const char **in = chunk_docs((const mil_var *const *)chunk->inputs, chunk->n_inputs,
+                                 (const mil_var *const *)g->inputs, g->n_inputs, docs ? docs->inputs : NULL,
+                                 docs ? docs->n_inputs : 0);
+    const char **out = chunk_docs((const mil_var *const *)chunk->outputs, chunk->n_outputs,
+                                  (const mil_var *const *)g->outputs, g->n_outputs, docs ? docs->outputs : NULL,
+                                  docs ? docs->n_outputs : 0);
+    sdc_status s;
+    if (!in || !out) {
+        s = sdc_fail(c->err, SDC_E_NOMEM, "out of memory");
+    } else {
+        conv_docs d = {.inputs = in, .outputs = out};
+        if (docs) {
+            d.version = docs->version;
+            d.license = docs->license;
+            d.short_description = docs->short_description;
+        }
+        s = conv_write(c, chunk, path, what, &d);
+    }
+    sdc_free(in);
+    sdc_free(out);
+    return s;
+}
+
+static double mb(uint64_t bytes) { return (double)bytes / 1e6; }
+
+static sdc_status write_chunks(const conv_ctx *c, const char *what, const conv_docs *docs, conv_build_fn build,
+                               void *state, const char *p1, const char *w1, bool need1, const char *p2,
+                               const char *w2, bool need2) {
+    mil_graph *g = NULL;
+    mil_chunks ch;
+    memset(&ch, 0, sizeof ch);
+    /* The graph as the package's: built, then palettized with --quantize-nbits as conv_emit
+       does before writing (every UNet kind is palettized), so the chunks carry the package's
+       weights — unlike the anchor, whose chunks stay float16. */
+    sdc_status s = build(c, state, false, &g);
+    if (!s && c->job->quantize_nbits) {
+        size_t n = 0;
+        s = sdc_palettize_graph(g, c->job->quantize_nbits, &n, c->err);
+        if (!s) conv_log(c, SDC_LOG_INFO, "%s chunks: palettizing %zu weights to %d bits", what, n, c->job->quantize_nbits);
+    }
+    if (!s) s = sdc_chunk_graph(g, &ch, c->err);
+    if (!s)
+        conv_log(c, SDC_LOG_INFO,
+                 "chunking %s at op '%s' (%zu of %zu): %d tensors cross the cut; weights %.1f MB + %.1f MB "
+                 "(of %.1f MB)",
+                 what, ch.cut_name, ch.cut + 1, g->n_ops, ch.n_boundary, mb(ch.bytes1), mb(ch.bytes2),
+                 mb(ch.const_bytes));
+    if (!s && need1) s = write_chunk(c, ch.chunk1, g, p1, w1, docs);
+    if (!s && need2) s = write_chunk(c, ch.chunk2, g, p2, w2, docs);
+    if (s) sdc_err_prefix(c->err, "--chunk-unet: %s: ", what);
+    sdc_chunks_free(&ch); /* before g: the chunks borrow from it */
+    mil_graph_free(g);
+    return s;
+}
+
+/* ---------------------------------------------------------------- check */
+
+/* xorshift64*, seeded: the same inputs on every machine (as check.c) */
+static uint64_t next_u64(uint64_t *s) {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 2685821657736338717ull;
+}
+
+/* Seeded float32 inputs shaped as the model declares: `timestep` = the first timestep of a
+   50-step schedule, uniform [0, 1) elsewhere (the interpreter rounds to float16 as declared). */
+static sdc_ndarray *seeded_inputs(const sdc_model *m, const conv_check_hint *hint) {
+    int n = sdc_model_n_inputs(m);
+    sdc_ndarray *in = sdc_calloc((size_t)(n ? n : 1), sizeof *in);
+    uint64_t seed = 0x5DC0DE1ull;
+    for (int i = 0; in && i < n; i++) {
+        const sdc_ndarray *d = sdc_model_input(m, i);
+        size_t count = sdc_ndarray_numel(d);
+        float *v = sdc_malloc((count ? count : 1) * sizeof *v);
+        if (!v) {
+            for (int k = 0; k < i; k++) sdc_free(in[k].data);
+            sdc_free(in);
+            return NULL;
+        }
+        for (size_t k = 0; k < count; k++)
+            v[k] = !strcmp(d->name, "timestep") ? hint->timestep : (float)(next_u64(&seed) >> 40) / (float)(1 << 24);
+        in[i] = *d;
+        in[i].dtype = SDC_ND_F32;
+        in[i].data = v;
+    }
+    return in;
+}
+
+static const sdc_ndarray *by_name(const sdc_ndarray *a, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(a[i].name, name)) return &a[i];
+    return NULL;
+}
+
+/* A model's declared inputs taken by name from `first` (chunk 1's outputs win, as in Swift),
+   else from `second`. The arrays are borrowed. */
+static sdc_status gather_inputs(const conv_ctx *c, const sdc_model *m, const char *which, const sdc_ndarray *first,
+                                int n_first, const sdc_ndarray *second, int n_second, sdc_ndarray **out) {
+    int n = sdc_model_n_inputs(m);
+    sdc_ndarray *in = sdc_calloc((size_t)(n ? n : 1), sizeof *in);
+    if (!in) return sdc_fail(c->err, SDC_E_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const char *name = sdc_model_input(m, i)->name;
+        const sdc_ndarray *a = by_name(first, n_first, name);
+        if (!a) a = by_name(second, n_second, name);
+        if (!a) {
+            sdc_free(in);
+            return sdc_fail(c->err, SDC_E_CHECK, "--check-output-correctness: %s: input '%s' is neither an input of the "
+                            "UNet nor an output of chunk 1", which, name);
+        }
+        in[i] = *a;
+        in[i].name = name;
+    }
+    *out = in;
+    return SDC_OK;
+}
+
+static sdc_status check_chunks(const conv_ctx *c, const char *path, const char *p1, const char *p2,
+                               const conv_check_hint *hint) {
+    char msg[1024], label[600];
+    sdc_model *full = NULL, *m1 = NULL, *m2 = NULL;
+    sdc_ndarray *in = NULL, *in1 = NULL, *in2 = NULL, *fo = NULL, *o1 = NULL, *o2 = NULL;
+    int n_in = 0, n_fo = 0, n_o1 = 0, n_o2 = 0;
+    bool names_owned = false; /* in[].name: the UNet model's, then our copies */
+    const char *b1 = base_name(p1);
+    size_t stem = strlen(b1) - strlen("1.mlpackage");
+    snprintf(label, sizeof label, "%.*s1+chunk2", (int)stem, b1); /* "<stem>_chunk1+chunk2" */
+    /* one model at a time: the whole UNet, then chunk 1, then chunk 2 */
+    sdc_status s = sdc_model_load(path, NULL, &full, msg, sizeof msg);
+    if (s) {
+        sdc_fail(c->err, s, "--check-output-correctness: %s", msg);
+        goto done;
+    }
+    if (!(in = seeded_inputs(full, hint))) {
+        s = sdc_fail(c->err, SDC_E_NOMEM, "out of memory");
+        goto done;
+    }
+    n_in = sdc_model_n_inputs(full);
+    conv_log(c, SDC_LOG_INFO, "checking %s: running %s, chunk 1 and chunk 2", label, base_name(path));
+    if ((s = sdc_model_predict(full, in, n_in, &fo, &n_fo, msg, sizeof msg))) {
+        sdc_fail(c->err, s, "--check-output-correctness: %s: %s", base_name(path), msg);
+        goto done;
+    }
+    for (int i = 0; i < n_in; i++) in[i].name = sdc_strdup(in[i].name); /* outlive the model */
+    names_owned = true;
+    for (int i = 0; i < n_in; i++)
+        if (!in[i].name) {
+            s = sdc_fail(c->err, SDC_E_NOMEM, "out of memory");
+            goto done;
+        }
+    sdc_model_free(full);
+    full = NULL;
+    if ((s = sdc_model_load(p1, NULL, &m1, msg, sizeof msg))) {
+        sdc_fail(c->err, s, "--check-output-correctness: %s", msg);
+        goto done;
+    }
+    if ((s = gather_inputs(c, m1, b1, NULL, 0, in, n_in, &in1))) goto done;
+    if ((s = sdc_model_predict(m1, in1, sdc_model_n_inputs(m1), &o1, &n_o1, msg, sizeof msg))) {
+        sdc_fail(c->err, s, "--check-output-correctness: %s: %s", b1, msg);
+        goto done;
+    }
+    if ((s = sdc_model_load(p2, NULL, &m2, msg, sizeof msg))) {
+        sdc_fail(c->err, s, "--check-output-correctness: %s", msg);
+        goto done;
+    }
+    if ((s = gather_inputs(c, m2, base_name(p2), o1, n_o1, in, n_in, &in2))) goto done;
+    if ((s = sdc_model_predict(m2, in2, sdc_model_n_inputs(m2), &o2, &n_o2, msg, sizeof msg))) {
+        sdc_fail(c->err, s, "--check-output-correctness: %s: %s", base_name(p2), msg);
+        goto done;
+    }
+    /* Swift takes chunk 2's first output feature, whatever its name */
+    const sdc_ndarray *got = n_o2 > 0 ? &o2[0] : NULL, *ref = got ? by_name(fo, n_fo, got->name) : NULL;
+    if (!ref && n_fo > 0) ref = &fo[0];
+    if (!got || !ref || sdc_ndarray_numel(got) != sdc_ndarray_numel(ref)) {
+        s = sdc_fail(c->err, SDC_E_CHECK, "--check-output-correctness: %s: chunk 2's first output does not match "
+                     "the shape of %s's", label, base_name(path));
+        goto done;
+    }
+    float *a = sdc_ndarray_to_f32(ref), *b = sdc_ndarray_to_f32(got);
+    if (!a || !b) {
+        s = sdc_fail(c->err, SDC_E_NOMEM, "out of memory");
+    } else {
+        size_t n = sdc_ndarray_numel(got);
+        double p = sdc_psnr(a, b, n);
+        bool same = !memcmp(a, b, n * sizeof *a);
+        conv_log(c, SDC_LOG_NOTICE, "check %s: output %s: PSNR %.1f dB (minimum %.0f)", label, got->name, p,
+                 CHUNK_MIN_PSNR);
+        if (same) conv_log(c, SDC_LOG_INFO, "check %s: output %s is bit-identical to %s's", label, got->name,
+                           base_name(path));
+        if (!(p >= CHUNK_MIN_PSNR))
+            s = sdc_fail(c->err, SDC_E_CHECK, "--check-output-correctness: %s output '%s': PSNR %.1f dB vs %s is "
+                         "below %.0f dB", label, got->name, p, base_name(path), CHUNK_MIN_PSNR);
+    }
+    free(a);
+    free(b);
+done:
+    if (in)
+        for (int i = 0; i < n_in; i++) {
+            sdc_free(in[i].data);
+            if (names_owned) sdc_free((char *)in[i].name);
+        }
+    sdc_free(in);
+    sdc_free(in1);
+    sdc_free(in2);
+    sdc_ndarrays_free(fo, n_fo);
+    sdc_ndarrays_free(o1, n_o1);
+    sdc_ndarrays_free(o2, n_o2);
+    sdc_model_free(full);
+    sdc_model_free(m1);
+    sdc_model_free(m2);
+    return s;
+}
+
+/* ---------------------------------------------------------------- entry point */
+
+sdc_status conv_emit_chunks(const conv_ctx *c, const char *path, const char *what, const conv_docs *docs,
+                            conv_build_fn build, void *state, const conv_check_hint *hint) {
+    if (!c->job->chunk_unet) return SDC_OK;
+    char p1[4200], p2[4200], w1[96], w2[96];
+    sdc_status s = chunk_path(c, path, 1, p1, sizeof p1);
+    if (!s) s = chunk_path(c, path, 2, p2, sizeof p2);
+    if (s) return s;
+    snprintf(w1, sizeof w1, "%s_chunk1", what);
+    snprintf(w2, sizeof w2, "%s_chunk2", what);
+    bool need1 = !conv_exists_skip(c, p1, w1), need2 = !conv_exists_skip(c, p2, w2);
+    if (need1 || need2) s = write_chunks(c, what, docs, build, state, p1, w1, need1, p2, w2, need2);
+    if (!s && c->job->check_output_correctness) s = check_chunks(c, path, p1, p2, hint);
+    return s;
+}
