@@ -301,6 +301,10 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     c.target = deployment_target(job, &c);
     if (!s && job->refiner_version && !job->convert_unet)
         conv_log(&c, SDC_LOG_WARNING, "--refiner-version is only used with --convert-unet; ignoring it");
+    if (!s && job->chunk_unet && !job->convert_unet)
+        conv_log(&c, SDC_LOG_WARNING, "--chunk-unet is only used with --convert-unet; ignoring it");
+    if (!s && job->unet_support_controlnet && !job->convert_unet)
+        conv_log(&c, SDC_LOG_WARNING, "--unet-support-controlnet is only used with --convert-unet; ignoring it");
     bool opened = false;
     if (!s) opened = (s = sdc_source_open(job->model_version, &src, &err)) == SDC_OK;
     if (!s) s = make_output_dir(job->output_dir ? job->output_dir : ".", &err);
