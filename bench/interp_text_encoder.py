@@ -8,12 +8,12 @@ The model is made once by tests/fixtures/make_tiny_pipelines.py --kind sd15-text
 and cached under $SDCOREML_CACHE/bench (default ~/.cache/sdcoreml/bench), shared with
 bench/text_encoder.py. It is converted with build/sdcoreml --convert-text-encoder, then in one
 run of this script:
-  - the interpreter: `sdcoreml run` `--runs` times; its predict time (load and .npy I/O
-    excluded; reported by `run --json`) and the whole process's wall time;
-  - PyTorch: transformers' CLIPTextModel in float32 on the CPU, forward `--runs` times after
-    one warm-up call (loading excluded);
-prints every time, the medians and their ratio, and the PSNR of the interpreter's
-last_hidden_state against PyTorch's (the anchor's formula). Nothing is asserted.
+  - the interpreter: `sdcoreml run` (a new process each time); its predict time (load and
+    .npy I/O excluded; reported by `run --json`) and the whole process's wall time;
+  - PyTorch: transformers' CLIPTextModel in float32 on the CPU, one forward (loading excluded);
+each `--runs` times, alternating, after one warm-up of each; prints every time, the medians
+and their ratio, and the PSNR of the interpreter's outputs against PyTorch's (the anchor's
+formula). Nothing is asserted.
 """
 
 import argparse
@@ -83,12 +83,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--compute-precision", default="FLOAT16", choices=["FLOAT16", "FLOAT32"])
-    ap.add_argument("--threads", type=int, default=0, help="interpreter threads [one per CPU]")
+    ap.add_argument("--threads", type=int, default=0, help="interpreter threads [one per CPU]; a 1-thread run is added")
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads [PyTorch's default]")
     ap.add_argument("--sdcoreml", default=os.environ.get("SDCOREML_BIN", str(REPO / "build" / "sdcoreml")))
     args = ap.parse_args()
 
     import torch
     from transformers import CLIPTextModel
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     exe = Path(args.sdcoreml)
     if not exe.is_file():
@@ -106,43 +110,55 @@ def main():
         ids = token_ids()
         np.save(work / "ids.npy", ids.astype(np.float32))
         cmd = [str(exe), "run", str(pkg), "--input", f"input_ids={work / 'ids.npy'}", "-o", str(work / "out"), "--json"]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        interp_predict, interp_wall = [], []
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - t
-            if r.returncode:
-                sys.exit(f"bench: sdcoreml run exited {r.returncode}:\n{r.stderr}")
-            doc = json.loads(r.stdout)
-            interp_predict.append(doc["predict_seconds"])
-            interp_wall.append(wall)
-        got = {o["name"]: np.load(o["file"]) for o in doc["outputs"]}
+        n_threads = args.threads or os.cpu_count() or 1
+        modes = [n_threads] + ([1] if n_threads > 1 else [])
 
         model = CLIPTextModel.from_pretrained(src / "text_encoder", variant="fp16", torch_dtype=torch.float32).eval()
         tids = torch.from_numpy(ids)
-        torch_times = []
-        with torch.no_grad():
-            ref = model(tids, return_dict=True)  # warm-up
-            for _ in range(args.runs):
+
+        def interp_once(threads):
+            t = time.perf_counter()
+            r = subprocess.run(cmd + ["--threads", str(threads)], capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            if r.returncode:
+                sys.exit(f"bench: sdcoreml run exited {r.returncode}:\n{r.stderr}")
+            return json.loads(r.stdout), wall
+
+        def torch_once():
+            with torch.no_grad():
                 t = time.perf_counter()
-                ref = model(tids, return_dict=True)
-                torch_times.append(time.perf_counter() - t)
+                o = model(tids, return_dict=True)
+                return o, time.perf_counter() - t
+
+        interp_once(n_threads), torch_once()  # warm-up: page cache, allocator, torch's first call
+        # alternate interpreter and PyTorch so that a change in the machine's load hits both alike
+        interp = {m: ([], []) for m in modes}
+        torch_times = []
+        for _ in range(args.runs):
+            for m in modes:
+                doc, wall = interp_once(m)
+                interp[m][0].append(doc["predict_seconds"])
+                interp[m][1].append(wall)
+            ref, dt = torch_once()
+            torch_times.append(dt)
+        got = {o["name"]: np.load(o["file"]) for o in doc["outputs"]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    med_i, med_w, med_t = statistics.median(interp_predict), statistics.median(interp_wall), statistics.median(torch_times)
+    med_t = statistics.median(torch_times)
+    fmt = lambda xs: " ".join(f"{x:.3f}" for x in xs)  # noqa: E731
     print(f"SD 1.5 text encoder (123 M params, random weights), input_ids (1, 77); {os.cpu_count()} CPUs")
     print(f"  package: --compute-precision {args.compute_precision} (converted in {convert_s:.1f} s)")
-    print(f"  interpreter predict (s):       {' '.join(f'{x:.3f}' for x in interp_predict)}  median {med_i:.3f}")
-    print(f"  interpreter process wall (s):  {' '.join(f'{x:.3f}' for x in interp_wall)}  median {med_w:.3f}"
-          "  (load + predict + .npy I/O)")
-    print(f"  PyTorch {torch.__version__} CPU fp32 forward (s): {' '.join(f'{x:.3f}' for x in torch_times)}  median {med_t:.3f}"
-          f"  ({torch.get_num_threads()} threads)")
-    print(f"  ratio interpreter / PyTorch: {med_i / med_t:.2f}x (predict)   {med_w / med_t:.2f}x (whole process)")
-    print(f"  PSNR last_hidden_state vs PyTorch: {psnr(ref.last_hidden_state.numpy(), got['last_hidden_state']):.1f} dB;"
-          f" pooled_outputs: {psnr(ref.pooler_output.numpy(), got['pooled_outputs']):.1f} dB")
+    print(f"  PyTorch {torch.__version__} CPU fp32 forward, {torch.get_num_threads()} thread(s) (s): {fmt(torch_times)}"
+          f"  median {med_t:.3f}")
+    for m in modes:
+        p, w = interp[m]
+        mp, mw = statistics.median(p), statistics.median(w)
+        print(f"  interpreter, {m} thread(s): predict (s) {fmt(p)}  median {mp:.3f};"
+              f" whole process (load + predict + .npy I/O) median {mw:.3f}")
+        print(f"    ratio interpreter / PyTorch: {mp / med_t:.2f}x (predict)   {mw / med_t:.2f}x (whole process)")
+    print(f"  PSNR vs PyTorch: last_hidden_state {psnr(ref.last_hidden_state.numpy(), got['last_hidden_state']):.1f} dB,"
+          f" pooled_outputs {psnr(ref.pooler_output.numpy(), got['pooled_outputs']):.1f} dB")
 
 
 if __name__ == "__main__":

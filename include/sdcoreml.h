@@ -155,7 +155,9 @@ sdc_status sdc_inspect_json(const char *package_path, char **json_out, char *err
  *     sdc_model_free(m);
  *
  * A model runs one prediction at a time (predict is not reentrant on the same model); two
- * models are independent.
+ * models are independent. Each model has its own worker threads; when sdcoreml is built with
+ * OpenBLAS, loading a model sets OpenBLAS to one thread per call (process-wide), since the
+ * interpreter splits products across its own threads.
  */
 
 typedef enum sdc_nd_dtype {

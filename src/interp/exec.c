@@ -553,6 +553,7 @@ sdc_status sdc_model_predict(sdc_model *m, const sdc_ndarray *inputs, int n_inpu
     free_temps(&r);
     sdc_free(r.temps);
     sdc_free(r.vals);
+    ibuf_trim();
     if (s) {
         sdc_ndarrays_free(outs, m->n_outputs);
     } else {

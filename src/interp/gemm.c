@@ -4,8 +4,8 @@
  * With OpenBLAS (SDC_HAVE_OPENBLAS, found by CMake) igemm calls cblas_sgemm, which threads
  * itself. Otherwise, and always for igemm_fallback, a cache-blocked kernel: C is cut into
  * tiles handed to the pool's threads; each tile walks K in blocks, packs its A rows and B
- * columns into contiguous panels and runs a 4×16 register-blocked micro-kernel (compiled
- * twice: baseline and AVX2+FMA, picked at run time on x86-64).
+ * columns into contiguous panels and runs a 6×16 register-blocked micro-kernel (portable C,
+ * and AVX2+FMA intrinsics picked at run time on x86-64).
  */
 #include "interp/interp.h"
 
@@ -15,7 +15,7 @@
 #include <cblas.h>
 #endif
 
-enum { MR = 4, NR = 16, KC = 256, MT = 64, NT = 256 };
+enum { MR = 6, NR = 16, KC = 256, MT = 72, NT = 256 }; /* MT a multiple of MR, NT of NR */
 
 typedef struct gemm_args {
     bool ta, tb;
@@ -58,29 +58,62 @@ static void pack_b(const gemm_args *g, float *dst, int64_t j0, int64_t nj, int64
     }
 }
 
-#define MICRO_KERNEL_BODY                                                                       \
-    float acc[MR][NR];                                                                          \
-    memset(acc, 0, sizeof acc);                                                                 \
-    for (int64_t k = 0; k < kk; k++) {                                                          \
-        const float *bk = b + k * NR;                                                           \
-        for (int r = 0; r < MR; r++) {                                                          \
-            float ar = a[k * MR + r];                                                           \
-            for (int j = 0; j < NR; j++) acc[r][j] += ar * bk[j];                               \
-        }                                                                                       \
-    }                                                                                           \
-    for (int r = 0; r < mr; r++)                                                                \
-        for (int j = 0; j < nr; j++) c[r * ldc + j] += acc[r][j];
-
 static void micro_generic(int64_t kk, const float *restrict a, const float *restrict b, float *restrict c, int64_t ldc,
                           int mr, int nr) {
-    MICRO_KERNEL_BODY
+    float acc[MR][NR];
+    memset(acc, 0, sizeof acc);
+    for (int64_t k = 0; k < kk; k++) {
+        const float *bk = b + k * NR;
+        for (int r = 0; r < MR; r++) {
+            float ar = a[k * MR + r];
+            for (int j = 0; j < NR; j++) acc[r][j] += ar * bk[j];
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < nr; j++) c[r * ldc + j] += acc[r][j];
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* 6 rows × 16 columns in 12 ymm accumulators; per k: two B loads, six broadcasts, 12 FMAs. */
 __attribute__((target("avx2,fma"))) static void micro_avx2(int64_t kk, const float *restrict a, const float *restrict b,
                                                           float *restrict c, int64_t ldc, int mr, int nr) {
-    MICRO_KERNEL_BODY
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (int64_t k = 0; k < kk; k++) {
+        __m256 b0 = _mm256_loadu_ps(b + k * NR), b1 = _mm256_loadu_ps(b + k * NR + 8);
+        const float *ak = a + k * MR;
+        __m256 x = _mm256_broadcast_ss(ak + 0);
+        c00 = _mm256_fmadd_ps(x, b0, c00), c01 = _mm256_fmadd_ps(x, b1, c01);
+        x = _mm256_broadcast_ss(ak + 1);
+        c10 = _mm256_fmadd_ps(x, b0, c10), c11 = _mm256_fmadd_ps(x, b1, c11);
+        x = _mm256_broadcast_ss(ak + 2);
+        c20 = _mm256_fmadd_ps(x, b0, c20), c21 = _mm256_fmadd_ps(x, b1, c21);
+        x = _mm256_broadcast_ss(ak + 3);
+        c30 = _mm256_fmadd_ps(x, b0, c30), c31 = _mm256_fmadd_ps(x, b1, c31);
+        x = _mm256_broadcast_ss(ak + 4);
+        c40 = _mm256_fmadd_ps(x, b0, c40), c41 = _mm256_fmadd_ps(x, b1, c41);
+        x = _mm256_broadcast_ss(ak + 5);
+        c50 = _mm256_fmadd_ps(x, b0, c50), c51 = _mm256_fmadd_ps(x, b1, c51);
+    }
+    __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    if (nr == NR) {
+        for (int r = 0; r < mr; r++) {
+            float *cr = c + r * ldc;
+            _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), acc[r][0]));
+            _mm256_storeu_ps(cr + 8, _mm256_add_ps(_mm256_loadu_ps(cr + 8), acc[r][1]));
+        }
+        return;
+    }
+    float t[NR];
+    for (int r = 0; r < mr; r++) {
+        _mm256_storeu_ps(t, acc[r][0]);
+        _mm256_storeu_ps(t + 8, acc[r][1]);
+        for (int j = 0; j < nr; j++) c[r * ldc + j] += t[j];
+    }
 }
+
 static bool use_avx2(void) {
     static int cached = -1;
     if (cached < 0) {

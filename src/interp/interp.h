@@ -21,6 +21,17 @@
  * to the declared output dtype (fp16 results become fp16-representable by RNE), as a device
  * computing in fp16 would store them. Each op's computed output shape is checked against the
  * shape declared in the package.
+ *
+ * Running (exec.c) walks the ops in order; after each op the constants it decoded are freed,
+ * and so is every runtime value it was the last reader of. Large buffers are recycled
+ * through a small bounded cache (tensor.c) instead of being faulted in afresh each time.
+ * Threads: one pool per model (pool.c) shares every large loop; matrix products (gemm.c)
+ * are split into blocks, one single-threaded product per pool thread, so OpenBLAS is set to
+ * one thread when a model loads. Kernels never nest pool loops.
+ *
+ * Files: load.c (package → program), exec.c (API, op table, accessors), consts.c (constexpr
+ * values), tensor.c (dtypes, buffers, fp16, vector exp), pool.c, gemm.c, and the kernels:
+ * ops_elementwise.c, ops_nn.c, ops_tensor.c.
  */
 #ifndef SDC_INTERP_H
 #define SDC_INTERP_H
@@ -71,7 +82,14 @@ typedef struct itensor {
     };
     const char *s;  /* STRING scalar, borrowed */
     bool borrowed;  /* data points into a mapped weight file: not freed, never written */
+    size_t cap;     /* bytes allocated (ibuf_alloc) */
 } itensor;
+
+/* Scratch and tensor buffers: large ones (>= 256 KiB) are recycled through a small bounded
+   cache (tensor.c); ibuf_trim() releases it. *cap receives the size to pass back. */
+void *ibuf_alloc(size_t bytes, size_t *cap);
+void ibuf_free(void *p, size_t cap);
+void ibuf_trim(void);
 
 /* Allocates a tensor of `dtype` (not STRING) and shape; data uninitialised. NULL on overflow
    or out of memory. */
@@ -109,6 +127,23 @@ const char *igemm_backend(void); /* "openblas" or "builtin" */
 
 /* Rounds every value to the nearest fp16 (RNE; overflow to ±Inf), in place. */
 void round_f16(ipool *p, float *x, size_t n);
+/* Hot loops. The build uses -O2, whose "very cheap" vectoriser skips loops of unknown length
+   and (with FP traps assumed possible) float compares and selects; SDC_VEC_OPT turns on the
+   dynamic cost model and no-trapping-math (we never enable FP traps) for one function, and
+   SDC_VECTORISE also compiles it twice on x86-64 (AVX2 and baseline, picked at load time). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define SDC_VEC_OPT __attribute__((optimize("no-trapping-math", "vect-cost-model=dynamic")))
+#else
+#define SDC_VEC_OPT
+#endif
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define SDC_VECTORISE SDC_VEC_OPT __attribute__((target_clones("avx2", "default")))
+#else
+#define SDC_VECTORISE SDC_VEC_OPT
+#endif
+
+/* y[i] = exp(x[i]) for n values (x == y allowed), vectorised; relative error ~2e-7. */
+void vec_exp(const float *x, float *y, size_t n);
 /* n little-endian fp16 bit patterns (unaligned) to float. */
 void f16_expand(ipool *p, const uint8_t *src, float *dst, size_t n);
 

@@ -326,7 +326,7 @@ typedef struct im2col_ctx {
     int64_t p0, tile;
 } im2col_ctx;
 
-static void im2col_rows(void *vctx, size_t r0, size_t r1) {
+SDC_VECTORISE static void im2col_rows(void *vctx, size_t r0, size_t r1) {
     im2col_ctx *c = vctx;
     const conv_geom *g = c->g;
     int64_t ksz = g->k[0] * g->k[1] * g->k[2];
@@ -431,7 +431,8 @@ sdc_status k_conv(irun *r, const iop *op) {
         if (tile < 64) tile = 64;
         if (tile > g.P) tile = g.P;
     }
-    float *cols = direct || o->n == 0 ? NULL : sdc_malloc(sizeof(float) * (size_t)(g.kdim * tile));
+    size_t cols_cap = 0;
+    float *cols = direct || o->n == 0 ? NULL : ibuf_alloc(sizeof(float) * (size_t)(g.kdim * tile), &cols_cap);
     if (!direct && o->n && !cols) return rt_fail(r, op, SDC_E_NOMEM, "out of memory for the im2col buffer");
     for (int64_t n = 0; n < N && o->n; n++) {
         for (int64_t gi = 0; gi < groups; gi++) {
@@ -450,7 +451,7 @@ sdc_status k_conv(irun *r, const iop *op) {
             }
         }
     }
-    sdc_free(cols);
+    ibuf_free(cols, cols_cap);
     if (b)
         for (int64_t n = 0; n < N; n++)
             for (int64_t c = 0; c < Cout; c++) {
@@ -465,26 +466,71 @@ sdc_status k_conv(irun *r, const iop *op) {
 typedef struct sm_ctx {
     const float *x;
     float *o;
-    int64_t L, inner;
+    int64_t L, inner, chunks; /* chunks: blocks of SM_W lines along inner, per outer index */
 } sm_ctx;
 
-static void softmax_lines(void *vctx, size_t b, size_t e) {
+enum { SM_W = 16 };
+
+/* Softmax along a contiguous axis: one line at a time. */
+SDC_VECTORISE static void softmax_lines(void *vctx, size_t b, size_t e) {
     sm_ctx *c = vctx;
     for (size_t line = b; line < e; line++) {
-        size_t outer = line / (size_t)c->inner, in = line % (size_t)c->inner;
-        const float *x = c->x + outer * (size_t)(c->L * c->inner) + in;
-        float *o = c->o + outer * (size_t)(c->L * c->inner) + in;
-        int64_t st = c->inner;
+        const float *x = c->x + line * (size_t)c->L;
+        float *o = c->o + line * (size_t)c->L;
         float mx = -INFINITY;
-        for (int64_t i = 0; i < c->L; i++) mx = x[i * st] > mx ? x[i * st] : mx;
+        for (int64_t i = 0; i < c->L; i++) mx = x[i] > mx ? x[i] : mx;
+        if (mx == -INFINITY) mx = 0; /* all -inf: exp gives 0s, the sum 0, the result NaN as NumPy's */
+        for (int64_t i = 0; i < c->L; i++) o[i] = x[i] - mx;
+        vec_exp(o, o, (size_t)c->L);
         double sum = 0;
-        for (int64_t i = 0; i < c->L; i++) {
-            float v = expf(x[i * st] - mx);
-            o[i * st] = v;
-            sum += v;
-        }
+        for (int64_t i = 0; i < c->L; i++) sum += o[i];
         float inv = (float)(1.0 / sum);
-        for (int64_t i = 0; i < c->L; i++) o[i * st] *= inv;
+        for (int64_t i = 0; i < c->L; i++) o[i] *= inv;
+    }
+}
+
+/* Softmax along a strided axis: SM_W neighbouring lines at a time (one cache line per row),
+   walking the axis row by row; the block (L × SM_W floats) stays in cache across passes.
+   A last partial block goes through zero-padded copies. */
+SDC_VECTORISE static void softmax_blocks(void *vctx, size_t b, size_t e) {
+    sm_ctx *c = vctx;
+    float mx[SM_W], sum[SM_W], pad[SM_W];
+    for (size_t blk = b; blk < e; blk++) {
+        size_t outer = blk / (size_t)c->chunks;
+        int64_t i0 = (int64_t)(blk % (size_t)c->chunks) * SM_W;
+        int64_t n = c->inner - i0 < SM_W ? c->inner - i0 : SM_W;
+        const float *x = c->x + outer * (size_t)(c->L * c->inner) + i0;
+        float *o = c->o + outer * (size_t)(c->L * c->inner) + i0;
+        for (int j = 0; j < SM_W; j++) mx[j] = -INFINITY, sum[j] = 0;
+        for (int64_t l = 0; l < c->L; l++) {
+            const float *row = x + l * c->inner;
+            if (n < SM_W) {
+                for (int j = 0; j < SM_W; j++) pad[j] = j < n ? row[j] : -INFINITY;
+                row = pad;
+            }
+            for (int j = 0; j < SM_W; j++) mx[j] = row[j] > mx[j] ? row[j] : mx[j];
+        }
+        for (int j = 0; j < SM_W; j++) mx[j] = mx[j] == -INFINITY ? 0.0f : mx[j];
+        for (int64_t l = 0; l < c->L; l++) {
+            const float *in = x + l * c->inner;
+            float t[SM_W];
+            if (n < SM_W) {
+                for (int j = 0; j < SM_W; j++) pad[j] = j < n ? in[j] : 0.0f;
+                in = pad;
+            }
+            for (int j = 0; j < SM_W; j++) t[j] = in[j] - mx[j];
+            vec_exp(t, t, SM_W);
+            for (int j = 0; j < SM_W; j++) sum[j] += t[j];
+            memcpy(o + l * c->inner, t, sizeof(float) * (size_t)n);
+        }
+        for (int j = 0; j < SM_W; j++) sum[j] = 1.0f / sum[j];
+        for (int64_t l = 0; l < c->L; l++) {
+            float *row = o + l * c->inner;
+            if (n == SM_W)
+                for (int j = 0; j < SM_W; j++) row[j] *= sum[j];
+            else
+                for (int64_t j = 0; j < n; j++) row[j] *= sum[j];
+        }
     }
 }
 
@@ -496,11 +542,16 @@ sdc_status k_softmax(irun *r, const iop *op) {
     if (!norm_axis(&axis, x->rank)) return rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range", (long long)axis);
     itensor *o = rt_out(r, op, 0, x->rank, x->shape);
     if (!o) return r->err->code;
-    sm_ctx c = {x->f, o->f, x->shape[axis], 1};
+    sm_ctx c = {x->f, o->f, x->shape[axis], 1, 0};
     for (int d = (int)axis + 1; d < x->rank; d++) c.inner *= x->shape[d];
     if (o->n == 0) return SDC_OK;
-    size_t lines = x->n / (size_t)c.L;
-    ipool_for(rt_pool(r), lines, (size_t)(4096 / (c.L ? c.L : 1)) + 1, softmax_lines, &c);
+    size_t outer = x->n / (size_t)(c.L * c.inner);
+    if (c.inner == 1) {
+        ipool_for(rt_pool(r), outer, (size_t)(4096 / c.L) + 1, softmax_lines, &c);
+    } else {
+        c.chunks = (c.inner + SM_W - 1) / SM_W;
+        ipool_for(rt_pool(r), outer * (size_t)c.chunks, (size_t)(16 / (c.L < 16 ? c.L : 16)), softmax_blocks, &c);
+    }
     return SDC_OK;
 }
 
@@ -565,7 +616,7 @@ typedef struct norm_ctx {
     float eps;
 } norm_ctx;
 
-static void norm_rows(void *vctx, size_t b, size_t e) {
+SDC_VECTORISE static void norm_rows(void *vctx, size_t b, size_t e) {
     norm_ctx *c = vctx;
     size_t nr = c->p.nr;
     for (size_t k = b; k < e; k++) {

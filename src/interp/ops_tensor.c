@@ -36,7 +36,7 @@ typedef struct scopy {
     uint32_t *dst;
 } scopy;
 
-static void scopy_rows(void *vctx, size_t r0, size_t r1) {
+SDC_VECTORISE static void scopy_rows(void *vctx, size_t r0, size_t r1) {
     scopy *c = vctx;
     int64_t n = c->shape[c->rank - 1], s = c->st[c->rank - 1];
     for (size_t row = r0; row < r1; row++) {
@@ -641,7 +641,7 @@ typedef struct reduce_ctx {
     int code;
 } reduce_ctx;
 
-static void reduce_rows(void *vctx, size_t b, size_t e) {
+SDC_VECTORISE static void reduce_rows(void *vctx, size_t b, size_t e) {
     reduce_ctx *c = vctx;
     size_t nr = c->p.nr;
     for (size_t k = b; k < e; k++) {

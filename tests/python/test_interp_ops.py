@@ -3,7 +3,7 @@
 Each case builds a small program with coremltools' own MIL builder (`mb.program`), converts it
 with `ct.convert(..., convert_to="mlprogram")` on Linux (skip_model_load), runs
 `sdcoreml run` on random inputs and compares with a NumPy implementation of the op's MIL
-semantics written here (reference/coremltools-format.md §6, coremltools' op definitions).
+semantics written here (reference/coreml-format.md §6 and coremltools' op definitions).
 
 Every case runs twice: FLOAT32 (tight tolerance) and FLOAT16 (coremltools inserts casts and
 stores weights as fp16; the reference then sees fp16-rounded inputs and weights and the

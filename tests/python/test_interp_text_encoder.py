@@ -70,7 +70,6 @@ def test_interpreter_matches_transformers(sdcoreml, convert, pipelines, tmp_path
     out = convert(kind, *flags)
     mv = convert.model_version(kind)
     lines = []
-    worst = None
     for sub, tok_dir in encoders(pipelines[kind]):
         pkg = out / package_name(mv, sub)
         for pi, prompt in enumerate(PROMPTS):
@@ -87,7 +86,6 @@ def test_interpreter_matches_transformers(sdcoreml, convert, pipelines, tmp_path
                 print(line)
                 lines.append(line)
                 record_property(f"psnr_{sub}_{name}_{pi}", round(v, 2))
-                worst = v if worst is None else min(worst, v)
     for line in lines:
         v = float(line.split(":")[-1].split()[0])
         assert v >= MIN_PSNR[precision], f"{line} < {MIN_PSNR[precision]} dB"

@@ -120,6 +120,24 @@ static void test_fp16(void) {
     free(h), free(f), free(x), free(y);
 }
 
+static void test_vec_exp(void) {
+    enum { N = 100003 };
+    float *x = malloc(N * 4), *y = malloc(N * 4);
+    for (int i = 0; i < N; i++) x[i] = -87.0f + 175.5f * (float)i / (N - 1);
+    vec_exp(x, y, N);
+    double worst = 0;
+    for (int i = 0; i < N; i++) {
+        double want = exp((double)x[i]), e = fabs(y[i] - want) / want;
+        worst = e > worst ? e : worst;
+    }
+    CHECK_MSG(worst < 2e-7, "vec_exp relative error %.3g", worst);
+    float sp[7] = {-INFINITY, INFINITY, NAN, -100.0f, 0.0f, 1.0f, 89.0f}, so[7];
+    vec_exp(sp, so, 7);
+    CHECK(so[0] == 0.0f && so[1] == INFINITY && isnan(so[2]) && so[3] == 0.0f && so[4] == 1.0f && fabsf(so[5] - 2.7182817f) < 3e-7f &&
+          so[6] == INFINITY);
+    free(x), free(y);
+}
+
 static void count_range(void *ctx, size_t b, size_t e) {
     int *hits = ctx;
     for (size_t i = b; i < e; i++) __atomic_add_fetch(&hits[i], 1, __ATOMIC_RELAXED);
@@ -355,6 +373,7 @@ int main(void) {
     if (!mkdtemp(dir)) return 1;
     test_gemm();
     test_fp16();
+    test_vec_exp();
     test_pool();
     test_npy(dir);
     test_package_fp32(dir);
