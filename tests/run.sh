@@ -13,6 +13,7 @@
 #   SDCOREML_CACHE   cache root for the venv and generated fixtures (default ~/.cache/sdcoreml)
 #   BUILD_DIR        CMake build directory (default build)
 #   PYTEST_ARGS      extra arguments for pytest
+#   SDCOREML_SKIP_SANITIZE=1  skip the AddressSanitizer/UBSan build of the C unit tests
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -79,9 +80,15 @@ say "cmake build ($BUILD_DIR)"
 cmake -B "$BUILD_DIR" -S .
 cmake --build "$BUILD_DIR" -j2
 
-# ---- 4. C unit tests ---------------------------------------------------------------------------
+# ---- 4. C unit tests, plain and under AddressSanitizer + UBSan --------------------------------
 say "ctest"
 ctest --test-dir "$BUILD_DIR" --output-on-failure
+if [[ "${SDCOREML_SKIP_SANITIZE:-0}" != 1 ]]; then
+    say "ctest with -fsanitize=address,undefined (${BUILD_DIR}-asan)"
+    cmake -B "${BUILD_DIR}-asan" -S . -DSDCOREML_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+    cmake --build "${BUILD_DIR}-asan" -j2
+    ASAN_OPTIONS=detect_leaks=1 ctest --test-dir "${BUILD_DIR}-asan" --output-on-failure
+fi
 
 # ---- 5. Python oracle tests --------------------------------------------------------------------
 say "pytest tests/python"
