@@ -48,8 +48,13 @@ def sdcoreml_path():
 
 
 class Runner:
+    """Runs the CLI. After every conversion that succeeds, each package it wrote into -o that no
+    test has seen yet goes through the coremltools checks (coreml_checks.load_and_check), so
+    every package the tests write is validated by coremltools, whatever the test asserts."""
+
     def __init__(self, exe):
         self.exe = exe
+        self.validated = set()
 
     def __call__(self, *args, cwd=None, env=None, timeout=600):
         e = dict(os.environ)
@@ -60,7 +65,7 @@ class Runner:
         e.setdefault("HF_HOME", str(Path(tempfile.gettempdir()) / "sdcoreml-tests-no-hf-home"))
         if env:
             e.update(env)
-        return subprocess.run(
+        r = subprocess.run(
             [str(self.exe), *map(str, args)],
             cwd=cwd,
             env=e,
@@ -70,6 +75,23 @@ class Runner:
             text=True,
             timeout=timeout,
         )
+        if r.returncode == 0:
+            self._validate_outputs([str(a) for a in args], cwd)
+        return r
+
+    def _validate_outputs(self, args, cwd):
+        import coreml_checks
+
+        if not args or args[0] in ("run", "inspect") or "-o" not in args:
+            return
+        out = Path(args[args.index("-o") + 1])
+        if not out.is_absolute():
+            out = Path(cwd or ".") / out
+        for pkg in sorted(out.glob("*.mlpackage")):
+            key = str(pkg.resolve())
+            if key not in self.validated:
+                self.validated.add(key)
+                coreml_checks.load_and_check(key)
 
 
 @pytest.fixture(scope="session")
