@@ -164,6 +164,7 @@ static sdc_status lut_ios18(irun *r, const iop *op, const preader *idx, const pr
     int R = idx->rank;
     if (lut->rank != R + 2) return rt_fail(r, op, SDC_E_FORMAT, "lut must have rank rank(indices) + 2 = %d", R + 2);
     int64_t pal = lut->shape[R], vs = lut->shape[R + 1];
+    if (vs < 1 || vs > 1 << 16) return rt_fail(r, op, SDC_E_FORMAT, "lut vector size %lld is out of range", (long long)vs);
     int nbits = mt_bits(idx->dtype);
     if (!mt_is_int(idx->dtype) || idx->dtype == MT_BOOL || nbits > 8 || pal != ((int64_t)1 << nbits))
         return rt_fail(r, op, SDC_E_FORMAT, "indices %s need a lut with %lld palettes, has %lld", mt_name(idx->dtype),
@@ -179,7 +180,10 @@ static sdc_status lut_ios18(irun *r, const iop *op, const preader *idx, const pr
     if (vs > 1) {
         if (!rt_param(op, "vector_axis") || !norm_axis(&vaxis, R))
             return rt_fail(r, op, SDC_E_FORMAT, "vector palettization needs a valid vector_axis");
-        shape[vaxis] *= vs;
+        uint64_t grown;
+        if (!sdc_mul_u64((uint64_t)shape[vaxis], (uint64_t)vs, &grown) || grown > ((uint64_t)1 << 40))
+            return rt_fail(r, op, SDC_E_FORMAT, "vector palettization makes dimension %lld too large", (long long)vaxis);
+        shape[vaxis] = (int64_t)grown;
     }
     itensor *o = const_out(r, op, R, shape);
     if (!o) return r->err->code;

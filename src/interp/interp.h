@@ -166,6 +166,7 @@ typedef struct csrc {
     const uint8_t *ptr; /* CS_RAW: element 0 in stored form (may be unaligned) */
     size_t n;           /* CS_RAW: stored elements */
     int op;             /* CS_CONSTEXPR: index of the constexpr op */
+    int depth;          /* CS_CONSTEXPR: constexpr ops in the chain ending here (bounded at load) */
 } csrc;
 
 /* Decodes stored elements [first, first+count) of a CS_RAW source as float / int32. */

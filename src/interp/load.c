@@ -17,6 +17,8 @@
 
 #include "coreml.pb-c.h"
 #include "interp/interp.h"
+
+enum { MAX_CONSTEXPR_DEPTH = 8 };
 #include "io/fp16.h"
 #include "source/source.h"
 
@@ -205,8 +207,12 @@ static sdc_status parse_type(loader *L, const PValueType *vt, islot *s, const ch
             return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: dimension %d is not set", L->model_path, what, i);
         }
     }
+    /* the known dimensions alone must stay within bounds; unknown ones (-1) are checked when
+       a prediction binds them */
+    int64_t known[SDC_MAX_RANK];
+    for (int i = 0; i < s->rank; i++) known[i] = s->shape[i] < 0 ? 1 : s->shape[i];
     size_t n;
-    if (!it_numel(s->rank, s->shape, &n))
+    if (!it_numel(s->rank, known, &n))
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: shape is too large", L->model_path, what);
     return SDC_OK;
 }
@@ -514,9 +520,6 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
     op->name = arena_strdup(m, label);
     if (!op->type || !op->name) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
     snprintf(what, sizeof what, "op '%s' (%s)", op->name, op->type);
-    if (po->n_blocks)
-        return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: %s: ops with nested blocks (control flow) are not supported", L->model_path,
-                        what);
     bool is_const = !strcmp(op->type, "const");
     op->def = is_const ? NULL : iop_find(op->type);
     if (!is_const && !op->def)
@@ -612,9 +615,22 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
             sdc_status st = parse_type(L, nv->type, sl, ow);
             if (st) return st;
             if (constexpr_op) {
+                /* Constexpr values are expanded on use by recursing through their inputs, so
+                   a crafted chain could exhaust the stack: real packages chain 1 to 3 deep. */
+                int depth = 1;
+                for (int pi = 0; pi < op->n_params; pi++)
+                    for (int j = 0; j < op->params[pi].n; j++) {
+                        const islot *in = &m->slots[op->params[pi].slots[j]];
+                        if (in->kind == SL_CONST && in->src.kind == CS_CONSTEXPR && in->src.depth + 1 > depth)
+                            depth = in->src.depth + 1;
+                    }
+                if (depth > MAX_CONSTEXPR_DEPTH)
+                    return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: constexpr ops chained more than %d deep",
+                                    L->model_path, what, MAX_CONSTEXPR_DEPTH);
                 sl->kind = SL_CONST;
                 sl->src.kind = CS_CONSTEXPR;
                 sl->src.op = index;
+                sl->src.depth = depth;
                 if (po->n_outputs != 1)
                     return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: a constexpr op has one output", L->model_path, what);
             } else {

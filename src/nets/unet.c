@@ -13,7 +13,7 @@
 
 #include "nets/blocks.h"
 
-enum { MAX_BLOCKS = 8 };
+enum { MAX_BLOCKS = 8, MAX_SKIPS = 64 };
 
 typedef struct unet_config {
     int64_t in_channels, out_channels, center_input;
@@ -194,6 +194,10 @@ static sdc_status read_config(const sdc_component *c, bool controlnet, unet_conf
     for (size_t i = 0; i < SDC_COUNT_OF(checks); i++)
         if (checks[i][0] < checks[i][1] || checks[i][0] > checks[i][2] )
             return sdc_fail(err, SDC_E_FORMAT, "%s: a size field is out of range (%lld)", c->config_path, (long long)checks[i][0]);
+    /* conv_in, every down resnet, every downsampler: the skip tensors the up path consumes */
+    if (1 + (int64_t)cfg->n_blocks * cfg->layers_per_block + ((int64_t)cfg->n_blocks - 1) > MAX_SKIPS)
+        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: %zu blocks of %lld layers make more than %d skip connections",
+                        c->config_path, cfg->n_blocks, (long long)cfg->layers_per_block, MAX_SKIPS);
     if (cfg->conv_in_kernel % 2 == 0 || cfg->conv_out_kernel % 2 == 0)
         return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: even conv_in/conv_out kernels are not supported", c->config_path);
     for (size_t i = 0; i < cfg->n_blocks; i++) {
@@ -221,7 +225,7 @@ static mil_var *attention_original(unet_ctx *u, mil_var *q, mil_var *k, mil_var 
     return mil_reshape(g, o, 4, os);
 }
 
-enum { MAX_HEADS = 64, V2_CHUNK = 512 };
+enum { MAX_HEADS = 64, V2_CHUNK = 512, MAX_V2_CHUNKS = 64 };
 
 /* One head of SPLIT_EINSUM: q_h (B, d, 1, Sq), kt_h (B, Sk, 1, d), v_h (B, d, 1, Sk) → (B, d, 1, Sq) */
 static mil_var *einsum_head(mil_graph *g, mil_var *q_h, mil_var *kt_h, mil_var *v_h) {
@@ -252,10 +256,12 @@ static mil_var *attention_split(unet_ctx *u, mil_var *q, mil_var *k, mil_var *v,
             oh[h] = einsum_head(g, qh[h], kh[h], vh[h]);
             continue;
         }
-        int64_t csizes[MAX_HEADS];
+        if (n_chunks > MAX_V2_CHUNKS) /* 64 chunks of 512 = a 181x181 latent at full resolution */
+            return mil_fail(g, SDC_E_UNSUPPORTED, "%lld query tokens are more than SPLIT_EINSUM_V2's %d chunks of %d; "
+                            "use SPLIT_EINSUM or ORIGINAL", (long long)sq, MAX_V2_CHUNKS, V2_CHUNK);
+        int64_t csizes[MAX_V2_CHUNKS];
         for (int64_t c = 0; c < n_chunks; c++) csizes[c] = c < n_chunks - 1 ? V2_CHUNK : sq - V2_CHUNK * (n_chunks - 1);
-        mil_var *qc[MAX_HEADS], *oc[MAX_HEADS];
-        if (n_chunks > MAX_HEADS) return mil_fail(g, SDC_E_UNSUPPORTED, "query too long for SPLIT_EINSUM_V2");
+        mil_var *qc[MAX_V2_CHUNKS], *oc[MAX_V2_CHUNKS];
         if (!mil_split(g, qh[h], 3, (int)n_chunks, csizes, qc)) return NULL;
         for (int64_t c = 0; c < n_chunks; c++) oc[c] = einsum_head(g, qc[c], kh[h], vh[h]);
         oh[h] = mil_concat(g, (int)n_chunks, oc, 3);
@@ -381,7 +387,7 @@ static mil_var *time_embedding(unet_ctx *u, mil_var *timestep, mil_var *time_ids
 /* ---------------------------------------------------------------- the network */
 
 typedef struct skip_stack {
-    mil_var *v[64];
+    mil_var *v[MAX_SKIPS];
     int n;
 } skip_stack;
 
