@@ -114,6 +114,14 @@ static sdc_status refuse_unsupported(const sdc_component *c, sdc_err *err) {
     if (strcmp(s, "silu")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: act_fn '%s' is not supported", c->config_path, s);
     if ((st = sdc_config_string(c, "time_embedding_type", "positional", &s, err))) return st;
     if (strcmp(s, "positional")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: time_embedding_type '%s' is not supported", c->config_path, s);
+    if ((st = sdc_config_string(c, "attention_type", "default", &s, err))) return st;
+    if (strcmp(s, "default")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: attention_type '%s' is not supported", c->config_path, s);
+    static const char *const must_be_one[] = {"mid_block_scale_factor", "resnet_out_scale_factor"};
+    for (size_t i = 0; i < SDC_COUNT_OF(must_be_one); i++) {
+        double v;
+        if ((st = sdc_config_double(c, must_be_one[i], 1.0, &v, err))) return st;
+        if (v != 1.0) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: '%s' %g is not supported (only 1)", c->config_path, must_be_one[i], v);
+    }
     if ((st = sdc_config_string(c, "mid_block_type", "UNetMidBlock2DCrossAttn", &s, err))) return st;
     if (strcmp(s, "UNetMidBlock2DCrossAttn")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: mid_block_type '%s' is not supported", c->config_path, s);
     return SDC_OK;
