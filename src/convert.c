@@ -62,7 +62,6 @@ static sdc_status refuse_unbuilt(const sdc_job *job, sdc_err *err) {
     } flags[] = {
         {job->convert_mmdit, "--convert-mmdit"},
         {job->include_t5, "--include-t5"},
-        {job->bundle_resources_for_swift_cli, "--bundle-resources-for-swift-cli"},
         {job->sd3_version, "--sd3-version"},
     };
     for (size_t i = 0; i < SDC_COUNT_OF(flags); i++)
@@ -70,7 +69,7 @@ static sdc_status refuse_unbuilt(const sdc_job *job, sdc_err *err) {
     if (job->quantize_nbits && !sdc_palettize_nbits_valid(job->quantize_nbits))
         return sdc_fail(err, SDC_E_ARG, "--quantize-nbits: invalid choice '%d' (1, 2, 4, 6, 8)", job->quantize_nbits);
     if (!job->convert_text_encoder && !job->convert_unet && !job->convert_vae_decoder && !job->convert_vae_encoder &&
-        !job->convert_safety_checker && !job->convert_controlnet)
+        !job->convert_safety_checker && !job->convert_controlnet && !job->bundle_resources_for_swift_cli)
         return sdc_fail(err, SDC_E_ARG, "nothing to do: give at least one --convert-* flag");
     if (job->convert_controlnet && job->n_controlnet == 0)
         return sdc_fail(err, SDC_E_ARG, "--convert-controlnet needs at least one ControlNet (a folder or Hub id)");
@@ -305,6 +304,7 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
         conv_log(&c, SDC_LOG_WARNING, "--chunk-unet is only used with --convert-unet; ignoring it");
     if (!s && job->unet_support_controlnet && !job->convert_unet)
         conv_log(&c, SDC_LOG_WARNING, "--unet-support-controlnet is only used with --convert-unet; ignoring it");
+    if (!s && job->bundle_resources_for_swift_cli) s = conv_bundle_preflight(&c);
     bool opened = false;
     if (!s) opened = (s = sdc_source_open(job->model_version, &src, &err)) == SDC_OK;
     if (!s) s = make_output_dir(job->output_dir ? job->output_dir : ".", &err);
@@ -314,6 +314,7 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     if (!s && job->convert_unet) s = conv_unet(&c);
     if (!s && job->convert_text_encoder) s = conv_text_encoders(&c);
     if (!s && job->convert_safety_checker) s = conv_safety_checker(&c);
+    if (!s && job->bundle_resources_for_swift_cli) s = conv_bundle(&c);
     if (opened) sdc_source_close(&src);
     if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");
     return s;

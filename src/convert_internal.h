@@ -84,6 +84,9 @@ sdc_status conv_latent_size(const conv_ctx *c, const sdc_source *src, int64_t df
 sdc_status conv_text_encoders(const conv_ctx *c);
 sdc_status conv_unet(const conv_ctx *c);
 sdc_status conv_controlnets(const conv_ctx *c);
+/* --bundle-resources-for-swift-cli: refused up front without xcrun; then Resources/ */
+sdc_status conv_bundle_preflight(const conv_ctx *c);
+sdc_status conv_bundle(const conv_ctx *c);
 sdc_status conv_vae_decoder(const conv_ctx *c);
 sdc_status conv_vae_encoder(const conv_ctx *c);
 sdc_status conv_safety_checker(const conv_ctx *c);

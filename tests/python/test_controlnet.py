@@ -36,8 +36,8 @@ def workdir(pipelines, tmp_path_factory):
     return d
 
 
-def convert(sdcoreml, workdir, out, *flags):
-    return sdcoreml("--model-version", "tiny-sd", "-o", out, *flags, cwd=workdir)
+def convert(sdcoreml, workdir, out, *flags, env=None):
+    return sdcoreml("--model-version", "tiny-sd", "-o", out, *flags, cwd=workdir, env=env)
 
 
 def diffusers_controlnet(workdir, feeds):
@@ -145,3 +145,21 @@ def test_controlnet_needs_an_id_and_sd1(sdcoreml, workdir, pipelines, tmp_path):
     r = sdcoreml("--model-version", xl.name, "-o", tmp_path, "--xl-version", "--convert-unet",
                  "--unet-support-controlnet", cwd=xl.parent)
     assert r.returncode == 1 and "--unet-support-controlnet is for SD 1.x and 2.x" in r.stderr
+
+
+def test_bundle_names_controlnets_as_swift_does(sdcoreml, workdir, tmp_path):
+    """Resources/controlnet/<id: '/' as '_', split on '_' and '-', each piece str.title()'d>."""
+    from test_bundle import fake_xcrun
+
+    for org, name in (("lllyasviel", "sd-controlnet-mlsd"), ("lllyasviel", "control_v11p_sd15_canny")):
+        (workdir / org).mkdir(exist_ok=True)
+        if not (workdir / org / name).exists():
+            os.symlink(workdir / CN, workdir / org / name)
+    env, _ = fake_xcrun(tmp_path)
+    check_ok(convert(sdcoreml, workdir, tmp_path / "o", "--convert-controlnet", "lllyasviel/sd-controlnet-mlsd",
+                     "lllyasviel/control_v11p_sd15_canny", "--convert-unet", "--unet-support-controlnet",
+                     "--bundle-resources-for-swift-cli", env=env))
+    res = tmp_path / "o" / "Resources"
+    assert sorted(p.name for p in (res / "controlnet").iterdir()) == [
+        "LllyasvielControlV11PSd15Canny.mlmodelc", "LllyasvielSdControlnetMlsd.mlmodelc"]
+    assert (res / "ControlledUnet.mlmodelc").is_dir()

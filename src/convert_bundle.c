@@ -1,0 +1,193 @@
+/*
+ * convert_bundle.c — --bundle-resources-for-swift-cli (anchor §11): <-o>/Resources/ with each
+ * package compiled to the .mlmodelc name Apple's Swift pipeline loads, ControlNets under
+ * Resources/controlnet/, and the tokenizer's vocab.json and merges.txt.
+ *
+ * Compiling an .mlpackage to .mlmodelc is done by Apple's `xcrun coremlcompiler` (macOS with
+ * Xcode); the format of .mlmodelc is not documented, so sdcoreml does not fake it. Without
+ * xcrun on PATH the option is refused before any conversion starts. Unlike the anchor, the
+ * tokenizer files come from the model's own tokenizer/ folder (no download); an explicit
+ * --text-encoder-vocabulary-url / --text-encoder-merges-url may name a local file.
+ */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "convert_internal.h"
+
+extern char **environ;
+
+/* Full path of an executable found on PATH, or false. */
+static bool find_on_path(const char *exe, char *out, size_t size) {
+    const char *path = getenv("PATH");
+    if (!path) return false;
+    while (*path) {
+        size_t n = strcspn(path, ":");
+        if (n && sdc_fmt(out, size, "%.*s/%s", (int)n, path, exe) && access(out, X_OK) == 0) return true;
+        path += n + (path[n] == ':');
+    }
+    return false;
+}
+
+sdc_status conv_bundle_preflight(const conv_ctx *c) {
+    char xcrun[4096];
+    if (!find_on_path("xcrun", xcrun, sizeof xcrun))
+        return sdc_fail(c->err, SDC_E_UNSUPPORTED,
+                        "--bundle-resources-for-swift-cli compiles packages with Apple's `xcrun coremlcompiler` "
+                        "(macOS with Xcode), which is not on PATH; convert without it and compile on a Mac");
+    return SDC_OK;
+}
+
+/* Runs xcrun coremlcompiler compile PKG DIR with its output discarded (the library prints
+   nothing); a failure names the package. */
+static sdc_status compile(const conv_ctx *c, const char *package, const char *dir) {
+    char xcrun[4096];
+    if (!find_on_path("xcrun", xcrun, sizeof xcrun)) return conv_bundle_preflight(c);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    char *argv[] = {xcrun, "coremlcompiler", "compile", (char *)package, (char *)dir, NULL};
+    pid_t pid;
+    int rc = posix_spawn(&pid, xcrun, &fa, NULL, argv, environ), status = 0;
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) return sdc_fail(c->err, SDC_E_IO, "%s: cannot run: %s", xcrun, strerror(rc));
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return sdc_fail(c->err, SDC_E_IO, "%s: xcrun coremlcompiler compile failed (status %d)", package, status);
+    return SDC_OK;
+}
+
+static bool exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* Compiles <-o>/<package> into <dir>/<target>.mlmodelc unless the target exists (as the anchor). */
+static sdc_status bundle_one(const conv_ctx *c, const char *package, const char *dir, const char *target) {
+    char pkg[4200], compiled[4400], final[4400];
+    const char *out = c->job->output_dir ? c->job->output_dir : ".";
+    snprintf(pkg, sizeof pkg, "%s/%s", out, package);
+    snprintf(final, sizeof final, "%s/%s.mlmodelc", dir, target);
+    if (!exists(pkg) || exists(final)) return SDC_OK;
+    size_t stem = strlen(package) - strlen(".mlpackage");
+    snprintf(compiled, sizeof compiled, "%s/%.*s.mlmodelc", dir, (int)stem, package);
+    sdc_status s = compile(c, pkg, dir);
+    if (s) return s;
+    if (!exists(compiled))
+        return sdc_fail(c->err, SDC_E_IO, "%s: coremlcompiler wrote no %s", pkg, compiled);
+    if (rename(compiled, final) != 0)
+        return sdc_fail(c->err, SDC_E_IO, "%s: cannot rename to %s: %s", compiled, final, strerror(errno));
+    conv_log(c, SDC_LOG_INFO, "bundled %s", final);
+    return SDC_OK;
+}
+
+/* Swift's name for a ControlNet: the id with '/' as '_', split on '_' and '-', each piece in
+   Python's str.title() (upper after any non-letter), joined: lllyasviel/sd-controlnet-mlsd →
+   LllyasvielSdControlnetMlsd, control_v11p_sd15_canny → ControlV11PSd15Canny. */
+static void swift_controlnet_name(const char *id, char *out, size_t size) {
+    size_t n = 0;
+    bool up = true;
+    for (const char *p = id; *p && n + 1 < size; p++) {
+        if (*p == '/' || *p == '_' || *p == '-') {
+            up = true;
+            continue;
+        }
+        unsigned char ch = (unsigned char)*p;
+        out[n++] = isalpha(ch) ? (char)(up ? toupper(ch) : tolower(ch)) : (char)ch;
+        up = !isalpha(ch);
+    }
+    out[n] = 0;
+}
+
+static sdc_status copy_file(const conv_ctx *c, const char *from, const char *to) {
+    FILE *in = fopen(from, "rb");
+    if (!in) return sdc_fail(c->err, SDC_E_IO, "%s: cannot open: %s", from, strerror(errno));
+    char tmp[4400];
+    snprintf(tmp, sizeof tmp, "%s.partial-%ld", to, (long)getpid());
+    FILE *out = fopen(tmp, "wb");
+    if (!out) {
+        fclose(in);
+        return sdc_fail(c->err, SDC_E_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    }
+    char buf[1 << 16];
+    size_t k;
+    bool ok = true;
+    while ((k = fread(buf, 1, sizeof buf, in)) > 0) ok = ok && fwrite(buf, 1, k, out) == k;
+    ok = !ferror(in) && ok;
+    fclose(in);
+    ok = fclose(out) == 0 && ok;
+    if (!ok || rename(tmp, to) != 0) {
+        unlink(tmp);
+        return sdc_fail(c->err, SDC_E_IO, "%s: cannot write", to);
+    }
+    return SDC_OK;
+}
+
+/* vocab.json / merges.txt: an explicit local file (path or file://), else the pipeline's own
+   tokenizer (tokenizer/, or tokenizer_2/ for a refiner-only pipeline). */
+static sdc_status tokenizer_file(const conv_ctx *c, const char *url, const char *file, const char *dir) {
+    char from[4200], to[4200];
+    snprintf(to, sizeof to, "%s/%s", dir, file);
+    if (url && strncmp(url, "file://", 7) && strstr(url, "://"))
+        return sdc_fail(c->err, SDC_E_UNSUPPORTED, "%s: sdcoreml does not download; give a local file for %s", url, file);
+    if (url) {
+        snprintf(from, sizeof from, "%s", strncmp(url, "file://", 7) ? url : url + 7);
+    } else {
+        snprintf(from, sizeof from, "%s/tokenizer/%s", c->src->root, file);
+        if (!exists(from)) snprintf(from, sizeof from, "%s/tokenizer_2/%s", c->src->root, file);
+        if (!exists(from))
+            return sdc_fail(c->err, SDC_E_NOTFOUND, "%s: no tokenizer/%s to bundle; pass it as a local file with --text-encoder-%s-url",
+                            c->src->root, file, strcmp(file, "vocab.json") ? "merges" : "vocabulary");
+    }
+    return copy_file(c, from, to);
+}
+
+static sdc_status make_dir(const conv_ctx *c, const char *dir) {
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return sdc_fail(c->err, SDC_E_IO, "%s: cannot create directory: %s", dir, strerror(errno));
+    return SDC_OK;
+}
+
+sdc_status conv_bundle(const conv_ctx *c) {
+    static const char *const names[][2] = {
+        {"text_encoder", "TextEncoder"},           {"text_encoder_2", "TextEncoder2"},
+        {"vae_decoder", "VAEDecoder"},             {"vae_encoder", "VAEEncoder"},
+        {"unet", "Unet"},                          {"unet_chunk1", "UnetChunk1"},
+        {"unet_chunk2", "UnetChunk2"},             {"refiner", "UnetRefiner"},
+        {"refiner_chunk1", "UnetRefinerChunk1"},   {"refiner_chunk2", "UnetRefinerChunk2"},
+        {"control-unet", "ControlledUnet"},        {"control-unet_chunk1", "ControlledUnetChunk1"},
+        {"control-unet_chunk2", "ControlledUnetChunk2"}, {"safety_checker", "SafetyChecker"},
+    };
+    char dir[4200], path[4200];
+    const char *out = c->job->output_dir ? c->job->output_dir : ".";
+    snprintf(dir, sizeof dir, "%s/Resources", out);
+    sdc_status s = make_dir(c, dir);
+    for (size_t i = 0; !s && i < SDC_COUNT_OF(names); i++) {
+        if ((s = conv_package_path(c, names[i][0], path, sizeof path))) break;
+        const char *base = strrchr(path, '/');
+        s = bundle_one(c, base ? base + 1 : path, dir, names[i][1]);
+    }
+    if (!s && c->job->n_controlnet) {
+        char cdir[4300];
+        snprintf(cdir, sizeof cdir, "%s/controlnet", dir);
+        s = make_dir(c, cdir);
+        for (int i = 0; !s && i < c->job->n_controlnet; i++) {
+            char pkg[700], name[600];
+            snprintf(pkg, sizeof pkg, "ControlNet_%s.mlpackage", c->job->controlnet[i]);
+            for (char *p = pkg; *p; p++)
+                if (*p == '/') *p = '_';
+            swift_controlnet_name(c->job->controlnet[i], name, sizeof name);
+            s = bundle_one(c, pkg, cdir, name);
+        }
+    }
+    if (!s) s = tokenizer_file(c, c->job->text_encoder_vocabulary_url, "vocab.json", dir);
+    if (!s) s = tokenizer_file(c, c->job->text_encoder_merges_url, "merges.txt", dir);
+    return s;
+}

@@ -1,0 +1,80 @@
+"""--bundle-resources-for-swift-cli (anchor §11): Resources/ with the .mlmodelc names Apple's
+Swift pipeline loads. The compiler is Apple's `xcrun coremlcompiler` (macOS only); here a
+stand-in xcrun on PATH records its calls and makes the directory the real one makes
+(<OUT>/<package stem>.mlmodelc), so the test checks sdcoreml's part: what it compiles, the
+names it gives, ControlNets under controlnet/, the tokenizer files, and the refusal without
+xcrun."""
+
+import os
+import stat
+from pathlib import Path
+
+from conftest import check_ok
+
+FAKE_XCRUN = """#!/bin/sh
+# stand-in for: xcrun coremlcompiler compile PKG OUTDIR
+[ "$1" = coremlcompiler ] && [ "$2" = compile ] || exit 64
+echo "$3" >> "$XCRUN_LOG"
+stem=$(basename "$3" .mlpackage)
+mkdir -p "$4/$stem.mlmodelc" && echo "{}" > "$4/$stem.mlmodelc/metadata.json"
+"""
+
+
+def fake_xcrun(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    x = bin_dir / "xcrun"
+    x.write_text(FAKE_XCRUN)
+    x.chmod(x.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "xcrun.log"
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "XCRUN_LOG": str(log)}, log
+
+
+def test_refused_without_xcrun(sdcoreml, pipelines, tmp_path):
+    r = sdcoreml("--convert-unet", "--bundle-resources-for-swift-cli", "--model-version", "tiny-sd", "-o", tmp_path / "o",
+                 cwd=pipelines["sd1"].parent, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 1
+    assert "xcrun coremlcompiler" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_resources_layout(sdcoreml, pipelines, tmp_path):
+    env, log = fake_xcrun(tmp_path)
+    out = tmp_path / "o"
+    check_ok(sdcoreml("--convert-text-encoder", "--convert-unet", "--chunk-unet", "--convert-vae-decoder",
+                      "--convert-vae-encoder", "--convert-safety-checker", "--bundle-resources-for-swift-cli",
+                      "--model-version", "tiny-sd", "-o", out, cwd=pipelines["sd1"].parent, env=env))
+    res = out / "Resources"
+    assert sorted(p.name for p in res.iterdir()) == sorted([
+        "TextEncoder.mlmodelc", "Unet.mlmodelc", "UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc", "VAEDecoder.mlmodelc",
+        "VAEEncoder.mlmodelc", "SafetyChecker.mlmodelc", "vocab.json", "merges.txt"])
+    tok = Path(pipelines["sd1"]) / "tokenizer"
+    assert (res / "vocab.json").read_bytes() == (tok / "vocab.json").read_bytes()
+    assert (res / "merges.txt").read_bytes() == (tok / "merges.txt").read_bytes()
+    compiled = log.read_text().split()
+    assert len(compiled) == 7 and all(Path(p).parent == out for p in compiled)
+    # a second run keeps what exists (as the anchor) and compiles nothing
+    log.unlink()
+    check_ok(sdcoreml("--bundle-resources-for-swift-cli", "--model-version", "tiny-sd", "-o", out,
+                      cwd=pipelines["sd1"].parent, env=env))
+    assert not log.exists()
+
+
+def test_sdxl_names(sdcoreml, pipelines, tmp_path):
+    env, _ = fake_xcrun(tmp_path)
+    out = tmp_path / "o"
+    base, refiner = pipelines["sdxl"], pipelines["sdxl-refiner"]
+    check_ok(sdcoreml("--xl-version", "--convert-text-encoder", "--convert-unet", "--refiner-version", refiner.name,
+                      "--bundle-resources-for-swift-cli", "--model-version", base.name, "-o", out, cwd=base.parent,
+                      env=env))
+    names = {p.name for p in (out / "Resources").iterdir()}
+    assert {"TextEncoder.mlmodelc", "TextEncoder2.mlmodelc", "Unet.mlmodelc", "UnetRefiner.mlmodelc"} <= names
+
+
+def test_remote_vocabulary_url_is_refused(sdcoreml, pipelines, tmp_path):
+    env, _ = fake_xcrun(tmp_path)
+    r = sdcoreml("--convert-unet", "--bundle-resources-for-swift-cli", "--text-encoder-vocabulary-url",
+                 "https://huggingface.co/openai/clip-vit-base-patch32/resolve/main/vocab.json", "--model-version",
+                 "tiny-sd", "-o", tmp_path / "o", cwd=pipelines["sd1"].parent, env=env)
+    assert r.returncode == 1
+    assert "sdcoreml does not download; give a local file for vocab.json" in r.stderr
