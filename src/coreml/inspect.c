@@ -10,52 +10,8 @@
 
 #include "coreml.pb-c.h"
 #include "coreml/blob.h"
+#include "coreml/package.h"
 #include "source/source.h"
-
-enum { MAX_MODEL_FILE = 512 << 20 };
-
-static sdc_status read_whole(const char *path, uint8_t **out, size_t *n, sdc_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return sdc_fail(err, SDC_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || st.st_size < 0 || st.st_size > MAX_MODEL_FILE) {
-        fclose(f);
-        return sdc_fail(err, SDC_E_FORMAT, "%s: missing or larger than %d MiB", path, MAX_MODEL_FILE >> 20);
-    }
-    uint8_t *buf = sdc_malloc((size_t)st.st_size);
-    if (!buf) {
-        fclose(f);
-        return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    }
-    size_t got = fread(buf, 1, (size_t)st.st_size, f);
-    fclose(f);
-    if (got != (size_t)st.st_size) {
-        sdc_free(buf);
-        return sdc_fail(err, SDC_E_IO, "%s: short read", path);
-    }
-    *out = buf;
-    *n = got;
-    return SDC_OK;
-}
-
-/* Finds the root model's path through Manifest.json, as Core ML does. */
-static sdc_status root_model_path(const char *pkg, char *out, size_t size, sdc_err *err) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/Manifest.json", pkg);
-    json_t *m;
-    sdc_status s = sdc_json_load(path, &m, err);
-    if (s) return s;
-    json_t *root = json_object_get(m, "rootModelIdentifier");
-    json_t *items = json_object_get(m, "itemInfoEntries");
-    json_t *item = json_is_string(root) && json_is_object(items) ? json_object_get(items, json_string_value(root)) : NULL;
-    json_t *rel = item ? json_object_get(item, "path") : NULL;
-    if (!json_is_string(rel) || strstr(json_string_value(rel), ".."))
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: no valid rootModelIdentifier item with a path", path);
-    else if (!sdc_fmt(out, size, "%s/Data/%s", pkg, json_string_value(rel)))
-        s = sdc_fail(err, SDC_E_ARG, "%s: path too long", path);
-    json_decref(m);
-    return s;
-}
 
 static const char *array_type_name(int t) {
     switch (t) {
@@ -167,8 +123,8 @@ sdc_status sdc_inspect_json(const char *package_path, char **json_out, char *err
     size_t n = 0;
     Sdc__Coreml__Model *m = NULL;
     uint64_t wbytes = 0, blobs = 0;
-    sdc_status s = root_model_path(package_path, model_path, sizeof model_path, &err);
-    if (!s) s = read_whole(model_path, &buf, &n, &err);
+    sdc_status s = sdc_package_root_model(package_path, model_path, sizeof model_path, &err);
+    if (!s) s = sdc_package_read_model(model_path, &buf, &n, &err);
     if (!s && !(m = sdc__coreml__model__unpack(NULL, n, buf)))
         s = sdc_fail(&err, SDC_E_FORMAT, "%s: not a Core ML model protobuf", model_path);
     if (!s) s = weight_bytes(model_path, &wbytes, &blobs, &err);

@@ -17,12 +17,12 @@
 
 #include "coreml.pb-c.h"
 #include "interp/interp.h"
+#include "coreml/package.h"
 
 enum { MAX_CONSTEXPR_DEPTH = 8 };
 #include "io/fp16.h"
 #include "source/source.h"
 
-#define MAX_MODEL_FILE ((uint64_t)2 << 30)
 #define EAGER_ELEMS 4096 /* constants this small are decoded once at load */
 
 typedef Sdc__Coreml__Model PModel;
@@ -643,53 +643,6 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
 
 /* ---------------------------------------------------------------- manifest */
 
-static sdc_status root_model_path(const char *pkg, char *out, size_t size, sdc_err *err) {
-    char path[4096];
-    if (!sdc_fmt(path, sizeof path, "%s/Manifest.json", pkg)) return sdc_fail(err, SDC_E_ARG, "%s: path too long", pkg);
-    json_t *m;
-    sdc_status s = sdc_json_load(path, &m, err);
-    if (s) return s;
-    json_t *version = json_object_get(m, "fileFormatVersion");
-    json_t *root = json_object_get(m, "rootModelIdentifier");
-    json_t *items = json_object_get(m, "itemInfoEntries");
-    json_t *item = json_is_string(root) && json_is_object(items) ? json_object_get(items, json_string_value(root)) : NULL;
-    json_t *rel = json_is_object(item) ? json_object_get(item, "path") : NULL;
-    if (!json_is_string(version))
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: no fileFormatVersion string", path);
-    else if (!json_is_string(rel))
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: rootModelIdentifier does not name an item with a path", path);
-    else if (strstr(json_string_value(rel), "..") || json_string_value(rel)[0] == '/' || !json_string_value(rel)[0])
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: root model path '%s' leaves the package", path, json_string_value(rel));
-    else if (!sdc_fmt(out, size, "%s/Data/%s", pkg, json_string_value(rel)))
-        s = sdc_fail(err, SDC_E_ARG, "%s: path too long", path);
-    json_decref(m);
-    return s;
-}
-
-static sdc_status read_model_file(const char *path, uint8_t **out, size_t *n, sdc_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return sdc_fail(err, SDC_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 || (uint64_t)st.st_size > MAX_MODEL_FILE) {
-        fclose(f);
-        return sdc_fail(err, SDC_E_FORMAT, "%s: empty, not a file, or larger than 2 GiB", path);
-    }
-    uint8_t *buf = sdc_malloc((size_t)st.st_size);
-    if (!buf) {
-        fclose(f);
-        return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    }
-    size_t got = fread(buf, 1, (size_t)st.st_size, f);
-    fclose(f);
-    if (got != (size_t)st.st_size) {
-        sdc_free(buf);
-        return sdc_fail(err, SDC_E_IO, "%s: short read", path);
-    }
-    *out = buf;
-    *n = got;
-    return SDC_OK;
-}
-
 /* ---------------------------------------------------------------- descriptions */
 
 static int nd_from_array_type(int t) {
@@ -860,13 +813,13 @@ static sdc_status decode_small(loader *L) {
 sdc_status interp_model_load(const char *pkg, sdc_model *m, sdc_err *err) {
     loader L = {.m = m, .err = err};
     char model_path[4096];
-    sdc_status s = root_model_path(pkg, model_path, sizeof model_path, err);
+    sdc_status s = sdc_package_root_model(pkg, model_path, sizeof model_path, err);
     if (s) return s;
     L.model_path = model_path;
     const char *slash = strrchr(model_path, '/');
     snprintf(L.model_dir, sizeof L.model_dir, "%.*s", (int)(slash - model_path), model_path);
     size_t n = 0;
-    if ((s = read_model_file(model_path, &m->proto_buf, &n, err))) return s;
+    if ((s = sdc_package_read_model(model_path, &m->proto_buf, &n, err))) return s;
     PModel *pm = sdc__coreml__model__unpack(NULL, n, m->proto_buf);
     /* protobuf-c copies every string and byte field: the file buffer is not needed any more */
     sdc_free(m->proto_buf);

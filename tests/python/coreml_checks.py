@@ -15,7 +15,9 @@ import collections
 import os
 import shutil
 import tempfile
+import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -189,3 +191,19 @@ def tree_bytes(root):
             with open(p, "rb") as f:
                 files[os.path.normpath(os.path.join(rel, n))] = f.read()
     return files, dirs
+
+
+def damage_weights(package):
+    """Flips the sign of every 3rd fp16 weight in the data of each blob (headers intact)."""
+    path = Path(package) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    b = bytearray(path.read_bytes())
+    count = struct.unpack_from("<I", b, 0)[0]
+    off = 64
+    for _ in range(count):
+        sentinel, dtype, size, data = struct.unpack_from("<IIQQ", b, off)
+        assert sentinel == 0xDEADBEEF
+        if dtype == 1:  # fp16
+            for i in range(data + 1, data + size, 6):
+                b[i] ^= 0x80
+        off = (data + size + 63) // 64 * 64
+    path.write_bytes(bytes(b))

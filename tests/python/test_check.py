@@ -3,11 +3,11 @@ of the same weights (no ANE rewrite) run in sdcoreml's interpreter on seeded inp
 printed per model and output and below 35 dB the run fails naming the model and output."""
 
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
 
+from coreml_checks import damage_weights
 from conftest import check_ok, package_name
 
 PSNR_LINE = re.compile(r"^sdcoreml: check (\S+): output (\S+): PSNR ([0-9.]+) dB \(minimum 35\)$", re.M)
@@ -34,22 +34,6 @@ def test_sdxl_passes(sdcoreml, pipelines, tmp_path):
                          "--convert-unet", "--attention-implementation", "SPLIT_EINSUM_V2"))
     outputs = sorted(o for _, o, _ in PSNR_LINE.findall(r.stderr))
     assert outputs == ["hidden_embeds", "hidden_embeds", "noise_pred", "pooled_outputs", "pooled_outputs"]
-
-
-def damage_weights(package):
-    """Flips the sign of every 3rd fp16 weight in the data of each blob (headers intact)."""
-    path = Path(package) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
-    b = bytearray(path.read_bytes())
-    count = struct.unpack_from("<I", b, 0)[0]
-    off = 64
-    for _ in range(count):
-        sentinel, dtype, size, data = struct.unpack_from("<IIQQ", b, off)
-        assert sentinel == 0xDEADBEEF
-        if dtype == 1:  # fp16
-            for i in range(data + 1, data + size, 6):
-                b[i] ^= 0x80
-        off = (data + size + 63) // 64 * 64
-    path.write_bytes(bytes(b))
 
 
 def test_damaged_weights_fail_naming_model_and_output(sdcoreml, pipelines, tmp_path):

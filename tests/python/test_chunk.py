@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import coreml_checks
+from coreml_checks import damage_weights
 from conftest import check_ok, package_name
 from test_unet import expected_io, psnr, random_inputs, run_package
 
@@ -239,22 +240,6 @@ def test_check_output_correctness(sdcoreml, pipelines, tmp_path):
     assert found[(chunks, "noise_pred")] > 150  # bit-identical: rmse 0
     assert "bit-identical" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths(tmp_path, sdxl.name))
-
-
-def damage_weights(package):
-    """Flips the sign of every 3rd fp16 weight in the data of each blob (headers intact)."""
-    path = Path(package) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
-    b = bytearray(path.read_bytes())
-    count = struct.unpack_from("<I", b, 0)[0]
-    off = 64
-    for _ in range(count):
-        sentinel, dtype, size, data = struct.unpack_from("<IIQQ", b, off)
-        assert sentinel == 0xDEADBEEF
-        if dtype == 1:  # fp16
-            for i in range(data + 1, data + size, 6):
-                b[i] ^= 0x80
-        off = (data + size + 63) // 64 * 64
-    path.write_bytes(bytes(b))
 
 
 def test_check_fails_on_a_damaged_chunk(sdcoreml, pipelines, tmp_path):
