@@ -17,7 +17,6 @@ formula). Nothing is asserted.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -30,45 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-GENERATOR = REPO / "tests" / "fixtures" / "make_tiny_pipelines.py"
-KIND = "sd15-text-encoder-full"
-
-
-def cache_root():
-    return Path(os.environ.get("SDCOREML_CACHE") or Path.home() / ".cache" / "sdcoreml")
-
-
-def model_dir():
-    h = hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:12]
-    return cache_root() / "bench" / f"{KIND}-{h}" / KIND
-
-
-def ensure_model():
-    d = model_dir()
-    if (d / "model_index.json").exists():
-        return d
-    help_text = subprocess.run([sys.executable, str(GENERATOR), "--help"], capture_output=True, text=True).stdout
-    if KIND not in help_text:
-        sys.exit(f"bench: {GENERATOR} has no --kind {KIND}")
-    d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".gen-", dir=d.parent))
-    t = time.perf_counter()
-    try:
-        subprocess.run([sys.executable, str(GENERATOR), "--kind", KIND, "--out", str(tmp / KIND)], check=True,
-                       stdout=subprocess.DEVNULL)
-        os.rename(tmp / KIND, d)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"generated {d} in {time.perf_counter() - t:.1f} s")
-    return d
-
-
-def psnr(a, b):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(20 * np.log10((np.abs(b).max() + 1e-5) / (np.sqrt(np.mean((a - b) ** 2)) + 1e-10)))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import REPO, ensure_text_encoder, psnr  # noqa: E402
 
 def token_ids():
     """A fixed prompt-like input: <|startoftext|>, 12 word ids, <|endoftext|>, padding."""
@@ -97,7 +59,7 @@ def main():
     exe = Path(args.sdcoreml)
     if not exe.is_file():
         sys.exit(f"bench: {exe} not built (cmake -B build -S . && cmake --build build -j2)")
-    src = ensure_model()
+    src, _ = ensure_text_encoder()
     work = Path(tempfile.mkdtemp(prefix="sdcoreml-bench-interp-"))
     try:
         extra = ["--compute-precision", args.compute_precision]

@@ -16,17 +16,15 @@ makes it): run it with that venv's python.
 """
 
 import argparse
-import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import run_child  # noqa: E402
 from unet import CACHE, CONFIGS, SDCOREML, ensure_model  # noqa: E402
 
 
@@ -34,16 +32,12 @@ def convert(root, flags, out_dir):
     """(seconds, peak RSS bytes, weight.bin bytes, weights palettized) of one conversion."""
     shutil.rmtree(out_dir, ignore_errors=True)
     cmd = [str(SDCOREML), "--convert-unet", "--model-version", str(root), "-o", str(out_dir), *flags]
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    dt = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+    dt, rss, rc, err = run_child(cmd)
+    if rc != 0:
         raise SystemExit(f"conversion failed: {' '.join(cmd)}\n{err}")
     m = re.search(r"palettizing (\d+) weights", err)
     wbin = next(out_dir.rglob("weight.bin"))
-    return dt, usage.ru_maxrss * 1024, wbin.stat().st_size, int(m.group(1)) if m else 0
+    return dt, rss, wbin.stat().st_size, int(m.group(1)) if m else 0
 
 
 def main():

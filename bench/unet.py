@@ -25,8 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import cache_root, run_child  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("SDCOREML_CACHE") or Path.home() / ".cache" / "sdcoreml") / "bench"
+CACHE = cache_root() / "bench"
 SDCOREML = Path(os.environ.get("SDCOREML_BIN") or REPO / "build" / "sdcoreml")
 
 # reference/sd-architectures.md §3.1
@@ -104,16 +107,12 @@ def io_floor(files, out_dir):
 def convert(root, flags, out_dir):
     """(seconds, peak RSS bytes) of one conversion, RSS from wait4 on that child alone."""
     shutil.rmtree(out_dir, ignore_errors=True)
-    cmd = [str(SDCOREML), "--quiet", "--convert-unet", "--model-version", str(root), "-o", str(out_dir), *flags]
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(p.pid, 0)
-    dt = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise SystemExit(f"conversion failed: {' '.join(cmd)}")
+    cmd = [SDCOREML, "--quiet", "--convert-unet", "--model-version", root, "-o", out_dir, *flags]
+    dt, rss, rc, err = run_child(cmd)
+    if rc != 0:
+        raise SystemExit(f"conversion failed: {' '.join(map(str, cmd))}\n{err}")
     written = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
-    return dt, usage.ru_maxrss * 1024, written
+    return dt, rss, written
 
 
 def main():

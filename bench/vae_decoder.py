@@ -23,12 +23,14 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import cache_root, mb, print_runs, psnr, run_child, tree_size  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "sd15-vae-full"
@@ -47,10 +49,6 @@ SD15_VAE = dict(
     sample_size=512,
 )
 SEED = 1234
-
-
-def cache_root():
-    return Path(os.environ.get("SDCOREML_CACHE") or Path.home() / ".cache" / "sdcoreml")
 
 
 def model_dir():
@@ -101,35 +99,9 @@ def ensure_model():
     return d
 
 
-def run_child(cmd, cwd=None):
-    """(wall seconds, peak RSS bytes, returncode, stderr) of one child process."""
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = p.stderr.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    return wall, ru.ru_maxrss * 1024, os.waitstatus_to_exitcode(status), err.decode(errors="replace")
-
-
-def tree_size(p):
-    return sum(f.stat().st_size for f in Path(p).rglob("*") if f.is_file())
-
-
-def mb(n):
-    return f"{n / 1e6:,.1f} MB"
-
-
 def has_interpreter(exe):
     r = subprocess.run([str(exe), "run", "--help"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
     return r.returncode == 0
-
-
-def psnr(a, b):
-    import numpy as np
-
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    return 20 * np.log10((np.abs(b).max() + 1e-5) / (np.sqrt(np.mean((a - b) ** 2)) + 1e-10))
 
 
 def decode_bench(exe, src, package, workdir, latent, threads):
@@ -213,11 +185,7 @@ def main():
     print(f"  binary: {exe}")
     print(f"  model:  {src}")
     print()
-    print(f"  {'run':>4}  {'wall':>9}  {'peak RSS':>12}")
-    for i, wall, rss in rows:
-        print(f"  {i:>4}  {wall:>8.2f}s  {mb(rss):>12}")
-    walls = [r[1] for r in rows]
-    print(f"  {'med':>4}  {statistics.median(walls):>8.2f}s  {mb(max(r[2] for r in rows)):>12} (max)")
+    print_runs(rows)
     print()
     print(f"  {'weights read':<22}{mb(read_bytes):>12}  ({', '.join(p.name for p in weights_in)}, encoder included)")
     print(f"  {'weight.bin written':<22}{mb(written):>12}")
