@@ -69,15 +69,6 @@ static float *all_f(const preader *p) {
     return v;
 }
 
-static uint32_t bits_at(const uint8_t *p, size_t i, int bits) {
-    uint64_t bit = (uint64_t)i * (uint64_t)bits;
-    size_t byte = (size_t)(bit >> 3);
-    unsigned shift = (unsigned)(bit & 7);
-    uint32_t v = p[byte];
-    if (shift + (unsigned)bits > 8) v |= (uint32_t)p[byte + 1] << 8;
-    return (v >> shift) & ((1u << bits) - 1u);
-}
-
 /* The bytes of a uint8 parameter (borrowed from the stored form, or copied into *owned). */
 static const uint8_t *bytes_of(const preader *p, uint8_t **owned) {
     *owned = NULL;
@@ -151,7 +142,7 @@ static sdc_status lut_ios16(irun *r, const iop *op, const preader *idx, const pr
         it_free(o);
         return rt_fail(r, op, SDC_E_NOMEM, "out of memory");
     }
-    for (size_t i = 0; i < n; i++) put(o, i, table[bits_at(bytes, i, nbits)]);
+    for (size_t i = 0; i < n; i++) put(o, i, table[it_bits_at(bytes, i, nbits)]);
     sdc_free(table);
     sdc_free(owned);
     *out = o;
@@ -348,7 +339,7 @@ static sdc_status sparse(irun *r, const iop *op, itensor **out) {
         size_t k = n - c0 < CHUNK ? n - c0 : CHUNK;
         if (!packed) read_i(&mask, c0, k, mchunk);
         for (size_t j = 0; j < k; j++) {
-            bool set = packed ? bits_at(bytes, c0 + j, 1) : mchunk[j] != 0;
+            bool set = packed ? it_bits_at(bytes, c0 + j, 1) : mchunk[j] != 0;
             if (set && next >= nz.n) {
                 st = rt_fail(r, op, SDC_E_FORMAT, "mask has more set bits than nonzero_data has values (%zu)", nz.n);
                 break;

@@ -272,18 +272,6 @@ sdc_status rt_int(irun *r, const iop *op, const char *name, int64_t dflt, int64_
     return SDC_OK;
 }
 
-sdc_status rt_bool(irun *r, const iop *op, const char *name, bool dflt, bool *out) {
-    bool absent;
-    itensor *t = scalar_param(r, op, name, &absent);
-    if (absent) {
-        *out = dflt;
-        return SDC_OK;
-    }
-    if (!t) return r->err->code;
-    *out = it_getf(t, 0) != 0;
-    return SDC_OK;
-}
-
 sdc_status rt_float(irun *r, const iop *op, const char *name, float dflt, float *out) {
     bool absent;
     itensor *t = scalar_param(r, op, name, &absent);
@@ -294,6 +282,13 @@ sdc_status rt_float(irun *r, const iop *op, const char *name, float dflt, float 
     if (!t) return r->err->code;
     *out = it_getf(t, 0);
     return SDC_OK;
+}
+
+sdc_status rt_bool(irun *r, const iop *op, const char *name, bool dflt, bool *out) {
+    float f = 0;
+    sdc_status s = rt_float(r, op, name, dflt ? 1.0f : 0.0f, &f);
+    if (!s) *out = f != 0;
+    return s;
 }
 
 sdc_status rt_str(irun *r, const iop *op, const char *name, const char *dflt, const char **out) {

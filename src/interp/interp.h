@@ -99,6 +99,9 @@ itensor *it_view(int dtype, int rank, const int64_t *shape, void *data);
 void it_free(itensor *t);
 bool it_numel(int rank, const int64_t *shape, size_t *n); /* false on overflow / negative */
 /* Element i as float / as int64 whatever the storage. */
+/* Element i of a packed sub-byte array, LSB first (reference/coreml-format.md §4.4). */
+uint32_t it_bits_at(const uint8_t *p, size_t i, int bits);
+
 static inline float it_getf(const itensor *t, size_t i) { return mt_is_float(t->dtype) ? t->f[i] : (float)t->i[i]; }
 static inline int64_t it_geti(const itensor *t, size_t i) {
     return mt_is_float(t->dtype) ? (int64_t)t->f[i] : (int64_t)t->i[i];

@@ -273,7 +273,7 @@ static uint64_t rd_le(const uint8_t *p, int bytes) {
 }
 
 /* Element i of a packed sub-byte array, LSB first (reference/coreml-format.md §4.4). */
-static uint32_t rd_bits(const uint8_t *p, size_t i, int bits) {
+uint32_t it_bits_at(const uint8_t *p, size_t i, int bits) {
     uint64_t bit = (uint64_t)i * (uint64_t)bits;
     size_t byte = (size_t)(bit >> 3);
     unsigned shift = (unsigned)(bit & 7);
@@ -314,9 +314,9 @@ static double raw_get(const csrc *s, size_t i) {
         memcpy(&v, p + sizeof(int) * i, sizeof v);
         return v != 0;
     }
-    case RAW_BITS: return rd_bits(p, i, s->bits);
+    case RAW_BITS: return it_bits_at(p, i, s->bits);
     case RAW_SBITS: {
-        uint32_t v = rd_bits(p, i, s->bits);
+        uint32_t v = it_bits_at(p, i, s->bits);
         if (v & (1u << (s->bits - 1))) return (double)((int32_t)v - (int32_t)(1u << s->bits));
         return v;
     }

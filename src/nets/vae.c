@@ -275,24 +275,25 @@ static sdc_status start(const sdc_component *c, const sdc_vae_options *opt, vae_
     return SDC_OK;
 }
 
-sdc_status sdc_build_vae_decoder(const sdc_component *c, const sdc_vae_options *opt, mil_graph **out,
-                                 sdc_err *err) {
+typedef void (*vae_half)(sdc_net *n, const vae_config *cfg, const sdc_vae_options *opt);
+
+static sdc_status build(const sdc_component *c, const sdc_vae_options *opt, vae_half half, mil_graph **out,
+                        sdc_err *err) {
     vae_config cfg;
     mil_graph *g;
     sdc_status s = start(c, opt, &cfg, &g, err);
     if (s) return s;
     sdc_net n = {g, c, opt->compute, err};
-    build_decoder(&n, &cfg, opt);
+    half(&n, &cfg, opt);
     return net_finish(&n, out);
+}
+
+sdc_status sdc_build_vae_decoder(const sdc_component *c, const sdc_vae_options *opt, mil_graph **out,
+                                 sdc_err *err) {
+    return build(c, opt, build_decoder, out, err);
 }
 
 sdc_status sdc_build_vae_encoder(const sdc_component *c, const sdc_vae_options *opt, mil_graph **out,
                                  sdc_err *err) {
-    vae_config cfg;
-    mil_graph *g;
-    sdc_status s = start(c, opt, &cfg, &g, err);
-    if (s) return s;
-    sdc_net n = {g, c, opt->compute, err};
-    build_encoder(&n, &cfg, opt);
-    return net_finish(&n, out);
+    return build(c, opt, build_encoder, out, err);
 }
