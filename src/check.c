@@ -145,8 +145,12 @@ sdc_status conv_check(const conv_ctx *c, const char *package, const mil_graph *r
     sdc_write_hooks hooks = {c->job->progress, c->job->user, "reference"};
     sdc_status s = sdc_write_package(reference, &info, ref_path, &hooks, c->err);
     const char *slash = strrchr(package, '/');
-    if (!s) s = compare(c, package, ref_path, slash ? slash + 1 : package, hint);
+    if (!s) {
+        sdc_track_partial_output(ref_path); /* an interrupted check leaves no reference behind */
+        s = compare(c, package, ref_path, slash ? slash + 1 : package, hint);
+    }
     sdc_remove_package_tree(ref_path);
+    sdc_track_partial_output(NULL);
     return s;
 }
 

@@ -791,16 +791,6 @@ static const char *const package_files[] = {
     "/Manifest.json",
 };
 
-void sdc_remove_package_tree(const char *path) {
-    char p[4096];
-    for (size_t i = 0; i < SDC_COUNT_OF(package_files); i++) {
-        snprintf(p, sizeof p, "%s%s", path, package_files[i]);
-        if (remove(p) != 0 && errno != ENOENT) { /* best effort: directories may hold other files */
-        }
-    }
-    rmdir(path);
-}
-
 static sdc_status make_dirs(const char *tmp, sdc_err *err) {
     const char *dirs[] = {"", "/Data", "/Data/" SDC_PACKAGE_AUTHOR, "/" SDC_WEIGHTS_DIR};
     char p[4096];
@@ -817,7 +807,7 @@ static sdc_status make_dirs(const char *tmp, sdc_err *err) {
 static char inflight[4096];
 static volatile sig_atomic_t inflight_set;
 
-static void set_inflight(const char *tmp) {
+void sdc_track_partial_output(const char *tmp) {
     inflight_set = 0;
     if (tmp) {
         snprintf(inflight, sizeof inflight, "%s", tmp);
@@ -832,14 +822,20 @@ static void append(char *dst, size_t size, const char *a, const char *b) {
     dst[n] = 0;
 }
 
-void sdc_remove_partial_output(void) {
-    if (!inflight_set) return;
+/* Removes the files and directories a package of ours holds (a directory holding anything
+   else stays). Only unlink and rmdir, so a signal handler may call it. */
+void sdc_remove_package_tree(const char *path) {
     char p[4200];
     for (size_t i = 0; i < SDC_COUNT_OF(package_files); i++) {
-        append(p, sizeof p, inflight, package_files[i]);
+        append(p, sizeof p, path, package_files[i]);
         if (unlink(p) != 0) rmdir(p);
     }
-    rmdir(inflight);
+    rmdir(path);
+}
+
+void sdc_remove_partial_output(void) {
+    if (!inflight_set) return;
+    sdc_remove_package_tree(inflight);
     inflight_set = 0;
 }
 
@@ -869,10 +865,10 @@ sdc_status sdc_write_package(const mil_graph *g, const sdc_package_info *info, c
     struct stat st;
     if (stat(path, &st) == 0) return sdc_fail(err, SDC_E_IO, "%s: already exists", path);
     sdc_remove_package_tree(tmp); /* a leftover from a crashed run with our pid */
-    set_inflight(tmp);
+    sdc_track_partial_output(tmp);
     sdc_status s = make_dirs(tmp, err);
     if (s) {
-        set_inflight(NULL);
+        sdc_track_partial_output(NULL);
         sdc_remove_package_tree(tmp);
         return s;
     }
@@ -906,7 +902,7 @@ sdc_status sdc_write_package(const mil_graph *g, const sdc_package_info *info, c
     if (!s && rename(tmp, path) != 0)
         s = sdc_fail(err, SDC_E_IO, "%s: cannot rename the finished package into place: %s", path, strerror(errno));
     if (s) sdc_remove_package_tree(tmp);
-    set_inflight(NULL);
+    sdc_track_partial_output(NULL);
     sdc_free(buf);
     sdc_free(slots);
     sdc_arena_free(&c.arena);

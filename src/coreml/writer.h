@@ -35,6 +35,11 @@ typedef struct sdc_write_hooks {
 sdc_status sdc_write_package(const mil_graph *g, const sdc_package_info *info, const char *path,
                              const sdc_write_hooks *hooks, sdc_err *err);
 
+/* Names the package-shaped directory that sdc_remove_partial_output() removes if the run is
+   interrupted (NULL: none). The writer tracks its own temporary directory; other temporary
+   packages (the check's reference) are tracked by whoever keeps them. */
+void sdc_track_partial_output(const char *path);
+
 /* Removes a package-shaped directory tree we created (only the files we write). */
 void sdc_remove_package_tree(const char *path);
 
