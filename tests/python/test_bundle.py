@@ -78,3 +78,16 @@ def test_remote_vocabulary_url_is_refused(sdcoreml, pipelines, tmp_path):
                  "tiny-sd", "-o", tmp_path / "o", cwd=pipelines["sd1"].parent, env=env)
     assert r.returncode == 1
     assert "sdcoreml does not download; give a local file for vocab.json" in r.stderr
+
+
+def test_local_tokenizer_files(sdcoreml, pipelines, tmp_path):
+    env, _ = fake_xcrun(tmp_path)
+    vocab, merges = tmp_path / "my-vocab.json", tmp_path / "my-merges.txt"
+    vocab.write_text('{"a": 0}')
+    merges.write_text("#version: 0.2\n")
+    out = tmp_path / "o"
+    check_ok(sdcoreml("--convert-unet", "--bundle-resources-for-swift-cli", "--text-encoder-vocabulary-url", vocab,
+                      "--text-encoder-merges-url", f"file://{merges}", "--model-version", "tiny-sd", "-o", out,
+                      cwd=pipelines["sd1"].parent, env=env))
+    assert (out / "Resources" / "vocab.json").read_text() == '{"a": 0}'
+    assert (out / "Resources" / "merges.txt").read_text() == "#version: 0.2\n"

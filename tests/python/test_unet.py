@@ -226,3 +226,23 @@ def test_split_einsum_v2_odd_latents_match(sdcoreml, pipelines, tmp_path, latent
     value = psnr(ref, got)
     print(f"PSNR unet sd1 SPLIT_EINSUM_V2 {h}x{w} FLOAT32: {value:.1f} dB")
     assert value >= 60.0
+
+
+def test_context_shape_flags(sdcoreml, pipelines, tmp_path):
+    """--text-token-sequence-length and --text-encoder-hidden-size set encoder_hidden_states'
+    (B, D, 1, S) as the anchor (e.g. S = 256 for the multilingual text encoder). The tiny UNet's
+    attention weights take D = cross_attention_dim, so a different D is refused naming the tensor."""
+    r, pkg = convert_unet(sdcoreml, pipelines["sd1"], tmp_path / "a", "--text-token-sequence-length", 256,
+                          "--compute-unit", "CPU_AND_NE")
+    check_ok(r)
+    d = unet_config(pipelines["sd1"])["cross_attention_dim"]
+    info = coreml_checks.load_and_check(str(pkg))
+    assert {f.name: f.shape for f in info.inputs}["encoder_hidden_states"] == (2, d, 1, 256)
+    r, _ = convert_unet(sdcoreml, pipelines["sd1"], tmp_path / "b", "--text-encoder-hidden-size", d + 1)
+    assert r.returncode == 1
+    assert "attn2.to_k.weight" in r.stderr and list((tmp_path / "b").iterdir()) == []
+
+
+def test_compute_unit_choices(sdcoreml, pipelines, tmp_path):
+    r, _ = convert_unet(sdcoreml, pipelines["sd1"], tmp_path, "--compute-unit", "GPU")
+    assert r.returncode == 2 and "--compute-unit: invalid choice 'GPU'" in r.stderr
