@@ -1,5 +1,5 @@
 /*
- * convert_vae.c — --convert-vae-decoder and --convert-vae-encoder (anchor §4.4, §4.5, §8),
+ * vae.c — --convert-vae-decoder and --convert-vae-encoder (anchor §4.4, §4.5, §8),
  * with --custom-vae-version replacing the pipeline's VAE.
  *
  * Precision, as the anchor: the decoder takes `z` in float16 and computes at
@@ -7,7 +7,7 @@
  * compute are float32 (SDXL's VAE overflows in fp16); the encoder is float32 in and inside
  * whenever --xl-version.
  */
-#include "convert_internal.h"
+#include "convert/convert.h"
 
 static const char *const DECODER_INPUT_DOCS[] = {
     "The denoised latent embeddings from the unet model after the last step of reverse diffusion"};

@@ -1,5 +1,5 @@
 /*
- * convert_bundle.c — --bundle-resources-for-swift-cli (anchor §11): <-o>/Resources/ with each
+ * bundle.c — --bundle-resources-for-swift-cli (anchor §11): <-o>/Resources/ with each
  * package compiled to the .mlmodelc name Apple's Swift pipeline loads, ControlNets under
  * Resources/controlnet/, and the tokenizer's vocab.json and merges.txt.
  *
@@ -18,7 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "convert_internal.h"
+#include "convert/convert.h"
 
 extern char **environ;
 

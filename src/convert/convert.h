@@ -1,9 +1,9 @@
 /*
- * convert_internal.h — what the per-component converters (convert_*.c) share: the job, the
+ * convert.h — what the per-component converters (src/convert/*.c) share: the job, the
  * resolved model, the deployment target, output names, metadata and package writing.
  */
-#ifndef SDC_CONVERT_INTERNAL_H
-#define SDC_CONVERT_INTERNAL_H
+#ifndef SDC_CONVERT_CONVERT_H
+#define SDC_CONVERT_CONVERT_H
 
 #include "coreml/writer.h"
 #include "nets/nets.h"

@@ -1,5 +1,5 @@
-/* convert_chunk.c — --chunk-unet: the two chunk packages of a UNet, and their check. */
-#include "convert_chunk.h"
+/* chunk.c — --chunk-unet: the two chunk packages of a UNet, and their check. */
+#include "convert/chunk.h"
 
 #include <sys/stat.h>
 

@@ -1,5 +1,5 @@
-/* convert_text.c — --convert-text-encoder: text_encoder and, for SDXL, text_encoder_2. */
-#include "convert_internal.h"
+/* text_encoder.c — --convert-text-encoder: text_encoder and, for SDXL, text_encoder_2. */
+#include "convert/convert.h"
 
 #include <sys/stat.h>
 

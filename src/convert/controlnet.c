@@ -1,8 +1,8 @@
 /*
- * convert_controlnet.c — --convert-controlnet ID...: each ControlNet as
+ * controlnet.c — --convert-controlnet ID...: each ControlNet as
  * <-o>/ControlNet_<id, '/' → '_'>.mlpackage (anchor §3, §4.3), for SD 1.x/2.x pipelines.
  */
-#include "convert_internal.h"
+#include "convert/convert.h"
 
 
 static const char *const CONTROLNET_DESCRIPTION =

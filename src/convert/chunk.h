@@ -1,11 +1,11 @@
 /*
- * convert_chunk.h — --chunk-unet: <stem>_chunk1.mlpackage and <stem>_chunk2.mlpackage next to
+ * chunk.h — --chunk-unet: <stem>_chunk1.mlpackage and <stem>_chunk2.mlpackage next to
  * a UNet package (unet, refiner, control-unet), cut by passes/chunk.c from the same graph.
  */
 #ifndef SDC_CONVERT_CHUNK_H
 #define SDC_CONVERT_CHUNK_H
 
-#include "convert_internal.h"
+#include "convert/convert.h"
 
 /* With --chunk-unet: whether a chunk package of the package at `path` is missing (so the graph
    must be built even when the package itself exists). False without --chunk-unet. */

@@ -1,5 +1,5 @@
 /*
- * convert_safety.c — --convert-safety-checker (anchor §4.6, §8).
+ * safety_checker.c — --convert-safety-checker (anchor §4.6, §8).
  *
  * A pipeline without a safety checker (SD 2.x: [null, null] in model_index.json; SDXL: no
  * entry) gets a warning and no package, as the anchor does for SD 2.x.
@@ -9,7 +9,7 @@
  * 64×64 latent — the fixed (1, 512, 512, 3) the Swift pipeline feeds. (The anchor takes
  * vae.config.sample_size, which is the same for every published SD 1.x/2.x pipeline.)
  */
-#include "convert_internal.h"
+#include "convert/convert.h"
 
 static const char *const INPUT_DOCS[] = {
     "The normalized image input tensor resized to (224x224) in channels-first (BCHW) format",

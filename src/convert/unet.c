@@ -1,6 +1,6 @@
-/* convert_unet.c — --convert-unet: the UNet, and the SDXL refiner with --refiner-version. */
-#include "convert_chunk.h"
-#include "convert_internal.h"
+/* unet.c — --convert-unet: the UNet, and the SDXL refiner with --refiner-version. */
+#include "convert/chunk.h"
+#include "convert/convert.h"
 
 static const char *const UNET_INPUT_DOCS[] = {
     "The low resolution latent feature maps being denoised through reverse diffusion",

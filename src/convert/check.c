@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "convert_internal.h"
+#include "convert/convert.h"
 
 #define CHECK_MIN_PSNR 35.0
 

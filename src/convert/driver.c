@@ -1,10 +1,10 @@
 /*
- * convert.c — sdc_convert(): validates a job once, resolves the model, and runs each
+ * driver.c — sdc_convert(): validates a job once, resolves the model, and runs each
  * requested conversion in the anchor's order (VAE decoder, VAE encoder, UNet, text encoders,
  * safety checker, refiner), writing the anchor's file names. Per-component converters live in
  * convert_*.c; this file holds what they share.
  */
-#include "convert_internal.h"
+#include "convert/convert.h"
 
 #include "passes/palettize.h"
 
