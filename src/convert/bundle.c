@@ -34,7 +34,7 @@ static bool find_on_path(const char *exe, char *out, size_t size) {
     return false;
 }
 
-sdc_status conv_bundle_preflight(const conv_ctx *c) {
+sdc_status sdc_conv_bundle_preflight(const sdc_conv_ctx *c) {
     char xcrun[4096];
     if (!find_on_path("xcrun", xcrun, sizeof xcrun))
         return sdc_fail(c->err, SDC_E_UNSUPPORTED,
@@ -45,9 +45,9 @@ sdc_status conv_bundle_preflight(const conv_ctx *c) {
 
 /* Runs xcrun coremlcompiler compile PKG DIR with its output discarded (the library prints
    nothing); a failure names the package. */
-static sdc_status compile(const conv_ctx *c, const char *package, const char *dir) {
+static sdc_status compile(const sdc_conv_ctx *c, const char *package, const char *dir) {
     char xcrun[4096];
-    if (!find_on_path("xcrun", xcrun, sizeof xcrun)) return conv_bundle_preflight(c);
+    if (!find_on_path("xcrun", xcrun, sizeof xcrun)) return sdc_conv_bundle_preflight(c);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
@@ -70,7 +70,7 @@ static bool exists(const char *p) {
 }
 
 /* Compiles <-o>/<package> into <dir>/<target>.mlmodelc unless the target exists (as the anchor). */
-static sdc_status bundle_one(const conv_ctx *c, const char *package, const char *dir, const char *target) {
+static sdc_status bundle_one(const sdc_conv_ctx *c, const char *package, const char *dir, const char *target) {
     char pkg[4200], compiled[4400], final[4400];
     const char *out = c->job->output_dir ? c->job->output_dir : ".";
     snprintf(pkg, sizeof pkg, "%s/%s", out, package);
@@ -84,7 +84,7 @@ static sdc_status bundle_one(const conv_ctx *c, const char *package, const char 
         return sdc_fail(c->err, SDC_E_IO, "%s: coremlcompiler wrote no %s", pkg, compiled);
     if (rename(compiled, final) != 0)
         return sdc_fail(c->err, SDC_E_IO, "%s: cannot rename to %s: %s", compiled, final, strerror(errno));
-    conv_log(c, SDC_LOG_INFO, "bundled %s", final);
+    sdc_conv_log(c, SDC_LOG_INFO, "bundled %s", final);
     return SDC_OK;
 }
 
@@ -106,7 +106,7 @@ static void swift_controlnet_name(const char *id, char *out, size_t size) {
     out[n] = 0;
 }
 
-static sdc_status copy_file(const conv_ctx *c, const char *from, const char *to) {
+static sdc_status copy_file(const sdc_conv_ctx *c, const char *from, const char *to) {
     FILE *in = fopen(from, "rb");
     if (!in) return sdc_fail(c->err, SDC_E_IO, "%s: cannot open: %s", from, strerror(errno));
     char tmp[4400];
@@ -132,7 +132,7 @@ static sdc_status copy_file(const conv_ctx *c, const char *from, const char *to)
 
 /* vocab.json / merges.txt: an explicit local file (path or file://), else the pipeline's own
    tokenizer (tokenizer/, or tokenizer_2/ for a refiner-only pipeline). */
-static sdc_status tokenizer_file(const conv_ctx *c, const char *url, const char *file, const char *dir) {
+static sdc_status tokenizer_file(const sdc_conv_ctx *c, const char *url, const char *file, const char *dir) {
     char from[4200], to[4200];
     snprintf(to, sizeof to, "%s/%s", dir, file);
     if (url && strncmp(url, "file://", 7) && strstr(url, "://"))
@@ -140,39 +140,32 @@ static sdc_status tokenizer_file(const conv_ctx *c, const char *url, const char 
     if (url) {
         snprintf(from, sizeof from, "%s", strncmp(url, "file://", 7) ? url : url + 7);
     } else {
-        snprintf(from, sizeof from, "%s/tokenizer/%s", c->src->root, file);
-        if (!exists(from)) snprintf(from, sizeof from, "%s/tokenizer_2/%s", c->src->root, file);
-        if (!exists(from))
+        if (!sdc_pipeline_tokenizer_file(c->src, file, from, sizeof from))
             return sdc_fail(c->err, SDC_E_NOTFOUND, "%s: no tokenizer/%s to bundle; pass it as a local file with --text-encoder-%s-url",
                             c->src->root, file, strcmp(file, "vocab.json") ? "merges" : "vocabulary");
     }
     return copy_file(c, from, to);
 }
 
-static sdc_status make_dir(const conv_ctx *c, const char *dir) {
+static sdc_status make_dir(const sdc_conv_ctx *c, const char *dir) {
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return sdc_fail(c->err, SDC_E_IO, "%s: cannot create directory: %s", dir, strerror(errno));
     return SDC_OK;
 }
 
-sdc_status conv_bundle(const conv_ctx *c) {
-    static const char *const names[][2] = {
-        {"text_encoder", "TextEncoder"},           {"text_encoder_2", "TextEncoder2"},
-        {"vae_decoder", "VAEDecoder"},             {"vae_encoder", "VAEEncoder"},
-        {"unet", "Unet"},                          {"unet_chunk1", "UnetChunk1"},
-        {"unet_chunk2", "UnetChunk2"},             {"refiner", "UnetRefiner"},
-        {"refiner_chunk1", "UnetRefinerChunk1"},   {"refiner_chunk2", "UnetRefinerChunk2"},
-        {"control-unet", "ControlledUnet"},        {"control-unet_chunk1", "ControlledUnetChunk1"},
-        {"control-unet_chunk2", "ControlledUnetChunk2"}, {"safety_checker", "SafetyChecker"},
-    };
+/* Every package a row of the component table may write, under the name Swift loads it by. */
+sdc_status sdc_conv_bundle(const sdc_conv_ctx *c) {
     char dir[4200], path[4200];
     const char *out = c->job->output_dir ? c->job->output_dir : ".";
     snprintf(dir, sizeof dir, "%s/Resources", out);
     sdc_status s = make_dir(c, dir);
-    for (size_t i = 0; !s && i < SDC_COUNT_OF(names); i++) {
-        if ((s = conv_package_path(c, names[i][0], path, sizeof path))) break;
-        const char *base = strrchr(path, '/');
-        s = bundle_one(c, base ? base + 1 : path, dir, names[i][1]);
+    for (size_t i = 0; !s && i < SDC_CONV_N_COMPONENTS; i++) {
+        const sdc_conv_resource *r = SDC_CONV_COMPONENTS[i].resources;
+        for (size_t k = 0; !s && k < SDC_CONV_MAX_RESOURCES && r[k].submodule; k++) {
+            if ((s = sdc_conv_package_path(c, r[k].submodule, path, sizeof path))) break;
+            const char *base = strrchr(path, '/');
+            s = bundle_one(c, base ? base + 1 : path, dir, r[k].swift);
+        }
     }
     if (!s && c->job->n_controlnet) {
         char cdir[4300];

@@ -4,12 +4,9 @@
 #include <sys/stat.h>
 
 #include "passes/chunk.h"
-#include "passes/palettize.h"
-
-#define CHUNK_MIN_PSNR 35.0
 
 /* "<dir>/<stem>.mlpackage" → "<dir>/<stem>_chunk<n>.mlpackage", as bisect_model names them. */
-static sdc_status chunk_path(const conv_ctx *c, const char *path, int n, char *out, size_t size) {
+static sdc_status chunk_path(const sdc_conv_ctx *c, const char *path, int n, char *out, size_t size) {
     size_t len = strlen(path), ext = strlen(".mlpackage");
     if (len < ext || strcmp(path + len - ext, ".mlpackage"))
         return sdc_fail(c->err, SDC_E_INTERNAL, "%s: not a .mlpackage path", path);
@@ -23,7 +20,7 @@ static bool exists(const char *path) {
     return stat(path, &st) == 0;
 }
 
-bool conv_chunks_missing(const conv_ctx *c, const char *path) {
+bool sdc_conv_chunks_missing(const sdc_conv_ctx *c, const char *path) {
     char p[4200];
     if (!c->job->chunk_unet) return false;
     for (int n = 1; n <= 2; n++)
@@ -51,8 +48,8 @@ static const char **chunk_docs(const mil_var *const *vars, int n, const mil_var 
     return d;
 }
 
-static sdc_status write_chunk(const conv_ctx *c, const mil_graph *chunk, const mil_graph *g, const char *path,
-                              const char *what, const conv_docs *docs) {
+static sdc_status write_chunk(const sdc_conv_ctx *c, const mil_graph *chunk, const mil_graph *g, const char *path,
+                              const char *what, const sdc_conv_docs *docs) {
     const char **in = chunk_docs((const mil_var *const *)chunk->inputs, chunk->n_inputs,
                                  (const mil_var *const *)g->inputs, g->n_inputs, docs ? docs->inputs : NULL,
                                  docs ? docs->n_inputs : 0);
@@ -63,13 +60,13 @@ static sdc_status write_chunk(const conv_ctx *c, const mil_graph *chunk, const m
     if (!in || !out) {
         s = sdc_fail(c->err, SDC_E_NOMEM, "out of memory");
     } else {
-        conv_docs d = {.inputs = in, .outputs = out};
+        sdc_conv_docs d = {.inputs = in, .outputs = out};
         if (docs) {
             d.version = docs->version;
             d.license = docs->license;
             d.short_description = docs->short_description;
         }
-        s = conv_write(c, chunk, path, what, &d);
+        s = sdc_conv_write(c, chunk, path, what, &d);
     }
     sdc_free(in);
     sdc_free(out);
@@ -78,30 +75,28 @@ static sdc_status write_chunk(const conv_ctx *c, const mil_graph *chunk, const m
 
 static double mb(uint64_t bytes) { return (double)bytes / 1e6; }
 
-static sdc_status write_chunks(const conv_ctx *c, const char *what, const conv_docs *docs, conv_build_fn build,
-                               void *state, const char *p1, const char *w1, bool need1, const char *p2,
-                               const char *w2, bool need2) {
+static sdc_status write_chunks(const sdc_conv_ctx *c, const sdc_conv_package *p, const char *p1, const char *w1,
+                               bool need1, const char *p2, const char *w2, bool need2) {
+    const char *what = p->what;
     mil_graph *g = NULL;
     mil_chunks ch;
     memset(&ch, 0, sizeof ch);
-    /* The graph as the package's: built, then palettized with --quantize-nbits as conv_emit
-       does before writing (every UNet kind is palettized), so the chunks carry the package's
+    /* The graph as the package's: built, then palettized with --quantize-nbits as emit does
+       before writing (every UNet kind is palettized), so the chunks carry the package's
        weights — unlike the anchor, whose chunks stay float16. */
-    sdc_status s = build(c, state, false, &g);
-    if (!s && c->job->quantize_nbits) {
-        size_t n = 0;
-        s = sdc_palettize_graph(g, c->job->quantize_nbits, &n, c->err);
-        if (!s) conv_log(c, SDC_LOG_INFO, "%s chunks: palettizing %zu weights to %d bits", what, n, c->job->quantize_nbits);
-    }
+    char label[128];
+    snprintf(label, sizeof label, "%s chunks", what);
+    sdc_status s = p->build(c, p->state, false, &g);
+    if (!s) s = sdc_conv_palettize(c, g, label);
     if (!s) s = sdc_chunk_graph(g, &ch, c->err);
     if (!s)
-        conv_log(c, SDC_LOG_INFO,
+        sdc_conv_log(c, SDC_LOG_INFO,
                  "chunking %s at op '%s' (%zu of %zu): %d tensors cross the cut; weights %.1f MB + %.1f MB "
                  "(of %.1f MB)",
                  what, ch.cut_name, ch.cut + 1, g->n_ops, ch.n_boundary, mb(ch.bytes1), mb(ch.bytes2),
                  mb(ch.const_bytes));
-    if (!s && need1) s = write_chunk(c, ch.chunk1, g, p1, w1, docs);
-    if (!s && need2) s = write_chunk(c, ch.chunk2, g, p2, w2, docs);
+    if (!s && need1) s = write_chunk(c, ch.chunk1, g, p1, w1, p->docs);
+    if (!s && need2) s = write_chunk(c, ch.chunk2, g, p2, w2, p->docs);
     if (s) sdc_err_prefix(c->err, "--chunk-unet: %s: ", what);
     sdc_chunks_free(&ch); /* before g: the chunks borrow from it */
     mil_graph_free(g);
@@ -109,38 +104,6 @@ static sdc_status write_chunks(const conv_ctx *c, const char *what, const conv_d
 }
 
 /* ---------------------------------------------------------------- check */
-
-/* xorshift64*, seeded: the same inputs on every machine (as check.c) */
-static uint64_t next_u64(uint64_t *s) {
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
-}
-
-/* Seeded float32 inputs shaped as the model declares: `timestep` = the first timestep of a
-   50-step schedule, uniform [0, 1) elsewhere (the interpreter rounds to float16 as declared). */
-static sdc_ndarray *seeded_inputs(const sdc_model *m, const conv_check_hint *hint) {
-    int n = sdc_model_n_inputs(m);
-    sdc_ndarray *in = sdc_calloc((size_t)(n ? n : 1), sizeof *in);
-    uint64_t seed = 0x5DC0DE1ull;
-    for (int i = 0; in && i < n; i++) {
-        const sdc_ndarray *d = sdc_model_input(m, i);
-        size_t count = sdc_ndarray_numel(d);
-        float *v = sdc_malloc((count ? count : 1) * sizeof *v);
-        if (!v) {
-            for (int k = 0; k < i; k++) sdc_free(in[k].data);
-            sdc_free(in);
-            return NULL;
-        }
-        for (size_t k = 0; k < count; k++)
-            v[k] = !strcmp(d->name, "timestep") ? hint->timestep : (float)(next_u64(&seed) >> 40) / (float)(1 << 24);
-        in[i] = *d;
-        in[i].dtype = SDC_ND_F32;
-        in[i].data = v;
-    }
-    return in;
-}
 
 static const sdc_ndarray *by_name(const sdc_ndarray *a, int n, const char *name) {
     for (int i = 0; i < n; i++)
@@ -150,7 +113,7 @@ static const sdc_ndarray *by_name(const sdc_ndarray *a, int n, const char *name)
 
 /* A model's declared inputs taken by name from `first` (chunk 1's outputs win, as in Swift),
    else from `second`. The arrays are borrowed. */
-static sdc_status gather_inputs(const conv_ctx *c, const sdc_model *m, const char *which, const sdc_ndarray *first,
+static sdc_status gather_inputs(const sdc_conv_ctx *c, const sdc_model *m, const char *which, const sdc_ndarray *first,
                                 int n_first, const sdc_ndarray *second, int n_second, sdc_ndarray **out) {
     int n = sdc_model_n_inputs(m);
     sdc_ndarray *in = sdc_calloc((size_t)(n ? n : 1), sizeof *in);
@@ -171,8 +134,8 @@ static sdc_status gather_inputs(const conv_ctx *c, const sdc_model *m, const cha
     return SDC_OK;
 }
 
-static sdc_status check_chunks(const conv_ctx *c, const char *path, const char *p1, const char *p2,
-                               const conv_check_hint *hint) {
+static sdc_status check_chunks(const sdc_conv_ctx *c, const char *path, const char *p1, const char *p2,
+                               const sdc_conv_check_hint *hint) {
     char msg[1024], label[600];
     sdc_model *full = NULL, *m1 = NULL, *m2 = NULL;
     sdc_ndarray *in = NULL, *in1 = NULL, *in2 = NULL, *fo = NULL, *o1 = NULL, *o2 = NULL;
@@ -187,12 +150,12 @@ static sdc_status check_chunks(const conv_ctx *c, const char *path, const char *
         sdc_fail(c->err, s, "--check-output-correctness: %s", msg);
         goto done;
     }
-    if (!(in = seeded_inputs(full, hint))) {
+    if (!(in = sdc_check_seeded_inputs(full, hint))) {
         s = sdc_fail(c->err, SDC_E_NOMEM, "out of memory");
         goto done;
     }
     n_in = sdc_model_n_inputs(full);
-    conv_log(c, SDC_LOG_INFO, "checking %s: running %s, chunk 1 and chunk 2", label, base_name(path));
+    sdc_conv_log(c, SDC_LOG_INFO, "checking %s: running %s, chunk 1 and chunk 2", label, base_name(path));
     if ((s = sdc_model_predict(full, in, n_in, &fo, &n_fo, msg, sizeof msg))) {
         sdc_fail(c->err, s, "--check-output-correctness: %s: %s", base_name(path), msg);
         goto done;
@@ -232,23 +195,7 @@ static sdc_status check_chunks(const conv_ctx *c, const char *path, const char *
                      "the shape of %s's", label, base_name(path));
         goto done;
     }
-    float *a = sdc_ndarray_to_f32(ref), *b = sdc_ndarray_to_f32(got);
-    if (!a || !b) {
-        s = sdc_fail(c->err, SDC_E_NOMEM, "out of memory");
-    } else {
-        size_t n = sdc_ndarray_numel(got);
-        double p = sdc_psnr(a, b, n);
-        bool same = !memcmp(a, b, n * sizeof *a);
-        conv_log(c, SDC_LOG_NOTICE, "check %s: output %s: PSNR %.1f dB (minimum %.0f)", label, got->name, p,
-                 CHUNK_MIN_PSNR);
-        if (same) conv_log(c, SDC_LOG_INFO, "check %s: output %s is bit-identical to %s's", label, got->name,
-                           base_name(path));
-        if (!(p >= CHUNK_MIN_PSNR))
-            s = sdc_fail(c->err, SDC_E_CHECK, "--check-output-correctness: %s output '%s': PSNR %.1f dB vs %s is "
-                         "below %.0f dB", label, got->name, p, base_name(path), CHUNK_MIN_PSNR);
-    }
-    free(a);
-    free(b);
+    s = sdc_check_output(c, label, ref, got, base_name(path));
 done:
     if (in)
         for (int i = 0; i < n_in; i++) {
@@ -269,17 +216,16 @@ done:
 
 /* ---------------------------------------------------------------- entry point */
 
-sdc_status conv_emit_chunks(const conv_ctx *c, const char *path, const char *what, const conv_docs *docs,
-                            conv_build_fn build, void *state, const conv_check_hint *hint) {
+sdc_status sdc_conv_emit_chunks(const sdc_conv_ctx *c, const sdc_conv_package *p) {
     if (!c->job->chunk_unet) return SDC_OK;
     char p1[4200], p2[4200], w1[96], w2[96];
-    sdc_status s = chunk_path(c, path, 1, p1, sizeof p1);
-    if (!s) s = chunk_path(c, path, 2, p2, sizeof p2);
+    sdc_status s = chunk_path(c, p->path, 1, p1, sizeof p1);
+    if (!s) s = chunk_path(c, p->path, 2, p2, sizeof p2);
     if (s) return s;
-    snprintf(w1, sizeof w1, "%s_chunk1", what);
-    snprintf(w2, sizeof w2, "%s_chunk2", what);
-    bool need1 = !conv_exists_skip(c, p1, w1), need2 = !conv_exists_skip(c, p2, w2);
-    if (need1 || need2) s = write_chunks(c, what, docs, build, state, p1, w1, need1, p2, w2, need2);
-    if (!s && c->job->check_output_correctness) s = check_chunks(c, path, p1, p2, hint);
+    snprintf(w1, sizeof w1, "%s_chunk1", p->what);
+    snprintf(w2, sizeof w2, "%s_chunk2", p->what);
+    bool need1 = !sdc_conv_exists_skip(c, p1, w1), need2 = !sdc_conv_exists_skip(c, p2, w2);
+    if (need1 || need2) s = write_chunks(c, p, p1, w1, need1, p2, w2, need2);
+    if (!s && c->job->check_output_correctness) s = check_chunks(c, p->path, p1, p2, p->hint);
     return s;
 }

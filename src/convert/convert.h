@@ -1,6 +1,18 @@
 /*
- * convert.h — what the per-component converters (src/convert/*.c) share: the job, the
- * resolved model, the deployment target, output names, metadata and package writing.
+ * convert.h — the convert wing (src/convert/): what the component converters share.
+ *
+ *   driver.c   sdc_convert(): validates the job, opens the model, runs each requested row
+ *              of SDC_CONV_COMPONENTS in the anchor's order
+ *   emit.c     one package: exists? → build → passes (palettize) → write → check
+ *   check.c    --check-output-correctness: seeded inputs, PSNR, the float32 reference
+ *   chunk.c    --chunk-unet: the two chunk packages of a UNet and their check
+ *   <one file per component>: text_encoder.c, unet.c, vae.c, safety_checker.c,
+ *              controlnet.c, bundle.c — each builds its graphs from nets/ and calls emit
+ *
+ * Adding a component is one file with its convert function and one row in
+ * SDC_CONV_COMPONENTS (driver.c): its flag, whether --quantize-nbits palettizes it and the
+ * packages it writes with their Swift resource names; the refusals, the effective options
+ * in the metadata, palettization and bundling all loop over that table.
  */
 #ifndef SDC_CONVERT_CONVERT_H
 #define SDC_CONVERT_CONVERT_H
@@ -9,91 +21,153 @@
 #include "nets/nets.h"
 #include "source/source.h"
 
-typedef struct sdc_target {
+typedef struct sdc_conv_target {
     int spec, opset; /* spec 7 ↔ CoreML6 (macOS13/iOS16), 8 ↔ CoreML7, 9 ↔ CoreML8 */
-} sdc_target;
+} sdc_conv_target;
 
-typedef struct conv_ctx {
+typedef struct sdc_conv_component sdc_conv_component;
+
+typedef struct sdc_conv_ctx {
     const sdc_job *job;
     const sdc_source *src;
-    sdc_target target;
+    sdc_conv_target target;
     sdc_err *err;
-} conv_ctx;
+    const sdc_conv_component *component; /* the row being converted */
+} sdc_conv_ctx;
 
-void conv_log(const conv_ctx *c, sdc_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* A package a component may write, by its submodule name (the file name's last part, or the
+   ControlNet prefix), and the name Apple's Swift pipeline loads it by from Resources/. */
+typedef struct sdc_conv_resource {
+    const char *submodule; /* "unet_chunk1" */
+    const char *swift;     /* "UnetChunk1" */
+} sdc_conv_resource;
+
+#define SDC_CONV_MAX_RESOURCES 9
+
+/* One row of the component table. */
+struct sdc_conv_component {
+    const char *name;   /* "vae_decoder": for messages */
+    const char *flag;   /* "--convert-vae-decoder" */
+    size_t requested;   /* offsetof(sdc_job, <bool>) of the flag */
+    bool palettized;    /* --quantize-nbits applies (anchor §10.1: text encoders, UNets, ControlNets) */
+    bool is_step;       /* runs on what the components wrote (the bundle), not a model component */
+    /* Checks made before the model is opened (NULL: none): a refusal here converts nothing. */
+    sdc_status (*preflight)(const sdc_conv_ctx *c);
+    /* Writes (or skips) the component's packages. NULL: not supported yet, refused. */
+    sdc_status (*convert)(const sdc_conv_ctx *c);
+    sdc_conv_resource resources[SDC_CONV_MAX_RESOURCES]; /* for --bundle-resources-for-swift-cli */
+};
+
+extern const sdc_conv_component SDC_CONV_COMPONENTS[];
+extern const size_t SDC_CONV_N_COMPONENTS;
+
+/* Whether the job asks for this row. */
+bool sdc_conv_requested(const sdc_job *job, const sdc_conv_component *row);
+
+void sdc_conv_log(const sdc_conv_ctx *c, sdc_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* The compute dtype asked for with --compute-precision. */
+sdc_dtype sdc_conv_compute_dtype(const sdc_conv_ctx *c);
+
+/* ---------------------------------------------------------------- emit.c */
 
 /* "<-o>/Stable_Diffusion_version_<model_version, '/' → '_'>_<submodule>.mlpackage" */
-sdc_status conv_package_path(const conv_ctx *c, const char *submodule, char *out, size_t size);
+sdc_status sdc_conv_package_path(const sdc_conv_ctx *c, const char *submodule, char *out, size_t size);
+/* "<-o>/<name>": for packages not named after the model (ControlNet_<id>.mlpackage) */
+sdc_status sdc_conv_output_path(const sdc_conv_ctx *c, const char *name, char *out, size_t size);
 /* True (with a notice) when the package exists: like the anchor, an existing package is kept. */
-bool conv_exists_skip(const conv_ctx *c, const char *path, const char *what);
+bool sdc_conv_exists_skip(const sdc_conv_ctx *c, const char *path, const char *what);
 
 /* Feature descriptions for the package, parallel to the graph's inputs and outputs. */
-typedef struct conv_docs {
+typedef struct sdc_conv_docs {
     const char *const *inputs;
     const char *const *outputs;
     const char *version; /* metadata version; NULL: --model-version */
     const char *license; /* NULL: by --xl-version */
     const char *short_description; /* NULL: Stable Diffusion's */
     int n_inputs, n_outputs; /* how many docs the arrays hold; 0: one per input / output */
-} conv_docs;
+} sdc_conv_docs;
+
+/* The OpenRAIL license every SD 1.x/2.x package names, as the anchor writes it. */
+extern const char SDC_CONV_LICENSE_SD[];
 
 /* Writes `g` to `path` with the anchor's metadata and ours; logs the result. */
-sdc_status conv_write(const conv_ctx *c, const mil_graph *g, const char *path, const char *what,
-                      const conv_docs *docs);
+sdc_status sdc_conv_write(const sdc_conv_ctx *c, const mil_graph *g, const char *path, const char *what,
+                          const sdc_conv_docs *docs);
 
-/* The compute dtype asked for with --compute-precision. */
-sdc_dtype conv_compute_dtype(const conv_ctx *c);
-
-/* Whether the pipeline is SDXL, judged from model_index.json and its components. */
-bool conv_looks_xl(const sdc_source *src);
+/* --quantize-nbits as a pass on a built graph of the current row (no-op when the row is not
+   palettized or the flag is off). */
+sdc_status sdc_conv_palettize(const sdc_conv_ctx *c, mil_graph *g, const char *what);
 
 /* --check-output-correctness: hints for the seeded inputs. */
-typedef struct conv_check_hint {
+typedef struct sdc_conv_check_hint {
     int64_t vocab_size; /* input_ids drawn from [0, vocab_size); 0: not a text model */
     float timestep;     /* value of a `timestep` input */
     const char *only_output; /* compare just this output (NULL: all), e.g. the safety checker's
                                 concept_scores, whose thresholded outputs may flip on ties */
-} conv_check_hint;
+} sdc_conv_check_hint;
 
 /* Builds the graph of one package: the converted one, or (reference = true) the float32
    graph without the ANE rewrite that --check-output-correctness compares it with. */
-typedef sdc_status (*conv_build_fn)(const conv_ctx *c, void *state, bool reference, mil_graph **out);
+typedef sdc_status (*sdc_conv_build_fn)(const sdc_conv_ctx *c, void *state, bool reference, mil_graph **out);
+
+/* What emit needs to make one package. */
+typedef struct sdc_conv_package {
+    const char *path;              /* where it goes */
+    const char *what;              /* its submodule name, for messages */
+    const sdc_conv_docs *docs;
+    sdc_conv_build_fn build;
+    void *state;                   /* passed to build */
+    const sdc_conv_check_hint *hint;
+} sdc_conv_package;
 
 /* Writes the package unless it exists, then checks it when --check-output-correctness asks
    (an existing package is checked too, so a re-run verifies earlier output). */
-sdc_status conv_emit(const conv_ctx *c, const char *path, const char *what, const conv_docs *docs,
-                     conv_build_fn build, void *state, const conv_check_hint *hint);
+sdc_status sdc_conv_emit(const sdc_conv_ctx *c, const sdc_conv_package *p);
 
-/* Runs `package` and a reference package built from `reference` on the same seeded inputs;
-   fails (SDC_E_CHECK) naming the model and output when an output's PSNR is below 35 dB. */
-sdc_status conv_check(const conv_ctx *c, const char *package, const mil_graph *reference, const char *what,
-                      const conv_check_hint *hint);
-float conv_first_timestep(const sdc_source *src, sdc_err *err);
+/* ---------------------------------------------------------------- check.c */
+
+#define SDC_CHECK_MIN_PSNR 35.0
+
+/* The anchor's PSNR of a candidate against a reference (-inf on NaN). */
 double sdc_psnr(const float *ref, const float *cand, size_t n);
 
-/* "<-o>/<name>": for packages not named after the model (ControlNet_<id>.mlpackage) */
-sdc_status conv_output_path(const conv_ctx *c, const char *name, char *out, size_t size);
+/* Seeded float32 inputs shaped as the model declares them (the interpreter rounds them to
+   fp16 where declared): token ids for input_ids, hint->timestep for timestep, uniform [0, 1)
+   elsewhere. Free with sdc_check_inputs_free. */
+sdc_ndarray *sdc_check_seeded_inputs(const sdc_model *m, const sdc_conv_check_hint *hint);
+void sdc_check_inputs_free(sdc_ndarray *in, int n);
 
-/* An integer of <src>/<component>/config.json; dflt when the file or key is absent. */
-sdc_status conv_pipeline_int(const conv_ctx *c, const sdc_source *src, const char *component, const char *key,
-                             int64_t dflt, int64_t *out);
+/* Compares one output with its reference by PSNR, logs it, and fails (SDC_E_CHECK) below
+   SDC_CHECK_MIN_PSNR naming `label`, the output and `versus` (NULL: the reference). */
+sdc_status sdc_check_output(const sdc_conv_ctx *c, const char *label, const sdc_ndarray *ref,
+                            const sdc_ndarray *got, const char *versus);
+
+/* Runs `package` and the float32 graph `reference` on the same seeded inputs and compares
+   every output (or hint->only_output). */
+sdc_status sdc_check_package(const sdc_conv_ctx *c, const char *package, const mil_graph *reference,
+                             const char *what, const sdc_conv_check_hint *hint);
+
+/* ---------------------------------------------------------------- shared reads */
+
 /* Latent size: --latent-h/-w, else the UNet config's sample_size (an int or [h, w]), else dflt. */
-sdc_status conv_latent_size(const conv_ctx *c, const sdc_source *src, int64_t dflt, int *h, int *w);
-
-/* Each converter: returns SDC_OK after writing (or skipping) its package(s). */
-sdc_status conv_text_encoders(const conv_ctx *c);
-sdc_status conv_unet(const conv_ctx *c);
-sdc_status conv_controlnets(const conv_ctx *c);
-/* --bundle-resources-for-swift-cli: refused up front without xcrun; then Resources/ */
-sdc_status conv_bundle_preflight(const conv_ctx *c);
-sdc_status conv_bundle(const conv_ctx *c);
-sdc_status conv_vae_decoder(const conv_ctx *c);
-sdc_status conv_vae_encoder(const conv_ctx *c);
-sdc_status conv_safety_checker(const conv_ctx *c);
+sdc_status sdc_conv_latent_size(const sdc_conv_ctx *c, const sdc_source *src, int64_t dflt, int *h, int *w);
 
 /* The VAE to convert: --custom-vae-version (its vae/ folder, or config.json at its root), else
    the pipeline's vae/. *out is zeroed first, so it can be closed whatever happens. */
-sdc_status conv_vae_open(const conv_ctx *c, sdc_component *out);
-/* Latent size: --latent-h/-w, else the UNet's sample_size, else the VAE's sample_size / scale. */
+sdc_status sdc_conv_vae_open(const sdc_conv_ctx *c, sdc_component *out);
+
+/* ---------------------------------------------------------------- the rows' functions */
+
+sdc_status sdc_conv_vae_decoder(const sdc_conv_ctx *c);
+sdc_status sdc_conv_vae_encoder(const sdc_conv_ctx *c);
+sdc_status sdc_conv_controlnets_preflight(const sdc_conv_ctx *c);
+sdc_status sdc_conv_controlnets(const sdc_conv_ctx *c);
+sdc_status sdc_conv_unet(const sdc_conv_ctx *c);
+sdc_status sdc_conv_text_encoders(const sdc_conv_ctx *c);
+sdc_status sdc_conv_safety_checker(const sdc_conv_ctx *c);
+/* --bundle-resources-for-swift-cli: refused up front without xcrun; then Resources/ */
+sdc_status sdc_conv_bundle_preflight(const sdc_conv_ctx *c);
+sdc_status sdc_conv_bundle(const sdc_conv_ctx *c);
 
 #endif

@@ -25,21 +25,19 @@ static const char *const OUTPUT_DOCS[] = {
     "can be used to tune the `adjustment` input",
 };
 
-static const char *const LICENSE_SD = "OpenRAIL (https://huggingface.co/spaces/CompVis/stable-diffusion-license)";
-
 /* The decoder's output size for the job's latent size. */
-static sdc_status image_size(const conv_ctx *c, int *h, int *w) {
+static sdc_status image_size(const sdc_conv_ctx *c, int *h, int *w) {
     sdc_vae_info info = {.latent_channels = 4, .scale = 8, .sample_size = 512};
     bool have_vae = c->job->custom_vae_version || sdc_source_has(c->src, "vae");
     if (have_vae) {
         sdc_component vae;
-        sdc_status s = conv_vae_open(c, &vae);
+        sdc_status s = sdc_conv_vae_open(c, &vae);
         if (!s) s = sdc_vae_describe(&vae, &info, c->err);
         sdc_component_close(&vae);
         if (s) return s;
     }
     int lh, lw;
-    sdc_status s = conv_latent_size(c, c->src, info.sample_size / info.scale, &lh, &lw);
+    sdc_status s = sdc_conv_latent_size(c, c->src, info.sample_size / info.scale, &lh, &lw);
     if (s) return s;
     *h = lh * info.scale;
     *w = lw * info.scale;
@@ -52,37 +50,37 @@ typedef struct safety_state {
 } safety_state;
 
 /* The reference for --check-output-correctness is the same graph in float32. */
-static sdc_status build_safety(const conv_ctx *c, void *state, bool reference, mil_graph **out) {
+static sdc_status build_safety(const sdc_conv_ctx *c, void *state, bool reference, mil_graph **out) {
     const safety_state *st = state;
     sdc_safety_checker_options opt = st->opt;
     if (reference) opt.compute = SDC_DT_F32;
     return sdc_build_safety_checker(st->comp, &opt, out, c->err);
 }
 
-sdc_status conv_safety_checker(const conv_ctx *c) {
+sdc_status sdc_conv_safety_checker(const sdc_conv_ctx *c) {
     if (!sdc_source_has(c->src, "safety_checker")) {
-        conv_log(c, SDC_LOG_WARNING,
+        sdc_conv_log(c, SDC_LOG_WARNING,
                  "%s has no safety_checker (model_index.json lists none); --convert-safety-checker is ignored",
                  c->job->model_version);
         return SDC_OK;
     }
     const char *sub = "safety_checker";
     char path[4096];
-    sdc_status s = conv_package_path(c, sub, path, sizeof path);
+    sdc_status s = sdc_conv_package_path(c, sub, path, sizeof path);
     if (s) return s;
-    if (!c->job->check_output_correctness && conv_exists_skip(c, path, sub)) return SDC_OK;
-    safety_state st = {.opt = {.compute = conv_compute_dtype(c), .opset = c->target.opset}};
+    if (!c->job->check_output_correctness && sdc_conv_exists_skip(c, path, sub)) return SDC_OK;
+    safety_state st = {.opt = {.compute = sdc_conv_compute_dtype(c), .opset = c->target.opset}};
     if ((s = image_size(c, &st.opt.image_h, &st.opt.image_w))) return s;
     sdc_component comp;
     if ((s = sdc_component_open(c->src, sub, &comp, c->err))) return s;
     st.comp = &comp;
-    conv_log(c, SDC_LOG_INFO, "converting %s: images %dx%d (%s)", sub, st.opt.image_h, st.opt.image_w,
+    sdc_conv_log(c, SDC_LOG_INFO, "converting %s: images %dx%d (%s)", sub, st.opt.image_h, st.opt.image_w,
              sdc_weights_describe(comp.weights));
-    conv_docs docs = {.inputs = INPUT_DOCS, .outputs = OUTPUT_DOCS, .license = LICENSE_SD}; /* always OpenRAIL, as the anchor */
+    sdc_conv_docs docs = {.inputs = INPUT_DOCS, .outputs = OUTPUT_DOCS, .license = SDC_CONV_LICENSE_SD}; /* always OpenRAIL, as the anchor */
     /* as the anchor, which compares concept_scores only: the thresholded outputs could flip
        between fp16 and fp32 for a score within rounding of 0 */
-    conv_check_hint hint = {.only_output = "concept_scores"};
-    s = conv_emit(c, path, sub, &docs, build_safety, &st, &hint);
+    sdc_conv_check_hint hint = {.only_output = "concept_scores"};
+    s = sdc_conv_emit(c, &(sdc_conv_package){path, sub, &docs, build_safety, &st, &hint});
     sdc_component_close(&comp);
     return s;
 }

@@ -1,6 +1,5 @@
 /* unet.c — --convert-unet: the UNet, and the SDXL refiner with --refiner-version. */
 #include "convert/chunk.h"
-#include "convert/convert.h"
 
 static const char *const UNET_INPUT_DOCS[] = {
     "The low resolution latent feature maps being denoised through reverse diffusion",
@@ -15,22 +14,17 @@ static const char *const UNET_OUTPUT_DOCS[] = {"Same shape and dtype as the `sam
 
 /* K of encoder_hidden_states: --text-token-sequence-length, else the text encoder's
    max_position_embeddings (77), as the anchor. */
-static sdc_status context_length(const conv_ctx *c, const sdc_source *src, int64_t *k) {
+static sdc_status context_length(const sdc_conv_ctx *c, const sdc_source *src, int64_t *k) {
     *k = c->job->text_token_sequence_length;
     if (*k) return SDC_OK;
     const char *te = sdc_source_has(src, "text_encoder") ? "text_encoder" : "text_encoder_2";
-    return conv_pipeline_int(c, src, te, "max_position_embeddings", 77, k);
-}
-
-static bool requires_aesthetics_score(const sdc_source *src) {
-    json_t *v = src->model_index ? json_object_get(src->model_index, "requires_aesthetics_score") : NULL;
-    return json_is_true(v);
+    return sdc_pipeline_int(src, te, "max_position_embeddings", 77, k, c->err);
 }
 
 /* An SDXL UNet without --xl-version would get no time_ids/text_embeds contract the Swift
    pipeline can rely on, and --xl-version on an SD 1/2 UNet is a typo: both are refused. */
-static sdc_status check_xl(const conv_ctx *c, const sdc_source *src, const sdc_unet_info *info, const char *id) {
-    bool xl = info->text_time || conv_looks_xl(src);
+static sdc_status check_xl(const sdc_conv_ctx *c, const sdc_source *src, const sdc_unet_info *info, const char *id) {
+    bool xl = info->text_time || sdc_pipeline_is_xl(src);
     if (xl && !c->job->xl_version)
         return sdc_fail(c->err, SDC_E_ARG,
                         "%s is an SDXL model (its UNet takes time_ids and text_embeds); add --xl-version", id);
@@ -49,7 +43,7 @@ typedef struct unet_state {
 
 /* The reference for --check-output-correctness: float32, and ORIGINAL attention (the plain
    matmul form, no per-head split einsums). */
-static sdc_status build_unet(const conv_ctx *c, void *state, bool reference, mil_graph **out) {
+static sdc_status build_unet(const sdc_conv_ctx *c, void *state, bool reference, mil_graph **out) {
     const unet_state *u = state;
     sdc_unet_options opt = u->opt;
     if (reference) {
@@ -59,18 +53,18 @@ static sdc_status build_unet(const conv_ctx *c, void *state, bool reference, mil
     return sdc_build_unet(u->comp, &opt, out, c->err);
 }
 
-static sdc_status convert_from(const conv_ctx *c, const sdc_source *src, const char *submodule, const char *id) {
+static sdc_status convert_from(const sdc_conv_ctx *c, const sdc_source *src, const char *submodule, const char *id) {
     char path[4096];
-    sdc_status s = conv_package_path(c, submodule, path, sizeof path);
+    sdc_status s = sdc_conv_package_path(c, submodule, path, sizeof path);
     if (s) return s;
-    if (!c->job->check_output_correctness && !conv_chunks_missing(c, path) && conv_exists_skip(c, path, submodule))
+    if (!c->job->check_output_correctness && !sdc_conv_chunks_missing(c, path) && sdc_conv_exists_skip(c, path, submodule))
         return SDC_OK;
     sdc_component comp;
     if ((s = sdc_component_open(src, "unet", &comp, c->err))) return s;
     sdc_unet_info info;
     unet_state st = {.comp = &comp,
                      .opt = {
-                         .compute = conv_compute_dtype(c),
+                         .compute = sdc_conv_compute_dtype(c),
                          .opset = c->target.opset,
                          .attention = c->job->attention,
                          .batch = c->job->unet_batch_one ? 1 : 2,
@@ -80,26 +74,26 @@ static sdc_status convert_from(const conv_ctx *c, const sdc_source *src, const c
                      }};
     sdc_unet_options *opt = &st.opt;
     if (!(s = sdc_unet_describe(&comp, false, &info, c->err)) && !(s = check_xl(c, src, &info, id)) &&
-        !(s = conv_latent_size(c, src, 64, &opt->latent_h, &opt->latent_w)) && !(s = context_length(c, src, &opt->context_len))) {
-        opt->n_time_ids = requires_aesthetics_score(src) ? 5 : 6;
+        !(s = sdc_conv_latent_size(c, src, 64, &opt->latent_h, &opt->latent_w)) && !(s = context_length(c, src, &opt->context_len))) {
+        opt->n_time_ids = sdc_pipeline_requires_aesthetics_score(src) ? 5 : 6;
         if (sdc_weights_find(comp.weights, "time_embedding.cond_proj.weight"))
-            conv_log(c, SDC_LOG_NOTICE, "%s: time_embedding.cond_proj (LCM guidance embedding) is not used by the "
+            sdc_conv_log(c, SDC_LOG_NOTICE, "%s: time_embedding.cond_proj (LCM guidance embedding) is not used by the "
                      "converted UNet, as with the anchor", comp.dir);
-        conv_log(c, SDC_LOG_INFO, "converting %s: %s, latent %dx%d, batch %d (%s)", submodule, id, opt->latent_h,
+        sdc_conv_log(c, SDC_LOG_INFO, "converting %s: %s, latent %dx%d, batch %d (%s)", submodule, id, opt->latent_h,
                  opt->latent_w, opt->batch, sdc_weights_describe(comp.weights));
         /* sample, timestep, encoder_hidden_states (+ time_ids, text_embeds); residual inputs undocumented */
-        conv_docs docs = {.inputs = UNET_INPUT_DOCS, .outputs = UNET_OUTPUT_DOCS, .version = id,
+        sdc_conv_docs docs = {.inputs = UNET_INPUT_DOCS, .outputs = UNET_OUTPUT_DOCS, .version = id,
                           .n_inputs = info.text_time ? 5 : 3, .n_outputs = 1};
-        conv_check_hint hint = {.timestep = conv_first_timestep(src, c->err)};
-        if (!c->err->code) s = conv_emit(c, path, submodule, &docs, build_unet, &st, &hint);
-        else s = c->err->code;
-        if (!s) s = conv_emit_chunks(c, path, submodule, &docs, build_unet, &st, &hint); /* --chunk-unet */
+        sdc_conv_check_hint hint = {0};
+        sdc_conv_package package = {path, submodule, &docs, build_unet, &st, &hint};
+        if (!(s = sdc_pipeline_first_timestep(src, &hint.timestep, c->err))) s = sdc_conv_emit(c, &package);
+        if (!s) s = sdc_conv_emit_chunks(c, &package); /* --chunk-unet */
     }
     sdc_component_close(&comp);
     return s;
 }
 
-sdc_status conv_unet(const conv_ctx *c) {
+sdc_status sdc_conv_unet(const sdc_conv_ctx *c) {
     if (c->job->unet_support_controlnet && c->job->xl_version)
         return sdc_fail(c->err, SDC_E_UNSUPPORTED, "--unet-support-controlnet is for SD 1.x and 2.x (as with the anchor)");
     /* --unet-support-controlnet writes "control-unet" (Swift's ControlledUnet) */

@@ -20,8 +20,8 @@ static const char *const ENCODER_OUTPUT_DOCS[] = {
 
 /* SDXL pipelines need --xl-version (the fp32 rule depends on it), and --xl-version on an
    SD 1/2 pipeline is a typo: both refused, as the UNet and text encoder converters do. */
-static sdc_status check_xl(const conv_ctx *c) {
-    bool xl = conv_looks_xl(c->src);
+static sdc_status check_xl(const sdc_conv_ctx *c) {
+    bool xl = sdc_pipeline_is_xl(c->src);
     if (xl && !c->job->xl_version)
         return sdc_fail(c->err, SDC_E_ARG,
                         "%s is an SDXL pipeline; add --xl-version (its VAE is converted in float32, as the anchor "
@@ -33,7 +33,7 @@ static sdc_status check_xl(const conv_ctx *c) {
     return SDC_OK;
 }
 
-sdc_status conv_vae_open(const conv_ctx *c, sdc_component *out) {
+sdc_status sdc_conv_vae_open(const sdc_conv_ctx *c, sdc_component *out) {
     memset(out, 0, sizeof *out); /* closable whatever fails */
     const char *custom = c->job->custom_vae_version;
     if (!custom) {
@@ -59,8 +59,8 @@ sdc_status conv_vae_open(const conv_ctx *c, sdc_component *out) {
 
 /* Latent size: --latent-h/-w, else the UNet's sample_size, else the VAE's sample_size / scale
    when the pipeline has no UNet. */
-static sdc_status vae_latent_size(const conv_ctx *c, const sdc_vae_info *vae, int *h, int *w) {
-    return conv_latent_size(c, c->src, vae->sample_size / vae->scale, h, w);
+static sdc_status vae_latent_size(const sdc_conv_ctx *c, const sdc_vae_info *vae, int *h, int *w) {
+    return sdc_conv_latent_size(c, c->src, vae->sample_size / vae->scale, h, w);
 }
 
 typedef struct vae_state {
@@ -71,47 +71,47 @@ typedef struct vae_state {
 
 /* The reference for --check-output-correctness is the same graph in float32 (the VAE has no
    ANE rewrite). */
-static sdc_status build_vae(const conv_ctx *c, void *state, bool reference, mil_graph **out) {
+static sdc_status build_vae(const sdc_conv_ctx *c, void *state, bool reference, mil_graph **out) {
     const vae_state *v = state;
     sdc_vae_options opt = v->opt;
     if (reference) opt.compute = SDC_DT_F32;
     return v->decoder ? sdc_build_vae_decoder(v->comp, &opt, out, c->err) : sdc_build_vae_encoder(v->comp, &opt, out, c->err);
 }
 
-static sdc_status convert(const conv_ctx *c, bool decoder) {
+static sdc_status convert(const sdc_conv_ctx *c, bool decoder) {
     const char *sub = decoder ? "vae_decoder" : "vae_encoder";
     char path[4096];
-    sdc_status s = conv_package_path(c, sub, path, sizeof path);
+    sdc_status s = sdc_conv_package_path(c, sub, path, sizeof path);
     if (s) return s;
-    if (!c->job->check_output_correctness && conv_exists_skip(c, path, sub)) return SDC_OK;
+    if (!c->job->check_output_correctness && sdc_conv_exists_skip(c, path, sub)) return SDC_OK;
     if ((s = check_xl(c))) return s;
     const sdc_job *job = c->job;
     bool fp32 = job->xl_version && (!decoder || !job->custom_vae_version);
     sdc_component comp;
-    if ((s = conv_vae_open(c, &comp))) return s;
+    if ((s = sdc_conv_vae_open(c, &comp))) return s;
     vae_state st = {.comp = &comp,
                     .decoder = decoder,
                     .opt = {
-                        .compute = fp32 ? SDC_DT_F32 : conv_compute_dtype(c),
+                        .compute = fp32 ? SDC_DT_F32 : sdc_conv_compute_dtype(c),
                         .input = fp32 ? SDC_DT_F32 : SDC_DT_F16,
                         .opset = c->target.opset,
                     }};
     sdc_vae_options *opt = &st.opt;
     sdc_vae_info info;
     if (!(s = sdc_vae_describe(&comp, &info, c->err)) && !(s = vae_latent_size(c, &info, &opt->latent_h, &opt->latent_w))) {
-        conv_log(c, SDC_LOG_INFO, "converting %s: latent %dx%d, image %dx%d, %s in, %s compute%s (%s)", sub,
+        sdc_conv_log(c, SDC_LOG_INFO, "converting %s: latent %dx%d, image %dx%d, %s in, %s compute%s (%s)", sub,
                  opt->latent_h, opt->latent_w, opt->latent_h * info.scale, opt->latent_w * info.scale,
                  sdc_dtype_name(opt->input), sdc_dtype_name(opt->compute),
                  fp32 && job->precision != SDC_PRECISION_FLOAT32 ? " (SDXL VAE rule)" : "",
                  sdc_weights_describe(comp.weights));
-        conv_docs docs = {.inputs = decoder ? DECODER_INPUT_DOCS : ENCODER_INPUT_DOCS,
+        sdc_conv_docs docs = {.inputs = decoder ? DECODER_INPUT_DOCS : ENCODER_INPUT_DOCS,
                           .outputs = decoder ? DECODER_OUTPUT_DOCS : ENCODER_OUTPUT_DOCS};
-        conv_check_hint hint = {0};
-        s = conv_emit(c, path, sub, &docs, build_vae, &st, &hint);
+        sdc_conv_check_hint hint = {0};
+        s = sdc_conv_emit(c, &(sdc_conv_package){path, sub, &docs, build_vae, &st, &hint});
     }
     sdc_component_close(&comp);
     return s;
 }
 
-sdc_status conv_vae_decoder(const conv_ctx *c) { return convert(c, true); }
-sdc_status conv_vae_encoder(const conv_ctx *c) { return convert(c, false); }
+sdc_status sdc_conv_vae_decoder(const sdc_conv_ctx *c) { return convert(c, true); }
+sdc_status sdc_conv_vae_encoder(const sdc_conv_ctx *c) { return convert(c, false); }

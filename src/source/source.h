@@ -85,4 +85,25 @@ sdc_status sdc_config_int_list(const sdc_component *c, const char *key, size_t m
 /* Reads a JSON file strictly (duplicate keys rejected, size bounded). */
 sdc_status sdc_json_load(const char *path, json_t **out, sdc_err *err);
 
+/* ---- the pipeline around the components (pipeline.c) ----------------------------------
+   Questions a converter asks of the whole pipeline; an absent file gives the default. */
+
+/* SDXL: model_index.json names an XL class, or the pipeline has a text_encoder_2. */
+bool sdc_pipeline_is_xl(const sdc_source *s);
+/* model_index.json's requires_aesthetics_score (the SDXL refiner's 5 time ids). */
+bool sdc_pipeline_requires_aesthetics_score(const sdc_source *s);
+/* An integer in [1, 2^20] of <component>/config.json; dflt when the file or key is absent. */
+sdc_status sdc_pipeline_int(const sdc_source *s, const char *component, const char *key, int64_t dflt,
+                            int64_t *out, sdc_err *err);
+/* The UNet config's sample_size (an int or [h, w]); dflt when absent. */
+sdc_status sdc_pipeline_sample_size(const sdc_source *s, int64_t dflt, int64_t *h, int64_t *w, sdc_err *err);
+/* The first timestep of a 50-step schedule as the scheduler config sets it (981 by default). */
+sdc_status sdc_pipeline_first_timestep(const sdc_source *s, float *out, sdc_err *err);
+/* tokenizer_config.json's model_max_length in [1, 4096]; 0 when absent or "unlimited". */
+sdc_status sdc_pipeline_token_count(const sdc_source *s, const char *tokenizer, int *out, sdc_err *err);
+/* The path of the tokenizer's vocab.json or merges.txt (tokenizer/, else tokenizer_2/). */
+bool sdc_pipeline_tokenizer_file(const sdc_source *s, const char *file, char *out, size_t size);
+/* The model card's (README.md front matter) base_model, or "" when it names none. */
+void sdc_pipeline_card_base_model(const sdc_source *s, char *out, size_t size);
+
 #endif

@@ -1,0 +1,162 @@
+/*
+ * emit.c — one package, the same way for every component: skip it when it exists (as the
+ * anchor), else build its graph, run the passes (--quantize-nbits), write it with the
+ * anchor's metadata; then, with --check-output-correctness, check it against the float32
+ * reference graph.
+ */
+#include "convert/convert.h"
+
+#include "passes/palettize.h"
+
+#include <sys/stat.h>
+
+/* ---------------------------------------------------------------- output names */
+
+sdc_status sdc_conv_package_path(const sdc_conv_ctx *c, const char *submodule, char *out, size_t size) {
+    const char *mv = c->job->model_version;
+    char id[512];
+    size_t n = strlen(mv);
+    while (n > 1 && mv[n - 1] == '/') n--; /* "tiny/" names the same as "tiny" */
+    if (n >= sizeof id) return sdc_fail(c->err, SDC_E_ARG, "--model-version is too long");
+    memcpy(id, mv, n);
+    id[n] = 0;
+    for (char *p = id; *p; p++)
+        if (*p == '/') *p = '_';
+    const char *dir = c->job->output_dir ? c->job->output_dir : ".";
+    if (!sdc_fmt(out, size, "%s/Stable_Diffusion_version_%s_%s.mlpackage", dir, id, submodule))
+        return sdc_fail(c->err, SDC_E_ARG, "-o: output path too long");
+    return SDC_OK;
+}
+
+sdc_status sdc_conv_output_path(const sdc_conv_ctx *c, const char *name, char *out, size_t size) {
+    const char *dir = c->job->output_dir ? c->job->output_dir : ".";
+    if (!sdc_fmt(out, size, "%s/%s", dir, name)) return sdc_fail(c->err, SDC_E_ARG, "-o: output path too long");
+    return SDC_OK;
+}
+
+static bool row_palettized(const sdc_conv_ctx *c) { return c->component && c->component->palettized; }
+
+bool sdc_conv_exists_skip(const sdc_conv_ctx *c, const char *path, const char *what) {
+    struct stat st;
+    if (stat(path, &st) != 0) return false;
+    sdc_conv_log(c, SDC_LOG_NOTICE, "%s exists; skipping %s (remove it to convert again)", path, what);
+    /* the anchor palettizes existing packages in place; we never rewrite one we did not write */
+    if (c->job->quantize_nbits && row_palettized(c))
+        sdc_conv_log(c, SDC_LOG_NOTICE,
+                     "%s is kept as it is: --quantize-nbits palettizes only the packages this run writes", path);
+    return true;
+}
+
+/* ---------------------------------------------------------------- metadata */
+
+static const char *const SHORT_DESCRIPTION =
+    "Stable Diffusion generates images conditioned on text and/or other images as input through the diffusion "
+    "process. Please refer to https://arxiv.org/abs/2112.10752 for details.";
+const char SDC_CONV_LICENSE_SD[] = "OpenRAIL (https://huggingface.co/spaces/CompVis/stable-diffusion-license)";
+static const char *const LICENSE_XL =
+    "OpenRAIL++-M (https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/blob/main/LICENSE.md)";
+
+/* The effective options, spelled as flags in a fixed order (the component table's, then the
+   others), so equivalent command lines give identical metadata (and so identical packages).
+   -o is left out: it does not change a package. */
+static void effective_options(const sdc_job *job, char *buf, size_t size) {
+    static const char *const attn[] = {"ORIGINAL", "SPLIT_EINSUM", "SPLIT_EINSUM_V2"};
+    size_t n = 0;
+#define ADD(...) (n += n < size ? (size_t)snprintf(buf + n, size - n, __VA_ARGS__) : 0)
+    ADD("--model-version %s", job->model_version);
+    if (job->refiner_version) ADD(" --refiner-version %s", job->refiner_version);
+    if (job->custom_vae_version) ADD(" --custom-vae-version %s", job->custom_vae_version);
+    for (size_t i = 0; i < SDC_CONV_N_COMPONENTS; i++) {
+        const sdc_conv_component *row = &SDC_CONV_COMPONENTS[i];
+        if (row->is_step || !sdc_conv_requested(job, row)) continue;
+        ADD(" %s", row->flag);
+        if (row->requested == offsetof(sdc_job, convert_controlnet))
+            for (int k = 0; k < job->n_controlnet; k++) ADD(" %s", job->controlnet[k]);
+    }
+    const struct {
+        bool on;
+        const char *flag;
+    } flags[] = {{job->xl_version, "--xl-version"},
+                 {job->unet_batch_one, "--unet-batch-one"},
+                 {job->unet_support_controlnet, "--unet-support-controlnet"}};
+    for (size_t i = 0; i < SDC_COUNT_OF(flags); i++)
+        if (flags[i].on) ADD(" %s", flags[i].flag);
+    if (job->latent_h) ADD(" --latent-h %d", job->latent_h);
+    if (job->latent_w) ADD(" --latent-w %d", job->latent_w);
+    if (job->text_token_sequence_length) ADD(" --text-token-sequence-length %d", job->text_token_sequence_length);
+    if (job->text_encoder_hidden_size) ADD(" --text-encoder-hidden-size %d", job->text_encoder_hidden_size);
+    ADD(" --attention-implementation %s", attn[job->attention <= SDC_ATTN_SPLIT_EINSUM_V2 ? job->attention : 1]);
+    ADD(" --compute-precision %s", job->precision == SDC_PRECISION_FLOAT32 ? "FLOAT32" : "FLOAT16");
+    ADD(" --min-deployment-target %s", job->min_deployment_target ? job->min_deployment_target : "macOS13");
+    if (job->quantize_nbits) ADD(" --quantize-nbits %d", job->quantize_nbits);
+#undef ADD
+}
+
+sdc_status sdc_conv_write(const sdc_conv_ctx *c, const mil_graph *g, const char *path, const char *what,
+                          const sdc_conv_docs *docs) {
+    const sdc_job *job = c->job;
+    char options[4096];
+    effective_options(job, options, sizeof options);
+    const char *version = docs && docs->version ? docs->version : job->model_version;
+    char author[700];
+    snprintf(author, sizeof author, "Please refer to the Model Card available at huggingface.co/%s", version);
+    const char *keys[2] = {"com.github.sdcoreml.options", "com.github.sdcoreml.version"};
+    const char *values[2] = {job->options_summary ? job->options_summary : options, sdc_version()};
+    sdc_package_info info = {
+        .spec_version = c->target.spec,
+        .short_description = docs && docs->short_description ? docs->short_description : SHORT_DESCRIPTION,
+        .author = author,
+        .license = docs && docs->license ? docs->license : job->xl_version ? LICENSE_XL : SDC_CONV_LICENSE_SD,
+        .version = version,
+        .n_user = 2,
+        .user_keys = keys,
+        .user_values = values,
+        .input_docs = docs ? docs->inputs : NULL,
+        .output_docs = docs ? docs->outputs : NULL,
+        .n_input_docs = docs ? docs->n_inputs : 0,
+        .n_output_docs = docs ? docs->n_outputs : 0,
+    };
+    sdc_write_hooks hooks = {job->progress, job->user, what};
+    sdc_status s = sdc_write_package(g, &info, path, &hooks, c->err);
+    if (!s) sdc_conv_log(c, SDC_LOG_INFO, "wrote %s (%zu ops)", path, g->n_ops);
+    return s;
+}
+
+/* ---------------------------------------------------------------- passes and emit */
+
+/* Before the graph is written (or chunked, so chunks are palettized too — unlike the anchor,
+   which palettizes after chunking and skips chunks). */
+sdc_status sdc_conv_palettize(const sdc_conv_ctx *c, mil_graph *g, const char *what) {
+    if (!c->job->quantize_nbits || !row_palettized(c)) return SDC_OK;
+    size_t n = 0;
+    sdc_status s = sdc_palettize_graph(g, c->job->quantize_nbits, &n, c->err);
+    if (!s) sdc_conv_log(c, SDC_LOG_INFO, "%s: palettizing %zu weights to %d bits", what, n, c->job->quantize_nbits);
+    return s;
+}
+
+sdc_status sdc_conv_emit(const sdc_conv_ctx *c, const sdc_conv_package *p) {
+    mil_graph *g = NULL;
+    sdc_status s = SDC_OK;
+    if (!sdc_conv_exists_skip(c, p->path, p->what)) {
+        if (!(s = p->build(c, p->state, false, &g)) && !(s = sdc_conv_palettize(c, g, p->what)))
+            s = sdc_conv_write(c, g, p->path, p->what, p->docs);
+        mil_graph_free(g);
+        g = NULL;
+    }
+    if (!s && c->job->check_output_correctness) {
+        if (!(s = p->build(c, p->state, true, &g))) s = sdc_check_package(c, p->path, g, p->what, p->hint);
+        mil_graph_free(g);
+    }
+    return s;
+}
+
+/* ---------------------------------------------------------------- shared reads */
+
+sdc_status sdc_conv_latent_size(const sdc_conv_ctx *c, const sdc_source *src, int64_t dflt, int *h, int *w) {
+    int64_t dh, dw;
+    sdc_status s = sdc_pipeline_sample_size(src, dflt, &dh, &dw, c->err);
+    if (s) return s;
+    *h = c->job->latent_h ? c->job->latent_h : (int)(dh > 0 && dh <= 1024 ? dh : 64);
+    *w = c->job->latent_w ? c->job->latent_w : (int)(dw > 0 && dw <= 1024 ? dw : 64);
+    return SDC_OK;
+}
