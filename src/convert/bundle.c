@@ -159,8 +159,8 @@ sdc_status sdc_conv_bundle(const sdc_conv_ctx *c) {
     const char *out = c->job->output_dir ? c->job->output_dir : ".";
     snprintf(dir, sizeof dir, "%s/Resources", out);
     sdc_status s = make_dir(c, dir);
-    for (size_t i = 0; !s && i < SDC_CONV_N_COMPONENTS; i++) {
-        const sdc_conv_resource *r = SDC_CONV_COMPONENTS[i].resources;
+    for (size_t i = 0; !s && i < c->n_rows; i++) {
+        const sdc_conv_resource *r = c->rows[i].resources;
         for (size_t k = 0; !s && k < SDC_CONV_MAX_RESOURCES && r[k].submodule; k++) {
             if ((s = sdc_conv_package_path(c, r[k].submodule, path, sizeof path))) break;
             const char *base = strrchr(path, '/');

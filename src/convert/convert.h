@@ -9,10 +9,12 @@
  *   <one file per component>: text_encoder.c, unet.c, vae.c, safety_checker.c,
  *              controlnet.c, bundle.c — each builds its graphs from nets/ and calls emit
  *
- * Adding a component is one file with its convert function and one row in
- * SDC_CONV_COMPONENTS (driver.c): its flag, whether --quantize-nbits palettizes it and the
+ * Adding a component is one file with its convert function and one row in the table
+ * COMPONENTS of driver.c: its flag, whether --quantize-nbits palettizes it and the
  * packages it writes with their Swift resource names; the refusals, the effective options
- * in the metadata, palettization and bundling all loop over that table.
+ * in the metadata, palettization and bundling all loop over that table. Only driver.c
+ * names the table and the component functions; the rest reach the table through the
+ * context, so the wing's files depend one way: driver → components → emit, check, chunk.
  */
 #ifndef SDC_CONVERT_CONVERT_H
 #define SDC_CONVERT_CONVERT_H
@@ -33,6 +35,9 @@ typedef struct sdc_conv_ctx {
     sdc_conv_target target;
     sdc_err *err;
     const sdc_conv_component *component; /* the row being converted */
+    const sdc_conv_component *rows;      /* the whole table, for the bundle step */
+    size_t n_rows;
+    const char *options; /* the effective options, as recorded in each package's metadata */
 } sdc_conv_ctx;
 
 /* A package a component may write, by its submodule name (the file name's last part, or the
@@ -57,12 +62,6 @@ struct sdc_conv_component {
     sdc_status (*convert)(const sdc_conv_ctx *c);
     sdc_conv_resource resources[SDC_CONV_MAX_RESOURCES]; /* for --bundle-resources-for-swift-cli */
 };
-
-extern const sdc_conv_component SDC_CONV_COMPONENTS[];
-extern const size_t SDC_CONV_N_COMPONENTS;
-
-/* Whether the job asks for this row. */
-bool sdc_conv_requested(const sdc_job *job, const sdc_conv_component *row);
 
 void sdc_conv_log(const sdc_conv_ctx *c, sdc_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

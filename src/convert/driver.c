@@ -14,7 +14,7 @@
 #define JOB_FLAG(field) offsetof(sdc_job, field)
 
 /* The component table, in the anchor's conversion order. */
-const sdc_conv_component SDC_CONV_COMPONENTS[] = {
+static const sdc_conv_component COMPONENTS[] = {
     {"vae_decoder", "--convert-vae-decoder", JOB_FLAG(convert_vae_decoder), .convert = sdc_conv_vae_decoder,
      .resources = {{"vae_decoder", "VAEDecoder"}}},
     {"vae_encoder", "--convert-vae-encoder", JOB_FLAG(convert_vae_encoder), .convert = sdc_conv_vae_encoder,
@@ -41,9 +41,8 @@ const sdc_conv_component SDC_CONV_COMPONENTS[] = {
     {"bundle", "--bundle-resources-for-swift-cli", JOB_FLAG(bundle_resources_for_swift_cli), .is_step = true,
      .preflight = sdc_conv_bundle_preflight, .convert = sdc_conv_bundle},
 };
-const size_t SDC_CONV_N_COMPONENTS = SDC_COUNT_OF(SDC_CONV_COMPONENTS);
 
-bool sdc_conv_requested(const sdc_job *job, const sdc_conv_component *row) {
+static bool requested(const sdc_job *job, const sdc_conv_component *row) {
     return *(const bool *)((const char *)job + row->requested);
 }
 
@@ -54,20 +53,6 @@ void sdc_job_init(sdc_job *job) {
     job->precision = SDC_PRECISION_FLOAT16;
     job->compute_unit = "ALL";
     job->min_deployment_target = "macOS13";
-}
-
-void sdc_conv_log(const sdc_conv_ctx *c, sdc_log_level level, const char *fmt, ...) {
-    if (!c->job->log) return;
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    c->job->log(c->job->user, level, line);
-}
-
-sdc_dtype sdc_conv_compute_dtype(const sdc_conv_ctx *c) {
-    return c->job->precision == SDC_PRECISION_FLOAT32 ? SDC_DT_F32 : SDC_DT_F16;
 }
 
 /* ---------------------------------------------------------------- job validation */
@@ -92,9 +77,9 @@ static sdc_conv_target deployment_target(const sdc_conv_ctx *c) {
 
 /* Options and components that do not exist yet: refused, never ignored. */
 static sdc_status refuse_unbuilt(const sdc_job *job, sdc_err *err) {
-    for (size_t i = 0; i < SDC_CONV_N_COMPONENTS; i++) {
-        const sdc_conv_component *row = &SDC_CONV_COMPONENTS[i];
-        if (!row->convert && sdc_conv_requested(job, row))
+    for (size_t i = 0; i < SDC_COUNT_OF(COMPONENTS); i++) {
+        const sdc_conv_component *row = &COMPONENTS[i];
+        if (!row->convert && requested(job, row))
             return sdc_fail(err, SDC_E_ARG, "not supported yet: %s", row->flag);
     }
     const struct {
@@ -106,7 +91,7 @@ static sdc_status refuse_unbuilt(const sdc_job *job, sdc_err *err) {
     if (job->quantize_nbits && !sdc_palettize_nbits_valid(job->quantize_nbits))
         return sdc_fail(err, SDC_E_ARG, "--quantize-nbits: invalid choice '%d' (1, 2, 4, 6, 8)", job->quantize_nbits);
     bool any = false;
-    for (size_t i = 0; i < SDC_CONV_N_COMPONENTS; i++) any = any || sdc_conv_requested(job, &SDC_CONV_COMPONENTS[i]);
+    for (size_t i = 0; i < SDC_COUNT_OF(COMPONENTS); i++) any = any || requested(job, &COMPONENTS[i]);
     if (!any) return sdc_fail(err, SDC_E_ARG, "nothing to do: give at least one --convert-* flag");
     return SDC_OK;
 }
@@ -127,9 +112,9 @@ static void warn_unused_unet_options(const sdc_conv_ctx *c) {
 }
 
 static sdc_status preflight_rows(sdc_conv_ctx *c) {
-    for (size_t i = 0; i < SDC_CONV_N_COMPONENTS; i++) {
-        const sdc_conv_component *row = &SDC_CONV_COMPONENTS[i];
-        if (!row->preflight || !sdc_conv_requested(c->job, row)) continue;
+    for (size_t i = 0; i < SDC_COUNT_OF(COMPONENTS); i++) {
+        const sdc_conv_component *row = &COMPONENTS[i];
+        if (!row->preflight || !requested(c->job, row)) continue;
         c->component = row;
         sdc_status s = row->preflight(c);
         if (s) return s;
@@ -139,9 +124,9 @@ static sdc_status preflight_rows(sdc_conv_ctx *c) {
 }
 
 static sdc_status convert_rows(sdc_conv_ctx *c) {
-    for (size_t i = 0; i < SDC_CONV_N_COMPONENTS; i++) {
-        const sdc_conv_component *row = &SDC_CONV_COMPONENTS[i];
-        if (!sdc_conv_requested(c->job, row)) continue;
+    for (size_t i = 0; i < SDC_COUNT_OF(COMPONENTS); i++) {
+        const sdc_conv_component *row = &COMPONENTS[i];
+        if (!requested(c->job, row)) continue;
         c->component = row;
         sdc_status s = row->convert(c);
         if (s) return s;
@@ -167,15 +152,54 @@ static sdc_status make_output_dir(const char *dir, sdc_err *err) {
     return SDC_OK;
 }
 
+/* The effective options, spelled as flags in a fixed order (the component table's, then the
+   others), so equivalent command lines give identical metadata (and so identical packages).
+   -o is left out: it does not change a package. */
+static void effective_options(const sdc_job *job, char *buf, size_t size) {
+    static const char *const attn[] = {"ORIGINAL", "SPLIT_EINSUM", "SPLIT_EINSUM_V2"};
+    size_t n = 0;
+#define ADD(...) (n += n < size ? (size_t)snprintf(buf + n, size - n, __VA_ARGS__) : 0)
+    ADD("--model-version %s", job->model_version);
+    if (job->refiner_version) ADD(" --refiner-version %s", job->refiner_version);
+    if (job->custom_vae_version) ADD(" --custom-vae-version %s", job->custom_vae_version);
+    for (size_t i = 0; i < SDC_COUNT_OF(COMPONENTS); i++) {
+        const sdc_conv_component *row = &COMPONENTS[i];
+        if (row->is_step || !requested(job, row)) continue;
+        ADD(" %s", row->flag);
+        if (row->requested == offsetof(sdc_job, convert_controlnet))
+            for (int k = 0; k < job->n_controlnet; k++) ADD(" %s", job->controlnet[k]);
+    }
+    const struct {
+        bool on;
+        const char *flag;
+    } flags[] = {{job->xl_version, "--xl-version"},
+                 {job->unet_batch_one, "--unet-batch-one"},
+                 {job->unet_support_controlnet, "--unet-support-controlnet"}};
+    for (size_t i = 0; i < SDC_COUNT_OF(flags); i++)
+        if (flags[i].on) ADD(" %s", flags[i].flag);
+    if (job->latent_h) ADD(" --latent-h %d", job->latent_h);
+    if (job->latent_w) ADD(" --latent-w %d", job->latent_w);
+    if (job->text_token_sequence_length) ADD(" --text-token-sequence-length %d", job->text_token_sequence_length);
+    if (job->text_encoder_hidden_size) ADD(" --text-encoder-hidden-size %d", job->text_encoder_hidden_size);
+    ADD(" --attention-implementation %s", attn[job->attention <= SDC_ATTN_SPLIT_EINSUM_V2 ? job->attention : 1]);
+    ADD(" --compute-precision %s", job->precision == SDC_PRECISION_FLOAT32 ? "FLOAT32" : "FLOAT16");
+    ADD(" --min-deployment-target %s", job->min_deployment_target ? job->min_deployment_target : "macOS13");
+    if (job->quantize_nbits) ADD(" --quantize-nbits %d", job->quantize_nbits);
+#undef ADD
+}
+
 /* ---------------------------------------------------------------- entry point */
 
 sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     sdc_err err = {0};
     sdc_source src = {0};
-    sdc_conv_ctx c = {.job = job, .src = &src, .err = &err};
+    char options[4096];
+    sdc_conv_ctx c = {.job = job, .src = &src, .err = &err, .rows = COMPONENTS, .n_rows = SDC_COUNT_OF(COMPONENTS),
+                      .options = options};
     sdc_status s = SDC_OK;
     if (!job->model_version || !job->model_version[0]) s = sdc_fail(&err, SDC_E_ARG, "--model-version is required");
     if (!s) s = refuse_unbuilt(job, &err);
+    if (!s) effective_options(job, options, sizeof options);
     c.target = deployment_target(&c);
     if (!s) warn_unused_unet_options(&c);
     if (!s) s = preflight_rows(&c);

@@ -56,52 +56,14 @@ const char SDC_CONV_LICENSE_SD[] = "OpenRAIL (https://huggingface.co/spaces/Comp
 static const char *const LICENSE_XL =
     "OpenRAIL++-M (https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/blob/main/LICENSE.md)";
 
-/* The effective options, spelled as flags in a fixed order (the component table's, then the
-   others), so equivalent command lines give identical metadata (and so identical packages).
-   -o is left out: it does not change a package. */
-static void effective_options(const sdc_job *job, char *buf, size_t size) {
-    static const char *const attn[] = {"ORIGINAL", "SPLIT_EINSUM", "SPLIT_EINSUM_V2"};
-    size_t n = 0;
-#define ADD(...) (n += n < size ? (size_t)snprintf(buf + n, size - n, __VA_ARGS__) : 0)
-    ADD("--model-version %s", job->model_version);
-    if (job->refiner_version) ADD(" --refiner-version %s", job->refiner_version);
-    if (job->custom_vae_version) ADD(" --custom-vae-version %s", job->custom_vae_version);
-    for (size_t i = 0; i < SDC_CONV_N_COMPONENTS; i++) {
-        const sdc_conv_component *row = &SDC_CONV_COMPONENTS[i];
-        if (row->is_step || !sdc_conv_requested(job, row)) continue;
-        ADD(" %s", row->flag);
-        if (row->requested == offsetof(sdc_job, convert_controlnet))
-            for (int k = 0; k < job->n_controlnet; k++) ADD(" %s", job->controlnet[k]);
-    }
-    const struct {
-        bool on;
-        const char *flag;
-    } flags[] = {{job->xl_version, "--xl-version"},
-                 {job->unet_batch_one, "--unet-batch-one"},
-                 {job->unet_support_controlnet, "--unet-support-controlnet"}};
-    for (size_t i = 0; i < SDC_COUNT_OF(flags); i++)
-        if (flags[i].on) ADD(" %s", flags[i].flag);
-    if (job->latent_h) ADD(" --latent-h %d", job->latent_h);
-    if (job->latent_w) ADD(" --latent-w %d", job->latent_w);
-    if (job->text_token_sequence_length) ADD(" --text-token-sequence-length %d", job->text_token_sequence_length);
-    if (job->text_encoder_hidden_size) ADD(" --text-encoder-hidden-size %d", job->text_encoder_hidden_size);
-    ADD(" --attention-implementation %s", attn[job->attention <= SDC_ATTN_SPLIT_EINSUM_V2 ? job->attention : 1]);
-    ADD(" --compute-precision %s", job->precision == SDC_PRECISION_FLOAT32 ? "FLOAT32" : "FLOAT16");
-    ADD(" --min-deployment-target %s", job->min_deployment_target ? job->min_deployment_target : "macOS13");
-    if (job->quantize_nbits) ADD(" --quantize-nbits %d", job->quantize_nbits);
-#undef ADD
-}
-
 sdc_status sdc_conv_write(const sdc_conv_ctx *c, const mil_graph *g, const char *path, const char *what,
                           const sdc_conv_docs *docs) {
     const sdc_job *job = c->job;
-    char options[4096];
-    effective_options(job, options, sizeof options);
     const char *version = docs && docs->version ? docs->version : job->model_version;
     char author[700];
     snprintf(author, sizeof author, "Please refer to the Model Card available at huggingface.co/%s", version);
     const char *keys[2] = {"com.github.sdcoreml.options", "com.github.sdcoreml.version"};
-    const char *values[2] = {job->options_summary ? job->options_summary : options, sdc_version()};
+    const char *values[2] = {job->options_summary ? job->options_summary : c->options, sdc_version()};
     sdc_package_info info = {
         .spec_version = c->target.spec,
         .short_description = docs && docs->short_description ? docs->short_description : SHORT_DESCRIPTION,
