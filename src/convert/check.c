@@ -89,7 +89,7 @@ sdc_status sdc_check_output(const sdc_conv_ctx *c, const char *label, const sdc_
     return s;
 }
 
-static const sdc_ndarray *find_output(const sdc_ndarray *outs, int n, const char *name) {
+const sdc_ndarray *sdc_check_find_output(const sdc_ndarray *outs, int n, const char *name) {
     for (int i = 0; i < n; i++)
         if (!strcmp(outs[i].name, name)) return &outs[i];
     return NULL;
@@ -122,7 +122,7 @@ static sdc_status compare(const sdc_conv_ctx *c, const char *cand_path, const ch
     }
     for (int i = 0; i < n_co && !s; i++) {
         if (hint->only_output && strcmp(hint->only_output, co[i].name)) continue;
-        const sdc_ndarray *r = find_output(ro, n_ro, co[i].name);
+        const sdc_ndarray *r = sdc_check_find_output(ro, n_ro, co[i].name);
         if (!r || sdc_ndarray_numel(r) != sdc_ndarray_numel(&co[i]))
             s = sdc_fail(c->err, SDC_E_INTERNAL,
                          "--check-output-correctness: %s: reference has no output '%s' of that shape", what,

@@ -105,12 +105,6 @@ static sdc_status write_chunks(const sdc_conv_ctx *c, const sdc_conv_package *p,
 
 /* ---------------------------------------------------------------- check */
 
-static const sdc_ndarray *by_name(const sdc_ndarray *a, int n, const char *name) {
-    for (int i = 0; i < n; i++)
-        if (!strcmp(a[i].name, name)) return &a[i];
-    return NULL;
-}
-
 /* A model's declared inputs taken by name from `first` (chunk 1's outputs win, as in Swift),
    else from `second`. The arrays are borrowed. */
 static sdc_status gather_inputs(const sdc_conv_ctx *c, const sdc_model *m, const char *which, const sdc_ndarray *first,
@@ -120,8 +114,8 @@ static sdc_status gather_inputs(const sdc_conv_ctx *c, const sdc_model *m, const
     if (!in) return sdc_fail(c->err, SDC_E_NOMEM, "out of memory");
     for (int i = 0; i < n; i++) {
         const char *name = sdc_model_input(m, i)->name;
-        const sdc_ndarray *a = by_name(first, n_first, name);
-        if (!a) a = by_name(second, n_second, name);
+        const sdc_ndarray *a = sdc_check_find_output(first, n_first, name);
+        if (!a) a = sdc_check_find_output(second, n_second, name);
         if (!a) {
             sdc_free(in);
             return sdc_fail(c->err, SDC_E_CHECK, "--check-output-correctness: %s: input '%s' is neither an input of the "
@@ -188,7 +182,7 @@ static sdc_status check_chunks(const sdc_conv_ctx *c, const char *path, const ch
         goto done;
     }
     /* Swift takes chunk 2's first output feature, whatever its name */
-    const sdc_ndarray *got = n_o2 > 0 ? &o2[0] : NULL, *ref = got ? by_name(fo, n_fo, got->name) : NULL;
+    const sdc_ndarray *got = n_o2 > 0 ? &o2[0] : NULL, *ref = got ? sdc_check_find_output(fo, n_fo, got->name) : NULL;
     if (!ref && n_fo > 0) ref = &fo[0];
     if (!got || !ref || sdc_ndarray_numel(got) != sdc_ndarray_numel(ref)) {
         s = sdc_fail(c->err, SDC_E_CHECK, "--check-output-correctness: %s: chunk 2's first output does not match "

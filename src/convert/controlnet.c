@@ -24,10 +24,7 @@ typedef struct cn_state {
 static sdc_status build_cn(const sdc_conv_ctx *c, void *state, bool reference, mil_graph **out) {
     const cn_state *st = state;
     sdc_unet_options opt = st->opt;
-    if (reference) {
-        opt.compute = SDC_DT_F32;
-        opt.attention = SDC_ATTN_ORIGINAL;
-    }
+    if (reference) sdc_conv_unet_reference(&opt);
     return sdc_build_controlnet(st->comp, &opt, out, c->err);
 }
 

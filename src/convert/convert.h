@@ -68,6 +68,15 @@ void sdc_conv_log(const sdc_conv_ctx *c, sdc_log_level level, const char *fmt, .
 /* The compute dtype asked for with --compute-precision. */
 sdc_dtype sdc_conv_compute_dtype(const sdc_conv_ctx *c);
 
+/* SDXL pipelines need --xl-version, and --xl-version on an SD 1/2 pipeline is a typo: both
+   refused by the converters whose graphs --xl-version changes. `why` ends the first message
+   (what --xl-version does here), `not_xl_detail` the second. */
+sdc_status sdc_conv_check_xl(const sdc_conv_ctx *c, const char *why, const char *not_xl_detail);
+
+/* The UNet-like reference for --check-output-correctness: float32 and ORIGINAL attention (the
+   plain matmul form, no per-head split einsums). */
+void sdc_conv_unet_reference(sdc_unet_options *opt);
+
 /* ---------------------------------------------------------------- emit.c */
 
 /* "<-o>/Stable_Diffusion_version_<model_version, '/' → '_'>_<submodule>.mlpackage" */
@@ -88,7 +97,7 @@ typedef struct sdc_conv_docs {
 } sdc_conv_docs;
 
 /* The OpenRAIL license every SD 1.x/2.x package names, as the anchor writes it. */
-extern const char SDC_CONV_LICENSE_SD[];
+#define SDC_CONV_LICENSE_SD "OpenRAIL (https://huggingface.co/spaces/CompVis/stable-diffusion-license)"
 
 /* Writes `g` to `path` with the anchor's metadata and ours; logs the result. */
 sdc_status sdc_conv_write(const sdc_conv_ctx *c, const mil_graph *g, const char *path, const char *what,
@@ -136,6 +145,9 @@ double sdc_psnr(const float *ref, const float *cand, size_t n);
    elsewhere. Free with sdc_check_inputs_free. */
 sdc_ndarray *sdc_check_seeded_inputs(const sdc_model *m, const sdc_conv_check_hint *hint);
 void sdc_check_inputs_free(sdc_ndarray *in, int n);
+
+/* The array named `name` among n, or NULL. */
+const sdc_ndarray *sdc_check_find_output(const sdc_ndarray *outs, int n, const char *name);
 
 /* Compares one output with its reference by PSNR, logs it, and fails (SDC_E_CHECK) below
    SDC_CHECK_MIN_PSNR naming `label`, the output and `versus` (NULL: the reference). */

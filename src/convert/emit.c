@@ -52,7 +52,6 @@ bool sdc_conv_exists_skip(const sdc_conv_ctx *c, const char *path, const char *w
 static const char *const SHORT_DESCRIPTION =
     "Stable Diffusion generates images conditioned on text and/or other images as input through the diffusion "
     "process. Please refer to https://arxiv.org/abs/2112.10752 for details.";
-const char SDC_CONV_LICENSE_SD[] = "OpenRAIL (https://huggingface.co/spaces/CompVis/stable-diffusion-license)";
 static const char *const LICENSE_XL =
     "OpenRAIL++-M (https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/blob/main/LICENSE.md)";
 

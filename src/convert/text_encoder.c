@@ -50,21 +50,15 @@ static sdc_status convert_one(const sdc_conv_ctx *c, const char *name, const cha
 }
 
 sdc_status sdc_conv_text_encoders(const sdc_conv_ctx *c) {
-    bool xl = sdc_pipeline_is_xl(c->src);
-    if (xl && !c->job->xl_version)
-        return sdc_fail(c->err, SDC_E_ARG,
-                        "%s is an SDXL pipeline; add --xl-version so the text encoders output hidden_embeds as "
-                        "the SDXL pipelines expect",
-                        c->job->model_version);
-    if (!xl && c->job->xl_version)
-        return sdc_fail(c->err, SDC_E_ARG, "--xl-version given, but %s is not an SDXL pipeline (no text_encoder_2)",
-                        c->job->model_version);
+    sdc_status s = sdc_conv_check_xl(c, " so the text encoders output hidden_embeds as the SDXL pipelines expect",
+                                     " (no text_encoder_2)");
+    if (s) return s;
     static const char *const names[2][2] = {{"text_encoder", "tokenizer"}, {"text_encoder_2", "tokenizer_2"}};
     bool any = false;
     for (int i = 0; i < 2; i++) {
         if (!sdc_source_has(c->src, names[i][0])) continue;
         any = true;
-        sdc_status s = convert_one(c, names[i][0], names[i][1]);
+        s = convert_one(c, names[i][0], names[i][1]);
         if (s) return s;
     }
     return any ? SDC_OK : sdc_fail(c->err, SDC_E_NOTFOUND, "%s: the pipeline has no text_encoder", c->src->root);

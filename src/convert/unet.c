@@ -46,10 +46,7 @@ typedef struct unet_state {
 static sdc_status build_unet(const sdc_conv_ctx *c, void *state, bool reference, mil_graph **out) {
     const unet_state *u = state;
     sdc_unet_options opt = u->opt;
-    if (reference) {
-        opt.compute = SDC_DT_F32;
-        opt.attention = SDC_ATTN_ORIGINAL;
-    }
+    if (reference) sdc_conv_unet_reference(&opt);
     return sdc_build_unet(u->comp, &opt, out, c->err);
 }
 

@@ -18,21 +18,6 @@ static const char *const ENCODER_OUTPUT_DOCS[] = {
     "The latent embeddings from the unet model from the input image: the mean channels, then the log-variance "
     "channels"};
 
-/* SDXL pipelines need --xl-version (the fp32 rule depends on it), and --xl-version on an
-   SD 1/2 pipeline is a typo: both refused, as the UNet and text encoder converters do. */
-static sdc_status check_xl(const sdc_conv_ctx *c) {
-    bool xl = sdc_pipeline_is_xl(c->src);
-    if (xl && !c->job->xl_version)
-        return sdc_fail(c->err, SDC_E_ARG,
-                        "%s is an SDXL pipeline; add --xl-version (its VAE is converted in float32, as the anchor "
-                        "does, because it overflows in float16)",
-                        c->job->model_version);
-    if (!xl && c->job->xl_version)
-        return sdc_fail(c->err, SDC_E_ARG, "--xl-version given, but %s is not an SDXL pipeline",
-                        c->job->model_version);
-    return SDC_OK;
-}
-
 sdc_status sdc_conv_vae_open(const sdc_conv_ctx *c, sdc_component *out) {
     memset(out, 0, sizeof *out); /* closable whatever fails */
     const char *custom = c->job->custom_vae_version;
@@ -84,7 +69,9 @@ static sdc_status convert(const sdc_conv_ctx *c, bool decoder) {
     sdc_status s = sdc_conv_package_path(c, sub, path, sizeof path);
     if (s) return s;
     if (!c->job->check_output_correctness && sdc_conv_exists_skip(c, path, sub)) return SDC_OK;
-    if ((s = check_xl(c))) return s;
+    if ((s = sdc_conv_check_xl(c, " (its VAE is converted in float32, as the anchor does, because it overflows in "
+                                 "float16)", "")))
+        return s;
     const sdc_job *job = c->job;
     bool fp32 = job->xl_version && (!decoder || !job->custom_vae_version);
     sdc_component comp;
