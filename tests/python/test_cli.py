@@ -100,3 +100,31 @@ def test_missing_model_folder(sdcoreml, tmp_path):
     line = one_error_line(r.stderr)
     assert line.startswith("sdcoreml: error: ")
     assert os.listdir(out) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# One option parser for every command (cli/options.c): the same help, spellings and usage errors
+# for convert (no command word), run and inspect.
+
+COMMANDS = [pytest.param([], id="convert"), pytest.param(["run"], id="run"), pytest.param(["inspect"], id="inspect")]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_short_help_is_help(sdcoreml, command):
+    long, short = sdcoreml(*command, "--help"), sdcoreml(*command, "-h")
+    assert long.returncode == 0 and short.returncode == 0, (long.stderr, short.stderr)
+    assert short.stderr == "" and short.stdout == long.stdout
+    assert "Usage" in short.stdout and "\n  -h, --help " in short.stdout, short.stdout
+
+
+def test_help_command_is_help(sdcoreml):
+    r = sdcoreml("help")
+    assert r.returncode == 0 and r.stdout == sdcoreml("-h").stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("spelling", ["-h", "--help"])
+def test_help_wins_over_what_follows(sdcoreml, command, spelling):
+    """As argparse: the help is printed as soon as it is met, even before a bad option."""
+    r = sdcoreml(*command, spelling, "--no-such-flag")
+    assert r.returncode == 0 and r.stderr == "" and "Usage" in r.stdout, (r.returncode, r.stderr)
