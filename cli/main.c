@@ -1,11 +1,13 @@
 /*
- * main.c — the sdcoreml command: argument parsing, progress, messages and exit codes.
- * The only place that prints. Options are spelled as torch2coreml spells them, and parsed
- * like Python's argparse: "--opt value" or "--opt=value", unambiguous prefixes accepted.
+ * main.c — the sdcoreml command: the convert options, inspect, progress, messages and exit
+ * codes. cli/ is the only place that prints. Options are spelled as torch2coreml spells them and
+ * parsed by options.c like Python's argparse: "--opt value" or "--opt=value", unambiguous
+ * prefixes accepted.
  *
  * Exit codes: 0 success, 1 conversion or input error, 2 usage error or unsupported option.
  */
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,216 +18,151 @@
 
 #include "sdcoreml.h"
 
-enum { EXIT_USAGE = 2 };
+#include "options.h"
 
-typedef enum { FLAG, VALUE, LIST } opt_kind;
+/* ---------------------------------------------------------------- convert's options */
 
-typedef struct cli_opt {
-    const char *name;
-    opt_kind kind;
-    const char *metavar;
-    const char *help;
-} cli_opt;
+enum { MAX_CONTROLNETS = 64 };
+
+typedef struct convert_args {
+    sdc_job job;
+    sdc_cli_list controlnets;
+    const char *controlnet_ids[MAX_CONTROLNETS];
+    /* index in the option's choices, -1 when not given (the job keeps its default) */
+    int compute_unit, attention, precision;
+    bool quiet, version;
+} convert_args;
+
+static const char *const COMPUTE_UNITS[] = {"ALL", "CPU_AND_GPU", "CPU_ONLY", "CPU_AND_NE", NULL};
+static const char *const ATTENTIONS[] = {"ORIGINAL", "SPLIT_EINSUM", "SPLIT_EINSUM_V2", NULL};
+static const sdc_attention ATTENTION_VALUES[] = {SDC_ATTN_ORIGINAL, SDC_ATTN_SPLIT_EINSUM, SDC_ATTN_SPLIT_EINSUM_V2};
+static const char *const PRECISIONS[] = {"FLOAT16", "FLOAT32", NULL};
+static const sdc_precision PRECISION_VALUES[] = {SDC_PRECISION_FLOAT16, SDC_PRECISION_FLOAT32};
+
+/* 1, 2, 4, 6 or 8, the bit widths coremltools palettizes to. */
+static int store_quantize_nbits(const sdc_cli_command *cmd, void *state, const char *value) {
+    int n;
+    if (!sdc_cli_parse_int(value, 1, 8, &n) || n == 3 || n == 5 || n == 7)
+        return sdc_cli_usage_error(cmd, "--quantize-nbits: invalid choice '%s' (1, 2, 4, 6, 8)", value);
+    ((convert_args *)state)->job.quantize_nbits = n;
+    return 0;
+}
+
+#define ARG(field) offsetof(convert_args, field)
+#define FLAG(name_, field, help_) {.name = name_, .store = SDC_CLI_TRUE, .offset = ARG(field), .help = help_}
+#define STRING(name_, field, metavar_, help_) \
+    {.name = name_, .store = SDC_CLI_STRING, .offset = ARG(field), .metavar = metavar_, .help = help_}
+#define CHOICE(name_, field, metavar_, choices_, help_) \
+    {.name = name_, .store = SDC_CLI_CHOICE, .offset = ARG(field), .metavar = metavar_, .choices = choices_, .help = help_}
+#define POSITIVE_INT(name_, field, help_)                                                                        \
+    {.name = name_, .store = SDC_CLI_INT, .offset = ARG(field), .metavar = "N", .int_min = 1, .int_max = 1 << 20, \
+     .help = help_}
 
 /* In the order of torch2coreml's --help, then ours. */
-static const cli_opt OPTIONS[] = {
-    {"--convert-text-encoder", FLAG, NULL, "convert text_encoder (and text_encoder_2 when present)"},
-    {"--convert-vae-decoder", FLAG, NULL, "convert the VAE decoder (fp32 with --xl-version unless --custom-vae-version)"},
-    {"--convert-vae-encoder", FLAG, NULL, "convert the VAE encoder, for image-to-image (fp32 with --xl-version)"},
-    {"--convert-unet", FLAG, NULL, "convert the UNet (and the refiner with --refiner-version)"},
-    {"--convert-mmdit", FLAG, NULL, "convert the SD3 MMDiT (not supported yet)"},
-    {"--convert-safety-checker", FLAG, NULL, "convert the safety checker (skipped with a warning if the pipeline has none)"},
-    {"--convert-controlnet", LIST, "ID", "convert these ControlNets (SD 1.x/2.x) to ControlNet_<ID>.mlpackage"},
-    {"--model-version", VALUE, "ID", "diffusers folder, or Hub id org/name in the local HF cache (required)"},
-    {"--refiner-version", VALUE, "ID", "SDXL refiner, converted with --convert-unet as <model>_refiner"},
-    {"--custom-vae-version", VALUE, "ID", "replacement VAE: folder or Hub id (vae/ or config.json at its root)"},
-    {"--compute-unit", VALUE, "UNIT", "ALL, CPU_AND_GPU, CPU_ONLY or CPU_AND_NE; load-time only [ALL]"},
-    {"--latent-h", VALUE, "N", "latent height [UNet sample_size]"},
-    {"--latent-w", VALUE, "N", "latent width [UNet sample_size]"},
-    {"--text-token-sequence-length", VALUE, "N", "token length S of encoder_hidden_states [77]"},
-    {"--text-encoder-hidden-size", VALUE, "N", "channels D of encoder_hidden_states [cross_attention_dim]"},
-    {"--attention-implementation", VALUE, "IMPL", "ORIGINAL, SPLIT_EINSUM or SPLIT_EINSUM_V2 [SPLIT_EINSUM]"},
-    {"-o", VALUE, "DIR", "output directory [.]"},
-    {"--check-output-correctness", FLAG, NULL, "run each package and a float32 reference in the interpreter; fail below 35 dB PSNR"},
-    {"--chunk-unet", FLAG, NULL, "also write the UNet (and refiner) as <name>_chunk1/_chunk2 packages of about half the weights each"},
-    {"--quantize-nbits", VALUE, "N", "palettize text encoder, UNet and ControlNet weights to 1, 2, 4, 6 or 8 bits (k-means)"},
-    {"--unet-support-controlnet", FLAG, NULL, "UNet with ControlNet residual inputs, written as control-unet"},
-    {"--unet-batch-one", FLAG, NULL, "UNet batch 1 instead of 2"},
-    {"--include-t5", FLAG, NULL, "SD3: bundle the T5 encoder (not supported yet)"},
-    {"--bundle-resources-for-swift-cli", FLAG, NULL, "write Resources/ for the Swift CLI (compiles with xcrun coremlcompiler: macOS)"},
-    {"--text-encoder-vocabulary-url", VALUE, "URL", "local vocab.json for Resources/ [the model's tokenizer/]"},
-    {"--text-encoder-merges-url", VALUE, "URL", "local merges.txt for Resources/ [the model's tokenizer/]"},
-    {"--text-encoder-t5-url", VALUE, "URL", "SD3 T5 encoder for Resources/"},
-    {"--text-encoder-t5-config-url", VALUE, "URL", "SD3 T5 tokenizer config"},
-    {"--text-encoder-t5-data-url", VALUE, "URL", "SD3 T5 tokenizer data"},
-    {"--min-deployment-target", VALUE, "TARGET", "macOS13, macOS14, macOS15, iOS16, iOS17, iOS18 [macOS13]"},
-    {"--xl-version", FLAG, NULL, "the model is SDXL"},
-    {"--sd3-version", FLAG, NULL, "the model is SD3 (not supported yet)"},
-    {"--compute-precision", VALUE, "P", "FLOAT16 or FLOAT32 weights and compute [FLOAT16]"},
-    {"--quiet", FLAG, NULL, "print errors and warnings only"},
-    {"--help", FLAG, NULL, "show this help and exit"},
-    {"--version", FLAG, NULL, "show the version and exit"},
+static const sdc_cli_option CONVERT_OPTIONS[] = {
+    FLAG("--convert-text-encoder", job.convert_text_encoder, "convert text_encoder (and text_encoder_2 when present)"),
+    FLAG("--convert-vae-decoder", job.convert_vae_decoder,
+         "convert the VAE decoder (fp32 with --xl-version unless --custom-vae-version)"),
+    FLAG("--convert-vae-encoder", job.convert_vae_encoder, "convert the VAE encoder, for image-to-image (fp32 with --xl-version)"),
+    FLAG("--convert-unet", job.convert_unet, "convert the UNet (and the refiner with --refiner-version)"),
+    FLAG("--convert-mmdit", job.convert_mmdit, "convert the SD3 MMDiT (not supported yet)"),
+    FLAG("--convert-safety-checker", job.convert_safety_checker,
+         "convert the safety checker (skipped with a warning if the pipeline has none)"),
+    {.name = "--convert-controlnet", .store = SDC_CLI_LIST, .offset = ARG(controlnets), .metavar = "ID",
+     .help = "convert these ControlNets (SD 1.x/2.x) to ControlNet_<ID>.mlpackage"},
+    STRING("--model-version", job.model_version, "ID", "diffusers folder, or Hub id org/name in the local HF cache (required)"),
+    STRING("--refiner-version", job.refiner_version, "ID", "SDXL refiner, converted with --convert-unet as <model>_refiner"),
+    STRING("--custom-vae-version", job.custom_vae_version, "ID",
+           "replacement VAE: folder or Hub id (vae/ or config.json at its root)"),
+    CHOICE("--compute-unit", compute_unit, "UNIT", COMPUTE_UNITS,
+           "ALL, CPU_AND_GPU, CPU_ONLY or CPU_AND_NE; load-time only [ALL]"),
+    POSITIVE_INT("--latent-h", job.latent_h, "latent height [UNet sample_size]"),
+    POSITIVE_INT("--latent-w", job.latent_w, "latent width [UNet sample_size]"),
+    POSITIVE_INT("--text-token-sequence-length", job.text_token_sequence_length, "token length S of encoder_hidden_states [77]"),
+    POSITIVE_INT("--text-encoder-hidden-size", job.text_encoder_hidden_size,
+                 "channels D of encoder_hidden_states [cross_attention_dim]"),
+    CHOICE("--attention-implementation", attention, "IMPL", ATTENTIONS,
+           "ORIGINAL, SPLIT_EINSUM or SPLIT_EINSUM_V2 [SPLIT_EINSUM]"),
+    STRING("-o", job.output_dir, "DIR", "output directory [.]"),
+    FLAG("--check-output-correctness", job.check_output_correctness,
+         "run each package and a float32 reference in the interpreter; fail below 35 dB PSNR"),
+    FLAG("--chunk-unet", job.chunk_unet,
+         "also write the UNet (and refiner) as <name>_chunk1/_chunk2 packages of about half the weights each"),
+    {.name = "--quantize-nbits", .store = SDC_CLI_CALL, .metavar = "N", .call = store_quantize_nbits,
+     .help = "palettize text encoder, UNet and ControlNet weights to 1, 2, 4, 6 or 8 bits (k-means)"},
+    FLAG("--unet-support-controlnet", job.unet_support_controlnet,
+         "UNet with ControlNet residual inputs, written as control-unet"),
+    FLAG("--unet-batch-one", job.unet_batch_one, "UNet batch 1 instead of 2"),
+    FLAG("--include-t5", job.include_t5, "SD3: bundle the T5 encoder (not supported yet)"),
+    FLAG("--bundle-resources-for-swift-cli", job.bundle_resources_for_swift_cli,
+         "write Resources/ for the Swift CLI (compiles with xcrun coremlcompiler: macOS)"),
+    STRING("--text-encoder-vocabulary-url", job.text_encoder_vocabulary_url, "URL",
+           "local vocab.json for Resources/ [the model's tokenizer/]"),
+    STRING("--text-encoder-merges-url", job.text_encoder_merges_url, "URL",
+           "local merges.txt for Resources/ [the model's tokenizer/]"),
+    STRING("--text-encoder-t5-url", job.text_encoder_t5_url, "URL", "SD3 T5 encoder for Resources/"),
+    STRING("--text-encoder-t5-config-url", job.text_encoder_t5_config_url, "URL", "SD3 T5 tokenizer config"),
+    STRING("--text-encoder-t5-data-url", job.text_encoder_t5_data_url, "URL", "SD3 T5 tokenizer data"),
+    STRING("--min-deployment-target", job.min_deployment_target, "TARGET",
+           "macOS13, macOS14, macOS15, iOS16, iOS17, iOS18 [macOS13]"),
+    FLAG("--xl-version", job.xl_version, "the model is SDXL"),
+    FLAG("--sd3-version", job.sd3_version, "the model is SD3 (not supported yet)"),
+    CHOICE("--compute-precision", precision, "P", PRECISIONS, "FLOAT16 or FLOAT32 weights and compute [FLOAT16]"),
+    FLAG("--quiet", quiet, "print errors and warnings only"),
+    FLAG("--version", version, "show the version and exit"),
 };
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "sdcoreml converts Stable Diffusion models to Core ML packages, with the options of\n"
-            "Apple's python_coreml_stable_diffusion.torch2coreml.\n\n"
-            "Usage:\n"
-            "  sdcoreml --model-version ID [--convert-text-encoder ...] [-o DIR] [options]\n"
-            "  sdcoreml inspect PACKAGE.mlpackage [--json]\n"
-            "  sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy ... -o DIR [--json]\n\n"
-            "Options:\n");
-    for (size_t i = 0; i < sizeof OPTIONS / sizeof OPTIONS[0]; i++) {
-        char left[64];
-        snprintf(left, sizeof left, "%s%s%s%s", OPTIONS[i].name, OPTIONS[i].metavar ? " " : "",
-                 OPTIONS[i].metavar ? OPTIONS[i].metavar : "", OPTIONS[i].kind == LIST ? " ..." : "");
-        fprintf(f, "  %-38s %s\n", left, OPTIONS[i].help);
+#undef ARG
+#undef FLAG
+#undef STRING
+#undef CHOICE
+#undef POSITIVE_INT
+
+static const sdc_cli_command CONVERT = {
+    .name = NULL,
+    .options = CONVERT_OPTIONS,
+    .n_options = sizeof CONVERT_OPTIONS / sizeof CONVERT_OPTIONS[0],
+    .allow_abbrev = true, /* torch2coreml's argparse accepts unique prefixes */
+    .help_head =
+        "sdcoreml converts Stable Diffusion models to Core ML packages, with the options of\n"
+        "Apple's python_coreml_stable_diffusion.torch2coreml.\n\n"
+        "Usage:\n"
+        "  sdcoreml --model-version ID [--convert-text-encoder ...] [-o DIR] [options]\n"
+        "  sdcoreml inspect PACKAGE.mlpackage [--json]\n"
+        "  sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy ... -o DIR [--json]\n"
+        "  sdcoreml [inspect | run] -h | --help\n\n"
+        "Options:\n",
+    .help_tail =
+        "\nOutputs: <DIR>/Stable_Diffusion_version_<ID with / as _>_<component>.mlpackage; an existing\n"
+        "package is kept and skipped. Packages are built in a hidden temporary directory and renamed\n"
+        "into place when complete.\n\n"
+        "Environment: HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME locate the Hugging Face cache for Hub ids.\n\n"
+        "Examples:\n"
+        "  sdcoreml --convert-text-encoder --model-version examples/tiny-sd -o out\n"
+        "  sdcoreml --convert-text-encoder --xl-version --model-version stabilityai/stable-diffusion-xl-base-1.0 -o out\n"
+        "  sdcoreml inspect out/Stable_Diffusion_version_examples_tiny-sd_text_encoder.mlpackage\n\n"
+        "Exit status: 0 success, 1 error in the input or the conversion, 2 usage error.\n",
+    .help_column = 38,
+};
+
+static void init_convert_args(convert_args *a) {
+    memset(a, 0, sizeof *a);
+    sdc_job_init(&a->job);
+    a->controlnets = (sdc_cli_list){.items = a->controlnet_ids, .capacity = MAX_CONTROLNETS};
+    a->compute_unit = a->attention = a->precision = -1;
+}
+
+/* What the parser stored beside the job goes into the job. */
+static void finish_job(convert_args *a) {
+    sdc_job *j = &a->job;
+    if (a->compute_unit >= 0) j->compute_unit = COMPUTE_UNITS[a->compute_unit];
+    if (a->attention >= 0) j->attention = ATTENTION_VALUES[a->attention];
+    if (a->precision >= 0) j->precision = PRECISION_VALUES[a->precision];
+    if (a->controlnets.given) {
+        j->convert_controlnet = true;
+        j->controlnet = a->controlnets.items;
+        j->n_controlnet = a->controlnets.n;
     }
-    fprintf(f,
-            "\nOutputs: <DIR>/Stable_Diffusion_version_<ID with / as _>_<component>.mlpackage; an existing\n"
-            "package is kept and skipped. Packages are built in a hidden temporary directory and renamed\n"
-            "into place when complete.\n\n"
-            "Environment: HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME locate the Hugging Face cache for Hub ids.\n\n"
-            "Examples:\n"
-            "  sdcoreml --convert-text-encoder --model-version examples/tiny-sd -o out\n"
-            "  sdcoreml --convert-text-encoder --xl-version --model-version stabilityai/stable-diffusion-xl-base-1.0 -o out\n"
-            "  sdcoreml inspect out/Stable_Diffusion_version_examples_tiny-sd_text_encoder.mlpackage\n\n"
-            "Exit status: 0 success, 1 error in the input or the conversion, 2 usage error.\n");
-}
-
-static int usage_error(const char *fmt, const char *arg) {
-    fprintf(stderr, "sdcoreml: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nTry 'sdcoreml --help'.\n");
-    return EXIT_USAGE;
-}
-
-/* Exact match, else a unique prefix (argparse's allow_abbrev). NULL and *ambiguous when two
-   options share the prefix. */
-static const cli_opt *find_option(const char *arg, size_t len, int *ambiguous) {
-    const cli_opt *found = NULL;
-    *ambiguous = 0;
-    for (size_t i = 0; i < sizeof OPTIONS / sizeof OPTIONS[0]; i++) {
-        if (strlen(OPTIONS[i].name) == len && !strncmp(OPTIONS[i].name, arg, len)) return &OPTIONS[i];
-        if (len > 2 && !strncmp(OPTIONS[i].name, arg, len)) {
-            if (found) *ambiguous = 1;
-            found = &OPTIONS[i];
-        }
-    }
-    return *ambiguous ? NULL : found;
-}
-
-/* ---------------------------------------------------------------- option values */
-
-typedef struct cli_state {
-    sdc_job job;
-    const char *controlnets[64];
-    bool quiet, help, version;
-} cli_state;
-
-static bool parse_int(const char *s, int lo, int hi, int *out) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
-}
-
-static int set_value(cli_state *st, const char *name, const char *v) {
-    sdc_job *j = &st->job;
-    if (!strcmp(name, "--model-version")) j->model_version = v;
-    else if (!strcmp(name, "--refiner-version")) j->refiner_version = v;
-    else if (!strcmp(name, "--custom-vae-version")) j->custom_vae_version = v;
-    else if (!strcmp(name, "-o")) j->output_dir = v;
-    else if (!strcmp(name, "--min-deployment-target")) j->min_deployment_target = v;
-    else if (!strcmp(name, "--text-encoder-vocabulary-url")) j->text_encoder_vocabulary_url = v;
-    else if (!strcmp(name, "--text-encoder-merges-url")) j->text_encoder_merges_url = v;
-    else if (!strcmp(name, "--text-encoder-t5-url")) j->text_encoder_t5_url = v;
-    else if (!strcmp(name, "--text-encoder-t5-config-url")) j->text_encoder_t5_config_url = v;
-    else if (!strcmp(name, "--text-encoder-t5-data-url")) j->text_encoder_t5_data_url = v;
-    else if (!strcmp(name, "--compute-unit")) {
-        if (strcmp(v, "ALL") && strcmp(v, "CPU_AND_GPU") && strcmp(v, "CPU_ONLY") && strcmp(v, "CPU_AND_NE"))
-            return usage_error("--compute-unit: invalid choice '%s' (ALL, CPU_AND_GPU, CPU_ONLY, CPU_AND_NE)", v);
-        j->compute_unit = v;
-    } else if (!strcmp(name, "--attention-implementation")) {
-        if (!strcmp(v, "ORIGINAL")) j->attention = SDC_ATTN_ORIGINAL;
-        else if (!strcmp(v, "SPLIT_EINSUM")) j->attention = SDC_ATTN_SPLIT_EINSUM;
-        else if (!strcmp(v, "SPLIT_EINSUM_V2")) j->attention = SDC_ATTN_SPLIT_EINSUM_V2;
-        else return usage_error("--attention-implementation: invalid choice '%s' (ORIGINAL, SPLIT_EINSUM, SPLIT_EINSUM_V2)", v);
-    } else if (!strcmp(name, "--compute-precision")) {
-        if (!strcmp(v, "FLOAT16")) j->precision = SDC_PRECISION_FLOAT16;
-        else if (!strcmp(v, "FLOAT32")) j->precision = SDC_PRECISION_FLOAT32;
-        else return usage_error("--compute-precision: invalid choice '%s' (FLOAT16, FLOAT32)", v);
-    } else if (!strcmp(name, "--quantize-nbits")) {
-        if (!parse_int(v, 1, 8, &j->quantize_nbits) || j->quantize_nbits == 3 || j->quantize_nbits == 5 ||
-            j->quantize_nbits == 7)
-            return usage_error("--quantize-nbits: invalid choice '%s' (1, 2, 4, 6, 8)", v);
-    } else {
-        int *target = !strcmp(name, "--latent-h")                     ? &j->latent_h
-                      : !strcmp(name, "--latent-w")                   ? &j->latent_w
-                      : !strcmp(name, "--text-token-sequence-length") ? &j->text_token_sequence_length
-                                                                      : &j->text_encoder_hidden_size;
-        if (!parse_int(v, 1, 1 << 20, target)) return usage_error("%s: expected a positive integer", name);
-    }
-    return 0;
-}
-
-static void set_flag(cli_state *st, const char *name) {
-    sdc_job *j = &st->job;
-    struct {
-        const char *name;
-        bool *field;
-    } flags[] = {
-        {"--convert-text-encoder", &j->convert_text_encoder},
-        {"--convert-vae-decoder", &j->convert_vae_decoder},
-        {"--convert-vae-encoder", &j->convert_vae_encoder},
-        {"--convert-unet", &j->convert_unet},
-        {"--convert-mmdit", &j->convert_mmdit},
-        {"--convert-safety-checker", &j->convert_safety_checker},
-        {"--check-output-correctness", &j->check_output_correctness},
-        {"--chunk-unet", &j->chunk_unet},
-        {"--unet-support-controlnet", &j->unet_support_controlnet},
-        {"--unet-batch-one", &j->unet_batch_one},
-        {"--include-t5", &j->include_t5},
-        {"--bundle-resources-for-swift-cli", &j->bundle_resources_for_swift_cli},
-        {"--xl-version", &j->xl_version},
-        {"--sd3-version", &j->sd3_version},
-        {"--quiet", &st->quiet},
-        {"--help", &st->help},
-        {"--version", &st->version},
-    };
-    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
-        if (!strcmp(flags[i].name, name)) *flags[i].field = true;
-}
-
-static int parse_args(cli_state *st, int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (arg[0] != '-' || !arg[1]) return usage_error("unexpected argument '%s'", arg);
-        const char *eq = strchr(arg, '=');
-        size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
-        int ambiguous;
-        const cli_opt *o = find_option(arg, len, &ambiguous);
-        if (!o) return usage_error(ambiguous ? "ambiguous option '%s'" : "unknown option '%s'", arg);
-        if (o->kind == FLAG) {
-            if (eq) return usage_error("option '%s' takes no value", o->name);
-            set_flag(st, o->name);
-        } else if (o->kind == VALUE) {
-            const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
-            if (!v) return usage_error("option '%s' needs a value", o->name);
-            int rc = set_value(st, o->name, v);
-            if (rc) return rc;
-        } else { /* LIST: --convert-controlnet [ID ...], like argparse's nargs="*" */
-            st->job.convert_controlnet = true;
-            if (eq) st->controlnets[st->job.n_controlnet++] = eq + 1;
-            while (i + 1 < argc && argv[i + 1][0] != '-' && st->job.n_controlnet < 64) {
-                st->controlnets[st->job.n_controlnet++] = argv[++i];
-            }
-            st->job.controlnet = st->controlnets;
-        }
-    }
-    return 0;
 }
 
 /* ---------------------------------------------------------------- progress and logs */
@@ -303,20 +240,34 @@ static void print_inspect_text(json_t *doc) {
            (long long)json_integer_value(json_object_get(doc, "weight_blobs")));
 }
 
+typedef struct inspect_args {
+    const char *package;
+    bool json;
+} inspect_args;
+
+static const sdc_cli_option INSPECT_OPTIONS[] = {
+    {.name = "--json", .store = SDC_CLI_TRUE, .offset = offsetof(inspect_args, json),
+     .help = "print the JSON document instead of text"},
+};
+
+static const sdc_cli_command INSPECT = {
+    .name = "inspect",
+    .options = INSPECT_OPTIONS,
+    .n_options = sizeof INSPECT_OPTIONS / sizeof INSPECT_OPTIONS[0],
+    .positional = "PACKAGE",
+    .positional_offset = offsetof(inspect_args, package),
+    .help_head = "Usage: sdcoreml inspect PACKAGE.mlpackage [--json]\n"
+                 "Prints the inputs, outputs, metadata, op histogram and weight bytes of a package.\n\n",
+    .help_column = 12,
+};
+
+/* argv[0] is the program, argv[1] "inspect" */
 static int cmd_inspect(int argc, char **argv) {
-    const char *pkg = NULL;
-    bool as_json = false;
-    for (int i = 2; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) as_json = true;
-        else if (!strcmp(argv[i], "--help")) {
-            printf("Usage: sdcoreml inspect PACKAGE.mlpackage [--json]\n"
-                   "Prints the inputs, outputs, metadata, op histogram and weight bytes of a package.\n");
-            return 0;
-        } else if (argv[i][0] == '-') return usage_error("inspect: unknown option '%s'", argv[i]);
-        else if (pkg) return usage_error("inspect: unexpected argument '%s'", argv[i]);
-        else pkg = argv[i];
-    }
-    if (!pkg) return usage_error("%s", "inspect: missing PACKAGE");
+    inspect_args a = {0};
+    int rc = sdc_cli_parse(&INSPECT, argc - 2, argv + 2, &a);
+    if (rc != SDC_CLI_CONTINUE) return rc;
+    const char *pkg = a.package;
+    bool as_json = a.json;
     char err[1024], *text = NULL;
     if (sdc_inspect_json(pkg, &text, err, sizeof err) != SDC_OK) {
         fprintf(stderr, "sdcoreml: error: %s\n", err);
@@ -349,33 +300,30 @@ int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "inspect")) return cmd_inspect(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "run")) return sdc_cli_run(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "help")) {
-        usage(stdout);
+        sdc_cli_print_help(&CONVERT, stdout);
         return 0;
     }
-    static cli_state st;
-    sdc_job_init(&st.job);
-    int rc = parse_args(&st, argc, argv);
-    if (rc) return rc;
-    if (st.help) {
-        usage(stdout);
-        return 0;
-    }
-    if (st.version) {
+    convert_args a;
+    init_convert_args(&a);
+    int rc = sdc_cli_parse(&CONVERT, argc - 1, argv + 1, &a);
+    if (rc != SDC_CLI_CONTINUE) return rc;
+    finish_job(&a);
+    if (a.version) {
         printf("sdcoreml %s\nCore ML specification versions written: 7, 8, 9 (opsets CoreML6..CoreML8)\n", sdc_version());
         return 0;
     }
-    if (!st.job.model_version) return usage_error("%s", "the following arguments are required: --model-version");
+    if (!a.job.model_version) return sdc_cli_usage_error(&CONVERT, "the following arguments are required: --model-version");
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGHUP, on_signal);
-    ui u = {.quiet = st.quiet, .tty = isatty(2) != 0};
-    st.job.log = on_log;
-    st.job.progress = on_progress;
-    st.job.user = &u;
+    ui u = {.quiet = a.quiet, .tty = isatty(2) != 0};
+    a.job.log = on_log;
+    a.job.progress = on_progress;
+    a.job.user = &u;
     char err[1024];
-    sdc_status s = sdc_convert(&st.job, err, sizeof err);
+    sdc_status s = sdc_convert(&a.job, err, sizeof err);
     end_progress_line(&u);
     if (s == SDC_OK) return 0;
     fprintf(stderr, "sdcoreml: error: %s\n", err);
-    return s == SDC_E_ARG ? EXIT_USAGE : 1;
+    return s == SDC_E_ARG ? SDC_CLI_EXIT_USAGE : 1;
 }

@@ -6,6 +6,7 @@
  * Exit codes as the rest of the CLI: 0 success, 1 error in the inputs or the package, 2 usage.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,29 +17,61 @@
 
 #include "sdcoreml.h"
 
+#include "options.h"
+
 int sdc_cli_run(int argc, char **argv);
 
-enum { RUN_EXIT_USAGE = 2, MAX_INPUTS = 256 };
+enum { MAX_INPUTS = 256 };
 
-static void run_usage(FILE *f) {
-    fprintf(f,
-            "Usage: sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy [--input ...] -o DIR [--json] [--threads N]\n\n"
-            "Runs function main of an ML Program package on the CPU with sdcoreml's reference interpreter\n"
-            "(fp32 accumulation; results rounded to each op's declared dtype, so fp16 programs give fp16\n"
-            "results) and writes DIR/<output name>.npy for every output.\n\n"
-            "  --input NAME=FILE.npy  one per model input; .npy dtypes float32, float16 or int32 in C order;\n"
-            "                         float32 is converted to the input's declared dtype\n"
-            "  -o DIR                 output folder (created if missing)\n"
-            "  --json                 print a JSON document instead of text\n"
-            "  --threads N            worker threads [one per CPU]\n");
+typedef struct run_args {
+    const char *package, *out_dir;
+    const char *in_specs[MAX_INPUTS], *in_files[MAX_INPUTS]; /* NAME=FILE, FILE */
+    size_t name_len[MAX_INPUTS];
+    int n_in, threads;
+    bool json;
+} run_args;
+
+/* --input NAME=FILE.npy: both parts non-empty, each NAME once. */
+static int add_input(const sdc_cli_command *cmd, void *state, const char *value) {
+    run_args *a = state;
+    const char *eq = strchr(value, '=');
+    if (!eq || eq == value || !eq[1]) return sdc_cli_usage_error(cmd, "--input '%s' is not NAME=FILE.npy", value);
+    if (a->n_in == MAX_INPUTS) return sdc_cli_usage_error(cmd, "too many --input options");
+    size_t len = (size_t)(eq - value);
+    for (int k = 0; k < a->n_in; k++)
+        if (a->name_len[k] == len && !strncmp(a->in_specs[k], value, len))
+            return sdc_cli_usage_error(cmd, "input '%s' is given twice", value);
+    a->in_specs[a->n_in] = value;
+    a->name_len[a->n_in] = len;
+    a->in_files[a->n_in] = eq + 1;
+    a->n_in++;
+    return 0;
 }
 
-static int run_usage_error(const char *fmt, const char *arg) {
-    fprintf(stderr, "sdcoreml run: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nTry 'sdcoreml run --help'.\n");
-    return RUN_EXIT_USAGE;
-}
+static const sdc_cli_option RUN_OPTIONS[] = {
+    {.name = "--input", .store = SDC_CLI_CALL, .call = add_input, .metavar = "NAME=FILE.npy",
+     .help = "one per model input; .npy dtypes float32, float16 or int32 in C order;\n"
+             "float32 is converted to the input's declared dtype"},
+    {.name = "-o", .alias = "--output", .store = SDC_CLI_STRING, .offset = offsetof(run_args, out_dir), .metavar = "DIR",
+     .help = "output folder (created if missing)"},
+    {.name = "--json", .store = SDC_CLI_TRUE, .offset = offsetof(run_args, json), .help = "print a JSON document instead of text"},
+    {.name = "--threads", .store = SDC_CLI_INT, .offset = offsetof(run_args, threads), .metavar = "N", .int_min = 1,
+     .int_max = 1024, .help = "worker threads [one per CPU]"},
+};
+
+static const sdc_cli_command RUN = {
+    .name = "run",
+    .options = RUN_OPTIONS,
+    .n_options = sizeof RUN_OPTIONS / sizeof RUN_OPTIONS[0],
+    .positional = "PACKAGE",
+    .positional_offset = offsetof(run_args, package),
+    .help_head =
+        "Usage: sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy [--input ...] -o DIR [--json] [--threads N]\n\n"
+        "Runs function main of an ML Program package on the CPU with sdcoreml's reference interpreter\n"
+        "(fp32 accumulation; results rounded to each op's declared dtype, so fp16 programs give fp16\n"
+        "results) and writes DIR/<output name>.npy for every output.\n\n",
+    .help_column = 22,
+};
 
 static int mkdir_p(const char *dir) {
     char buf[4096];
@@ -86,55 +119,18 @@ static void file_name(const char *name, char *buf, size_t size) {
 }
 
 int sdc_cli_run(int argc, char **argv) {
-    const char *pkg = NULL, *out_dir = NULL;
-    const char *in_specs[MAX_INPUTS], *in_files[MAX_INPUTS]; /* NAME=FILE, FILE */
-    char *in_names[MAX_INPUTS] = {0};
-    size_t name_len[MAX_INPUTS];
-    int n_in = 0, threads = 0;
-    bool as_json = false;
+    run_args a = {0};
     /* argv[0] is the program, argv[1] "run" */
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        const char *val = NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            run_usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--json")) {
-            as_json = true;
-        } else if (!strcmp(a, "--input") || !strncmp(a, "--input=", 8)) {
-            val = a[7] == '=' ? a + 8 : (i + 1 < argc ? argv[++i] : NULL);
-            if (!val) return run_usage_error("%s", "--input needs NAME=FILE.npy");
-            const char *eq = strchr(val, '=');
-            if (!eq || eq == val || !eq[1]) return run_usage_error("--input '%s' is not NAME=FILE.npy", val);
-            if (n_in == MAX_INPUTS) return run_usage_error("%s", "too many --input options");
-            size_t len = (size_t)(eq - val);
-            for (int k = 0; k < n_in; k++)
-                if (name_len[k] == len && !strncmp(in_specs[k], val, len)) return run_usage_error("input '%s' is given twice", val);
-            in_specs[n_in] = val;
-            name_len[n_in] = len;
-            in_files[n_in] = eq + 1;
-            n_in++;
-        } else if (!strcmp(a, "-o") || !strncmp(a, "-o=", 3) || !strcmp(a, "--output") || !strncmp(a, "--output=", 9)) {
-            const char *eqp = strchr(a, '=');
-            val = eqp ? eqp + 1 : (i + 1 < argc ? argv[++i] : NULL);
-            if (!val || !*val) return run_usage_error("%s", "-o needs a directory");
-            out_dir = val;
-        } else if (!strcmp(a, "--threads") || !strncmp(a, "--threads=", 10)) {
-            val = a[9] == '=' ? a + 10 : (i + 1 < argc ? argv[++i] : NULL);
-            char *end;
-            long t = val ? strtol(val, &end, 10) : -1;
-            if (!val || *end || t < 1 || t > 1024) return run_usage_error("--threads '%s' is not a number from 1 to 1024", val ? val : "");
-            threads = (int)t;
-        } else if (a[0] == '-') {
-            return run_usage_error("unknown option '%s'", a);
-        } else if (pkg) {
-            return run_usage_error("unexpected argument '%s'", a);
-        } else {
-            pkg = a;
-        }
-    }
-    if (!pkg) return run_usage_error("%s", "missing PACKAGE");
-    if (!out_dir) return run_usage_error("%s", "missing -o DIR");
+    int parsed = sdc_cli_parse(&RUN, argc - 2, argv + 2, &a);
+    if (parsed != SDC_CLI_CONTINUE) return parsed;
+    if (!a.out_dir) return sdc_cli_usage_error(&RUN, "missing -o DIR");
+    if (!*a.out_dir) return sdc_cli_usage_error(&RUN, "-o needs a directory");
+    const char *pkg = a.package, *out_dir = a.out_dir;
+    const char **in_specs = a.in_specs, **in_files = a.in_files;
+    const size_t *name_len = a.name_len;
+    const int n_in = a.n_in, threads = a.threads;
+    const bool as_json = a.json;
+    char *in_names[MAX_INPUTS] = {0};
 
     int rc = 1;
     char err[1024];

@@ -100,3 +100,139 @@ def test_missing_model_folder(sdcoreml, tmp_path):
     line = one_error_line(r.stderr)
     assert line.startswith("sdcoreml: error: ")
     assert os.listdir(out) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# One option parser for every command (cli/options.c): the same help, spellings and usage errors
+# for convert (no command word), run and inspect.
+
+COMMANDS = [pytest.param([], id="convert"), pytest.param(["run"], id="run"), pytest.param(["inspect"], id="inspect")]
+
+
+def prog(command):
+    return " ".join(["sdcoreml", *command])
+
+
+def case_id(value):
+    """Readable test ids: the command ('convert' for none) and the arguments."""
+    if isinstance(value, list):
+        return " ".join(value) or "convert"
+    return None
+
+
+def usage_error(r, command, message):
+    """A usage error: exit 2, '<prog>: <message>' then the pointer to <prog> --help, nothing else."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stdout == ""
+    assert r.stderr.splitlines() == [f"{prog(command)}: {message}", f"Try '{prog(command)} --help'."], r.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_short_help_is_help(sdcoreml, command):
+    long, short = sdcoreml(*command, "--help"), sdcoreml(*command, "-h")
+    assert long.returncode == 0 and short.returncode == 0, (long.stderr, short.stderr)
+    assert short.stderr == "" and short.stdout == long.stdout
+    assert "Usage" in short.stdout and "\n  -h, --help " in short.stdout, short.stdout
+
+
+def test_help_command_is_help(sdcoreml):
+    r = sdcoreml("help")
+    assert r.returncode == 0 and r.stdout == sdcoreml("-h").stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("spelling", ["-h", "--help"])
+def test_help_wins_over_what_follows(sdcoreml, command, spelling):
+    """As argparse: the help is printed as soon as it is met, even before a bad option."""
+    r = sdcoreml(*command, spelling, "--no-such-flag")
+    assert r.returncode == 0 and r.stderr == "" and "Usage" in r.stdout, (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_error_before_help_wins(sdcoreml, command):
+    usage_error(sdcoreml(*command, "--no-such-flag", "-h"), command, "unknown option '--no-such-flag'")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unknown_option_everywhere(sdcoreml, command):
+    usage_error(sdcoreml(*command, "--no-such-flag=3"), command, "unknown option '--no-such-flag=3'")
+    usage_error(sdcoreml(*command, "-"), command, "unknown option '-'")
+
+
+@pytest.mark.parametrize("command,flag", [([], "--quiet"), (["run"], "--json"), (["inspect"], "--json"),
+                                          (["inspect"], "--help"), ([], "-h")], ids=case_id)
+def test_flag_takes_no_value(sdcoreml, command, flag):
+    canonical = "--help" if flag == "-h" else flag
+    usage_error(sdcoreml(*command, f"{flag}=1"), command, f"option '{canonical}' takes no value")
+
+
+@pytest.mark.parametrize("command,args,message", [
+    ([], ["--model-version"], "option '--model-version' needs a value"),
+    ([], ["--convert-text-encoder", "-o"], "option '-o' needs a value"),
+    (["run"], ["x.mlpackage", "-o"], "option '-o' needs a value"),
+    (["run"], ["x.mlpackage", "--output"], "option '-o' needs a value"),
+    (["run"], ["x.mlpackage", "-o", "d", "--input"], "option '--input' needs a value"),
+    (["run"], ["x.mlpackage", "-o", "d", "--threads"], "option '--threads' needs a value"),
+], ids=case_id)
+def test_option_needs_a_value(sdcoreml, command, args, message):
+    usage_error(sdcoreml(*command, *args), command, message)
+
+
+@pytest.mark.parametrize("command,args,message", [
+    ([], ["--latent-h", "0"], "--latent-h: invalid value '0' (an integer from 1 to 1048576)"),
+    ([], ["--text-token-sequence-length=7x"], "--text-token-sequence-length: invalid value '7x' (an integer from 1 to 1048576)"),
+    (["run"], ["x.mlpackage", "--threads", "1025"], "--threads: invalid value '1025' (an integer from 1 to 1024)"),
+    (["run"], ["x.mlpackage", "--threads="], "--threads: invalid value '' (an integer from 1 to 1024)"),
+    ([], ["--attention-implementation=EINSUM"],
+     "--attention-implementation: invalid choice 'EINSUM' (ORIGINAL, SPLIT_EINSUM, SPLIT_EINSUM_V2)"),
+    ([], ["--compute-precision", "FLOAT8"], "--compute-precision: invalid choice 'FLOAT8' (FLOAT16, FLOAT32)"),
+], ids=case_id)
+def test_bad_values(sdcoreml, command, args, message):
+    usage_error(sdcoreml(*command, *args), command, message)
+
+
+@pytest.mark.parametrize("command", [pytest.param(["run"], id="run"), pytest.param(["inspect"], id="inspect")])
+def test_package_is_one_positional(sdcoreml, command):
+    usage_error(sdcoreml(*command), command, "missing PACKAGE")
+    usage_error(sdcoreml(*command, "a.mlpackage", "b.mlpackage"), command, "unexpected argument 'b.mlpackage'")
+
+
+def test_convert_takes_no_positional(sdcoreml):
+    usage_error(sdcoreml("--model-version", "tiny-sd", "extra"), [], "unexpected argument 'extra'")
+
+
+def test_prefixes_only_for_convert(sdcoreml):
+    """torch2coreml's argparse accepts unique prefixes; run and inspect never did."""
+    usage_error(sdcoreml("--convert", "--model-version", "tiny-sd"), [], "ambiguous option '--convert'")
+    assert sdcoreml("--vers").stdout == sdcoreml("--version").stdout
+    assert sdcoreml("--he").stdout == sdcoreml("-h").stdout
+    usage_error(sdcoreml("inspect", "x.mlpackage", "--js"), ["inspect"], "unknown option '--js'")
+    usage_error(sdcoreml("run", "x.mlpackage", "-o", "d", "--thr", "1"), ["run"], "unknown option '--thr'")
+
+
+def test_controlnet_list_is_bounded(sdcoreml):
+    ids = [f"cn{i}" for i in range(65)]
+    usage_error(sdcoreml("--model-version", "tiny-sd", "--convert-controlnet", *ids), [],
+                "--convert-controlnet takes at most 64 values")
+    usage_error(sdcoreml("--model-version", "tiny-sd", *[f"--convert-controlnet={i}" for i in ids]), [],
+                "--convert-controlnet takes at most 64 values")
+
+
+def test_equals_and_prefix_spellings_work(sdcoreml, tmp_path):
+    """--opt=value and unique prefixes for convert, --opt=value for run: the same packages and
+    outputs as the spelled-out forms."""
+    import numpy as np
+
+    out = tmp_path / "out"
+    r = sdcoreml("--model-version=tiny-sd", "--convert-text", "--compute-u=CPU_ONLY", "--quiet", "-o", out,
+                 cwd=REPO / "examples")
+    assert r.returncode == 0, r.stderr
+    pkg = out / "Stable_Diffusion_version_tiny-sd_text_encoder.mlpackage"
+    assert pkg.is_dir()
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.zeros((1, 77), np.float32))
+    a = sdcoreml("run", pkg, f"--input=input_ids={ids}", f"-o={tmp_path / 'a'}", "--threads=1", "--json")
+    b = sdcoreml("run", pkg, "--input", f"input_ids={ids}", "--output", tmp_path / "b", "--threads", "1", "--json")
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+    for name in ("last_hidden_state", "pooled_outputs"):
+        assert np.array_equal(np.load(tmp_path / "a" / f"{name}.npy"), np.load(tmp_path / "b" / f"{name}.npy"))
