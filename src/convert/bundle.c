@@ -7,12 +7,16 @@
  * Xcode); the format of .mlmodelc is not documented, so sdcoreml does not fake it. Without
  * xcrun on PATH the option is refused before any conversion starts. Unlike the anchor, the
  * tokenizer files come from the model's own tokenizer/ folder (no download); an explicit
- * --text-encoder-vocabulary-url / --text-encoder-merges-url may name a local file.
+ * --text-encoder-vocabulary-url / --text-encoder-merges-url may name a local file. Both are
+ * checked before anything is converted. Resources/ is filled from a hidden staging folder,
+ * so a failing bundle leaves it as it was.
  */
 #include <ctype.h>
 #include <dirent.h>
+#include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -69,22 +73,26 @@ static bool exists(const char *p) {
     return stat(p, &st) == 0;
 }
 
-/* Compiles <-o>/<package> into <dir>/<target>.mlmodelc unless the target exists (as the anchor). */
-static sdc_status bundle_one(const sdc_conv_ctx *c, const char *package, const char *dir, const char *target) {
-    char pkg[4200], compiled[4400], final[4400];
+/* Compiles <-o>/<package> into <stage>/<sub><target>.mlmodelc unless <resources>/<sub><target>.mlmodelc
+   exists (kept, as the anchor does) or the package was not written. */
+static sdc_status bundle_one(const sdc_conv_ctx *c, const char *package, const char *resources, const char *stage,
+                             const char *sub, const char *target) {
+    char pkg[4200], compiled[4400], kept[4400], staged[4400], dir[4300];
     const char *out = c->job->output_dir ? c->job->output_dir : ".";
     snprintf(pkg, sizeof pkg, "%s/%s", out, package);
-    snprintf(final, sizeof final, "%s/%s.mlmodelc", dir, target);
-    if (!exists(pkg) || exists(final)) return SDC_OK;
+    snprintf(kept, sizeof kept, "%s/%s%s.mlmodelc", resources, sub, target);
+    if (!exists(pkg) || exists(kept)) return SDC_OK;
+    snprintf(dir, sizeof dir, "%s/%s", stage, sub);
+    snprintf(staged, sizeof staged, "%s/%s.mlmodelc", dir, target);
     size_t stem = strlen(package) - strlen(".mlpackage");
     snprintf(compiled, sizeof compiled, "%s/%.*s.mlmodelc", dir, (int)stem, package);
     sdc_status s = compile(c, pkg, dir);
     if (s) return s;
     if (!exists(compiled))
         return sdc_fail(c->err, SDC_E_IO, "%s: coremlcompiler wrote no %s", pkg, compiled);
-    if (rename(compiled, final) != 0)
-        return sdc_fail(c->err, SDC_E_IO, "%s: cannot rename to %s: %s", compiled, final, strerror(errno));
-    sdc_conv_log(c, SDC_LOG_INFO, "bundled %s", final);
+    if (rename(compiled, staged) != 0)
+        return sdc_fail(c->err, SDC_E_IO, "%s: cannot rename to %s: %s", compiled, staged, strerror(errno));
+    sdc_conv_log(c, SDC_LOG_INFO, "bundled %s", kept);
     return SDC_OK;
 }
 
@@ -130,21 +138,40 @@ static sdc_status copy_file(const sdc_conv_ctx *c, const char *from, const char 
     return SDC_OK;
 }
 
-/* vocab.json / merges.txt: an explicit local file (path or file://), else the pipeline's own
-   tokenizer (tokenizer/, or tokenizer_2/ for a refiner-only pipeline). */
-static sdc_status tokenizer_file(const sdc_conv_ctx *c, const char *url, const char *file, const char *dir) {
-    char from[4200], to[4200];
-    snprintf(to, sizeof to, "%s/%s", dir, file);
+/* Where vocab.json / merges.txt come from: an explicit local file (path or file://), else the
+   pipeline's own tokenizer (tokenizer/, or tokenizer_2/ for a refiner-only pipeline). */
+static sdc_status tokenizer_source(const sdc_conv_ctx *c, const char *url, const char *file, char *from, size_t size) {
     if (url && strncmp(url, "file://", 7) && strstr(url, "://"))
         return sdc_fail(c->err, SDC_E_UNSUPPORTED, "%s: sdcoreml does not download; give a local file for %s", url, file);
     if (url) {
-        snprintf(from, sizeof from, "%s", strncmp(url, "file://", 7) ? url : url + 7);
-    } else {
-        if (!sdc_pipeline_tokenizer_file(c->src, file, from, sizeof from))
-            return sdc_fail(c->err, SDC_E_NOTFOUND, "%s: no tokenizer/%s to bundle; pass it as a local file with --text-encoder-%s-url",
-                            c->src->root, file, strcmp(file, "vocab.json") ? "merges" : "vocabulary");
+        if (!sdc_fmt(from, size, "%s", strncmp(url, "file://", 7) ? url : url + 7))
+            return sdc_fail(c->err, SDC_E_ARG, "%s: path too long", url);
+    } else if (!sdc_pipeline_tokenizer_file(c->src, file, from, size)) {
+        return sdc_fail(c->err, SDC_E_NOTFOUND, "%s: no tokenizer/%s to bundle; pass it as a local file with --text-encoder-%s-url",
+                        c->src->root, file, strcmp(file, "vocab.json") ? "merges" : "vocabulary");
     }
-    return copy_file(c, from, to);
+    if (access(from, R_OK) != 0) return sdc_fail(c->err, SDC_E_IO, "%s: cannot read: %s", from, strerror(errno));
+    return SDC_OK;
+}
+
+static const struct {
+    const char *file;
+    size_t url; /* offsetof(sdc_job, <the option naming it>) */
+} TOKENIZER_FILES[] = {{"vocab.json", offsetof(sdc_job, text_encoder_vocabulary_url)},
+                       {"merges.txt", offsetof(sdc_job, text_encoder_merges_url)}};
+
+static const char *tokenizer_url(const sdc_job *job, size_t i) {
+    return *(const char *const *)((const char *)job + TOKENIZER_FILES[i].url);
+}
+
+/* Before anything is converted: the tokenizer files exist and are readable (a URL is refused). */
+sdc_status sdc_conv_bundle_prepare(const sdc_conv_ctx *c) {
+    char from[4200];
+    for (size_t i = 0; i < SDC_COUNT_OF(TOKENIZER_FILES); i++) {
+        sdc_status s = tokenizer_source(c, tokenizer_url(c->job, i), TOKENIZER_FILES[i].file, from, sizeof from);
+        if (s) return s;
+    }
+    return SDC_OK;
 }
 
 static sdc_status make_dir(const sdc_conv_ctx *c, const char *dir) {
@@ -153,23 +180,55 @@ static sdc_status make_dir(const sdc_conv_ctx *c, const char *dir) {
     return SDC_OK;
 }
 
-/* Every package a row of the component table may write, under the name Swift loads it by. */
+/* Everything the staging folder holds goes into Resources/: each entry by one rename, files
+   replacing older ones, compiled models (never present in Resources/, see bundle_one) added. */
+static sdc_status move_staged(const sdc_conv_ctx *c, const char *stage, const char *resources) {
+    sdc_status s = make_dir(c, resources);
+    DIR *d = s ? NULL : opendir(stage);
+    if (!s && !d) s = sdc_fail(c->err, SDC_E_IO, "%s: cannot open: %s", stage, strerror(errno));
+    struct dirent *e;
+    while (!s && (e = readdir(d))) {
+        char from[4400], to[4400];
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(from, sizeof from, "%s/%s", stage, e->d_name);
+        snprintf(to, sizeof to, "%s/%s", resources, e->d_name);
+        struct stat st;
+        if (!strcmp(e->d_name, "controlnet") && stat(to, &st) == 0 && S_ISDIR(st.st_mode))
+            s = move_staged(c, from, to); /* Resources/controlnet/ exists: merge into it */
+        else if (rename(from, to) != 0)
+            s = sdc_fail(c->err, SDC_E_IO, "%s: cannot rename to %s: %s", from, to, strerror(errno));
+    }
+    if (d) closedir(d);
+    return s;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    remove(path); /* best effort: a file that cannot go does not stop the rest */
+    return 0;
+}
+
+/* Compiles into a hidden staging folder beside Resources/ and moves the result in when all of it
+   is there, so a failing compile or copy leaves Resources/ as it was. */
 sdc_status sdc_conv_bundle(const sdc_conv_ctx *c) {
-    char dir[4200], path[4200];
+    char resources[4200], stage[4200], path[4200];
     const char *out = c->job->output_dir ? c->job->output_dir : ".";
-    snprintf(dir, sizeof dir, "%s/Resources", out);
-    sdc_status s = make_dir(c, dir);
+    snprintf(resources, sizeof resources, "%s/Resources", out);
+    if (!sdc_fmt(stage, sizeof stage, "%s/.Resources.partial-%ld", out, (long)getpid()))
+        return sdc_fail(c->err, SDC_E_ARG, "-o: output path too long");
+    nftw(stage, remove_entry, 16, FTW_DEPTH | FTW_PHYS); /* a leftover of a crashed run with our pid */
+    sdc_status s = make_dir(c, stage);
     for (size_t i = 0; !s && i < c->n_rows; i++) {
         const sdc_conv_resource *r = c->rows[i].resources;
         for (size_t k = 0; !s && k < SDC_CONV_MAX_RESOURCES && r[k].submodule; k++) {
             if ((s = sdc_conv_package_path(c, r[k].submodule, path, sizeof path))) break;
             const char *base = strrchr(path, '/');
-            s = bundle_one(c, base ? base + 1 : path, dir, r[k].swift);
+            s = bundle_one(c, base ? base + 1 : path, resources, stage, "", r[k].swift);
         }
     }
     if (!s && c->job->n_controlnet) {
         char cdir[4300];
-        snprintf(cdir, sizeof cdir, "%s/controlnet", dir);
+        snprintf(cdir, sizeof cdir, "%s/controlnet", stage);
         s = make_dir(c, cdir);
         for (int i = 0; !s && i < c->job->n_controlnet; i++) {
             char pkg[700], name[600];
@@ -177,10 +236,16 @@ sdc_status sdc_conv_bundle(const sdc_conv_ctx *c) {
             for (char *p = pkg; *p; p++)
                 if (*p == '/') *p = '_';
             swift_controlnet_name(c->job->controlnet[i], name, sizeof name);
-            s = bundle_one(c, pkg, cdir, name);
+            s = bundle_one(c, pkg, resources, stage, "controlnet/", name);
         }
     }
-    if (!s) s = tokenizer_file(c, c->job->text_encoder_vocabulary_url, "vocab.json", dir);
-    if (!s) s = tokenizer_file(c, c->job->text_encoder_merges_url, "merges.txt", dir);
+    for (size_t i = 0; !s && i < SDC_COUNT_OF(TOKENIZER_FILES); i++) {
+        char from[4200], to[4400];
+        const char *file = TOKENIZER_FILES[i].file;
+        snprintf(to, sizeof to, "%s/%s", stage, file);
+        if (!(s = tokenizer_source(c, tokenizer_url(c->job, i), file, from, sizeof from))) s = copy_file(c, from, to);
+    }
+    if (!s) s = move_staged(c, stage, resources);
+    nftw(stage, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
     return s;
 }

@@ -220,6 +220,9 @@ sdc_status sdc_conv_emit_chunks(const sdc_conv_ctx *c, const sdc_conv_package *p
     snprintf(w2, sizeof w2, "%s_chunk2", p->what);
     bool need1 = !sdc_conv_exists_skip(c, p1, w1), need2 = !sdc_conv_exists_skip(c, p2, w2);
     if (need1 || need2) s = write_chunks(c, p, p1, w1, need1, p2, w2, need2);
-    if (!s && c->job->check_output_correctness) s = check_chunks(c, p->path, p1, p2, p->hint);
+    if (!s && c->job->check_output_correctness && (s = check_chunks(c, p->path, p1, p2, p->hint)) == SDC_E_CHECK) {
+        sdc_conv_quarantine(c, p1);
+        sdc_conv_quarantine(c, p2);
+    }
     return s;
 }

@@ -37,7 +37,7 @@ static sdc_status convert_one(const sdc_conv_ctx *c, const char *id) {
     strcat(name, ".mlpackage");
     sdc_status s = sdc_conv_output_path(c, name, path, sizeof path);
     if (s) return s;
-    if (!c->job->check_output_correctness && sdc_conv_exists_skip(c, path, name)) return SDC_OK;
+    if (sdc_conv_skip(c, path, name)) return SDC_OK;
     sdc_source src;
     if ((s = sdc_source_open(id, &src, c->err))) return s;
     sdc_pipeline_card_base_model(&src, base, sizeof base);
@@ -67,13 +67,15 @@ static sdc_status convert_one(const sdc_conv_ctx *c, const char *id) {
         /* the anchor: encoder_hidden_states channels from the text encoder's hidden_size */
         st.opt.context_dim = c->job->text_encoder_hidden_size ? c->job->text_encoder_hidden_size : hidden;
         st.opt.context_len = c->job->text_token_sequence_length ? c->job->text_token_sequence_length : positions;
-        sdc_conv_log(c, SDC_LOG_INFO, "converting ControlNet %s: latent %dx%d (%s)", id, st.opt.latent_h, st.opt.latent_w,
+        char describe[4600];
+        snprintf(describe, sizeof describe, ": %s, latent %dx%d (%s)", id, st.opt.latent_h, st.opt.latent_w,
                  sdc_weights_describe(comp.weights));
         sdc_conv_docs docs = {.inputs = INPUT_DOCS, .version = id, .license = SDC_CONV_LICENSE_SD,
                           .short_description = CONTROLNET_DESCRIPTION, .n_inputs = 4};
         sdc_conv_check_hint hint = {0};
         if (!(s = sdc_pipeline_first_timestep(c->src, &hint.timestep, c->err)))
-            s = sdc_conv_emit(c, &(sdc_conv_package){path, name, &docs, build_cn, &st, &hint});
+            s = sdc_conv_emit(c, &(sdc_conv_package){.path = path, .what = name, .describe = describe, .docs = &docs,
+                                                     .build = build_cn, .state = &st, .hint = &hint});
     }
     sdc_component_close(&comp);
     sdc_source_close(&src);

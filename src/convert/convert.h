@@ -58,6 +58,8 @@ struct sdc_conv_component {
     bool is_step;       /* runs on what the components wrote (the bundle), not a model component */
     /* Checks made before the model is opened (NULL: none): a refusal here converts nothing. */
     sdc_status (*preflight)(const sdc_conv_ctx *c);
+    /* Checks made once the model is open, before any row converts (NULL: none). */
+    sdc_status (*prepare)(const sdc_conv_ctx *c);
     /* Writes (or skips) the component's packages. NULL: not supported yet, refused. */
     sdc_status (*convert)(const sdc_conv_ctx *c);
     sdc_conv_resource resources[SDC_CONV_MAX_RESOURCES]; /* for --bundle-resources-for-swift-cli */
@@ -85,6 +87,13 @@ sdc_status sdc_conv_package_path(const sdc_conv_ctx *c, const char *submodule, c
 sdc_status sdc_conv_output_path(const sdc_conv_ctx *c, const char *name, char *out, size_t size);
 /* True (with a notice) when the package exists: like the anchor, an existing package is kept. */
 bool sdc_conv_exists_skip(const sdc_conv_ctx *c, const char *path, const char *what);
+/* True (with the same notice) when the package exists and nothing is asked of it: a converter
+   returns early without opening its weights. With --check-output-correctness an existing
+   package is checked, so this is false. */
+bool sdc_conv_skip(const sdc_conv_ctx *c, const char *path, const char *what);
+/* A package that failed --check-output-correctness is moved to <stem>.failed-check.mlpackage
+   (replacing an older one), so that no later run keeps it as converted; logged. */
+void sdc_conv_quarantine(const sdc_conv_ctx *c, const char *path);
 
 /* Feature descriptions for the package, parallel to the graph's inputs and outputs. */
 typedef struct sdc_conv_docs {
@@ -123,6 +132,7 @@ typedef sdc_status (*sdc_conv_build_fn)(const sdc_conv_ctx *c, void *state, bool
 typedef struct sdc_conv_package {
     const char *path;              /* where it goes */
     const char *what;              /* its submodule name, for messages */
+    const char *describe;          /* after "converting <what>" in the log: ": latent 64x64 (…)" */
     const sdc_conv_docs *docs;
     sdc_conv_build_fn build;
     void *state;                   /* passed to build */
@@ -179,6 +189,7 @@ sdc_status sdc_conv_text_encoders(const sdc_conv_ctx *c);
 sdc_status sdc_conv_safety_checker(const sdc_conv_ctx *c);
 /* --bundle-resources-for-swift-cli: refused up front without xcrun; then Resources/ */
 sdc_status sdc_conv_bundle_preflight(const sdc_conv_ctx *c);
+sdc_status sdc_conv_bundle_prepare(const sdc_conv_ctx *c);
 sdc_status sdc_conv_bundle(const sdc_conv_ctx *c);
 
 #endif

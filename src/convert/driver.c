@@ -39,7 +39,7 @@ static const sdc_conv_component COMPONENTS[] = {
      .convert = sdc_conv_safety_checker, .resources = {{"safety_checker", "SafetyChecker"}}},
     {"mmdit", "--convert-mmdit", JOB_FLAG(convert_mmdit), .convert = NULL}, /* SD3: not supported yet */
     {"bundle", "--bundle-resources-for-swift-cli", JOB_FLAG(bundle_resources_for_swift_cli), .is_step = true,
-     .preflight = sdc_conv_bundle_preflight, .convert = sdc_conv_bundle},
+     .preflight = sdc_conv_bundle_preflight, .prepare = sdc_conv_bundle_prepare, .convert = sdc_conv_bundle},
 };
 
 static bool requested(const sdc_job *job, const sdc_conv_component *row) {
@@ -111,28 +111,22 @@ static void warn_unused_unet_options(const sdc_conv_ctx *c) {
             sdc_conv_log(c, SDC_LOG_WARNING, "%s is only used with --convert-unet; ignoring it", options[i].flag);
 }
 
-static sdc_status preflight_rows(sdc_conv_ctx *c) {
-    for (size_t i = 0; i < SDC_COUNT_OF(COMPONENTS); i++) {
-        const sdc_conv_component *row = &COMPONENTS[i];
-        if (!row->preflight || !requested(c->job, row)) continue;
-        c->component = row;
-        sdc_status s = row->preflight(c);
-        if (s) return s;
-    }
-    c->component = NULL;
-    return SDC_OK;
-}
+/* Offset of a row's hook (preflight, prepare, convert) in sdc_conv_component. */
+#define ROW_HOOK(field) offsetof(sdc_conv_component, field)
+typedef sdc_status (*row_hook)(const sdc_conv_ctx *c);
 
-static sdc_status convert_rows(sdc_conv_ctx *c) {
-    for (size_t i = 0; i < SDC_COUNT_OF(COMPONENTS); i++) {
+/* Calls one hook of every requested row, in table order; stops at the first failure. */
+static sdc_status run_rows(sdc_conv_ctx *c, size_t hook) {
+    sdc_status s = SDC_OK;
+    for (size_t i = 0; !s && i < SDC_COUNT_OF(COMPONENTS); i++) {
         const sdc_conv_component *row = &COMPONENTS[i];
-        if (!requested(c->job, row)) continue;
+        row_hook fn = *(const row_hook *)((const char *)row + hook);
+        if (!fn || !requested(c->job, row)) continue;
         c->component = row;
-        sdc_status s = row->convert(c);
-        if (s) return s;
+        s = fn(c);
     }
     c->component = NULL;
-    return SDC_OK;
+    return s;
 }
 
 static sdc_status make_output_dir(const char *dir, sdc_err *err) {
@@ -202,11 +196,12 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     if (!s) effective_options(job, options, sizeof options);
     c.target = deployment_target(&c);
     if (!s) warn_unused_unet_options(&c);
-    if (!s) s = preflight_rows(&c);
+    if (!s) s = run_rows(&c, ROW_HOOK(preflight));
     bool opened = false;
     if (!s) opened = (s = sdc_source_open(job->model_version, &src, &err)) == SDC_OK;
+    if (!s) s = run_rows(&c, ROW_HOOK(prepare));
     if (!s) s = make_output_dir(job->output_dir ? job->output_dir : ".", &err);
-    if (!s) s = convert_rows(&c);
+    if (!s) s = run_rows(&c, ROW_HOOK(convert));
     if (opened) sdc_source_close(&src);
     if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");
     return s;

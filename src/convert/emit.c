@@ -8,6 +8,7 @@
 
 #include "passes/palettize.h"
 
+#include <errno.h>
 #include <sys/stat.h>
 
 /* ---------------------------------------------------------------- output names */
@@ -36,15 +37,42 @@ sdc_status sdc_conv_output_path(const sdc_conv_ctx *c, const char *name, char *o
 
 static bool row_palettized(const sdc_conv_ctx *c) { return c->component && c->component->palettized; }
 
-bool sdc_conv_exists_skip(const sdc_conv_ctx *c, const char *path, const char *what) {
+static bool exists(const char *path) {
     struct stat st;
-    if (stat(path, &st) != 0) return false;
+    return stat(path, &st) == 0;
+}
+
+bool sdc_conv_exists_skip(const sdc_conv_ctx *c, const char *path, const char *what) {
+    if (!exists(path)) return false;
     sdc_conv_log(c, SDC_LOG_NOTICE, "%s exists; skipping %s (remove it to convert again)", path, what);
     /* the anchor palettizes existing packages in place; we never rewrite one we did not write */
     if (c->job->quantize_nbits && row_palettized(c))
         sdc_conv_log(c, SDC_LOG_NOTICE,
                      "%s is kept as it is: --quantize-nbits palettizes only the packages this run writes", path);
     return true;
+}
+
+bool sdc_conv_skip(const sdc_conv_ctx *c, const char *path, const char *what) {
+    return !c->job->check_output_correctness && sdc_conv_exists_skip(c, path, what);
+}
+
+/* "<dir>/<stem>.mlpackage" → "<dir>/<stem>.failed-check.mlpackage" */
+static bool failed_check_path(const char *path, char *out, size_t size) {
+    size_t n = strlen(path), ext = strlen(".mlpackage");
+    if (n < ext || strcmp(path + n - ext, ".mlpackage")) return false;
+    return sdc_fmt(out, size, "%.*s.failed-check.mlpackage", (int)(n - ext), path);
+}
+
+void sdc_conv_quarantine(const sdc_conv_ctx *c, const char *path) {
+    char moved[4200];
+    if (!exists(path) || !failed_check_path(path, moved, sizeof moved)) return;
+    sdc_remove_package_tree(moved); /* the previous failure's; removes only a package's own files */
+    if (rename(path, moved) == 0)
+        sdc_conv_log(c, SDC_LOG_WARNING, "%s failed the check; moved to %s so that no later run keeps it", path,
+                     moved);
+    else
+        sdc_conv_log(c, SDC_LOG_WARNING, "%s failed the check and could not be moved aside (%s): remove it",
+                     path, strerror(errno));
 }
 
 /* ---------------------------------------------------------------- metadata */
@@ -99,6 +127,7 @@ sdc_status sdc_conv_emit(const sdc_conv_ctx *c, const sdc_conv_package *p) {
     mil_graph *g = NULL;
     sdc_status s = SDC_OK;
     if (!sdc_conv_exists_skip(c, p->path, p->what)) {
+        sdc_conv_log(c, SDC_LOG_INFO, "converting %s%s", p->what, p->describe ? p->describe : "");
         if (!(s = p->build(c, p->state, false, &g)) && !(s = sdc_conv_palettize(c, g, p->what)))
             s = sdc_conv_write(c, g, p->path, p->what, p->docs);
         mil_graph_free(g);
@@ -107,6 +136,7 @@ sdc_status sdc_conv_emit(const sdc_conv_ctx *c, const sdc_conv_package *p) {
     if (!s && c->job->check_output_correctness) {
         if (!(s = p->build(c, p->state, true, &g))) s = sdc_check_package(c, p->path, g, p->what, p->hint);
         mil_graph_free(g);
+        if (s == SDC_E_CHECK) sdc_conv_quarantine(c, p->path);
     }
     return s;
 }

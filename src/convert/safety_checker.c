@@ -68,19 +68,21 @@ sdc_status sdc_conv_safety_checker(const sdc_conv_ctx *c) {
     char path[4096];
     sdc_status s = sdc_conv_package_path(c, sub, path, sizeof path);
     if (s) return s;
-    if (!c->job->check_output_correctness && sdc_conv_exists_skip(c, path, sub)) return SDC_OK;
+    if (sdc_conv_skip(c, path, sub)) return SDC_OK;
     safety_state st = {.opt = {.compute = sdc_conv_compute_dtype(c), .opset = c->target.opset}};
     if ((s = image_size(c, &st.opt.image_h, &st.opt.image_w))) return s;
     sdc_component comp;
     if ((s = sdc_component_open(c->src, sub, &comp, c->err))) return s;
     st.comp = &comp;
-    sdc_conv_log(c, SDC_LOG_INFO, "converting %s: images %dx%d (%s)", sub, st.opt.image_h, st.opt.image_w,
+    char describe[4600];
+    snprintf(describe, sizeof describe, ": images %dx%d (%s)", st.opt.image_h, st.opt.image_w,
              sdc_weights_describe(comp.weights));
     sdc_conv_docs docs = {.inputs = INPUT_DOCS, .outputs = OUTPUT_DOCS, .license = SDC_CONV_LICENSE_SD}; /* always OpenRAIL, as the anchor */
     /* as the anchor, which compares concept_scores only: the thresholded outputs could flip
        between fp16 and fp32 for a score within rounding of 0 */
     sdc_conv_check_hint hint = {.only_output = "concept_scores"};
-    s = sdc_conv_emit(c, &(sdc_conv_package){path, sub, &docs, build_safety, &st, &hint});
+    s = sdc_conv_emit(c, &(sdc_conv_package){.path = path, .what = sub, .describe = describe, .docs = &docs,
+                                             .build = build_safety, .state = &st, .hint = &hint});
     sdc_component_close(&comp);
     return s;
 }

@@ -19,7 +19,7 @@ static sdc_status convert_one(const sdc_conv_ctx *c, const char *name, const cha
     char path[4096];
     sdc_status s = sdc_conv_package_path(c, name, path, sizeof path);
     if (s) return s;
-    if (!c->job->check_output_correctness && sdc_conv_exists_skip(c, path, name)) return SDC_OK;
+    if (sdc_conv_skip(c, path, name)) return SDC_OK;
     sdc_component comp;
     if ((s = sdc_component_open(c->src, name, &comp, c->err))) return s;
     /* The anchor feeds the encoder tokenizer.model_max_length tokens (77 for every SD
@@ -42,8 +42,10 @@ static sdc_status convert_one(const sdc_conv_ctx *c, const char *name, const cha
         sdc_conv_docs docs = {.inputs = in_docs, .outputs = out_docs};
         text_state st = {&comp, tokens};
         sdc_conv_check_hint hint = {.vocab_size = vocab};
-        sdc_conv_log(c, SDC_LOG_INFO, "converting %s (%s)", name, sdc_weights_describe(comp.weights));
-        s = sdc_conv_emit(c, &(sdc_conv_package){path, name, &docs, build_text, &st, &hint});
+        char describe[4600];
+        snprintf(describe, sizeof describe, " (%s)", sdc_weights_describe(comp.weights));
+        s = sdc_conv_emit(c, &(sdc_conv_package){.path = path, .what = name, .describe = describe, .docs = &docs,
+                                                 .build = build_text, .state = &st, .hint = &hint});
     }
     sdc_component_close(&comp);
     return s;

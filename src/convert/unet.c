@@ -54,7 +54,7 @@ static sdc_status convert_from(const sdc_conv_ctx *c, const sdc_source *src, con
     char path[4096];
     sdc_status s = sdc_conv_package_path(c, submodule, path, sizeof path);
     if (s) return s;
-    if (!c->job->check_output_correctness && !sdc_conv_chunks_missing(c, path) && sdc_conv_exists_skip(c, path, submodule))
+    if (!sdc_conv_chunks_missing(c, path) && sdc_conv_skip(c, path, submodule))
         return SDC_OK;
     sdc_component comp;
     if ((s = sdc_component_open(src, "unet", &comp, c->err))) return s;
@@ -76,13 +76,15 @@ static sdc_status convert_from(const sdc_conv_ctx *c, const sdc_source *src, con
         if (sdc_weights_find(comp.weights, "time_embedding.cond_proj.weight"))
             sdc_conv_log(c, SDC_LOG_NOTICE, "%s: time_embedding.cond_proj (LCM guidance embedding) is not used by the "
                      "converted UNet, as with the anchor", comp.dir);
-        sdc_conv_log(c, SDC_LOG_INFO, "converting %s: %s, latent %dx%d, batch %d (%s)", submodule, id, opt->latent_h,
-                 opt->latent_w, opt->batch, sdc_weights_describe(comp.weights));
+        char describe[4600];
+        snprintf(describe, sizeof describe, ": %s, latent %dx%d, batch %d (%s)", id, opt->latent_h, opt->latent_w,
+                 opt->batch, sdc_weights_describe(comp.weights));
         /* sample, timestep, encoder_hidden_states (+ time_ids, text_embeds); residual inputs undocumented */
         sdc_conv_docs docs = {.inputs = UNET_INPUT_DOCS, .outputs = UNET_OUTPUT_DOCS, .version = id,
                           .n_inputs = info.text_time ? 5 : 3, .n_outputs = 1};
         sdc_conv_check_hint hint = {0};
-        sdc_conv_package package = {path, submodule, &docs, build_unet, &st, &hint};
+        sdc_conv_package package = {.path = path, .what = submodule, .describe = describe, .docs = &docs,
+                                    .build = build_unet, .state = &st, .hint = &hint};
         if (!(s = sdc_pipeline_first_timestep(src, &hint.timestep, c->err))) s = sdc_conv_emit(c, &package);
         if (!s) s = sdc_conv_emit_chunks(c, &package); /* --chunk-unet */
     }

@@ -68,7 +68,7 @@ static sdc_status convert(const sdc_conv_ctx *c, bool decoder) {
     char path[4096];
     sdc_status s = sdc_conv_package_path(c, sub, path, sizeof path);
     if (s) return s;
-    if (!c->job->check_output_correctness && sdc_conv_exists_skip(c, path, sub)) return SDC_OK;
+    if (sdc_conv_skip(c, path, sub)) return SDC_OK;
     if ((s = sdc_conv_check_xl(c, " (its VAE is converted in float32, as the anchor does, because it overflows in "
                                  "float16)", "")))
         return s;
@@ -86,7 +86,8 @@ static sdc_status convert(const sdc_conv_ctx *c, bool decoder) {
     sdc_vae_options *opt = &st.opt;
     sdc_vae_info info;
     if (!(s = sdc_vae_describe(&comp, &info, c->err)) && !(s = vae_latent_size(c, &info, &opt->latent_h, &opt->latent_w))) {
-        sdc_conv_log(c, SDC_LOG_INFO, "converting %s: latent %dx%d, image %dx%d, %s in, %s compute%s (%s)", sub,
+        char describe[4600];
+        snprintf(describe, sizeof describe, ": latent %dx%d, image %dx%d, %s in, %s compute%s (%s)",
                  opt->latent_h, opt->latent_w, opt->latent_h * info.scale, opt->latent_w * info.scale,
                  sdc_dtype_name(opt->input), sdc_dtype_name(opt->compute),
                  fp32 && job->precision != SDC_PRECISION_FLOAT32 ? " (SDXL VAE rule)" : "",
@@ -94,7 +95,8 @@ static sdc_status convert(const sdc_conv_ctx *c, bool decoder) {
         sdc_conv_docs docs = {.inputs = decoder ? DECODER_INPUT_DOCS : ENCODER_INPUT_DOCS,
                           .outputs = decoder ? DECODER_OUTPUT_DOCS : ENCODER_OUTPUT_DOCS};
         sdc_conv_check_hint hint = {0};
-        s = sdc_conv_emit(c, &(sdc_conv_package){path, sub, &docs, build_vae, &st, &hint});
+        s = sdc_conv_emit(c, &(sdc_conv_package){.path = path, .what = sub, .describe = describe, .docs = &docs,
+                                                 .build = build_vae, .state = &st, .hint = &hint});
     }
     sdc_component_close(&comp);
     return s;

@@ -78,6 +78,41 @@ def test_remote_vocabulary_url_is_refused(sdcoreml, pipelines, tmp_path):
                  "tiny-sd", "-o", tmp_path / "o", cwd=pipelines["sd1"].parent, env=env)
     assert r.returncode == 1
     assert "sdcoreml does not download; give a local file for vocab.json" in r.stderr
+    # refused before anything is converted
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_unreadable_tokenizer_file_is_refused_before_converting(sdcoreml, pipelines, tmp_path):
+    env, log = fake_xcrun(tmp_path)
+    missing = tmp_path / "no-such-merges.txt"
+    r = sdcoreml("--convert-unet", "--bundle-resources-for-swift-cli", "--text-encoder-merges-url", missing,
+                 "--model-version", "tiny-sd", "-o", tmp_path / "o", cwd=pipelines["sd1"].parent, env=env)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == f"sdcoreml: error: {missing}: cannot read: No such file or directory"
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+    assert not log.exists()
+
+
+FAILING_XCRUN = FAKE_XCRUN.replace('echo "$3" >> "$XCRUN_LOG"', 'echo "$3" >> "$XCRUN_LOG"\ncase "$3" in *_unet.mlpackage) exit 3;; esac')
+
+
+def test_failing_bundle_leaves_resources_as_they_were(sdcoreml, pipelines, tmp_path):
+    env, log = fake_xcrun(tmp_path)
+    out = tmp_path / "o"
+    sd1 = pipelines["sd1"].parent
+    check_ok(sdcoreml("--convert-vae-decoder", "--bundle-resources-for-swift-cli", "--model-version", "tiny-sd",
+                      "-o", out, cwd=sd1, env=env))
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert "Resources/VAEDecoder.mlmodelc" in before
+    (tmp_path / "bin" / "xcrun").write_text(FAILING_XCRUN)
+    r = sdcoreml("--convert-unet", "--convert-vae-encoder", "--bundle-resources-for-swift-cli", "--model-version",
+                 "tiny-sd", "-o", out, cwd=sd1, env=env)
+    assert r.returncode == 1 and "xcrun coremlcompiler compile failed" in r.stderr, r.stderr
+    # VAEEncoder was compiled before the failure, but Resources/ is as it was and no staging folder remains
+    assert "vae_encoder" in log.read_text()
+    resources = sorted(str(p.relative_to(out)) for p in (out / "Resources").rglob("*"))
+    assert resources == [p for p in before if p.startswith("Resources/")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_local_tokenizer_files(sdcoreml, pipelines, tmp_path):

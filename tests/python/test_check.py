@@ -45,8 +45,28 @@ def test_damaged_weights_fail_naming_model_and_output(sdcoreml, pipelines, tmp_p
     last = r.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r"sdcoreml: error: --check-output-correctness: " + re.escape(unet.name) +
                         r" output 'noise_pred': PSNR -?[0-9.]+ dB is below 35 dB", last), last
-    # the damaged package is left as it was (the check never rewrites), and no reference remains
-    assert sorted(p.name for p in tmp_path.iterdir()) == [unet.name]
+    # the failed package is moved aside, so that no later run keeps it as converted (it used to
+    # stay under its final name: the next run printed "exists; skipping"); no reference remains
+    failed = unet.with_name(unet.name.replace(".mlpackage", ".failed-check.mlpackage"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [failed.name]
+    assert f"{unet} failed the check; moved to {failed}" in r.stderr
+    assert (failed / "Manifest.json").is_file()
+    # the next run converts it again, and passes; a second failure replaces the older failed copy
+    r = check_ok(convert(sdcoreml, pipelines["sd1"], tmp_path, "--convert-unet"))
+    assert "skipping" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([failed.name, unet.name])
+    damage_weights(unet)
+    assert convert(sdcoreml, pipelines["sd1"], tmp_path, "--convert-unet").returncode == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [failed.name]
+
+
+def test_existing_package_is_checked_without_converting(sdcoreml, pipelines, tmp_path):
+    check_ok(convert(sdcoreml, pipelines["sd1"], tmp_path, "--convert-vae-decoder"))
+    r = check_ok(convert(sdcoreml, pipelines["sd1"], tmp_path, "--convert-vae-decoder"))
+    lines = r.stderr.splitlines()
+    assert any("exists; skipping vae_decoder" in line for line in lines), r.stderr
+    assert not any("converting" in line for line in lines), r.stderr
+    assert PSNR_LINE.search(r.stderr), r.stderr
 
 
 def test_seeded_inputs_are_deterministic(sdcoreml, pipelines, tmp_path):

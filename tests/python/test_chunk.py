@@ -255,6 +255,10 @@ def test_check_fails_on_a_damaged_chunk(sdcoreml, pipelines, tmp_path):
     assert re.fullmatch(r"sdcoreml: error: --check-output-correctness: " + re.escape(label) +
                         r" output 'noise_pred': PSNR -?[0-9.]+ dB vs " + re.escape(full.name) +
                         r" is below 35 dB", last), last
+    # both chunks are moved aside (a pair is only good together); the UNet itself passed and stays
+    moved = [c.with_name(c.name.replace(".mlpackage", ".failed-check.mlpackage")) for c in (c1, c2)]
+    assert full.is_dir() and not c1.exists() and not c2.exists()
+    assert all((m / "Manifest.json").is_file() for m in moved)
 
 
 def test_quantized_chunks(sdcoreml, pipelines, tmp_path):
