@@ -234,11 +234,9 @@ typedef struct const_slot {
     const void *lut_bytes;
 } const_slot;
 
-/* coremltools' rule: float16/float32/uint8/int8 values with at least 10 elements go to the
-   weight file, everything else is written inline. */
-static bool goes_to_blob(const mil_var *v) {
-    return v->const_kind != MIL_CONST_STRING && mil_numel(&v->type) >= 10 && sdc_blob_code(v->type.dtype) != 0;
-}
+/* Where each const's bytes go is sdc_mil_const_storage's rule; mil states the blob layout it
+   counts with, which must be ours. */
+_Static_assert((int)MIL_BLOB_RECORD == (int)SDC_BLOB_HEADER && (int)MIL_BLOB_ALIGN == (int)SDC_BLOB_ALIGN, "blob layout");
 
 enum { CONVERT_CHUNK = 1 << 16 };
 
@@ -348,14 +346,9 @@ static int index_data_type(int nbits, bool ios18) {
 /* The constexpr_lut_to_dense form: iOS 18's for CoreML8 programs, else iOS 16's. */
 static bool ios18_form(const mil_graph *g) { return g->opset >= 8; }
 
-/* Index storage as coremltools decides it: a blob from 10 elements of the stored value. */
-static bool indices_in_blob(const mil_var *v, bool ios18) {
-    uint64_t n = mil_numel(&v->type);
-    return ios18 ? n >= 10 : (n * (uint64_t)v->lut_bits + 7) / 8 >= 10;
-}
-
-static sdc_status stream_palettized(stream_state *st, pb_ctx *c, bool ios18, const mil_var *v, const_slot *slot,
-                                    sdc_err *err) {
+static sdc_status stream_palettized(stream_state *st, pb_ctx *c, bool ios18, const mil_var *v,
+                                    const mil_storage *ms, const_slot *slot, sdc_err *err) {
+    SDC_ASSERT(v->lut_shaped == ios18);
     int nb = v->lut_bits;
     bool f32 = v->type.dtype == SDC_DT_F32;
     size_t esize = sdc_dtype_size(v->type.dtype);
@@ -394,12 +387,13 @@ static sdc_status stream_palettized(stream_state *st, pb_ctx *c, bool ios18, con
     if ((s = sdc_pal_fit(p, err))) return s;
 
     /* pass 2: the indices, packed LSB-first */
-    uint64_t nbytes = (n * (uint64_t)nb + 7) / 8;
+    const mil_stored_part *ip = &ms->part[MIL_PART_INDICES];
+    uint64_t nbytes = ip->nbytes;
     uint8_t *imm = NULL;
-    if (indices_in_blob(v, ios18)) {
-        uint32_t pad = ios18 && nb < 8 ? (uint32_t)((8 - (n * (uint64_t)nb) % 8) % 8) : 0;
+    if (ip->in_blob) {
         slot->in_blob = true;
-        if ((s = sdc_blob_begin_bits(&st->blob, index_blob_code(nb, ios18), nbytes, pad, &slot->record, err)))
+        if ((s = sdc_blob_begin_bits(&st->blob, index_blob_code(nb, ios18), nbytes, ip->padding_bits, &slot->record,
+                                     err)))
             return s;
     } else if (!(imm = pb_array(c, (size_t)nbytes, 1))) {
         return sdc_fail(err, SDC_E_NOMEM, "out of memory");
@@ -431,7 +425,7 @@ static sdc_status stream_palettized(stream_state *st, pb_ctx *c, bool ios18, con
             memcpy(lut + 2 * e, &p->lut16[e], 2);
         }
     }
-    if (entries >= 10) {
+    if (ms->part[MIL_PART_TABLE].in_blob) {
         slot->lut_in_blob = true;
         if ((s = sdc_blob_begin(&st->blob, sdc_blob_code(v->type.dtype), entries * esize, &slot->lut_record, err)) ||
             (s = sdc_blob_write(&st->blob, lut, entries * esize, err)))
@@ -453,32 +447,32 @@ static const void *materialise_small_weight(pb_ctx *c, const mil_var *v) {
     return out;
 }
 
+/* Where the next record starts when the file is at `pos`. */
+static uint64_t blob_aligned(uint64_t pos) { return (pos + SDC_BLOB_ALIGN - 1) / SDC_BLOB_ALIGN * SDC_BLOB_ALIGN; }
+
 static sdc_status write_blobs(const mil_graph *g, const char *bin_path, const_slot *slots, pb_ctx *c,
                               const sdc_write_hooks *hooks, sdc_err *err) {
     stream_state st = {.hooks = hooks};
-    for (size_t i = 0; i < g->n_ops; i++) {
-        const mil_var *v = g->ops[i]->outputs[0];
-        if (v->lut_bits)
-            st.total += mil_const_stored_bytes(v);
-        else if (v->const_kind != MIL_NOT_CONST && goes_to_blob(v))
-            st.total += mil_numel(&v->type) * sdc_dtype_size(v->type.dtype);
-    }
+    for (size_t i = 0; i < g->n_ops; i++) st.total += sdc_mil_const_storage(g->ops[i]->outputs[0]).blob_bytes;
     st.out = sdc_malloc(CONVERT_CHUNK * 4);
     st.tmp = sdc_malloc(CONVERT_CHUNK * sizeof(float));
     sdc_status s = (!st.out || !st.tmp) ? sdc_fail(err, SDC_E_NOMEM, "out of memory") : sdc_blob_open(&st.blob, bin_path, err);
     for (size_t i = 0; s == SDC_OK && i < g->n_ops; i++) {
         const mil_var *v = g->ops[i]->outputs[0];
         if (v->const_kind == MIL_NOT_CONST) continue;
+        mil_storage ms = sdc_mil_const_storage(v);
+        uint64_t first_record = blob_aligned(st.blob.pos);
         if (v->lut_bits) {
-            s = stream_palettized(&st, c, ios18_form(g), v, &slots[i], err);
+            s = stream_palettized(&st, c, ios18_form(g), v, &ms, &slots[i], err);
+            SDC_ASSERT(s || blob_aligned(st.blob.pos) - first_record == ms.blob_span);
             continue;
         }
-        if (!goes_to_blob(v)) {
+        if (!ms.part[0].in_blob) {
             slots[i].bytes = v->const_kind == MIL_CONST_WEIGHT ? materialise_small_weight(c, v) : v->bytes;
             if (c->oom) s = sdc_fail(err, SDC_E_NOMEM, "out of memory");
             continue;
         }
-        uint64_t nbytes = mil_numel(&v->type) * sdc_dtype_size(v->type.dtype);
+        uint64_t nbytes = ms.part[0].nbytes;
         slots[i].in_blob = true;
         s = sdc_blob_begin(&st.blob, sdc_blob_code(v->type.dtype), nbytes, &slots[i].record, err);
         if (s) break;
@@ -488,6 +482,7 @@ static sdc_status write_blobs(const mil_graph *g, const char *bin_path, const_sl
             s = sdc_blob_write(&st.blob, v->bytes, nbytes, err);
             st.done += nbytes;
         }
+        SDC_ASSERT(s || blob_aligned(st.blob.pos) - first_record == ms.blob_span);
     }
     if (s == SDC_OK)
         s = sdc_blob_close(&st.blob, err);
