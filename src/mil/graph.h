@@ -9,7 +9,8 @@
  *   - bytes: a small value built by a builder (axes, epsilon, a causal mask), in the arena;
  *   - weight: a lazy reference into a mapped weight file plus a transform (element range,
  *     dtype conversion to the var's dtype, scale) applied only while the writer streams it
- *     to weight.bin, so the model's weights are never held in memory;
+ *     to weight.bin, so the model's weights are never held in memory; a pass may add its own
+ *     transform on top (palettization: mil_transform), computed while streaming too;
  *   - string: a MIL string scalar (e.g. gelu's mode).
  *
  * Op constructors (mil_add, mil_linear, ...) check their operands and infer the static output
@@ -59,6 +60,7 @@ typedef struct mil_var {
                           written as constexpr_lut_to_dense; its producer's type says so too */
     bool lut_shaped;   /* palettized in the iOS 18 form (opset >= 8): indices are a uintN tensor of
                           the const's shape; else iOS 16's uint8 vector of the packed bytes */
+    const struct mil_transform *transform; /* set: a pass computes the stored parts (below) */
 } mil_var;
 
 /* One named parameter of an op; n > 1 only for tuple parameters such as concat's values. */
@@ -129,11 +131,36 @@ mil_var *mil_const_bool(mil_graph *g, bool value);
 mil_var *mil_const_bools(mil_graph *g, int n, const int32_t *values); /* bool vector [n] */
 mil_var *mil_const_string(mil_graph *g, const char *value);
 
+/* Elements [first, first + n) of a weight or bytes const's value, in its dtype: borrowed from
+   the const's own bytes, or the weight's elements converted (cast, scale) into `out`, which
+   holds n elements, with `tmp` holding n floats. Finite source values that became ±Inf in
+   float16 are counted in *overflows. */
+const void *sdc_mil_const_values(const mil_var *v, uint64_t first, size_t n, void *out, float *tmp,
+                                 uint64_t *overflows);
+/* Fails naming the file and tensor of a weight const whose values overflowed float16. */
+sdc_status sdc_mil_overflow_error(const mil_var *v, uint64_t overflows, sdc_err *err);
+
+/* ---------------------------------------------------------------- lazy transforms
+   A const whose stored parts (sdc_mil_const_storage) a pass computes from its value while the
+   writer streams it, as palettization makes a table and packed indices: the pass owns the
+   numbers, the writer only lays out bytes, and memory holds one tensor's work at a time. The
+   writer opens a const, reads its parts in order, and closes it before it opens the next. */
+typedef struct mil_transform {
+    /* Starts v; *state receives the transform's state (NULL on failure). Does what needs the
+       whole value before its first stored byte (palettization: a histogram and the k-means),
+       failing with a message that names the tensor. */
+    sdc_status (*open)(const mil_var *v, void **state, sdc_err *err);
+    /* Items [first, first + n) of stored part `part`, packed as the part is, into out
+       (ceil(n · bits / 8) bytes); `first` is a multiple of 8. */
+    sdc_status (*read)(void *state, int part, uint64_t first, size_t n, void *out, sdc_err *err);
+    void (*close)(void *state);
+} mil_transform;
+
 /* Marks a float (F16/F32) weight or bytes const palettized to `nbits` bits: its op becomes
    constexpr_lut_to_dense, renamed (op and var) "<name>_palettized" as coremltools names it,
-   in the form of g's opset. The value stays lazy; the writer computes the table and indices
-   while streaming it. */
-bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits);
+   in the form of g's opset. The value stays lazy: `t` (the palettize pass's) computes the
+   indices and the table while the writer streams them. */
+bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits, const mil_transform *t);
 
 /* ---------------------------------------------------------------- how a const is stored
    The one rule for where a const's bytes go and how many there are, for the writer (which
