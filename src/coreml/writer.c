@@ -411,8 +411,9 @@ static sdc_status write_blobs(const mil_graph *g, const char *bin_path, const_sl
 static bool pb_palettized(pb_ctx *c, Sdc__Coreml__Operation *o, const mil_var *v, const const_slot *slot, bool ios18,
                           Sdc__Coreml__Operation__AttributesEntry **attrs) {
     int nb = v->lut_bits, rank = v->type.rank;
-    uint64_t n = mil_numel(&v->type), nbytes = (n * (uint64_t)nb + 7) / 8;
-    int64_t entries = (int64_t)1 << nb, ishape[1] = {(int64_t)nbytes};
+    mil_storage ms = sdc_mil_const_storage(v);
+    uint64_t nbytes = ms.part[MIL_PART_INDICES].nbytes;
+    int64_t entries = (int64_t)ms.part[MIL_PART_TABLE].count, ishape[1] = {(int64_t)nbytes};
     /* indices */
     int idt = index_data_type(nb, ios18), irank = ios18 ? rank : 1;
     const int64_t *ish = ios18 ? v->type.shape : ishape;

@@ -414,7 +414,8 @@ mil_op *mil_clone_op(mil_graph *g, const mil_op *src, mil_var *(*map)(void *user
 
 bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits, const mil_transform *t) {
     if (!mil_graph_ok(g)) return false;
-    SDC_ASSERT(t && t->open && t->read && t->close && v->producer && v->producer->n_outputs == 1 && !v->lut_bits && nbits >= 1 && nbits <= 8 &&
+    SDC_ASSERT(t && t->open && t->read && t->close);
+    SDC_ASSERT(v->producer && v->producer->n_outputs == 1 && !v->lut_bits && nbits >= 1 && nbits <= 8 &&
                (v->const_kind == MIL_CONST_WEIGHT || v->const_kind == MIL_CONST_BYTES) &&
                (v->type.dtype == SDC_DT_F16 || v->type.dtype == SDC_DT_F32));
     char hint[400], scope[sizeof g->scope];
