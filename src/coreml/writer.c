@@ -12,7 +12,6 @@
 #include "coreml/blob.h"
 #include "coreml/package_names.h"
 #include "io/fp16.h"
-#include "passes/palettize.h"
 
 /* ---------------------------------------------------------------- protobuf in the arena */
 
@@ -234,42 +233,12 @@ typedef struct const_slot {
     const void *lut_bytes;
 } const_slot;
 
-/* coremltools' rule: float16/float32/uint8/int8 values with at least 10 elements go to the
-   weight file, everything else is written inline. */
-static bool goes_to_blob(const mil_var *v) {
-    return v->const_kind != MIL_CONST_STRING && mil_numel(&v->type) >= 10 && sdc_blob_code(v->type.dtype) != 0;
-}
+/* Where each const's bytes go is sdc_mil_const_storage's rule; mil states the blob layout it
+   counts with, which must be ours. */
+_Static_assert((int)MIL_BLOB_RECORD == (int)SDC_BLOB_HEADER && (int)MIL_BLOB_ALIGN == (int)SDC_BLOB_ALIGN,
+               "blob layout");
 
 enum { CONVERT_CHUNK = 1 << 16 };
-
-/* Converts elements [first, first + n) of a source tensor to `to`, scaled. Counts fp16
-   overflows (finite source values that became ±Inf). */
-static void convert_chunk(const sdc_tensor *src, uint64_t first, size_t n, sdc_dtype to, float scale,
-                          uint8_t *out, float *tmp, uint64_t *overflows) {
-    const uint8_t *p = src->data + first * sdc_dtype_size(src->dtype);
-    if (src->dtype == to && scale == 1.0f) {
-        memcpy(out, p, n * sdc_dtype_size(to));
-        return;
-    }
-    switch (src->dtype) {
-    case SDC_DT_F32: memcpy(tmp, p, n * 4); break;
-    case SDC_DT_F16: sdc_f16_to_f32_n(p, (uint8_t *)tmp, n); break;
-    case SDC_DT_BF16: sdc_bf16_to_f32_n(p, (uint8_t *)tmp, n); break;
-    default:
-        for (size_t i = 0; i < n; i++) tmp[i] = sdc_tensor_get_f32(src, first + i);
-    }
-    if (scale != 1.0f)
-        for (size_t i = 0; i < n; i++) tmp[i] *= scale;
-    if (to == SDC_DT_F32) {
-        memcpy(out, tmp, n * 4);
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint16_t h = sdc_f32_to_f16(tmp[i]);
-        memcpy(out + 2 * i, &h, 2);
-        if ((h & 0x7fff) == 0x7c00 && tmp[i] == tmp[i] && tmp[i] != tmp[i] * 2.0f) (*overflows)++;
-    }
-}
 
 typedef struct stream_state {
     sdc_blob_writer blob;
@@ -277,10 +246,6 @@ typedef struct stream_state {
     float *tmp;
     uint64_t done, total;
     const sdc_write_hooks *hooks;
-    /* palettization (made on the first palettized const) */
-    sdc_palettizer pal;
-    bool pal_ready;
-    uint8_t *idx, *packed; /* CONVERT_CHUNK each */
 } stream_state;
 
 static void progress(stream_state *st) {
@@ -293,33 +258,19 @@ static sdc_status stream_weight(stream_state *st, const mil_var *v, sdc_err *err
     size_t esize = sdc_dtype_size(v->type.dtype);
     for (uint64_t i = 0; i < n; i += CONVERT_CHUNK) {
         size_t k = (size_t)(n - i < CONVERT_CHUNK ? n - i : CONVERT_CHUNK);
-        convert_chunk(w->src, w->first + i, k, v->type.dtype, w->scale, st->out, st->tmp, &overflows);
-        sdc_status s = sdc_blob_write(&st->blob, st->out, k * esize, err);
+        const void *vals = sdc_mil_const_values(v, i, k, st->out, st->tmp, &overflows);
+        sdc_status s = sdc_blob_write(&st->blob, vals, k * esize, err);
         if (s) return s;
         st->done += k * esize;
         if (st->hooks && st->hooks->progress)
             st->hooks->progress(st->hooks->user, st->hooks->what, st->done, st->total);
     }
     sdc_tensor_release(w->src);
-    if (overflows)
-        return sdc_fail(err, SDC_E_FORMAT,
-                        "%s: tensor '%s': %llu values exceed the float16 range (65504); "
-                        "convert with --compute-precision FLOAT32",
-                        sdc_st_path(w->src->file), w->src->name, (unsigned long long)overflows);
-    return SDC_OK;
+    return overflows ? sdc_mil_overflow_error(v, overflows, err) : SDC_OK;
 }
 
-/* ---- palettized consts (--quantize-nbits, passes/palettize.h): constexpr_lut_to_dense
-   The values are read twice, a chunk at a time: a histogram, then the packed indices. */
-
-/* Elements [i, i + k) of a const's value in its own dtype: converted from the source
-   weight into st->out, or borrowed from builder bytes. */
-static const void *value_chunk(stream_state *st, const mil_var *v, uint64_t i, size_t k, uint64_t *overflows) {
-    if (v->const_kind == MIL_CONST_BYTES) return (const uint8_t *)v->bytes + i * sdc_dtype_size(v->type.dtype);
-    const mil_weight *w = &v->weight;
-    convert_chunk(w->src, w->first + i, k, v->type.dtype, w->scale, st->out, st->tmp, overflows);
-    return st->out;
-}
+/* ---- palettized consts (--quantize-nbits): constexpr_lut_to_dense. The indices and the
+   table are computed by the const's transform (the palettize pass's), read a chunk at a time. */
 
 /* Blob dtype code and MIL DataType of the indices: iOS 16 packs them into a uint8 vector, the
    iOS 18 op takes a uintN tensor of the weight's shape. */
@@ -348,99 +299,51 @@ static int index_data_type(int nbits, bool ios18) {
 /* The constexpr_lut_to_dense form: iOS 18's for CoreML8 programs, else iOS 16's. */
 static bool ios18_form(const mil_graph *g) { return g->opset >= 8; }
 
-/* Index storage as coremltools decides it: a blob from 10 elements of the stored value. */
-static bool indices_in_blob(const mil_var *v, bool ios18) {
-    uint64_t n = mil_numel(&v->type);
-    return ios18 ? n >= 10 : (n * (uint64_t)v->lut_bits + 7) / 8 >= 10;
-}
-
-static sdc_status stream_palettized(stream_state *st, pb_ctx *c, bool ios18, const mil_var *v, const_slot *slot,
-                                    sdc_err *err) {
-    int nb = v->lut_bits;
-    bool f32 = v->type.dtype == SDC_DT_F32;
-    size_t esize = sdc_dtype_size(v->type.dtype);
-    uint64_t n = mil_numel(&v->type), overflows = 0;
-    const char *what = v->const_kind == MIL_CONST_WEIGHT ? v->weight.src->name : v->name;
-    sdc_status s = SDC_OK;
-    if (st->pal_ready && st->pal.nbits != nb) {
-        sdc_pal_free(&st->pal);
-        st->pal_ready = false;
-    }
-    if (!st->pal_ready) {
-        if ((s = sdc_pal_init(&st->pal, nb, err))) return s;
-        st->pal_ready = true;
-    }
-    if (!st->idx) st->idx = sdc_malloc(CONVERT_CHUNK);
-    if (!st->packed) st->packed = sdc_malloc(CONVERT_CHUNK);
-    if (!st->idx || !st->packed) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    sdc_palettizer *p = &st->pal;
-
-    /* pass 1: the histogram, then the table */
-    sdc_pal_begin(p, f32);
-    for (uint64_t i = 0; i < n; i += CONVERT_CHUNK) {
-        size_t k = (size_t)(n - i < CONVERT_CHUNK ? n - i : CONVERT_CHUNK);
-        const void *vals = value_chunk(st, v, i, k, &overflows);
-        if (f32) sdc_pal_add_f32(p, vals, k);
-        else sdc_pal_add_f16(p, vals, k);
-    }
-    if (overflows)
-        return sdc_fail(err, SDC_E_FORMAT,
-                        "%s: tensor '%s': %llu values exceed the float16 range (65504); "
-                        "convert with --compute-precision FLOAT32",
-                        sdc_st_path(v->weight.src->file), what, (unsigned long long)overflows);
-    if (p->nonfinite)
-        return sdc_fail(err, SDC_E_FORMAT, "tensor '%s': %llu NaN or infinite values cannot be palettized", what,
-                        (unsigned long long)p->nonfinite);
-    if ((s = sdc_pal_fit(p, err))) return s;
-
-    /* pass 2: the indices, packed LSB-first */
-    uint64_t nbytes = (n * (uint64_t)nb + 7) / 8;
-    uint8_t *imm = NULL;
-    if (indices_in_blob(v, ios18)) {
-        uint32_t pad = ios18 && nb < 8 ? (uint32_t)((8 - (n * (uint64_t)nb) % 8) % 8) : 0;
-        slot->in_blob = true;
-        if ((s = sdc_blob_begin_bits(&st->blob, index_blob_code(nb, ios18), nbytes, pad, &slot->record, err)))
-            return s;
-    } else if (!(imm = pb_array(c, (size_t)nbytes, 1))) {
+/* One stored part of a transformed const, read CONVERT_CHUNK items at a time (whole bytes at
+   any width, at most 4 bytes each: st->out holds them): into the blob as it comes, or into an
+   immediate value (*imm) when it is written inline. */
+static sdc_status stream_part(stream_state *st, pb_ctx *c, const mil_var *v, void *ts, int part,
+                              const mil_stored_part *p, uint32_t code, bool *in_blob, uint64_t *record,
+                              const void **imm, sdc_err *err) {
+    SDC_ASSERT(p->bits <= 32);
+    uint8_t *inline_bytes = NULL;
+    sdc_status s;
+    if (p->in_blob) {
+        *in_blob = true;
+        if ((s = sdc_blob_begin_bits(&st->blob, code, p->nbytes, p->padding_bits, record, err))) return s;
+    } else if (!(inline_bytes = pb_array(c, (size_t)p->nbytes, 1))) {
         return sdc_fail(err, SDC_E_NOMEM, "out of memory");
     }
-    for (uint64_t i = 0; i < n; i += CONVERT_CHUNK) { /* CONVERT_CHUNK·nb is whole bytes */
-        size_t k = (size_t)(n - i < CONVERT_CHUNK ? n - i : CONVERT_CHUNK), kb = (k * (size_t)nb + 7) / 8;
-        const void *vals = value_chunk(st, v, i, k, &overflows);
-        uint8_t *dst = imm ? imm + i * (uint64_t)nb / 8 : st->packed;
-        if (f32) sdc_pal_pack_f32(p, vals, k, st->idx, dst);
-        else sdc_pal_pack_f16(p, vals, k, st->idx, dst);
-        if (!imm) {
+    for (uint64_t i = 0; i < p->count; i += CONVERT_CHUNK) {
+        size_t k = (size_t)(p->count - i < CONVERT_CHUNK ? p->count - i : CONVERT_CHUNK);
+        size_t kb = (k * (size_t)p->bits + 7) / 8;
+        uint8_t *dst = inline_bytes ? inline_bytes + i * (uint64_t)p->bits / 8 : st->out;
+        if ((s = v->transform->read(ts, part, i, k, dst, err))) return s;
+        if (!inline_bytes) {
             if ((s = sdc_blob_write(&st->blob, dst, kb, err))) return s;
             st->done += kb;
             progress(st);
         }
     }
-    slot->bytes = imm;
-    if (v->const_kind == MIL_CONST_WEIGHT) sdc_tensor_release(v->weight.src);
-
-    /* the table: 2^nb entries in the weight's dtype, ascending, unused ones 0 */
-    size_t entries = (size_t)1 << nb;
-    uint8_t *lut = pb_array(c, entries, esize);
-    if (!lut) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    for (size_t e = 0; e < entries; e++) {
-        if (f32) {
-            float f = (float)p->lut[e];
-            memcpy(lut + 4 * e, &f, 4);
-        } else {
-            memcpy(lut + 2 * e, &p->lut16[e], 2);
-        }
-    }
-    if (entries >= 10) {
-        slot->lut_in_blob = true;
-        if ((s = sdc_blob_begin(&st->blob, sdc_blob_code(v->type.dtype), entries * esize, &slot->lut_record, err)) ||
-            (s = sdc_blob_write(&st->blob, lut, entries * esize, err)))
-            return s;
-        st->done += entries * esize;
-    } else {
-        slot->lut_bytes = lut;
-    }
+    *imm = inline_bytes;
     return SDC_OK;
+}
+
+/* The indices, then the table (2^N entries in the weight's dtype). */
+static sdc_status stream_palettized(stream_state *st, pb_ctx *c, bool ios18, const mil_var *v,
+                                    const mil_storage *ms, const_slot *slot, sdc_err *err) {
+    SDC_ASSERT(v->transform && v->lut_shaped == ios18 && ms->n_parts == 2);
+    void *ts = NULL;
+    sdc_status s = v->transform->open(v, &ts, err);
+    if (!s)
+        s = stream_part(st, c, v, ts, MIL_PART_INDICES, &ms->part[MIL_PART_INDICES],
+                        index_blob_code(v->lut_bits, ios18), &slot->in_blob, &slot->record, &slot->bytes, err);
+    if (!s && v->const_kind == MIL_CONST_WEIGHT) sdc_tensor_release(v->weight.src);
+    if (!s)
+        s = stream_part(st, c, v, ts, MIL_PART_TABLE, &ms->part[MIL_PART_TABLE], sdc_blob_code(v->type.dtype),
+                        &slot->lut_in_blob, &slot->lut_record, &slot->lut_bytes, err);
+    if (ts) v->transform->close(ts);
+    return s;
 }
 
 /* Small weights (< 10 elements) are written inline, so they are materialised here. */
@@ -449,36 +352,36 @@ static const void *materialise_small_weight(pb_ctx *c, const mil_var *v) {
     uint8_t *out = pb_array(c, n, sdc_dtype_size(v->type.dtype));
     float tmp[16];
     uint64_t overflows = 0;
-    if (out) convert_chunk(v->weight.src, v->weight.first, n, v->type.dtype, v->weight.scale, out, tmp, &overflows);
+    if (out) sdc_mil_const_values(v, 0, n, out, tmp, &overflows);
     return out;
 }
+
+/* Where the next record starts when the file is at `pos`. */
+static uint64_t blob_aligned(uint64_t pos) { return (pos + SDC_BLOB_ALIGN - 1) / SDC_BLOB_ALIGN * SDC_BLOB_ALIGN; }
 
 static sdc_status write_blobs(const mil_graph *g, const char *bin_path, const_slot *slots, pb_ctx *c,
                               const sdc_write_hooks *hooks, sdc_err *err) {
     stream_state st = {.hooks = hooks};
-    for (size_t i = 0; i < g->n_ops; i++) {
-        const mil_var *v = g->ops[i]->outputs[0];
-        if (v->lut_bits)
-            st.total += mil_const_stored_bytes(v);
-        else if (v->const_kind != MIL_NOT_CONST && goes_to_blob(v))
-            st.total += mil_numel(&v->type) * sdc_dtype_size(v->type.dtype);
-    }
+    for (size_t i = 0; i < g->n_ops; i++) st.total += sdc_mil_const_storage(g->ops[i]->outputs[0]).blob_bytes;
     st.out = sdc_malloc(CONVERT_CHUNK * 4);
     st.tmp = sdc_malloc(CONVERT_CHUNK * sizeof(float));
     sdc_status s = (!st.out || !st.tmp) ? sdc_fail(err, SDC_E_NOMEM, "out of memory") : sdc_blob_open(&st.blob, bin_path, err);
     for (size_t i = 0; s == SDC_OK && i < g->n_ops; i++) {
         const mil_var *v = g->ops[i]->outputs[0];
         if (v->const_kind == MIL_NOT_CONST) continue;
+        mil_storage ms = sdc_mil_const_storage(v);
+        uint64_t first_record = blob_aligned(st.blob.pos);
         if (v->lut_bits) {
-            s = stream_palettized(&st, c, ios18_form(g), v, &slots[i], err);
+            s = stream_palettized(&st, c, ios18_form(g), v, &ms, &slots[i], err);
+            SDC_ASSERT(s || blob_aligned(st.blob.pos) - first_record == ms.blob_span);
             continue;
         }
-        if (!goes_to_blob(v)) {
+        if (!ms.part[0].in_blob) {
             slots[i].bytes = v->const_kind == MIL_CONST_WEIGHT ? materialise_small_weight(c, v) : v->bytes;
             if (c->oom) s = sdc_fail(err, SDC_E_NOMEM, "out of memory");
             continue;
         }
-        uint64_t nbytes = mil_numel(&v->type) * sdc_dtype_size(v->type.dtype);
+        uint64_t nbytes = ms.part[0].nbytes;
         slots[i].in_blob = true;
         s = sdc_blob_begin(&st.blob, sdc_blob_code(v->type.dtype), nbytes, &slots[i].record, err);
         if (s) break;
@@ -488,6 +391,7 @@ static sdc_status write_blobs(const mil_graph *g, const char *bin_path, const_sl
             s = sdc_blob_write(&st.blob, v->bytes, nbytes, err);
             st.done += nbytes;
         }
+        SDC_ASSERT(s || blob_aligned(st.blob.pos) - first_record == ms.blob_span);
     }
     if (s == SDC_OK)
         s = sdc_blob_close(&st.blob, err);
@@ -495,9 +399,6 @@ static sdc_status write_blobs(const mil_graph *g, const char *bin_path, const_sl
         sdc_blob_abort(&st.blob);
     sdc_free(st.out);
     sdc_free(st.tmp);
-    sdc_free(st.idx);
-    sdc_free(st.packed);
-    if (st.pal_ready) sdc_pal_free(&st.pal);
     return s;
 }
 
@@ -510,8 +411,9 @@ static sdc_status write_blobs(const mil_graph *g, const char *bin_path, const_sl
 static bool pb_palettized(pb_ctx *c, Sdc__Coreml__Operation *o, const mil_var *v, const const_slot *slot, bool ios18,
                           Sdc__Coreml__Operation__AttributesEntry **attrs) {
     int nb = v->lut_bits, rank = v->type.rank;
-    uint64_t n = mil_numel(&v->type), nbytes = (n * (uint64_t)nb + 7) / 8;
-    int64_t entries = (int64_t)1 << nb, ishape[1] = {(int64_t)nbytes};
+    mil_storage ms = sdc_mil_const_storage(v);
+    uint64_t nbytes = ms.part[MIL_PART_INDICES].nbytes;
+    int64_t entries = (int64_t)ms.part[MIL_PART_TABLE].count, ishape[1] = {(int64_t)nbytes};
     /* indices */
     int idt = index_data_type(nb, ios18), irank = ios18 ? rank : 1;
     const int64_t *ish = ios18 ? v->type.shape : ishape;

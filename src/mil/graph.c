@@ -364,14 +364,9 @@ bool mil_op_is_const(const mil_op *op) {
 }
 
 uint64_t mil_const_nbytes(const mil_var *v) {
-    if (v->lut_bits) return mil_const_stored_bytes(v); /* palettized: indices + table */
-    switch (v->const_kind) {
-    case MIL_NOT_CONST:
-    case MIL_CONST_STRING: return 0;
-    case MIL_CONST_BYTES:
-    case MIL_CONST_WEIGHT:
-    default: return mil_numel(&v->type) * sdc_dtype_size(v->type.dtype);
-    }
+    mil_storage st = sdc_mil_const_storage(v);
+    if (v->lut_bits) return st.blob_bytes;
+    return st.n_parts ? st.part[0].nbytes : 0;
 }
 
 bool mil_name_taken(const mil_graph *g, const char *name) { return name_set_contains(g->names, name); }
@@ -417,8 +412,9 @@ mil_op *mil_clone_op(mil_graph *g, const mil_op *src, mil_var *(*map)(void *user
 
 /* ---------------------------------------------------------------- palettized consts */
 
-bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits) {
+bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits, const mil_transform *t) {
     if (!mil_graph_ok(g)) return false;
+    SDC_ASSERT(t && t->open && t->read && t->close);
     SDC_ASSERT(v->producer && v->producer->n_outputs == 1 && !v->lut_bits && nbits >= 1 && nbits <= 8 &&
                (v->const_kind == MIL_CONST_WEIGHT || v->const_kind == MIL_CONST_BYTES) &&
                (v->type.dtype == SDC_DT_F16 || v->type.dtype == SDC_DT_F32));
@@ -432,17 +428,54 @@ bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits) {
     v->producer->type = "constexpr_lut_to_dense";
     v->producer->name = v->name = name;
     v->lut_bits = nbits;
+    v->lut_shaped = g->opset >= 8;
+    v->transform = t;
     return true;
 }
 
-uint64_t mil_const_stored_bytes(const mil_var *v) {
-    if (v->const_kind == MIL_NOT_CONST || v->const_kind == MIL_CONST_STRING) return 0;
-    uint64_t n = mil_numel(&v->type), esize = sdc_dtype_size(v->type.dtype);
-    if (v->lut_bits) {
-        uint64_t entries = (uint64_t)1 << v->lut_bits;
-        return (n * (uint64_t)v->lut_bits + 7) / 8 + (entries >= 10 ? entries * esize : 0);
-    }
-    bool blob = v->type.dtype == SDC_DT_F16 || v->type.dtype == SDC_DT_F32 || v->type.dtype == SDC_DT_U8 ||
-                v->type.dtype == SDC_DT_I8;
-    return blob && n >= 10 ? n * esize : 0;
+/* ---------------------------------------------------------------- how a const is stored */
+
+/* The dtypes blob storage v2 holds whole (sub-byte indices are the palettized case). */
+static bool blob_dtype(sdc_dtype t) {
+    return t == SDC_DT_F16 || t == SDC_DT_F32 || t == SDC_DT_U8 || t == SDC_DT_I8;
 }
+
+/* coremltools writes a value to weight.bin from 10 elements on. */
+static mil_stored_part stored_part(uint64_t count, int bits, uint64_t elements, bool blob_type) {
+    mil_stored_part p = {.count = count, .bits = bits, .nbytes = (count * (uint64_t)bits + 7) / 8};
+    p.in_blob = blob_type && elements >= 10;
+    return p;
+}
+
+/* iOS 16 packs the indices into a uint8 vector (its elements are bytes); iOS 18 types them
+   uintN in the const's shape, and the record declares the unused bits of the last byte. */
+static void palettized_parts(const mil_var *v, mil_storage *st) {
+    int nb = v->lut_bits;
+    uint64_t n = mil_numel(&v->type), packed = (n * (uint64_t)nb + 7) / 8, entries = (uint64_t)1 << nb;
+    mil_stored_part *idx = &st->part[MIL_PART_INDICES];
+    *idx = stored_part(n, nb, v->lut_shaped ? n : packed, true);
+    if (v->lut_shaped && nb < 8) idx->padding_bits = (uint32_t)((8 - (n * (uint64_t)nb) % 8) % 8);
+    st->part[MIL_PART_TABLE] = stored_part(entries, 8 * (int)sdc_dtype_size(v->type.dtype), entries, true);
+    st->n_parts = 2;
+}
+
+mil_storage sdc_mil_const_storage(const mil_var *v) {
+    mil_storage st = {0};
+    if (v->const_kind == MIL_NOT_CONST || v->const_kind == MIL_CONST_STRING) return st;
+    if (v->lut_bits) {
+        palettized_parts(v, &st);
+    } else {
+        uint64_t n = mil_numel(&v->type);
+        st.part[0] = stored_part(n, 8 * (int)sdc_dtype_size(v->type.dtype), n, blob_dtype(v->type.dtype));
+        st.n_parts = 1;
+    }
+    for (int i = 0; i < st.n_parts; i++) {
+        if (!st.part[i].in_blob) continue;
+        uint64_t end = MIL_BLOB_RECORD + st.part[i].nbytes;
+        st.blob_bytes += st.part[i].nbytes;
+        st.blob_span += (end + MIL_BLOB_ALIGN - 1) / MIL_BLOB_ALIGN * MIL_BLOB_ALIGN;
+    }
+    return st;
+}
+
+uint64_t mil_const_stored_bytes(const mil_var *v) { return sdc_mil_const_storage(v).blob_bytes; }

@@ -9,7 +9,8 @@
  *   - bytes: a small value built by a builder (axes, epsilon, a causal mask), in the arena;
  *   - weight: a lazy reference into a mapped weight file plus a transform (element range,
  *     dtype conversion to the var's dtype, scale) applied only while the writer streams it
- *     to weight.bin, so the model's weights are never held in memory;
+ *     to weight.bin, so the model's weights are never held in memory; a pass may add its own
+ *     transform on top (palettization: mil_transform), computed while streaming too;
  *   - string: a MIL string scalar (e.g. gelu's mode).
  *
  * Op constructors (mil_add, mil_linear, ...) check their operands and infer the static output
@@ -57,6 +58,9 @@ typedef struct mil_var {
     const char *str;   /* MIL_CONST_STRING */
     int lut_bits;      /* > 0: a float const palettized to 2^lut_bits values (passes/palettize.h),
                           written as constexpr_lut_to_dense; its producer's type says so too */
+    bool lut_shaped;   /* palettized in the iOS 18 form (opset >= 8): indices are a uintN tensor of
+                          the const's shape; else iOS 16's uint8 vector of the packed bytes */
+    const struct mil_transform *transform; /* set: a pass computes the stored parts (below) */
 } mil_var;
 
 /* One named parameter of an op; n > 1 only for tuple parameters such as concat's values. */
@@ -127,12 +131,73 @@ mil_var *mil_const_bool(mil_graph *g, bool value);
 mil_var *mil_const_bools(mil_graph *g, int n, const int32_t *values); /* bool vector [n] */
 mil_var *mil_const_string(mil_graph *g, const char *value);
 
+/* Elements [first, first + n) of a weight or bytes const's value, in its dtype: borrowed from
+   the const's own bytes, or the weight's elements converted (cast, scale) into `out`, which
+   holds n elements, with `tmp` holding n floats. Finite source values that became ±Inf in
+   float16 are counted in *overflows. */
+const void *sdc_mil_const_values(const mil_var *v, uint64_t first, size_t n, void *out, float *tmp,
+                                 uint64_t *overflows);
+/* Fails naming the file and tensor of a weight const whose values overflowed float16. */
+sdc_status sdc_mil_overflow_error(const mil_var *v, uint64_t overflows, sdc_err *err);
+
+/* ---------------------------------------------------------------- lazy transforms
+   A const whose stored parts (sdc_mil_const_storage) a pass computes from its value while the
+   writer streams it, as palettization makes a table and packed indices: the pass owns the
+   numbers, the writer only lays out bytes, and memory holds one tensor's work at a time. The
+   writer opens a const, reads its parts in order, and closes it before it opens the next. */
+typedef struct mil_transform {
+    /* Starts v; *state receives the transform's state (NULL on failure). Does what needs the
+       whole value before its first stored byte (palettization: a histogram and the k-means),
+       failing with a message that names the tensor. */
+    sdc_status (*open)(const mil_var *v, void **state, sdc_err *err);
+    /* Items [first, first + n) of stored part `part`, packed as the part is, into out
+       (ceil(n · bits / 8) bytes); `first` is a multiple of 8. */
+    sdc_status (*read)(void *state, int part, uint64_t first, size_t n, void *out, sdc_err *err);
+    void (*close)(void *state);
+} mil_transform;
+
 /* Marks a float (F16/F32) weight or bytes const palettized to `nbits` bits: its op becomes
-   constexpr_lut_to_dense, renamed (op and var) "<name>_palettized" as coremltools names it.
-   The value stays lazy; the writer computes the table and indices while streaming it. */
-bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits);
-/* Bytes a const takes in weight.bin (palettized: packed indices plus the table when it is a
-   blob); 0 for values written inline. For passes that balance weight sizes (chunking). */
+   constexpr_lut_to_dense, renamed (op and var) "<name>_palettized" as coremltools names it,
+   in the form of g's opset. The value stays lazy: `t` (the palettize pass's) computes the
+   indices and the table while the writer streams them. */
+bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits, const mil_transform *t);
+
+/* ---------------------------------------------------------------- how a const is stored
+   The one rule for where a const's bytes go and how many there are, for the writer (which
+   lays them out) and for passes that weigh graphs (chunking). */
+
+/* The blob storage v2 layout that weight.bin follows (coreml-format.md §4): each blob is a
+   64-byte record followed by its data, and every record starts at a multiple of 64. */
+enum { MIL_BLOB_RECORD = 64, MIL_BLOB_ALIGN = 64 };
+
+/* One stored value of a const: `count` items of `bits` bits, packed LSB-first when bits < 8. */
+typedef struct mil_stored_part {
+    uint64_t count;
+    int bits;
+    uint64_t nbytes;       /* ceil(count · bits / 8) */
+    uint32_t padding_bits; /* unused high bits of the last byte, declared in its blob record */
+    bool in_blob;          /* in weight.bin; else an immediate value in model.mlmodel */
+} mil_stored_part;
+
+/* The parts of a palettized const, in the order they are written. */
+enum { MIL_PART_INDICES = 0, MIL_PART_TABLE = 1 };
+
+typedef struct mil_storage {
+    int n_parts;          /* 0: nothing stored (not a const, or a string); 1: the value itself;
+                             2: a palettized const's indices and table (MIL_PART_*) */
+    mil_stored_part part[2];
+    uint64_t blob_bytes;  /* data bytes in weight.bin: the parts in the blob */
+    uint64_t blob_span;   /* bytes of weight.bin the const takes: per part in the blob, its
+                             record and data, rounded up to where the next record starts */
+} mil_storage;
+
+/* How v is stored. coremltools' rule, applied to each stored value: a float16, float32, uint8,
+   int8 or sub-byte value with at least 10 elements goes to weight.bin, anything else is
+   written inline. The elements of palettized indices are indices in the iOS 18 form and
+   packed bytes in the iOS 16 form. */
+mil_storage sdc_mil_const_storage(const mil_var *v);
+/* Data bytes a const takes in weight.bin (sdc_mil_const_storage's blob_bytes); 0 for values
+   written inline. */
 uint64_t mil_const_stored_bytes(const mil_var *v);
 
 /* ---------------------------------------------------------------- ops (shape comments use
@@ -195,9 +260,9 @@ mil_var *mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
 /* An op that only makes a constant: `const`, a `constexpr_*` op, or one whose output is a
    constant var (whatever its kind). */
 bool mil_op_is_const(const mil_op *op);
-/* Bytes a constant var stores: elements × dtype size for bytes and weights (what the writer
-   streams), 0 for strings and non-constants. A new const kind whose stored form differs from its
-   type (e.g. a palettized weight carried by one var) adds its case here. */
+/* Bytes a constant var stores, as the chunk balancer weighs it (sdc_mil_const_storage): a
+   dense value's bytes wherever it is written (bisect_model counts every array constant, inline
+   ones too); a palettized const's bytes in weight.bin; 0 for strings and non-constants. */
 uint64_t mil_const_nbytes(const mil_var *v);
 /* Whether `name` is in use in g; reserving it makes it so (false: taken, or out of memory). */
 bool mil_name_taken(const mil_graph *g, const char *name);

@@ -11,6 +11,8 @@ bool sdc_palettize_nbits_valid(int nbits) {
 
 /* ---------------------------------------------------------------- the graph pass */
 
+static const mil_transform palettize_transform;
+
 static int cmp_ptr(const void *a, const void *b) {
     uintptr_t x = (uintptr_t) * (const mil_op *const *)a, y = (uintptr_t) * (const mil_op *const *)b;
     return x < y ? -1 : x > y;
@@ -62,7 +64,8 @@ sdc_status sdc_palettize_graph(mil_graph *g, int nbits, size_t *count, sdc_err *
         if (strcmp(op->type, "const") || !is_candidate(op->outputs[0])) continue;
         mil_op **hit = bsearch(&op, consts, n, sizeof *consts, cmp_ptr);
         if (!hit || flags[hit - consts] != USED) continue;
-        if (!mil_palettize_const(g, op->outputs[0], nbits)) s = sdc_fail(err, g->err.code, "%s", g->err.msg);
+        if (!mil_palettize_const(g, op->outputs[0], nbits, &palettize_transform))
+            s = sdc_fail(err, g->err.code, "%s", g->err.msg);
         else done++;
     }
     sdc_free(consts);
@@ -506,3 +509,107 @@ void sdc_pal_pack_f32(const sdc_palettizer *p, const float *x, size_t n, uint8_t
     for (size_t i = 0; i < n; i++) idx_tmp[i] = p->index_of[bin_of_f32(x[i])];
     sdc_pack_bits(idx_tmp, n, p->nbits, out);
 }
+
+/* ---------------------------------------------------------------- the transform
+   What the writer streams for a marked const (mil_transform): opening it reads the value once
+   for the histogram and fits the table; the indices are made on a second read, a chunk at a
+   time, as the writer asks for them. Memory is the palettizer's fixed tables and one chunk. */
+
+enum { PAL_CHUNK = 1 << 16 }; /* values read at a time; a multiple of 8, so a chunk packs to whole bytes */
+
+typedef struct pal_stream {
+    const mil_var *v;
+    sdc_palettizer p;
+    void *vals;   /* PAL_CHUNK values in the const's dtype */
+    float *tmp;   /* PAL_CHUNK floats for the weight's cast */
+    uint8_t *idx; /* PAL_CHUNK indices before packing */
+} pal_stream;
+
+static void pal_close(void *state) {
+    pal_stream *ps = state;
+    if (!ps) return;
+    sdc_pal_free(&ps->p);
+    sdc_free(ps->vals);
+    sdc_free(ps->tmp);
+    sdc_free(ps->idx);
+    sdc_free(ps);
+}
+
+static size_t chunk_at(uint64_t i, uint64_t n) { return (size_t)(n - i < PAL_CHUNK ? n - i : PAL_CHUNK); }
+
+/* The histogram of every value, then the table; refuses values that are not finite. */
+static sdc_status pal_fit_const(pal_stream *ps, sdc_err *err) {
+    const mil_var *v = ps->v;
+    bool f32 = v->type.dtype == SDC_DT_F32;
+    uint64_t n = mil_numel(&v->type), overflows = 0;
+    sdc_pal_begin(&ps->p, f32);
+    for (uint64_t i = 0; i < n; i += PAL_CHUNK) {
+        size_t k = chunk_at(i, n);
+        const void *vals = sdc_mil_const_values(v, i, k, ps->vals, ps->tmp, &overflows);
+        if (f32) sdc_pal_add_f32(&ps->p, vals, k);
+        else sdc_pal_add_f16(&ps->p, vals, k);
+    }
+    if (overflows) return sdc_mil_overflow_error(v, overflows, err);
+    if (ps->p.nonfinite)
+        return sdc_fail(err, SDC_E_FORMAT, "tensor '%s': %llu NaN or infinite values cannot be palettized",
+                        v->const_kind == MIL_CONST_WEIGHT ? v->weight.src->name : v->name,
+                        (unsigned long long)ps->p.nonfinite);
+    return sdc_pal_fit(&ps->p, err);
+}
+
+static sdc_status pal_open(const mil_var *v, void **state, sdc_err *err) {
+    *state = NULL;
+    pal_stream *ps = sdc_calloc(1, sizeof *ps);
+    if (!ps) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    ps->v = v;
+    sdc_status s = sdc_pal_init(&ps->p, v->lut_bits, err);
+    if (!s) {
+        ps->vals = sdc_malloc(PAL_CHUNK * sdc_dtype_size(v->type.dtype));
+        ps->tmp = sdc_malloc(PAL_CHUNK * sizeof *ps->tmp);
+        ps->idx = sdc_malloc(PAL_CHUNK);
+        if (!ps->vals || !ps->tmp || !ps->idx) s = sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    }
+    if (!s) s = pal_fit_const(ps, err);
+    if (s) {
+        pal_close(ps);
+        return s;
+    }
+    *state = ps;
+    return SDC_OK;
+}
+
+/* Indices of values [first, first + n), packed LSB-first: a second read of the value. */
+static void pal_read_indices(pal_stream *ps, uint64_t first, size_t n, uint8_t *out) {
+    const mil_var *v = ps->v;
+    uint64_t overflows = 0; /* counted and refused when the const was opened */
+    for (uint64_t i = 0; i < n; i += PAL_CHUNK) {
+        size_t k = chunk_at(i, n);
+        const void *vals = sdc_mil_const_values(v, first + i, k, ps->vals, ps->tmp, &overflows);
+        uint8_t *dst = out + i * (uint64_t)ps->p.nbits / 8;
+        if (v->type.dtype == SDC_DT_F32) sdc_pal_pack_f32(&ps->p, vals, k, ps->idx, dst);
+        else sdc_pal_pack_f16(&ps->p, vals, k, ps->idx, dst);
+    }
+}
+
+/* Table entries [first, first + n) in the const's dtype: cluster means ascending, unused ones 0. */
+static void pal_read_table(const pal_stream *ps, uint64_t first, size_t n, uint8_t *out) {
+    for (size_t e = 0; e < n; e++) {
+        if (ps->v->type.dtype == SDC_DT_F32) {
+            float f = (float)ps->p.lut[first + e];
+            memcpy(out + 4 * e, &f, 4);
+        } else {
+            memcpy(out + 2 * e, &ps->p.lut16[first + e], 2);
+        }
+    }
+}
+
+static sdc_status pal_read(void *state, int part, uint64_t first, size_t n, void *out, sdc_err *err) {
+    (void)err; /* the value was checked when opened; reading it again cannot fail */
+    pal_stream *ps = state;
+    SDC_ASSERT(first % 8 == 0 && (part != MIL_PART_TABLE || first + n <= ((uint64_t)1 << ps->p.nbits)));
+    if (part == MIL_PART_INDICES) pal_read_indices(ps, first, n, out);
+    else pal_read_table(ps, first, n, out);
+    return SDC_OK;
+}
+
+static const mil_transform palettize_transform = {pal_open, pal_read, pal_close};

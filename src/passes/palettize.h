@@ -6,15 +6,17 @@
  *
  *   1. A graph pass, sdc_palettize_graph(), that picks the anchor's candidates — float16/32
  *      consts of rank >= 2 with more than 2048 elements, used by some op and by no `gather`
- *      (the token embedding stays dense) — and marks them palettized (mil_palettize_const).
- *      Nothing is computed yet: a palettized const is still a lazy weight reference. Passes
- *      that run later (chunking) see and copy the marked graph, so chunks are palettized too.
+ *      (the token embedding stays dense) — and marks them palettized (mil_palettize_const)
+ *      with this file's lazy transform (mil_transform). Nothing is computed yet: a palettized
+ *      const is still a lazy weight reference. Passes that run later (chunking) see and copy
+ *      the marked graph, so chunks are palettized too.
  *
- *   2. The numbers, used by the package writer while it streams each marked const: a
- *      histogram of the tensor's values over float16 bit patterns (one pass over the tensor,
- *      fixed 1.5 MB), an exact optimal 1-D k-means over the distinct values weighted by their
- *      counts (sdc_kmeans1d), and LSB-first index packing on a second pass. Memory never holds
- *      the tensor, so peak memory does not grow with the model; output is deterministic.
+ *   2. The numbers, made by that transform while the package writer streams each marked
+ *      const: a histogram of the tensor's values over float16 bit patterns (one pass over the
+ *      tensor, fixed 1.5 MB), an exact optimal 1-D k-means over the distinct values weighted
+ *      by their counts (sdc_kmeans1d), and LSB-first index packing on a second pass, a chunk
+ *      at a time as the writer asks for it. Memory never holds the tensor, so peak memory does
+ *      not grow with the model; output is deterministic. The writer only lays out the bytes.
  *
  * The anchor (coremltools 8) uses the exact 1-D k-means (kmeans1d) for float16 tensors with
  * >= 10 000 elements and scikit-learn's k-means++ (random_state 0) otherwise. We use the exact
