@@ -16,13 +16,13 @@
 #include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "convert/convert.h"
+#include "io/outdir.h"
 
 extern char **environ;
 
@@ -114,15 +114,14 @@ static void swift_controlnet_name(const char *id, char *out, size_t size) {
     out[n] = 0;
 }
 
+/* Into the staging folder, which is itself the temporary: no rename of its own needed. */
 static sdc_status copy_file(const sdc_conv_ctx *c, const char *from, const char *to) {
     FILE *in = fopen(from, "rb");
     if (!in) return sdc_fail(c->err, SDC_E_IO, "%s: cannot open: %s", from, strerror(errno));
-    char tmp[4400];
-    snprintf(tmp, sizeof tmp, "%s.partial-%ld", to, (long)getpid());
-    FILE *out = fopen(tmp, "wb");
+    FILE *out = fopen(to, "wb");
     if (!out) {
         fclose(in);
-        return sdc_fail(c->err, SDC_E_IO, "%s: cannot create: %s", tmp, strerror(errno));
+        return sdc_fail(c->err, SDC_E_IO, "%s: cannot create: %s", to, strerror(errno));
     }
     char buf[1 << 16];
     size_t k;
@@ -131,11 +130,7 @@ static sdc_status copy_file(const sdc_conv_ctx *c, const char *from, const char 
     ok = !ferror(in) && ok;
     fclose(in);
     ok = fclose(out) == 0 && ok;
-    if (!ok || rename(tmp, to) != 0) {
-        unlink(tmp);
-        return sdc_fail(c->err, SDC_E_IO, "%s: cannot write", to);
-    }
-    return SDC_OK;
+    return ok ? SDC_OK : sdc_fail(c->err, SDC_E_IO, "%s: cannot write (copying %s)", to, from);
 }
 
 /* Where vocab.json / merges.txt come from: an explicit local file (path or file://), else the
@@ -180,8 +175,9 @@ static sdc_status make_dir(const sdc_conv_ctx *c, const char *dir) {
     return SDC_OK;
 }
 
-/* Everything the staging folder holds goes into Resources/: each entry by one rename, files
-   replacing older ones, compiled models (never present in Resources/, see bundle_one) added. */
+/* Everything the staging folder holds goes into Resources/: each entry by one durable rename,
+   files replacing older ones, compiled models (never present in Resources/, see bundle_one)
+   added — or left out when another run put the same one there first. */
 static sdc_status move_staged(const sdc_conv_ctx *c, const char *stage, const char *resources) {
     sdc_status s = make_dir(c, resources);
     DIR *d = s ? NULL : opendir(stage);
@@ -195,17 +191,13 @@ static sdc_status move_staged(const sdc_conv_ctx *c, const char *stage, const ch
         struct stat st;
         if (!strcmp(e->d_name, "controlnet") && stat(to, &st) == 0 && S_ISDIR(st.st_mode))
             s = move_staged(c, from, to); /* Resources/controlnet/ exists: merge into it */
-        else if (rename(from, to) != 0)
-            s = sdc_fail(c->err, SDC_E_IO, "%s: cannot rename to %s: %s", from, to, strerror(errno));
+        else {
+            bool lost_race;
+            s = sdc_outdir_commit(from, to, &lost_race, c->err);
+        }
     }
     if (d) closedir(d);
     return s;
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    remove(path); /* best effort: a file that cannot go does not stop the rest */
-    return 0;
 }
 
 /* Compiles into a hidden staging folder beside Resources/ and moves the result in when all of it
@@ -216,7 +208,7 @@ sdc_status sdc_conv_bundle(const sdc_conv_ctx *c) {
     snprintf(resources, sizeof resources, "%s/Resources", out);
     if (!sdc_fmt(stage, sizeof stage, "%s/.Resources.partial-%ld", out, (long)getpid()))
         return sdc_fail(c->err, SDC_E_ARG, "-o: output path too long");
-    nftw(stage, remove_entry, 16, FTW_DEPTH | FTW_PHYS); /* a leftover of a crashed run with our pid */
+    sdc_outdir_remove_tree(stage); /* a leftover of a crashed run with our pid */
     sdc_status s = make_dir(c, stage);
     for (size_t i = 0; !s && i < c->n_rows; i++) {
         const sdc_conv_resource *r = c->rows[i].resources;
@@ -246,6 +238,6 @@ sdc_status sdc_conv_bundle(const sdc_conv_ctx *c) {
         if (!(s = tokenizer_source(c, tokenizer_url(c->job, i), file, from, sizeof from))) s = copy_file(c, from, to);
     }
     if (!s) s = move_staged(c, stage, resources);
-    nftw(stage, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    sdc_outdir_remove_tree(stage);
     return s;
 }

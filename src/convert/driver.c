@@ -5,6 +5,7 @@
  */
 #include "convert/convert.h"
 
+#include "io/outdir.h"
 #include "passes/palettize.h"
 
 #include <errno.h>
@@ -182,6 +183,10 @@ static void effective_options(const sdc_job *job, char *buf, size_t size) {
 #undef ADD
 }
 
+static void note_stale(void *user, const char *path, long pid) {
+    sdc_conv_log(user, SDC_LOG_NOTICE, "removed %s, left by an interrupted run (process %ld is gone)", path, pid);
+}
+
 /* ---------------------------------------------------------------- entry point */
 
 sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
@@ -201,6 +206,7 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     if (!s) opened = (s = sdc_source_open(job->model_version, &src, &err)) == SDC_OK;
     if (!s) s = run_rows(&c, ROW_HOOK(prepare));
     if (!s) s = make_output_dir(job->output_dir ? job->output_dir : ".", &err);
+    if (!s) sdc_outdir_remove_stale(job->output_dir ? job->output_dir : ".", note_stale, &c);
     if (!s) s = run_rows(&c, ROW_HOOK(convert));
     if (opened) sdc_source_close(&src);
     if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");

@@ -1,5 +1,6 @@
 /* writer.c — MIL graph → .mlpackage (see writer.h). */
 #include "coreml/writer.h"
+#include "io/outdir.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -765,7 +766,7 @@ sdc_status sdc_write_package(const mil_graph *g, const sdc_package_info *info, c
     if (!temp_path_for(path, tmp, sizeof tmp) || strlen(tmp) + 64 > sizeof tmp)
         return sdc_fail(err, SDC_E_ARG, "%s: path too long", path);
     struct stat st;
-    if (stat(path, &st) == 0) return sdc_fail(err, SDC_E_IO, "%s: already exists", path);
+    if (stat(path, &st) == 0) return SDC_OK; /* another run has just written it: see lost_race below */
     sdc_remove_package_tree(tmp); /* a leftover from a crashed run with our pid */
     sdc_track_partial_output(tmp);
     sdc_status s = make_dirs(tmp, err);
@@ -801,9 +802,11 @@ sdc_status sdc_write_package(const mil_graph *g, const sdc_package_info *info, c
         snprintf(p, sizeof p, "%s/Manifest.json", tmp);
         s = write_manifest(p, buf, size, err);
     }
-    if (!s && rename(tmp, path) != 0)
-        s = sdc_fail(err, SDC_E_IO, "%s: cannot rename the finished package into place: %s", path, strerror(errno));
-    if (s) sdc_remove_package_tree(tmp);
+    /* Durably (fsync, rename, fsync of -o). Another run that committed the same package first
+       wrote the same bytes (output is deterministic): ours is dropped. */
+    bool lost_race = false;
+    if (!s) s = sdc_outdir_commit(tmp, path, &lost_race, err);
+    if (s || lost_race) sdc_remove_package_tree(tmp);
     sdc_track_partial_output(NULL);
     sdc_free(buf);
     sdc_free(slots);

@@ -32,6 +32,10 @@ typedef struct sdc_write_hooks {
     const char *what;         /* label for progress */
 } sdc_write_hooks;
 
+/* Writes `g` as a package at `path`, through a temporary beside it committed durably
+   (io/outdir.h). Callers skip packages that exist; one that appears while this run writes
+   (another run converting the same model into the same -o) is kept, ours dropped, and SDC_OK
+   returned: the same job gives the same bytes. */
 sdc_status sdc_write_package(const mil_graph *g, const sdc_package_info *info, const char *path,
                              const sdc_write_hooks *hooks, sdc_err *err);
 

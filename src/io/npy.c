@@ -1,5 +1,6 @@
 /* npy.c — NumPy .npy reader and writer (see npy.h). */
 #include "io/npy.h"
+#include "io/outdir.h"
 
 #include <errno.h>
 #include <sys/stat.h>
@@ -246,12 +247,15 @@ sdc_status npy_write(const char *path, const sdc_ndarray *a, sdc_err *err) {
     ok = (fflush(f) == 0) && ok;
     ok = (fclose(f) == 0) && ok;
     if (ok) (void)chmod(tmp, 0644); /* mkstemp made it 0600 */
-    if (!ok || rename(tmp, path) != 0) {
+    if (!ok) {
         int e = errno;
         unlink(tmp);
         return sdc_fail(err, SDC_E_IO, "%s: cannot write: %s", path, strerror(e));
     }
-    return SDC_OK;
+    bool lost_race; /* a file is replaced by rename, never "lost" */
+    sdc_status s = sdc_outdir_commit(tmp, path, &lost_race, err);
+    if (s) unlink(tmp);
+    return s;
 }
 
 sdc_status sdc_npy_read(const char *path, sdc_ndarray *out, char *errbuf, size_t err_size) {
