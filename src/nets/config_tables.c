@@ -5,6 +5,9 @@
  */
 #include "nets/config_tables.h"
 
+/* Rows give `dropped` only when their status is DROP; the others leave it NULL. */
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
 #define ROWS(a) (a), SDC_COUNT_OF(a)
 #define IMPL SDC_KEY_IMPLEMENTED
 #define NONE SDC_KEY_NO_EFFECT
@@ -68,12 +71,14 @@ static const sdc_config_key UNET_ONLY[] = {
     {"timestep_post_act", IMPL, "[null, \"silu\", \"swish\"]", "other activations are not implemented"},
     {"time_cond_proj_dim", DROP, "[null]",
      "the LCM guidance embedding (time_embedding.cond_proj, input timestep_cond) is not part of the "
-     "package, as with the anchor: it computes noise_pred as diffusers does without timestep_cond"},
+     "package, as with the anchor: it computes noise_pred as diffusers does without timestep_cond",
+     "int"},
     {"conv_in_kernel", IMPL, "int", "odd kernel sizes"},
     {"conv_out_kernel", IMPL, "int", "odd kernel sizes"},
     {"attention_type", DROP, "[\"default\"]",
      "GLIGEN's gated self-attention (fuser) needs grounding inputs the package does not take: it "
-     "computes noise_pred as diffusers does without them"},
+     "computes noise_pred as diffusers does without them",
+     "[\"gated\", \"gated-text-image\"]"},
     {"class_embeddings_concat", REFUSE, "[false]", "class embeddings are not implemented"},
     {"mid_block_only_cross_attention", NONE, "any", ONLY_SIMPLE_BLOCKS},
     {"cross_attention_norm", NONE, "any", ONLY_SIMPLE_BLOCKS},
@@ -191,6 +196,7 @@ static const sdc_config_key PRETRAINED[] = {
     {"bos_token_id", NONE, "any", "the tokenizer's; the model does not read it"},
     {"pad_token_id", NONE, "any", "the tokenizer's; CLIP's embedding has no padding index"},
     {"sep_token_id", NONE, "any", GENERATION},
+    {"eos_token_id", NONE, "any", "the tokenizer's; only the text model reads it (CLIPTextConfig's row)"},
     {"decoder_start_token_id", NONE, "any", GENERATION},
     {"task_specific_params", NONE, "any", GENERATION},
     {"gradient_checkpointing", NONE, "any", "training only (older transformers wrote it)"},
@@ -231,7 +237,9 @@ static const sdc_config_key CLIP_VISION[] = {
 /* CLIPConfig: StableDiffusionSafetyChecker's file. */
 static const sdc_config_key CLIP[] = {
     {"vision_config", IMPL, "object?", "the vision tower (checked key by key)"},
-    {"vision_config_dict", IMPL, "object?", "older transformers' overrides of vision_config (checked and applied)"},
+    {"vision_config_dict", IMPL, "object?",
+     "older transformers' vision settings: when present, transformers builds the tower from it (and its "
+     "defaults) instead of vision_config"},
     {"text_config", NONE, "any", "the safety checker has no text tower"},
     {"text_config_dict", NONE, "any", "the safety checker has no text tower"},
     {"projection_dim", IMPL, "int", "visual_projection width"},

@@ -41,10 +41,11 @@ typedef struct sc_ctx {
 /* ---------------------------------------------------------------- config */
 
 /* The vision tower's settings as transformers' CLIPConfig resolves them: vision_config (only
-   the values that differ from CLIPVisionConfig's defaults are written), updated by
-   vision_config_dict, which older transformers wrote beside it and which takes precedence.
-   Every key of the file and of both objects is checked against the config tables first.
-   Returns a new reference in *out. */
+   the values that differ from CLIPVisionConfig's defaults are written), unless the file has
+   vision_config_dict, which older transformers wrote beside it: then CLIPConfig completes that
+   dict with CLIPVisionConfig's defaults and it replaces every value of vision_config. Every
+   key of the file and of both objects is checked against the config tables first. Returns a
+   new reference in *out. */
 static sdc_status vision_settings(const sdc_component *c, json_t **out, sdc_err *err) {
     *out = NULL;
     sdc_status s = sdc_config_check_class(c, c->config, "", &sdc_clip_config_class, NULL, err);
@@ -56,12 +57,9 @@ static sdc_status vision_settings(const sdc_component *c, json_t **out, sdc_err 
     if (json_is_object(dict) &&
         (s = sdc_config_check_class(c, dict, "vision_config_dict", &sdc_clip_vision_config_class, NULL, err)))
         return s;
-    json_t *merged = json_is_object(vc) ? json_deep_copy(vc) : json_object();
-    if (!merged || (json_is_object(dict) && json_object_update(merged, dict))) {
-        json_decref(merged);
-        return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    }
-    *out = merged;
+    json_t *use = json_is_object(dict) ? dict : vc;
+    *out = json_is_object(use) ? json_deep_copy(use) : json_object();
+    if (!*out) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
     return SDC_OK;
 }
 

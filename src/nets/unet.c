@@ -69,7 +69,9 @@ static sdc_status block_types(const sdc_component *c, const char *key, size_t n,
         else if (!strcmp(t, "DownBlock2D") || !strcmp(t, "UpBlock2D"))
             attn[i] = false;
         else
-            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: block type '%s' is not supported", c->config_path, t);
+            return sdc_fail(err, SDC_E_UNSUPPORTED,
+                            "%s: '%s'[%zu] = \"%s\" is not supported (CrossAttn and plain Down/Up blocks only)",
+                            c->config_path, key, i, t);
     }
     return SDC_OK;
 }
@@ -164,7 +166,7 @@ static sdc_status read_config(const sdc_component *c, bool controlnet, unet_conf
     cfg->controlnet = controlnet;
     cfg->out_channels = 4;
     cfg->conv_in_kernel = cfg->conv_out_kernel = 3;
-    sdc_config_notes ignored;
+    sdc_config_notes ignored = {.n = 0};
     sdc_status s = sdc_config_check_class(c, c->config, "", controlnet ? &sdc_controlnet_config_class : &sdc_unet_config_class,
                                           notes ? notes : &ignored, err);
     if (s) return s;

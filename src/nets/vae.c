@@ -48,8 +48,8 @@ static sdc_status block_types(const sdc_component *c, const char *key, const cha
         const char *t = json_string_value(json_array_get(arr, i));
         if (!t) return sdc_fail(err, SDC_E_FORMAT, "%s: '%s'[%zu] is not a string", c->config_path, key, i);
         if (strcmp(t, want))
-            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: block type '%s' is not supported (only %s)", c->config_path,
-                            t, want);
+            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: '%s'[%zu] = \"%s\" is not supported (only %s)",
+                            c->config_path, key, i, t, want);
     }
     return SDC_OK;
 }

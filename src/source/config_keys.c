@@ -47,10 +47,13 @@ static bool literal_accepts(const char *accept, const json_t *v) {
     return ok;
 }
 
+static bool matches(const char *spec, const json_t *v) {
+    if (!spec) return false;
+    return spec[0] == '[' ? literal_accepts(spec, v) : type_accepts(spec, v);
+}
+
 static bool accepts(const sdc_config_key *k, const json_t *v) {
-    if (k->status == SDC_KEY_NO_EFFECT) return true;
-    const char *a = k->accept ? k->accept : "any";
-    return a[0] == '[' ? literal_accepts(a, v) : type_accepts(a, v);
+    return k->status == SDC_KEY_NO_EFFECT || matches(k->accept ? k->accept : "any", v);
 }
 
 /* The value as compact JSON, shortened for a one-line message. */
@@ -80,7 +83,7 @@ const sdc_config_key *sdc_config_find(const sdc_config_table *const *tables, siz
 
 static void add_note(sdc_config_notes *notes, const char *fmt, const char *where, const char *key,
                      const char *value, const char *why) {
-    if (!notes || notes->n >= SDC_CONFIG_MAX_NOTES) return;
+    if (!notes || notes->n < 0 || notes->n >= SDC_CONFIG_MAX_NOTES) return;
     snprintf(notes->line[notes->n++], sizeof notes->line[0], fmt, where, key, value, why);
 }
 
@@ -105,7 +108,7 @@ sdc_status sdc_config_check(const sdc_component *c, const json_t *obj, const cha
                             "%s: '%s' = %s is not supported (not a key of %s this converter knows)", at,
                             key, value, n_tables ? tables[0]->name : "this model");
         if (t->ignored_here || accepts(k, v)) continue;
-        if (k->status == SDC_KEY_DROPPED) {
+        if (k->status == SDC_KEY_DROPPED && matches(k->dropped, v)) {
             add_note(notes, "%s: '%s' = %s: %s", at, key, value, k->why);
             continue;
         }

@@ -13,7 +13,7 @@
 typedef enum sdc_key_status {
     SDC_KEY_IMPLEMENTED, /* the builder computes what the class computes, for the accepted values */
     SDC_KEY_NO_EFFECT,   /* any value: it changes nothing the package computes (why says why) */
-    SDC_KEY_DROPPED,     /* accepted values compute fully; any other value is accepted but the
+    SDC_KEY_DROPPED,     /* accepted values compute fully; `dropped` values are accepted but the
                             package leaves that part out, as the anchor does: one warning line */
     SDC_KEY_REFUSED,     /* only the accepted values (those that switch the feature off) convert */
 } sdc_key_status;
@@ -28,6 +28,7 @@ typedef struct sdc_config_key {
     sdc_key_status status;
     const char *accept;
     const char *why;
+    const char *dropped; /* SDC_KEY_DROPPED only: the values accepted and left out, same syntax */
 } sdc_config_key;
 
 typedef struct sdc_config_table {
