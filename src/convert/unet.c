@@ -73,9 +73,7 @@ static sdc_status convert_from(const sdc_conv_ctx *c, const sdc_source *src, con
     if (!(s = sdc_unet_describe(&comp, false, &info, c->err)) && !(s = check_xl(c, src, &info, id)) &&
         !(s = sdc_conv_latent_size(c, src, 64, &opt->latent_h, &opt->latent_w)) && !(s = context_length(c, src, &opt->context_len))) {
         opt->n_time_ids = sdc_pipeline_requires_aesthetics_score(src) ? 5 : 6;
-        if (sdc_weights_find(comp.weights, "time_embedding.cond_proj.weight"))
-            sdc_conv_log(c, SDC_LOG_NOTICE, "%s: time_embedding.cond_proj (LCM guidance embedding) is not used by the "
-                     "converted UNet, as with the anchor", comp.dir);
+        for (int i = 0; i < info.notes.n; i++) sdc_conv_log(c, SDC_LOG_WARNING, "%s", info.notes.line[i]);
         char describe[4600];
         snprintf(describe, sizeof describe, ": %s, latent %dx%d, batch %d (%s)", id, opt->latent_h, opt->latent_w,
                  opt->batch, sdc_weights_describe(comp.weights));

@@ -10,6 +10,7 @@
 #include "nets/nets.h"
 
 #include "nets/clip.h"
+#include "nets/config_tables.h"
 
 typedef struct clip_text_config {
     clip_dims d;
@@ -18,7 +19,8 @@ typedef struct clip_text_config {
 } clip_text_config;
 
 static sdc_status read_config(const sdc_component *c, clip_text_config *cfg, sdc_err *err) {
-    sdc_status s;
+    sdc_status s = sdc_config_check_class(c, c->config, "", &sdc_clip_text_config_class, NULL, err);
+    if (s) return s;
     if ((s = clip_read_dims(c, c->config, "", &CLIP_TEXT_DEFAULTS, &cfg->d, err)) ||
         (s = clip_read_positive(c, c->config, "", "vocab_size", 49408, 1 << 24, &cfg->vocab, err)) ||
         (s = clip_read_positive(c, c->config, "", "max_position_embeddings", 77, 1 << 16, &cfg->positions, err)) ||

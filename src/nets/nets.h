@@ -6,6 +6,7 @@
 #define SDC_NETS_H
 
 #include "mil/graph.h"
+#include "source/config_keys.h"
 #include "source/source.h"
 
 typedef struct sdc_clip_text_options {
@@ -43,6 +44,7 @@ typedef struct sdc_unet_info {
     bool text_time; /* SDXL's addition_embed_type "text_time" */
     int64_t addition_time_embed_dim, projection_input_dim;
     int downsamples;
+    sdc_config_notes notes; /* features the config asks for that the package leaves out: warn */
 } sdc_unet_info;
 
 sdc_status sdc_unet_describe(const sdc_component *c, bool controlnet, sdc_unet_info *info, sdc_err *err);

@@ -24,6 +24,7 @@
 #include <math.h>
 
 #include "nets/clip.h"
+#include "nets/config_tables.h"
 
 #define PREFIX "vision_model.vision_model."
 
@@ -39,26 +40,43 @@ typedef struct sc_ctx {
 
 /* ---------------------------------------------------------------- config */
 
-/* transformers CLIPConfig: the vision tower's settings live in "vision_config" (only the
-   values that differ from CLIPVisionConfig's defaults are written), projection_dim at the top. */
-static sdc_status read_config(const sdc_component *c, vision_config *cfg, sdc_err *err) {
-    memset(cfg, 0, sizeof *cfg);
-    sdc_status s = clip_read_positive(c, c->config, "", "projection_dim", 512, 1 << 16, &cfg->projection, err);
+/* The vision tower's settings as transformers' CLIPConfig resolves them: vision_config (only
+   the values that differ from CLIPVisionConfig's defaults are written), unless the file has
+   vision_config_dict, which older transformers wrote beside it: then CLIPConfig completes that
+   dict with CLIPVisionConfig's defaults and it replaces every value of vision_config. Every
+   key of the file and of both objects is checked against the config tables first. Returns a
+   new reference in *out. */
+static sdc_status vision_settings(const sdc_component *c, json_t **out, sdc_err *err) {
+    *out = NULL;
+    sdc_status s = sdc_config_check_class(c, c->config, "", &sdc_clip_config_class, NULL, err);
     if (s) return s;
     json_t *vc = json_object_get(c->config, "vision_config");
-    json_t *empty = NULL;
-    if (!vc || json_is_null(vc)) {
-        vc = empty = json_object();
-        if (!vc) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    } else if (!json_is_object(vc)) {
-        return sdc_fail(err, SDC_E_FORMAT, "%s: 'vision_config' must be an object", c->config_path);
-    }
+    json_t *dict = json_object_get(c->config, "vision_config_dict");
+    if (json_is_object(vc) && (s = sdc_config_check_class(c, vc, "vision_config", &sdc_clip_vision_config_class, NULL, err)))
+        return s;
+    if (json_is_object(dict) &&
+        (s = sdc_config_check_class(c, dict, "vision_config_dict", &sdc_clip_vision_config_class, NULL, err)))
+        return s;
+    json_t *use = json_is_object(dict) ? dict : vc;
+    *out = json_is_object(use) ? json_deep_copy(use) : json_object();
+    if (!*out) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    return SDC_OK;
+}
+
+/* transformers CLIPConfig: the vision tower's settings (vision_settings), projection_dim at
+   the top. */
+static sdc_status read_config(const sdc_component *c, vision_config *cfg, sdc_err *err) {
+    memset(cfg, 0, sizeof *cfg);
+    json_t *vc;
+    sdc_status s = vision_settings(c, &vc, err);
+    if (s) return s;
     const char *what = "vision_config ";
-    if (!(s = clip_read_dims(c, vc, what, &CLIP_VISION_DEFAULTS, &cfg->d, err)) &&
+    if (!(s = clip_read_positive(c, c->config, "", "projection_dim", 512, 1 << 16, &cfg->projection, err)) &&
+        !(s = clip_read_dims(c, vc, what, &CLIP_VISION_DEFAULTS, &cfg->d, err)) &&
         !(s = clip_read_positive(c, vc, what, "image_size", 224, 4096, &cfg->image_size, err)) &&
         !(s = clip_read_positive(c, vc, what, "patch_size", 32, 4096, &cfg->patch, err)))
         s = clip_read_positive(c, vc, what, "num_channels", 3, 64, &cfg->channels, err);
-    json_decref(empty);
+    json_decref(vc);
     if (s) return s;
     if (cfg->patch > cfg->image_size)
         return sdc_fail(err, SDC_E_FORMAT, "%s: vision_config patch_size %lld exceeds image_size %lld", c->config_path,

@@ -12,8 +12,11 @@
 #include <math.h>
 
 #include "nets/blocks.h"
+#include "nets/config_tables.h"
 
 enum { MAX_BLOCKS = 8, MAX_SKIPS = 64 };
+
+typedef enum mid_type { MID_CROSS_ATTN, MID_RESNET, MID_NONE } mid_type;
 
 typedef struct unet_config {
     int64_t in_channels, out_channels, center_input;
@@ -31,6 +34,11 @@ typedef struct unet_config {
     int64_t cross_attention_dim;
     bool text_time; /* addition_embed_type "text_time" (SDXL) */
     int64_t addition_time_embed_dim, projection_input_dim;
+    int64_t downsample_padding; /* 1: pad 1 all round; 0: pad bottom/right by one */
+    mid_type mid;
+    double mid_scale;           /* mid_block_scale_factor: the mid resnets divide their output */
+    bool time_post_act;         /* timestep_post_act: SiLU after time_embedding.linear_2 */
+    bool time_embed_act;        /* time_embedding_act_fn: SiLU on the summed embedding */
     /* ControlNetModel only */
     bool controlnet;
     int64_t cond_channels;              /* conditioning_channels */
@@ -61,7 +69,9 @@ static sdc_status block_types(const sdc_component *c, const char *key, size_t n,
         else if (!strcmp(t, "DownBlock2D") || !strcmp(t, "UpBlock2D"))
             attn[i] = false;
         else
-            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: block type '%s' is not supported", c->config_path, t);
+            return sdc_fail(err, SDC_E_UNSUPPORTED,
+                            "%s: '%s'[%zu] = \"%s\" is not supported (CrossAttn and plain Down/Up blocks only)",
+                            c->config_path, key, i, t);
     }
     return SDC_OK;
 }
@@ -88,42 +98,6 @@ static sdc_status per_level(const sdc_component *c, const char *key, int64_t dfl
     for (size_t i = 0; i < n; i++)
         if (out[i] < 1 || out[i] > 4096)
             return sdc_fail(err, SDC_E_FORMAT, "%s: '%s' holds %lld", c->config_path, key, (long long)out[i]);
-    return SDC_OK;
-}
-
-/* Options that change the graph in ways this builder does not implement are refused. */
-static sdc_status refuse_unsupported(const sdc_component *c, sdc_err *err) {
-    static const char *const must_be_null[] = {"class_embed_type", "encoder_hid_dim", "time_embedding_act_fn",
-                                               "reverse_transformer_layers_per_block", "attention_type_ip"};
-    for (size_t i = 0; i < SDC_COUNT_OF(must_be_null); i++) {
-        json_t *v = json_object_get(c->config, must_be_null[i]);
-        if (v && !json_is_null(v))
-            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: '%s' is not supported", c->config_path, must_be_null[i]);
-    }
-    static const char *const must_be_false[] = {"dual_cross_attention", "only_cross_attention"};
-    for (size_t i = 0; i < SDC_COUNT_OF(must_be_false); i++) {
-        json_t *v = json_object_get(c->config, must_be_false[i]);
-        if (v && !json_is_false(v) && !json_is_null(v))
-            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: '%s' is not supported", c->config_path, must_be_false[i]);
-    }
-    const char *s;
-    sdc_status st;
-    if ((st = sdc_config_string(c, "resnet_time_scale_shift", "default", &s, err))) return st;
-    if (strcmp(s, "default")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: resnet_time_scale_shift '%s' is not supported", c->config_path, s);
-    if ((st = sdc_config_string(c, "act_fn", "silu", &s, err))) return st;
-    if (strcmp(s, "silu")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: act_fn '%s' is not supported", c->config_path, s);
-    if ((st = sdc_config_string(c, "time_embedding_type", "positional", &s, err))) return st;
-    if (strcmp(s, "positional")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: time_embedding_type '%s' is not supported", c->config_path, s);
-    if ((st = sdc_config_string(c, "attention_type", "default", &s, err))) return st;
-    if (strcmp(s, "default")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: attention_type '%s' is not supported", c->config_path, s);
-    static const char *const must_be_one[] = {"mid_block_scale_factor", "resnet_out_scale_factor"};
-    for (size_t i = 0; i < SDC_COUNT_OF(must_be_one); i++) {
-        double v;
-        if ((st = sdc_config_double(c, must_be_one[i], 1.0, &v, err))) return st;
-        if (v != 1.0) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: '%s' %g is not supported (only 1)", c->config_path, must_be_one[i], v);
-    }
-    if ((st = sdc_config_string(c, "mid_block_type", "UNetMidBlock2DCrossAttn", &s, err))) return st;
-    if (strcmp(s, "UNetMidBlock2DCrossAttn")) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: mid_block_type '%s' is not supported", c->config_path, s);
     return SDC_OK;
 }
 
@@ -156,33 +130,67 @@ static sdc_status read_controlnet_config(const sdc_component *c, unet_config *cf
     return SDC_OK;
 }
 
-static sdc_status read_config(const sdc_component *c, bool controlnet, unet_config *cfg, sdc_err *err) {
+/* A config string that is JSON null reads as NULL (no default: null is a value here). */
+static const char *string_or_null(const sdc_component *c, const char *key, const char *dflt) {
+    json_t *v = json_object_get(c->config, key);
+    if (!v) return dflt;
+    return json_string_value(v); /* the config tables have checked the type */
+}
+
+/* What UNet2DConditionModel reads and ControlNetModel does not (diffusers ignores these keys
+   in a ControlNet's config, so the builder does too). */
+static sdc_status read_unet_only(const sdc_component *c, unet_config *cfg, sdc_err *err) {
+    sdc_status s;
+    bool center;
+    if ((s = block_types(c, "up_block_types", cfg->n_blocks, cfg->up_attn, err)) ||
+        (s = sdc_config_int(c, "out_channels", 4, &cfg->out_channels, err)) ||
+        (s = sdc_config_bool(c, "center_input_sample", false, &center, err)) ||
+        (s = sdc_config_int(c, "conv_in_kernel", 3, &cfg->conv_in_kernel, err)) ||
+        (s = sdc_config_int(c, "conv_out_kernel", 3, &cfg->conv_out_kernel, err)))
+        return s;
+    cfg->center_input = center;
+    cfg->time_post_act = string_or_null(c, "timestep_post_act", NULL) != NULL;
+    cfg->time_embed_act = string_or_null(c, "time_embedding_act_fn", NULL) != NULL;
+    return SDC_OK;
+}
+
+static mid_type read_mid_type(const sdc_component *c) {
+    const char *t = string_or_null(c, "mid_block_type", "UNetMidBlock2DCrossAttn");
+    if (!t) return MID_NONE;
+    return strcmp(t, "UNetMidBlock2D") ? MID_CROSS_ATTN : MID_RESNET; /* the tables accept no other */
+}
+
+static sdc_status read_config(const sdc_component *c, bool controlnet, unet_config *cfg, sdc_config_notes *notes,
+                              sdc_err *err) {
     memset(cfg, 0, sizeof *cfg);
     cfg->controlnet = controlnet;
-    sdc_status s = refuse_unsupported(c, err);
+    cfg->out_channels = 4;
+    cfg->conv_in_kernel = cfg->conv_out_kernel = 3;
+    sdc_config_notes ignored = {.n = 0};
+    sdc_status s = sdc_config_check_class(c, c->config, "", controlnet ? &sdc_controlnet_config_class : &sdc_unet_config_class,
+                                          notes ? notes : &ignored, err);
     if (s) return s;
     if ((s = sdc_config_int_list(c, "block_out_channels", MAX_BLOCKS, cfg->channels, &cfg->n_blocks, err))) return s;
     if (cfg->n_blocks < 1) return sdc_fail(err, SDC_E_FORMAT, "%s: 'block_out_channels' is missing", c->config_path);
     const char *add;
-    bool center;
     if ((s = block_types(c, "down_block_types", cfg->n_blocks, cfg->down_attn, err)) ||
-        (s = controlnet ? read_controlnet_config(c, cfg, err)
-                        : block_types(c, "up_block_types", cfg->n_blocks, cfg->up_attn, err)) ||
+        (s = controlnet ? read_controlnet_config(c, cfg, err) : read_unet_only(c, cfg, err)) ||
         (s = sdc_config_int(c, "in_channels", 4, &cfg->in_channels, err)) ||
-        (s = sdc_config_int(c, "out_channels", 4, &cfg->out_channels, err)) ||
         (s = sdc_config_int(c, "layers_per_block", 2, &cfg->layers_per_block, err)) ||
         (s = sdc_config_int(c, "norm_num_groups", 32, &cfg->groups, err)) ||
         (s = sdc_config_double(c, "norm_eps", 1e-5, &cfg->norm_eps, err)) ||
         (s = sdc_config_bool(c, "flip_sin_to_cos", true, &cfg->flip_sin_to_cos, err)) ||
         (s = sdc_config_double(c, "freq_shift", 0, &cfg->freq_shift, err)) ||
-        (s = sdc_config_bool(c, "center_input_sample", false, &center, err)) ||
-        (s = sdc_config_int(c, "conv_in_kernel", 3, &cfg->conv_in_kernel, err)) ||
-        (s = sdc_config_int(c, "conv_out_kernel", 3, &cfg->conv_out_kernel, err)) ||
         (s = sdc_config_int(c, "cross_attention_dim", 1280, &cfg->cross_attention_dim, err)) ||
         (s = per_level(c, "transformer_layers_per_block", 1, cfg->n_blocks, cfg->depth, err)) ||
+        (s = sdc_config_int(c, "downsample_padding", 1, &cfg->downsample_padding, err)) ||
+        (s = sdc_config_double(c, "mid_block_scale_factor", 1.0, &cfg->mid_scale, err)) ||
         (s = sdc_config_string(c, "addition_embed_type", "", &add, err)))
         return s;
-    cfg->center_input = center;
+    cfg->mid = read_mid_type(c);
+    if (!(cfg->mid_scale > 0) || !isfinite(cfg->mid_scale))
+        return sdc_fail(err, SDC_E_FORMAT, "%s: 'mid_block_scale_factor' = %g must be positive", c->config_path,
+                        cfg->mid_scale);
     /* diffusers: num_attention_heads, else attention_head_dim (which historically holds the
        head count in SD configs) */
     json_t *nah = json_object_get(c->config, "num_attention_heads");
@@ -356,13 +364,15 @@ static mil_var *resnet(unet_ctx *u, mil_var *x, const char *prefix, int64_t cin,
 
 /* ---------------------------------------------------------------- embeddings */
 
-/* TimestepEmbedding as 1×1 convs: (B, in, 1, 1) → linear_1 → SiLU → linear_2 → (B, out, 1, 1) */
-static mil_var *timestep_mlp(unet_ctx *u, mil_var *x, const char *prefix, int64_t in, int64_t out) {
+/* TimestepEmbedding as 1×1 convs: (B, in, 1, 1) → linear_1 → SiLU → linear_2 (→ SiLU with
+   post_act) → (B, out, 1, 1) */
+static mil_var *timestep_mlp(unet_ctx *u, mil_var *x, const char *prefix, int64_t in, int64_t out, bool post_act) {
     char p[256];
     snprintf(p, sizeof p, "%s.linear_1", prefix);
     mil_var *h = mil_silu(u->n.g, net_linear_1x1(&u->n, x, p, in, out, true));
     snprintf(p, sizeof p, "%s.linear_2", prefix);
-    return net_linear_1x1(&u->n, h, p, out, out, true);
+    h = net_linear_1x1(&u->n, h, p, out, out, true);
+    return post_act ? mil_silu(u->n.g, h) : h;
 }
 
 /* The sinusoids run in float32 even in fp16 programs: t·freq reaches ~1000, where fp16 steps
@@ -375,7 +385,8 @@ static mil_var *time_embedding(unet_ctx *u, mil_var *timestep, mil_var *time_ids
     mil_var *t32 = timestep->type.dtype == SDC_DT_F32 ? timestep : mil_cast(g, timestep, SDC_DT_F32);
     mil_var *s = net_to_compute(&u->n, net_sinusoid(&u->n, t32, C0, cfg->flip_sin_to_cos, cfg->freq_shift));
     int64_t col[4] = {B, C0, 1, 1};
-    mil_var *emb = timestep_mlp(u, mil_reshape(g, s, 4, col), "time_embedding", C0, u->temb_channels);
+    mil_var *emb = timestep_mlp(u, mil_reshape(g, s, 4, col), "time_embedding", C0, u->temb_channels,
+                                cfg->time_post_act);
     if (cfg->text_time) { /* SDXL: add_embedding(concat(text_embeds, sinusoids of time_ids)) */
         mil_scope(g, "add_embedding");
         int64_t n_ids = time_ids->type.shape[1], A = cfg->addition_time_embed_dim;
@@ -387,8 +398,9 @@ static mil_var *time_embedding(unet_ctx *u, mil_var *timestep, mil_var *time_ids
         mil_var *add = mil_concat(g, 2, parts, 1); /* (B, projection_input_dim) */
         int64_t col2[4] = {B, cfg->projection_input_dim, 1, 1};
         emb = mil_add(g, emb, timestep_mlp(u, mil_reshape(g, add, 4, col2), "add_embedding",
-                                           cfg->projection_input_dim, u->temb_channels));
+                                           cfg->projection_input_dim, u->temb_channels, false));
     }
+    if (cfg->time_embed_act) emb = mil_silu(g, emb); /* time_embedding_act_fn, after the sum */
     return emb; /* (B, 4·C0, 1, 1) */
 }
 
@@ -398,6 +410,13 @@ typedef struct skip_stack {
     mil_var *v[MAX_SKIPS];
     int n;
 } skip_stack;
+
+/* diffusers Downsample2D: a stride-2 conv3 padded 1 all round, or for downsample_padding 0
+   padded by one at the bottom and right only (as the VAE encoder's) */
+static mil_var *downsample(unet_ctx *u, mil_var *h, const char *prefix, int64_t C) {
+    static const int pad1[4] = {1, 1, 1, 1}, bottom_right[4] = {0, 1, 0, 1};
+    return net_conv(&u->n, h, prefix, C, C, 3, 2, u->cfg->downsample_padding ? pad1 : bottom_right);
+}
 
 static mil_var *down_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
     const unet_config *cfg = u->cfg;
@@ -416,10 +435,9 @@ static mil_var *down_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
             skips->v[skips->n++] = h;
         }
         if (i + 1 < cfg->n_blocks) {
-            static const int pad1[4] = {1, 1, 1, 1};
             snprintf(p, sizeof p, "down_blocks.%zu.downsamplers.0.conv", i);
             mil_scope(u->n.g, "%s", p);
-            h = net_conv(&u->n, h, p, cout, cout, 3, 2, pad1); /* (B, C, H/2, W/2) */
+            h = downsample(u, h, p, cout); /* (B, C, H/2, W/2) */
             skips->v[skips->n++] = h;
         }
         cin = cout;
@@ -427,13 +445,24 @@ static mil_var *down_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
     return h;
 }
 
+/* A mid-block resnet: its output is divided by mid_block_scale_factor. */
+static mil_var *mid_resnet(unet_ctx *u, mil_var *h, const char *prefix, int64_t C) {
+    h = resnet(u, h, prefix, C, C);
+    if (u->cfg->mid_scale == 1.0) return h;
+    return mil_mul(u->n.g, h, mil_const_scalar(u->n.g, u->n.t, (float)(1.0 / u->cfg->mid_scale)));
+}
+
+/* UNetMidBlock2DCrossAttn: resnet, transformer, resnet; UNetMidBlock2D as the UNet builds it
+   (num_layers 0): one resnet; mid_block_type null: no mid block. */
 static mil_var *mid_block(unet_ctx *u, mil_var *h) {
     const unet_config *cfg = u->cfg;
     size_t last = cfg->n_blocks - 1;
     int64_t C = cfg->channels[last];
-    h = resnet(u, h, "mid_block.resnets.0", C, C);
+    if (cfg->mid == MID_NONE) return h;
+    h = mid_resnet(u, h, "mid_block.resnets.0", C);
+    if (cfg->mid == MID_RESNET) return h;
     h = spatial_transformer(u, h, "mid_block.attentions.0", cfg->heads[last], cfg->depth[last]);
-    return resnet(u, h, "mid_block.resnets.1", C, C);
+    return mid_resnet(u, h, "mid_block.resnets.1", C);
 }
 
 static mil_var *up_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
@@ -584,9 +613,9 @@ static void build_controlnet(unet_ctx *u, const io_shapes *io) {
 
 sdc_status sdc_unet_describe(const sdc_component *c, bool controlnet, sdc_unet_info *info, sdc_err *err) {
     unet_config cfg;
-    sdc_status s = read_config(c, controlnet, &cfg, err);
-    if (s) return s;
     memset(info, 0, sizeof *info);
+    sdc_status s = read_config(c, controlnet, &cfg, &info->notes, err);
+    if (s) return s;
     info->in_channels = cfg.in_channels;
     info->cross_attention_dim = cfg.cross_attention_dim;
     info->text_time = cfg.text_time;
@@ -599,7 +628,7 @@ sdc_status sdc_unet_describe(const sdc_component *c, bool controlnet, sdc_unet_i
 static sdc_status build(const sdc_component *c, bool controlnet, const sdc_unet_options *opt, mil_graph **out,
                         sdc_err *err) {
     unet_config cfg;
-    sdc_status s = read_config(c, controlnet, &cfg, err);
+    sdc_status s = read_config(c, controlnet, &cfg, NULL, err);
     if (s) return s;
     int64_t mult = (int64_t)1 << (cfg.n_blocks - 1);
     if (opt->latent_h < 1 || opt->latent_w < 1 || opt->latent_h % mult || opt->latent_w % mult || opt->latent_h > 1024 ||

@@ -23,6 +23,7 @@
 #include <math.h>
 
 #include "nets/blocks.h"
+#include "nets/config_tables.h"
 
 enum { MAX_BLOCKS = 8 };
 
@@ -47,21 +48,21 @@ static sdc_status block_types(const sdc_component *c, const char *key, const cha
         const char *t = json_string_value(json_array_get(arr, i));
         if (!t) return sdc_fail(err, SDC_E_FORMAT, "%s: '%s'[%zu] is not a string", c->config_path, key, i);
         if (strcmp(t, want))
-            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: block type '%s' is not supported (only %s)", c->config_path,
-                            t, want);
+            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: '%s'[%zu] = \"%s\" is not supported (only %s)",
+                            c->config_path, key, i, t, want);
     }
     return SDC_OK;
 }
 
 static sdc_status read_config(const sdc_component *c, vae_config *cfg, sdc_err *err) {
     memset(cfg, 0, sizeof *cfg);
-    sdc_status s;
+    sdc_status s = sdc_config_check_class(c, c->config, "", &sdc_vae_config_class, NULL, err);
+    if (s) return s;
     if ((s = sdc_config_int_list(c, "block_out_channels", MAX_BLOCKS, cfg->channels, &cfg->n_blocks, err))) return s;
     if (cfg->n_blocks == 0) { /* diffusers' default (64,): one block, no resampling */
         cfg->channels[0] = 64;
         cfg->n_blocks = 1;
     }
-    const char *act;
     if ((s = block_types(c, "down_block_types", "DownEncoderBlock2D", cfg->n_blocks, err)) ||
         (s = block_types(c, "up_block_types", "UpDecoderBlock2D", cfg->n_blocks, err)) ||
         (s = sdc_config_int(c, "layers_per_block", 1, &cfg->layers_per_block, err)) ||
@@ -72,11 +73,8 @@ static sdc_status read_config(const sdc_component *c, vae_config *cfg, sdc_err *
         (s = sdc_config_int(c, "sample_size", 32, &cfg->sample_size, err)) ||
         (s = sdc_config_bool(c, "use_quant_conv", true, &cfg->quant_conv, err)) ||
         (s = sdc_config_bool(c, "use_post_quant_conv", true, &cfg->post_quant_conv, err)) ||
-        (s = sdc_config_bool(c, "mid_block_add_attention", true, &cfg->mid_attention, err)) ||
-        (s = sdc_config_string(c, "act_fn", "silu", &act, err)))
-        return s;
-    if (strcmp(act, "silu"))
-        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: act_fn '%s' is not supported (silu)", c->config_path, act);
+        (s = sdc_config_bool(c, "mid_block_add_attention", true, &cfg->mid_attention, err)))
+        return s; /* act_fn: the tables accept silu and its alias swish only */
     const struct {
         const char *key;
         int64_t v, max;
