@@ -11,13 +11,8 @@ static void put_u64(uint8_t *p, uint64_t v) {
 }
 
 uint32_t sdc_blob_code(sdc_dtype t) {
-    switch (t) {
-    case SDC_DT_F16: return SDC_BLOB_F16;
-    case SDC_DT_F32: return SDC_BLOB_F32;
-    case SDC_DT_U8: return SDC_BLOB_U8;
-    case SDC_DT_I8: return SDC_BLOB_I8;
-    default: return 0;
-    }
+    const sdc_dtype_info *d = sdc_dtype_info_of(t);
+    return d && d->blob_since_spec && d->blob_since_spec <= 8 ? d->blob : 0;
 }
 
 static uint64_t align_up(uint64_t x) { return (x + SDC_BLOB_ALIGN - 1) & ~(uint64_t)(SDC_BLOB_ALIGN - 1); }

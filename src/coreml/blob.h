@@ -12,21 +12,15 @@
 
 #include "common.h"
 
+/* The dtype codes (SDC_BLOB_F16, ...) are in dtype.h, beside the dtypes they store. */
 enum {
-    SDC_BLOB_F16 = 1,
-    SDC_BLOB_F32 = 2,
-    SDC_BLOB_U8 = 3,
-    SDC_BLOB_I8 = 4,
-    SDC_BLOB_U1 = 9, /* sub-byte types (iOS 18): packed LSB-first, coreml-format.md §4.4 */
-    SDC_BLOB_U2 = 10,
-    SDC_BLOB_U4 = 11,
-    SDC_BLOB_U6 = 13,
     SDC_BLOB_HEADER = 64,
     SDC_BLOB_ALIGN = 64,
     SDC_BLOB_SENTINEL = 0xDEADBEEF,
 };
 
-/* Blob dtype code for a tensor dtype, or 0 when it cannot live in a blob (spec <= 8). */
+/* Blob dtype code for a tensor dtype, or 0 when coremltools would not put it in a blob for
+   spec <= 8 (the dtype table's blob_since_spec). */
 uint32_t sdc_blob_code(sdc_dtype t);
 /* Offset of the record that follows a blob whose record is at `record` with `nbytes` data. */
 uint64_t sdc_blob_next_record(uint64_t record, uint64_t nbytes);

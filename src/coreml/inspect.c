@@ -14,14 +14,8 @@
 #include "source/source.h"
 
 static const char *array_type_name(int t) {
-    switch (t) {
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT32: return "FLOAT32";
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT16: return "FLOAT16";
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__INT32: return "INT32";
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__DOUBLE: return "DOUBLE";
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__INT8: return "INT8";
-    default: return "UNKNOWN";
-    }
+    const sdc_dtype_info *d = sdc_dtype_by_array_type(t);
+    return d ? d->array_name : "UNKNOWN";
 }
 
 static json_t *features_json(size_t n, Sdc__Coreml__FeatureDescription **f) {

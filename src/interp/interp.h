@@ -30,7 +30,7 @@
  * one thread when a model loads. Kernels never nest pool loops.
  *
  * Files: load.c (package → program), exec.c (API, op table, accessors), consts.c (constexpr
- * values), tensor.c (dtypes, buffers, fp16, vector exp), pool.c, gemm.c, and the kernels:
+ * values), tensor.c (buffers, fp16, vector exp), pool.c, gemm.c, and the kernels:
  * ops_elementwise.c, ops_nn.c, ops_tensor.c.
  */
 #ifndef SDC_INTERP_H
@@ -38,35 +38,40 @@
 
 #include "common.h"
 
-/* MIL DataType codes (reference/coreml-format.md §3.2), used as the interpreter's dtypes. */
+/* The interpreter's dtypes are sdc_dtype, whose values are MIL DataType codes (dtype.h), under
+   the names MIL text gives them; every fact about them comes from the dtype table. */
 enum {
-    MT_BOOL = 1,
-    MT_STRING = 2,
-    MT_FP16 = 10,
-    MT_FP32 = 11,
-    MT_FP64 = 12,
-    MT_BF16 = 13,
-    MT_INT8 = 21,
-    MT_INT16 = 22,
-    MT_INT32 = 23,
-    MT_INT64 = 24,
-    MT_INT4 = 25,
-    MT_UINT8 = 31,
-    MT_UINT16 = 32,
-    MT_UINT32 = 33,
-    MT_UINT64 = 34,
-    MT_UINT4 = 35,
-    MT_UINT2 = 36,
-    MT_UINT1 = 37,
-    MT_UINT6 = 38,
-    MT_UINT3 = 39,
+    MT_BOOL = SDC_DT_BOOL,
+    MT_STRING = SDC_DT_STRING,
+    MT_FP16 = SDC_DT_F16,
+    MT_FP32 = SDC_DT_F32,
+    MT_FP64 = SDC_DT_F64,
+    MT_BF16 = SDC_DT_BF16,
+    MT_INT8 = SDC_DT_I8,
+    MT_INT16 = SDC_DT_I16,
+    MT_INT32 = SDC_DT_I32,
+    MT_INT64 = SDC_DT_I64,
+    MT_INT4 = SDC_DT_I4,
+    MT_UINT8 = SDC_DT_U8,
+    MT_UINT16 = SDC_DT_U16,
+    MT_UINT32 = SDC_DT_U32,
+    MT_UINT64 = SDC_DT_U64,
+    MT_UINT4 = SDC_DT_U4,
+    MT_UINT2 = SDC_DT_U2,
+    MT_UINT1 = SDC_DT_U1,
+    MT_UINT6 = SDC_DT_U6,
+    MT_UINT3 = SDC_DT_U3,
 };
 
-bool mt_valid(int t);
-bool mt_is_float(int t);  /* fp16, fp32, fp64, bf16: held as float */
-bool mt_is_int(int t);    /* bool and every integer type: held as int32 */
-int mt_bits(int t);       /* element size in bits in stored form; 0 for STRING/unknown */
-const char *mt_name(int t); /* "fp16", "int32", ... as MIL text spells them */
+static inline bool mt_valid(int t) { return sdc_dtype_info_of(t) != NULL; }
+static inline bool mt_is_float(int t) { return sdc_dtype_is_float(t); } /* fp16, fp32, fp64, bf16: held as float */
+static inline bool mt_is_int(int t) { return sdc_dtype_is_int(t); }     /* bool and every integer type: held as int32 */
+static inline int mt_bits(int t) { return sdc_dtype_bits(t); } /* element size in bits in stored form; 0 for STRING/unknown */
+/* "fp16", "int32", ... as MIL text spells them */
+static inline const char *mt_name(int t) {
+    const sdc_dtype_info *d = sdc_dtype_info_of(t);
+    return d ? d->mil_name : "unknown";
+}
 
 /* ---------------------------------------------------------------- tensors */
 

@@ -268,44 +268,29 @@ static sdc_status open_blob_file(loader *L, const char *name, struct ifile **out
     return SDC_OK;
 }
 
+/* The blob storage code of a MIL dtype: every code the format defines, not only those the
+   writer uses. */
 static uint32_t blob_code(int dt) {
-    switch (dt) {
-    case MT_FP16: return 1;
-    case MT_FP32: return 2;
-    case MT_UINT8: return 3;
-    case MT_INT8: return 4;
-    case MT_BF16: return 5;
-    case MT_INT16: return 6;
-    case MT_UINT16: return 7;
-    case MT_INT4: return 8;
-    case MT_UINT1: return 9;
-    case MT_UINT2: return 10;
-    case MT_UINT4: return 11;
-    case MT_UINT3: return 12;
-    case MT_UINT6: return 13;
-    case MT_INT32: return 14;
-    case MT_UINT32: return 15;
-    default: return 0;
-    }
+    const sdc_dtype_info *d = sdc_dtype_info_of(dt);
+    return d ? d->blob : 0;
 }
 
+/* How a stored element of dtype dt is decoded, from its encoding and width. */
 static raw_fmt fmt_of(int dt, int *bits) {
-    *bits = mt_bits(dt);
-    switch (dt) {
-    case MT_FP16: return RAW_F16;
-    case MT_FP32: return RAW_F32;
-    case MT_FP64: return RAW_F64;
-    case MT_BF16: return RAW_BF16;
-    case MT_INT8: return RAW_I8;
-    case MT_UINT8: case MT_BOOL: return RAW_U8;
-    case MT_INT16: return RAW_I16;
-    case MT_UINT16: return RAW_U16;
-    case MT_INT32: return RAW_I32;
-    case MT_UINT32: return RAW_U32;
-    case MT_INT64: return RAW_I64;
-    case MT_UINT64: return RAW_U64;
-    case MT_INT4: return RAW_SBITS;
-    default: return RAW_BITS; /* uint1..uint6 */
+    const sdc_dtype_info *d = sdc_dtype_info_of(dt);
+    *bits = d ? d->bits : 0;
+    if (!d) return RAW_BITS;
+    static const raw_fmt ieee[] = {[2] = RAW_F16, [4] = RAW_F32, [8] = RAW_F64};
+    static const raw_fmt sint[] = {[1] = RAW_I8, [2] = RAW_I16, [4] = RAW_I32, [8] = RAW_I64};
+    static const raw_fmt uint[] = {[1] = RAW_U8, [2] = RAW_U16, [4] = RAW_U32, [8] = RAW_U64};
+    int bytes = d->bits / 8;
+    bool whole = d->bits % 8 == 0 && bytes >= 1 && bytes <= 8;
+    switch (d->enc) {
+    case SDC_ENC_IEEE: return ieee[bytes];
+    case SDC_ENC_BFLOAT: return RAW_BF16;
+    case SDC_ENC_BOOL: return RAW_U8;
+    case SDC_ENC_SIGNED: return whole ? sint[bytes] : RAW_SBITS;
+    default: return whole ? uint[bytes] : RAW_BITS; /* uint1..uint6 */
     }
 }
 
@@ -645,13 +630,10 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
 
 /* ---------------------------------------------------------------- descriptions */
 
+/* The ndarray dtype of a MultiArray description, or -1 for those predictions do not return. */
 static int nd_from_array_type(int t) {
-    switch (t) {
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT32: return SDC_ND_F32;
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT16: return SDC_ND_F16;
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__INT32: return SDC_ND_I32;
-    default: return -1;
-    }
+    const sdc_dtype_info *d = sdc_dtype_by_array_type(t);
+    return d ? sdc_dtype_to_nd(d->code) : -1;
 }
 
 static int nd_from_mt(int t) {

@@ -63,26 +63,17 @@ static char *json_text(const json_t *v) {
 
 /* ---- dtypes ------------------------------------------------------------------------- */
 
-static const struct {
-    const char *name;
-    sdc_dtype dtype;
-} supported_dtypes[] = {
-    {"F64", SDC_DT_F64}, {"F32", SDC_DT_F32}, {"F16", SDC_DT_F16},   {"BF16", SDC_DT_BF16},
-    {"I64", SDC_DT_I64}, {"I32", SDC_DT_I32}, {"I16", SDC_DT_I16},   {"I8", SDC_DT_I8},
-    {"U8", SDC_DT_U8},   {"BOOL", SDC_DT_BOOL}, {"U16", SDC_DT_U16}, {"U32", SDC_DT_U32},
-    {"U64", SDC_DT_U64},
-};
-
 /* dtypes the format defines that this reader does not (8-bit floats, sub-byte, complex). */
 static const char *const known_unsupported_dtypes[] = {
     "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2",
     "C64",
 };
 
+/* The dtypes this reader supports are those of the dtype table with a converter name, which
+   is safetensors' spelling; STRING is MIL's only. */
 static sdc_dtype dtype_from_name(const char *name) {
-    for (size_t i = 0; i < SDC_COUNT_OF(supported_dtypes); i++)
-        if (strcmp(name, supported_dtypes[i].name) == 0) return supported_dtypes[i].dtype;
-    return SDC_DT_INVALID;
+    const sdc_dtype_info *d = sdc_dtype_by_name(name);
+    return d && d->enc != SDC_ENC_STRING ? d->code : SDC_DT_INVALID;
 }
 
 static bool dtype_is_known_unsupported(const char *name) {
