@@ -10,12 +10,10 @@
 #include "io/safetensors.h"
 
 #include "io/fp16.h"
+#include "io/mapfile.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 struct sdc_st_file {
@@ -366,42 +364,14 @@ static uint64_t load_le(const uint8_t *p, size_t nbytes) {
     return v;
 }
 
-/* Maps the file read-only; a zero-length file is reported before mmap, which rejects it. */
+/* Maps the file read-only (io/mapfile.c); its message goes through st_fail to stay on one line. */
 static sdc_status map_file(sdc_st_file *f, sdc_err *err) {
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        struct stat lsb;
-        if (e == ENOENT && lstat(f->path, &lsb) == 0) /* a Hub cache link to a missing blob */
-            return st_fail(err, SDC_E_NOTFOUND,
-                           "%s: cannot open: dangling symbolic link (incomplete download?)",
-                           f->path);
-        return st_fail(err, e == ENOENT ? SDC_E_NOTFOUND : SDC_E_IO, "%s: cannot open: %s",
-                       f->path, strerror(e));
-    }
-    struct stat sb;
-    sdc_status st = SDC_OK;
-    if (fstat(fd, &sb) != 0)
-        st = st_fail(err, SDC_E_IO, "%s: cannot stat: %s", f->path, strerror(errno));
-    else if (!S_ISREG(sb.st_mode))
-        st = st_fail(err, SDC_E_IO, "%s: not a regular file", f->path);
-    else if ((uint64_t)sb.st_size < 8)
-        st = st_fail(err, SDC_E_FORMAT,
-                     "%s: file is %lld bytes, too short for the 8-byte header length", f->path,
-                     (long long)sb.st_size);
-    else if ((uint64_t)sb.st_size > SIZE_MAX)
-        st = st_fail(err, SDC_E_UNSUPPORTED, "%s: file too large to map", f->path);
-    if (!st) {
-        void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED)
-            st = st_fail(err, SDC_E_IO, "%s: cannot mmap: %s", f->path, strerror(errno));
-        else {
-            f->map = m;
-            f->map_size = (size_t)sb.st_size;
-        }
-    }
-    close(fd); /* the mapping stays valid without the descriptor */
-    return st;
+    sdc_err e = {0};
+    sdc_mapped_file mf;
+    if (sdc_map_file(f->path, 8, "8-byte header length", false, &mf, &e)) return st_fail(err, e.code, "%s", e.msg);
+    f->map = mf.data;
+    f->map_size = mf.size;
+    return SDC_OK;
 }
 
 sdc_status sdc_st_open(const char *path, sdc_st_file **out, sdc_err *err) {
@@ -442,7 +412,7 @@ void sdc_st_close(sdc_st_file *f) {
     for (size_t i = 0; i < f->count; i++) sdc_free((char *)f->tensors[i].name);
     sdc_free(f->tensors);
     sdc_free(f->by_name);
-    if (f->map) munmap((void *)f->map, f->map_size);
+    sdc_unmap_file(&(sdc_mapped_file){.data = f->map, .size = f->map_size});
     sdc_free(f->path);
     sdc_free(f);
 }
