@@ -228,8 +228,7 @@ const iop_def *iop_find(const char *type);
 
 struct sdc_model {
     char *path;
-    void *proto;          /* Sdc__Coreml__Model */
-    uint8_t *proto_buf;
+    struct sdc_package *pkg; /* the opened package; its protobuf outlives the load (strings are borrowed) */
     struct ifile *files;  /* mapped blob files */
     int n_files;
     islot *slots;
