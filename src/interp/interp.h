@@ -29,9 +29,11 @@
  * are split into blocks, one single-threaded product per pool thread, so OpenBLAS is set to
  * one thread when a model loads. Kernels never nest pool loops.
  *
- * Files: load.c (package → program), exec.c (API, op table, accessors), consts.c (constexpr
- * values), tensor.c (buffers, fp16, vector exp), pool.c, gemm.c, and the kernels:
- * ops_elementwise.c, ops_nn.c, ops_tensor.c.
+ * Files, from the top down (each uses only those below it): exec.c (public API: load,
+ * describe, predict), load.c (package → program, through coreml/package.h), optable.c (op
+ * type → kernel or constexpr value), the kernels ops_elementwise.c, ops_nn.c, ops_tensor.c
+ * and consts.c (constexpr values), access.c (what kernels see of a run: parameters, values,
+ * outputs), and tensor.c (buffers, fp16, vector exp), pool.c, gemm.c.
  */
 #ifndef SDC_INTERP_H
 #define SDC_INTERP_H
@@ -206,12 +208,13 @@ typedef struct iparam {
 typedef struct irun irun;
 typedef struct iop iop;
 typedef sdc_status (*iop_fn)(irun *r, const iop *op);
+typedef sdc_status (*iop_value_fn)(irun *r, const iop *op, itensor **out);
 
 typedef struct iop_def {
     const char *type;
-    iop_fn fn;
-    int code;  /* variant for kernels shared by several op types */
-    bool constexpr_op;
+    iop_fn fn;          /* the kernel; NULL for constexpr ops */
+    int code;           /* variant for kernels shared by several op types */
+    iop_value_fn value; /* constexpr ops: computes the op's value when it is read; NULL otherwise */
 } iop_def;
 
 struct iop {
@@ -224,7 +227,12 @@ struct iop {
     int *outs;
 };
 
-const iop_def *iop_find(const char *type);
+const iop_def *iop_find(const char *type); /* optable.c */
+
+/* Loads the package into m (load.c); interp_model_release frees what a load made, also after
+   a failed one. */
+sdc_status interp_model_load(const char *pkg, struct sdc_model *m, sdc_err *err);
+void interp_model_release(struct sdc_model *m);
 
 struct sdc_model {
     char *path;
@@ -255,6 +263,12 @@ struct irun {
     sdc_err *err;
     const iop *op;
 };
+
+/* ---------------------------------------------------------------- accessors (access.c) */
+
+/* The value of slot s as op reads it: a runtime value, or a constant decoded (and kept as a
+   temporary of the op) when needed. NULL on error. */
+itensor *sdc_interp_slot_value(irun *r, const iop *op, int s);
 
 /* Records an error naming the package and the op; returns its code. */
 sdc_status rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt, ...)
@@ -300,7 +314,7 @@ typedef struct red_plan {
 sdc_status red_plan_make(irun *r, const iop *op, const itensor *x, const bool *reduced, red_plan *p);
 void red_plan_free(red_plan *p);
 
-/* Evaluates a constexpr op's value (used by load.c and exec.c). */
+/* Evaluates a constexpr op's value (consts.c); reached through the op table's `value`. */
 sdc_status constexpr_eval(irun *r, const iop *op, itensor **out);
 
 /* Variants (iop_def.code) of the shared kernels. */
@@ -359,6 +373,5 @@ sdc_status k_range_1d(irun *r, const iop *op);
 sdc_status k_upsample_nn(irun *r, const iop *op);
 sdc_status k_shape(irun *r, const iop *op);
 sdc_status k_sdpa(irun *r, const iop *op);
-sdc_status k_constexpr(irun *r, const iop *op); /* never executed: constexpr ops are sources */
 
 #endif

@@ -474,7 +474,7 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: has %zu outputs", L->model_path, what, po->n_outputs);
     if (is_const && po->n_outputs != 1)
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: a const op has exactly one output", L->model_path, what);
-    bool constexpr_op = op->def && op->def->constexpr_op;
+    bool constexpr_op = op->def && op->def->value;
 
     /* parameters: inputs (and, for iOS 16 constexpr ops, attributes) */
     int cap = 0;
@@ -657,8 +657,6 @@ static sdc_status describe(loader *L, const PModel *pm) {
 
 /* ---------------------------------------------------------------- entry */
 
-void interp_model_release(sdc_model *m);
-
 static sdc_status build(loader *L, const PModel *pm) {
     sdc_model *m = L->m;
     if (pm->type_case != SDC__COREML__MODEL__TYPE_ML_PROGRAM || !pm->mlprogram)
@@ -738,7 +736,8 @@ static sdc_status decode_small(loader *L) {
                 csrc_read_i(&sl->src, 0, n, t->i);
             }
         } else {
-            sdc_status st = constexpr_eval(&r, &m->ops[sl->src.op], &t);
+            const iop *maker = &m->ops[sl->src.op];
+            sdc_status st = maker->def->value(&r, maker, &t);
             for (int i = 0; i < r.n_temps; i++) it_free(r.temps[i]);
             r.n_temps = 0;
             if (st) {
