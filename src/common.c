@@ -47,6 +47,14 @@ bool sdc_fmt(char *buf, size_t size, const char *fmt, ...) {
     return n >= 0 && (size_t)n < size;
 }
 
+const char *sdc_shape_str(const int64_t *shape, int rank, char *buf, size_t size) {
+    size_t used = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < rank && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (used < size) snprintf(buf + used, size - used, "]");
+    return buf;
+}
+
 const char *sdc_status_str(sdc_status s) {
     switch (s) {
     case SDC_OK: return "ok";

@@ -55,6 +55,9 @@ static inline bool sdc_add_u64(uint64_t a, uint64_t b, uint64_t *out) {
 #define SDC_COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 
+/* A shape for messages, "[1, 77, 768]"; truncated quietly when it does not fit. Returns buf. */
+const char *sdc_shape_str(const int64_t *shape, int rank, char *buf, size_t size);
+
 /* snprintf into a fixed buffer; returns false when it did not fit. */
 bool sdc_fmt(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

@@ -113,8 +113,10 @@ static inline float it_getf(const itensor *t, size_t i) { return mt_is_float(t->
 static inline int64_t it_geti(const itensor *t, size_t i) {
     return mt_is_float(t->dtype) ? (int64_t)t->f[i] : (int64_t)t->i[i];
 }
-/* "[1, 77, 768]" */
-const char *shape_str(int rank, const int64_t *shape, char *buf, size_t size);
+/* "[1, 77, 768]" (common.h's printer, arguments in the interpreter's rank-first order) */
+static inline const char *shape_str(int rank, const int64_t *shape, char *buf, size_t size) {
+    return sdc_shape_str(shape, rank, buf, size);
+}
 
 /* ---------------------------------------------------------------- threads, BLAS, fp16 */
 

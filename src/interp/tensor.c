@@ -129,15 +129,6 @@ void it_free(itensor *t) {
     sdc_free(t);
 }
 
-const char *shape_str(int rank, const int64_t *shape, char *buf, size_t size) {
-    size_t n = 0;
-    n += (size_t)snprintf(buf, size, "[");
-    for (int i = 0; i < rank && n < size; i++)
-        n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (n < size) snprintf(buf + n, size - n, "]");
-    return buf;
-}
-
 /* ---------------------------------------------------------------- fp16 */
 
 #ifdef SDC_X86

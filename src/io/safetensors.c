@@ -42,16 +42,6 @@ static sdc_status st_fail(sdc_err *err, sdc_status code, const char *fmt, ...) {
     return sdc_fail(err, code, "%s", line);
 }
 
-/* Formats a shape as "[4, 4]" for messages; truncates quietly if it does not fit. */
-static const char *shape_str(const int64_t *shape, int rank, char *buf, size_t size) {
-    size_t used = (size_t)snprintf(buf, size, "[");
-    for (int i = 0; i < rank && used < size; i++)
-        used += (size_t)snprintf(buf + used, size - used, "%s%lld", i ? ", " : "",
-                                 (long long)shape[i]);
-    if (used < size) snprintf(buf + used, size - used, "]");
-    return buf;
-}
-
 /* A JSON value as compact text for messages, e.g. a malformed shape. Caller frees. */
 static char *json_text(const json_t *v) {
     char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -137,7 +127,7 @@ static sdc_status parse_shape(const char *path, const char *name, const json_t *
             char sbuf[256];
             return st_fail(err, SDC_E_FORMAT,
                            "%s: tensor '%s': element count of shape %s overflows 64 bits", path,
-                           name, shape_str(t->shape, t->rank, sbuf, sizeof sbuf));
+                           name, sdc_shape_str(t->shape, t->rank, sbuf, sizeof sbuf));
         }
     }
     return SDC_OK;
@@ -197,7 +187,7 @@ static sdc_status parse_tensor(const char *path, const char *name, const json_t 
     if (!sdc_mul_u64(t->numel, sdc_dtype_size(t->dtype), &need))
         return st_fail(err, SDC_E_FORMAT,
                        "%s: tensor '%s': byte size of shape %s of %s overflows 64 bits", path,
-                       name, shape_str(t->shape, t->rank, sbuf, sizeof sbuf),
+                       name, sdc_shape_str(t->shape, t->rank, sbuf, sizeof sbuf),
                        sdc_dtype_name(t->dtype));
     t->nbytes = end - *begin;
     if (t->nbytes != need)
@@ -206,7 +196,7 @@ static sdc_status parse_tensor(const char *path, const char *name, const json_t 
                        "%s needs %llu",
                        path, name, (unsigned long long)*begin, (unsigned long long)end,
                        (unsigned long long)t->nbytes,
-                       shape_str(t->shape, t->rank, sbuf, sizeof sbuf), sdc_dtype_name(t->dtype),
+                       sdc_shape_str(t->shape, t->rank, sbuf, sizeof sbuf), sdc_dtype_name(t->dtype),
                        (unsigned long long)need);
     return SDC_OK;
 }
