@@ -249,17 +249,18 @@ static raw_fmt fmt_of(int dt, int *bits) {
     const sdc_dtype_info *d = sdc_dtype_info_of(dt);
     *bits = d ? d->bits : 0;
     if (!d) return RAW_BITS;
-    static const raw_fmt ieee[] = {[2] = RAW_F16, [4] = RAW_F32, [8] = RAW_F64};
-    static const raw_fmt sint[] = {[1] = RAW_I8, [2] = RAW_I16, [4] = RAW_I32, [8] = RAW_I64};
-    static const raw_fmt uint[] = {[1] = RAW_U8, [2] = RAW_U16, [4] = RAW_U32, [8] = RAW_U64};
+    /* by width in bytes */
+    static const raw_fmt ieee_fmt[] = {[2] = RAW_F16, [4] = RAW_F32, [8] = RAW_F64};
+    static const raw_fmt signed_fmt[] = {[1] = RAW_I8, [2] = RAW_I16, [4] = RAW_I32, [8] = RAW_I64};
+    static const raw_fmt unsigned_fmt[] = {[1] = RAW_U8, [2] = RAW_U16, [4] = RAW_U32, [8] = RAW_U64};
     int bytes = d->bits / 8;
     bool whole = d->bits % 8 == 0 && bytes >= 1 && bytes <= 8;
     switch (d->enc) {
-    case SDC_ENC_IEEE: return ieee[bytes];
+    case SDC_ENC_IEEE: return ieee_fmt[bytes];
     case SDC_ENC_BFLOAT: return RAW_BF16;
     case SDC_ENC_BOOL: return RAW_U8;
-    case SDC_ENC_SIGNED: return whole ? sint[bytes] : RAW_SBITS;
-    default: return whole ? uint[bytes] : RAW_BITS; /* uint1..uint6 */
+    case SDC_ENC_SIGNED: return whole ? signed_fmt[bytes] : RAW_SBITS;
+    default: return whole ? unsigned_fmt[bytes] : RAW_BITS; /* uint1..uint6 */
     }
 }
 
