@@ -1,4 +1,4 @@
-/* common.c — errors, allocation and dtype tables shared by the whole library. */
+/* common.c — errors and allocation shared by the whole library (dtypes: dtype.c). */
 #include "common.h"
 
 sdc_status sdc_fail(sdc_err *e, sdc_status code, const char *fmt, ...) {
@@ -47,34 +47,12 @@ bool sdc_fmt(char *buf, size_t size, const char *fmt, ...) {
     return n >= 0 && (size_t)n < size;
 }
 
-size_t sdc_dtype_size(sdc_dtype t) {
-    switch (t) {
-    case SDC_DT_F64: case SDC_DT_I64: case SDC_DT_U64: return 8;
-    case SDC_DT_F32: case SDC_DT_I32: case SDC_DT_U32: return 4;
-    case SDC_DT_F16: case SDC_DT_BF16: case SDC_DT_I16: case SDC_DT_U16: return 2;
-    case SDC_DT_I8: case SDC_DT_U8: case SDC_DT_BOOL: return 1;
-    default: return 0;
-    }
-}
-
-const char *sdc_dtype_name(sdc_dtype t) {
-    switch (t) {
-    case SDC_DT_F32: return "F32";
-    case SDC_DT_F16: return "F16";
-    case SDC_DT_BF16: return "BF16";
-    case SDC_DT_F64: return "F64";
-    case SDC_DT_I64: return "I64";
-    case SDC_DT_I32: return "I32";
-    case SDC_DT_I16: return "I16";
-    case SDC_DT_I8: return "I8";
-    case SDC_DT_U8: return "U8";
-    case SDC_DT_BOOL: return "BOOL";
-    case SDC_DT_U16: return "U16";
-    case SDC_DT_U32: return "U32";
-    case SDC_DT_U64: return "U64";
-    case SDC_DT_STRING: return "STRING";
-    default: return "INVALID";
-    }
+const char *sdc_shape_str(const int64_t *shape, int rank, char *buf, size_t size) {
+    size_t used = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < rank && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (used < size) snprintf(buf + used, size - used, "]");
+    return buf;
 }
 
 const char *sdc_status_str(sdc_status s) {

@@ -7,6 +7,8 @@
 
 #include "sdcoreml.h"
 
+#include "dtype.h" /* sdc_dtype and the table of element types */
+
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -52,27 +54,9 @@ static inline bool sdc_add_u64(uint64_t a, uint64_t b, uint64_t *out) {
 #define SDC_MAX_RANK 8
 #define SDC_COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Element types of tensors in weight files, in the graph and in packages. */
-typedef enum sdc_dtype {
-    SDC_DT_INVALID = 0,
-    SDC_DT_F32,
-    SDC_DT_F16,
-    SDC_DT_BF16,
-    SDC_DT_F64,
-    SDC_DT_I64,
-    SDC_DT_I32,
-    SDC_DT_I16,
-    SDC_DT_I8,
-    SDC_DT_U8,
-    SDC_DT_BOOL,
-    SDC_DT_U16,
-    SDC_DT_U32,
-    SDC_DT_U64,
-    SDC_DT_STRING, /* MIL scalar strings only */
-} sdc_dtype;
 
-size_t sdc_dtype_size(sdc_dtype t); /* bytes per element; 0 for STRING/INVALID */
-const char *sdc_dtype_name(sdc_dtype t); /* "F32", "F16", ... as safetensors spells them */
+/* A shape for messages, "[1, 77, 768]"; truncated quietly when it does not fit. Returns buf. */
+const char *sdc_shape_str(const int64_t *shape, int rank, char *buf, size_t size);
 
 /* snprintf into a fixed buffer; returns false when it did not fit. */
 bool sdc_fmt(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

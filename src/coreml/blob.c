@@ -1,4 +1,4 @@
-/* blob.c — streaming writer for blob storage v2; see blob.h for the layout. */
+/* blob.c — blob storage v2: the streaming writer and the checked reader; see blob.h for the layout. */
 #include "coreml/blob.h"
 
 #include <errno.h>
@@ -11,13 +11,17 @@ static void put_u64(uint8_t *p, uint64_t v) {
 }
 
 uint32_t sdc_blob_code(sdc_dtype t) {
-    switch (t) {
-    case SDC_DT_F16: return SDC_BLOB_F16;
-    case SDC_DT_F32: return SDC_BLOB_F32;
-    case SDC_DT_U8: return SDC_BLOB_U8;
-    case SDC_DT_I8: return SDC_BLOB_I8;
-    default: return 0;
-    }
+    const sdc_dtype_info *d = sdc_dtype_info_of(t);
+    return d && d->blob_since_spec && d->blob_since_spec <= 8 ? d->blob : 0;
+}
+
+static uint32_t get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t get_u64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
 }
 
 static uint64_t align_up(uint64_t x) { return (x + SDC_BLOB_ALIGN - 1) & ~(uint64_t)(SDC_BLOB_ALIGN - 1); }
@@ -89,4 +93,36 @@ sdc_status sdc_blob_close(sdc_blob_writer *w, sdc_err *err) {
 void sdc_blob_abort(sdc_blob_writer *w) {
     if (w->f) fclose(w->f);
     w->f = NULL;
+}
+
+/* ---------------------------------------------------------------- reading */
+
+sdc_status sdc_blob_file_open(const char *path, bool populate, sdc_blob_file *f, sdc_err *err) {
+    memset(f, 0, sizeof *f);
+    sdc_status s = sdc_map_file(path, SDC_BLOB_HEADER, "64-byte blob storage header", populate, &f->map, err);
+    if (s) return s;
+    uint32_t version = get_u32(f->map.data + 4);
+    if (version != 2) {
+        sdc_blob_file_close(f);
+        return sdc_fail(err, SDC_E_FORMAT, "%s: blob storage version %u (expected 2)", path, version);
+    }
+    f->count = get_u32(f->map.data);
+    return SDC_OK;
+}
+
+void sdc_blob_file_close(sdc_blob_file *f) { sdc_unmap_file(&f->map); }
+
+bool sdc_blob_record_at(const sdc_blob_file *f, uint64_t offset, sdc_blob_record *r) {
+    if (offset < SDC_BLOB_HEADER || offset > f->map.size - SDC_BLOB_HEADER) return false;
+    const uint8_t *rec = f->map.data + offset; /* record layout: blob.h */
+    r->sentinel_ok = get_u32(rec) == SDC_BLOB_SENTINEL;
+    r->code = get_u32(rec + 4);
+    r->size = get_u64(rec + 8);
+    r->data = get_u64(rec + 16);
+    r->padding_bits = get_u64(rec + 24);
+    return true;
+}
+
+bool sdc_blob_data_inside(const sdc_blob_file *f, const sdc_blob_record *r) {
+    return r->data <= f->map.size && r->size <= f->map.size - r->data;
 }

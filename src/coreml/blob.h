@@ -1,5 +1,6 @@
 /*
- * blob.h — MIL blob storage v2 (weights/weight.bin), written as a stream.
+ * blob.h — MIL blob storage v2 (weights/weight.bin): written as a stream, read through a
+ * mapping (the interpreter and `inspect`).
  *
  * Layout: a 64-byte header {u32 count, u32 version = 2, 7 × u64 reserved}; then per blob a
  * 64-byte record {u32 0xDEADBEEF, u32 dtype code, u64 size in bytes, u64 data offset,
@@ -11,22 +12,17 @@
 #define SDC_BLOB_H
 
 #include "common.h"
+#include "io/mapfile.h"
 
+/* The dtype codes (SDC_BLOB_F16, ...) are in dtype.h, beside the dtypes they store. */
 enum {
-    SDC_BLOB_F16 = 1,
-    SDC_BLOB_F32 = 2,
-    SDC_BLOB_U8 = 3,
-    SDC_BLOB_I8 = 4,
-    SDC_BLOB_U1 = 9, /* sub-byte types (iOS 18): packed LSB-first, coreml-format.md §4.4 */
-    SDC_BLOB_U2 = 10,
-    SDC_BLOB_U4 = 11,
-    SDC_BLOB_U6 = 13,
     SDC_BLOB_HEADER = 64,
     SDC_BLOB_ALIGN = 64,
     SDC_BLOB_SENTINEL = 0xDEADBEEF,
 };
 
-/* Blob dtype code for a tensor dtype, or 0 when it cannot live in a blob (spec <= 8). */
+/* Blob dtype code for a tensor dtype, or 0 when coremltools would not put it in a blob for
+   spec <= 8 (the dtype table's blob_since_spec). */
 uint32_t sdc_blob_code(sdc_dtype t);
 /* Offset of the record that follows a blob whose record is at `record` with `nbytes` data. */
 uint64_t sdc_blob_next_record(uint64_t record, uint64_t nbytes);
@@ -49,5 +45,33 @@ sdc_status sdc_blob_write(sdc_blob_writer *w, const void *data, size_t n, sdc_er
 /* Writes the final header and closes; fails if a blob is incomplete. */
 sdc_status sdc_blob_close(sdc_blob_writer *w, sdc_err *err);
 void sdc_blob_abort(sdc_blob_writer *w);
+
+/* ---- reading: every byte is untrusted */
+
+typedef struct sdc_blob_file {
+    sdc_mapped_file map;
+    uint32_t count; /* blobs the header declares */
+} sdc_blob_file;
+
+/* Maps a weight file and checks its header (at least 64 bytes, version 2); `populate` reads
+   every page in now (see sdc_map_file). Errors name the file. */
+sdc_status sdc_blob_file_open(const char *path, bool populate, sdc_blob_file *f, sdc_err *err);
+void sdc_blob_file_close(sdc_blob_file *f);
+
+/* One metadata record as stored. The sentinel is reported, not checked, so that a caller can
+   name what is wrong. */
+typedef struct sdc_blob_record {
+    bool sentinel_ok;      /* the record starts with SDC_BLOB_SENTINEL */
+    uint32_t code;         /* dtype code (SDC_BLOB_F16, ...) */
+    uint64_t size;         /* data bytes (packed, for sub-byte types) */
+    uint64_t data;         /* file offset of the data */
+    uint64_t padding_bits; /* unused high bits of the last byte (sub-byte types) */
+} sdc_blob_record;
+
+/* Decodes the record at `offset`; false when its 64 bytes do not lie in the file after the
+   header. */
+bool sdc_blob_record_at(const sdc_blob_file *f, uint64_t offset, sdc_blob_record *r);
+/* True when the record's data lies inside the file. */
+bool sdc_blob_data_inside(const sdc_blob_file *f, const sdc_blob_record *r);
 
 #endif

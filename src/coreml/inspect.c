@@ -8,20 +8,13 @@
 
 #include <jansson.h>
 
-#include "coreml.pb-c.h"
 #include "coreml/blob.h"
 #include "coreml/package.h"
-#include "source/source.h"
+#include "coreml/package_names.h"
 
 static const char *array_type_name(int t) {
-    switch (t) {
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT32: return "FLOAT32";
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT16: return "FLOAT16";
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__INT32: return "INT32";
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__DOUBLE: return "DOUBLE";
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__INT8: return "INT8";
-    default: return "UNKNOWN";
-    }
+    const sdc_dtype_info *d = sdc_dtype_by_array_type(t);
+    return d ? d->array_name : "UNKNOWN";
 }
 
 static json_t *features_json(size_t n, Sdc__Coreml__FeatureDescription **f) {
@@ -74,60 +67,44 @@ static json_t *histogram_json(const Sdc__Coreml__Block *b) {
     return h;
 }
 
-/* Walks the blob records of weight.bin, checking sentinels and bounds; sums data bytes. */
-static sdc_status weight_bytes(const char *model_path, uint64_t *total, uint64_t *count, sdc_err *err) {
-    char path[4200];
-    const char *slash = strrchr(model_path, '/');
-    snprintf(path, sizeof path, "%.*s/weights/weight.bin", (int)(slash - model_path), model_path);
-    *total = *count = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return errno == ENOENT ? SDC_OK : sdc_fail(err, SDC_E_IO, "%s: cannot open: %s", path, strerror(errno));
+/* Walks the blob records of the weight file, checking sentinels and bounds; sums data bytes.
+   A package without one has no weights. */
+static sdc_status weight_bytes(const sdc_package *p, uint64_t *total, uint64_t *count, sdc_err *err) {
+    char path[8192];
     struct stat st;
-    uint8_t rec[64];
-    sdc_status s = SDC_OK;
-    if (fstat(fileno(f), &st) != 0 || fread(rec, 1, 64, f) != 64 || rec[4] != 2) {
-        fclose(f);
-        return sdc_fail(err, SDC_E_FORMAT, "%s: not a blob storage v2 file", path);
-    }
-    uint32_t declared = (uint32_t)rec[0] | (uint32_t)rec[1] << 8 | (uint32_t)rec[2] << 16 | (uint32_t)rec[3] << 24;
-    uint64_t off = 64, size = (uint64_t)st.st_size;
-    while (off < size) {
-        uint64_t nbytes = 0, data = 0;
-        if (fseeko(f, (off_t)off, SEEK_SET) != 0 || fread(rec, 1, 64, f) != 64) {
+    *total = *count = 0;
+    sdc_status s = sdc_package_blob_path(p, SDC_WEIGHT_FILE_REF, path, sizeof path, err);
+    if (s || (stat(path, &st) != 0 && errno == ENOENT)) return s;
+    sdc_blob_file f;
+    if ((s = sdc_blob_file_open(path, false, &f, err))) return s;
+    uint64_t off = SDC_BLOB_HEADER;
+    while (off < f.map.size) {
+        sdc_blob_record r;
+        if (!sdc_blob_record_at(&f, off, &r)) {
             s = sdc_fail(err, SDC_E_FORMAT, "%s: truncated record at offset %llu", path, (unsigned long long)off);
             break;
         }
-        for (int i = 7; i >= 0; i--) {
-            nbytes = nbytes << 8 | rec[8 + i];
-            data = data << 8 | rec[16 + i];
-        }
-        if (rec[0] != 0xEF || rec[1] != 0xBE || rec[2] != 0xAD || rec[3] != 0xDE || data != off + 64 ||
-            nbytes > size - data) {
+        if (!r.sentinel_ok || r.data != off + SDC_BLOB_HEADER || !sdc_blob_data_inside(&f, &r)) {
             s = sdc_fail(err, SDC_E_FORMAT, "%s: bad blob record at offset %llu", path, (unsigned long long)off);
             break;
         }
-        *total += nbytes;
+        *total += r.size;
         (*count)++;
-        off = sdc_blob_next_record(off, nbytes);
+        off = sdc_blob_next_record(off, r.size);
     }
-    if (!s && *count != declared)
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: header says %u blobs, found %llu", path, declared, (unsigned long long)*count);
-    fclose(f);
+    if (!s && *count != f.count)
+        s = sdc_fail(err, SDC_E_FORMAT, "%s: header says %u blobs, found %llu", path, f.count, (unsigned long long)*count);
+    sdc_blob_file_close(&f);
     return s;
 }
 
 sdc_status sdc_inspect_json(const char *package_path, char **json_out, char *errbuf, size_t err_size) {
     sdc_err err = {0};
-    char model_path[4096];
-    uint8_t *buf = NULL;
-    size_t n = 0;
-    Sdc__Coreml__Model *m = NULL;
+    sdc_package p;
     uint64_t wbytes = 0, blobs = 0;
-    sdc_status s = sdc_package_root_model(package_path, model_path, sizeof model_path, &err);
-    if (!s) s = sdc_package_read_model(model_path, &buf, &n, &err);
-    if (!s && !(m = sdc__coreml__model__unpack(NULL, n, buf)))
-        s = sdc_fail(&err, SDC_E_FORMAT, "%s: not a Core ML model protobuf", model_path);
-    if (!s) s = weight_bytes(model_path, &wbytes, &blobs, &err);
+    sdc_status s = sdc_package_open(package_path, &p, &err);
+    const Sdc__Coreml__Model *m = p.model;
+    if (!s) s = weight_bytes(&p, &wbytes, &blobs, &err);
     if (!s) {
         const char *opset = "";
         const Sdc__Coreml__Block *b = main_block(m, &opset);
@@ -143,8 +120,7 @@ sdc_status sdc_inspect_json(const char *package_path, char **json_out, char *err
         if (!text) s = sdc_fail(&err, SDC_E_NOMEM, "out of memory");
         *json_out = text;
     }
-    if (m) sdc__coreml__model__free_unpacked(m, NULL);
-    sdc_free(buf);
+    sdc_package_close(&p);
     if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");
     return s;
 }

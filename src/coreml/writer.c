@@ -38,23 +38,10 @@ static void *pb_array(pb_ctx *c, size_t n, size_t size) {
     return p;
 }
 
+/* sdc_dtype values are MIL DataType codes (dtype.h): only an element type is refused. */
 static int mil_data_type(sdc_dtype t) {
-    switch (t) {
-    case SDC_DT_BOOL: return SDC__COREML__DATA_TYPE__BOOL;
-    case SDC_DT_STRING: return SDC__COREML__DATA_TYPE__STRING;
-    case SDC_DT_F16: return SDC__COREML__DATA_TYPE__FLOAT16;
-    case SDC_DT_F32: return SDC__COREML__DATA_TYPE__FLOAT32;
-    case SDC_DT_F64: return SDC__COREML__DATA_TYPE__FLOAT64;
-    case SDC_DT_I8: return SDC__COREML__DATA_TYPE__INT8;
-    case SDC_DT_I16: return SDC__COREML__DATA_TYPE__INT16;
-    case SDC_DT_I32: return SDC__COREML__DATA_TYPE__INT32;
-    case SDC_DT_I64: return SDC__COREML__DATA_TYPE__INT64;
-    case SDC_DT_U8: return SDC__COREML__DATA_TYPE__UINT8;
-    case SDC_DT_U16: return SDC__COREML__DATA_TYPE__UINT16;
-    case SDC_DT_U32: return SDC__COREML__DATA_TYPE__UINT32;
-    case SDC_DT_U64: return SDC__COREML__DATA_TYPE__UINT64;
-    default: SDC_ASSERT(!"dtype without a MIL DataType"); return 0;
-    }
+    SDC_ASSERT(sdc_dtype_info_of(t) && "dtype without a MIL DataType");
+    return (int)t;
 }
 
 /* A tensor type by MIL DataType code, for types sdc_dtype has no name for (uint1…uint6). */
@@ -552,13 +539,8 @@ static Sdc__Coreml__Program *pb_program(pb_ctx *c, const mil_graph *g, const con
 }
 
 static int array_data_type(sdc_dtype t) {
-    switch (t) {
-    case SDC_DT_F16: return SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT16;
-    case SDC_DT_F32: return SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT32;
-    case SDC_DT_I32: return SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__INT32;
-    case SDC_DT_F64: return SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__DOUBLE;
-    default: return 0;
-    }
+    const sdc_dtype_info *d = sdc_dtype_info_of(t);
+    return d ? d->array_type : 0;
 }
 
 static Sdc__Coreml__FeatureDescription *pb_feature(pb_ctx *c, const mil_var *v, const char *doc) {

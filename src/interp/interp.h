@@ -29,44 +29,51 @@
  * are split into blocks, one single-threaded product per pool thread, so OpenBLAS is set to
  * one thread when a model loads. Kernels never nest pool loops.
  *
- * Files: load.c (package → program), exec.c (API, op table, accessors), consts.c (constexpr
- * values), tensor.c (dtypes, buffers, fp16, vector exp), pool.c, gemm.c, and the kernels:
- * ops_elementwise.c, ops_nn.c, ops_tensor.c.
+ * Files, from the top down (each uses only those below it): exec.c (public API: load,
+ * describe, predict), load.c (package → program, through coreml/package.h), optable.c (op
+ * type → kernel or constexpr value), the kernels ops_elementwise.c, ops_nn.c, ops_tensor.c
+ * and consts.c (constexpr values), access.c (what kernels see of a run: parameters, values,
+ * outputs), and tensor.c (buffers, fp16, vector exp), pool.c, gemm.c.
  */
 #ifndef SDC_INTERP_H
 #define SDC_INTERP_H
 
 #include "common.h"
 
-/* MIL DataType codes (reference/coreml-format.md §3.2), used as the interpreter's dtypes. */
+/* The interpreter's dtypes are sdc_dtype, whose values are MIL DataType codes (dtype.h), under
+   the names MIL text gives them; every fact about them comes from the dtype table. */
 enum {
-    MT_BOOL = 1,
-    MT_STRING = 2,
-    MT_FP16 = 10,
-    MT_FP32 = 11,
-    MT_FP64 = 12,
-    MT_BF16 = 13,
-    MT_INT8 = 21,
-    MT_INT16 = 22,
-    MT_INT32 = 23,
-    MT_INT64 = 24,
-    MT_INT4 = 25,
-    MT_UINT8 = 31,
-    MT_UINT16 = 32,
-    MT_UINT32 = 33,
-    MT_UINT64 = 34,
-    MT_UINT4 = 35,
-    MT_UINT2 = 36,
-    MT_UINT1 = 37,
-    MT_UINT6 = 38,
-    MT_UINT3 = 39,
+    MT_BOOL = SDC_DT_BOOL,
+    MT_STRING = SDC_DT_STRING,
+    MT_FP16 = SDC_DT_F16,
+    MT_FP32 = SDC_DT_F32,
+    MT_FP64 = SDC_DT_F64,
+    MT_BF16 = SDC_DT_BF16,
+    MT_INT8 = SDC_DT_I8,
+    MT_INT16 = SDC_DT_I16,
+    MT_INT32 = SDC_DT_I32,
+    MT_INT64 = SDC_DT_I64,
+    MT_INT4 = SDC_DT_I4,
+    MT_UINT8 = SDC_DT_U8,
+    MT_UINT16 = SDC_DT_U16,
+    MT_UINT32 = SDC_DT_U32,
+    MT_UINT64 = SDC_DT_U64,
+    MT_UINT4 = SDC_DT_U4,
+    MT_UINT2 = SDC_DT_U2,
+    MT_UINT1 = SDC_DT_U1,
+    MT_UINT6 = SDC_DT_U6,
+    MT_UINT3 = SDC_DT_U3,
 };
 
-bool mt_valid(int t);
-bool mt_is_float(int t);  /* fp16, fp32, fp64, bf16: held as float */
-bool mt_is_int(int t);    /* bool and every integer type: held as int32 */
-int mt_bits(int t);       /* element size in bits in stored form; 0 for STRING/unknown */
-const char *mt_name(int t); /* "fp16", "int32", ... as MIL text spells them */
+static inline bool mt_valid(int t) { return sdc_dtype_info_of(t) != NULL; }
+static inline bool mt_is_float(int t) { return sdc_dtype_is_float(t); } /* fp16, fp32, fp64, bf16: held as float */
+static inline bool mt_is_int(int t) { return sdc_dtype_is_int(t); }     /* bool and every integer type: held as int32 */
+static inline int mt_bits(int t) { return sdc_dtype_bits(t); } /* element size in bits in stored form; 0 for STRING/unknown */
+/* "fp16", "int32", ... as MIL text spells them */
+static inline const char *mt_name(int t) {
+    const sdc_dtype_info *d = sdc_dtype_info_of(t);
+    return d ? d->mil_name : "unknown";
+}
 
 /* ---------------------------------------------------------------- tensors */
 
@@ -106,8 +113,10 @@ static inline float it_getf(const itensor *t, size_t i) { return mt_is_float(t->
 static inline int64_t it_geti(const itensor *t, size_t i) {
     return mt_is_float(t->dtype) ? (int64_t)t->f[i] : (int64_t)t->i[i];
 }
-/* "[1, 77, 768]" */
-const char *shape_str(int rank, const int64_t *shape, char *buf, size_t size);
+/* "[1, 77, 768]" (common.h's printer, arguments in the interpreter's rank-first order) */
+static inline const char *shape_str(int rank, const int64_t *shape, char *buf, size_t size) {
+    return sdc_shape_str(shape, rank, buf, size);
+}
 
 /* ---------------------------------------------------------------- threads, BLAS, fp16 */
 
@@ -201,12 +210,13 @@ typedef struct iparam {
 typedef struct irun irun;
 typedef struct iop iop;
 typedef sdc_status (*iop_fn)(irun *r, const iop *op);
+typedef sdc_status (*iop_value_fn)(irun *r, const iop *op, itensor **out);
 
 typedef struct iop_def {
     const char *type;
-    iop_fn fn;
-    int code;  /* variant for kernels shared by several op types */
-    bool constexpr_op;
+    iop_fn fn;          /* the kernel; NULL for constexpr ops */
+    int code;           /* variant for kernels shared by several op types */
+    iop_value_fn value; /* constexpr ops: computes the op's value when it is read; NULL otherwise */
 } iop_def;
 
 struct iop {
@@ -219,12 +229,16 @@ struct iop {
     int *outs;
 };
 
-const iop_def *iop_find(const char *type);
+const iop_def *iop_find(const char *type); /* optable.c */
+
+/* Loads the package into m (load.c); interp_model_release frees what a load made, also after
+   a failed one. */
+sdc_status interp_model_load(const char *pkg, struct sdc_model *m, sdc_err *err);
+void interp_model_release(struct sdc_model *m);
 
 struct sdc_model {
     char *path;
-    void *proto;          /* Sdc__Coreml__Model */
-    uint8_t *proto_buf;
+    struct sdc_package *pkg; /* the opened package; its protobuf outlives the load (strings are borrowed) */
     struct ifile *files;  /* mapped blob files */
     int n_files;
     islot *slots;
@@ -251,6 +265,12 @@ struct irun {
     sdc_err *err;
     const iop *op;
 };
+
+/* ---------------------------------------------------------------- accessors (access.c) */
+
+/* The value of slot s as op reads it: a runtime value, or a constant decoded (and kept as a
+   temporary of the op) when needed. NULL on error. */
+itensor *sdc_interp_slot_value(irun *r, const iop *op, int s);
 
 /* Records an error naming the package and the op; returns its code. */
 sdc_status rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt, ...)
@@ -296,7 +316,7 @@ typedef struct red_plan {
 sdc_status red_plan_make(irun *r, const iop *op, const itensor *x, const bool *reduced, red_plan *p);
 void red_plan_free(red_plan *p);
 
-/* Evaluates a constexpr op's value (used by load.c and exec.c). */
+/* Evaluates a constexpr op's value (consts.c); reached through the op table's `value`. */
 sdc_status constexpr_eval(irun *r, const iop *op, itensor **out);
 
 /* Variants (iop_def.code) of the shared kernels. */
@@ -355,6 +375,5 @@ sdc_status k_range_1d(irun *r, const iop *op);
 sdc_status k_upsample_nn(irun *r, const iop *op);
 sdc_status k_shape(irun *r, const iop *op);
 sdc_status k_sdpa(irun *r, const iop *op);
-sdc_status k_constexpr(irun *r, const iop *op); /* never executed: constexpr ops are sources */
 
 #endif

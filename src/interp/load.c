@@ -7,21 +7,12 @@
  * against the declared dtype, offsets and sizes inside weight.bin), names bound before use
  * and never rebound, and op types known. Errors name the model file and the op or value.
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <jansson.h>
-
-#include "coreml.pb-c.h"
-#include "interp/interp.h"
+#include "coreml/blob.h"
 #include "coreml/package.h"
+#include "interp/interp.h"
+#include "io/fp16.h"
 
 enum { MAX_CONSTEXPR_DEPTH = 8 };
-#include "io/fp16.h"
-#include "source/source.h"
 
 #define EAGER_ELEMS 4096 /* constants this small are decoded once at load */
 
@@ -33,8 +24,7 @@ typedef Sdc__Coreml__Block PBlock;
 
 struct ifile {
     char *name; /* as written in the BlobFileValue */
-    uint8_t *map;
-    size_t size;
+    sdc_blob_file blob;
 };
 
 /* ---------------------------------------------------------------- arena */
@@ -135,8 +125,8 @@ static void map_free(name_map *nm) {
 
 typedef struct loader {
     sdc_model *m;
+    const sdc_package *pkg;
     const char *model_path; /* .../Data/com.apple.CoreML/model.mlmodel */
-    char model_dir[4096];
     sdc_err *err;
     name_map *names;
     int anon; /* counter for inline values */
@@ -227,40 +217,19 @@ static sdc_status open_blob_file(loader *L, const char *name, struct ifile **out
             return SDC_OK;
         }
     }
-    static const char prefix[] = "@model_path/";
-    const char *rel = name + sizeof prefix - 1;
-    if (strncmp(name, prefix, sizeof prefix - 1) || !*rel || rel[0] == '/' || strstr(rel, ".."))
-        return sdc_fail(L->err, SDC_E_FORMAT, "%s: blob file name '%s' is not @model_path/<relative path>", L->model_path, name);
     char path[8192];
-    if (!sdc_fmt(path, sizeof path, "%s/%s", L->model_dir, rel))
-        return sdc_fail(L->err, SDC_E_ARG, "%s: blob path too long", L->model_path);
+    sdc_status st = sdc_package_blob_path(L->pkg, name, path, sizeof path, L->err);
+    if (st) return st;
     struct ifile *files = sdc_realloc(m->files, sizeof *files * (size_t)(m->n_files + 1));
     if (!files) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
     m->files = files;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return sdc_fail(L->err, SDC_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 64) {
-        close(fd);
-        return sdc_fail(L->err, SDC_E_FORMAT, "%s: not a blob storage file (shorter than its 64-byte header)", path);
-    }
+    struct ifile *f = &m->files[m->n_files];
     /* every weight is read by a prediction anyway: populating the mapping up front costs far
        less than faulting it in page by page during the first run */
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return sdc_fail(L->err, SDC_E_IO, "%s: cannot map: %s", path, strerror(errno));
-    const uint8_t *h = map;
-    uint32_t version = (uint32_t)h[4] | (uint32_t)h[5] << 8 | (uint32_t)h[6] << 16 | (uint32_t)h[7] << 24;
-    if (version != 2) {
-        munmap(map, (size_t)st.st_size);
-        return sdc_fail(L->err, SDC_E_FORMAT, "%s: blob storage version %u (expected 2)", path, version);
-    }
-    struct ifile *f = &m->files[m->n_files];
+    if ((st = sdc_blob_file_open(path, true, &f->blob, L->err))) return st;
     f->name = arena_strdup(m, name);
-    f->map = map;
-    f->size = (size_t)st.st_size;
     if (!f->name) {
-        munmap(map, f->size);
+        sdc_blob_file_close(&f->blob);
         return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
     }
     m->n_files++;
@@ -268,54 +237,34 @@ static sdc_status open_blob_file(loader *L, const char *name, struct ifile **out
     return SDC_OK;
 }
 
+/* The blob storage code of a MIL dtype: every code the format defines, not only those the
+   writer uses. */
 static uint32_t blob_code(int dt) {
-    switch (dt) {
-    case MT_FP16: return 1;
-    case MT_FP32: return 2;
-    case MT_UINT8: return 3;
-    case MT_INT8: return 4;
-    case MT_BF16: return 5;
-    case MT_INT16: return 6;
-    case MT_UINT16: return 7;
-    case MT_INT4: return 8;
-    case MT_UINT1: return 9;
-    case MT_UINT2: return 10;
-    case MT_UINT4: return 11;
-    case MT_UINT3: return 12;
-    case MT_UINT6: return 13;
-    case MT_INT32: return 14;
-    case MT_UINT32: return 15;
-    default: return 0;
-    }
+    const sdc_dtype_info *d = sdc_dtype_info_of(dt);
+    return d ? d->blob : 0;
 }
 
+/* How a stored element of dtype dt is decoded, from its encoding and width. */
 static raw_fmt fmt_of(int dt, int *bits) {
-    *bits = mt_bits(dt);
-    switch (dt) {
-    case MT_FP16: return RAW_F16;
-    case MT_FP32: return RAW_F32;
-    case MT_FP64: return RAW_F64;
-    case MT_BF16: return RAW_BF16;
-    case MT_INT8: return RAW_I8;
-    case MT_UINT8: case MT_BOOL: return RAW_U8;
-    case MT_INT16: return RAW_I16;
-    case MT_UINT16: return RAW_U16;
-    case MT_INT32: return RAW_I32;
-    case MT_UINT32: return RAW_U32;
-    case MT_INT64: return RAW_I64;
-    case MT_UINT64: return RAW_U64;
-    case MT_INT4: return RAW_SBITS;
-    default: return RAW_BITS; /* uint1..uint6 */
+    const sdc_dtype_info *d = sdc_dtype_info_of(dt);
+    *bits = d ? d->bits : 0;
+    if (!d) return RAW_BITS;
+    /* by width in bytes */
+    static const raw_fmt ieee_fmt[] = {[2] = RAW_F16, [4] = RAW_F32, [8] = RAW_F64};
+    static const raw_fmt signed_fmt[] = {[1] = RAW_I8, [2] = RAW_I16, [4] = RAW_I32, [8] = RAW_I64};
+    static const raw_fmt unsigned_fmt[] = {[1] = RAW_U8, [2] = RAW_U16, [4] = RAW_U32, [8] = RAW_U64};
+    int bytes = d->bits / 8;
+    bool whole = d->bits % 8 == 0 && bytes >= 1 && bytes <= 8;
+    switch (d->enc) {
+    case SDC_ENC_IEEE: return ieee_fmt[bytes];
+    case SDC_ENC_BFLOAT: return RAW_BF16;
+    case SDC_ENC_BOOL: return RAW_U8;
+    case SDC_ENC_SIGNED: return whole ? signed_fmt[bytes] : RAW_SBITS;
+    default: return whole ? unsigned_fmt[bytes] : RAW_BITS; /* uint1..uint6 */
     }
 }
 
 static uint64_t packed_bytes(size_t n, int bits) { return ((uint64_t)n * (uint64_t)bits + 7) / 8; }
-
-static uint64_t rd64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
-    return v;
-}
 
 static sdc_status blob_source(loader *L, const Sdc__Coreml__Value__BlobFileValue *b, islot *s, const char *what) {
     struct ifile *f;
@@ -331,29 +280,26 @@ static sdc_status blob_source(loader *L, const Sdc__Coreml__Value__BlobFileValue
     for (int i = 0; i < s->rank; i++)
         if (s->shape[i] < 0)
             return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: a blob value needs a fully known shape", L->model_path, what);
-    if (off < 64 || off > f->size - 64)
+    sdc_blob_record rec;
+    if (!sdc_blob_record_at(&f->blob, off, &rec))
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: blob offset %llu is outside %s", L->model_path, what,
                         (unsigned long long)off, f->name);
-    const uint8_t *rec = f->map + off;
-    uint32_t sentinel = (uint32_t)rec[0] | (uint32_t)rec[1] << 8 | (uint32_t)rec[2] << 16 | (uint32_t)rec[3] << 24;
-    uint32_t code = (uint32_t)rec[4] | (uint32_t)rec[5] << 8 | (uint32_t)rec[6] << 16 | (uint32_t)rec[7] << 24;
-    uint64_t size = rd64(rec + 8), data = rd64(rec + 16), pad_bits = rd64(rec + 24);
-    if (sentinel != 0xDEADBEEFu)
+    if (!rec.sentinel_ok)
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: no blob record at offset %llu of %s (bad sentinel)", L->model_path, what,
                         (unsigned long long)off, f->name);
-    if (code != want)
+    if (rec.code != want)
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: blob at offset %llu has dtype code %u but the value is %s (code %u)",
-                        L->model_path, what, (unsigned long long)off, code, mt_name(s->dtype), want);
+                        L->model_path, what, (unsigned long long)off, rec.code, mt_name(s->dtype), want);
     uint64_t need = packed_bytes(n, mt_bits(s->dtype));
-    if (size != need || data > f->size || size > f->size - data || pad_bits >= 8)
+    if (rec.size != need || !sdc_blob_data_inside(&f->blob, &rec) || rec.padding_bits >= 8)
         return sdc_fail(L->err, SDC_E_FORMAT,
                         "%s: %s: blob at offset %llu holds %llu bytes at %llu, but shape %s of %s needs %llu bytes inside the %zu-byte file",
-                        L->model_path, what, (unsigned long long)off, (unsigned long long)size, (unsigned long long)data,
+                        L->model_path, what, (unsigned long long)off, (unsigned long long)rec.size, (unsigned long long)rec.data,
                         shape_str(s->rank, s->shape, (char[160]){0}, 160), mt_name(s->dtype), (unsigned long long)need,
-                        f->size);
+                        f->blob.map.size);
     s->src.kind = CS_RAW;
     s->src.fmt = fmt_of(s->dtype, &s->src.bits);
-    s->src.ptr = f->map + data;
+    s->src.ptr = f->blob.map.data + rec.data;
     s->src.n = n;
     return SDC_OK;
 }
@@ -529,7 +475,7 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: has %zu outputs", L->model_path, what, po->n_outputs);
     if (is_const && po->n_outputs != 1)
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: a const op has exactly one output", L->model_path, what);
-    bool constexpr_op = op->def && op->def->constexpr_op;
+    bool constexpr_op = op->def && op->def->value;
 
     /* parameters: inputs (and, for iOS 16 constexpr ops, attributes) */
     int cap = 0;
@@ -645,13 +591,10 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
 
 /* ---------------------------------------------------------------- descriptions */
 
+/* The ndarray dtype of a MultiArray description, or -1 for those predictions do not return. */
 static int nd_from_array_type(int t) {
-    switch (t) {
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT32: return SDC_ND_F32;
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__FLOAT16: return SDC_ND_F16;
-    case SDC__COREML__ARRAY_FEATURE_TYPE__ARRAY_DATA_TYPE__INT32: return SDC_ND_I32;
-    default: return -1;
-    }
+    const sdc_dtype_info *d = sdc_dtype_by_array_type(t);
+    return d ? sdc_dtype_to_nd(d->code) : -1;
 }
 
 static int nd_from_mt(int t) {
@@ -714,8 +657,6 @@ static sdc_status describe(loader *L, const PModel *pm) {
 }
 
 /* ---------------------------------------------------------------- entry */
-
-void interp_model_release(sdc_model *m);
 
 static sdc_status build(loader *L, const PModel *pm) {
     sdc_model *m = L->m;
@@ -796,7 +737,8 @@ static sdc_status decode_small(loader *L) {
                 csrc_read_i(&sl->src, 0, n, t->i);
             }
         } else {
-            sdc_status st = constexpr_eval(&r, &m->ops[sl->src.op], &t);
+            const iop *maker = &m->ops[sl->src.op];
+            sdc_status st = maker->def->value(&r, maker, &t);
             for (int i = 0; i < r.n_temps; i++) it_free(r.temps[i]);
             r.n_temps = 0;
             if (st) {
@@ -811,25 +753,15 @@ static sdc_status decode_small(loader *L) {
 }
 
 sdc_status interp_model_load(const char *pkg, sdc_model *m, sdc_err *err) {
-    loader L = {.m = m, .err = err};
-    char model_path[4096];
-    sdc_status s = sdc_package_root_model(pkg, model_path, sizeof model_path, err);
+    m->pkg = sdc_calloc(1, sizeof *m->pkg);
+    if (!m->pkg) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    sdc_status s = sdc_package_open(pkg, m->pkg, err);
     if (s) return s;
-    L.model_path = model_path;
-    const char *slash = strrchr(model_path, '/');
-    snprintf(L.model_dir, sizeof L.model_dir, "%.*s", (int)(slash - model_path), model_path);
-    size_t n = 0;
-    if ((s = sdc_package_read_model(model_path, &m->proto_buf, &n, err))) return s;
-    PModel *pm = sdc__coreml__model__unpack(NULL, n, m->proto_buf);
-    /* protobuf-c copies every string and byte field: the file buffer is not needed any more */
-    sdc_free(m->proto_buf);
-    m->proto_buf = NULL;
-    if (!pm) return sdc_fail(err, SDC_E_FORMAT, "%s: not a Core ML model protobuf", model_path);
-    m->proto = pm;
+    loader L = {.m = m, .err = err, .pkg = m->pkg, .model_path = m->pkg->model_path};
     L.names = sdc_calloc(1, sizeof *L.names);
     if (!L.names) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
     m->names = L.names;
-    s = build(&L, pm);
+    s = build(&L, m->pkg->model);
     if (!s) s = decode_small(&L);
     return s;
 }
@@ -839,11 +771,11 @@ void interp_model_release(sdc_model *m) {
         if (m->slots[s].val && m->slots[s].val->dtype != MT_STRING) it_free(m->slots[s].val);
     sdc_free(m->slots);
     sdc_free(m->ops);
-    for (int i = 0; i < m->n_files; i++) munmap(m->files[i].map, m->files[i].size);
+    for (int i = 0; i < m->n_files; i++) sdc_blob_file_close(&m->files[i].blob);
     sdc_free(m->files);
     map_free(m->names);
-    if (m->proto) sdc__coreml__model__free_unpacked(m->proto, NULL);
-    sdc_free(m->proto_buf);
+    if (m->pkg) sdc_package_close(m->pkg);
+    sdc_free(m->pkg);
     for (struct iarena *a = m->arena, *next; a; a = next) {
         next = a->next;
         sdc_free(a);

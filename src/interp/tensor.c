@@ -1,4 +1,4 @@
-/* tensor.c — dtypes, tensors, fp16 rounding and decoding of stored constants. */
+/* tensor.c — tensors, fp16 rounding and decoding of stored constants (dtypes: src/dtype.c). */
 #include <math.h>
 
 #include <pthread.h>
@@ -11,62 +11,6 @@
 #include <immintrin.h>
 #define SDC_X86 1
 #endif
-
-bool mt_valid(int t) { return mt_bits(t) > 0 || t == MT_STRING; }
-
-bool mt_is_float(int t) { return t == MT_FP16 || t == MT_FP32 || t == MT_FP64 || t == MT_BF16; }
-
-bool mt_is_int(int t) {
-    switch (t) {
-    case MT_BOOL: case MT_INT8: case MT_INT16: case MT_INT32: case MT_INT64: case MT_INT4:
-    case MT_UINT8: case MT_UINT16: case MT_UINT32: case MT_UINT64: case MT_UINT4: case MT_UINT2:
-    case MT_UINT1: case MT_UINT6: case MT_UINT3:
-        return true;
-    default:
-        return false;
-    }
-}
-
-int mt_bits(int t) {
-    switch (t) {
-    case MT_BOOL: case MT_INT8: case MT_UINT8: return 8;
-    case MT_FP16: case MT_BF16: case MT_INT16: case MT_UINT16: return 16;
-    case MT_FP32: case MT_INT32: case MT_UINT32: return 32;
-    case MT_FP64: case MT_INT64: case MT_UINT64: return 64;
-    case MT_INT4: case MT_UINT4: return 4;
-    case MT_UINT1: return 1;
-    case MT_UINT2: return 2;
-    case MT_UINT3: return 3;
-    case MT_UINT6: return 6;
-    default: return 0;
-    }
-}
-
-const char *mt_name(int t) {
-    switch (t) {
-    case MT_BOOL: return "bool";
-    case MT_STRING: return "string";
-    case MT_FP16: return "fp16";
-    case MT_FP32: return "fp32";
-    case MT_FP64: return "fp64";
-    case MT_BF16: return "bf16";
-    case MT_INT8: return "int8";
-    case MT_INT16: return "int16";
-    case MT_INT32: return "int32";
-    case MT_INT64: return "int64";
-    case MT_INT4: return "int4";
-    case MT_UINT8: return "uint8";
-    case MT_UINT16: return "uint16";
-    case MT_UINT32: return "uint32";
-    case MT_UINT64: return "uint64";
-    case MT_UINT4: return "uint4";
-    case MT_UINT2: return "uint2";
-    case MT_UINT1: return "uint1";
-    case MT_UINT6: return "uint6";
-    case MT_UINT3: return "uint3";
-    default: return "unknown";
-    }
-}
 
 /* Upper bound on one tensor's elements (2^36 floats = 256 GiB): larger is malformed. */
 #define MAX_ELEMS ((size_t)1 << 36)
@@ -183,15 +127,6 @@ void it_free(itensor *t) {
     if (!t) return;
     if (!t->borrowed) ibuf_free(t->p, t->cap);
     sdc_free(t);
-}
-
-const char *shape_str(int rank, const int64_t *shape, char *buf, size_t size) {
-    size_t n = 0;
-    n += (size_t)snprintf(buf, size, "[");
-    for (int i = 0; i < rank && n < size; i++)
-        n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (n < size) snprintf(buf + n, size - n, "]");
-    return buf;
 }
 
 /* ---------------------------------------------------------------- fp16 */

@@ -10,16 +10,15 @@ enum { NPY_MAX_HEADER = 1 << 20 };
 
 static const char MAGIC[6] = {'\x93', 'N', 'U', 'M', 'P', 'Y'};
 
+/* The dtype table's row of a public ndarray dtype; NULL for values outside the enum. */
+static const sdc_dtype_info *nd_info(sdc_nd_dtype t) { return sdc_dtype_info_of(sdc_dtype_from_nd(t)); }
+
 const char *sdc_nd_dtype_name(sdc_nd_dtype t) {
-    switch (t) {
-    case SDC_ND_F32: return "float32";
-    case SDC_ND_F16: return "float16";
-    case SDC_ND_I32: return "int32";
-    }
-    return "invalid";
+    const sdc_dtype_info *d = nd_info(t);
+    return d ? d->numpy : "invalid";
 }
 
-static size_t nd_itemsize(sdc_nd_dtype t) { return t == SDC_ND_F16 ? 2 : 4; }
+static size_t nd_itemsize(sdc_nd_dtype t) { return sdc_dtype_size(sdc_dtype_from_nd(t)); }
 
 size_t sdc_ndarray_numel(const sdc_ndarray *a) {
     size_t n = 1;
@@ -128,9 +127,10 @@ static sdc_status parse_header(const char *path, const char *text, size_t len, s
     if (h.p != h.end) return sdc_fail(err, SDC_E_FORMAT, "%s: trailing bytes after the .npy header dict", path);
     if (!seen_descr || !seen_fortran || !seen_shape)
         return sdc_fail(err, SDC_E_FORMAT, "%s: .npy header lacks descr, fortran_order or shape", path);
-    if (!strcmp(descr, "<f4")) a->dtype = SDC_ND_F32;
-    else if (!strcmp(descr, "<f2")) a->dtype = SDC_ND_F16;
-    else if (!strcmp(descr, "<i4")) a->dtype = SDC_ND_I32;
+    const sdc_dtype_info *d = sdc_dtype_by_npy_descr(descr);
+    int nd = d ? sdc_dtype_to_nd(d->code) : -1;
+    if (nd >= 0)
+        a->dtype = (sdc_nd_dtype)nd;
     else
         return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: .npy dtype '%s' is not supported (use float32 '<f4', float16 '<f2' or int32 '<i4')",
                         path, descr);
@@ -208,11 +208,11 @@ done:
 }
 
 sdc_status npy_write(const char *path, const sdc_ndarray *a, sdc_err *err) {
-    if (a->rank < 0 || a->rank > SDC_ND_MAX_RANK || (a->dtype != SDC_ND_F32 && a->dtype != SDC_ND_F16 && a->dtype != SDC_ND_I32))
+    if (a->rank < 0 || a->rank > SDC_ND_MAX_RANK || !nd_info(a->dtype))
         return sdc_fail(err, SDC_E_ARG, "%s: cannot write an array of this rank or dtype", path);
     char dict[512];
     int len = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
-                       a->dtype == SDC_ND_F32 ? "<f4" : a->dtype == SDC_ND_F16 ? "<f2" : "<i4");
+                       nd_info(a->dtype)->npy_descr);
     for (int i = 0; i < a->rank; i++) {
         if (a->shape[i] < 0) return sdc_fail(err, SDC_E_ARG, "%s: negative dimension", path);
         len += snprintf(dict + len, sizeof dict - (size_t)len, "%lld,%s", (long long)a->shape[i], i + 1 < a->rank ? " " : "");

@@ -10,12 +10,10 @@
 #include "io/safetensors.h"
 
 #include "io/fp16.h"
+#include "io/mapfile.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 struct sdc_st_file {
@@ -44,16 +42,6 @@ static sdc_status st_fail(sdc_err *err, sdc_status code, const char *fmt, ...) {
     return sdc_fail(err, code, "%s", line);
 }
 
-/* Formats a shape as "[4, 4]" for messages; truncates quietly if it does not fit. */
-static const char *shape_str(const int64_t *shape, int rank, char *buf, size_t size) {
-    size_t used = (size_t)snprintf(buf, size, "[");
-    for (int i = 0; i < rank && used < size; i++)
-        used += (size_t)snprintf(buf + used, size - used, "%s%lld", i ? ", " : "",
-                                 (long long)shape[i]);
-    if (used < size) snprintf(buf + used, size - used, "]");
-    return buf;
-}
-
 /* A JSON value as compact text for messages, e.g. a malformed shape. Caller frees. */
 static char *json_text(const json_t *v) {
     char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -63,26 +51,17 @@ static char *json_text(const json_t *v) {
 
 /* ---- dtypes ------------------------------------------------------------------------- */
 
-static const struct {
-    const char *name;
-    sdc_dtype dtype;
-} supported_dtypes[] = {
-    {"F64", SDC_DT_F64}, {"F32", SDC_DT_F32}, {"F16", SDC_DT_F16},   {"BF16", SDC_DT_BF16},
-    {"I64", SDC_DT_I64}, {"I32", SDC_DT_I32}, {"I16", SDC_DT_I16},   {"I8", SDC_DT_I8},
-    {"U8", SDC_DT_U8},   {"BOOL", SDC_DT_BOOL}, {"U16", SDC_DT_U16}, {"U32", SDC_DT_U32},
-    {"U64", SDC_DT_U64},
-};
-
 /* dtypes the format defines that this reader does not (8-bit floats, sub-byte, complex). */
 static const char *const known_unsupported_dtypes[] = {
     "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2",
     "C64",
 };
 
+/* The dtypes this reader supports are those of the dtype table with a converter name, which
+   is safetensors' spelling; STRING is MIL's only. */
 static sdc_dtype dtype_from_name(const char *name) {
-    for (size_t i = 0; i < SDC_COUNT_OF(supported_dtypes); i++)
-        if (strcmp(name, supported_dtypes[i].name) == 0) return supported_dtypes[i].dtype;
-    return SDC_DT_INVALID;
+    const sdc_dtype_info *d = sdc_dtype_by_name(name);
+    return d && d->enc != SDC_ENC_STRING ? d->code : SDC_DT_INVALID;
 }
 
 static bool dtype_is_known_unsupported(const char *name) {
@@ -148,7 +127,7 @@ static sdc_status parse_shape(const char *path, const char *name, const json_t *
             char sbuf[256];
             return st_fail(err, SDC_E_FORMAT,
                            "%s: tensor '%s': element count of shape %s overflows 64 bits", path,
-                           name, shape_str(t->shape, t->rank, sbuf, sizeof sbuf));
+                           name, sdc_shape_str(t->shape, t->rank, sbuf, sizeof sbuf));
         }
     }
     return SDC_OK;
@@ -208,7 +187,7 @@ static sdc_status parse_tensor(const char *path, const char *name, const json_t 
     if (!sdc_mul_u64(t->numel, sdc_dtype_size(t->dtype), &need))
         return st_fail(err, SDC_E_FORMAT,
                        "%s: tensor '%s': byte size of shape %s of %s overflows 64 bits", path,
-                       name, shape_str(t->shape, t->rank, sbuf, sizeof sbuf),
+                       name, sdc_shape_str(t->shape, t->rank, sbuf, sizeof sbuf),
                        sdc_dtype_name(t->dtype));
     t->nbytes = end - *begin;
     if (t->nbytes != need)
@@ -217,7 +196,7 @@ static sdc_status parse_tensor(const char *path, const char *name, const json_t 
                        "%s needs %llu",
                        path, name, (unsigned long long)*begin, (unsigned long long)end,
                        (unsigned long long)t->nbytes,
-                       shape_str(t->shape, t->rank, sbuf, sizeof sbuf), sdc_dtype_name(t->dtype),
+                       sdc_shape_str(t->shape, t->rank, sbuf, sizeof sbuf), sdc_dtype_name(t->dtype),
                        (unsigned long long)need);
     return SDC_OK;
 }
@@ -375,42 +354,14 @@ static uint64_t load_le(const uint8_t *p, size_t nbytes) {
     return v;
 }
 
-/* Maps the file read-only; a zero-length file is reported before mmap, which rejects it. */
+/* Maps the file read-only (io/mapfile.c); its message goes through st_fail to stay on one line. */
 static sdc_status map_file(sdc_st_file *f, sdc_err *err) {
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        struct stat lsb;
-        if (e == ENOENT && lstat(f->path, &lsb) == 0) /* a Hub cache link to a missing blob */
-            return st_fail(err, SDC_E_NOTFOUND,
-                           "%s: cannot open: dangling symbolic link (incomplete download?)",
-                           f->path);
-        return st_fail(err, e == ENOENT ? SDC_E_NOTFOUND : SDC_E_IO, "%s: cannot open: %s",
-                       f->path, strerror(e));
-    }
-    struct stat sb;
-    sdc_status st = SDC_OK;
-    if (fstat(fd, &sb) != 0)
-        st = st_fail(err, SDC_E_IO, "%s: cannot stat: %s", f->path, strerror(errno));
-    else if (!S_ISREG(sb.st_mode))
-        st = st_fail(err, SDC_E_IO, "%s: not a regular file", f->path);
-    else if ((uint64_t)sb.st_size < 8)
-        st = st_fail(err, SDC_E_FORMAT,
-                     "%s: file is %lld bytes, too short for the 8-byte header length", f->path,
-                     (long long)sb.st_size);
-    else if ((uint64_t)sb.st_size > SIZE_MAX)
-        st = st_fail(err, SDC_E_UNSUPPORTED, "%s: file too large to map", f->path);
-    if (!st) {
-        void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED)
-            st = st_fail(err, SDC_E_IO, "%s: cannot mmap: %s", f->path, strerror(errno));
-        else {
-            f->map = m;
-            f->map_size = (size_t)sb.st_size;
-        }
-    }
-    close(fd); /* the mapping stays valid without the descriptor */
-    return st;
+    sdc_err e = {0};
+    sdc_mapped_file mf;
+    if (sdc_map_file(f->path, 8, "8-byte header length", false, &mf, &e)) return st_fail(err, e.code, "%s", e.msg);
+    f->map = mf.data;
+    f->map_size = mf.size;
+    return SDC_OK;
 }
 
 sdc_status sdc_st_open(const char *path, sdc_st_file **out, sdc_err *err) {
@@ -451,7 +402,7 @@ void sdc_st_close(sdc_st_file *f) {
     for (size_t i = 0; i < f->count; i++) sdc_free((char *)f->tensors[i].name);
     sdc_free(f->tensors);
     sdc_free(f->by_name);
-    if (f->map) munmap((void *)f->map, f->map_size);
+    sdc_unmap_file(&(sdc_mapped_file){.data = f->map, .size = f->map_size});
     sdc_free(f->path);
     sdc_free(f);
 }

@@ -198,12 +198,7 @@ bool mil_shape_eq(const mil_type *a, const mil_type *b) {
 }
 
 const char *mil_shape_str(const mil_type *t, char *buf, size_t size) {
-    size_t n = 0;
-    n += (size_t)snprintf(buf + n, size - n, "[");
-    for (int i = 0; i < t->rank && n < size; i++)
-        n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-    if (n < size) snprintf(buf + n, size - n, "]");
-    return buf;
+    return sdc_shape_str(t->shape, t->rank, buf, size);
 }
 
 /* ---------------------------------------------------------------- ops (shared plumbing) */

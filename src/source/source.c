@@ -563,15 +563,6 @@ const sdc_tensor *sdc_weights_find(const sdc_weights *w, const char *name) {
     return hit ? *hit : NULL;
 }
 
-static const char *shape_str(const int64_t *shape, int rank, char *buf, size_t size) {
-    size_t used = (size_t)snprintf(buf, size, "[");
-    for (int i = 0; i < rank && used < size; i++)
-        used += (size_t)snprintf(buf + used, size - used, "%s%lld", i ? ", " : "",
-                                 (long long)shape[i]);
-    if (used < size) snprintf(buf + used, size - used, "]");
-    return buf;
-}
-
 static bool same_shape(const sdc_tensor *t, int rank, const int64_t *shape) {
     if (t->rank != rank) return false;
     for (int i = 0; i < rank; i++)
@@ -592,8 +583,8 @@ sdc_status sdc_weights_get(const sdc_weights *w, const char *name, int rank, con
     if (!same_shape(t, rank, shape)) {
         char want[256], have[256];
         return src_fail(err, SDC_E_FORMAT, "%s: tensor '%s' has shape %s but %s is expected",
-                        file, name, shape_str(t->shape, t->rank, have, sizeof have),
-                        shape_str(shape, rank, want, sizeof want));
+                        file, name, sdc_shape_str(t->shape, t->rank, have, sizeof have),
+                        sdc_shape_str(shape, rank, want, sizeof want));
     }
     *out = t;
     return SDC_OK;

@@ -1,0 +1,55 @@
+/* mapfile.c — one read-only file mapping for every weight reader (see mapfile.h). */
+#include "io/mapfile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static sdc_status open_failure(const char *path, int e, sdc_err *err) {
+    struct stat lsb;
+    if (e == ENOENT && lstat(path, &lsb) == 0) /* a Hub cache link to a missing blob */
+        return sdc_fail(err, SDC_E_NOTFOUND, "%s: cannot open: dangling symbolic link (incomplete download?)", path);
+    return sdc_fail(err, e == ENOENT ? SDC_E_NOTFOUND : SDC_E_IO, "%s: cannot open: %s", path, strerror(e));
+}
+
+/* The size of an open descriptor's file, after checking that it can be mapped. */
+static sdc_status mappable_size(int fd, const char *path, size_t min_size, const char *header, size_t *size,
+                                sdc_err *err) {
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) return sdc_fail(err, SDC_E_IO, "%s: cannot stat: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode)) return sdc_fail(err, SDC_E_IO, "%s: not a regular file", path);
+    if ((uint64_t)sb.st_size < min_size)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: file is %lld bytes, too short for the %s", path, (long long)sb.st_size,
+                        header);
+    if ((uint64_t)sb.st_size > SIZE_MAX) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: file too large to map", path);
+    *size = (size_t)sb.st_size;
+    return SDC_OK;
+}
+
+sdc_status sdc_map_file(const char *path, size_t min_size, const char *header, bool populate, sdc_mapped_file *out,
+                        sdc_err *err) {
+    memset(out, 0, sizeof *out);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return open_failure(path, errno, err);
+    size_t size = 0;
+    sdc_status st = mappable_size(fd, path, min_size, header, &size, err);
+    if (!st && size) { /* mmap refuses a zero length; an empty file maps to nothing */
+        void *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE | (populate ? MAP_POPULATE : 0), fd, 0);
+        if (m == MAP_FAILED) {
+            st = sdc_fail(err, SDC_E_IO, "%s: cannot mmap: %s", path, strerror(errno));
+        } else {
+            out->data = m;
+            out->size = size;
+        }
+    }
+    close(fd); /* the mapping stays valid without the descriptor */
+    return st;
+}
+
+void sdc_unmap_file(sdc_mapped_file *f) {
+    if (f->data) munmap((void *)f->data, f->size);
+    f->data = NULL;
+    f->size = 0;
+}

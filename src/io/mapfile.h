@@ -1,0 +1,21 @@
+/* mapfile.h — mapping a whole file read-only (weights: safetensors, weight.bin). */
+#ifndef SDC_MAPFILE_H
+#define SDC_MAPFILE_H
+
+#include "common.h"
+
+typedef struct sdc_mapped_file {
+    const uint8_t *data; /* the whole file; NULL when empty or not mapped */
+    size_t size;
+} sdc_mapped_file;
+
+/* Maps `path` read-only, refusing what is not a regular file. A file shorter than `min_size`
+   is not mapped (SDC_E_FORMAT, the message says which header it is too short for). With
+   `populate`, every page is read in now (for data that will all be read anyway). Errors name
+   the file; a missing file is SDC_E_NOTFOUND (a dangling link, as an unfinished Hub download
+   leaves, is said to be one). */
+sdc_status sdc_map_file(const char *path, size_t min_size, const char *header, bool populate, sdc_mapped_file *out,
+                        sdc_err *err);
+void sdc_unmap_file(sdc_mapped_file *f);
+
+#endif
