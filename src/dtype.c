@@ -95,3 +95,8 @@ int sdc_dtype_to_nd(sdc_dtype t) {
 sdc_dtype sdc_dtype_from_nd(sdc_nd_dtype t) {
     return (size_t)t < sizeof ND_DTYPES / sizeof ND_DTYPES[0] ? ND_DTYPES[t] : SDC_DT_INVALID;
 }
+
+uint32_t sdc_dtype_blob_code(sdc_dtype t) {
+    const sdc_dtype_info *d = sdc_dtype_info_of(t);
+    return d && d->blob_since_spec && d->blob_since_spec <= 8 ? d->blob : 0;
+}

@@ -106,6 +106,11 @@ int sdc_dtype_bits(int t);               /* element size in bits in stored form;
 bool sdc_dtype_is_float(int t);          /* fp16, fp32, fp64, bf16 */
 bool sdc_dtype_is_int(int t);            /* bool and every integer type */
 
+/* The blob code a const of this dtype is written with when it goes to weight.bin whole (the
+   dtypes coremltools writes to blobs up to spec 8: fp16, fp32, uint8, int8), or 0 when it
+   cannot (sub-byte dtypes go to blobs only as palettized indices). */
+uint32_t sdc_dtype_blob_code(sdc_dtype t);
+
 /* The public sdc_nd_dtype (sdcoreml.h) of an element type, or -1; and back. */
 int sdc_dtype_to_nd(sdc_dtype t);
 sdc_dtype sdc_dtype_from_nd(sdc_nd_dtype t);

@@ -10,11 +10,6 @@ static void put_u64(uint8_t *p, uint64_t v) {
     for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 
-uint32_t sdc_blob_code(sdc_dtype t) {
-    const sdc_dtype_info *d = sdc_dtype_info_of(t);
-    return d && d->blob_since_spec && d->blob_since_spec <= 8 ? d->blob : 0;
-}
-
 static uint32_t get_u32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }

@@ -21,9 +21,6 @@ enum {
     SDC_BLOB_SENTINEL = 0xDEADBEEF,
 };
 
-/* Blob dtype code for a tensor dtype, or 0 when coremltools would not put it in a blob for
-   spec <= 8 (the dtype table's blob_since_spec). */
-uint32_t sdc_blob_code(sdc_dtype t);
 /* Offset of the record that follows a blob whose record is at `record` with `nbytes` data. */
 uint64_t sdc_blob_next_record(uint64_t record, uint64_t nbytes);
 

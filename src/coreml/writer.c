@@ -328,7 +328,7 @@ static sdc_status stream_palettized(stream_state *st, pb_ctx *c, bool ios18, con
                         index_blob_code(v->lut_bits, ios18), &slot->in_blob, &slot->record, &slot->bytes, err);
     if (!s && v->const_kind == MIL_CONST_WEIGHT) sdc_tensor_release(v->weight.src);
     if (!s)
-        s = stream_part(st, c, v, ts, MIL_PART_TABLE, &ms->part[MIL_PART_TABLE], sdc_blob_code(v->type.dtype),
+        s = stream_part(st, c, v, ts, MIL_PART_TABLE, &ms->part[MIL_PART_TABLE], sdc_dtype_blob_code(v->type.dtype),
                         &slot->lut_in_blob, &slot->lut_record, &slot->lut_bytes, err);
     if (ts) v->transform->close(ts);
     return s;
@@ -371,7 +371,7 @@ static sdc_status write_blobs(const mil_graph *g, const char *bin_path, const_sl
         }
         uint64_t nbytes = ms.part[0].nbytes;
         slots[i].in_blob = true;
-        s = sdc_blob_begin(&st.blob, sdc_blob_code(v->type.dtype), nbytes, &slots[i].record, err);
+        s = sdc_blob_begin(&st.blob, sdc_dtype_blob_code(v->type.dtype), nbytes, &slots[i].record, err);
         if (s) break;
         if (v->const_kind == MIL_CONST_WEIGHT) {
             s = stream_weight(&st, v, err);

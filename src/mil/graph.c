@@ -430,11 +430,6 @@ bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits, const mil_transfor
 
 /* ---------------------------------------------------------------- how a const is stored */
 
-/* The dtypes blob storage v2 holds whole (sub-byte indices are the palettized case). */
-static bool blob_dtype(sdc_dtype t) {
-    return t == SDC_DT_F16 || t == SDC_DT_F32 || t == SDC_DT_U8 || t == SDC_DT_I8;
-}
-
 /* coremltools writes a value to weight.bin from 10 elements on. */
 static mil_stored_part stored_part(uint64_t count, int bits, uint64_t elements, bool blob_type) {
     mil_stored_part p = {.count = count, .bits = bits, .nbytes = (count * (uint64_t)bits + 7) / 8};
@@ -461,7 +456,7 @@ mil_storage sdc_mil_const_storage(const mil_var *v) {
         palettized_parts(v, &st);
     } else {
         uint64_t n = mil_numel(&v->type);
-        st.part[0] = stored_part(n, 8 * (int)sdc_dtype_size(v->type.dtype), n, blob_dtype(v->type.dtype));
+        st.part[0] = stored_part(n, 8 * (int)sdc_dtype_size(v->type.dtype), n, sdc_dtype_blob_code(v->type.dtype) != 0);
         st.n_parts = 1;
     }
     for (int i = 0; i < st.n_parts; i++) {

@@ -27,7 +27,7 @@ static void test_blob_codes(void) {
     /* the writer's rule (spec <= 8): fp16, fp32, uint8, int8 only */
     for (int t = 0; t < 64; t++) {
         bool writer_blob = t == SDC_DT_F16 || t == SDC_DT_F32 || t == SDC_DT_U8 || t == SDC_DT_I8;
-        CHECK(!!sdc_blob_code((sdc_dtype)t) == writer_blob);
+        CHECK(!!sdc_dtype_blob_code((sdc_dtype)t) == writer_blob);
     }
 }
 
