@@ -166,6 +166,7 @@ int sdc_cli_run(int argc, char **argv) {
             fprintf(stderr, "sdcoreml: error: input '%s': %s\n", in_names[k], err);
             goto done;
         }
+        if (err[0]) fprintf(stderr, "sdcoreml: note: input '%s': %s: %s\n", in_names[k], in_files[k], err);
         n_read = k + 1;
         inputs[k].name = in_names[k];
         bool same = inputs[k].rank == d->rank;
@@ -230,7 +231,8 @@ int sdc_cli_run(int argc, char **argv) {
         }
     }
     if (as_json) {
-        char *text = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
+        /* reals (predict_seconds) with 6 significant digits, not the 17 of jansson's default */
+        char *text = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(6));
         if (text) printf("%s\n", text);
         free(text);
     } else {

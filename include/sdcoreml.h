@@ -215,8 +215,10 @@ void sdc_ndarrays_free(sdc_ndarray *arrays, int n); /* frees names, data and the
 float *sdc_ndarray_to_f32(const sdc_ndarray *a);
 
 /* NumPy .npy files (format versions 1.0, 2.0 and 3.0; dtypes <f4, <f2, <i4; C order).
-   sdc_npy_read fills name = NULL and malloc'd data (free with free()); other dtypes, Fortran
-   order and malformed headers are errors naming the file. sdc_npy_write writes atomically
+   sdc_npy_read fills name = NULL and malloc'd data (free with free()); float64 (<f8, NumPy's
+   default) is read as float32, as Core ML casts a Double input, and on success `err` then holds
+   a note saying so (else ""); other dtypes, Fortran order and malformed headers are errors
+   naming the file. sdc_npy_write writes atomically
    (a temporary file renamed into place). */
 sdc_status sdc_npy_read(const char *path, sdc_ndarray *out, char *err, size_t err_size);
 sdc_status sdc_npy_write(const char *path, const sdc_ndarray *a, char *err, size_t err_size);

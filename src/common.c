@@ -1,12 +1,20 @@
 /* common.c — errors and allocation shared by the whole library (dtypes: dtype.c). */
 #include "common.h"
 
+/* Control characters (from file names, tensor names, JSON tokens) become spaces, so that a
+   message stays one line whatever the input held. */
+static void one_line(char *msg) {
+    for (char *p = msg; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = ' ';
+}
+
 sdc_status sdc_fail(sdc_err *e, sdc_status code, const char *fmt, ...) {
     if (e && e->code == SDC_OK) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(e->msg, sizeof e->msg, fmt, ap);
         va_end(ap);
+        one_line(e->msg);
         e->code = code;
     }
     return code;
@@ -21,6 +29,7 @@ void sdc_err_prefix(sdc_err *e, const char *fmt, ...) {
     va_end(ap);
     memcpy(old, e->msg, sizeof old);
     snprintf(e->msg, sizeof e->msg, "%s%s", prefix, old);
+    one_line(e->msg);
 }
 
 _Noreturn void sdc_assert_fail(const char *file, int line, const char *expr) {

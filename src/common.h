@@ -23,7 +23,8 @@ typedef struct sdc_err {
     char msg[1024];
 } sdc_err;
 
-/* Records the first error (later ones keep the first message) and returns its code. */
+/* Records the first error (later ones keep the first message) and returns its code. The
+   message is kept on one line: control characters from names in it become spaces. */
 sdc_status sdc_fail(sdc_err *e, sdc_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Prefixes an existing message, e.g. with the component being converted. */

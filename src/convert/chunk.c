@@ -99,7 +99,7 @@ static sdc_status write_chunks(const sdc_conv_ctx *c, const sdc_conv_package *p,
     if (!s && need2) s = write_chunk(c, ch.chunk2, g, p2, w2, p->docs);
     if (s) sdc_err_prefix(c->err, "--chunk-unet: %s: ", what);
     sdc_chunks_free(&ch); /* before g: the chunks borrow from it */
-    mil_graph_free(g);
+    sdc_mil_graph_free(g);
     return s;
 }
 

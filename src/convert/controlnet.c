@@ -62,6 +62,7 @@ static sdc_status convert_one(const sdc_conv_ctx *c, const char *id) {
     if (!(s = sdc_unet_describe(&comp, true, &info, c->err)) && info.text_time)
         s = sdc_fail(c->err, SDC_E_UNSUPPORTED, "%s: SDXL ControlNets are not supported (as with the anchor)", id);
     if (!s && !(s = sdc_conv_latent_size(c, c->src, 64, &st.opt.latent_h, &st.opt.latent_w)) &&
+        !(s = sdc_conv_check_latent(c, c->src, info.downsamples, st.opt.latent_h, st.opt.latent_w)) &&
         !(s = sdc_pipeline_int(c->src, "text_encoder", "hidden_size", 0, &hidden, c->err)) &&
         !(s = sdc_pipeline_int(c->src, "text_encoder", "max_position_embeddings", 77, &positions, c->err))) {
         /* the anchor: encoder_hidden_states channels from the text encoder's hidden_size */

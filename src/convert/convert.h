@@ -174,6 +174,10 @@ sdc_status sdc_check_package(const sdc_conv_ctx *c, const char *package, const m
 /* Latent size: --latent-h/-w, else the UNet config's sample_size (an int or [h, w]), else dflt. */
 sdc_status sdc_conv_latent_size(const sdc_conv_ctx *c, const sdc_source *src, int64_t dflt, int *h, int *w);
 
+/* The latent size a UNet-like graph of `downsamples` halvings takes; the error names where the
+   size came from (--latent-h/-w, or sample_size of the UNet config). */
+sdc_status sdc_conv_check_latent(const sdc_conv_ctx *c, const sdc_source *src, int downsamples, int h, int w);
+
 /* The VAE to convert: --custom-vae-version (its vae/ folder, or config.json at its root), else
    the pipeline's vae/. *out is zeroed first, so it can be closed whatever happens. */
 sdc_status sdc_conv_vae_open(const sdc_conv_ctx *c, sdc_component *out);

@@ -130,12 +130,12 @@ sdc_status sdc_conv_emit(const sdc_conv_ctx *c, const sdc_conv_package *p) {
         sdc_conv_log(c, SDC_LOG_INFO, "converting %s%s", p->what, p->describe ? p->describe : "");
         if (!(s = p->build(c, p->state, false, &g)) && !(s = sdc_conv_palettize(c, g, p->what)))
             s = sdc_conv_write(c, g, p->path, p->what, p->docs);
-        mil_graph_free(g);
+        sdc_mil_graph_free(g);
         g = NULL;
     }
     if (!s && c->job->check_output_correctness) {
         if (!(s = p->build(c, p->state, true, &g))) s = sdc_check_package(c, p->path, g, p->what, p->hint);
-        mil_graph_free(g);
+        sdc_mil_graph_free(g);
         if (s == SDC_E_CHECK) sdc_conv_quarantine(c, p->path);
     }
     return s;
@@ -150,4 +150,17 @@ sdc_status sdc_conv_latent_size(const sdc_conv_ctx *c, const sdc_source *src, in
     *h = c->job->latent_h ? c->job->latent_h : (int)(dh > 0 && dh <= 1024 ? dh : 64);
     *w = c->job->latent_w ? c->job->latent_w : (int)(dw > 0 && dw <= 1024 ? dw : 64);
     return SDC_OK;
+}
+
+sdc_status sdc_conv_check_latent(const sdc_conv_ctx *c, const sdc_source *src, int downsamples, int h, int w) {
+    int64_t mult = (int64_t)1 << (downsamples > 0 && downsamples < 10 ? downsamples : 0);
+    if (h >= 1 && w >= 1 && h % mult == 0 && w % mult == 0 && h <= 1024 && w <= 1024) return SDC_OK;
+    const char *why = "positive multiples of %lld up to 1024 (the UNet halves the latent %d times)";
+    char rule[128];
+    snprintf(rule, sizeof rule, why, (long long)mult, downsamples);
+    if (c->job->latent_h || c->job->latent_w)
+        return sdc_fail(c->err, SDC_E_ARG, "--latent-h %d --latent-w %d: the latent height and width must be %s", h, w,
+                        rule);
+    return sdc_fail(c->err, SDC_E_UNSUPPORTED, "%s/unet/config.json: sample_size gives a %dx%d latent; it must be %s "
+                    "(give --latent-h/-w)", src->root, h, w, rule);
 }

@@ -71,7 +71,9 @@ static sdc_status convert_from(const sdc_conv_ctx *c, const sdc_source *src, con
                      }};
     sdc_unet_options *opt = &st.opt;
     if (!(s = sdc_unet_describe(&comp, false, &info, c->err)) && !(s = check_xl(c, src, &info, id)) &&
-        !(s = sdc_conv_latent_size(c, src, 64, &opt->latent_h, &opt->latent_w)) && !(s = context_length(c, src, &opt->context_len))) {
+        !(s = sdc_conv_latent_size(c, src, 64, &opt->latent_h, &opt->latent_w)) &&
+        !(s = sdc_conv_check_latent(c, src, info.downsamples, opt->latent_h, opt->latent_w)) &&
+        !(s = context_length(c, src, &opt->context_len))) {
         opt->n_time_ids = sdc_pipeline_requires_aesthetics_score(src) ? 5 : 6;
         for (int i = 0; i < info.notes.n; i++) sdc_conv_log(c, SDC_LOG_WARNING, "%s", info.notes.line[i]);
         char describe[4600];

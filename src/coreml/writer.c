@@ -89,7 +89,7 @@ static Sdc__Coreml__Value *pb_immediate(pb_ctx *c, const mil_type *t, const void
         PB_NEW(c, Sdc__Coreml__Value__ImmediateValue, SDC__COREML__VALUE__IMMEDIATE_VALUE__INIT);
     Sdc__Coreml__TensorValue *tv = PB_NEW(c, Sdc__Coreml__TensorValue, SDC__COREML__TENSOR_VALUE__INIT);
     if (!v || !iv || !tv) return NULL;
-    size_t n = (size_t)mil_numel(t);
+    size_t n = (size_t)sdc_mil_numel(t);
     switch (t->dtype) {
     case SDC_DT_F32: {
         Sdc__Coreml__TensorValue__RepeatedFloats *r = PB_NEW(
@@ -242,11 +242,12 @@ static void progress(stream_state *st) {
 
 static sdc_status stream_weight(stream_state *st, const mil_var *v, sdc_err *err) {
     const mil_weight *w = &v->weight;
-    uint64_t n = mil_numel(&v->type), overflows = 0;
+    uint64_t n = sdc_mil_numel(&v->type);
+    mil_value_faults faults = {0};
     size_t esize = sdc_dtype_size(v->type.dtype);
     for (uint64_t i = 0; i < n; i += CONVERT_CHUNK) {
         size_t k = (size_t)(n - i < CONVERT_CHUNK ? n - i : CONVERT_CHUNK);
-        const void *vals = sdc_mil_const_values(v, i, k, st->out, st->tmp, &overflows);
+        const void *vals = sdc_mil_const_values(v, i, k, st->out, st->tmp, &faults);
         sdc_status s = sdc_blob_write(&st->blob, vals, k * esize, err);
         if (s) return s;
         st->done += k * esize;
@@ -254,7 +255,7 @@ static sdc_status stream_weight(stream_state *st, const mil_var *v, sdc_err *err
             st->hooks->progress(st->hooks->user, st->hooks->what, st->done, st->total);
     }
     sdc_tensor_release(w->src);
-    return overflows ? sdc_mil_overflow_error(v, overflows, err) : SDC_OK;
+    return sdc_mil_value_faults_check(v, &faults, err);
 }
 
 /* ---- palettized consts (--quantize-nbits): constexpr_lut_to_dense. The indices and the
@@ -336,11 +337,11 @@ static sdc_status stream_palettized(stream_state *st, pb_ctx *c, bool ios18, con
 
 /* Small weights (< 10 elements) are written inline, so they are materialised here. */
 static const void *materialise_small_weight(pb_ctx *c, const mil_var *v) {
-    size_t n = (size_t)mil_numel(&v->type);
+    size_t n = (size_t)sdc_mil_numel(&v->type);
     uint8_t *out = pb_array(c, n, sdc_dtype_size(v->type.dtype));
     float tmp[16];
-    uint64_t overflows = 0;
-    if (out) sdc_mil_const_values(v, 0, n, out, tmp, &overflows);
+    mil_value_faults faults = {0}; /* small weights are biases and norms: checked by builders' tests */
+    if (out) sdc_mil_const_values(v, 0, n, out, tmp, &faults);
     return out;
 }
 
@@ -743,7 +744,7 @@ static const char *opset_name(int opset) {
 sdc_status sdc_write_package(const mil_graph *g, const sdc_package_info *info, const char *path,
                              const sdc_write_hooks *hooks, sdc_err *err) {
     const char *opset = opset_name(g->opset);
-    SDC_ASSERT(opset && info->spec_version == g->opset + 1 && mil_graph_ok(g));
+    SDC_ASSERT(opset && info->spec_version == g->opset + 1 && sdc_mil_graph_ok(g));
     char tmp[4096], p[4096];
     if (!temp_path_for(path, tmp, sizeof tmp) || strlen(tmp) + 64 > sizeof tmp)
         return sdc_fail(err, SDC_E_ARG, "%s: path too long", path);

@@ -9,7 +9,7 @@
  */
 #include "interp/interp.h"
 
-sdc_status rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt, ...) {
+sdc_status sdc_rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt, ...) {
     char msg[800];
     va_list ap;
     va_start(ap, fmt);
@@ -19,21 +19,21 @@ sdc_status rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt, ...
     return sdc_fail(r->err, code, "%s: %s", r->m->path, msg);
 }
 
-const iparam *rt_param(const iop *op, const char *name) {
+const iparam *sdc_rt_param(const iop *op, const char *name) {
     for (int i = 0; i < op->n_params; i++)
         if (!strcmp(op->params[i].name, name)) return &op->params[i];
     return NULL;
 }
 
-ipool *rt_pool(irun *r) { return r->m->pool; }
+ipool *sdc_rt_pool(irun *r) { return r->m->pool; }
 
 static itensor *push_temp(irun *r, const iop *op, itensor *t) {
     if (r->n_temps == r->cap_temps) {
         int cap = r->cap_temps ? r->cap_temps * 2 : 16;
         itensor **temps = sdc_realloc(r->temps, sizeof *temps * (size_t)cap);
         if (!temps) {
-            it_free(t);
-            rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+            sdc_it_free(t);
+            sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
             return NULL;
         }
         r->temps = temps;
@@ -48,7 +48,7 @@ itensor *sdc_interp_slot_value(irun *r, const iop *op, int s) {
     islot *sl = &m->slots[s];
     if (r->vals && r->vals[s]) return r->vals[s];
     if (sl->kind != SL_CONST) {
-        rt_fail(r, op, SDC_E_INTERNAL, "value '%s' is not available", sl->name);
+        sdc_rt_fail(r, op, SDC_E_INTERNAL, "value '%s' is not available", sl->name);
         return NULL;
     }
     if (sl->val) return sl->val;
@@ -62,54 +62,54 @@ itensor *sdc_interp_slot_value(irun *r, const iop *op, int s) {
        place: no copy */
     if (((sl->dtype == MT_FP32 && sl->src.fmt == RAW_F32) || (sl->dtype == MT_INT32 && sl->src.fmt == RAW_I32)) &&
         ((uintptr_t)sl->src.ptr & 3) == 0) {
-        t = it_view(sl->dtype, sl->rank, sl->shape, (void *)sl->src.ptr);
+        t = sdc_it_view(sl->dtype, sl->rank, sl->shape, (void *)sl->src.ptr);
         if (!t) {
-            rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+            sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
             return NULL;
         }
         return push_temp(r, op, t);
     }
-    t = it_new(sl->dtype, sl->rank, sl->shape);
+    t = sdc_it_new(sl->dtype, sl->rank, sl->shape);
     if (!t) {
-        rt_fail(r, op, SDC_E_NOMEM, "out of memory decoding constant '%s'", sl->name);
+        sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory decoding constant '%s'", sl->name);
         return NULL;
     }
     if (mt_is_float(sl->dtype)) {
-        if (sl->src.fmt == RAW_F16) f16_expand(m->pool, sl->src.ptr, t->f, t->n);
-        else csrc_read_f(&sl->src, 0, t->n, t->f);
-        if (sl->dtype == MT_FP16 && sl->src.fmt != RAW_F16) round_f16(m->pool, t->f, t->n);
+        if (sl->src.fmt == RAW_F16) sdc_f16_expand(m->pool, sl->src.ptr, t->f, t->n);
+        else sdc_csrc_read_f(&sl->src, 0, t->n, t->f);
+        if (sl->dtype == MT_FP16 && sl->src.fmt != RAW_F16) sdc_round_f16(m->pool, t->f, t->n);
     } else {
-        csrc_read_i(&sl->src, 0, t->n, t->i);
+        sdc_csrc_read_i(&sl->src, 0, t->n, t->i);
     }
     return push_temp(r, op, t);
 }
 
-itensor *rt_in_at(irun *r, const iop *op, const char *name, int k) {
-    const iparam *p = rt_param(op, name);
+itensor *sdc_rt_in_at(irun *r, const iop *op, const char *name, int k) {
+    const iparam *p = sdc_rt_param(op, name);
     if (!p || k < 0 || k >= p->n) return NULL;
     return sdc_interp_slot_value(r, op, p->slots[k]);
 }
 
-itensor *rt_in(irun *r, const iop *op, const char *name) {
-    const iparam *p = rt_param(op, name);
+itensor *sdc_rt_in(irun *r, const iop *op, const char *name) {
+    const iparam *p = sdc_rt_param(op, name);
     if (!p) return NULL;
     if (p->n != 1) {
-        rt_fail(r, op, SDC_E_FORMAT, "input '%s' has %d values where one is expected", name, p->n);
+        sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' has %d values where one is expected", name, p->n);
         return NULL;
     }
     return sdc_interp_slot_value(r, op, p->slots[0]);
 }
 
-itensor *rt_req(irun *r, const iop *op, const char *name) {
-    if (!rt_param(op, name)) {
-        rt_fail(r, op, SDC_E_FORMAT, "required input '%s' is missing", name);
+itensor *sdc_rt_req(irun *r, const iop *op, const char *name) {
+    if (!sdc_rt_param(op, name)) {
+        sdc_rt_fail(r, op, SDC_E_FORMAT, "required input '%s' is missing", name);
         return NULL;
     }
-    return rt_in(r, op, name);
+    return sdc_rt_in(r, op, name);
 }
 
-const csrc *rt_lazy(irun *r, const iop *op, const char *name, const islot **slot) {
-    const iparam *p = rt_param(op, name);
+const csrc *sdc_rt_lazy(irun *r, const iop *op, const char *name, const islot **slot) {
+    const iparam *p = sdc_rt_param(op, name);
     if (!p || p->n != 1) return NULL;
     const islot *sl = &r->m->slots[p->slots[0]];
     if (sl->kind != SL_CONST || sl->val || sl->src.kind != CS_RAW) return NULL;
@@ -118,17 +118,17 @@ const csrc *rt_lazy(irun *r, const iop *op, const char *name, const islot **slot
 }
 
 static itensor *scalar_param(irun *r, const iop *op, const char *name, bool *absent) {
-    *absent = !rt_param(op, name);
+    *absent = !sdc_rt_param(op, name);
     if (*absent) return NULL;
-    itensor *t = rt_in(r, op, name);
+    itensor *t = sdc_rt_in(r, op, name);
     if (t && (t->n != 1 || t->dtype == MT_STRING)) {
-        rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be a scalar", name);
+        sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be a scalar", name);
         return NULL;
     }
     return t;
 }
 
-sdc_status rt_int(irun *r, const iop *op, const char *name, int64_t dflt, int64_t *out) {
+sdc_status sdc_rt_int(irun *r, const iop *op, const char *name, int64_t dflt, int64_t *out) {
     bool absent;
     itensor *t = scalar_param(r, op, name, &absent);
     if (absent) {
@@ -136,12 +136,12 @@ sdc_status rt_int(irun *r, const iop *op, const char *name, int64_t dflt, int64_
         return SDC_OK;
     }
     if (!t) return r->err->code;
-    if (!mt_is_int(t->dtype)) return rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be an integer", name);
+    if (!mt_is_int(t->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be an integer", name);
     *out = t->i[0];
     return SDC_OK;
 }
 
-sdc_status rt_float(irun *r, const iop *op, const char *name, float dflt, float *out) {
+sdc_status sdc_rt_float(irun *r, const iop *op, const char *name, float dflt, float *out) {
     bool absent;
     itensor *t = scalar_param(r, op, name, &absent);
     if (absent) {
@@ -153,44 +153,44 @@ sdc_status rt_float(irun *r, const iop *op, const char *name, float dflt, float 
     return SDC_OK;
 }
 
-sdc_status rt_bool(irun *r, const iop *op, const char *name, bool dflt, bool *out) {
+sdc_status sdc_rt_bool(irun *r, const iop *op, const char *name, bool dflt, bool *out) {
     float f = 0;
-    sdc_status s = rt_float(r, op, name, dflt ? 1.0f : 0.0f, &f);
+    sdc_status s = sdc_rt_float(r, op, name, dflt ? 1.0f : 0.0f, &f);
     if (!s) *out = f != 0;
     return s;
 }
 
-sdc_status rt_str(irun *r, const iop *op, const char *name, const char *dflt, const char **out) {
-    if (!rt_param(op, name)) {
+sdc_status sdc_rt_str(irun *r, const iop *op, const char *name, const char *dflt, const char **out) {
+    if (!sdc_rt_param(op, name)) {
         *out = dflt;
         return SDC_OK;
     }
-    itensor *t = rt_in(r, op, name);
+    itensor *t = sdc_rt_in(r, op, name);
     if (!t) return r->err->code;
-    if (t->dtype != MT_STRING || !t->s) return rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be a string", name);
+    if (t->dtype != MT_STRING || !t->s) return sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be a string", name);
     *out = t->s;
     return SDC_OK;
 }
 
-sdc_status rt_ints(irun *r, const iop *op, const char *name, int64_t *out, int max, int *n, bool *present) {
+sdc_status sdc_rt_ints(irun *r, const iop *op, const char *name, int64_t *out, int max, int *n, bool *present) {
     *n = 0;
     if (present) *present = false;
-    if (!rt_param(op, name)) return SDC_OK;
-    itensor *t = rt_in(r, op, name);
+    if (!sdc_rt_param(op, name)) return SDC_OK;
+    itensor *t = sdc_rt_in(r, op, name);
     if (!t) return r->err->code;
     if (t->rank > 1 || t->dtype == MT_STRING || t->n > (size_t)max)
-        return rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be a vector of at most %d integers", name, max);
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be a vector of at most %d integers", name, max);
     for (size_t i = 0; i < t->n; i++) out[i] = it_geti(t, i);
     *n = (int)t->n;
     if (present) *present = true;
     return SDC_OK;
 }
 
-int rt_out_dtype(const irun *r, const iop *op, int k) { return r->m->slots[op->outs[k]].dtype; }
+int sdc_rt_out_dtype(const irun *r, const iop *op, int k) { return r->m->slots[op->outs[k]].dtype; }
 
-itensor *rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shape) {
+itensor *sdc_rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shape) {
     if (k >= op->n_out) {
-        rt_fail(r, op, SDC_E_FORMAT, "declares %d outputs, the op makes at least %d", op->n_out, k + 1);
+        sdc_rt_fail(r, op, SDC_E_FORMAT, "declares %d outputs, the op makes at least %d", op->n_out, k + 1);
         return NULL;
     }
     int s = op->outs[k];
@@ -199,20 +199,20 @@ itensor *rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shape) {
     for (int i = 0; same && i < rank; i++) same = sl->shape[i] < 0 || sl->shape[i] == shape[i];
     if (!same) {
         char a[200], b[200];
-        rt_fail(r, op, SDC_E_FORMAT, "output '%s': computed shape %s differs from the declared %s", sl->name,
+        sdc_rt_fail(r, op, SDC_E_FORMAT, "output '%s': computed shape %s differs from the declared %s", sl->name,
                 shape_str(rank, shape, a, sizeof a), shape_str(sl->rank, sl->shape, b, sizeof b));
         return NULL;
     }
     if (sl->dtype == MT_STRING) {
-        rt_fail(r, op, SDC_E_UNSUPPORTED, "output '%s' is a string", sl->name);
+        sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "output '%s' is a string", sl->name);
         return NULL;
     }
-    itensor *t = it_new(sl->dtype, rank, shape);
+    itensor *t = sdc_it_new(sl->dtype, rank, shape);
     if (!t) {
-        rt_fail(r, op, SDC_E_NOMEM, "out of memory for output '%s' %s", sl->name, shape_str(rank, shape, (char[200]){0}, 200));
+        sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory for output '%s' %s", sl->name, shape_str(rank, shape, (char[200]){0}, 200));
         return NULL;
     }
-    if (r->vals[s]) it_free(r->vals[s]);
+    if (r->vals[s]) sdc_it_free(r->vals[s]);
     r->vals[s] = t;
     return t;
 }

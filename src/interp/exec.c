@@ -26,13 +26,13 @@ sdc_status sdc_model_load(const char *package_path, const sdc_model_options *opt
     if (!m || !(m->path = sdc_strdup(package_path))) s = sdc_fail(&err, SDC_E_NOMEM, "out of memory");
     if (!s) {
         m->exact_fp16_off = opt.no_fp16_rounding;
-        s = interp_model_load(package_path, m, &err);
+        s = sdc_interp_model_load(package_path, m, &err);
     }
     if (!s) {
         int n = opt.n_threads > 0 ? opt.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
         if (n < 1) n = 1;
-        igemm_set_threads(1); /* the pool's threads split every product (gemm.c) */
-        m->pool = ipool_new(n);
+        sdc_igemm_set_threads(1); /* the pool's threads split every product (gemm.c) */
+        m->pool = sdc_ipool_new(n);
         if (!m->pool) s = sdc_fail(&err, SDC_E_NOMEM, "out of memory");
     }
     if (s) {
@@ -46,8 +46,8 @@ sdc_status sdc_model_load(const char *package_path, const sdc_model_options *opt
 
 void sdc_model_free(sdc_model *m) {
     if (!m) return;
-    interp_model_release(m);
-    ipool_free(m->pool);
+    sdc_interp_model_release(m);
+    sdc_ipool_free(m->pool);
     sdc_free(m->path);
     sdc_free(m);
 }
@@ -74,21 +74,21 @@ static sdc_status bind_input(irun *r, int idx, const sdc_ndarray *a) {
                         d->name, sdc_nd_dtype_name(a->dtype), sdc_nd_dtype_name(d->dtype), want);
     if (!a->data && sdc_ndarray_numel(a))
         return sdc_fail(r->err, SDC_E_ARG, "%s: input '%s' has no data", m->path, d->name);
-    itensor *t = it_new(sl->dtype, a->rank, a->shape);
+    itensor *t = sdc_it_new(sl->dtype, a->rank, a->shape);
     if (!t) return sdc_fail(r->err, SDC_E_NOMEM, "%s: out of memory for input '%s'", m->path, d->name);
     r->vals[s] = t;
     if (a->dtype == SDC_ND_F16) {
-        f16_expand(m->pool, a->data, t->f, t->n);
+        sdc_f16_expand(m->pool, a->data, t->f, t->n);
     } else if (a->dtype == SDC_ND_I32) {
         memcpy(t->i, a->data, t->n * 4);
     } else if (mt_is_float(sl->dtype)) {
         memcpy(t->f, a->data, t->n * 4);
-        if (sl->dtype == MT_FP16) round_f16(m->pool, t->f, t->n);
+        if (sl->dtype == MT_FP16) sdc_round_f16(m->pool, t->f, t->n);
     } else {
         const float *f = a->data;
         for (size_t i = 0; i < t->n; i++) {
             if (!(f[i] == (float)(int32_t)f[i]) || f[i] >= 2147483648.0f)
-                return sdc_fail(r->err, SDC_E_ARG, "%s: input '%s' is int32; float32 value %g at element %zu is not an integer",
+                return sdc_fail(r->err, SDC_E_ARG, "%s: input '%s' is int32 in the model, but the float32 value %g given at element %zu is not an integer",
                                 m->path, d->name, (double)f[i], i);
             t->i[i] = (int32_t)f[i];
         }
@@ -97,7 +97,7 @@ static sdc_status bind_input(irun *r, int idx, const sdc_ndarray *a) {
 }
 
 static void free_temps(irun *r) {
-    for (int i = 0; i < r->n_temps; i++) it_free(r->temps[i]);
+    for (int i = 0; i < r->n_temps; i++) sdc_it_free(r->temps[i]);
     r->n_temps = 0;
 }
 
@@ -111,12 +111,12 @@ static sdc_status run_op(irun *r, int i) {
     for (int k = 0; k < op->n_out; k++) {
         int o = op->outs[k];
         itensor *t = r->vals[o];
-        if (!t) return rt_fail(r, op, SDC_E_INTERNAL, "output %d was not computed", k);
-        if (t->dtype == MT_FP16 && !m->exact_fp16_off) round_f16(m->pool, t->f, t->n);
+        if (!t) return sdc_rt_fail(r, op, SDC_E_INTERNAL, "output %d was not computed", k);
+        if (t->dtype == MT_FP16 && !m->exact_fp16_off) sdc_round_f16(m->pool, t->f, t->n);
         else if (t->dtype == MT_BF16 && !m->exact_fp16_off)
             for (size_t e = 0; e < t->n; e++) t->f[e] = sdc_bf16_to_f32(sdc_f32_to_bf16(t->f[e]));
         if (m->slots[o].last_use < 0) { /* nobody reads it */
-            it_free(t);
+            sdc_it_free(t);
             r->vals[o] = NULL;
         }
     }
@@ -124,7 +124,7 @@ static sdc_status run_op(irun *r, int i) {
         for (int k = 0; k < op->params[p].n; k++) {
             int sidx = op->params[p].slots[k];
             if (m->slots[sidx].last_use == i && r->vals[sidx]) {
-                it_free(r->vals[sidx]);
+                sdc_it_free(r->vals[sidx]);
                 r->vals[sidx] = NULL;
             }
         }
@@ -205,11 +205,11 @@ sdc_status sdc_model_predict(sdc_model *m, const sdc_ndarray *inputs, int n_inpu
         free_temps(&r);
     }
     if (r.vals)
-        for (int i = 0; i < m->n_slots; i++) it_free(r.vals[i]);
+        for (int i = 0; i < m->n_slots; i++) sdc_it_free(r.vals[i]);
     free_temps(&r);
     sdc_free(r.temps);
     sdc_free(r.vals);
-    ibuf_trim();
+    sdc_ibuf_trim();
     if (s) {
         sdc_ndarrays_free(outs, m->n_outputs);
     } else {

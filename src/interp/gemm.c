@@ -1,8 +1,8 @@
 /*
  * gemm.c — single-precision matrix product for conv, matmul, linear and einsum.
  *
- * With OpenBLAS (SDC_HAVE_OPENBLAS, found by CMake) igemm calls cblas_sgemm, which threads
- * itself. Otherwise, and always for igemm_fallback, a cache-blocked kernel: C is cut into
+ * With OpenBLAS (SDC_HAVE_OPENBLAS, found by CMake) sdc_igemm calls cblas_sgemm, which threads
+ * itself. Otherwise, and always for sdc_igemm_fallback, a cache-blocked kernel: C is cut into
  * tiles handed to the pool's threads; each tile walks K in blocks, packs its A rows and B
  * columns into contiguous panels and runs a 6×16 register-blocked micro-kernel (portable C,
  * and AVX2+FMA intrinsics picked at run time on x86-64).
@@ -166,14 +166,14 @@ static void gemm_tiles(void *ctx, size_t t0, size_t t1) {
     sdc_free(pb);
 }
 
-void igemm_fallback(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+void sdc_igemm_fallback(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                     const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
     gemm_args g = {ta, tb, M, N, K, A, B, lda, ldb, ldc, beta, C, (N + NT - 1) / NT};
     size_t tiles = (size_t)((M + MT - 1) / MT) * (size_t)g.tiles_n;
     /* small products are not worth waking threads for */
     if ((double)M * (double)N * (double)K < 262144.0) gemm_tiles(&g, 0, tiles);
-    else ipool_for(p, tiles, 1, gemm_tiles, &g);
+    else sdc_ipool_for(p, tiles, 1, gemm_tiles, &g);
 }
 
 /* One product on the calling thread. */
@@ -186,7 +186,7 @@ static void sgemm_1t(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const fl
         return;
     }
 #endif
-    igemm_fallback(NULL, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    sdc_igemm_fallback(NULL, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
 
 typedef struct split_args {
@@ -213,9 +213,9 @@ static void split_part(void *ctx, size_t b, size_t e) {
 }
 
 /* Threads split C in column (or row) blocks, each computed by a single-threaded product, so
-   OpenBLAS runs with one thread per caller (igemm_set_threads(1) at model load) and every
+   OpenBLAS runs with one thread per caller (sdc_igemm_set_threads(1) at model load) and every
    thread of the pool works on its own cache-friendly block. */
-void igemm(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+void sdc_igemm(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
            int64_t ldb, float beta, float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
@@ -223,11 +223,11 @@ void igemm(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const fl
             for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
         return;
     }
-    int T = ipool_size(p);
+    int T = sdc_ipool_size(p);
     double flops = 2.0 * (double)M * (double)N * (double)K;
 #ifndef SDC_HAVE_OPENBLAS
     if (flops >= 262144.0 && T > 1) { /* the blocked kernel threads itself over tiles */
-        igemm_fallback(p, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+        sdc_igemm_fallback(p, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
         return;
     }
 #endif
@@ -240,10 +240,10 @@ void igemm(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const fl
     s.step = (len + parts - 1) / parts;
     if (s.by_cols) s.step = (s.step + 15) / 16 * 16; /* whole vector widths */
     parts = (len + s.step - 1) / s.step;
-    ipool_for(p, (size_t)parts, 1, split_part, &s);
+    sdc_ipool_for(p, (size_t)parts, 1, split_part, &s);
 }
 
-const char *igemm_backend(void) {
+const char *sdc_igemm_backend(void) {
 #ifdef SDC_HAVE_OPENBLAS
     return "openblas";
 #else
@@ -251,7 +251,7 @@ const char *igemm_backend(void) {
 #endif
 }
 
-void igemm_set_threads(int n) {
+void sdc_igemm_set_threads(int n) {
 #ifdef SDC_HAVE_OPENBLAS
     if (n > 0) openblas_set_num_threads(n);
 #else

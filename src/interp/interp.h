@@ -38,6 +38,8 @@
 #ifndef SDC_INTERP_H
 #define SDC_INTERP_H
 
+#include "arena.h"
+#include "strmap.h"
 #include "common.h"
 
 /* The interpreter's dtypes are sdc_dtype, whose values are MIL DataType codes (dtype.h), under
@@ -89,25 +91,25 @@ typedef struct itensor {
     };
     const char *s;  /* STRING scalar, borrowed */
     bool borrowed;  /* data points into a mapped weight file: not freed, never written */
-    size_t cap;     /* bytes allocated (ibuf_alloc) */
+    size_t cap;     /* bytes allocated (sdc_ibuf_alloc) */
 } itensor;
 
 /* Scratch and tensor buffers: large ones (>= 256 KiB) are recycled through a small bounded
-   cache (tensor.c); ibuf_trim() releases it. *cap receives the size to pass back. */
-void *ibuf_alloc(size_t bytes, size_t *cap);
-void ibuf_free(void *p, size_t cap);
-void ibuf_trim(void);
+   cache (tensor.c); sdc_ibuf_trim() releases it. *cap receives the size to pass back. */
+void *sdc_ibuf_alloc(size_t bytes, size_t *cap);
+void sdc_ibuf_free(void *p, size_t cap);
+void sdc_ibuf_trim(void);
 
 /* Allocates a tensor of `dtype` (not STRING) and shape; data uninitialised. NULL on overflow
    or out of memory. */
-itensor *it_new(int dtype, int rank, const int64_t *shape);
-/* A tensor header over existing data (borrowed: it_free leaves the data alone). */
-itensor *it_view(int dtype, int rank, const int64_t *shape, void *data);
-void it_free(itensor *t);
-bool it_numel(int rank, const int64_t *shape, size_t *n); /* false on overflow / negative */
+itensor *sdc_it_new(int dtype, int rank, const int64_t *shape);
+/* A tensor header over existing data (borrowed: sdc_it_free leaves the data alone). */
+itensor *sdc_it_view(int dtype, int rank, const int64_t *shape, void *data);
+void sdc_it_free(itensor *t);
+bool sdc_it_numel(int rank, const int64_t *shape, size_t *n); /* false on overflow / negative */
 /* Element i as float / as int64 whatever the storage. */
 /* Element i of a packed sub-byte array, LSB first (reference/coreml-format.md §4.4). */
-uint32_t it_bits_at(const uint8_t *p, size_t i, int bits);
+uint32_t sdc_it_bits_at(const uint8_t *p, size_t i, int bits);
 
 static inline float it_getf(const itensor *t, size_t i) { return mt_is_float(t->dtype) ? t->f[i] : (float)t->i[i]; }
 static inline int64_t it_geti(const itensor *t, size_t i) {
@@ -121,24 +123,24 @@ static inline const char *shape_str(int rank, const int64_t *shape, char *buf, s
 /* ---------------------------------------------------------------- threads, BLAS, fp16 */
 
 typedef struct ipool ipool;
-ipool *ipool_new(int n_threads); /* n_threads <= 1: everything runs on the caller */
-void ipool_free(ipool *p);
-int ipool_size(const ipool *p);
-/* Calls fn(ctx, begin, end) over [0, n) split in at most ipool_size() chunks of at least
+ipool *sdc_ipool_new(int n_threads); /* n_threads <= 1: everything runs on the caller */
+void sdc_ipool_free(ipool *p);
+int sdc_ipool_size(const ipool *p);
+/* Calls fn(ctx, begin, end) over [0, n) split in at most sdc_ipool_size() chunks of at least
    `grain` items; returns when all are done. Not reentrant (no nested calls). */
-void ipool_for(ipool *p, size_t n, size_t grain, void (*fn)(void *ctx, size_t begin, size_t end), void *ctx);
+void sdc_ipool_for(ipool *p, size_t n, size_t grain, void (*fn)(void *ctx, size_t begin, size_t end), void *ctx);
 
 /* C[M×N] = op(A)·op(B) + beta·C, row-major; op(X) = Xᵀ when tX. OpenBLAS when built with it,
    else the blocked kernel below, threaded over p. */
-void igemm(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+void sdc_igemm(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
            const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 /* The portable cache-blocked kernel (always built, tested against a naive product). */
-void igemm_fallback(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
+void sdc_igemm_fallback(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
-const char *igemm_backend(void); /* "openblas" or "builtin" */
+const char *sdc_igemm_backend(void); /* "openblas" or "builtin" */
 
 /* Rounds every value to the nearest fp16 (RNE; overflow to ±Inf), in place. */
-void round_f16(ipool *p, float *x, size_t n);
+void sdc_round_f16(ipool *p, float *x, size_t n);
 /* Hot loops. The build uses -O2, whose "very cheap" vectoriser skips loops of unknown length
    and (with FP traps assumed possible) float compares and selects; SDC_VEC_OPT turns on the
    dynamic cost model and no-trapping-math (we never enable FP traps) for one function, and
@@ -155,9 +157,9 @@ void round_f16(ipool *p, float *x, size_t n);
 #endif
 
 /* y[i] = exp(x[i]) for n values (x == y allowed), vectorised; relative error ~2e-7. */
-void vec_exp(const float *x, float *y, size_t n);
+void sdc_vec_exp(const float *x, float *y, size_t n);
 /* n little-endian fp16 bit patterns (unaligned) to float. */
-void f16_expand(ipool *p, const uint8_t *src, float *dst, size_t n);
+void sdc_f16_expand(ipool *p, const uint8_t *src, float *dst, size_t n);
 
 /* ---------------------------------------------------------------- constant sources */
 
@@ -182,8 +184,8 @@ typedef struct csrc {
 } csrc;
 
 /* Decodes stored elements [first, first+count) of a CS_RAW source as float / int32. */
-void csrc_read_f(const csrc *s, size_t first, size_t count, float *dst);
-void csrc_read_i(const csrc *s, size_t first, size_t count, int32_t *dst);
+void sdc_csrc_read_f(const csrc *s, size_t first, size_t count, float *dst);
+void sdc_csrc_read_i(const csrc *s, size_t first, size_t count, int32_t *dst);
 
 /* ---------------------------------------------------------------- program */
 
@@ -229,12 +231,12 @@ struct iop {
     int *outs;
 };
 
-const iop_def *iop_find(const char *type); /* optable.c */
+const iop_def *sdc_iop_find(const char *type); /* optable.c */
 
-/* Loads the package into m (load.c); interp_model_release frees what a load made, also after
+/* Loads the package into m (load.c); sdc_interp_model_release frees what a load made, also after
    a failed one. */
-sdc_status interp_model_load(const char *pkg, struct sdc_model *m, sdc_err *err);
-void interp_model_release(struct sdc_model *m);
+sdc_status sdc_interp_model_load(const char *pkg, struct sdc_model *m, sdc_err *err);
+void sdc_interp_model_release(struct sdc_model *m);
 
 struct sdc_model {
     char *path;
@@ -249,8 +251,8 @@ struct sdc_model {
     int *outputs, n_outputs; /* slot indices of the block outputs */
     int *out_dtype;          /* dtype each output is returned in (from the description) */
     struct sdc_ndarray *in_desc, *out_desc;
-    void *names;             /* name -> slot hash */
-    struct iarena *arena;
+    sdc_strmap names;        /* name -> slot */
+    sdc_arena arena;         /* names, descriptions, parameters: freed with the model */
     ipool *pool;
     bool exact_fp16_off;     /* options: do not round fp16 results */
 };
@@ -273,33 +275,33 @@ struct irun {
 itensor *sdc_interp_slot_value(irun *r, const iop *op, int s);
 
 /* Records an error naming the package and the op; returns its code. */
-sdc_status rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt, ...)
+sdc_status sdc_rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-const iparam *rt_param(const iop *op, const char *name);
+const iparam *sdc_rt_param(const iop *op, const char *name);
 /* Value of parameter `name` (element k of a tuple parameter); NULL if absent (or on error:
-   check r->err->code). rt_req fails when absent. */
-itensor *rt_in(irun *r, const iop *op, const char *name);
-itensor *rt_in_at(irun *r, const iop *op, const char *name, int k);
-itensor *rt_req(irun *r, const iop *op, const char *name);
+   check r->err->code). sdc_rt_req fails when absent. */
+itensor *sdc_rt_in(irun *r, const iop *op, const char *name);
+itensor *sdc_rt_in_at(irun *r, const iop *op, const char *name, int k);
+itensor *sdc_rt_req(irun *r, const iop *op, const char *name);
 /* The constant source behind a parameter when it is a lazily decoded CS_RAW constant (so a
    kernel can decode only what it needs, e.g. gather rows); NULL otherwise. */
-const csrc *rt_lazy(irun *r, const iop *op, const char *name, const islot **slot);
+const csrc *sdc_rt_lazy(irun *r, const iop *op, const char *name, const islot **slot);
 
 /* Scalars and small vectors of parameters, with defaults when absent. */
-sdc_status rt_int(irun *r, const iop *op, const char *name, int64_t dflt, int64_t *out);
-sdc_status rt_bool(irun *r, const iop *op, const char *name, bool dflt, bool *out);
-sdc_status rt_float(irun *r, const iop *op, const char *name, float dflt, float *out);
-sdc_status rt_str(irun *r, const iop *op, const char *name, const char *dflt, const char **out);
+sdc_status sdc_rt_int(irun *r, const iop *op, const char *name, int64_t dflt, int64_t *out);
+sdc_status sdc_rt_bool(irun *r, const iop *op, const char *name, bool dflt, bool *out);
+sdc_status sdc_rt_float(irun *r, const iop *op, const char *name, float dflt, float *out);
+sdc_status sdc_rt_str(irun *r, const iop *op, const char *name, const char *dflt, const char **out);
 /* A 1-D (or scalar) integer parameter into out[0..*n), at most `max` values; *present false
    (and *n 0) when absent. */
-sdc_status rt_ints(irun *r, const iop *op, const char *name, int64_t *out, int max, int *n, bool *present);
+sdc_status sdc_rt_ints(irun *r, const iop *op, const char *name, int64_t *out, int max, int *n, bool *present);
 
 /* Allocates output k with the computed shape after checking it against the declared type;
    dtype is the declared one. NULL on error. */
-itensor *rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shape);
-int rt_out_dtype(const irun *r, const iop *op, int k);
-ipool *rt_pool(irun *r);
+itensor *sdc_rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shape);
+int sdc_rt_out_dtype(const irun *r, const iop *op, int k);
+ipool *sdc_rt_pool(irun *r);
 
 /* Normalises axis a of a rank-`rank` tensor (negative counts from the end); false if out of range. */
 static inline bool norm_axis(int64_t *a, int rank) {
@@ -313,11 +315,11 @@ typedef struct red_plan {
     size_t nk, nr;
     size_t *kept, *red;
 } red_plan;
-sdc_status red_plan_make(irun *r, const iop *op, const itensor *x, const bool *reduced, red_plan *p);
-void red_plan_free(red_plan *p);
+sdc_status sdc_red_plan_make(irun *r, const iop *op, const itensor *x, const bool *reduced, red_plan *p);
+void sdc_red_plan_free(red_plan *p);
 
 /* Evaluates a constexpr op's value (consts.c); reached through the op table's `value`. */
-sdc_status constexpr_eval(irun *r, const iop *op, itensor **out);
+sdc_status sdc_constexpr_eval(irun *r, const iop *op, itensor **out);
 
 /* Variants (iop_def.code) of the shared kernels. */
 enum {
@@ -336,44 +338,44 @@ enum {
 enum { C_LUT, C_AFFINE, C_CAST, C_SPARSE, C_BLOCKWISE };
 
 /* OpenBLAS's thread count (no-op without OpenBLAS). */
-void igemm_set_threads(int n);
+void sdc_igemm_set_threads(int n);
 
 /* Kernel entry points, one per family (ops_*.c); `code` of the def picks the variant. */
-sdc_status k_unary(irun *r, const iop *op);
-sdc_status k_binary(irun *r, const iop *op);
-sdc_status k_cast(irun *r, const iop *op);
-sdc_status k_clip(irun *r, const iop *op);
-sdc_status k_select(irun *r, const iop *op);
-sdc_status k_gelu(irun *r, const iop *op);
-sdc_status k_act_alpha(irun *r, const iop *op);
-sdc_status k_softmax(irun *r, const iop *op);
-sdc_status k_linear(irun *r, const iop *op);
-sdc_status k_matmul(irun *r, const iop *op);
-sdc_status k_einsum(irun *r, const iop *op);
-sdc_status k_conv(irun *r, const iop *op);
-sdc_status k_layer_norm(irun *r, const iop *op);
-sdc_status k_instance_norm(irun *r, const iop *op);
-sdc_status k_batch_norm(irun *r, const iop *op);
-sdc_status k_reduce(irun *r, const iop *op);
-sdc_status k_reduce_arg(irun *r, const iop *op);
-sdc_status k_reshape(irun *r, const iop *op);
-sdc_status k_transpose(irun *r, const iop *op);
-sdc_status k_expand_dims(irun *r, const iop *op);
-sdc_status k_squeeze(irun *r, const iop *op);
-sdc_status k_identity(irun *r, const iop *op);
-sdc_status k_concat(irun *r, const iop *op);
-sdc_status k_stack(irun *r, const iop *op);
-sdc_status k_split(irun *r, const iop *op);
-sdc_status k_slice_by_index(irun *r, const iop *op);
-sdc_status k_slice_by_size(irun *r, const iop *op);
-sdc_status k_gather(irun *r, const iop *op);
-sdc_status k_tile(irun *r, const iop *op);
-sdc_status k_pad(irun *r, const iop *op);
-sdc_status k_band_part(irun *r, const iop *op);
-sdc_status k_fill(irun *r, const iop *op);
-sdc_status k_range_1d(irun *r, const iop *op);
-sdc_status k_upsample_nn(irun *r, const iop *op);
-sdc_status k_shape(irun *r, const iop *op);
-sdc_status k_sdpa(irun *r, const iop *op);
+sdc_status sdc_kernel_unary(irun *r, const iop *op);
+sdc_status sdc_kernel_binary(irun *r, const iop *op);
+sdc_status sdc_kernel_cast(irun *r, const iop *op);
+sdc_status sdc_kernel_clip(irun *r, const iop *op);
+sdc_status sdc_kernel_select(irun *r, const iop *op);
+sdc_status sdc_kernel_gelu(irun *r, const iop *op);
+sdc_status sdc_kernel_act_alpha(irun *r, const iop *op);
+sdc_status sdc_kernel_softmax(irun *r, const iop *op);
+sdc_status sdc_kernel_linear(irun *r, const iop *op);
+sdc_status sdc_kernel_matmul(irun *r, const iop *op);
+sdc_status sdc_kernel_einsum(irun *r, const iop *op);
+sdc_status sdc_kernel_conv(irun *r, const iop *op);
+sdc_status sdc_kernel_layer_norm(irun *r, const iop *op);
+sdc_status sdc_kernel_instance_norm(irun *r, const iop *op);
+sdc_status sdc_kernel_batch_norm(irun *r, const iop *op);
+sdc_status sdc_kernel_reduce(irun *r, const iop *op);
+sdc_status sdc_kernel_reduce_arg(irun *r, const iop *op);
+sdc_status sdc_kernel_reshape(irun *r, const iop *op);
+sdc_status sdc_kernel_transpose(irun *r, const iop *op);
+sdc_status sdc_kernel_expand_dims(irun *r, const iop *op);
+sdc_status sdc_kernel_squeeze(irun *r, const iop *op);
+sdc_status sdc_kernel_identity(irun *r, const iop *op);
+sdc_status sdc_kernel_concat(irun *r, const iop *op);
+sdc_status sdc_kernel_stack(irun *r, const iop *op);
+sdc_status sdc_kernel_split(irun *r, const iop *op);
+sdc_status sdc_kernel_slice_by_index(irun *r, const iop *op);
+sdc_status sdc_kernel_slice_by_size(irun *r, const iop *op);
+sdc_status sdc_kernel_gather(irun *r, const iop *op);
+sdc_status sdc_kernel_tile(irun *r, const iop *op);
+sdc_status sdc_kernel_pad(irun *r, const iop *op);
+sdc_status sdc_kernel_band_part(irun *r, const iop *op);
+sdc_status sdc_kernel_fill(irun *r, const iop *op);
+sdc_status sdc_kernel_range_1d(irun *r, const iop *op);
+sdc_status sdc_kernel_upsample_nn(irun *r, const iop *op);
+sdc_status sdc_kernel_shape(irun *r, const iop *op);
+sdc_status sdc_kernel_sdpa(irun *r, const iop *op);
 
 #endif

@@ -27,100 +27,6 @@ struct ifile {
     sdc_blob_file blob;
 };
 
-/* ---------------------------------------------------------------- arena */
-
-struct iarena {
-    struct iarena *next;
-    size_t used, cap;
-    _Alignas(16) uint8_t data[];
-};
-
-static void *arena_alloc(sdc_model *m, size_t n) {
-    n = (n + 15) & ~(size_t)15;
-    struct iarena *a = m->arena;
-    if (!a || a->cap - a->used < n) {
-        size_t cap = n > 65536 ? n : 65536;
-        struct iarena *b = sdc_malloc(sizeof *b + cap);
-        if (!b) return NULL;
-        b->next = a;
-        b->used = 0;
-        b->cap = cap;
-        m->arena = a = b;
-    }
-    void *p = a->data + a->used;
-    a->used += n;
-    memset(p, 0, n);
-    return p;
-}
-
-static char *arena_strdup(sdc_model *m, const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = arena_alloc(m, n);
-    if (d) memcpy(d, s, n);
-    return d;
-}
-
-/* ---------------------------------------------------------------- name → slot hash */
-
-typedef struct name_map {
-    size_t cap; /* power of two */
-    size_t count;
-    const char **keys;
-    int *vals;
-} name_map;
-
-static uint64_t hash_str(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
-    return h;
-}
-
-static int map_get(const name_map *nm, const char *key) {
-    if (!nm->cap) return -1;
-    for (size_t i = hash_str(key) & (nm->cap - 1);; i = (i + 1) & (nm->cap - 1)) {
-        if (!nm->keys[i]) return -1;
-        if (!strcmp(nm->keys[i], key)) return nm->vals[i];
-    }
-}
-
-static bool map_put(name_map *nm, const char *key, int val) {
-    if ((nm->count + 1) * 2 > nm->cap) {
-        size_t cap = nm->cap ? nm->cap * 2 : 256;
-        const char **keys = sdc_calloc(cap, sizeof *keys);
-        int *vals = sdc_calloc(cap, sizeof *vals);
-        if (!keys || !vals) {
-            sdc_free(keys);
-            sdc_free(vals);
-            return false;
-        }
-        for (size_t i = 0; i < nm->cap; i++) {
-            if (!nm->keys[i]) continue;
-            size_t j = hash_str(nm->keys[i]) & (cap - 1);
-            while (keys[j]) j = (j + 1) & (cap - 1);
-            keys[j] = nm->keys[i];
-            vals[j] = nm->vals[i];
-        }
-        sdc_free(nm->keys);
-        sdc_free(nm->vals);
-        nm->keys = keys;
-        nm->vals = vals;
-        nm->cap = cap;
-    }
-    size_t i = hash_str(key) & (nm->cap - 1);
-    while (nm->keys[i]) i = (i + 1) & (nm->cap - 1);
-    nm->keys[i] = key;
-    nm->vals[i] = val;
-    nm->count++;
-    return true;
-}
-
-static void map_free(name_map *nm) {
-    if (!nm) return;
-    sdc_free(nm->keys);
-    sdc_free(nm->vals);
-    sdc_free(nm);
-}
-
 /* ---------------------------------------------------------------- load state */
 
 typedef struct loader {
@@ -128,7 +34,7 @@ typedef struct loader {
     const sdc_package *pkg;
     const char *model_path; /* .../Data/com.apple.CoreML/model.mlmodel */
     sdc_err *err;
-    name_map *names;
+    sdc_strmap *names;
     int anon; /* counter for inline values */
 } loader;
 
@@ -155,13 +61,13 @@ static int bind_name(loader *L, const char *name, const char *what) {
         sdc_fail(L->err, SDC_E_FORMAT, "%s: %s has an empty name", L->model_path, what);
         return -1;
     }
-    if (map_get(L->names, name) >= 0) {
+    if (sdc_strmap_get(L->names, name) >= 0) {
         sdc_fail(L->err, SDC_E_FORMAT, "%s: value '%s' (%s) is defined twice", L->model_path, name, what);
         return -1;
     }
-    char *copy = arena_strdup(L->m, name);
+    char *copy = sdc_arena_strdup(&L->m->arena, name);
     int s = copy ? new_slot(L, copy) : -1;
-    if (s < 0 || !map_put(L->names, copy, s)) {
+    if (s < 0 || !sdc_strmap_put(L->names, copy, s)) {
         sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
         return -1;
     }
@@ -202,7 +108,7 @@ static sdc_status parse_type(loader *L, const PValueType *vt, islot *s, const ch
     int64_t known[SDC_MAX_RANK];
     for (int i = 0; i < s->rank; i++) known[i] = s->shape[i] < 0 ? 1 : s->shape[i];
     size_t n;
-    if (!it_numel(s->rank, known, &n))
+    if (!sdc_it_numel(s->rank, known, &n))
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: shape is too large", L->model_path, what);
     return SDC_OK;
 }
@@ -227,7 +133,7 @@ static sdc_status open_blob_file(loader *L, const char *name, struct ifile **out
     /* every weight is read by a prediction anyway: populating the mapping up front costs far
        less than faulting it in page by page during the first run */
     if ((st = sdc_blob_file_open(path, true, &f->blob, L->err))) return st;
-    f->name = arena_strdup(m, name);
+    f->name = sdc_arena_strdup(&m->arena, name);
     if (!f->name) {
         sdc_blob_file_close(&f->blob);
         return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
@@ -271,7 +177,7 @@ static sdc_status blob_source(loader *L, const Sdc__Coreml__Value__BlobFileValue
     sdc_status st = open_blob_file(L, b->filename ? b->filename : "", &f);
     if (st) return st;
     size_t n;
-    it_numel(s->rank, s->shape, &n);
+    sdc_it_numel(s->rank, s->shape, &n);
     uint32_t want = blob_code(s->dtype);
     uint64_t off = b->offset;
     if (!want)
@@ -306,7 +212,7 @@ static sdc_status blob_source(loader *L, const Sdc__Coreml__Value__BlobFileValue
 
 static sdc_status immediate_source(loader *L, const Sdc__Coreml__Value__ImmediateValue *iv, islot *s, const char *what) {
     size_t n;
-    it_numel(s->rank, s->shape, &n);
+    sdc_it_numel(s->rank, s->shape, &n);
     for (int i = 0; i < s->rank; i++)
         if (s->shape[i] < 0)
             return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: an immediate value needs a fully known shape", L->model_path, what);
@@ -358,7 +264,7 @@ static sdc_status immediate_source(loader *L, const Sdc__Coreml__Value__Immediat
         if (dt != MT_STRING || tv->strings->n_values != 1 || s->rank != 0)
             return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: %s: only scalar strings are supported", L->model_path, what);
         c->kind = CS_NONE;
-        s->val = arena_alloc(L->m, sizeof(itensor));
+        s->val = sdc_arena_alloc(&L->m->arena, sizeof(itensor));
         if (!s->val) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
         s->val->dtype = MT_STRING;
         s->val->n = 1;
@@ -426,16 +332,16 @@ static sdc_status value_source(loader *L, const PValue *v, const PValueType *typ
 static sdc_status add_param(loader *L, iop *op, int *cap, const char *name, int n) {
     if (op->n_params == *cap) {
         int c = *cap ? *cap * 2 : 8;
-        iparam *p = arena_alloc(L->m, sizeof *p * (size_t)c);
+        iparam *p = sdc_arena_alloc(&L->m->arena, sizeof *p * (size_t)c);
         if (!p) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
         if (op->n_params) memcpy(p, op->params, sizeof *p * (size_t)op->n_params);
         op->params = p;
         *cap = c;
     }
     iparam *p = &op->params[op->n_params++];
-    p->name = arena_strdup(L->m, name);
+    p->name = sdc_arena_strdup(&L->m->arena, name);
     p->n = n;
-    p->slots = arena_alloc(L->m, sizeof(int) * (size_t)(n ? n : 1));
+    p->slots = sdc_arena_alloc(&L->m->arena, sizeof(int) * (size_t)(n ? n : 1));
     if (!p->name || !p->slots) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
     return SDC_OK;
 }
@@ -462,12 +368,12 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
     iop *op = &m->ops[index];
     char label[512], what[1200];
     op_label(po, label, sizeof label);
-    op->type = arena_strdup(m, po->type ? po->type : "");
-    op->name = arena_strdup(m, label);
+    op->type = sdc_arena_strdup(&m->arena, po->type ? po->type : "");
+    op->name = sdc_arena_strdup(&m->arena, label);
     if (!op->type || !op->name) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
     snprintf(what, sizeof what, "op '%s' (%s)", op->name, op->type);
     bool is_const = !strcmp(op->type, "const");
-    op->def = is_const ? NULL : iop_find(op->type);
+    op->def = is_const ? NULL : sdc_iop_find(op->type);
     if (!is_const && !op->def)
         return sdc_fail(L->err, SDC_E_UNSUPPORTED, "%s: op type '%s' (op '%s') is not supported by the interpreter", L->model_path,
                         op->type, op->name);
@@ -482,7 +388,7 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
     for (size_t i = 0; i < po->n_inputs; i++) {
         const Sdc__Coreml__Operation__InputsEntry *e = po->inputs[i];
         if (!e->key || !e->value) return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: malformed input entry", L->model_path, what);
-        if (rt_param(op, e->key))
+        if (sdc_rt_param(op, e->key))
             return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: input '%s' is given twice", L->model_path, what, e->key);
         size_t nb = e->value->n_arguments;
         if (nb < 1 || nb > 65536)
@@ -493,7 +399,7 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
         for (size_t k = 0; k < nb; k++) {
             const Sdc__Coreml__Argument__Binding *b = e->value->arguments[k];
             if (b && b->binding_case == SDC__COREML__ARGUMENT__BINDING__BINDING_NAME) {
-                int s = map_get(L->names, b->name ? b->name : "");
+                int s = sdc_strmap_get(L->names, b->name ? b->name : "");
                 if (s < 0)
                     return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: input '%s' uses '%s', which is not defined before it",
                                     L->model_path, what, e->key, b->name ? b->name : "");
@@ -505,7 +411,7 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
                 snprintf(iw, sizeof iw, "%s input '%s'", what, e->key);
                 char anon[64];
                 snprintf(anon, sizeof anon, "<inline %d>", L->anon++);
-                char *nm = arena_strdup(m, anon);
+                char *nm = sdc_arena_strdup(&m->arena, anon);
                 int s = nm ? new_slot(L, nm) : -1;
                 if (s < 0) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
                 st = value_source(L, b->value, NULL, s, iw);
@@ -525,14 +431,14 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
             continue;
         }
         if (!constexpr_op) continue; /* other attributes carry no semantics we use */
-        if (rt_param(op, a->key))
+        if (sdc_rt_param(op, a->key))
             return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: parameter '%s' is given twice", L->model_path, what, a->key);
         sdc_status st = add_param(L, op, &cap, a->key, 1);
         if (st) return st;
         char iw[1400], anon[64];
         snprintf(iw, sizeof iw, "%s attribute '%s'", what, a->key);
         snprintf(anon, sizeof anon, "<attribute %d>", L->anon++);
-        char *nm = arena_strdup(m, anon);
+        char *nm = sdc_arena_strdup(&m->arena, anon);
         int s = nm ? new_slot(L, nm) : -1;
         if (s < 0) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
         st = value_source(L, a->value, NULL, s, iw);
@@ -542,7 +448,7 @@ static sdc_status load_op(loader *L, const POp *po, int index) {
 
     /* outputs */
     op->n_out = (int)po->n_outputs;
-    op->outs = arena_alloc(m, sizeof(int) * po->n_outputs);
+    op->outs = sdc_arena_alloc(&m->arena, sizeof(int) * po->n_outputs);
     if (!op->outs) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
     for (size_t k = 0; k < po->n_outputs; k++) {
         const Sdc__Coreml__NamedValueType *nv = po->outputs[k];
@@ -612,9 +518,9 @@ static const Sdc__Coreml__FeatureDescription *find_feature(Sdc__Coreml__FeatureD
 static sdc_status describe(loader *L, const PModel *pm) {
     sdc_model *m = L->m;
     const Sdc__Coreml__ModelDescription *d = pm->description;
-    m->in_desc = arena_alloc(m, sizeof(sdc_ndarray) * (size_t)(m->n_inputs + 1));
-    m->out_desc = arena_alloc(m, sizeof(sdc_ndarray) * (size_t)(m->n_outputs + 1));
-    m->out_dtype = arena_alloc(m, sizeof(int) * (size_t)(m->n_outputs + 1));
+    m->in_desc = sdc_arena_alloc(&m->arena, sizeof(sdc_ndarray) * (size_t)(m->n_inputs + 1));
+    m->out_desc = sdc_arena_alloc(&m->arena, sizeof(sdc_ndarray) * (size_t)(m->n_outputs + 1));
+    m->out_dtype = sdc_arena_alloc(&m->arena, sizeof(int) * (size_t)(m->n_outputs + 1));
     if (!m->in_desc || !m->out_desc || !m->out_dtype) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
     for (int i = 0; i < m->n_inputs; i++) {
         const islot *s = &m->slots[m->inputs[i]];
@@ -680,8 +586,8 @@ static sdc_status build(loader *L, const PModel *pm) {
     if (blk->n_operations > (1u << 24) || fn->n_inputs > 4096 || blk->n_outputs > 4096)
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: too many ops, inputs or outputs", L->model_path);
 
-    m->inputs = arena_alloc(m, sizeof(int) * (fn->n_inputs + 1));
-    m->outputs = arena_alloc(m, sizeof(int) * (blk->n_outputs + 1));
+    m->inputs = sdc_arena_alloc(&m->arena, sizeof(int) * (fn->n_inputs + 1));
+    m->outputs = sdc_arena_alloc(&m->arena, sizeof(int) * (blk->n_outputs + 1));
     m->ops = sdc_calloc(blk->n_operations + 1, sizeof(iop));
     if (!m->inputs || !m->outputs || !m->ops) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
     for (size_t i = 0; i < fn->n_inputs; i++) {
@@ -702,7 +608,7 @@ static sdc_status build(loader *L, const PModel *pm) {
         if (st) return st;
     }
     for (size_t i = 0; i < blk->n_outputs; i++) {
-        int s = map_get(L->names, blk->outputs[i] ? blk->outputs[i] : "");
+        int s = sdc_strmap_get(L->names, blk->outputs[i] ? blk->outputs[i] : "");
         if (s < 0) return sdc_fail(L->err, SDC_E_FORMAT, "%s: block output '%s' is not defined", L->model_path, blk->outputs[i]);
         for (int k = 0; k < m->n_outputs; k++)
             if (m->outputs[k] == s)
@@ -725,21 +631,21 @@ static sdc_status decode_small(loader *L) {
         islot *sl = &m->slots[s];
         if (sl->kind != SL_CONST || sl->val || sl->src.kind == CS_NONE) continue;
         size_t n;
-        if (!it_numel(sl->rank, sl->shape, &n) || n > EAGER_ELEMS) continue;
+        if (!sdc_it_numel(sl->rank, sl->shape, &n) || n > EAGER_ELEMS) continue;
         itensor *t = NULL;
         if (sl->src.kind == CS_RAW) {
-            t = it_new(sl->dtype, sl->rank, sl->shape);
+            t = sdc_it_new(sl->dtype, sl->rank, sl->shape);
             if (!t) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
             if (mt_is_float(sl->dtype)) {
-                csrc_read_f(&sl->src, 0, n, t->f);
-                if (sl->dtype == MT_FP16) round_f16(NULL, t->f, n);
+                sdc_csrc_read_f(&sl->src, 0, n, t->f);
+                if (sl->dtype == MT_FP16) sdc_round_f16(NULL, t->f, n);
             } else {
-                csrc_read_i(&sl->src, 0, n, t->i);
+                sdc_csrc_read_i(&sl->src, 0, n, t->i);
             }
         } else {
             const iop *maker = &m->ops[sl->src.op];
             sdc_status st = maker->def->value(&r, maker, &t);
-            for (int i = 0; i < r.n_temps; i++) it_free(r.temps[i]);
+            for (int i = 0; i < r.n_temps; i++) sdc_it_free(r.temps[i]);
             r.n_temps = 0;
             if (st) {
                 sdc_free(r.temps);
@@ -752,32 +658,27 @@ static sdc_status decode_small(loader *L) {
     return SDC_OK;
 }
 
-sdc_status interp_model_load(const char *pkg, sdc_model *m, sdc_err *err) {
+sdc_status sdc_interp_model_load(const char *pkg, sdc_model *m, sdc_err *err) {
     m->pkg = sdc_calloc(1, sizeof *m->pkg);
     if (!m->pkg) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
     sdc_status s = sdc_package_open(pkg, m->pkg, err);
     if (s) return s;
     loader L = {.m = m, .err = err, .pkg = m->pkg, .model_path = m->pkg->model_path};
-    L.names = sdc_calloc(1, sizeof *L.names);
-    if (!L.names) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    m->names = L.names;
+    L.names = &m->names;
     s = build(&L, m->pkg->model);
     if (!s) s = decode_small(&L);
     return s;
 }
 
-void interp_model_release(sdc_model *m) {
+void sdc_interp_model_release(sdc_model *m) {
     for (int s = 0; s < m->n_slots; s++)
-        if (m->slots[s].val && m->slots[s].val->dtype != MT_STRING) it_free(m->slots[s].val);
+        if (m->slots[s].val && m->slots[s].val->dtype != MT_STRING) sdc_it_free(m->slots[s].val);
     sdc_free(m->slots);
     sdc_free(m->ops);
     for (int i = 0; i < m->n_files; i++) sdc_blob_file_close(&m->files[i].blob);
     sdc_free(m->files);
-    map_free(m->names);
+    sdc_strmap_clear(&m->names);
     if (m->pkg) sdc_package_close(m->pkg);
     sdc_free(m->pkg);
-    for (struct iarena *a = m->arena, *next; a; a = next) {
-        next = a->next;
-        sdc_free(a);
-    }
+    sdc_arena_free(&m->arena);
 }

@@ -245,25 +245,25 @@ SDC_VECTORISE static void bin_rows(void *vctx, size_t r0, size_t r1) {
     }
 }
 
-sdc_status k_binary(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x"), *y = x ? rt_req(r, op, "y") : NULL;
+sdc_status sdc_kernel_binary(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x"), *y = x ? sdc_rt_req(r, op, "y") : NULL;
     if (!x || !y) return r->err->code;
-    if (x->dtype == MT_STRING || y->dtype == MT_STRING) return rt_fail(r, op, SDC_E_FORMAT, "string operands");
+    if (x->dtype == MT_STRING || y->dtype == MT_STRING) return sdc_rt_fail(r, op, SDC_E_FORMAT, "string operands");
     itensor *ts[2] = {x, y};
     int rank;
     int64_t shape[SDC_MAX_RANK];
     char a[200], b[200];
     if (!bcast_shape(2, ts, &rank, shape))
-        return rt_fail(r, op, SDC_E_FORMAT, "shapes %s and %s do not broadcast", shape_str(x->rank, x->shape, a, sizeof a),
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "shapes %s and %s do not broadcast", shape_str(x->rank, x->shape, a, sizeof a),
                        shape_str(y->rank, y->shape, b, sizeof b));
-    itensor *o = rt_out(r, op, 0, rank, shape);
+    itensor *o = sdc_rt_out(r, op, 0, rank, shape);
     if (!o) return r->err->code;
     bin_ctx c = {.code = op->def->code, .x = x, .y = y, .o = o};
     bool cmp = c.code >= B_EQUAL;
     c.fcompute = mt_is_float(x->dtype) || mt_is_float(y->dtype) || (!cmp && mt_is_float(o->dtype));
     bplan_make(&c.p, 2, ts, rank, shape);
     if (o->n == 0) return SDC_OK;
-    ipool_for(rt_pool(r), c.p.rows, row_grain(&c.p), bin_rows, &c);
+    sdc_ipool_for(sdc_rt_pool(r), c.p.rows, row_grain(&c.p), bin_rows, &c);
     return SDC_OK;
 }
 
@@ -332,7 +332,7 @@ SDC_VECTORISE static void un_rows(void *vctx, size_t b, size_t e) {
             for (size_t i = b; i < e; i += 256) {
                 size_t k = e - i < 256 ? e - i : 256;
                 for (size_t j = 0; j < k; j++) t[j] = -xa[i + j];
-                vec_exp(t, t, k);
+                sdc_vec_exp(t, t, k);
                 if (c->code == U_SILU)
                     for (size_t j = 0; j < k; j++) oa[i + j] = xa[i + j] / (1.0f + t[j]);
                 else
@@ -340,7 +340,7 @@ SDC_VECTORISE static void un_rows(void *vctx, size_t b, size_t e) {
             }
             return;
         case U_EXP:
-            vec_exp(xa + b, oa + b, e - b);
+            sdc_vec_exp(xa + b, oa + b, e - b);
             return;
         default:
             for (size_t i = b; i < e; i++) oa[i] = funary(c->code, xa[i], eps);
@@ -366,18 +366,18 @@ SDC_VECTORISE static void un_rows(void *vctx, size_t b, size_t e) {
     }
 }
 
-sdc_status k_unary(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_unary(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     if (!x) return r->err->code;
-    if (x->dtype == MT_STRING) return rt_fail(r, op, SDC_E_FORMAT, "string operand");
+    if (x->dtype == MT_STRING) return sdc_rt_fail(r, op, SDC_E_FORMAT, "string operand");
     un_ctx c = {.code = op->def->code, .x = x};
     float dflt = c.code == U_INVERSE ? 1e-4f : c.code == U_LOG ? 1e-45f : c.code == U_RSQRT ? 1e-12f : 0.0f;
     if (c.code == U_INVERSE || c.code == U_LOG || c.code == U_RSQRT) {
-        if (rt_float(r, op, "epsilon", dflt, &c.eps)) return r->err->code;
+        if (sdc_rt_float(r, op, "epsilon", dflt, &c.eps)) return r->err->code;
     }
-    c.o = rt_out(r, op, 0, x->rank, x->shape);
+    c.o = sdc_rt_out(r, op, 0, x->rank, x->shape);
     if (!c.o) return r->err->code;
-    ipool_for(rt_pool(r), x->n, 16384, un_rows, &c);
+    sdc_ipool_for(sdc_rt_pool(r), x->n, 16384, un_rows, &c);
     return SDC_OK;
 }
 
@@ -399,24 +399,24 @@ SDC_VECTORISE static void gelu_rows(void *vctx, size_t b, size_t e) {
             float t[256];
             size_t k = e - i < 256 ? e - i : 256;
             for (size_t j = 0; j < k; j++) t[j] = -1.702f * x[i + j];
-            vec_exp(t, t, k);
+            sdc_vec_exp(t, t, k);
             for (size_t j = 0; j < k; j++) o[i + j] = x[i + j] / (1.0f + t[j]);
         }
 }
 
-sdc_status k_gelu(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_gelu(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     const char *mode;
-    if (!x || rt_str(r, op, "mode", "EXACT", &mode)) return r->err->code;
+    if (!x || sdc_rt_str(r, op, "mode", "EXACT", &mode)) return r->err->code;
     un_ctx c = {.x = x};
     if (!strcmp(mode, "EXACT")) c.code = 0;
     else if (!strcmp(mode, "TANH_APPROXIMATION")) c.code = 1;
     else if (!strcmp(mode, "SIGMOID_APPROXIMATION")) c.code = 2;
-    else return rt_fail(r, op, SDC_E_FORMAT, "unknown mode '%s'", mode);
-    if (!mt_is_float(x->dtype)) return rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32, not %s", mt_name(x->dtype));
-    c.o = rt_out(r, op, 0, x->rank, x->shape);
-    if (!c.o || !mt_is_float(c.o->dtype)) return c.o ? rt_fail(r, op, SDC_E_FORMAT, "output must be float") : r->err->code;
-    ipool_for(rt_pool(r), x->n, 16384, gelu_rows, &c);
+    else return sdc_rt_fail(r, op, SDC_E_FORMAT, "unknown mode '%s'", mode);
+    if (!mt_is_float(x->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32, not %s", mt_name(x->dtype));
+    c.o = sdc_rt_out(r, op, 0, x->rank, x->shape);
+    if (!c.o || !mt_is_float(c.o->dtype)) return c.o ? sdc_rt_fail(r, op, SDC_E_FORMAT, "output must be float") : r->err->code;
+    sdc_ipool_for(sdc_rt_pool(r), x->n, 16384, gelu_rows, &c);
     return SDC_OK;
 }
 
@@ -454,10 +454,10 @@ SDC_VECTORISE static void act_rows(void *vctx, size_t b, size_t e) {
     }
 }
 
-sdc_status k_act_alpha(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_act_alpha(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     if (!x) return r->err->code;
-    if (!mt_is_float(x->dtype)) return rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32, not %s", mt_name(x->dtype));
+    if (!mt_is_float(x->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32, not %s", mt_name(x->dtype));
     un_ctx c = {.code = op->def->code, .x = x};
     float da = 1.0f, db = 0.0f;
     switch (c.code) {
@@ -467,12 +467,12 @@ sdc_status k_act_alpha(irun *r, const iop *op) {
     default: break;
     }
     if (c.code == A_PRELU || c.code == A_SOFTPLUS_PARAM) {
-        itensor *a = rt_req(r, op, "alpha");
-        itensor *bb = c.code == A_SOFTPLUS_PARAM ? rt_req(r, op, "beta") : NULL;
+        itensor *a = sdc_rt_req(r, op, "alpha");
+        itensor *bb = c.code == A_SOFTPLUS_PARAM ? sdc_rt_req(r, op, "beta") : NULL;
         if (!a || (c.code == A_SOFTPLUS_PARAM && !bb)) return r->err->code;
         if (x->rank < 3 || a->rank != 1 || a->shape[0] != x->shape[1] || !mt_is_float(a->dtype) ||
             (bb && (bb->rank != 1 || bb->shape[0] != x->shape[1] || !mt_is_float(bb->dtype))))
-            return rt_fail(r, op, SDC_E_FORMAT, "x must be [B, C, ...] and alpha/beta float [C]");
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must be [B, C, ...] and alpha/beta float [C]");
         c.ch_a = a->f;
         c.ch_b = bb ? bb->f : NULL;
         c.ch_n = x->shape[1];
@@ -480,26 +480,26 @@ sdc_status k_act_alpha(irun *r, const iop *op) {
         for (int d = 2; d < x->rank; d++) c.ch_inner *= x->shape[d];
         if (c.ch_inner == 0) c.ch_inner = 1;
     } else {
-        if (rt_float(r, op, "alpha", da, &c.alpha) || rt_float(r, op, "beta", db, &c.beta)) return r->err->code;
-        if ((c.code == A_THRESHOLD || c.code == A_CLAMPED_RELU) && !rt_param(op, "alpha"))
-            return rt_fail(r, op, SDC_E_FORMAT, "required input 'alpha' is missing");
-        if (c.code == A_CLAMPED_RELU && !rt_param(op, "beta"))
-            return rt_fail(r, op, SDC_E_FORMAT, "required input 'beta' is missing");
+        if (sdc_rt_float(r, op, "alpha", da, &c.alpha) || sdc_rt_float(r, op, "beta", db, &c.beta)) return r->err->code;
+        if ((c.code == A_THRESHOLD || c.code == A_CLAMPED_RELU) && !sdc_rt_param(op, "alpha"))
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "required input 'alpha' is missing");
+        if (c.code == A_CLAMPED_RELU && !sdc_rt_param(op, "beta"))
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "required input 'beta' is missing");
     }
-    c.o = rt_out(r, op, 0, x->rank, x->shape);
+    c.o = sdc_rt_out(r, op, 0, x->rank, x->shape);
     if (!c.o) return r->err->code;
-    if (!mt_is_float(c.o->dtype)) return rt_fail(r, op, SDC_E_FORMAT, "output must be float");
-    ipool_for(rt_pool(r), x->n, 16384, act_rows, &c);
+    if (!mt_is_float(c.o->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "output must be float");
+    sdc_ipool_for(sdc_rt_pool(r), x->n, 16384, act_rows, &c);
     return SDC_OK;
 }
 
-sdc_status k_clip(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_clip(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     float lo, hi;
-    if (!x || !rt_param(op, "alpha") || !rt_param(op, "beta"))
-        return x ? rt_fail(r, op, SDC_E_FORMAT, "clip needs alpha and beta") : r->err->code;
-    if (rt_float(r, op, "alpha", 0, &lo) || rt_float(r, op, "beta", 0, &hi)) return r->err->code;
-    itensor *o = rt_out(r, op, 0, x->rank, x->shape);
+    if (!x || !sdc_rt_param(op, "alpha") || !sdc_rt_param(op, "beta"))
+        return x ? sdc_rt_fail(r, op, SDC_E_FORMAT, "clip needs alpha and beta") : r->err->code;
+    if (sdc_rt_float(r, op, "alpha", 0, &lo) || sdc_rt_float(r, op, "beta", 0, &hi)) return r->err->code;
+    itensor *o = sdc_rt_out(r, op, 0, x->rank, x->shape);
     if (!o) return r->err->code;
     for (size_t i = 0; i < x->n; i++) {
         float v = it_getf(x, i);
@@ -534,18 +534,18 @@ static int32_t wrap_int(int64_t v, int t) {
     }
 }
 
-sdc_status k_cast(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_cast(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     const char *dt;
-    if (!x || rt_str(r, op, "dtype", NULL, &dt)) return r->err->code;
-    if (!dt) return rt_fail(r, op, SDC_E_FORMAT, "required input 'dtype' is missing");
+    if (!x || sdc_rt_str(r, op, "dtype", NULL, &dt)) return r->err->code;
+    if (!dt) return sdc_rt_fail(r, op, SDC_E_FORMAT, "required input 'dtype' is missing");
     int target = cast_target(dt);
-    if (!target) return rt_fail(r, op, SDC_E_UNSUPPORTED, "cast to '%s' is not supported", dt);
-    int decl = rt_out_dtype(r, op, 0);
+    if (!target) return sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "cast to '%s' is not supported", dt);
+    int decl = sdc_rt_out_dtype(r, op, 0);
     /* int64/fp64 targets are declared as such but held as int32/float */
     if (decl != target)
-        return rt_fail(r, op, SDC_E_FORMAT, "dtype '%s' differs from the declared output type %s", dt, mt_name(decl));
-    itensor *o = rt_out(r, op, 0, x->rank, x->shape);
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "dtype '%s' differs from the declared output type %s", dt, mt_name(decl));
+    itensor *o = sdc_rt_out(r, op, 0, x->rank, x->shape);
     if (!o) return r->err->code;
     bool xf = mt_is_float(x->dtype), of = mt_is_float(o->dtype);
     for (size_t i = 0; i < x->n; i++) {
@@ -587,17 +587,17 @@ SDC_VECTORISE static void sel_rows(void *vctx, size_t r0, size_t r1) {
     }
 }
 
-sdc_status k_select(irun *r, const iop *op) {
-    itensor *cond = rt_req(r, op, "cond"), *a = cond ? rt_req(r, op, "a") : NULL, *b = a ? rt_req(r, op, "b") : NULL;
+sdc_status sdc_kernel_select(irun *r, const iop *op) {
+    itensor *cond = sdc_rt_req(r, op, "cond"), *a = cond ? sdc_rt_req(r, op, "a") : NULL, *b = a ? sdc_rt_req(r, op, "b") : NULL;
     if (!b) return r->err->code;
     itensor *ts[3] = {cond, a, b};
     int rank;
     int64_t shape[SDC_MAX_RANK];
-    if (!bcast_shape(3, ts, &rank, shape)) return rt_fail(r, op, SDC_E_FORMAT, "cond, a and b do not broadcast");
-    itensor *o = rt_out(r, op, 0, rank, shape);
+    if (!bcast_shape(3, ts, &rank, shape)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "cond, a and b do not broadcast");
+    itensor *o = sdc_rt_out(r, op, 0, rank, shape);
     if (!o) return r->err->code;
     sel_ctx c = {.c = cond, .a = a, .b = b, .o = o};
     bplan_make(&c.p, 3, ts, rank, shape);
-    if (o->n) ipool_for(rt_pool(r), c.p.rows, row_grain(&c.p), sel_rows, &c);
+    if (o->n) sdc_ipool_for(sdc_rt_pool(r), c.p.rows, row_grain(&c.p), sel_rows, &c);
     return SDC_OK;
 }

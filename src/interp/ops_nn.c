@@ -1,5 +1,5 @@
 /*
- * ops_nn.c — linear, matmul, einsum, conv (all through igemm), softmax, layer/instance/batch
+ * ops_nn.c — linear, matmul, einsum, conv (all through sdc_igemm), softmax, layer/instance/batch
  * norm and scaled_dot_product_attention.
  *
  * Sums run in fp32 inside the GEMM and in double for the normalisation statistics; results are
@@ -14,7 +14,7 @@ static bool all_float(const itensor *a, const itensor *b) {
 }
 
 /* Many small independent products: threads over the batch, each with the single-threaded
-   blocked kernel; large ones: one after another, each threaded by igemm. */
+   blocked kernel; large ones: one after another, each threaded by sdc_igemm. */
 typedef struct batch_gemm {
     bool ta, tb;
     int64_t M, N, K, lda, ldb, ldc;
@@ -26,17 +26,17 @@ typedef struct batch_gemm {
 static void batch_rows(void *ctx, size_t b, size_t e) {
     batch_gemm *g = ctx;
     for (size_t i = b; i < e; i++)
-        igemm_fallback(NULL, g->ta, g->tb, g->M, g->N, g->K, g->A[i], g->lda, g->B[i], g->ldb, 0.0f, g->C[i], g->ldc);
+        sdc_igemm_fallback(NULL, g->ta, g->tb, g->M, g->N, g->K, g->A[i], g->lda, g->B[i], g->ldb, 0.0f, g->C[i], g->ldc);
 }
 
 static void run_batch(ipool *p, batch_gemm *g) {
     double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K;
     if (g->count > 1 && flops < 4e6) {
-        ipool_for(p, g->count, 1, batch_rows, g);
+        sdc_ipool_for(p, g->count, 1, batch_rows, g);
         return;
     }
     for (size_t i = 0; i < g->count; i++)
-        igemm(p, g->ta, g->tb, g->M, g->N, g->K, g->A[i], g->lda, g->B[i], g->ldb, 0.0f, g->C[i], g->ldc);
+        sdc_igemm(p, g->ta, g->tb, g->M, g->N, g->K, g->A[i], g->lda, g->B[i], g->ldb, 0.0f, g->C[i], g->ldc);
 }
 
 static sdc_status alloc_batch(irun *r, const iop *op, batch_gemm *g, size_t count) {
@@ -44,7 +44,7 @@ static sdc_status alloc_batch(irun *r, const iop *op, batch_gemm *g, size_t coun
     g->A = sdc_malloc(sizeof *g->A * (count ? count : 1));
     g->B = sdc_malloc(sizeof *g->B * (count ? count : 1));
     g->C = sdc_malloc(sizeof *g->C * (count ? count : 1));
-    if (!g->A || !g->B || !g->C) return rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+    if (!g->A || !g->B || !g->C) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
     return SDC_OK;
 }
 
@@ -75,38 +75,38 @@ static void lin16_blocks(void *ctx, size_t b, size_t e) {
     }
     for (size_t k = b; k < e; k++) {
         int64_t j0 = (int64_t)k * c->rows, n = c->dout - j0 < c->rows ? c->dout - j0 : c->rows;
-        f16_expand(NULL, c->w16 + 2 * (size_t)(j0 * c->din), buf, (size_t)(n * c->din));
-        igemm(NULL, false, true, c->M, n, c->din, c->x, c->din, buf, c->din, c->beta, c->o + j0, c->dout);
+        sdc_f16_expand(NULL, c->w16 + 2 * (size_t)(j0 * c->din), buf, (size_t)(n * c->din));
+        sdc_igemm(NULL, false, true, c->M, n, c->din, c->x, c->din, buf, c->din, c->beta, c->o + j0, c->dout);
     }
     sdc_free(buf);
 }
 
-sdc_status k_linear(irun *r, const iop *op) {
+sdc_status sdc_kernel_linear(irun *r, const iop *op) {
     /* An fp16 weight stored in the package is expanded a block of rows at a time into a
        cache-sized buffer, each block multiplied right away: the weight is read once, as fp16,
        and never held in fp32 as a whole. */
     const islot *ws = NULL;
-    const csrc *lazy = rt_lazy(r, op, "weight", &ws);
+    const csrc *lazy = sdc_rt_lazy(r, op, "weight", &ws);
     if (lazy && (lazy->fmt != RAW_F16 || ws->rank != 2)) lazy = NULL;
-    itensor *x = rt_req(r, op, "x"), *w = x && !lazy ? rt_req(r, op, "weight") : NULL;
+    itensor *x = sdc_rt_req(r, op, "x"), *w = x && !lazy ? sdc_rt_req(r, op, "weight") : NULL;
     if (!x || (!lazy && !w)) return r->err->code;
-    itensor *b = rt_in(r, op, "bias");
+    itensor *b = sdc_rt_in(r, op, "bias");
     if (r->err->code) return r->err->code;
     char a1[200], a2[200];
     int wrank = lazy ? ws->rank : w->rank;
     const int64_t *wshape = lazy ? ws->shape : w->shape;
     if (!mt_is_float(x->dtype) || !mt_is_float(lazy ? ws->dtype : w->dtype))
-        return rt_fail(r, op, SDC_E_UNSUPPORTED, "x and weight must be fp16 or fp32");
+        return sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "x and weight must be fp16 or fp32");
     if (x->rank < 1 || wrank != 2 || x->shape[x->rank - 1] != wshape[1])
-        return rt_fail(r, op, SDC_E_FORMAT, "x %s does not match weight %s [D_out, D_in]", shape_str(x->rank, x->shape, a1, sizeof a1),
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "x %s does not match weight %s [D_out, D_in]", shape_str(x->rank, x->shape, a1, sizeof a1),
                        shape_str(wrank, wshape, a2, sizeof a2));
     int64_t dout = wshape[0], din = wshape[1];
     if (b && (b->rank != 1 || b->shape[0] != dout || !mt_is_float(b->dtype)))
-        return rt_fail(r, op, SDC_E_FORMAT, "bias %s must be float [%lld]", shape_str(b->rank, b->shape, a1, sizeof a1), (long long)dout);
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "bias %s must be float [%lld]", shape_str(b->rank, b->shape, a1, sizeof a1), (long long)dout);
     int64_t shape[SDC_MAX_RANK];
     memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->rank);
     shape[x->rank - 1] = dout;
-    itensor *o = rt_out(r, op, 0, x->rank, shape);
+    itensor *o = sdc_rt_out(r, op, 0, x->rank, shape);
     if (!o) return r->err->code;
     if (o->n == 0) return SDC_OK;
     int64_t M = (int64_t)(o->n / (size_t)dout);
@@ -115,29 +115,29 @@ sdc_status k_linear(irun *r, const iop *op) {
     }
     float beta = b ? 1.0f : 0.0f;
     if (!lazy) {
-        igemm(rt_pool(r), false, true, M, dout, din, x->f, din, w->f, din, beta, o->f, dout);
+        sdc_igemm(sdc_rt_pool(r), false, true, M, dout, din, x->f, din, w->f, din, beta, o->f, dout);
         return SDC_OK;
     }
     /* blocks of about 512 KiB of fp32, in a multiple of the thread count */
-    int64_t T = ipool_size(rt_pool(r)), blocks = (dout * din * 4 + (1 << 19) - 1) >> 19;
+    int64_t T = sdc_ipool_size(sdc_rt_pool(r)), blocks = (dout * din * 4 + (1 << 19) - 1) >> 19;
     blocks = (blocks + T - 1) / T * T;
     int64_t rows = (dout + blocks - 1) / blocks;
     rows = (rows + 15) / 16 * 16;
     if (rows > dout) rows = dout;
     lin16_ctx c = {lazy->ptr, x->f, o->f, M, din, dout, rows, beta, 0};
-    ipool_for(rt_pool(r), (size_t)((dout + rows - 1) / rows), 1, lin16_blocks, &c);
-    if (c.failed) return rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+    sdc_ipool_for(sdc_rt_pool(r), (size_t)((dout + rows - 1) / rows), 1, lin16_blocks, &c);
+    if (c.failed) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
     return SDC_OK;
 }
 
 /* ---------------------------------------------------------------- matmul */
 
-sdc_status k_matmul(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x"), *y = x ? rt_req(r, op, "y") : NULL;
+sdc_status sdc_kernel_matmul(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x"), *y = x ? sdc_rt_req(r, op, "y") : NULL;
     bool tx, ty;
-    if (!y || rt_bool(r, op, "transpose_x", false, &tx) || rt_bool(r, op, "transpose_y", false, &ty)) return r->err->code;
-    if (!all_float(x, y)) return rt_fail(r, op, SDC_E_UNSUPPORTED, "x and y must be fp16 or fp32");
-    if (x->rank < 1 || y->rank < 1) return rt_fail(r, op, SDC_E_FORMAT, "operands must have rank >= 1");
+    if (!y || sdc_rt_bool(r, op, "transpose_x", false, &tx) || sdc_rt_bool(r, op, "transpose_y", false, &ty)) return r->err->code;
+    if (!all_float(x, y)) return sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "x and y must be fp16 or fp32");
+    if (x->rank < 1 || y->rank < 1) return sdc_rt_fail(r, op, SDC_E_FORMAT, "operands must have rank >= 1");
     /* NumPy rules: a 1-D x is [1, K] (row dropped after), a 1-D y is [K, 1] (column dropped) */
     int64_t xs[SDC_MAX_RANK + 1], ys[SDC_MAX_RANK + 1];
     int xr = x->rank, yr = y->rank;
@@ -156,7 +156,7 @@ sdc_status k_matmul(irun *r, const iop *op) {
     int64_t K2 = ty ? ys[yr - 1] : ys[yr - 2], N = ty ? ys[yr - 2] : ys[yr - 1];
     char a1[200], a2[200];
     if (K != K2)
-        return rt_fail(r, op, SDC_E_FORMAT, "inner dimensions differ: x %s%s, y %s%s", shape_str(x->rank, x->shape, a1, sizeof a1),
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "inner dimensions differ: x %s%s, y %s%s", shape_str(x->rank, x->shape, a1, sizeof a1),
                        tx ? "ᵀ" : "", shape_str(y->rank, y->shape, a2, sizeof a2), ty ? "ᵀ" : "");
     /* broadcast the batch dims */
     int xb = xr - 2, yb = yr - 2, br = xb > yb ? xb : yb;
@@ -164,7 +164,7 @@ sdc_status k_matmul(irun *r, const iop *op) {
     for (int d = 0; d < br; d++) {
         int64_t dx = d - (br - xb) >= 0 ? xs[d - (br - xb)] : 1, dy = d - (br - yb) >= 0 ? ys[d - (br - yb)] : 1;
         if (dx != dy && dx != 1 && dy != 1)
-            return rt_fail(r, op, SDC_E_FORMAT, "batch dims of x %s and y %s do not broadcast",
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "batch dims of x %s and y %s do not broadcast",
                            shape_str(x->rank, x->shape, a1, sizeof a1), shape_str(y->rank, y->shape, a2, sizeof a2));
         bs[d] = dx == 1 ? dy : dx;
         bx[d] = dx;
@@ -175,8 +175,8 @@ sdc_status k_matmul(irun *r, const iop *op) {
     for (int d = 0; d < br; d++) oshape[orank++] = bs[d];
     if (!x1) oshape[orank++] = M;
     if (!y1) oshape[orank++] = N;
-    if (orank > SDC_MAX_RANK) return rt_fail(r, op, SDC_E_UNSUPPORTED, "result rank too large");
-    itensor *o = rt_out(r, op, 0, orank, oshape);
+    if (orank > SDC_MAX_RANK) return sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "result rank too large");
+    itensor *o = sdc_rt_out(r, op, 0, orank, oshape);
     if (!o) return r->err->code;
     size_t nb = 1;
     for (int d = 0; d < br; d++) nb *= (size_t)bs[d];
@@ -189,7 +189,7 @@ sdc_status k_matmul(irun *r, const iop *op) {
         x_full = x_full && bx[d] == bs[d];
     }
     if (y_shared && x_full && !tx) { /* one product: batches of x stacked as rows */
-        igemm(rt_pool(r), false, ty, (int64_t)nb * M, N, K, x->f, lda, y->f, ldb, 0.0f, o->f, N);
+        sdc_igemm(sdc_rt_pool(r), false, ty, (int64_t)nb * M, N, K, x->f, lda, y->f, ldb, 0.0f, o->f, N);
         return SDC_OK;
     }
     batch_gemm g = {.ta = tx, .tb = ty, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb, .ldc = N};
@@ -208,7 +208,7 @@ sdc_status k_matmul(irun *r, const iop *op) {
         g.B[b] = y->f + oy * ymat;
         g.C[b] = o->f + b * omat;
     }
-    run_batch(rt_pool(r), &g);
+    run_batch(sdc_rt_pool(r), &g);
     free_batch(&g);
     return SDC_OK;
 }
@@ -263,20 +263,20 @@ static int einsum_form(const char *eq) {
     return 0;
 }
 
-sdc_status k_einsum(irun *r, const iop *op) {
-    const iparam *vp = rt_param(op, "values");
+sdc_status sdc_kernel_einsum(irun *r, const iop *op) {
+    const iparam *vp = sdc_rt_param(op, "values");
     const char *eq;
-    if (!vp || vp->n != 2) return rt_fail(r, op, SDC_E_FORMAT, "'values' must hold two tensors");
-    itensor *x = rt_in_at(r, op, "values", 0), *y = x ? rt_in_at(r, op, "values", 1) : NULL;
-    if (!y || rt_str(r, op, "equation", NULL, &eq)) return r->err->code;
-    if (!eq) return rt_fail(r, op, SDC_E_FORMAT, "required input 'equation' is missing");
+    if (!vp || vp->n != 2) return sdc_rt_fail(r, op, SDC_E_FORMAT, "'values' must hold two tensors");
+    itensor *x = sdc_rt_in_at(r, op, "values", 0), *y = x ? sdc_rt_in_at(r, op, "values", 1) : NULL;
+    if (!y || sdc_rt_str(r, op, "equation", NULL, &eq)) return r->err->code;
+    if (!eq) return sdc_rt_fail(r, op, SDC_E_FORMAT, "required input 'equation' is missing");
     int form = einsum_form(eq);
     if (!form)
-        return rt_fail(r, op, SDC_E_UNSUPPORTED, "equation '%s' is not one of the supported forms (nchw,nwhu->nchu and chw,whr->chr)", eq);
-    if (!all_float(x, y)) return rt_fail(r, op, SDC_E_UNSUPPORTED, "operands must be fp16 or fp32");
+        return sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "equation '%s' is not one of the supported forms (nchw,nwhu->nchu and chw,whr->chr)", eq);
+    if (!all_float(x, y)) return sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "operands must be fp16 or fp32");
     char a1[200], a2[200];
     if (x->rank != form || y->rank != form)
-        return rt_fail(r, op, SDC_E_FORMAT, "equation '%s' needs rank-%d operands, got %s and %s", eq, form,
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "equation '%s' needs rank-%d operands, got %s and %s", eq, form,
                        shape_str(x->rank, x->shape, a1, sizeof a1), shape_str(y->rank, y->shape, a2, sizeof a2));
     /* view both as rank 4 [B, C, H, W] · [B, W, H, U] */
     int64_t X[4], Y[4];
@@ -289,11 +289,11 @@ sdc_status k_einsum(irun *r, const iop *op) {
         memcpy(Y + 1, y->shape, 3 * sizeof(int64_t));
     }
     if (X[3] != Y[1] || (X[0] != Y[0] && X[0] != 1 && Y[0] != 1) || (X[2] != Y[2] && X[2] != 1 && Y[2] != 1))
-        return rt_fail(r, op, SDC_E_FORMAT, "operands %s and %s do not fit '%s'", shape_str(x->rank, x->shape, a1, sizeof a1),
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "operands %s and %s do not fit '%s'", shape_str(x->rank, x->shape, a1, sizeof a1),
                        shape_str(y->rank, y->shape, a2, sizeof a2), eq);
     int64_t B = X[0] > Y[0] ? X[0] : Y[0], C = X[1], H = X[2] > Y[2] ? X[2] : Y[2], W = X[3], U = Y[3];
     int64_t oshape[4] = {B, C, H, U};
-    itensor *o = rt_out(r, op, 0, form, form == 4 ? oshape : oshape + 1);
+    itensor *o = sdc_rt_out(r, op, 0, form, form == 4 ? oshape : oshape + 1);
     if (!o) return r->err->code;
     if (o->n == 0) return SDC_OK;
     batch_gemm g = {.M = C, .N = U, .K = W, .lda = X[2] * W, .ldb = Y[2] * U, .ldc = H * U};
@@ -306,7 +306,7 @@ sdc_status k_einsum(irun *r, const iop *op) {
             g.B[i] = y->f + by * W * Y[2] * U + hy * U;
             g.C[i] = o->f + b * C * H * U + h * U;
         }
-    run_batch(rt_pool(r), &g);
+    run_batch(sdc_rt_pool(r), &g);
     free_batch(&g);
     return SDC_OK;
 }
@@ -355,33 +355,33 @@ SDC_VECTORISE static void im2col_rows(void *vctx, size_t r0, size_t r1) {
     }
 }
 
-sdc_status k_conv(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x"), *w = x ? rt_req(r, op, "weight") : NULL;
+sdc_status sdc_kernel_conv(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x"), *w = x ? sdc_rt_req(r, op, "weight") : NULL;
     if (!w) return r->err->code;
-    itensor *b = rt_in(r, op, "bias");
+    itensor *b = sdc_rt_in(r, op, "bias");
     if (r->err->code) return r->err->code;
     char a1[200], a2[200];
-    if (!all_float(x, w)) return rt_fail(r, op, SDC_E_UNSUPPORTED, "x and weight must be fp16 or fp32");
+    if (!all_float(x, w)) return sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "x and weight must be fp16 or fp32");
     int S = x->rank - 2;
     if (S < 1 || S > 3 || w->rank != x->rank)
-        return rt_fail(r, op, SDC_E_FORMAT, "x %s and weight %s must be [N, C, 1-3 spatial dims] of one rank",
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "x %s and weight %s must be [N, C, 1-3 spatial dims] of one rank",
                        shape_str(x->rank, x->shape, a1, sizeof a1), shape_str(w->rank, w->shape, a2, sizeof a2));
     int64_t groups, strides[3], dil[3], pad[6];
     int ns, nd, np;
     bool has_s, has_d, has_p;
     const char *pad_type;
-    if (rt_int(r, op, "groups", 1, &groups) || rt_ints(r, op, "strides", strides, 3, &ns, &has_s) ||
-        rt_ints(r, op, "dilations", dil, 3, &nd, &has_d) || rt_ints(r, op, "pad", pad, 6, &np, &has_p) ||
-        rt_str(r, op, "pad_type", "valid", &pad_type))
+    if (sdc_rt_int(r, op, "groups", 1, &groups) || sdc_rt_ints(r, op, "strides", strides, 3, &ns, &has_s) ||
+        sdc_rt_ints(r, op, "dilations", dil, 3, &nd, &has_d) || sdc_rt_ints(r, op, "pad", pad, 6, &np, &has_p) ||
+        sdc_rt_str(r, op, "pad_type", "valid", &pad_type))
         return r->err->code;
     if ((has_s && ns != S) || (has_d && nd != S))
-        return rt_fail(r, op, SDC_E_FORMAT, "strides and dilations must have %d values", S);
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "strides and dilations must have %d values", S);
     int64_t N = x->shape[0], Cin = x->shape[1], Cout = w->shape[0];
     if (groups < 1 || Cin % groups || Cout % groups || w->shape[1] != Cin / groups)
-        return rt_fail(r, op, SDC_E_FORMAT, "x %s, weight %s and groups %lld do not fit ([C_out, C_in/groups, *K])",
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "x %s, weight %s and groups %lld do not fit ([C_out, C_in/groups, *K])",
                        shape_str(x->rank, x->shape, a1, sizeof a1), shape_str(w->rank, w->shape, a2, sizeof a2), (long long)groups);
     if (b && (b->n != (size_t)Cout || b->rank != 1 || !mt_is_float(b->dtype)))
-        return rt_fail(r, op, SDC_E_FORMAT, "bias must be float [%lld]", (long long)Cout);
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "bias must be float [%lld]", (long long)Cout);
     conv_geom g;
     g.cin_g = Cin / groups;
     int off = 3 - S;
@@ -393,15 +393,15 @@ sdc_status k_conv(irun *r, const iop *op) {
         g.k[j] = w->shape[2 + i];
         g.s[j] = has_s ? strides[i] : 1;
         g.d[j] = has_d ? dil[i] : 1;
-        if (g.s[j] < 1 || g.d[j] < 1 || g.k[j] < 1) return rt_fail(r, op, SDC_E_FORMAT, "strides, dilations and kernel sizes must be >= 1");
+        if (g.s[j] < 1 || g.d[j] < 1 || g.k[j] < 1) return sdc_rt_fail(r, op, SDC_E_FORMAT, "strides, dilations and kernel sizes must be >= 1");
         int64_t eff = (g.k[j] - 1) * g.d[j] + 1;
         if (!strcmp(pad_type, "valid")) {
             g.pb[j] = pa[j] = 0;
         } else if (!strcmp(pad_type, "custom")) {
-            if (!has_p || np != 2 * S) return rt_fail(r, op, SDC_E_FORMAT, "pad_type 'custom' needs pad with %d values", 2 * S);
+            if (!has_p || np != 2 * S) return sdc_rt_fail(r, op, SDC_E_FORMAT, "pad_type 'custom' needs pad with %d values", 2 * S);
             g.pb[j] = pad[2 * i];
             pa[j] = pad[2 * i + 1];
-            if (g.pb[j] < 0 || pa[j] < 0) return rt_fail(r, op, SDC_E_FORMAT, "negative padding");
+            if (g.pb[j] < 0 || pa[j] < 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "negative padding");
         } else if (!strcmp(pad_type, "same") || !strcmp(pad_type, "same_lower")) {
             int64_t outd = (g.in[j] + g.s[j] - 1) / g.s[j];
             int64_t total = (outd - 1) * g.s[j] + eff - g.in[j];
@@ -409,16 +409,16 @@ sdc_status k_conv(irun *r, const iop *op) {
             g.pb[j] = pad_type[4] ? total - total / 2 : total / 2; /* same_lower puts the odd one before */
             pa[j] = total - g.pb[j];
         } else {
-            return rt_fail(r, op, SDC_E_FORMAT, "unknown pad_type '%s'", pad_type);
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "unknown pad_type '%s'", pad_type);
         }
         int64_t span = g.in[j] + g.pb[j] + pa[j] - eff;
-        if (span < 0) return rt_fail(r, op, SDC_E_FORMAT, "kernel %lld (dilated %lld) is larger than the padded input", (long long)g.k[j], (long long)eff);
+        if (span < 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "kernel %lld (dilated %lld) is larger than the padded input", (long long)g.k[j], (long long)eff);
         g.out[j] = span / g.s[j] + 1;
     }
     for (int i = 0; i < off; i++) g.out[i] = 1;
     int64_t oshape[5] = {N, Cout};
     for (int i = 0; i < S; i++) oshape[2 + i] = g.out[i + off];
-    itensor *o = rt_out(r, op, 0, x->rank, oshape);
+    itensor *o = sdc_rt_out(r, op, 0, x->rank, oshape);
     if (!o) return r->err->code;
     g.P = g.out[0] * g.out[1] * g.out[2];
     g.kdim = g.cin_g * g.k[0] * g.k[1] * g.k[2];
@@ -432,26 +432,26 @@ sdc_status k_conv(irun *r, const iop *op) {
         if (tile > g.P) tile = g.P;
     }
     size_t cols_cap = 0;
-    float *cols = direct || o->n == 0 ? NULL : ibuf_alloc(sizeof(float) * (size_t)(g.kdim * tile), &cols_cap);
-    if (!direct && o->n && !cols) return rt_fail(r, op, SDC_E_NOMEM, "out of memory for the im2col buffer");
+    float *cols = direct || o->n == 0 ? NULL : sdc_ibuf_alloc(sizeof(float) * (size_t)(g.kdim * tile), &cols_cap);
+    if (!direct && o->n && !cols) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory for the im2col buffer");
     for (int64_t n = 0; n < N && o->n; n++) {
         for (int64_t gi = 0; gi < groups; gi++) {
             const float *xg = x->f + (n * Cin + gi * g.cin_g) * in_sz;
             const float *wg = w->f + gi * cout_g * g.kdim;
             float *og = o->f + (n * Cout + gi * cout_g) * g.P;
             if (direct) {
-                igemm(rt_pool(r), false, false, cout_g, g.P, g.kdim, wg, g.kdim, xg, g.P, 0.0f, og, g.P);
+                sdc_igemm(sdc_rt_pool(r), false, false, cout_g, g.P, g.kdim, wg, g.kdim, xg, g.P, 0.0f, og, g.P);
                 continue;
             }
             for (int64_t p0 = 0; p0 < g.P; p0 += tile) {
                 int64_t t = g.P - p0 < tile ? g.P - p0 : tile;
                 im2col_ctx c = {&g, xg, cols, p0, t};
-                ipool_for(rt_pool(r), (size_t)g.kdim, (size_t)(8192 / (t ? t : 1)) + 1, im2col_rows, &c);
-                igemm(rt_pool(r), false, false, cout_g, t, g.kdim, wg, g.kdim, cols, t, 0.0f, og + p0, g.P);
+                sdc_ipool_for(sdc_rt_pool(r), (size_t)g.kdim, (size_t)(8192 / (t ? t : 1)) + 1, im2col_rows, &c);
+                sdc_igemm(sdc_rt_pool(r), false, false, cout_g, t, g.kdim, wg, g.kdim, cols, t, 0.0f, og + p0, g.P);
             }
         }
     }
-    ibuf_free(cols, cols_cap);
+    sdc_ibuf_free(cols, cols_cap);
     if (b)
         for (int64_t n = 0; n < N; n++)
             for (int64_t c = 0; c < Cout; c++) {
@@ -481,7 +481,7 @@ SDC_VECTORISE static void softmax_lines(void *vctx, size_t b, size_t e) {
         for (int64_t i = 0; i < c->L; i++) mx = x[i] > mx ? x[i] : mx;
         if (mx == -INFINITY) mx = 0; /* all -inf: exp gives 0s, the sum 0, the result NaN as NumPy's */
         for (int64_t i = 0; i < c->L; i++) o[i] = x[i] - mx;
-        vec_exp(o, o, (size_t)c->L);
+        sdc_vec_exp(o, o, (size_t)c->L);
         double sum = 0;
         for (int64_t i = 0; i < c->L; i++) sum += o[i];
         float inv = (float)(1.0 / sum);
@@ -519,7 +519,7 @@ SDC_VECTORISE static void softmax_blocks(void *vctx, size_t b, size_t e) {
                 in = pad;
             }
             for (int j = 0; j < SM_W; j++) t[j] = in[j] - mx[j];
-            vec_exp(t, t, SM_W);
+            sdc_vec_exp(t, t, SM_W);
             for (int j = 0; j < SM_W; j++) sum[j] += t[j];
             memcpy(o + l * c->inner, t, sizeof(float) * (size_t)n);
         }
@@ -534,23 +534,23 @@ SDC_VECTORISE static void softmax_blocks(void *vctx, size_t b, size_t e) {
     }
 }
 
-sdc_status k_softmax(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_softmax(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t axis;
-    if (!x || rt_int(r, op, "axis", -1, &axis)) return r->err->code;
-    if (!mt_is_float(x->dtype)) return rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32");
-    if (!norm_axis(&axis, x->rank)) return rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range", (long long)axis);
-    itensor *o = rt_out(r, op, 0, x->rank, x->shape);
+    if (!x || sdc_rt_int(r, op, "axis", -1, &axis)) return r->err->code;
+    if (!mt_is_float(x->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32");
+    if (!norm_axis(&axis, x->rank)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range", (long long)axis);
+    itensor *o = sdc_rt_out(r, op, 0, x->rank, x->shape);
     if (!o) return r->err->code;
     sm_ctx c = {x->f, o->f, x->shape[axis], 1, 0};
     for (int d = (int)axis + 1; d < x->rank; d++) c.inner *= x->shape[d];
     if (o->n == 0) return SDC_OK;
     size_t outer = x->n / (size_t)(c.L * c.inner);
     if (c.inner == 1) {
-        ipool_for(rt_pool(r), outer, (size_t)(4096 / c.L) + 1, softmax_lines, &c);
+        sdc_ipool_for(sdc_rt_pool(r), outer, (size_t)(4096 / c.L) + 1, softmax_lines, &c);
     } else {
         c.chunks = (c.inner + SM_W - 1) / SM_W;
-        ipool_for(rt_pool(r), outer * (size_t)c.chunks, (size_t)(16 / (c.L < 16 ? c.L : 16)), softmax_blocks, &c);
+        sdc_ipool_for(sdc_rt_pool(r), outer * (size_t)c.chunks, (size_t)(16 / (c.L < 16 ? c.L : 16)), softmax_blocks, &c);
     }
     return SDC_OK;
 }
@@ -581,7 +581,7 @@ static void offsets(int rank, const int64_t *shape, const bool *sel, bool want, 
     }
 }
 
-sdc_status red_plan_make(irun *r, const iop *op, const itensor *x, const bool *reduced, red_plan *p) {
+sdc_status sdc_red_plan_make(irun *r, const iop *op, const itensor *x, const bool *reduced, red_plan *p) {
     p->nk = p->nr = 1;
     for (int d = 0; d < x->rank; d++) {
         if (reduced[d]) p->nr *= (size_t)x->shape[d];
@@ -592,7 +592,7 @@ sdc_status red_plan_make(irun *r, const iop *op, const itensor *x, const bool *r
     if (!p->kept || !p->red) {
         sdc_free(p->kept);
         sdc_free(p->red);
-        return rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+        return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
     }
     if (x->n) {
         offsets(x->rank, x->shape, reduced, false, p->kept);
@@ -601,7 +601,7 @@ sdc_status red_plan_make(irun *r, const iop *op, const itensor *x, const bool *r
     return SDC_OK;
 }
 
-void red_plan_free(red_plan *p) {
+void sdc_red_plan_free(red_plan *p) {
     sdc_free(p->kept);
     sdc_free(p->red);
 }
@@ -640,81 +640,81 @@ SDC_VECTORISE static void norm_rows(void *vctx, size_t b, size_t e) {
     }
 }
 
-sdc_status k_layer_norm(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_layer_norm(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     if (!x) return r->err->code;
-    itensor *gamma = rt_in(r, op, "gamma"), *beta = r->err->code ? NULL : rt_in(r, op, "beta");
+    itensor *gamma = sdc_rt_in(r, op, "gamma"), *beta = r->err->code ? NULL : sdc_rt_in(r, op, "beta");
     int64_t axes[SDC_MAX_RANK];
     int na;
     bool has_axes;
     norm_ctx c = {0};
-    if (r->err->code || rt_ints(r, op, "axes", axes, SDC_MAX_RANK, &na, &has_axes) || rt_float(r, op, "epsilon", 1e-5f, &c.eps))
+    if (r->err->code || sdc_rt_ints(r, op, "axes", axes, SDC_MAX_RANK, &na, &has_axes) || sdc_rt_float(r, op, "epsilon", 1e-5f, &c.eps))
         return r->err->code;
-    if (!mt_is_float(x->dtype)) return rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32");
+    if (!mt_is_float(x->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32");
     bool red[SDC_MAX_RANK] = {false};
     if (!has_axes)
         for (int d = 0; d < x->rank; d++) red[d] = true;
     for (int i = 0; i < na; i++) {
         if (!norm_axis(&axes[i], x->rank) || red[axes[i]])
-            return rt_fail(r, op, SDC_E_FORMAT, "axes must be distinct and in [-rank, rank)");
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "axes must be distinct and in [-rank, rank)");
         red[axes[i]] = true;
     }
     size_t nr = 1;
     for (int d = 0; d < x->rank; d++)
         if (red[d]) nr *= (size_t)x->shape[d];
     if ((gamma && (gamma->n != nr || !mt_is_float(gamma->dtype))) || (beta && (beta->n != nr || !mt_is_float(beta->dtype))))
-        return rt_fail(r, op, SDC_E_FORMAT, "gamma/beta must be float with x.shape[axes] (%zu elements)", nr);
-    itensor *o = rt_out(r, op, 0, x->rank, x->shape);
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "gamma/beta must be float with x.shape[axes] (%zu elements)", nr);
+    itensor *o = sdc_rt_out(r, op, 0, x->rank, x->shape);
     if (!o) return r->err->code;
     if (o->n == 0) return SDC_OK;
-    if (red_plan_make(r, op, x, red, &c.p)) return r->err->code;
+    if (sdc_red_plan_make(r, op, x, red, &c.p)) return r->err->code;
     c.x = x->f;
     c.o = o->f;
     c.gamma = gamma ? gamma->f : NULL;
     c.beta = beta ? beta->f : NULL;
-    ipool_for(rt_pool(r), c.p.nk, (size_t)(16384 / (nr ? nr : 1)) + 1, norm_rows, &c);
-    red_plan_free(&c.p);
+    sdc_ipool_for(sdc_rt_pool(r), c.p.nk, (size_t)(16384 / (nr ? nr : 1)) + 1, norm_rows, &c);
+    sdc_red_plan_free(&c.p);
     return SDC_OK;
 }
 
-sdc_status k_instance_norm(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_instance_norm(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     if (!x) return r->err->code;
-    itensor *gamma = rt_in(r, op, "gamma"), *beta = r->err->code ? NULL : rt_in(r, op, "beta");
+    itensor *gamma = sdc_rt_in(r, op, "gamma"), *beta = r->err->code ? NULL : sdc_rt_in(r, op, "beta");
     norm_ctx c = {0};
-    if (r->err->code || rt_float(r, op, "epsilon", 1e-5f, &c.eps)) return r->err->code;
-    if (!mt_is_float(x->dtype) || x->rank < 3) return rt_fail(r, op, SDC_E_FORMAT, "x must be float [N, C, *D] with rank >= 3");
+    if (r->err->code || sdc_rt_float(r, op, "epsilon", 1e-5f, &c.eps)) return r->err->code;
+    if (!mt_is_float(x->dtype) || x->rank < 3) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must be float [N, C, *D] with rank >= 3");
     c.C = x->shape[1];
     if ((gamma && (gamma->n != (size_t)c.C || !mt_is_float(gamma->dtype))) || (beta && (beta->n != (size_t)c.C || !mt_is_float(beta->dtype))))
-        return rt_fail(r, op, SDC_E_FORMAT, "gamma/beta must be float [%lld]", (long long)c.C);
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "gamma/beta must be float [%lld]", (long long)c.C);
     bool red[SDC_MAX_RANK] = {false};
     for (int d = 2; d < x->rank; d++) red[d] = true;
-    itensor *o = rt_out(r, op, 0, x->rank, x->shape);
+    itensor *o = sdc_rt_out(r, op, 0, x->rank, x->shape);
     if (!o) return r->err->code;
     if (o->n == 0) return SDC_OK;
-    if (red_plan_make(r, op, x, red, &c.p)) return r->err->code;
+    if (sdc_red_plan_make(r, op, x, red, &c.p)) return r->err->code;
     c.x = x->f;
     c.o = o->f;
     c.cg = gamma ? gamma->f : NULL;
     c.cb = beta ? beta->f : NULL;
-    ipool_for(rt_pool(r), c.p.nk, 1, norm_rows, &c);
-    red_plan_free(&c.p);
+    sdc_ipool_for(sdc_rt_pool(r), c.p.nk, 1, norm_rows, &c);
+    sdc_red_plan_free(&c.p);
     return SDC_OK;
 }
 
-sdc_status k_batch_norm(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x"), *mean = x ? rt_req(r, op, "mean") : NULL, *var = mean ? rt_req(r, op, "variance") : NULL;
+sdc_status sdc_kernel_batch_norm(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x"), *mean = x ? sdc_rt_req(r, op, "mean") : NULL, *var = mean ? sdc_rt_req(r, op, "variance") : NULL;
     if (!var) return r->err->code;
-    itensor *gamma = rt_in(r, op, "gamma"), *beta = r->err->code ? NULL : rt_in(r, op, "beta");
+    itensor *gamma = sdc_rt_in(r, op, "gamma"), *beta = r->err->code ? NULL : sdc_rt_in(r, op, "beta");
     float eps;
-    if (r->err->code || rt_float(r, op, "epsilon", 1e-5f, &eps)) return r->err->code;
-    if (!mt_is_float(x->dtype) || x->rank < 2) return rt_fail(r, op, SDC_E_FORMAT, "x must be float [N, C, *D]");
+    if (r->err->code || sdc_rt_float(r, op, "epsilon", 1e-5f, &eps)) return r->err->code;
+    if (!mt_is_float(x->dtype) || x->rank < 2) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must be float [N, C, *D]");
     size_t C = (size_t)x->shape[1];
     itensor *ps[4] = {mean, var, gamma, beta};
     for (int i = 0; i < 4; i++)
         if (ps[i] && (ps[i]->n != C || !mt_is_float(ps[i]->dtype)))
-            return rt_fail(r, op, SDC_E_FORMAT, "mean, variance, gamma and beta must be float [%zu]", C);
-    itensor *o = rt_out(r, op, 0, x->rank, x->shape);
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "mean, variance, gamma and beta must be float [%zu]", C);
+    itensor *o = sdc_rt_out(r, op, 0, x->rank, x->shape);
     if (!o) return r->err->code;
     size_t inner = 1;
     for (int d = 2; d < x->rank; d++) inner *= (size_t)x->shape[d];
@@ -730,46 +730,46 @@ sdc_status k_batch_norm(irun *r, const iop *op) {
 
 /* ---------------------------------------------------------------- scaled_dot_product_attention */
 
-sdc_status k_sdpa(irun *r, const iop *op) {
-    itensor *q = rt_req(r, op, "query"), *k = q ? rt_req(r, op, "key") : NULL, *v = k ? rt_req(r, op, "value") : NULL;
+sdc_status sdc_kernel_sdpa(irun *r, const iop *op) {
+    itensor *q = sdc_rt_req(r, op, "query"), *k = q ? sdc_rt_req(r, op, "key") : NULL, *v = k ? sdc_rt_req(r, op, "value") : NULL;
     if (!v) return r->err->code;
-    itensor *mask = rt_in(r, op, "attn_mask");
+    itensor *mask = sdc_rt_in(r, op, "attn_mask");
     if (r->err->code) return r->err->code;
-    if (!all_float(q, k) || !mt_is_float(v->dtype)) return rt_fail(r, op, SDC_E_UNSUPPORTED, "query, key and value must be float");
+    if (!all_float(q, k) || !mt_is_float(v->dtype)) return sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "query, key and value must be float");
     int R = q->rank;
-    if (R < 3 || k->rank != R || v->rank != R) return rt_fail(r, op, SDC_E_FORMAT, "query, key and value must have one rank >= 3");
+    if (R < 3 || k->rank != R || v->rank != R) return sdc_rt_fail(r, op, SDC_E_FORMAT, "query, key and value must have one rank >= 3");
     int64_t L = q->shape[R - 2], E = q->shape[R - 1], S = k->shape[R - 2], EV = v->shape[R - 1];
     size_t nb = 1;
     for (int d = 0; d < R - 2; d++) {
         if (k->shape[d] != q->shape[d] || v->shape[d] != q->shape[d])
-            return rt_fail(r, op, SDC_E_UNSUPPORTED, "batch dims of query, key and value must be equal");
+            return sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "batch dims of query, key and value must be equal");
         nb *= (size_t)q->shape[d];
     }
-    if (k->shape[R - 1] != E || v->shape[R - 2] != S) return rt_fail(r, op, SDC_E_FORMAT, "key must be [*, S, E] and value [*, S, EV]");
+    if (k->shape[R - 1] != E || v->shape[R - 2] != S) return sdc_rt_fail(r, op, SDC_E_FORMAT, "key must be [*, S, E] and value [*, S, EV]");
     int64_t oshape[SDC_MAX_RANK];
     memcpy(oshape, q->shape, sizeof(int64_t) * (size_t)R);
     oshape[R - 1] = EV;
-    itensor *o = rt_out(r, op, 0, R, oshape);
+    itensor *o = sdc_rt_out(r, op, 0, R, oshape);
     if (!o) return r->err->code;
     /* mask broadcast to [*batch, L, S] */
     int64_t mst[SDC_MAX_RANK] = {0};
     if (mask) {
-        if (mask->rank > R) return rt_fail(r, op, SDC_E_FORMAT, "attn_mask has a larger rank than query");
+        if (mask->rank > R) return sdc_rt_fail(r, op, SDC_E_FORMAT, "attn_mask has a larger rank than query");
         int64_t s = 1;
         for (int d = R - 1; d >= 0; d--) {
             int dd = d - (R - mask->rank);
             int64_t want = d == R - 1 ? S : d == R - 2 ? L : q->shape[d];
             int64_t have = dd >= 0 ? mask->shape[dd] : 1;
-            if (have != 1 && have != want) return rt_fail(r, op, SDC_E_FORMAT, "attn_mask does not broadcast to [*, L, S]");
+            if (have != 1 && have != want) return sdc_rt_fail(r, op, SDC_E_FORMAT, "attn_mask does not broadcast to [*, L, S]");
             mst[d] = have == 1 ? 0 : s;
             s *= have;
         }
     }
     float *scores = sdc_malloc(sizeof(float) * (size_t)(L * S + 1));
-    if (!scores) return rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+    if (!scores) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
     float scale = 1.0f / sqrtf((float)E);
     for (size_t b = 0; b < nb; b++) {
-        igemm(rt_pool(r), false, true, L, S, E, q->f + b * (size_t)(L * E), E, k->f + b * (size_t)(S * E), E, 0.0f, scores, S);
+        sdc_igemm(sdc_rt_pool(r), false, true, L, S, E, q->f + b * (size_t)(L * E), E, k->f + b * (size_t)(S * E), E, 0.0f, scores, S);
         size_t mb = 0, rem = b;
         for (int d = R - 3; d >= 0; d--) {
             mb += (rem % (size_t)q->shape[d]) * (size_t)mst[d];
@@ -793,7 +793,7 @@ sdc_status k_sdpa(irun *r, const iop *op) {
             }
             for (int64_t j = 0; j < S; j++) row[j] = sum > 0 ? (float)(row[j] / sum) : 0.0f;
         }
-        igemm(rt_pool(r), false, false, L, EV, S, scores, S, v->f + b * (size_t)(S * EV), EV, 0.0f, o->f + b * (size_t)(L * EV), EV);
+        sdc_igemm(sdc_rt_pool(r), false, false, L, EV, S, scores, S, v->f + b * (size_t)(S * EV), EV, 0.0f, o->f + b * (size_t)(L * EV), EV);
     }
     sdc_free(scores);
     return SDC_OK;

@@ -13,15 +13,15 @@
 static bool same_store(const itensor *a, int dtype) { return mt_is_float(a->dtype) == mt_is_float(dtype); }
 
 static sdc_status check_store(irun *r, const iop *op, const itensor *x) {
-    int d = rt_out_dtype(r, op, 0);
+    int d = sdc_rt_out_dtype(r, op, 0);
     if (!same_store(x, d) || x->dtype == MT_STRING)
-        return rt_fail(r, op, SDC_E_FORMAT, "output type %s does not match the input's %s", mt_name(d), mt_name(x->dtype));
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "output type %s does not match the input's %s", mt_name(d), mt_name(x->dtype));
     return SDC_OK;
 }
 
 static itensor *copy_out(irun *r, const iop *op, const itensor *x, int rank, const int64_t *shape) {
     if (check_store(r, op, x)) return NULL;
-    itensor *o = rt_out(r, op, 0, rank, shape);
+    itensor *o = sdc_rt_out(r, op, 0, rank, shape);
     if (o) memcpy(o->p, x->p, x->n * 4);
     return o;
 }
@@ -63,7 +63,7 @@ static void strided_copy(irun *r, scopy *c) {
     for (int d = 0; d < c->rank - 1; d++) rows *= (size_t)c->shape[d];
     int64_t inner = c->shape[c->rank - 1];
     if (rows == 0 || inner == 0) return;
-    ipool_for(rt_pool(r), rows, (size_t)(65536 / inner) + 1, scopy_rows, c);
+    sdc_ipool_for(sdc_rt_pool(r), rows, (size_t)(65536 / inner) + 1, scopy_rows, c);
 }
 
 static void strides_of(int rank, const int64_t *shape, int64_t *st) {
@@ -76,13 +76,13 @@ static void strides_of(int rank, const int64_t *shape, int64_t *st) {
 
 /* ---------------------------------------------------------------- reshape family */
 
-sdc_status k_reshape(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_reshape(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t shape[SDC_MAX_RANK];
     int n;
     bool has;
-    if (!x || rt_ints(r, op, "shape", shape, SDC_MAX_RANK, &n, &has)) return r->err->code;
-    if (!has) return rt_fail(r, op, SDC_E_FORMAT, "required input 'shape' is missing");
+    if (!x || sdc_rt_ints(r, op, "shape", shape, SDC_MAX_RANK, &n, &has)) return r->err->code;
+    if (!has) return sdc_rt_fail(r, op, SDC_E_FORMAT, "required input 'shape' is missing");
     /* 0 copies the input dim aligned from the right (iOS 17 rule; equals the iOS 15 rule when
        the lengths match), or 1 when there is none; one -1 takes what is left */
     int infer = -1;
@@ -93,42 +93,42 @@ sdc_status k_reshape(irun *r, const iop *op) {
             shape[i] = j >= 0 ? x->shape[j] : 1;
         }
         if (shape[i] == -1) {
-            if (infer >= 0) return rt_fail(r, op, SDC_E_FORMAT, "shape has more than one -1");
+            if (infer >= 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "shape has more than one -1");
             infer = i;
         } else if (shape[i] < 0) {
-            return rt_fail(r, op, SDC_E_FORMAT, "shape has a negative dimension %lld", (long long)shape[i]);
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "shape has a negative dimension %lld", (long long)shape[i]);
         } else {
             known *= (size_t)shape[i];
         }
     }
     if (infer >= 0) {
-        if (known == 0 || x->n % known) return rt_fail(r, op, SDC_E_FORMAT, "cannot infer the -1 dimension for %zu elements", x->n);
+        if (known == 0 || x->n % known) return sdc_rt_fail(r, op, SDC_E_FORMAT, "cannot infer the -1 dimension for %zu elements", x->n);
         shape[infer] = (int64_t)(x->n / known);
         known *= (size_t)shape[infer];
     }
     char a[200], b[200];
     if (known != x->n)
-        return rt_fail(r, op, SDC_E_FORMAT, "cannot reshape %s to %s", shape_str(x->rank, x->shape, a, sizeof a), shape_str(n, shape, b, sizeof b));
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "cannot reshape %s to %s", shape_str(x->rank, x->shape, a, sizeof a), shape_str(n, shape, b, sizeof b));
     return copy_out(r, op, x, n, shape) ? SDC_OK : r->err->code;
 }
 
-sdc_status k_identity(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_identity(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     if (!x) return r->err->code;
     return copy_out(r, op, x, x->rank, x->shape) ? SDC_OK : r->err->code;
 }
 
-sdc_status k_expand_dims(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_expand_dims(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t axes[SDC_MAX_RANK];
     int n;
     bool has;
-    if (!x || rt_ints(r, op, "axes", axes, SDC_MAX_RANK, &n, &has)) return r->err->code;
+    if (!x || sdc_rt_ints(r, op, "axes", axes, SDC_MAX_RANK, &n, &has)) return r->err->code;
     int R = x->rank + n;
-    if (!has || n < 1 || R > SDC_MAX_RANK) return rt_fail(r, op, SDC_E_FORMAT, "axes must hold 1..%d values", SDC_MAX_RANK - x->rank);
+    if (!has || n < 1 || R > SDC_MAX_RANK) return sdc_rt_fail(r, op, SDC_E_FORMAT, "axes must hold 1..%d values", SDC_MAX_RANK - x->rank);
     bool newdim[SDC_MAX_RANK] = {false};
     for (int i = 0; i < n; i++) {
-        if (!norm_axis(&axes[i], R) || newdim[axes[i]]) return rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range or repeated", (long long)axes[i]);
+        if (!norm_axis(&axes[i], R) || newdim[axes[i]]) return sdc_rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range or repeated", (long long)axes[i]);
         newdim[axes[i]] = true;
     }
     int64_t shape[SDC_MAX_RANK];
@@ -136,18 +136,18 @@ sdc_status k_expand_dims(irun *r, const iop *op) {
     return copy_out(r, op, x, R, shape) ? SDC_OK : r->err->code;
 }
 
-sdc_status k_squeeze(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_squeeze(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t axes[SDC_MAX_RANK];
     int n;
     bool has;
-    if (!x || rt_ints(r, op, "axes", axes, SDC_MAX_RANK, &n, &has)) return r->err->code;
+    if (!x || sdc_rt_ints(r, op, "axes", axes, SDC_MAX_RANK, &n, &has)) return r->err->code;
     bool drop[SDC_MAX_RANK] = {false};
     if (!has) {
         for (int d = 0; d < x->rank; d++) drop[d] = x->shape[d] == 1;
     } else {
         for (int i = 0; i < n; i++) {
-            if (!norm_axis(&axes[i], x->rank)) return rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range", (long long)axes[i]);
+            if (!norm_axis(&axes[i], x->rank)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range", (long long)axes[i]);
             drop[axes[i]] = x->shape[axes[i]] == 1; /* a non-1 axis is left alone, as PyTorch does */
         }
     }
@@ -158,25 +158,25 @@ sdc_status k_squeeze(irun *r, const iop *op) {
     return copy_out(r, op, x, R, shape) ? SDC_OK : r->err->code;
 }
 
-sdc_status k_transpose(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_transpose(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t perm[SDC_MAX_RANK];
     int n;
     bool has;
-    if (!x || rt_ints(r, op, "perm", perm, SDC_MAX_RANK, &n, &has)) return r->err->code;
-    if (!has || n != x->rank) return rt_fail(r, op, SDC_E_FORMAT, "perm must have %d values", x->rank);
+    if (!x || sdc_rt_ints(r, op, "perm", perm, SDC_MAX_RANK, &n, &has)) return r->err->code;
+    if (!has || n != x->rank) return sdc_rt_fail(r, op, SDC_E_FORMAT, "perm must have %d values", x->rank);
     bool seen[SDC_MAX_RANK] = {false};
     int64_t xst[SDC_MAX_RANK];
     strides_of(x->rank, x->shape, xst);
     scopy c = {.rank = n, .src = x->p};
     for (int i = 0; i < n; i++) {
-        if (!norm_axis(&perm[i], n) || seen[perm[i]]) return rt_fail(r, op, SDC_E_FORMAT, "perm is not a permutation");
+        if (!norm_axis(&perm[i], n) || seen[perm[i]]) return sdc_rt_fail(r, op, SDC_E_FORMAT, "perm is not a permutation");
         seen[perm[i]] = true;
         c.shape[i] = x->shape[perm[i]];
         c.st[i] = xst[perm[i]];
     }
     if (check_store(r, op, x)) return r->err->code;
-    itensor *o = rt_out(r, op, 0, n, c.shape);
+    itensor *o = sdc_rt_out(r, op, 0, n, c.shape);
     if (!o) return r->err->code;
     c.dst = o->p;
     strided_copy(r, &c);
@@ -186,23 +186,23 @@ sdc_status k_transpose(irun *r, const iop *op) {
 /* ---------------------------------------------------------------- concat, stack, split */
 
 static sdc_status concat_common(irun *r, const iop *op, bool stack) {
-    const iparam *vp = rt_param(op, "values");
+    const iparam *vp = sdc_rt_param(op, "values");
     int64_t axis;
     bool interleave;
-    if (!vp) return rt_fail(r, op, SDC_E_FORMAT, "required input 'values' is missing");
-    if (rt_int(r, op, "axis", 0, &axis) || rt_bool(r, op, "interleave", false, &interleave)) return r->err->code;
-    if (!stack && !rt_param(op, "axis")) return rt_fail(r, op, SDC_E_FORMAT, "required input 'axis' is missing");
+    if (!vp) return sdc_rt_fail(r, op, SDC_E_FORMAT, "required input 'values' is missing");
+    if (sdc_rt_int(r, op, "axis", 0, &axis) || sdc_rt_bool(r, op, "interleave", false, &interleave)) return r->err->code;
+    if (!stack && !sdc_rt_param(op, "axis")) return sdc_rt_fail(r, op, SDC_E_FORMAT, "required input 'axis' is missing");
     int nv = vp->n;
     itensor **vs = sdc_malloc(sizeof *vs * (size_t)nv);
-    if (!vs) return rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+    if (!vs) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
     sdc_status st = SDC_OK;
     for (int i = 0; i < nv && !st; i++)
-        if (!(vs[i] = rt_in_at(r, op, "values", i))) st = r->err->code;
+        if (!(vs[i] = sdc_rt_in_at(r, op, "values", i))) st = r->err->code;
     if (st) goto done;
     const itensor *x0 = vs[0];
     int R = stack ? x0->rank + 1 : x0->rank;
     if (R < 1 || R > SDC_MAX_RANK || !norm_axis(&axis, R)) {
-        st = rt_fail(r, op, SDC_E_FORMAT, "axis out of range");
+        st = sdc_rt_fail(r, op, SDC_E_FORMAT, "axis out of range");
         goto done;
     }
     int64_t shape[SDC_MAX_RANK];
@@ -214,14 +214,14 @@ static sdc_status concat_common(irun *r, const iop *op, bool stack) {
         for (int d = 0; ok && d < x0->rank; d++) ok = (!stack && d == axis) || vs[i]->shape[d] == x0->shape[d];
         if (ok && interleave) ok = vs[i]->shape[axis] == x0->shape[axis];
         if (!ok) {
-            st = rt_fail(r, op, SDC_E_FORMAT, "value %d %s does not fit value 0 %s", i, shape_str(vs[i]->rank, vs[i]->shape, a, sizeof a),
+            st = sdc_rt_fail(r, op, SDC_E_FORMAT, "value %d %s does not fit value 0 %s", i, shape_str(vs[i]->rank, vs[i]->shape, a, sizeof a),
                          shape_str(x0->rank, x0->shape, b, sizeof b));
             goto done;
         }
         if (!stack) shape[axis] += vs[i]->shape[axis];
     }
     if ((st = check_store(r, op, x0))) goto done;
-    itensor *o = rt_out(r, op, 0, R, shape);
+    itensor *o = sdc_rt_out(r, op, 0, R, shape);
     if (!o) {
         st = r->err->code;
         goto done;
@@ -251,33 +251,33 @@ done:
     return st;
 }
 
-sdc_status k_concat(irun *r, const iop *op) { return concat_common(r, op, false); }
-sdc_status k_stack(irun *r, const iop *op) { return concat_common(r, op, true); }
+sdc_status sdc_kernel_concat(irun *r, const iop *op) { return concat_common(r, op, false); }
+sdc_status sdc_kernel_stack(irun *r, const iop *op) { return concat_common(r, op, true); }
 
-sdc_status k_split(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_split(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t axis, num, sizes[4096];
     int ns;
     bool has_sizes;
-    if (!x || rt_int(r, op, "axis", 0, &axis) || rt_int(r, op, "num_splits", 0, &num) ||
-        rt_ints(r, op, "split_sizes", sizes, 4096, &ns, &has_sizes))
+    if (!x || sdc_rt_int(r, op, "axis", 0, &axis) || sdc_rt_int(r, op, "num_splits", 0, &num) ||
+        sdc_rt_ints(r, op, "split_sizes", sizes, 4096, &ns, &has_sizes))
         return r->err->code;
-    if (!rt_param(op, "axis")) return rt_fail(r, op, SDC_E_FORMAT, "required input 'axis' is missing");
-    if (!norm_axis(&axis, x->rank)) return rt_fail(r, op, SDC_E_FORMAT, "axis out of range");
+    if (!sdc_rt_param(op, "axis")) return sdc_rt_fail(r, op, SDC_E_FORMAT, "required input 'axis' is missing");
+    if (!norm_axis(&axis, x->rank)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "axis out of range");
     int64_t L = x->shape[axis];
     if (!has_sizes) {
-        if (!rt_param(op, "num_splits")) return rt_fail(r, op, SDC_E_FORMAT, "needs num_splits or split_sizes");
-        if (num < 1 || num > 4096 || L % num) return rt_fail(r, op, SDC_E_FORMAT, "num_splits %lld does not divide %lld", (long long)num, (long long)L);
+        if (!sdc_rt_param(op, "num_splits")) return sdc_rt_fail(r, op, SDC_E_FORMAT, "needs num_splits or split_sizes");
+        if (num < 1 || num > 4096 || L % num) return sdc_rt_fail(r, op, SDC_E_FORMAT, "num_splits %lld does not divide %lld", (long long)num, (long long)L);
         ns = (int)num;
         for (int i = 0; i < ns; i++) sizes[i] = L / num;
     }
     int64_t sum = 0;
     for (int i = 0; i < ns; i++) {
-        if (sizes[i] < 0) return rt_fail(r, op, SDC_E_FORMAT, "negative split size");
+        if (sizes[i] < 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "negative split size");
         sum += sizes[i];
     }
     if (sum != L || ns != op->n_out)
-        return rt_fail(r, op, SDC_E_FORMAT, "%d pieces summing to %lld for a dim of %lld and %d declared outputs", ns, (long long)sum,
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "%d pieces summing to %lld for a dim of %lld and %d declared outputs", ns, (long long)sum,
                        (long long)L, op->n_out);
     size_t outer = 1, inner = 1;
     for (int d = 0; d < axis; d++) outer *= (size_t)x->shape[d];
@@ -287,8 +287,8 @@ sdc_status k_split(irun *r, const iop *op) {
         int64_t shape[SDC_MAX_RANK];
         memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->rank);
         shape[axis] = sizes[i];
-        if (!same_store(x, rt_out_dtype(r, op, i))) return rt_fail(r, op, SDC_E_FORMAT, "output type differs from the input's");
-        itensor *o = rt_out(r, op, i, x->rank, shape);
+        if (!same_store(x, sdc_rt_out_dtype(r, op, i))) return sdc_rt_fail(r, op, SDC_E_FORMAT, "output type differs from the input's");
+        itensor *o = sdc_rt_out(r, op, i, x->rank, shape);
         if (!o) return r->err->code;
         size_t blk = (size_t)sizes[i] * inner;
         for (size_t ou = 0; ou < outer; ou++)
@@ -300,18 +300,18 @@ sdc_status k_split(irun *r, const iop *op) {
 
 /* ---------------------------------------------------------------- slices */
 
-sdc_status k_slice_by_index(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_slice_by_index(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t begin[SDC_MAX_RANK], end[SDC_MAX_RANK], stride[SDC_MAX_RANK], bm[SDC_MAX_RANK], em[SDC_MAX_RANK], sm[SDC_MAX_RANK];
     int nb, ne, ns, nbm, nem, nsm;
     bool hb, he, hs, hbm, hem, hsm;
-    if (!x || rt_ints(r, op, "begin", begin, SDC_MAX_RANK, &nb, &hb) || rt_ints(r, op, "end", end, SDC_MAX_RANK, &ne, &he) ||
-        rt_ints(r, op, "stride", stride, SDC_MAX_RANK, &ns, &hs) || rt_ints(r, op, "begin_mask", bm, SDC_MAX_RANK, &nbm, &hbm) ||
-        rt_ints(r, op, "end_mask", em, SDC_MAX_RANK, &nem, &hem) || rt_ints(r, op, "squeeze_mask", sm, SDC_MAX_RANK, &nsm, &hsm))
+    if (!x || sdc_rt_ints(r, op, "begin", begin, SDC_MAX_RANK, &nb, &hb) || sdc_rt_ints(r, op, "end", end, SDC_MAX_RANK, &ne, &he) ||
+        sdc_rt_ints(r, op, "stride", stride, SDC_MAX_RANK, &ns, &hs) || sdc_rt_ints(r, op, "begin_mask", bm, SDC_MAX_RANK, &nbm, &hbm) ||
+        sdc_rt_ints(r, op, "end_mask", em, SDC_MAX_RANK, &nem, &hem) || sdc_rt_ints(r, op, "squeeze_mask", sm, SDC_MAX_RANK, &nsm, &hsm))
         return r->err->code;
     int R = x->rank;
     if (!hb || !he || nb != R || ne != R || (hs && ns != R) || (hbm && nbm != R) || (hem && nem != R) || (hsm && nsm != R))
-        return rt_fail(r, op, SDC_E_FORMAT, "begin, end, stride and masks must have %d values", R);
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "begin, end, stride and masks must have %d values", R);
     int64_t xst[SDC_MAX_RANK];
     strides_of(R, x->shape, xst);
     scopy c = {.src = x->p};
@@ -321,11 +321,11 @@ sdc_status k_slice_by_index(irun *r, const iop *op) {
         bool bmask = hbm && bm[d], emask = hem && em[d], sq = hsm && sm[d];
         if (sq) {
             start = bmask ? 0 : b < 0 ? b + L : b;
-            if (start < 0 || start >= L) return rt_fail(r, op, SDC_E_FORMAT, "squeezed index %lld is out of range for dim %d of size %lld", (long long)b, d, (long long)L);
+            if (start < 0 || start >= L) return sdc_rt_fail(r, op, SDC_E_FORMAT, "squeezed index %lld is out of range for dim %d of size %lld", (long long)b, d, (long long)L);
             base += start * xst[d];
             continue;
         }
-        if (s == 0) return rt_fail(r, op, SDC_E_FORMAT, "stride 0 in dim %d", d);
+        if (s == 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "stride 0 in dim %d", d);
         if (s > 0) {
             start = bmask ? 0 : b < 0 ? b + L : b;
             int64_t stop = emask ? L : e < 0 ? e + L : e;
@@ -345,7 +345,7 @@ sdc_status k_slice_by_index(irun *r, const iop *op) {
         c.rank++;
     }
     if (check_store(r, op, x)) return r->err->code;
-    itensor *o = rt_out(r, op, 0, c.rank, c.shape);
+    itensor *o = sdc_rt_out(r, op, 0, c.rank, c.shape);
     if (!o) return r->err->code;
     if (o->n == 0) return SDC_OK;
     c.src = (const uint32_t *)x->p + base;
@@ -354,15 +354,15 @@ sdc_status k_slice_by_index(irun *r, const iop *op) {
     return SDC_OK;
 }
 
-sdc_status k_slice_by_size(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_slice_by_size(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t begin[SDC_MAX_RANK], size[SDC_MAX_RANK];
     int nb, ns;
     bool hb, hs;
-    if (!x || rt_ints(r, op, "begin", begin, SDC_MAX_RANK, &nb, &hb) || rt_ints(r, op, "size", size, SDC_MAX_RANK, &ns, &hs))
+    if (!x || sdc_rt_ints(r, op, "begin", begin, SDC_MAX_RANK, &nb, &hb) || sdc_rt_ints(r, op, "size", size, SDC_MAX_RANK, &ns, &hs))
         return r->err->code;
     int R = x->rank;
-    if (!hb || !hs || nb != R || ns != R) return rt_fail(r, op, SDC_E_FORMAT, "begin and size must have %d values", R);
+    if (!hb || !hs || nb != R || ns != R) return sdc_rt_fail(r, op, SDC_E_FORMAT, "begin and size must have %d values", R);
     int64_t xst[SDC_MAX_RANK], base = 0;
     strides_of(R, x->shape, xst);
     scopy c = {.rank = R};
@@ -370,13 +370,13 @@ sdc_status k_slice_by_size(irun *r, const iop *op) {
         int64_t L = x->shape[d], b = begin[d] < 0 ? begin[d] + L : begin[d];
         int64_t n = size[d] == -1 ? L - b : size[d];
         if (b < 0 || b > L || n < 0 || b + n > L)
-            return rt_fail(r, op, SDC_E_FORMAT, "begin %lld size %lld is outside dim %d of size %lld", (long long)begin[d], (long long)size[d], d, (long long)L);
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "begin %lld size %lld is outside dim %d of size %lld", (long long)begin[d], (long long)size[d], d, (long long)L);
         base += b * xst[d];
         c.shape[d] = n;
         c.st[d] = xst[d];
     }
     if (check_store(r, op, x)) return r->err->code;
-    itensor *o = rt_out(r, op, 0, R, c.shape);
+    itensor *o = sdc_rt_out(r, op, 0, R, c.shape);
     if (!o) return r->err->code;
     if (o->n == 0) return SDC_OK;
     c.src = (const uint32_t *)x->p + base;
@@ -387,35 +387,35 @@ sdc_status k_slice_by_size(irun *r, const iop *op) {
 
 /* ---------------------------------------------------------------- gather */
 
-sdc_status k_gather(irun *r, const iop *op) {
+sdc_status sdc_kernel_gather(irun *r, const iop *op) {
     /* A large constant table (a token embedding) is read row by row from its stored form. */
     const islot *xs = NULL;
-    const csrc *lazy = rt_lazy(r, op, "x", &xs);
-    itensor *x = lazy ? NULL : rt_req(r, op, "x");
+    const csrc *lazy = sdc_rt_lazy(r, op, "x", &xs);
+    itensor *x = lazy ? NULL : sdc_rt_req(r, op, "x");
     if (!lazy && !x) return r->err->code;
-    itensor *idx = rt_req(r, op, "indices");
+    itensor *idx = sdc_rt_req(r, op, "indices");
     int64_t axis, bd;
     bool validate;
-    if (!idx || rt_int(r, op, "axis", 0, &axis) || rt_int(r, op, "batch_dims", 0, &bd) ||
-        rt_bool(r, op, "validate_indices", false, &validate))
+    if (!idx || sdc_rt_int(r, op, "axis", 0, &axis) || sdc_rt_int(r, op, "batch_dims", 0, &bd) ||
+        sdc_rt_bool(r, op, "validate_indices", false, &validate))
         return r->err->code;
     int xr = lazy ? xs->rank : x->rank, xdt = lazy ? xs->dtype : x->dtype;
     const int64_t *xshape = lazy ? xs->shape : x->shape;
-    if (!mt_is_int(idx->dtype)) return rt_fail(r, op, SDC_E_FORMAT, "indices must be integers, not %s", mt_name(idx->dtype));
-    if (!norm_axis(&axis, xr)) return rt_fail(r, op, SDC_E_FORMAT, "axis out of range");
-    if (bd < 0 || bd > axis || bd > idx->rank) return rt_fail(r, op, SDC_E_FORMAT, "batch_dims %lld is invalid", (long long)bd);
+    if (!mt_is_int(idx->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "indices must be integers, not %s", mt_name(idx->dtype));
+    if (!norm_axis(&axis, xr)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "axis out of range");
+    if (bd < 0 || bd > axis || bd > idx->rank) return sdc_rt_fail(r, op, SDC_E_FORMAT, "batch_dims %lld is invalid", (long long)bd);
     for (int d = 0; d < bd; d++)
-        if (xshape[d] != idx->shape[d]) return rt_fail(r, op, SDC_E_FORMAT, "batch dims of x and indices differ");
+        if (xshape[d] != idx->shape[d]) return sdc_rt_fail(r, op, SDC_E_FORMAT, "batch dims of x and indices differ");
     int R = xr - 1 + idx->rank - (int)bd;
-    if (R > SDC_MAX_RANK) return rt_fail(r, op, SDC_E_UNSUPPORTED, "result rank too large");
+    if (R > SDC_MAX_RANK) return sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "result rank too large");
     int64_t shape[SDC_MAX_RANK];
     int k = 0;
     for (int d = 0; d < axis; d++) shape[k++] = xshape[d];
     for (int d = (int)bd; d < idx->rank; d++) shape[k++] = idx->shape[d];
     for (int d = (int)axis + 1; d < xr; d++) shape[k++] = xshape[d];
-    int od = rt_out_dtype(r, op, 0);
-    if (mt_is_float(od) != mt_is_float(xdt)) return rt_fail(r, op, SDC_E_FORMAT, "output type %s does not match x %s", mt_name(od), mt_name(xdt));
-    itensor *o = rt_out(r, op, 0, R, shape);
+    int od = sdc_rt_out_dtype(r, op, 0);
+    if (mt_is_float(od) != mt_is_float(xdt)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "output type %s does not match x %s", mt_name(od), mt_name(xdt));
+    itensor *o = sdc_rt_out(r, op, 0, R, shape);
     if (!o) return r->err->code;
     size_t B = 1, outer = 1, inner = 1, ni = 1;
     for (int d = 0; d < bd; d++) B *= (size_t)xshape[d];
@@ -430,12 +430,12 @@ sdc_status k_gather(irun *r, const iop *op) {
                 int64_t i = idx->i[b * ni + j];
                 if (i < 0) i += L;
                 if (i < 0 || i >= L)
-                    return rt_fail(r, op, SDC_E_ARG, "index %d is out of range for axis %lld of size %lld", idx->i[b * ni + j], (long long)axis,
+                    return sdc_rt_fail(r, op, SDC_E_ARG, "index %d is out of range for axis %lld of size %lld", idx->i[b * ni + j], (long long)axis,
                                    (long long)L);
                 size_t src = ((b * outer + ou) * (size_t)L + (size_t)i) * inner;
                 if (lazy) {
-                    if (mt_is_float(xdt)) csrc_read_f(lazy, src, inner, (float *)dst);
-                    else csrc_read_i(lazy, src, inner, (int32_t *)dst);
+                    if (mt_is_float(xdt)) sdc_csrc_read_f(lazy, src, inner, (float *)dst);
+                    else sdc_csrc_read_i(lazy, src, inner, (int32_t *)dst);
                 } else {
                     memcpy(dst, (uint32_t *)x->p + src, inner * 4);
                 }
@@ -446,20 +446,20 @@ sdc_status k_gather(irun *r, const iop *op) {
 
 /* ---------------------------------------------------------------- tile, pad, band_part */
 
-sdc_status k_tile(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_tile(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t reps[SDC_MAX_RANK];
     int n;
     bool has;
-    if (!x || rt_ints(r, op, "reps", reps, SDC_MAX_RANK, &n, &has)) return r->err->code;
-    if (!has || n != x->rank) return rt_fail(r, op, SDC_E_FORMAT, "reps must have %d values", x->rank);
+    if (!x || sdc_rt_ints(r, op, "reps", reps, SDC_MAX_RANK, &n, &has)) return r->err->code;
+    if (!has || n != x->rank) return sdc_rt_fail(r, op, SDC_E_FORMAT, "reps must have %d values", x->rank);
     int64_t shape[SDC_MAX_RANK];
     for (int d = 0; d < n; d++) {
-        if (reps[d] < 1) return rt_fail(r, op, SDC_E_FORMAT, "reps must be >= 1");
+        if (reps[d] < 1) return sdc_rt_fail(r, op, SDC_E_FORMAT, "reps must be >= 1");
         shape[d] = x->shape[d] * reps[d];
     }
     if (check_store(r, op, x)) return r->err->code;
-    itensor *o = rt_out(r, op, 0, n, shape);
+    itensor *o = sdc_rt_out(r, op, 0, n, shape);
     if (!o) return r->err->code;
     int64_t xst[SDC_MAX_RANK];
     strides_of(n, x->shape, xst);
@@ -476,31 +476,31 @@ sdc_status k_tile(irun *r, const iop *op) {
     return SDC_OK;
 }
 
-sdc_status k_pad(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_pad(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t pad[2 * SDC_MAX_RANK];
     int np;
     bool has;
     const char *mode;
     float cval;
-    if (!x || rt_ints(r, op, "pad", pad, 2 * SDC_MAX_RANK, &np, &has) || rt_str(r, op, "mode", "constant", &mode) ||
-        rt_float(r, op, "constant_val", 0.0f, &cval))
+    if (!x || sdc_rt_ints(r, op, "pad", pad, 2 * SDC_MAX_RANK, &np, &has) || sdc_rt_str(r, op, "mode", "constant", &mode) ||
+        sdc_rt_float(r, op, "constant_val", 0.0f, &cval))
         return r->err->code;
     int m = !strcmp(mode, "constant") ? 0 : !strcmp(mode, "reflect") ? 1 : !strcmp(mode, "replicate") ? 2 : -1;
-    if (m < 0) return rt_fail(r, op, SDC_E_FORMAT, "unknown mode '%s'", mode);
-    if (!has || np % 2 || np / 2 > x->rank) return rt_fail(r, op, SDC_E_FORMAT, "pad must have 2·N values, N <= rank");
+    if (m < 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "unknown mode '%s'", mode);
+    if (!has || np % 2 || np / 2 > x->rank) return sdc_rt_fail(r, op, SDC_E_FORMAT, "pad must have 2·N values, N <= rank");
     int R = x->rank, first = R - np / 2;
     int64_t before[SDC_MAX_RANK] = {0}, shape[SDC_MAX_RANK];
     for (int d = 0; d < R; d++) {
         int64_t b = d >= first ? pad[2 * (d - first)] : 0, a = d >= first ? pad[2 * (d - first) + 1] : 0;
-        if (b < 0 || a < 0) return rt_fail(r, op, SDC_E_FORMAT, "negative padding");
+        if (b < 0 || a < 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "negative padding");
         if ((m == 1 && (b > x->shape[d] - 1 || a > x->shape[d] - 1)) || (m == 2 && (b || a) && x->shape[d] == 0))
-            return rt_fail(r, op, SDC_E_FORMAT, "padding of dim %d is too large for mode '%s'", d, mode);
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "padding of dim %d is too large for mode '%s'", d, mode);
         before[d] = b;
         shape[d] = x->shape[d] + b + a;
     }
     if (check_store(r, op, x)) return r->err->code;
-    itensor *o = rt_out(r, op, 0, R, shape);
+    itensor *o = sdc_rt_out(r, op, 0, R, shape);
     if (!o) return r->err->code;
     int64_t xst[SDC_MAX_RANK];
     strides_of(R, x->shape, xst);
@@ -529,11 +529,11 @@ sdc_status k_pad(irun *r, const iop *op) {
     return SDC_OK;
 }
 
-sdc_status k_band_part(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_band_part(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t lower, upper;
-    if (!x || rt_int(r, op, "lower", -1, &lower) || rt_int(r, op, "upper", -1, &upper)) return r->err->code;
-    if (x->rank < 2) return rt_fail(r, op, SDC_E_FORMAT, "x must have rank >= 2");
+    if (!x || sdc_rt_int(r, op, "lower", -1, &lower) || sdc_rt_int(r, op, "upper", -1, &upper)) return r->err->code;
+    if (x->rank < 2) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must have rank >= 2");
     itensor *o = copy_out(r, op, x, x->rank, x->shape);
     if (!o) return r->err->code;
     int64_t M = x->shape[x->rank - 2], N = x->shape[x->rank - 1];
@@ -547,16 +547,16 @@ sdc_status k_band_part(irun *r, const iop *op) {
 
 /* ---------------------------------------------------------------- fill, range_1d, shape */
 
-sdc_status k_fill(irun *r, const iop *op) {
+sdc_status sdc_kernel_fill(irun *r, const iop *op) {
     int64_t shape[SDC_MAX_RANK];
     int n;
     bool has;
     float v;
-    if (rt_ints(r, op, "shape", shape, SDC_MAX_RANK, &n, &has) || rt_float(r, op, "value", 0.0f, &v)) return r->err->code;
-    if (!has) return rt_fail(r, op, SDC_E_FORMAT, "required input 'shape' is missing");
+    if (sdc_rt_ints(r, op, "shape", shape, SDC_MAX_RANK, &n, &has) || sdc_rt_float(r, op, "value", 0.0f, &v)) return r->err->code;
+    if (!has) return sdc_rt_fail(r, op, SDC_E_FORMAT, "required input 'shape' is missing");
     for (int d = 0; d < n; d++)
-        if (shape[d] < 0) return rt_fail(r, op, SDC_E_FORMAT, "negative dimension");
-    itensor *o = rt_out(r, op, 0, n, shape);
+        if (shape[d] < 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "negative dimension");
+    itensor *o = sdc_rt_out(r, op, 0, n, shape);
     if (!o) return r->err->code;
     for (size_t i = 0; i < o->n; i++) {
         if (mt_is_float(o->dtype)) o->f[i] = v;
@@ -565,19 +565,19 @@ sdc_status k_fill(irun *r, const iop *op) {
     return SDC_OK;
 }
 
-sdc_status k_range_1d(irun *r, const iop *op) {
-    itensor *e = rt_req(r, op, "end"), *s = e ? rt_req(r, op, "start") : NULL, *st = s ? rt_req(r, op, "step") : NULL;
+sdc_status sdc_kernel_range_1d(irun *r, const iop *op) {
+    itensor *e = sdc_rt_req(r, op, "end"), *s = e ? sdc_rt_req(r, op, "start") : NULL, *st = s ? sdc_rt_req(r, op, "step") : NULL;
     if (!st) return r->err->code;
-    if (e->n != 1 || s->n != 1 || st->n != 1) return rt_fail(r, op, SDC_E_FORMAT, "start, end and step must be scalars");
+    if (e->n != 1 || s->n != 1 || st->n != 1) return sdc_rt_fail(r, op, SDC_E_FORMAT, "start, end and step must be scalars");
     double a = it_getf(s, 0), b = it_getf(e, 0), c = it_getf(st, 0);
     bool ints = !mt_is_float(s->dtype);
     if (ints) a = (double)s->i[0], b = (double)e->i[0], c = (double)st->i[0];
-    if (c == 0) return rt_fail(r, op, SDC_E_FORMAT, "step is 0");
+    if (c == 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "step is 0");
     double cnt = ceil((b - a) / c);
     if (cnt < 0) cnt = 0;
-    if (cnt > 1e9) return rt_fail(r, op, SDC_E_FORMAT, "range too long");
+    if (cnt > 1e9) return sdc_rt_fail(r, op, SDC_E_FORMAT, "range too long");
     int64_t shape[1] = {(int64_t)cnt};
-    itensor *o = rt_out(r, op, 0, 1, shape);
+    itensor *o = sdc_rt_out(r, op, 0, 1, shape);
     if (!o) return r->err->code;
     for (int64_t i = 0; i < shape[0]; i++) {
         if (mt_is_float(o->dtype)) o->f[i] = (float)(a + (double)i * c);
@@ -586,11 +586,11 @@ sdc_status k_range_1d(irun *r, const iop *op) {
     return SDC_OK;
 }
 
-sdc_status k_shape(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_shape(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     if (!x) return r->err->code;
     int64_t shape[1] = {x->rank};
-    itensor *o = rt_out(r, op, 0, 1, shape);
+    itensor *o = sdc_rt_out(r, op, 0, 1, shape);
     if (!o) return r->err->code;
     for (int d = 0; d < x->rank; d++) {
         if (mt_is_float(o->dtype)) o->f[d] = (float)x->shape[d];
@@ -601,12 +601,12 @@ sdc_status k_shape(irun *r, const iop *op) {
 
 /* ---------------------------------------------------------------- upsample */
 
-sdc_status k_upsample_nn(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_upsample_nn(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     float sh, sw;
-    if (!x || rt_float(r, op, "scale_factor_height", 1.0f, &sh) || rt_float(r, op, "scale_factor_width", 1.0f, &sw))
+    if (!x || sdc_rt_float(r, op, "scale_factor_height", 1.0f, &sh) || sdc_rt_float(r, op, "scale_factor_width", 1.0f, &sw))
         return r->err->code;
-    if (x->rank < 3 || !(sh > 0) || !(sw > 0)) return rt_fail(r, op, SDC_E_FORMAT, "x must have rank >= 3 and the scales be > 0");
+    if (x->rank < 3 || !(sh > 0) || !(sw > 0)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must have rank >= 3 and the scales be > 0");
     int R = x->rank;
     int64_t H = x->shape[R - 2], W = x->shape[R - 1], shape[SDC_MAX_RANK];
     memcpy(shape, x->shape, sizeof(int64_t) * (size_t)R);
@@ -614,7 +614,7 @@ sdc_status k_upsample_nn(irun *r, const iop *op) {
     shape[R - 2] = H2;
     shape[R - 1] = W2;
     if (check_store(r, op, x)) return r->err->code;
-    itensor *o = rt_out(r, op, 0, R, shape);
+    itensor *o = sdc_rt_out(r, op, 0, R, shape);
     if (!o || o->n == 0) return r->err->code;
     size_t planes = H * W > 0 ? x->n / (size_t)(H * W) : 0;
     const uint32_t *src = x->p;
@@ -693,24 +693,24 @@ static sdc_status reduced_shape(irun *r, const iop *op, const itensor *x, bool *
     return SDC_OK;
 }
 
-sdc_status k_reduce(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_reduce(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t axes[SDC_MAX_RANK];
     int na;
     bool has, keep;
-    if (!x || rt_ints(r, op, "axes", axes, SDC_MAX_RANK, &na, &has) || rt_bool(r, op, "keep_dims", false, &keep)) return r->err->code;
-    if (x->dtype == MT_STRING) return rt_fail(r, op, SDC_E_FORMAT, "string operand");
+    if (!x || sdc_rt_ints(r, op, "axes", axes, SDC_MAX_RANK, &na, &has) || sdc_rt_bool(r, op, "keep_dims", false, &keep)) return r->err->code;
+    if (x->dtype == MT_STRING) return sdc_rt_fail(r, op, SDC_E_FORMAT, "string operand");
     bool red[SDC_MAX_RANK] = {false};
     if (!has)
         for (int d = 0; d < x->rank; d++) red[d] = true;
     for (int i = 0; i < na; i++) {
-        if (!norm_axis(&axes[i], x->rank)) return rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range", (long long)axes[i]);
+        if (!norm_axis(&axes[i], x->rank)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range", (long long)axes[i]);
         red[axes[i]] = true;
     }
     int R;
     int64_t shape[SDC_MAX_RANK];
     reduced_shape(r, op, x, red, keep, &R, shape);
-    itensor *o = rt_out(r, op, 0, R, shape);
+    itensor *o = sdc_rt_out(r, op, 0, R, shape);
     if (!o) return r->err->code;
     if (o->n == 0) return SDC_OK;
     reduce_ctx c = {.x = x, .o = o, .code = op->def->code};
@@ -722,25 +722,25 @@ sdc_status k_reduce(irun *r, const iop *op) {
         }
         return SDC_OK;
     }
-    if (red_plan_make(r, op, x, red, &c.p)) return r->err->code;
-    ipool_for(rt_pool(r), c.p.nk, (size_t)(16384 / (c.p.nr ? c.p.nr : 1)) + 1, reduce_rows, &c);
-    red_plan_free(&c.p);
+    if (sdc_red_plan_make(r, op, x, red, &c.p)) return r->err->code;
+    sdc_ipool_for(sdc_rt_pool(r), c.p.nk, (size_t)(16384 / (c.p.nr ? c.p.nr : 1)) + 1, reduce_rows, &c);
+    sdc_red_plan_free(&c.p);
     return SDC_OK;
 }
 
-sdc_status k_reduce_arg(irun *r, const iop *op) {
-    itensor *x = rt_req(r, op, "x");
+sdc_status sdc_kernel_reduce_arg(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x");
     int64_t axis;
     bool keep;
-    if (!x || rt_int(r, op, "axis", -1, &axis) || rt_bool(r, op, "keep_dims", false, &keep)) return r->err->code;
-    if (!norm_axis(&axis, x->rank)) return rt_fail(r, op, SDC_E_FORMAT, "axis out of range");
-    if (x->shape[axis] == 0) return rt_fail(r, op, SDC_E_FORMAT, "empty axis");
+    if (!x || sdc_rt_int(r, op, "axis", -1, &axis) || sdc_rt_bool(r, op, "keep_dims", false, &keep)) return r->err->code;
+    if (!norm_axis(&axis, x->rank)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "axis out of range");
+    if (x->shape[axis] == 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "empty axis");
     bool red[SDC_MAX_RANK] = {false};
     red[axis] = true;
     int R;
     int64_t shape[SDC_MAX_RANK];
     reduced_shape(r, op, x, red, keep, &R, shape);
-    itensor *o = rt_out(r, op, 0, R, shape);
+    itensor *o = sdc_rt_out(r, op, 0, R, shape);
     if (!o) return r->err->code;
     size_t L = (size_t)x->shape[axis], inner = 1;
     for (int d = (int)axis + 1; d < x->rank; d++) inner *= (size_t)x->shape[d];

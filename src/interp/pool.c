@@ -1,4 +1,4 @@
-/* pool.c — a fixed pthread pool for data-parallel loops (ipool_for). The caller takes part in
+/* pool.c — a fixed pthread pool for data-parallel loops (sdc_ipool_for). The caller takes part in
    the work; workers sleep on a condition variable between loops (no spinning, so they do not
    compete with OpenBLAS's own threads). */
 #include "interp/interp.h"
@@ -57,7 +57,7 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-ipool *ipool_new(int n_threads) {
+ipool *sdc_ipool_new(int n_threads) {
     ipool *p = sdc_calloc(1, sizeof *p);
     if (!p) return NULL;
     p->n = n_threads < 1 ? 1 : n_threads > 256 ? 256 : n_threads;
@@ -80,7 +80,7 @@ ipool *ipool_new(int n_threads) {
     return p;
 }
 
-void ipool_free(ipool *p) {
+void sdc_ipool_free(ipool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
     p->quit = true;
@@ -94,9 +94,9 @@ void ipool_free(ipool *p) {
     sdc_free(p);
 }
 
-int ipool_size(const ipool *p) { return p ? p->n : 1; }
+int sdc_ipool_size(const ipool *p) { return p ? p->n : 1; }
 
-void ipool_for(ipool *p, size_t n, size_t grain, void (*fn)(void *ctx, size_t begin, size_t end), void *ctx) {
+void sdc_ipool_for(ipool *p, size_t n, size_t grain, void (*fn)(void *ctx, size_t begin, size_t end), void *ctx) {
     if (n == 0) return;
     if (grain < 1) grain = 1;
     size_t max_chunks = n / grain;

@@ -15,7 +15,7 @@
 /* Upper bound on one tensor's elements (2^36 floats = 256 GiB): larger is malformed. */
 #define MAX_ELEMS ((size_t)1 << 36)
 
-bool it_numel(int rank, const int64_t *shape, size_t *n) {
+bool sdc_it_numel(int rank, const int64_t *shape, size_t *n) {
     uint64_t k = 1;
     if (rank < 0 || rank > SDC_MAX_RANK) return false;
     for (int i = 0; i < rank; i++) {
@@ -32,7 +32,7 @@ bool it_numel(int rank, const int64_t *shape, size_t *n) {
    op. Fresh large mallocs are fresh mmaps whose every page the kernel faults in and zeroes
    (a third of a UNet's run time when measured), so freed large buffers are kept in a small
    cache, bounded in count and bytes, reused for requests that fit within 2x, and released
-   by ibuf_trim() at the end of each prediction. */
+   by sdc_ibuf_trim() at the end of each prediction. */
 
 #define IBUF_MIN ((size_t)256 << 10)
 #define IBUF_SLOTS 32
@@ -46,7 +46,7 @@ static int ibuf_n;
 static size_t ibuf_bytes;
 static pthread_mutex_t ibuf_mu = PTHREAD_MUTEX_INITIALIZER;
 
-void *ibuf_alloc(size_t bytes, size_t *cap) {
+void *sdc_ibuf_alloc(size_t bytes, size_t *cap) {
     if (bytes >= IBUF_MIN) {
         pthread_mutex_lock(&ibuf_mu);
         int best = -1;
@@ -68,7 +68,7 @@ void *ibuf_alloc(size_t bytes, size_t *cap) {
     return sdc_malloc(bytes);
 }
 
-void ibuf_free(void *p, size_t cap) {
+void sdc_ibuf_free(void *p, size_t cap) {
     if (!p) return;
     if (cap >= IBUF_MIN) {
         pthread_mutex_lock(&ibuf_mu);
@@ -84,7 +84,7 @@ void ibuf_free(void *p, size_t cap) {
     sdc_free(p);
 }
 
-void ibuf_trim(void) {
+void sdc_ibuf_trim(void) {
     pthread_mutex_lock(&ibuf_mu);
     for (int i = 0; i < ibuf_n; i++) sdc_free(ibuf_cache[i].p);
     ibuf_n = 0;
@@ -92,16 +92,16 @@ void ibuf_trim(void) {
     pthread_mutex_unlock(&ibuf_mu);
 }
 
-itensor *it_new(int dtype, int rank, const int64_t *shape) {
+itensor *sdc_it_new(int dtype, int rank, const int64_t *shape) {
     size_t n;
-    if (!it_numel(rank, shape, &n) || dtype == MT_STRING) return NULL;
+    if (!sdc_it_numel(rank, shape, &n) || dtype == MT_STRING) return NULL;
     itensor *t = sdc_calloc(1, sizeof *t);
     if (!t) return NULL;
     t->dtype = dtype;
     t->rank = rank;
     for (int i = 0; i < rank; i++) t->shape[i] = shape[i];
     t->n = n;
-    t->p = ibuf_alloc(n ? n * 4 : 4, &t->cap);
+    t->p = sdc_ibuf_alloc(n ? n * 4 : 4, &t->cap);
     if (!t->p) {
         sdc_free(t);
         return NULL;
@@ -109,9 +109,9 @@ itensor *it_new(int dtype, int rank, const int64_t *shape) {
     return t;
 }
 
-itensor *it_view(int dtype, int rank, const int64_t *shape, void *data) {
+itensor *sdc_it_view(int dtype, int rank, const int64_t *shape, void *data) {
     size_t n;
-    if (!it_numel(rank, shape, &n)) return NULL;
+    if (!sdc_it_numel(rank, shape, &n)) return NULL;
     itensor *t = sdc_calloc(1, sizeof *t);
     if (!t) return NULL;
     t->dtype = dtype;
@@ -123,9 +123,9 @@ itensor *it_view(int dtype, int rank, const int64_t *shape, void *data) {
     return t;
 }
 
-void it_free(itensor *t) {
+void sdc_it_free(itensor *t) {
     if (!t) return;
-    if (!t->borrowed) ibuf_free(t->p, t->cap);
+    if (!t->borrowed) sdc_ibuf_free(t->p, t->cap);
     sdc_free(t);
 }
 
@@ -172,9 +172,9 @@ SDC_VECTORISE static void round_f16_chunk(void *ctx, size_t b, size_t e) {
     for (size_t i = b; i < e; i++) x[i] = sdc_f16_to_f32(sdc_f32_to_f16(x[i]));
 }
 
-void round_f16(ipool *p, float *x, size_t n) {
+void sdc_round_f16(ipool *p, float *x, size_t n) {
     if (n < 65536 || !p) round_f16_chunk(x, 0, n);
-    else ipool_for(p, n, 16384, round_f16_chunk, x);
+    else sdc_ipool_for(p, n, 16384, round_f16_chunk, x);
 }
 
 typedef struct {
@@ -193,10 +193,10 @@ static void expand_chunk(void *ctx, size_t b, size_t e) {
     for (size_t i = b; i < e; i++) c->dst[i] = sdc_f16_to_f32((uint16_t)(c->src[2 * i] | c->src[2 * i + 1] << 8));
 }
 
-void f16_expand(ipool *p, const uint8_t *src, float *dst, size_t n) {
+void sdc_f16_expand(ipool *p, const uint8_t *src, float *dst, size_t n) {
     expand_ctx c = {src, dst};
     if (n < 65536 || !p) expand_chunk(&c, 0, n);
-    else ipool_for(p, n, 16384, expand_chunk, &c);
+    else sdc_ipool_for(p, n, 16384, expand_chunk, &c);
 }
 
 /* ---------------------------------------------------------------- stored constants */
@@ -208,7 +208,7 @@ static uint64_t rd_le(const uint8_t *p, int bytes) {
 }
 
 /* Element i of a packed sub-byte array, LSB first (reference/coreml-format.md §4.4). */
-uint32_t it_bits_at(const uint8_t *p, size_t i, int bits) {
+uint32_t sdc_it_bits_at(const uint8_t *p, size_t i, int bits) {
     uint64_t bit = (uint64_t)i * (uint64_t)bits;
     size_t byte = (size_t)(bit >> 3);
     unsigned shift = (unsigned)(bit & 7);
@@ -249,9 +249,9 @@ static double raw_get(const csrc *s, size_t i) {
         memcpy(&v, p + sizeof(int) * i, sizeof v);
         return v != 0;
     }
-    case RAW_BITS: return it_bits_at(p, i, s->bits);
+    case RAW_BITS: return sdc_it_bits_at(p, i, s->bits);
     case RAW_SBITS: {
-        uint32_t v = it_bits_at(p, i, s->bits);
+        uint32_t v = sdc_it_bits_at(p, i, s->bits);
         if (v & (1u << (s->bits - 1))) return (double)((int32_t)v - (int32_t)(1u << s->bits));
         return v;
     }
@@ -259,19 +259,19 @@ static double raw_get(const csrc *s, size_t i) {
     return 0;
 }
 
-void csrc_read_f(const csrc *s, size_t first, size_t count, float *dst) {
+void sdc_csrc_read_f(const csrc *s, size_t first, size_t count, float *dst) {
     if (s->fmt == RAW_F32) {
         memcpy(dst, s->ptr + 4 * first, 4 * count);
         return;
     }
     if (s->fmt == RAW_F16) {
-        f16_expand(NULL, s->ptr + 2 * first, dst, count);
+        sdc_f16_expand(NULL, s->ptr + 2 * first, dst, count);
         return;
     }
     for (size_t i = 0; i < count; i++) dst[i] = (float)raw_get(s, first + i);
 }
 
-void csrc_read_i(const csrc *s, size_t first, size_t count, int32_t *dst) {
+void sdc_csrc_read_i(const csrc *s, size_t first, size_t count, int32_t *dst) {
     if (s->fmt == RAW_I32) {
         memcpy(dst, s->ptr + 4 * first, 4 * count);
         return;
@@ -340,7 +340,7 @@ SDC_VEC_OPT static void vexp_generic(const float *src, float *dst, size_t count)
 SDC_VEC_OPT __attribute__((target("avx2,fma"))) static void vexp_avx2(const float *src, float *dst, size_t count) { VEXP_BODY }
 #endif
 
-void vec_exp(const float *x, float *y, size_t n) {
+void sdc_vec_exp(const float *x, float *y, size_t n) {
 #ifdef SDC_X86
     static int avx2 = -1;
     if (avx2 < 0) {

@@ -93,7 +93,7 @@ static bool parse_shape(hparse *h, int *rank, int64_t *shape) {
     }
 }
 
-static sdc_status parse_header(const char *path, const char *text, size_t len, sdc_ndarray *a, sdc_err *err) {
+static sdc_status parse_header(const char *path, const char *text, size_t len, sdc_ndarray *a, bool *f64, sdc_err *err) {
     hparse h = {text, text + len};
     bool seen_descr = false, seen_fortran = false, seen_shape = false, fortran = false;
     char descr[32];
@@ -129,17 +129,33 @@ static sdc_status parse_header(const char *path, const char *text, size_t len, s
         return sdc_fail(err, SDC_E_FORMAT, "%s: .npy header lacks descr, fortran_order or shape", path);
     const sdc_dtype_info *d = sdc_dtype_by_npy_descr(descr);
     int nd = d ? sdc_dtype_to_nd(d->code) : -1;
+    *f64 = d && d->code == SDC_DT_F64; /* NumPy's default: read as float32 */
+    if (*f64) nd = SDC_ND_F32;
     if (nd >= 0)
         a->dtype = (sdc_nd_dtype)nd;
     else
-        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: .npy dtype '%s' is not supported (use float32 '<f4', float16 '<f2' or int32 '<i4')",
+        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: .npy dtype '%s' is not supported (use float32 '<f4', float64 '<f8', float16 '<f2' or int32 '<i4')",
                         path, descr);
     if (fortran)
         return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: .npy array is in Fortran order; save it in C order (np.ascontiguousarray)", path);
     return SDC_OK;
 }
 
-sdc_status npy_read(const char *path, sdc_ndarray *out, sdc_err *err) {
+/* float64 data (read in place) narrowed to float32 by round-to-nearest, as Core ML casts a
+   Double input; the buffer shrinks to the float32 size. */
+static void doubles_to_floats(sdc_ndarray *a, size_t n) {
+    const double *d = a->data;
+    float *f = a->data;
+    for (size_t i = 0; i < n; i++) {
+        double v;
+        memcpy(&v, d + i, sizeof v); /* little-endian files on little-endian hosts, as the rest */
+        f[i] = (float)v;
+    }
+    void *shrunk = sdc_realloc(a->data, n * sizeof(float));
+    if (shrunk) a->data = shrunk;
+}
+
+sdc_status sdc_npy_read_file(const char *path, sdc_ndarray *out, bool *was_f64, sdc_err *err) {
     memset(out, 0, sizeof *out);
     FILE *f = fopen(path, "rb");
     if (!f) return sdc_fail(err, SDC_E_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -179,11 +195,14 @@ sdc_status npy_read(const char *path, sdc_ndarray *out, sdc_err *err) {
         s = sdc_fail(err, SDC_E_IO, "%s: short read", path);
         goto done;
     }
-    if ((s = parse_header(path, header, hlen, out, err))) goto done;
+    bool f64 = false;
+    if ((s = parse_header(path, header, hlen, out, &f64, err))) goto done;
+    if (was_f64) *was_f64 = f64;
     uint64_t n = 1, nbytes;
     for (int i = 0; i < out->rank; i++)
         if (!sdc_mul_u64(n, (uint64_t)out->shape[i], &n)) n = UINT64_MAX;
-    if (n == UINT64_MAX || !sdc_mul_u64(n, nd_itemsize(out->dtype), &nbytes) || nbytes != (uint64_t)st.st_size - start - hlen) {
+    if (n == UINT64_MAX || !sdc_mul_u64(n, f64 ? 8 : nd_itemsize(out->dtype), &nbytes) ||
+        nbytes != (uint64_t)st.st_size - start - hlen) {
         s = sdc_fail(err, SDC_E_FORMAT, "%s: .npy data size %llu does not match its shape and dtype", path,
                      (unsigned long long)((uint64_t)st.st_size - start - hlen));
         goto done;
@@ -197,6 +216,7 @@ sdc_status npy_read(const char *path, sdc_ndarray *out, sdc_err *err) {
         s = sdc_fail(err, SDC_E_IO, "%s: short read", path);
         goto done;
     }
+    if (f64) doubles_to_floats(out, (size_t)n); /* f[i] overwrites only doubles already read */
 done:
     if (s) {
         sdc_free(out->data);
@@ -207,7 +227,7 @@ done:
     return s;
 }
 
-sdc_status npy_write(const char *path, const sdc_ndarray *a, sdc_err *err) {
+sdc_status sdc_npy_write_file(const char *path, const sdc_ndarray *a, sdc_err *err) {
     if (a->rank < 0 || a->rank > SDC_ND_MAX_RANK || !nd_info(a->dtype))
         return sdc_fail(err, SDC_E_ARG, "%s: cannot write an array of this rank or dtype", path);
     char dict[512];
@@ -260,14 +280,16 @@ sdc_status npy_write(const char *path, const sdc_ndarray *a, sdc_err *err) {
 
 sdc_status sdc_npy_read(const char *path, sdc_ndarray *out, char *errbuf, size_t err_size) {
     sdc_err err = {0};
-    sdc_status s = npy_read(path, out, &err);
-    if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");
+    bool f64 = false;
+    sdc_status s = sdc_npy_read_file(path, out, &f64, &err);
+    if (errbuf && err_size)
+        snprintf(errbuf, err_size, "%s", s ? err.msg : f64 ? "float64 values read as float32 (as Core ML casts a Double input)" : "");
     return s;
 }
 
 sdc_status sdc_npy_write(const char *path, const sdc_ndarray *a, char *errbuf, size_t err_size) {
     sdc_err err = {0};
-    sdc_status s = npy_write(path, a, &err);
+    sdc_status s = sdc_npy_write_file(path, a, &err);
     if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");
     return s;
 }

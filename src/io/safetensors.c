@@ -27,21 +27,6 @@ struct sdc_st_file {
 
 /* ---- errors ------------------------------------------------------------------------- */
 
-/* Records an error, replacing control characters (from file names, tensor names or jansson's
-   quoted tokens) so that the message stays on one line. */
-static sdc_status st_fail(sdc_err *err, sdc_status code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static sdc_status st_fail(sdc_err *err, sdc_status code, const char *fmt, ...) {
-    char line[sizeof err->msg];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    for (char *p = line; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = ' ';
-    return sdc_fail(err, code, "%s", line);
-}
-
 /* A JSON value as compact text for messages, e.g. a malformed shape. Caller frees. */
 static char *json_text(const json_t *v) {
     char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -74,12 +59,12 @@ static bool dtype_is_known_unsupported(const char *name) {
 
 static sdc_status check_metadata(const char *path, const json_t *meta, sdc_err *err) {
     if (!json_is_object(meta))
-        return st_fail(err, SDC_E_FORMAT, "%s: '__metadata__' is not a JSON object", path);
+        return sdc_fail(err, SDC_E_FORMAT, "%s: '__metadata__' is not a JSON object", path);
     const char *key;
     const json_t *value;
     json_object_foreach((json_t *)meta, key, value) {
         if (!json_is_string(value))
-            return st_fail(err, SDC_E_FORMAT,
+            return sdc_fail(err, SDC_E_FORMAT,
                            "%s: '__metadata__' value of key '%s' is not a string", path, key);
     }
     return SDC_OK;
@@ -88,16 +73,16 @@ static sdc_status check_metadata(const char *path, const json_t *meta, sdc_err *
 static sdc_status parse_dtype(const char *path, const char *name, const json_t *v,
                               sdc_dtype *out, sdc_err *err) {
     if (!json_is_string(v))
-        return st_fail(err, SDC_E_FORMAT, "%s: tensor '%s': dtype is not a string", path, name);
+        return sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s': dtype is not a string", path, name);
     const char *s = json_string_value(v);
     *out = dtype_from_name(s);
     if (*out != SDC_DT_INVALID) return SDC_OK;
     if (dtype_is_known_unsupported(s))
-        return st_fail(err, SDC_E_UNSUPPORTED,
+        return sdc_fail(err, SDC_E_UNSUPPORTED,
                        "%s: tensor '%s': unsupported dtype '%s' (sdcoreml reads F64, F32, F16, "
                        "BF16 and integer/bool tensors)",
                        path, name, s);
-    return st_fail(err, SDC_E_FORMAT, "%s: tensor '%s': unsupported dtype '%s' (not a "
+    return sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s': unsupported dtype '%s' (not a "
                    "safetensors dtype)", path, name, s);
 }
 
@@ -110,14 +95,14 @@ static sdc_status parse_shape(const char *path, const char *name, const json_t *
     }
     if (!ok) {
         char *text = json_text(v);
-        st_fail(err, SDC_E_FORMAT,
+        sdc_fail(err, SDC_E_FORMAT,
                 "%s: tensor '%s': shape %s is not an array of non-negative integers", path, name,
                 text ? text : "?");
         free(text);
         return SDC_E_FORMAT;
     }
     if (json_array_size(v) > SDC_MAX_RANK)
-        return st_fail(err, SDC_E_UNSUPPORTED, "%s: tensor '%s': rank %zu exceeds the maximum %d",
+        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: tensor '%s': rank %zu exceeds the maximum %d",
                        path, name, json_array_size(v), SDC_MAX_RANK);
     t->rank = (int)json_array_size(v);
     t->numel = 1; /* shape [] is a scalar */
@@ -125,7 +110,7 @@ static sdc_status parse_shape(const char *path, const char *name, const json_t *
         t->shape[i] = (int64_t)json_integer_value(json_array_get(v, (size_t)i));
         if (!sdc_mul_u64(t->numel, (uint64_t)t->shape[i], &t->numel)) {
             char sbuf[256];
-            return st_fail(err, SDC_E_FORMAT,
+            return sdc_fail(err, SDC_E_FORMAT,
                            "%s: tensor '%s': element count of shape %s overflows 64 bits", path,
                            name, sdc_shape_str(t->shape, t->rank, sbuf, sizeof sbuf));
         }
@@ -139,7 +124,7 @@ static sdc_status parse_offsets(const char *path, const char *name, const json_t
     if (!json_is_array(v) || json_array_size(v) != 2 || !json_is_integer(b) ||
         !json_is_integer(e) || json_integer_value(b) < 0 || json_integer_value(e) < 0) {
         char *text = json_text(v);
-        st_fail(err, SDC_E_FORMAT,
+        sdc_fail(err, SDC_E_FORMAT,
                 "%s: tensor '%s': data_offsets %s is not [begin, end] of non-negative integers",
                 path, name, text ? text : "?");
         free(text);
@@ -148,7 +133,7 @@ static sdc_status parse_offsets(const char *path, const char *name, const json_t
     *begin = (uint64_t)json_integer_value(b);
     *end = (uint64_t)json_integer_value(e);
     if (*end < *begin)
-        return st_fail(err, SDC_E_FORMAT,
+        return sdc_fail(err, SDC_E_FORMAT,
                        "%s: tensor '%s': data_offsets [%llu, %llu] end before they begin", path,
                        name, (unsigned long long)*begin, (unsigned long long)*end);
     return SDC_OK;
@@ -160,19 +145,19 @@ static sdc_status parse_offsets(const char *path, const char *name, const json_t
 static sdc_status parse_tensor(const char *path, const char *name, const json_t *entry,
                                sdc_tensor *t, uint64_t *begin, sdc_err *err) {
     if (!json_is_object(entry))
-        return st_fail(err, SDC_E_FORMAT, "%s: tensor '%s': entry is not a JSON object", path,
+        return sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s': entry is not a JSON object", path,
                        name);
     const char *key;
     const json_t *value;
     json_object_foreach((json_t *)entry, key, value) {
         if (strcmp(key, "dtype") && strcmp(key, "shape") && strcmp(key, "data_offsets"))
-            return st_fail(err, SDC_E_FORMAT, "%s: tensor '%s': unexpected field '%s'", path,
+            return sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s': unexpected field '%s'", path,
                            name, key);
     }
     static const char *const required[] = {"dtype", "shape", "data_offsets"};
     for (size_t i = 0; i < SDC_COUNT_OF(required); i++)
         if (!json_object_get(entry, required[i]))
-            return st_fail(err, SDC_E_FORMAT, "%s: tensor '%s': missing field '%s'", path, name,
+            return sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s': missing field '%s'", path, name,
                            required[i]);
 
     uint64_t end, need;
@@ -185,13 +170,13 @@ static sdc_status parse_tensor(const char *path, const char *name, const json_t 
 
     char sbuf[256];
     if (!sdc_mul_u64(t->numel, sdc_dtype_size(t->dtype), &need))
-        return st_fail(err, SDC_E_FORMAT,
+        return sdc_fail(err, SDC_E_FORMAT,
                        "%s: tensor '%s': byte size of shape %s of %s overflows 64 bits", path,
                        name, sdc_shape_str(t->shape, t->rank, sbuf, sizeof sbuf),
                        sdc_dtype_name(t->dtype));
     t->nbytes = end - *begin;
     if (t->nbytes != need)
-        return st_fail(err, SDC_E_FORMAT,
+        return sdc_fail(err, SDC_E_FORMAT,
                        "%s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape %s of "
                        "%s needs %llu",
                        path, name, (unsigned long long)*begin, (unsigned long long)end,
@@ -231,30 +216,30 @@ static sdc_status check_tiling(const char *path, const pending *p, size_t n, uin
         unsigned long long b = p[i].begin, e = p[i].begin + p[i].t->nbytes;
         const char *name = p[i].t->name;
         if (i == 0 && b != 0)
-            return st_fail(err, SDC_E_FORMAT,
+            return sdc_fail(err, SDC_E_FORMAT,
                            "%s: tensor '%s': data_offsets [%llu, %llu] leave a hole: the first "
                            "tensor must begin at 0",
                            path, name, b, e);
         if (b > at)
-            return st_fail(err, SDC_E_FORMAT,
+            return sdc_fail(err, SDC_E_FORMAT,
                            "%s: tensor '%s': data_offsets [%llu, %llu] leave a hole of %llu bytes "
                            "after tensor '%s'",
                            path, name, b, e, b - (unsigned long long)at, p[i - 1].t->name);
         if (b < at)
-            return st_fail(err, SDC_E_FORMAT,
+            return sdc_fail(err, SDC_E_FORMAT,
                            "%s: tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s', which "
                            "ends at %llu",
                            path, name, b, e, p[i - 1].t->name, (unsigned long long)at);
         at = e;
     }
     if (at > data_size)
-        return st_fail(err, SDC_E_FORMAT,
+        return sdc_fail(err, SDC_E_FORMAT,
                        "%s: tensor '%s': data_offsets end at %llu, past the end of the file (data "
                        "buffer is %llu bytes; truncated?)",
                        path, p[n - 1].t->name, (unsigned long long)at,
                        (unsigned long long)data_size);
     if (at < data_size)
-        return st_fail(err, SDC_E_FORMAT,
+        return sdc_fail(err, SDC_E_FORMAT,
                        "%s: %llu trailing bytes after the last tensor's data (data buffer is %llu "
                        "bytes, tensors use %llu)",
                        path, (unsigned long long)(data_size - at), (unsigned long long)data_size,
@@ -270,16 +255,16 @@ static sdc_status parse_header_json(const char *path, const uint8_t *text, size_
     *out = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!*out) {
         if (json_error_code(&jerr) == json_error_duplicate_key)
-            return st_fail(err, SDC_E_FORMAT,
+            return sdc_fail(err, SDC_E_FORMAT,
                            "%s: JSON header has a duplicate key (line %d, column %d)", path,
                            jerr.line, jerr.column);
-        return st_fail(err, SDC_E_FORMAT, "%s: invalid JSON header: %s (line %d, column %d)",
+        return sdc_fail(err, SDC_E_FORMAT, "%s: invalid JSON header: %s (line %d, column %d)",
                        path, jerr.text, jerr.line, jerr.column);
     }
     if (!json_is_object(*out)) {
         json_decref(*out);
         *out = NULL;
-        return st_fail(err, SDC_E_FORMAT, "%s: JSON header is not an object", path);
+        return sdc_fail(err, SDC_E_FORMAT, "%s: JSON header is not an object", path);
     }
     return SDC_OK;
 }
@@ -296,7 +281,7 @@ static sdc_status parse_entries(sdc_st_file *f, json_t *header, pending *order, 
         }
         sdc_tensor *t = &f->tensors[f->count];
         if (!(t->name = sdc_strdup(key)))
-            return st_fail(err, SDC_E_NOMEM, "%s: out of memory", f->path);
+            return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", f->path);
         t->file = f;
         order[f->count].t = t;
         f->count++; /* from here on, close frees the name */
@@ -313,7 +298,7 @@ static sdc_status finish_layout(sdc_st_file *f, const pending *order, const uint
     f->by_name = sdc_calloc(f->count, sizeof *f->by_name);
     if (!sorted || !f->by_name) {
         sdc_free(sorted);
-        return st_fail(err, SDC_E_NOMEM, "%s: out of memory", f->path);
+        return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", f->path);
     }
     for (size_t i = 0; i < f->count; i++) {
         sorted[i] = *order[i].t;
@@ -334,7 +319,7 @@ static sdc_status load_tensors(sdc_st_file *f, json_t *header, const uint8_t *da
     pending *order = sdc_calloc(n, sizeof *order);
     sdc_status st;
     if (!f->tensors || !order)
-        st = st_fail(err, SDC_E_NOMEM, "%s: out of memory for %zu header entries", f->path, n);
+        st = sdc_fail(err, SDC_E_NOMEM, "%s: out of memory for %zu header entries", f->path, n);
     else if (!(st = parse_entries(f, header, order, err))) {
         qsort(order, f->count, sizeof *order, cmp_by_offset);
         if (!(st = check_tiling(f->path, order, f->count, data_size, err)))
@@ -358,7 +343,7 @@ static uint64_t load_le(const uint8_t *p, size_t nbytes) {
 static sdc_status map_file(sdc_st_file *f, sdc_err *err) {
     sdc_err e = {0};
     sdc_mapped_file mf;
-    if (sdc_map_file(f->path, 8, "8-byte header length", false, &mf, &e)) return st_fail(err, e.code, "%s", e.msg);
+    if (sdc_map_file(f->path, 8, "8-byte header length", false, &mf, &e)) return sdc_fail(err, e.code, "%s", e.msg);
     f->map = mf.data;
     f->map_size = mf.size;
     return SDC_OK;
@@ -369,19 +354,19 @@ sdc_status sdc_st_open(const char *path, sdc_st_file **out, sdc_err *err) {
     sdc_st_file *f = sdc_calloc(1, sizeof *f);
     if (!f || !(f->path = sdc_strdup(path))) {
         sdc_free(f);
-        return st_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
+        return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
     }
     sdc_status st = map_file(f, err);
     json_t *header = NULL;
     if (!st) {
         uint64_t n = load_le(f->map, 8), size = f->map_size;
         if (n > SDC_ST_MAX_HEADER)
-            st = st_fail(err, SDC_E_FORMAT,
+            st = sdc_fail(err, SDC_E_FORMAT,
                          "%s: header length %llu exceeds the limit of %u bytes (not a "
                          "safetensors file?)",
                          path, (unsigned long long)n, SDC_ST_MAX_HEADER);
         else if (8 + n > size)
-            st = st_fail(err, SDC_E_FORMAT,
+            st = sdc_fail(err, SDC_E_FORMAT,
                          "%s: header length %llu runs past the end of the file (%llu bytes; "
                          "truncated?)",
                          path, (unsigned long long)n, (unsigned long long)size);

@@ -4,73 +4,19 @@
 #include "io/fp16.h"
 #include "mil/graph_internal.h"
 
-/* ---------------------------------------------------------------- name set
-   Open addressing over arena strings; MIL needs every value name unique in the function. */
-
-typedef struct name_set {
-    const char **slots;
-    size_t cap, used;
-} name_set;
-
-static uint64_t hash_str(const char *s) {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    while (*s) h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return h;
-}
-
-static bool name_set_grow(name_set *set) {
-    size_t cap = set->cap ? set->cap * 2 : 1024;
-    const char **slots = sdc_calloc(cap, sizeof *slots);
-    if (!slots) return false;
-    for (size_t i = 0; i < set->cap; i++) {
-        const char *s = set->slots[i];
-        if (!s) continue;
-        size_t j = hash_str(s) & (cap - 1);
-        while (slots[j]) j = (j + 1) & (cap - 1);
-        slots[j] = s;
-    }
-    sdc_free(set->slots);
-    set->slots = slots;
-    set->cap = cap;
-    return true;
-}
-
-static bool name_set_contains(const name_set *set, const char *s) {
-    if (!set->cap) return false;
-    for (size_t j = hash_str(s) & (set->cap - 1); set->slots[j]; j = (j + 1) & (set->cap - 1))
-        if (!strcmp(set->slots[j], s)) return true;
-    return false;
-}
-
-static bool name_set_add(name_set *set, const char *s) {
-    if ((set->used + 1) * 2 > set->cap && !name_set_grow(set)) return false;
-    size_t j = hash_str(s) & (set->cap - 1);
-    while (set->slots[j]) j = (j + 1) & (set->cap - 1);
-    set->slots[j] = s;
-    set->used++;
-    return true;
-}
-
 /* ---------------------------------------------------------------- graph */
 
-mil_graph *mil_graph_new(int opset) {
+mil_graph *sdc_mil_graph_new(int opset) {
     mil_graph *g = sdc_calloc(1, sizeof *g);
     if (!g) return NULL;
     sdc_arena_init(&g->arena);
     g->opset = opset;
-    g->names = sdc_calloc(1, sizeof(name_set));
-    if (!g->names) {
-        sdc_free(g);
-        return NULL;
-    }
     return g;
 }
 
-void mil_graph_free(mil_graph *g) {
+void sdc_mil_graph_free(mil_graph *g) {
     if (!g) return;
-    name_set *set = g->names;
-    if (set) sdc_free(set->slots);
-    sdc_free(set);
+    sdc_strmap_clear(&g->names);
     sdc_free(g->ops);
     sdc_free(g->inputs);
     sdc_free(g->outputs);
@@ -78,9 +24,9 @@ void mil_graph_free(mil_graph *g) {
     sdc_free(g);
 }
 
-bool mil_graph_ok(const mil_graph *g) { return g->err.code == SDC_OK; }
+bool sdc_mil_graph_ok(const mil_graph *g) { return g->err.code == SDC_OK; }
 
-void *mil_fail(mil_graph *g, sdc_status code, const char *fmt, ...) {
+void *sdc_mil_fail(mil_graph *g, sdc_status code, const char *fmt, ...) {
     if (g->err.code != SDC_OK) return NULL;
     va_list ap;
     va_start(ap, fmt);
@@ -90,7 +36,7 @@ void *mil_fail(mil_graph *g, sdc_status code, const char *fmt, ...) {
     return NULL;
 }
 
-void *mil_oom(mil_graph *g) { return mil_fail(g, SDC_E_NOMEM, "out of memory while building the graph"); }
+void *sdc_mil_oom(mil_graph *g) { return sdc_mil_fail(g, SDC_E_NOMEM, "out of memory while building the graph"); }
 
 /* MIL identifiers: [A-Za-z_][A-Za-z0-9_@]*; we use the stricter [A-Za-z_][A-Za-z0-9_]*. */
 static void sanitize_identifier(char *s) {
@@ -99,7 +45,7 @@ static void sanitize_identifier(char *s) {
             *p = '_';
 }
 
-void mil_scope(mil_graph *g, const char *fmt, ...) {
+void sdc_mil_scope(mil_graph *g, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(g->scope, sizeof g->scope, fmt, ap);
@@ -109,8 +55,7 @@ void mil_scope(mil_graph *g, const char *fmt, ...) {
 
 /* Reserves a fresh name "<scope>_<hint>" (or "<hint>"), adding "_<n>" until it is unused.
    Names that start with a digit or are MIL keywords get a prefix. */
-const char *mil_fresh_name(mil_graph *g, const char *hint) {
-    name_set *set = g->names;
+const char *sdc_mil_fresh_name(mil_graph *g, const char *hint) {
     char base[384];
     if (g->scope[0])
         snprintf(base, sizeof base, "%s_%s", g->scope, hint);
@@ -123,17 +68,16 @@ const char *mil_fresh_name(mil_graph *g, const char *hint) {
     }
     char name[400];
     snprintf(name, sizeof name, "%s", base);
-    for (unsigned n = 1; name_set_contains(set, name); n++) snprintf(name, sizeof name, "%s_%u", base, n);
+    for (unsigned n = 1; sdc_strmap_get(&g->names, name) >= 0; n++) snprintf(name, sizeof name, "%s_%u", base, n);
     char *s = sdc_arena_strdup(&g->arena, name);
-    if (!s || !name_set_add(set, s)) return mil_oom(g);
+    if (!s || !sdc_strmap_put(&g->names, s, 1)) return sdc_mil_oom(g);
     return s;
 }
 
 static bool reserve_name(mil_graph *g, const char *name) {
-    name_set *set = g->names;
-    if (name_set_contains(set, name)) return false;
+    if (sdc_strmap_get(&g->names, name) >= 0) return false;
     char *s = sdc_arena_strdup(&g->arena, name);
-    return s && name_set_add(set, s);
+    return s && sdc_strmap_put(&g->names, s, 1);
 }
 
 static bool push_var(mil_graph *g, mil_var ***arr, int *n, int *cap, mil_var *v) {
@@ -148,35 +92,35 @@ static bool push_var(mil_graph *g, mil_var ***arr, int *n, int *cap, mil_var *v)
     return true;
 }
 
-mil_var *mil_input(mil_graph *g, const char *name, sdc_dtype dtype, int rank, const int64_t *shape) {
-    if (!mil_graph_ok(g)) return NULL;
+mil_var *sdc_mil_input(mil_graph *g, const char *name, sdc_dtype dtype, int rank, const int64_t *shape) {
+    if (!sdc_mil_graph_ok(g)) return NULL;
     SDC_ASSERT(rank >= 0 && rank <= SDC_MAX_RANK);
-    if (!reserve_name(g, name)) return mil_fail(g, SDC_E_INTERNAL, "input name '%s' used twice", name);
+    if (!reserve_name(g, name)) return sdc_mil_fail(g, SDC_E_INTERNAL, "input name '%s' used twice", name);
     mil_var *v = sdc_arena_alloc(&g->arena, sizeof *v);
-    if (!v) return mil_oom(g);
+    if (!v) return sdc_mil_oom(g);
     v->name = sdc_arena_strdup(&g->arena, name);
     v->type.dtype = dtype;
     v->type.rank = rank;
     memcpy(v->type.shape, shape, (size_t)rank * sizeof *shape);
-    if (!push_var(g, &g->inputs, &g->n_inputs, &g->cap_inputs, v)) return mil_oom(g);
+    if (!push_var(g, &g->inputs, &g->n_inputs, &g->cap_inputs, v)) return sdc_mil_oom(g);
     return v;
 }
 
-bool mil_output(mil_graph *g, mil_var *v, const char *name) {
-    if (!v || !mil_graph_ok(g)) return false;
+bool sdc_mil_output(mil_graph *g, mil_var *v, const char *name) {
+    if (!v || !sdc_mil_graph_ok(g)) return false;
     if (!v->producer || v->const_kind != MIL_NOT_CONST) {
-        mil_fail(g, SDC_E_INTERNAL, "output '%s' must be computed by an op", name);
+        sdc_mil_fail(g, SDC_E_INTERNAL, "output '%s' must be computed by an op", name);
         return false;
     }
     if (strcmp(v->name, name) != 0) {
         if (!reserve_name(g, name)) {
-            mil_fail(g, SDC_E_INTERNAL, "output name '%s' already in use", name);
+            sdc_mil_fail(g, SDC_E_INTERNAL, "output name '%s' already in use", name);
             return false;
         }
         v->name = sdc_arena_strdup(&g->arena, name);
     }
     if (!push_var(g, &g->outputs, &g->n_outputs, &g->cap_outputs, v)) {
-        mil_oom(g);
+        sdc_mil_oom(g);
         return false;
     }
     return true;
@@ -184,46 +128,46 @@ bool mil_output(mil_graph *g, mil_var *v, const char *name) {
 
 /* ---------------------------------------------------------------- shapes */
 
-uint64_t mil_numel(const mil_type *t) {
+uint64_t sdc_mil_numel(const mil_type *t) {
     uint64_t n = 1;
     for (int i = 0; i < t->rank; i++) n *= (uint64_t)t->shape[i];
     return n;
 }
 
-bool mil_shape_eq(const mil_type *a, const mil_type *b) {
+bool sdc_mil_shape_eq(const mil_type *a, const mil_type *b) {
     if (a->rank != b->rank) return false;
     for (int i = 0; i < a->rank; i++)
         if (a->shape[i] != b->shape[i]) return false;
     return true;
 }
 
-const char *mil_shape_str(const mil_type *t, char *buf, size_t size) {
+const char *sdc_mil_shape_str(const mil_type *t, char *buf, size_t size) {
     return sdc_shape_str(t->shape, t->rank, buf, size);
 }
 
 /* ---------------------------------------------------------------- ops (shared plumbing) */
 
-mil_op *mil_new_op(mil_graph *g, const char *type, int n_outputs) {
-    if (!mil_graph_ok(g)) return NULL;
+mil_op *sdc_mil_new_op(mil_graph *g, const char *type, int n_outputs) {
+    if (!sdc_mil_graph_ok(g)) return NULL;
     if (g->n_ops == g->cap_ops) {
         size_t c = g->cap_ops ? g->cap_ops * 2 : 256;
         mil_op **ops = sdc_realloc(g->ops, c * sizeof *ops);
-        if (!ops) return mil_oom(g);
+        if (!ops) return sdc_mil_oom(g);
         g->ops = ops;
         g->cap_ops = c;
     }
     mil_op *op = sdc_arena_alloc(&g->arena, sizeof *op);
     mil_var **outs = sdc_arena_alloc(&g->arena, (size_t)n_outputs * sizeof *outs);
-    if (!op || !outs) return mil_oom(g);
+    if (!op || !outs) return sdc_mil_oom(g);
     op->type = type;
-    op->name = mil_fresh_name(g, type);
+    op->name = sdc_mil_fresh_name(g, type);
     op->n_outputs = n_outputs;
     op->outputs = outs;
     for (int i = 0; i < n_outputs; i++) {
         mil_var *v = sdc_arena_alloc(&g->arena, sizeof *v);
-        if (!v) return mil_oom(g);
+        if (!v) return sdc_mil_oom(g);
         v->producer = op;
-        v->name = i == 0 ? op->name : mil_fresh_name(g, type);
+        v->name = i == 0 ? op->name : sdc_mil_fresh_name(g, type);
         outs[i] = v;
     }
     if (!op->name) return NULL;
@@ -231,59 +175,59 @@ mil_op *mil_new_op(mil_graph *g, const char *type, int n_outputs) {
     return op;
 }
 
-bool mil_set_param(mil_graph *g, mil_op *op, const char *name, int n, mil_var **vars) {
+bool sdc_mil_set_param(mil_graph *g, mil_op *op, const char *name, int n, mil_var **vars) {
     if (!op) return false;
     SDC_ASSERT(op->n_params < MIL_MAX_PARAMS);
     for (int i = 0; i < n; i++)
         if (!vars[i]) return false;
     mil_var **copy = sdc_arena_alloc(&g->arena, (size_t)n * sizeof *copy);
-    if (!copy) return mil_oom(g) != NULL;
+    if (!copy) return sdc_mil_oom(g) != NULL;
     memcpy(copy, vars, (size_t)n * sizeof *copy);
     op->params[op->n_params++] = (mil_param){name, n, copy};
     return true;
 }
 
-bool mil_param1(mil_graph *g, mil_op *op, const char *name, mil_var *v) {
-    return mil_set_param(g, op, name, 1, &v);
+bool sdc_mil_param1(mil_graph *g, mil_op *op, const char *name, mil_var *v) {
+    return sdc_mil_set_param(g, op, name, 1, &v);
 }
 
 /* ---------------------------------------------------------------- constants */
 
 static mil_var *new_const(mil_graph *g, const char *hint, sdc_dtype dtype, int rank, const int64_t *shape) {
-    mil_op *op = mil_new_op(g, "const", 1);
+    mil_op *op = sdc_mil_new_op(g, "const", 1);
     if (!op) return NULL;
     /* const ops are named after what they hold, not "const" */
     mil_var *v = op->outputs[0];
-    op->name = v->name = mil_fresh_name(g, hint);
+    op->name = v->name = sdc_mil_fresh_name(g, hint);
     v->type.dtype = dtype;
     v->type.rank = rank;
     if (rank) memcpy(v->type.shape, shape, (size_t)rank * sizeof *shape);
     return op->name ? v : NULL;
 }
 
-mil_var *mil_const_weight(mil_graph *g, const sdc_tensor *src, sdc_dtype dtype, int rank,
+mil_var *sdc_mil_const_weight(mil_graph *g, const sdc_tensor *src, sdc_dtype dtype, int rank,
                           const int64_t *shape, uint64_t first) {
-    if (!mil_graph_ok(g)) return NULL;
+    if (!sdc_mil_graph_ok(g)) return NULL;
     SDC_ASSERT(dtype == SDC_DT_F16 || dtype == SDC_DT_F32);
     mil_var *v = new_const(g, src->name, dtype, rank, shape);
     if (!v) return NULL;
-    uint64_t n = mil_numel(&v->type), end;
+    uint64_t n = sdc_mil_numel(&v->type), end;
     if (!sdc_add_u64(first, n, &end) || end > src->numel)
-        return mil_fail(g, SDC_E_INTERNAL, "weight view [%llu, +%llu) outside tensor '%s'",
+        return sdc_mil_fail(g, SDC_E_INTERNAL, "weight view [%llu, +%llu) outside tensor '%s'",
                         (unsigned long long)first, (unsigned long long)n, src->name);
     v->const_kind = MIL_CONST_WEIGHT;
     v->weight = (mil_weight){src, first, 1.0f};
     return v;
 }
 
-mil_var *mil_const_floats(mil_graph *g, sdc_dtype dtype, int rank, const int64_t *shape,
+mil_var *sdc_mil_const_floats(mil_graph *g, sdc_dtype dtype, int rank, const int64_t *shape,
                           const float *values) {
     SDC_ASSERT(dtype == SDC_DT_F16 || dtype == SDC_DT_F32);
     mil_var *v = new_const(g, rank ? "const" : "scalar", dtype, rank, shape);
     if (!v) return NULL;
-    uint64_t n = mil_numel(&v->type);
+    uint64_t n = sdc_mil_numel(&v->type);
     void *bytes = sdc_arena_alloc(&g->arena, n * sdc_dtype_size(dtype));
-    if (!bytes) return mil_oom(g);
+    if (!bytes) return sdc_mil_oom(g);
     if (dtype == SDC_DT_F32)
         memcpy(bytes, values, n * sizeof(float));
     else
@@ -293,100 +237,100 @@ mil_var *mil_const_floats(mil_graph *g, sdc_dtype dtype, int rank, const int64_t
     return v;
 }
 
-mil_var *mil_const_scalar(mil_graph *g, sdc_dtype dtype, float value) {
-    return mil_const_floats(g, dtype, 0, NULL, &value);
+mil_var *sdc_mil_const_scalar(mil_graph *g, sdc_dtype dtype, float value) {
+    return sdc_mil_const_floats(g, dtype, 0, NULL, &value);
 }
 
-mil_var *mil_const_ints(mil_graph *g, int n, const int32_t *values) {
+mil_var *sdc_mil_const_ints(mil_graph *g, int n, const int32_t *values) {
     int64_t shape[1] = {n};
     mil_var *v = new_const(g, "ints", SDC_DT_I32, 1, shape);
     if (!v) return NULL;
     int32_t *bytes = sdc_arena_alloc(&g->arena, (size_t)n * sizeof *bytes);
-    if (!bytes) return mil_oom(g);
+    if (!bytes) return sdc_mil_oom(g);
     memcpy(bytes, values, (size_t)n * sizeof *bytes);
     v->const_kind = MIL_CONST_BYTES;
     v->bytes = bytes;
     return v;
 }
 
-mil_var *mil_const_int(mil_graph *g, int32_t value) {
+mil_var *sdc_mil_const_int(mil_graph *g, int32_t value) {
     mil_var *v = new_const(g, "int", SDC_DT_I32, 0, NULL);
     if (!v) return NULL;
     int32_t *bytes = sdc_arena_alloc(&g->arena, sizeof *bytes);
-    if (!bytes) return mil_oom(g);
+    if (!bytes) return sdc_mil_oom(g);
     *bytes = value;
     v->const_kind = MIL_CONST_BYTES;
     v->bytes = bytes;
     return v;
 }
 
-mil_var *mil_const_bool(mil_graph *g, bool value) {
+mil_var *sdc_mil_const_bool(mil_graph *g, bool value) {
     mil_var *v = new_const(g, "bool", SDC_DT_BOOL, 0, NULL);
     if (!v) return NULL;
     uint8_t *bytes = sdc_arena_alloc(&g->arena, 1);
-    if (!bytes) return mil_oom(g);
+    if (!bytes) return sdc_mil_oom(g);
     *bytes = value;
     v->const_kind = MIL_CONST_BYTES;
     v->bytes = bytes;
     return v;
 }
 
-mil_var *mil_const_bools(mil_graph *g, int n, const int32_t *values) {
+mil_var *sdc_mil_const_bools(mil_graph *g, int n, const int32_t *values) {
     int64_t shape[1] = {n};
     mil_var *v = new_const(g, "bools", SDC_DT_BOOL, 1, shape);
     if (!v) return NULL;
     uint8_t *bytes = sdc_arena_alloc(&g->arena, (size_t)n);
-    if (!bytes) return mil_oom(g);
+    if (!bytes) return sdc_mil_oom(g);
     for (int i = 0; i < n; i++) bytes[i] = values[i] != 0;
     v->const_kind = MIL_CONST_BYTES;
     v->bytes = bytes;
     return v;
 }
 
-mil_var *mil_const_string(mil_graph *g, const char *value) {
+mil_var *sdc_mil_const_string(mil_graph *g, const char *value) {
     mil_var *v = new_const(g, "str", SDC_DT_STRING, 0, NULL);
     if (!v) return NULL;
     v->const_kind = MIL_CONST_STRING;
     v->str = sdc_arena_strdup(&g->arena, value);
-    return v->str ? v : mil_oom(g);
+    return v->str ? v : sdc_mil_oom(g);
 }
 
 /* ---------------------------------------------------------------- for passes */
 
-bool mil_op_is_const(const mil_op *op) {
+bool sdc_mil_op_is_const(const mil_op *op) {
     if (!strcmp(op->type, "const") || !strncmp(op->type, "constexpr_", 10)) return true;
     return op->n_outputs > 0 && op->outputs[0]->const_kind != MIL_NOT_CONST;
 }
 
-uint64_t mil_const_nbytes(const mil_var *v) {
+uint64_t sdc_mil_const_nbytes(const mil_var *v) {
     mil_storage st = sdc_mil_const_storage(v);
     if (v->lut_bits) return st.blob_bytes;
     return st.n_parts ? st.part[0].nbytes : 0;
 }
 
-bool mil_name_taken(const mil_graph *g, const char *name) { return name_set_contains(g->names, name); }
+bool sdc_mil_name_taken(const mil_graph *g, const char *name) { return sdc_strmap_get(&g->names, name) >= 0; }
 
-bool mil_reserve_name(mil_graph *g, const char *name) { return reserve_name(g, name); }
+bool sdc_mil_reserve_name(mil_graph *g, const char *name) { return reserve_name(g, name); }
 
-const char *mil_unique_name(mil_graph *g, const char *hint) { return mil_fresh_name(g, hint); }
+const char *sdc_mil_unique_name(mil_graph *g, const char *hint) { return sdc_mil_fresh_name(g, hint); }
 
-mil_op *mil_clone_op(mil_graph *g, const mil_op *src, mil_var *(*map)(void *user, const mil_var *v), void *user) {
-    if (!mil_graph_ok(g)) return NULL;
+mil_op *sdc_mil_clone_op(mil_graph *g, const mil_op *src, mil_var *(*map)(void *user, const mil_var *v), void *user) {
+    if (!sdc_mil_graph_ok(g)) return NULL;
     if (g->n_ops == g->cap_ops) {
         size_t c = g->cap_ops ? g->cap_ops * 2 : 256;
         mil_op **ops = sdc_realloc(g->ops, c * sizeof *ops);
-        if (!ops) return mil_oom(g);
+        if (!ops) return sdc_mil_oom(g);
         g->ops = ops;
         g->cap_ops = c;
     }
     mil_op *op = sdc_arena_alloc(&g->arena, sizeof *op);
     mil_var **outs = sdc_arena_alloc(&g->arena, (size_t)(src->n_outputs ? src->n_outputs : 1) * sizeof *outs);
-    if (!op || !outs) return mil_oom(g);
+    if (!op || !outs) return sdc_mil_oom(g);
     *op = *src;
     op->outputs = outs;
     for (int i = 0; i < src->n_outputs; i++) {
         mil_var *v = sdc_arena_alloc(&g->arena, sizeof *v);
-        if (!v) return mil_oom(g);
+        if (!v) return sdc_mil_oom(g);
         *v = *src->outputs[i];
         v->producer = op;
         outs[i] = v;
@@ -394,10 +338,10 @@ mil_op *mil_clone_op(mil_graph *g, const mil_op *src, mil_var *(*map)(void *user
     for (int p = 0; p < src->n_params; p++) {
         const mil_param *sp = &src->params[p];
         mil_var **vars = sdc_arena_alloc(&g->arena, (size_t)(sp->n ? sp->n : 1) * sizeof *vars);
-        if (!vars) return mil_oom(g);
+        if (!vars) return sdc_mil_oom(g);
         for (int k = 0; k < sp->n; k++)
             if (!(vars[k] = map(user, sp->vars[k])))
-                return mil_fail(g, SDC_E_INTERNAL, "copying op '%s': its input '%s' has no copy", src->name,
+                return sdc_mil_fail(g, SDC_E_INTERNAL, "copying op '%s': its input '%s' has no copy", src->name,
                                 sp->vars[k]->name);
         op->params[p].vars = vars;
     }
@@ -407,8 +351,8 @@ mil_op *mil_clone_op(mil_graph *g, const mil_op *src, mil_var *(*map)(void *user
 
 /* ---------------------------------------------------------------- palettized consts */
 
-bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits, const mil_transform *t) {
-    if (!mil_graph_ok(g)) return false;
+bool sdc_mil_palettize_const(mil_graph *g, mil_var *v, int nbits, const mil_transform *t) {
+    if (!sdc_mil_graph_ok(g)) return false;
     SDC_ASSERT(t && t->open && t->read && t->close);
     SDC_ASSERT(v->producer && v->producer->n_outputs == 1 && !v->lut_bits && nbits >= 1 && nbits <= 8 &&
                (v->const_kind == MIL_CONST_WEIGHT || v->const_kind == MIL_CONST_BYTES) &&
@@ -417,7 +361,7 @@ bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits, const mil_transfor
     snprintf(hint, sizeof hint, "%s_palettized", v->name);
     memcpy(scope, g->scope, sizeof scope); /* the name is not in the builder's current scope */
     g->scope[0] = 0;
-    const char *name = mil_fresh_name(g, hint);
+    const char *name = sdc_mil_fresh_name(g, hint);
     memcpy(g->scope, scope, sizeof scope);
     if (!name) return false;
     v->producer->type = "constexpr_lut_to_dense";
@@ -441,7 +385,7 @@ static mil_stored_part stored_part(uint64_t count, int bits, uint64_t elements, 
    uintN in the const's shape, and the record declares the unused bits of the last byte. */
 static void palettized_parts(const mil_var *v, mil_storage *st) {
     int nb = v->lut_bits;
-    uint64_t n = mil_numel(&v->type), packed = (n * (uint64_t)nb + 7) / 8, entries = (uint64_t)1 << nb;
+    uint64_t n = sdc_mil_numel(&v->type), packed = (n * (uint64_t)nb + 7) / 8, entries = (uint64_t)1 << nb;
     mil_stored_part *idx = &st->part[MIL_PART_INDICES];
     *idx = stored_part(n, nb, v->lut_shaped ? n : packed, true);
     if (v->lut_shaped && nb < 8) idx->padding_bits = (uint32_t)((8 - (n * (uint64_t)nb) % 8) % 8);
@@ -455,7 +399,7 @@ mil_storage sdc_mil_const_storage(const mil_var *v) {
     if (v->lut_bits) {
         palettized_parts(v, &st);
     } else {
-        uint64_t n = mil_numel(&v->type);
+        uint64_t n = sdc_mil_numel(&v->type);
         st.part[0] = stored_part(n, 8 * (int)sdc_dtype_size(v->type.dtype), n, sdc_dtype_blob_code(v->type.dtype) != 0);
         st.n_parts = 1;
     }
@@ -468,4 +412,4 @@ mil_storage sdc_mil_const_storage(const mil_var *v) {
     return st;
 }
 
-uint64_t mil_const_stored_bytes(const mil_var *v) { return sdc_mil_const_storage(v).blob_bytes; }
+uint64_t sdc_mil_const_stored_bytes(const mil_var *v) { return sdc_mil_const_storage(v).blob_bytes; }

@@ -13,7 +13,7 @@
  *     transform on top (palettization: mil_transform), computed while streaming too;
  *   - string: a MIL string scalar (e.g. gelu's mode).
  *
- * Op constructors (mil_add, mil_linear, ...) check their operands and infer the static output
+ * Op constructors (sdc_mil_add, sdc_mil_linear, ...) check their operands and infer the static output
  * shape. On a mismatch they record the first error in the graph, naming the op, and return
  * NULL; every constructor given a NULL operand returns NULL, so a builder checks the graph's
  * error once at the end (as ggml does with its context).
@@ -23,7 +23,8 @@
 
 #include "common.h"
 #include "io/safetensors.h"
-#include "mil/arena.h"
+#include "arena.h"
+#include "strmap.h"
 
 typedef struct mil_type {
     sdc_dtype dtype;
@@ -91,54 +92,60 @@ typedef struct mil_graph {
     int n_outputs, cap_outputs;
     int opset;        /* 6 = CoreML6 (iOS16), 7 = CoreML7 (iOS17), 8 = CoreML8 (iOS18) */
     char scope[256];  /* prefix of op and var names, set by builders */
-    void *names;      /* set of names in use */
+    sdc_strmap names; /* the names in use (MIL wants them unique) */
     sdc_err err;      /* first error while building */
 } mil_graph;
 
-mil_graph *mil_graph_new(int opset);
-void mil_graph_free(mil_graph *g);
-bool mil_graph_ok(const mil_graph *g);
+mil_graph *sdc_mil_graph_new(int opset);
+void sdc_mil_graph_free(mil_graph *g);
+bool sdc_mil_graph_ok(const mil_graph *g);
 
 /* Names of the ops built next start with this scope (printf-style), sanitised to the MIL
    identifier rule [A-Za-z_][A-Za-z0-9_]*. */
-void mil_scope(mil_graph *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sdc_mil_scope(mil_graph *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Function inputs and outputs. The output var is renamed to `name` (which must be free). */
-mil_var *mil_input(mil_graph *g, const char *name, sdc_dtype dtype, int rank, const int64_t *shape);
-bool mil_output(mil_graph *g, mil_var *v, const char *name);
+mil_var *sdc_mil_input(mil_graph *g, const char *name, sdc_dtype dtype, int rank, const int64_t *shape);
+bool sdc_mil_output(mil_graph *g, mil_var *v, const char *name);
 
 /* Records an error (first one wins) and returns NULL, for builders' own checks. */
-void *mil_fail(mil_graph *g, sdc_status code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void *sdc_mil_fail(mil_graph *g, sdc_status code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-uint64_t mil_numel(const mil_type *t);
-bool mil_shape_eq(const mil_type *a, const mil_type *b);
+uint64_t sdc_mil_numel(const mil_type *t);
+bool sdc_mil_shape_eq(const mil_type *a, const mil_type *b);
 /* "[1, 77, 768]" into buf */
-const char *mil_shape_str(const mil_type *t, char *buf, size_t size);
+const char *sdc_mil_shape_str(const mil_type *t, char *buf, size_t size);
 
 /* ---------------------------------------------------------------- constants */
 
 /* A weight tensor viewed with `shape` (same element count as the source unless `first` and
    the shape select a contiguous range), stored as `dtype` (F16 or F32). */
-mil_var *mil_const_weight(mil_graph *g, const sdc_tensor *src, sdc_dtype dtype, int rank,
+mil_var *sdc_mil_const_weight(mil_graph *g, const sdc_tensor *src, sdc_dtype dtype, int rank,
                           const int64_t *shape, uint64_t first);
 /* Float values given as float, stored as `dtype` (F16 or F32). */
-mil_var *mil_const_floats(mil_graph *g, sdc_dtype dtype, int rank, const int64_t *shape,
+mil_var *sdc_mil_const_floats(mil_graph *g, sdc_dtype dtype, int rank, const int64_t *shape,
                           const float *values);
-mil_var *mil_const_scalar(mil_graph *g, sdc_dtype dtype, float value);
-mil_var *mil_const_ints(mil_graph *g, int n, const int32_t *values); /* int32 vector [n] */
-mil_var *mil_const_int(mil_graph *g, int32_t value);                /* int32 scalar */
-mil_var *mil_const_bool(mil_graph *g, bool value);
-mil_var *mil_const_bools(mil_graph *g, int n, const int32_t *values); /* bool vector [n] */
-mil_var *mil_const_string(mil_graph *g, const char *value);
+mil_var *sdc_mil_const_scalar(mil_graph *g, sdc_dtype dtype, float value);
+mil_var *sdc_mil_const_ints(mil_graph *g, int n, const int32_t *values); /* int32 vector [n] */
+mil_var *sdc_mil_const_int(mil_graph *g, int32_t value);                /* int32 scalar */
+mil_var *sdc_mil_const_bool(mil_graph *g, bool value);
+mil_var *sdc_mil_const_bools(mil_graph *g, int n, const int32_t *values); /* bool vector [n] */
+mil_var *sdc_mil_const_string(mil_graph *g, const char *value);
+
+/* What reading a weight's values found wrong, counted over all its chunks. */
+typedef struct mil_value_faults {
+    uint64_t overflows; /* finite source values that became ±Inf in float16 */
+    uint64_t nonfinite; /* NaN or ±Inf already in the source (after its scale) */
+} mil_value_faults;
 
 /* Elements [first, first + n) of a weight or bytes const's value, in its dtype: borrowed from
    the const's own bytes, or the weight's elements converted (cast, scale) into `out`, which
-   holds n elements, with `tmp` holding n floats. Finite source values that became ±Inf in
-   float16 are counted in *overflows. */
+   holds n elements, with `tmp` holding n floats. Faults of a weight are added to *faults. */
 const void *sdc_mil_const_values(const mil_var *v, uint64_t first, size_t n, void *out, float *tmp,
-                                 uint64_t *overflows);
-/* Fails naming the file and tensor of a weight const whose values overflowed float16. */
-sdc_status sdc_mil_overflow_error(const mil_var *v, uint64_t overflows, sdc_err *err);
+                                 mil_value_faults *faults);
+/* SDC_OK without faults; else fails naming the file and tensor of the weight and the count
+   (a package never holds an Inf or NaN weight: fail closed). */
+sdc_status sdc_mil_value_faults_check(const mil_var *v, const mil_value_faults *faults, sdc_err *err);
 
 /* ---------------------------------------------------------------- lazy transforms
    A const whose stored parts (sdc_mil_const_storage) a pass computes from its value while the
@@ -160,7 +167,7 @@ typedef struct mil_transform {
    constexpr_lut_to_dense, renamed (op and var) "<name>_palettized" as coremltools names it,
    in the form of g's opset. The value stays lazy: `t` (the palettize pass's) computes the
    indices and the table while the writer streams them. */
-bool mil_palettize_const(mil_graph *g, mil_var *v, int nbits, const mil_transform *t);
+bool sdc_mil_palettize_const(mil_graph *g, mil_var *v, int nbits, const mil_transform *t);
 
 /* ---------------------------------------------------------------- how a const is stored
    The one rule for where a const's bytes go and how many there are, for the writer (which
@@ -198,59 +205,59 @@ typedef struct mil_storage {
 mil_storage sdc_mil_const_storage(const mil_var *v);
 /* Data bytes a const takes in weight.bin (sdc_mil_const_storage's blob_bytes); 0 for values
    written inline. */
-uint64_t mil_const_stored_bytes(const mil_var *v);
+uint64_t sdc_mil_const_stored_bytes(const mil_var *v);
 
 /* ---------------------------------------------------------------- ops (shape comments use
    NumPy broadcasting; T = the op's float dtype) */
 
-mil_var *mil_cast(mil_graph *g, mil_var *x, sdc_dtype to);
-mil_var *mil_add(mil_graph *g, mil_var *x, mil_var *y);
-mil_var *mil_sub(mil_graph *g, mil_var *x, mil_var *y);
-mil_var *mil_mul(mil_graph *g, mil_var *x, mil_var *y);
-mil_var *mil_real_div(mil_graph *g, mil_var *x, mil_var *y);
-mil_var *mil_sigmoid(mil_graph *g, mil_var *x);
-mil_var *mil_silu(mil_graph *g, mil_var *x);
-mil_var *mil_gelu(mil_graph *g, mil_var *x, const char *mode); /* "EXACT", "TANH_APPROXIMATION" */
-mil_var *mil_softmax(mil_graph *g, mil_var *x, int axis);
+mil_var *sdc_mil_cast(mil_graph *g, mil_var *x, sdc_dtype to);
+mil_var *sdc_mil_add(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *sdc_mil_sub(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *sdc_mil_mul(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *sdc_mil_real_div(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *sdc_mil_sigmoid(mil_graph *g, mil_var *x);
+mil_var *sdc_mil_silu(mil_graph *g, mil_var *x);
+mil_var *sdc_mil_gelu(mil_graph *g, mil_var *x, const char *mode); /* "EXACT", "TANH_APPROXIMATION" */
+mil_var *sdc_mil_softmax(mil_graph *g, mil_var *x, int axis);
 /* x [*, D_in] · weightᵀ [D_out, D_in] + bias [D_out] */
-mil_var *mil_linear(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias);
-mil_var *mil_matmul(mil_graph *g, mil_var *x, mil_var *y, bool transpose_x, bool transpose_y);
+mil_var *sdc_mil_linear(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias);
+mil_var *sdc_mil_matmul(mil_graph *g, mil_var *x, mil_var *y, bool transpose_x, bool transpose_y);
 /* normalises over `axes` (negative allowed); gamma/beta shaped like x.shape[axes] or NULL */
-mil_var *mil_layer_norm(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes, mil_var *gamma,
+mil_var *sdc_mil_layer_norm(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes, mil_var *gamma,
                         mil_var *beta, float epsilon);
-mil_var *mil_reshape(mil_graph *g, mil_var *x, int rank, const int64_t *shape);
-mil_var *mil_transpose(mil_graph *g, mil_var *x, int rank, const int32_t *perm);
-mil_var *mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis);
-mil_var *mil_reduce_argmax(mil_graph *g, mil_var *x, int axis, bool keep_dims);
-mil_var *mil_concat(mil_graph *g, int n, mil_var **values, int axis);
+mil_var *sdc_mil_reshape(mil_graph *g, mil_var *x, int rank, const int64_t *shape);
+mil_var *sdc_mil_transpose(mil_graph *g, mil_var *x, int rank, const int32_t *perm);
+mil_var *sdc_mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis);
+mil_var *sdc_mil_reduce_argmax(mil_graph *g, mil_var *x, int axis, bool keep_dims);
+mil_var *sdc_mil_concat(mil_graph *g, int n, mil_var **values, int axis);
 /* elementwise comparisons -> BOOL (broadcasting) */
-mil_var *mil_equal(mil_graph *g, mil_var *x, mil_var *y);
-mil_var *mil_greater(mil_graph *g, mil_var *x, mil_var *y);
-mil_var *mil_maximum(mil_graph *g, mil_var *x, mil_var *y);
-mil_var *mil_pow(mil_graph *g, mil_var *x, mil_var *y);
-mil_var *mil_sqrt(mil_graph *g, mil_var *x);
-mil_var *mil_exp(mil_graph *g, mil_var *x);
-mil_var *mil_sin(mil_graph *g, mil_var *x);
-mil_var *mil_cos(mil_graph *g, mil_var *x);
-mil_var *mil_rsqrt(mil_graph *g, mil_var *x, float epsilon);
-mil_var *mil_clip(mil_graph *g, mil_var *x, float lo, float hi);
+mil_var *sdc_mil_equal(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *sdc_mil_greater(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *sdc_mil_maximum(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *sdc_mil_pow(mil_graph *g, mil_var *x, mil_var *y);
+mil_var *sdc_mil_sqrt(mil_graph *g, mil_var *x);
+mil_var *sdc_mil_exp(mil_graph *g, mil_var *x);
+mil_var *sdc_mil_sin(mil_graph *g, mil_var *x);
+mil_var *sdc_mil_cos(mil_graph *g, mil_var *x);
+mil_var *sdc_mil_rsqrt(mil_graph *g, mil_var *x, float epsilon);
+mil_var *sdc_mil_clip(mil_graph *g, mil_var *x, float lo, float hi);
 
 /* conv: x [N, Cin, H, W], weight [Cout, Cin/groups, kH, kW], bias [Cout] or NULL;
    pad = {top, bottom, left, right} (pad_type "custom") */
-mil_var *mil_conv(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias, int stride, const int pad[4],
+mil_var *sdc_mil_conv(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias, int stride, const int pad[4],
                   int groups);
 /* reduce over `axes`; op is "reduce_mean", "reduce_sum", "reduce_max", ... */
-mil_var *mil_reduce(mil_graph *g, const char *op, mil_var *x, int n_axes, const int32_t *axes, bool keep_dims);
+mil_var *sdc_mil_reduce(mil_graph *g, const char *op, mil_var *x, int n_axes, const int32_t *axes, bool keep_dims);
 /* nearest-neighbour upsampling of the last two dims by integer factors */
-mil_var *mil_upsample_nearest(mil_graph *g, mil_var *x, int scale_h, int scale_w);
+mil_var *sdc_mil_upsample_nearest(mil_graph *g, mil_var *x, int scale_h, int scale_w);
 /* einsum with the two equations MIL supports: "nchw,nwhu->nchu" and "chw,whr->chr" */
-mil_var *mil_einsum(mil_graph *g, const char *equation, mil_var *a, mil_var *b);
+mil_var *sdc_mil_einsum(mil_graph *g, const char *equation, mil_var *a, mil_var *b);
 /* splits x along axis into n pieces of the given sizes; outputs in out[] */
-bool mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *sizes, mil_var **out);
+bool sdc_mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *sizes, mil_var **out);
 /* x[..., begin:end, ...] along one axis (stride 1) */
-mil_var *mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_t end);
-mil_var *mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
-mil_var *mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
+mil_var *sdc_mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_t end);
+mil_var *sdc_mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
+mil_var *sdc_mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
 
 /* ---------------------------------------------------------------- for passes that build new
    graphs from an existing one (chunking). A copied op borrows everything it does not own from
@@ -259,20 +266,20 @@ mil_var *mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
 
 /* An op that only makes a constant: `const`, a `constexpr_*` op, or one whose output is a
    constant var (whatever its kind). */
-bool mil_op_is_const(const mil_op *op);
+bool sdc_mil_op_is_const(const mil_op *op);
 /* Bytes a constant var stores, as the chunk balancer weighs it (sdc_mil_const_storage): a
    dense value's bytes wherever it is written (bisect_model counts every array constant, inline
    ones too); a palettized const's bytes in weight.bin; 0 for strings and non-constants. */
-uint64_t mil_const_nbytes(const mil_var *v);
+uint64_t sdc_mil_const_nbytes(const mil_var *v);
 /* Whether `name` is in use in g; reserving it makes it so (false: taken, or out of memory). */
-bool mil_name_taken(const mil_graph *g, const char *name);
-bool mil_reserve_name(mil_graph *g, const char *name);
+bool sdc_mil_name_taken(const mil_graph *g, const char *name);
+bool sdc_mil_reserve_name(mil_graph *g, const char *name);
 /* A fresh name "<scope>_<hint>[_n]" reserved in g, as builders' ops get (NULL: out of memory). */
-const char *mil_unique_name(mil_graph *g, const char *hint);
+const char *sdc_mil_unique_name(mil_graph *g, const char *hint);
 /* Appends a copy of `src` (an op of another graph) to g: the struct and its output vars are
    copied (producer set to the copy, names unchanged and NOT reserved: the caller reserves or
    renames them), each param var is replaced by map(user, var); NULL from map fails the copy.
    Returns NULL with g's error set on failure. */
-mil_op *mil_clone_op(mil_graph *g, const mil_op *src, mil_var *(*map)(void *user, const mil_var *v), void *user);
+mil_op *sdc_mil_clone_op(mil_graph *g, const mil_op *src, mil_var *(*map)(void *user, const mil_var *v), void *user);
 
 #endif

@@ -24,14 +24,14 @@ static mil_var *same_as(mil_op *op, const mil_var *x) {
 
 static void *shape_error(mil_graph *g, const char *op, const char *what, const mil_var *a, const mil_var *b) {
     char sa[128], sb[128];
-    return mil_fail(g, SDC_E_INTERNAL, "%s in scope '%s': %s (%s %s vs %s %s)", op, g->scope, what,
-                    a->name, mil_shape_str(&a->type, sa, sizeof sa), b ? b->name : "",
-                    b ? mil_shape_str(&b->type, sb, sizeof sb) : "");
+    return sdc_mil_fail(g, SDC_E_INTERNAL, "%s in scope '%s': %s (%s %s vs %s %s)", op, g->scope, what,
+                    a->name, sdc_mil_shape_str(&a->type, sa, sizeof sa), b ? b->name : "",
+                    b ? sdc_mil_shape_str(&b->type, sb, sizeof sb) : "");
 }
 
 static bool require_float(mil_graph *g, const char *op, const mil_var *x) {
     if (is_float(x->type.dtype)) return true;
-    mil_fail(g, SDC_E_INTERNAL, "%s in scope '%s': input %s has dtype %s, want F16 or F32", op,
+    sdc_mil_fail(g, SDC_E_INTERNAL, "%s in scope '%s': input %s has dtype %s, want F16 or F32", op,
              g->scope, x->name, sdc_dtype_name(x->type.dtype));
     return false;
 }
@@ -41,9 +41,9 @@ static int norm_axis(int axis, int rank) { return axis < 0 ? axis + rank : axis;
 /* ---------------------------------------------------------------- elementwise */
 
 static mil_var *binary(mil_graph *g, const char *type, mil_var *x, mil_var *y) {
-    if (!x || !y || !mil_graph_ok(g)) return NULL;
+    if (!x || !y || !sdc_mil_graph_ok(g)) return NULL;
     if (x->type.dtype != y->type.dtype)
-        return mil_fail(g, SDC_E_INTERNAL, "%s in scope '%s': dtypes differ (%s %s vs %s %s)", type,
+        return sdc_mil_fail(g, SDC_E_INTERNAL, "%s in scope '%s': dtypes differ (%s %s vs %s %s)", type,
                         g->scope, x->name, sdc_dtype_name(x->type.dtype), y->name,
                         sdc_dtype_name(y->type.dtype));
     /* NumPy broadcasting from the trailing dimension */
@@ -55,90 +55,90 @@ static mil_var *binary(mil_graph *g, const char *type, mil_var *x, mil_var *y) {
         if (a != b && a != 1 && b != 1) return shape_error(g, type, "shapes do not broadcast", x, y);
         shape[i] = a == 1 ? b : a;
     }
-    mil_op *op = mil_new_op(g, type, 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "y", y)) return NULL;
+    mil_op *op = sdc_mil_new_op(g, type, 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "y", y)) return NULL;
     return out1(op, x->type.dtype, rank, shape);
 }
 
-mil_var *mil_add(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "add", x, y); }
-mil_var *mil_sub(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "sub", x, y); }
-mil_var *mil_mul(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "mul", x, y); }
-mil_var *mil_real_div(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "real_div", x, y); }
+mil_var *sdc_mil_add(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "add", x, y); }
+mil_var *sdc_mil_sub(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "sub", x, y); }
+mil_var *sdc_mil_mul(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "mul", x, y); }
+mil_var *sdc_mil_real_div(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "real_div", x, y); }
 
-mil_var *mil_maximum(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "maximum", x, y); }
-mil_var *mil_pow(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "pow", x, y); }
+mil_var *sdc_mil_maximum(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "maximum", x, y); }
+mil_var *sdc_mil_pow(mil_graph *g, mil_var *x, mil_var *y) { return binary(g, "pow", x, y); }
 
 static mil_var *compare(mil_graph *g, const char *type, mil_var *x, mil_var *y) {
     mil_var *v = binary(g, type, x, y);
     if (v) v->type.dtype = SDC_DT_BOOL;
     return v;
 }
-mil_var *mil_equal(mil_graph *g, mil_var *x, mil_var *y) { return compare(g, "equal", x, y); }
-mil_var *mil_greater(mil_graph *g, mil_var *x, mil_var *y) { return compare(g, "greater", x, y); }
+mil_var *sdc_mil_equal(mil_graph *g, mil_var *x, mil_var *y) { return compare(g, "equal", x, y); }
+mil_var *sdc_mil_greater(mil_graph *g, mil_var *x, mil_var *y) { return compare(g, "greater", x, y); }
 
 static mil_var *unary(mil_graph *g, const char *type, mil_var *x) {
-    if (!x || !mil_graph_ok(g) || !require_float(g, type, x)) return NULL;
-    mil_op *op = mil_new_op(g, type, 1);
-    if (!mil_param1(g, op, "x", x)) return NULL;
+    if (!x || !sdc_mil_graph_ok(g) || !require_float(g, type, x)) return NULL;
+    mil_op *op = sdc_mil_new_op(g, type, 1);
+    if (!sdc_mil_param1(g, op, "x", x)) return NULL;
     return same_as(op, x);
 }
 
-mil_var *mil_sigmoid(mil_graph *g, mil_var *x) { return unary(g, "sigmoid", x); }
-mil_var *mil_silu(mil_graph *g, mil_var *x) { return unary(g, "silu", x); }
-mil_var *mil_sqrt(mil_graph *g, mil_var *x) { return unary(g, "sqrt", x); }
-mil_var *mil_exp(mil_graph *g, mil_var *x) { return unary(g, "exp", x); }
-mil_var *mil_sin(mil_graph *g, mil_var *x) { return unary(g, "sin", x); }
-mil_var *mil_cos(mil_graph *g, mil_var *x) { return unary(g, "cos", x); }
+mil_var *sdc_mil_sigmoid(mil_graph *g, mil_var *x) { return unary(g, "sigmoid", x); }
+mil_var *sdc_mil_silu(mil_graph *g, mil_var *x) { return unary(g, "silu", x); }
+mil_var *sdc_mil_sqrt(mil_graph *g, mil_var *x) { return unary(g, "sqrt", x); }
+mil_var *sdc_mil_exp(mil_graph *g, mil_var *x) { return unary(g, "exp", x); }
+mil_var *sdc_mil_sin(mil_graph *g, mil_var *x) { return unary(g, "sin", x); }
+mil_var *sdc_mil_cos(mil_graph *g, mil_var *x) { return unary(g, "cos", x); }
 
-mil_var *mil_rsqrt(mil_graph *g, mil_var *x, float epsilon) {
-    if (!x || !mil_graph_ok(g) || !require_float(g, "rsqrt", x)) return NULL;
-    mil_var *eps = mil_const_scalar(g, x->type.dtype, epsilon);
-    mil_op *op = mil_new_op(g, "rsqrt", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "epsilon", eps)) return NULL;
+mil_var *sdc_mil_rsqrt(mil_graph *g, mil_var *x, float epsilon) {
+    if (!x || !sdc_mil_graph_ok(g) || !require_float(g, "rsqrt", x)) return NULL;
+    mil_var *eps = sdc_mil_const_scalar(g, x->type.dtype, epsilon);
+    mil_op *op = sdc_mil_new_op(g, "rsqrt", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "epsilon", eps)) return NULL;
     return same_as(op, x);
 }
 
-mil_var *mil_clip(mil_graph *g, mil_var *x, float lo, float hi) {
-    if (!x || !mil_graph_ok(g) || !require_float(g, "clip", x)) return NULL;
-    mil_var *a = mil_const_scalar(g, x->type.dtype, lo), *b = mil_const_scalar(g, x->type.dtype, hi);
-    mil_op *op = mil_new_op(g, "clip", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "alpha", a) || !mil_param1(g, op, "beta", b)) return NULL;
+mil_var *sdc_mil_clip(mil_graph *g, mil_var *x, float lo, float hi) {
+    if (!x || !sdc_mil_graph_ok(g) || !require_float(g, "clip", x)) return NULL;
+    mil_var *a = sdc_mil_const_scalar(g, x->type.dtype, lo), *b = sdc_mil_const_scalar(g, x->type.dtype, hi);
+    mil_op *op = sdc_mil_new_op(g, "clip", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "alpha", a) || !sdc_mil_param1(g, op, "beta", b)) return NULL;
     return same_as(op, x);
 }
 
-mil_var *mil_gelu(mil_graph *g, mil_var *x, const char *mode) {
-    if (!x || !mil_graph_ok(g) || !require_float(g, "gelu", x)) return NULL;
-    mil_var *m = mil_const_string(g, mode);
-    mil_op *op = mil_new_op(g, "gelu", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "mode", m)) return NULL;
+mil_var *sdc_mil_gelu(mil_graph *g, mil_var *x, const char *mode) {
+    if (!x || !sdc_mil_graph_ok(g) || !require_float(g, "gelu", x)) return NULL;
+    mil_var *m = sdc_mil_const_string(g, mode);
+    mil_op *op = sdc_mil_new_op(g, "gelu", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "mode", m)) return NULL;
     return same_as(op, x);
 }
 
-mil_var *mil_cast(mil_graph *g, mil_var *x, sdc_dtype to) {
-    if (!x || !mil_graph_ok(g)) return NULL;
+mil_var *sdc_mil_cast(mil_graph *g, mil_var *x, sdc_dtype to) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
     const char *name = to == SDC_DT_F16 ? "fp16" : to == SDC_DT_F32 ? "fp32" : to == SDC_DT_I32 ? "int32"
                      : to == SDC_DT_BOOL ? "bool" : NULL;
-    if (!name) return mil_fail(g, SDC_E_INTERNAL, "cast to %s is not a MIL cast", sdc_dtype_name(to));
-    mil_var *d = mil_const_string(g, name);
-    mil_op *op = mil_new_op(g, "cast", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "dtype", d)) return NULL;
+    if (!name) return sdc_mil_fail(g, SDC_E_INTERNAL, "cast to %s is not a MIL cast", sdc_dtype_name(to));
+    mil_var *d = sdc_mil_const_string(g, name);
+    mil_op *op = sdc_mil_new_op(g, "cast", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "dtype", d)) return NULL;
     return out1(op, to, x->type.rank, x->type.shape);
 }
 
-mil_var *mil_softmax(mil_graph *g, mil_var *x, int axis) {
-    if (!x || !mil_graph_ok(g) || !require_float(g, "softmax", x)) return NULL;
+mil_var *sdc_mil_softmax(mil_graph *g, mil_var *x, int axis) {
+    if (!x || !sdc_mil_graph_ok(g) || !require_float(g, "softmax", x)) return NULL;
     if (norm_axis(axis, x->type.rank) < 0 || norm_axis(axis, x->type.rank) >= x->type.rank)
         return shape_error(g, "softmax", "axis out of range", x, NULL);
-    mil_var *a = mil_const_int(g, axis);
-    mil_op *op = mil_new_op(g, "softmax", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axis", a)) return NULL;
+    mil_var *a = sdc_mil_const_int(g, axis);
+    mil_op *op = sdc_mil_new_op(g, "softmax", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "axis", a)) return NULL;
     return same_as(op, x);
 }
 
 /* ---------------------------------------------------------------- linear algebra */
 
-mil_var *mil_linear(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias) {
-    if (!x || !weight || !bias || !mil_graph_ok(g) || !require_float(g, "linear", x)) return NULL;
+mil_var *sdc_mil_linear(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias) {
+    if (!x || !weight || !bias || !sdc_mil_graph_ok(g) || !require_float(g, "linear", x)) return NULL;
     const mil_type *xt = &x->type, *wt = &weight->type;
     if (xt->rank < 1 || xt->rank > 3 || wt->rank != 2 || xt->shape[xt->rank - 1] != wt->shape[1])
         return shape_error(g, "linear", "x [*, D_in] does not match weight [D_out, D_in]", x, weight);
@@ -146,9 +146,9 @@ mil_var *mil_linear(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias) {
         return shape_error(g, "linear", "bias must be [D_out]", bias, weight);
     if (weight->type.dtype != x->type.dtype || bias->type.dtype != x->type.dtype)
         return shape_error(g, "linear", "weight/bias dtype differs from x", x, weight);
-    mil_op *op = mil_new_op(g, "linear", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "weight", weight) ||
-        !mil_param1(g, op, "bias", bias))
+    mil_op *op = sdc_mil_new_op(g, "linear", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "weight", weight) ||
+        !sdc_mil_param1(g, op, "bias", bias))
         return NULL;
     int64_t shape[SDC_MAX_RANK];
     memcpy(shape, xt->shape, sizeof shape);
@@ -156,8 +156,8 @@ mil_var *mil_linear(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias) {
     return out1(op, x->type.dtype, xt->rank, shape);
 }
 
-mil_var *mil_matmul(mil_graph *g, mil_var *x, mil_var *y, bool transpose_x, bool transpose_y) {
-    if (!x || !y || !mil_graph_ok(g) || !require_float(g, "matmul", x)) return NULL;
+mil_var *sdc_mil_matmul(mil_graph *g, mil_var *x, mil_var *y, bool transpose_x, bool transpose_y) {
+    if (!x || !y || !sdc_mil_graph_ok(g) || !require_float(g, "matmul", x)) return NULL;
     const mil_type *a = &x->type, *b = &y->type;
     if (a->rank < 2 || b->rank < 2 || x->type.dtype != y->type.dtype)
         return shape_error(g, "matmul", "operands must be rank >= 2 with one dtype", x, y);
@@ -176,17 +176,17 @@ mil_var *mil_matmul(mil_graph *g, mil_var *x, mil_var *y, bool transpose_x, bool
     }
     shape[rank - 2] = m;
     shape[rank - 1] = n;
-    mil_var *tx = mil_const_bool(g, transpose_x), *ty = mil_const_bool(g, transpose_y);
-    mil_op *op = mil_new_op(g, "matmul", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "y", y) ||
-        !mil_param1(g, op, "transpose_x", tx) || !mil_param1(g, op, "transpose_y", ty))
+    mil_var *tx = sdc_mil_const_bool(g, transpose_x), *ty = sdc_mil_const_bool(g, transpose_y);
+    mil_op *op = sdc_mil_new_op(g, "matmul", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "y", y) ||
+        !sdc_mil_param1(g, op, "transpose_x", tx) || !sdc_mil_param1(g, op, "transpose_y", ty))
         return NULL;
     return out1(op, x->type.dtype, rank, shape);
 }
 
-mil_var *mil_layer_norm(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes, mil_var *gamma,
+mil_var *sdc_mil_layer_norm(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes, mil_var *gamma,
                         mil_var *beta, float epsilon) {
-    if (!x || !mil_graph_ok(g) || !require_float(g, "layer_norm", x)) return NULL;
+    if (!x || !sdc_mil_graph_ok(g) || !require_float(g, "layer_norm", x)) return NULL;
     mil_type norm_shape = {x->type.dtype, n_axes, {0}};
     for (int i = 0; i < n_axes; i++) {
         int a = norm_axis(axes[i], x->type.rank);
@@ -195,36 +195,36 @@ mil_var *mil_layer_norm(mil_graph *g, mil_var *x, int n_axes, const int32_t *axe
     }
     mil_var *affine[2] = {gamma, beta};
     for (int i = 0; i < 2; i++)
-        if (affine[i] && (!mil_shape_eq(&affine[i]->type, &norm_shape) || affine[i]->type.dtype != x->type.dtype))
+        if (affine[i] && (!sdc_mil_shape_eq(&affine[i]->type, &norm_shape) || affine[i]->type.dtype != x->type.dtype))
             return shape_error(g, "layer_norm", "gamma/beta must match x.shape[axes] and dtype", affine[i], x);
-    mil_var *ax = mil_const_ints(g, n_axes, axes);
-    mil_var *eps = mil_const_scalar(g, x->type.dtype, epsilon);
-    mil_op *op = mil_new_op(g, "layer_norm", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axes", ax)) return NULL;
-    if (gamma && !mil_param1(g, op, "gamma", gamma)) return NULL;
-    if (beta && !mil_param1(g, op, "beta", beta)) return NULL;
-    if (!mil_param1(g, op, "epsilon", eps)) return NULL;
+    mil_var *ax = sdc_mil_const_ints(g, n_axes, axes);
+    mil_var *eps = sdc_mil_const_scalar(g, x->type.dtype, epsilon);
+    mil_op *op = sdc_mil_new_op(g, "layer_norm", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "axes", ax)) return NULL;
+    if (gamma && !sdc_mil_param1(g, op, "gamma", gamma)) return NULL;
+    if (beta && !sdc_mil_param1(g, op, "beta", beta)) return NULL;
+    if (!sdc_mil_param1(g, op, "epsilon", eps)) return NULL;
     return same_as(op, x);
 }
 
 /* ---------------------------------------------------------------- shape ops */
 
-mil_var *mil_reshape(mil_graph *g, mil_var *x, int rank, const int64_t *shape) {
-    if (!x || !mil_graph_ok(g)) return NULL;
+mil_var *sdc_mil_reshape(mil_graph *g, mil_var *x, int rank, const int64_t *shape) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
     mil_type t = {x->type.dtype, rank, {0}};
     memcpy(t.shape, shape, (size_t)rank * sizeof *shape);
-    if (mil_numel(&t) != mil_numel(&x->type))
+    if (sdc_mil_numel(&t) != sdc_mil_numel(&x->type))
         return shape_error(g, "reshape", "element count changes", x, NULL);
     int32_t s32[SDC_MAX_RANK];
     for (int i = 0; i < rank; i++) s32[i] = (int32_t)shape[i];
-    mil_var *s = mil_const_ints(g, rank, s32);
-    mil_op *op = mil_new_op(g, "reshape", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "shape", s)) return NULL;
+    mil_var *s = sdc_mil_const_ints(g, rank, s32);
+    mil_op *op = sdc_mil_new_op(g, "reshape", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "shape", s)) return NULL;
     return out1(op, t.dtype, rank, t.shape);
 }
 
-mil_var *mil_transpose(mil_graph *g, mil_var *x, int rank, const int32_t *perm) {
-    if (!x || !mil_graph_ok(g)) return NULL;
+mil_var *sdc_mil_transpose(mil_graph *g, mil_var *x, int rank, const int32_t *perm) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
     if (rank != x->type.rank) return shape_error(g, "transpose", "perm length differs from rank", x, NULL);
     int64_t shape[SDC_MAX_RANK];
     bool seen[SDC_MAX_RANK] = {0};
@@ -234,14 +234,14 @@ mil_var *mil_transpose(mil_graph *g, mil_var *x, int rank, const int32_t *perm) 
         seen[perm[i]] = true;
         shape[i] = x->type.shape[perm[i]];
     }
-    mil_var *p = mil_const_ints(g, rank, perm);
-    mil_op *op = mil_new_op(g, "transpose", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "perm", p)) return NULL;
+    mil_var *p = sdc_mil_const_ints(g, rank, perm);
+    mil_op *op = sdc_mil_new_op(g, "transpose", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "perm", p)) return NULL;
     return out1(op, x->type.dtype, rank, shape);
 }
 
-mil_var *mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis) {
-    if (!x || !indices || !mil_graph_ok(g)) return NULL;
+mil_var *sdc_mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis) {
+    if (!x || !indices || !sdc_mil_graph_ok(g)) return NULL;
     int a = norm_axis(axis, x->type.rank);
     if (a < 0 || a >= x->type.rank || indices->type.dtype != SDC_DT_I32)
         return shape_error(g, "gather", "axis out of range or indices not int32", x, indices);
@@ -253,20 +253,20 @@ mil_var *mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis) {
     for (int i = 0; i < a; i++) shape[rank++] = x->type.shape[i];
     for (int i = 0; i < indices->type.rank; i++) shape[rank++] = indices->type.shape[i];
     for (int i = a + 1; i < x->type.rank; i++) shape[rank++] = x->type.shape[i];
-    mil_var *ax = mil_const_int(g, axis);
-    mil_var *batch_dims = g->opset >= 6 ? mil_const_int(g, 0) : NULL;
-    mil_var *validate = g->opset >= 7 ? mil_const_bool(g, false) : NULL;
-    mil_op *op = mil_new_op(g, "gather", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "indices", indices) ||
-        !mil_param1(g, op, "axis", ax))
+    mil_var *ax = sdc_mil_const_int(g, axis);
+    mil_var *batch_dims = g->opset >= 6 ? sdc_mil_const_int(g, 0) : NULL;
+    mil_var *validate = g->opset >= 7 ? sdc_mil_const_bool(g, false) : NULL;
+    mil_op *op = sdc_mil_new_op(g, "gather", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "indices", indices) ||
+        !sdc_mil_param1(g, op, "axis", ax))
         return NULL;
-    if (batch_dims && !mil_param1(g, op, "batch_dims", batch_dims)) return NULL;
-    if (validate && !mil_param1(g, op, "validate_indices", validate)) return NULL;
+    if (batch_dims && !sdc_mil_param1(g, op, "batch_dims", batch_dims)) return NULL;
+    if (validate && !sdc_mil_param1(g, op, "validate_indices", validate)) return NULL;
     return out1(op, x->type.dtype, rank, shape);
 }
 
-mil_var *mil_reduce_argmax(mil_graph *g, mil_var *x, int axis, bool keep_dims) {
-    if (!x || !mil_graph_ok(g)) return NULL;
+mil_var *sdc_mil_reduce_argmax(mil_graph *g, mil_var *x, int axis, bool keep_dims) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
     int a = norm_axis(axis, x->type.rank);
     if (a < 0 || a >= x->type.rank) return shape_error(g, "reduce_argmax", "axis out of range", x, NULL);
     int64_t shape[SDC_MAX_RANK];
@@ -277,18 +277,18 @@ mil_var *mil_reduce_argmax(mil_graph *g, mil_var *x, int axis, bool keep_dims) {
         else if (keep_dims)
             shape[rank++] = 1;
     }
-    mil_var *ax = mil_const_int(g, axis), *kd = mil_const_bool(g, keep_dims);
-    mil_var *odt = g->opset >= 7 ? mil_const_string(g, "int32") : NULL;
-    mil_op *op = mil_new_op(g, "reduce_argmax", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axis", ax) ||
-        !mil_param1(g, op, "keep_dims", kd))
+    mil_var *ax = sdc_mil_const_int(g, axis), *kd = sdc_mil_const_bool(g, keep_dims);
+    mil_var *odt = g->opset >= 7 ? sdc_mil_const_string(g, "int32") : NULL;
+    mil_op *op = sdc_mil_new_op(g, "reduce_argmax", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "axis", ax) ||
+        !sdc_mil_param1(g, op, "keep_dims", kd))
         return NULL;
-    if (odt && !mil_param1(g, op, "output_dtype", odt)) return NULL;
+    if (odt && !sdc_mil_param1(g, op, "output_dtype", odt)) return NULL;
     return out1(op, SDC_DT_I32, rank, shape);
 }
 
-mil_var *mil_concat(mil_graph *g, int n, mil_var **values, int axis) {
-    if (!mil_graph_ok(g) || n < 1) return NULL;
+mil_var *sdc_mil_concat(mil_graph *g, int n, mil_var **values, int axis) {
+    if (!sdc_mil_graph_ok(g) || n < 1) return NULL;
     for (int i = 0; i < n; i++)
         if (!values[i]) return NULL;
     const mil_type *t0 = &values[0]->type;
@@ -306,19 +306,19 @@ mil_var *mil_concat(mil_graph *g, int n, mil_var **values, int axis) {
                 return shape_error(g, "concat", "non-axis dims differ", values[0], values[i]);
         shape[a] += t->shape[a];
     }
-    mil_var *ax = mil_const_int(g, axis), *il = mil_const_bool(g, false);
-    mil_op *op = mil_new_op(g, "concat", 1);
-    if (!mil_set_param(g, op, "values", n, values) || !mil_param1(g, op, "axis", ax) ||
-        !mil_param1(g, op, "interleave", il))
+    mil_var *ax = sdc_mil_const_int(g, axis), *il = sdc_mil_const_bool(g, false);
+    mil_op *op = sdc_mil_new_op(g, "concat", 1);
+    if (!sdc_mil_set_param(g, op, "values", n, values) || !sdc_mil_param1(g, op, "axis", ax) ||
+        !sdc_mil_param1(g, op, "interleave", il))
         return NULL;
     return out1(op, t0->dtype, t0->rank, shape);
 }
 
 /* ---------------------------------------------------------------- convolution, reductions */
 
-mil_var *mil_conv(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias, int stride, const int pad[4],
+mil_var *sdc_mil_conv(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias, int stride, const int pad[4],
                   int groups) {
-    if (!x || !weight || !mil_graph_ok(g) || !require_float(g, "conv", x)) return NULL;
+    if (!x || !weight || !sdc_mil_graph_ok(g) || !require_float(g, "conv", x)) return NULL;
     const mil_type *xt = &x->type, *wt = &weight->type;
     if (xt->rank != 4 || wt->rank != 4 || groups < 1 || xt->shape[1] % groups || wt->shape[0] % groups ||
         wt->shape[1] * groups != xt->shape[1] || wt->dtype != xt->dtype)
@@ -329,20 +329,20 @@ mil_var *mil_conv(mil_graph *g, mil_var *x, mil_var *weight, mil_var *bias, int 
     int64_t w = (xt->shape[3] + pad[2] + pad[3] - wt->shape[3]) / stride + 1;
     if (h < 1 || w < 1) return shape_error(g, "conv", "kernel larger than the padded input", x, weight);
     int32_t strides[2] = {stride, stride}, dil[2] = {1, 1}, pads[4] = {pad[0], pad[1], pad[2], pad[3]};
-    mil_var *st = mil_const_ints(g, 2, strides), *pt = mil_const_string(g, "custom");
-    mil_var *pd = mil_const_ints(g, 4, pads), *dl = mil_const_ints(g, 2, dil), *gr = mil_const_int(g, groups);
-    mil_op *op = mil_new_op(g, "conv", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "weight", weight)) return NULL;
-    if (bias && !mil_param1(g, op, "bias", bias)) return NULL;
-    if (!mil_param1(g, op, "strides", st) || !mil_param1(g, op, "pad_type", pt) || !mil_param1(g, op, "pad", pd) ||
-        !mil_param1(g, op, "dilations", dl) || !mil_param1(g, op, "groups", gr))
+    mil_var *st = sdc_mil_const_ints(g, 2, strides), *pt = sdc_mil_const_string(g, "custom");
+    mil_var *pd = sdc_mil_const_ints(g, 4, pads), *dl = sdc_mil_const_ints(g, 2, dil), *gr = sdc_mil_const_int(g, groups);
+    mil_op *op = sdc_mil_new_op(g, "conv", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "weight", weight)) return NULL;
+    if (bias && !sdc_mil_param1(g, op, "bias", bias)) return NULL;
+    if (!sdc_mil_param1(g, op, "strides", st) || !sdc_mil_param1(g, op, "pad_type", pt) || !sdc_mil_param1(g, op, "pad", pd) ||
+        !sdc_mil_param1(g, op, "dilations", dl) || !sdc_mil_param1(g, op, "groups", gr))
         return NULL;
     int64_t shape[4] = {xt->shape[0], wt->shape[0], h, w};
     return out1(op, xt->dtype, 4, shape);
 }
 
-mil_var *mil_reduce(mil_graph *g, const char *type, mil_var *x, int n_axes, const int32_t *axes, bool keep_dims) {
-    if (!x || !mil_graph_ok(g)) return NULL;
+mil_var *sdc_mil_reduce(mil_graph *g, const char *type, mil_var *x, int n_axes, const int32_t *axes, bool keep_dims) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
     bool reduced[SDC_MAX_RANK] = {0};
     for (int i = 0; i < n_axes; i++) {
         int a = norm_axis(axes[i], x->type.rank);
@@ -357,21 +357,21 @@ mil_var *mil_reduce(mil_graph *g, const char *type, mil_var *x, int n_axes, cons
         else if (keep_dims)
             shape[rank++] = 1;
     }
-    mil_var *ax = mil_const_ints(g, n_axes, axes), *kd = mil_const_bool(g, keep_dims);
-    mil_op *op = mil_new_op(g, type, 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axes", ax) || !mil_param1(g, op, "keep_dims", kd))
+    mil_var *ax = sdc_mil_const_ints(g, n_axes, axes), *kd = sdc_mil_const_bool(g, keep_dims);
+    mil_op *op = sdc_mil_new_op(g, type, 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "axes", ax) || !sdc_mil_param1(g, op, "keep_dims", kd))
         return NULL;
     return out1(op, x->type.dtype, rank, shape);
 }
 
-mil_var *mil_upsample_nearest(mil_graph *g, mil_var *x, int scale_h, int scale_w) {
-    if (!x || !mil_graph_ok(g) || !require_float(g, "upsample_nearest_neighbor", x)) return NULL;
+mil_var *sdc_mil_upsample_nearest(mil_graph *g, mil_var *x, int scale_h, int scale_w) {
+    if (!x || !sdc_mil_graph_ok(g) || !require_float(g, "upsample_nearest_neighbor", x)) return NULL;
     if (x->type.rank < 3 || scale_h < 1 || scale_w < 1)
         return shape_error(g, "upsample_nearest_neighbor", "needs rank >= 3 and positive scales", x, NULL);
-    mil_var *sh = mil_const_int(g, scale_h), *sw = mil_const_int(g, scale_w);
-    mil_op *op = mil_new_op(g, "upsample_nearest_neighbor", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "scale_factor_height", sh) ||
-        !mil_param1(g, op, "scale_factor_width", sw))
+    mil_var *sh = sdc_mil_const_int(g, scale_h), *sw = sdc_mil_const_int(g, scale_w);
+    mil_op *op = sdc_mil_new_op(g, "upsample_nearest_neighbor", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "scale_factor_height", sh) ||
+        !sdc_mil_param1(g, op, "scale_factor_width", sw))
         return NULL;
     int64_t shape[SDC_MAX_RANK];
     memcpy(shape, x->type.shape, sizeof shape);
@@ -382,8 +382,8 @@ mil_var *mil_upsample_nearest(mil_graph *g, mil_var *x, int scale_h, int scale_w
 
 /* ---------------------------------------------------------------- einsum */
 
-mil_var *mil_einsum(mil_graph *g, const char *equation, mil_var *a, mil_var *b) {
-    if (!a || !b || !mil_graph_ok(g) || !require_float(g, "einsum", a)) return NULL;
+mil_var *sdc_mil_einsum(mil_graph *g, const char *equation, mil_var *a, mil_var *b) {
+    if (!a || !b || !sdc_mil_graph_ok(g) || !require_float(g, "einsum", a)) return NULL;
     const mil_type *at = &a->type, *bt = &b->type;
     int64_t shape[4];
     int rank;
@@ -405,20 +405,20 @@ mil_var *mil_einsum(mil_graph *g, const char *equation, mil_var *a, mil_var *b) 
         shape[2] = bt->shape[2];
         rank = 3;
     } else {
-        return mil_fail(g, SDC_E_INTERNAL, "einsum: equation '%s' is not one MIL supports", equation);
+        return sdc_mil_fail(g, SDC_E_INTERNAL, "einsum: equation '%s' is not one MIL supports", equation);
     }
     if (at->dtype != bt->dtype) return shape_error(g, "einsum", "dtypes differ", a, b);
     mil_var *vals[2] = {a, b};
-    mil_var *eq = mil_const_string(g, equation);
-    mil_op *op = mil_new_op(g, "einsum", 1);
-    if (!mil_set_param(g, op, "values", 2, vals) || !mil_param1(g, op, "equation", eq)) return NULL;
+    mil_var *eq = sdc_mil_const_string(g, equation);
+    mil_op *op = sdc_mil_new_op(g, "einsum", 1);
+    if (!sdc_mil_set_param(g, op, "values", 2, vals) || !sdc_mil_param1(g, op, "equation", eq)) return NULL;
     return out1(op, at->dtype, rank, shape);
 }
 
 /* ---------------------------------------------------------------- split, slice, dims */
 
-bool mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *sizes, mil_var **out) {
-    if (!x || !mil_graph_ok(g) || n < 1) return false;
+bool sdc_mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *sizes, mil_var **out) {
+    if (!x || !sdc_mil_graph_ok(g) || n < 1) return false;
     int a = norm_axis(axis, x->type.rank);
     int64_t total = 0;
     for (int i = 0; i < n; i++) total += sizes[i];
@@ -427,11 +427,11 @@ bool mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *sizes, 
         return false;
     }
     int32_t s32[64];
-    if (n > 64) return mil_fail(g, SDC_E_INTERNAL, "split: too many pieces") != NULL;
+    if (n > 64) return sdc_mil_fail(g, SDC_E_INTERNAL, "split: too many pieces") != NULL;
     for (int i = 0; i < n; i++) s32[i] = (int32_t)sizes[i];
-    mil_var *ss = mil_const_ints(g, n, s32), *ax = mil_const_int(g, axis);
-    mil_op *op = mil_new_op(g, "split", n);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "split_sizes", ss) || !mil_param1(g, op, "axis", ax))
+    mil_var *ss = sdc_mil_const_ints(g, n, s32), *ax = sdc_mil_const_int(g, axis);
+    mil_op *op = sdc_mil_new_op(g, "split", n);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "split_sizes", ss) || !sdc_mil_param1(g, op, "axis", ax))
         return false;
     for (int i = 0; i < n; i++) {
         mil_var *v = op->outputs[i];
@@ -442,8 +442,8 @@ bool mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *sizes, 
     return true;
 }
 
-mil_var *mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_t end) {
-    if (!x || !mil_graph_ok(g)) return NULL;
+mil_var *sdc_mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_t end) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
     int a = norm_axis(axis, x->type.rank), r = x->type.rank;
     if (a < 0 || a >= r || begin < 0 || end <= begin || end > x->type.shape[a])
         return shape_error(g, "slice_by_index", "range outside the axis", x, NULL);
@@ -457,22 +457,22 @@ mil_var *mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_t en
             e[i] = (int32_t)end;
         }
     }
-    mil_var *vb = mil_const_ints(g, r, b), *ve = mil_const_ints(g, r, e), *vs = mil_const_ints(g, r, st);
-    mil_var *vbm = mil_const_bools(g, r, bm), *vem = mil_const_bools(g, r, em);
+    mil_var *vb = sdc_mil_const_ints(g, r, b), *ve = sdc_mil_const_ints(g, r, e), *vs = sdc_mil_const_ints(g, r, st);
+    mil_var *vbm = sdc_mil_const_bools(g, r, bm), *vem = sdc_mil_const_bools(g, r, em);
     int32_t zeros[SDC_MAX_RANK] = {0};
-    mil_var *vsq = mil_const_bools(g, r, zeros);
-    mil_op *op = mil_new_op(g, "slice_by_index", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "begin", vb) || !mil_param1(g, op, "end", ve) ||
-        !mil_param1(g, op, "stride", vs) || !mil_param1(g, op, "begin_mask", vbm) ||
-        !mil_param1(g, op, "end_mask", vem) || !mil_param1(g, op, "squeeze_mask", vsq))
+    mil_var *vsq = sdc_mil_const_bools(g, r, zeros);
+    mil_op *op = sdc_mil_new_op(g, "slice_by_index", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "begin", vb) || !sdc_mil_param1(g, op, "end", ve) ||
+        !sdc_mil_param1(g, op, "stride", vs) || !sdc_mil_param1(g, op, "begin_mask", vbm) ||
+        !sdc_mil_param1(g, op, "end_mask", vem) || !sdc_mil_param1(g, op, "squeeze_mask", vsq))
         return NULL;
     mil_type t = x->type;
     t.shape[a] = end - begin;
     return out1(op, t.dtype, t.rank, t.shape);
 }
 
-mil_var *mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes) {
-    if (!x || !mil_graph_ok(g)) return NULL;
+mil_var *sdc_mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
     int rank = x->type.rank + n_axes;
     if (rank > SDC_MAX_RANK) return shape_error(g, "expand_dims", "rank too large", x, NULL);
     bool inserted[SDC_MAX_RANK] = {0};
@@ -483,14 +483,14 @@ mil_var *mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *ax
     }
     int64_t shape[SDC_MAX_RANK];
     for (int i = 0, k = 0; i < rank; i++) shape[i] = inserted[i] ? 1 : x->type.shape[k++];
-    mil_var *ax = mil_const_ints(g, n_axes, axes);
-    mil_op *op = mil_new_op(g, "expand_dims", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axes", ax)) return NULL;
+    mil_var *ax = sdc_mil_const_ints(g, n_axes, axes);
+    mil_op *op = sdc_mil_new_op(g, "expand_dims", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "axes", ax)) return NULL;
     return out1(op, x->type.dtype, rank, shape);
 }
 
-mil_var *mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes) {
-    if (!x || !mil_graph_ok(g)) return NULL;
+mil_var *sdc_mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
     bool drop[SDC_MAX_RANK] = {0};
     for (int i = 0; i < n_axes; i++) {
         int a = norm_axis(axes[i], x->type.rank);
@@ -502,8 +502,8 @@ mil_var *mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes) 
     int rank = 0;
     for (int i = 0; i < x->type.rank; i++)
         if (!drop[i]) shape[rank++] = x->type.shape[i];
-    mil_var *ax = mil_const_ints(g, n_axes, axes);
-    mil_op *op = mil_new_op(g, "squeeze", 1);
-    if (!mil_param1(g, op, "x", x) || !mil_param1(g, op, "axes", ax)) return NULL;
+    mil_var *ax = sdc_mil_const_ints(g, n_axes, axes);
+    mil_op *op = sdc_mil_new_op(g, "squeeze", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "axes", ax)) return NULL;
     return out1(op, x->type.dtype, rank, shape);
 }

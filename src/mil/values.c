@@ -1,16 +1,24 @@
 /* values.c — a const's value read a chunk at a time, with its weight's cast and scale (see
    graph.h). The writer streams dense consts through it and passes' transforms read what they
    transform, so both see the same numbers. */
+#include <math.h>
+
 #include "io/fp16.h"
 #include "mil/graph.h"
 
-/* Converts elements [first, first + n) of a source tensor to `to`, scaled. Counts fp16
-   overflows (finite source values that became ±Inf). */
+static bool f16_nonfinite(uint16_t h) { return (h & 0x7c00) == 0x7c00; }
+
+/* Converts elements [first, first + n) of a source tensor to `to`, scaled, and counts faults. */
 static void convert_weight(const sdc_tensor *src, uint64_t first, size_t n, sdc_dtype to, float scale, uint8_t *out,
-                           float *tmp, uint64_t *overflows) {
+                           float *tmp, mil_value_faults *faults) {
     const uint8_t *p = src->data + first * sdc_dtype_size(src->dtype);
-    if (src->dtype == to && scale == 1.0f) {
-        memcpy(out, p, n * sdc_dtype_size(to));
+    if (src->dtype == to && scale == 1.0f && to == SDC_DT_F16) {
+        memcpy(out, p, n * 2);
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, out + 2 * i, 2);
+            faults->nonfinite += f16_nonfinite(h);
+        }
         return;
     }
     switch (src->dtype) {
@@ -22,6 +30,7 @@ static void convert_weight(const sdc_tensor *src, uint64_t first, size_t n, sdc_
     }
     if (scale != 1.0f)
         for (size_t i = 0; i < n; i++) tmp[i] *= scale;
+    for (size_t i = 0; i < n; i++) faults->nonfinite += !isfinite(tmp[i]);
     if (to == SDC_DT_F32) {
         memcpy(out, tmp, n * 4);
         return;
@@ -29,23 +38,28 @@ static void convert_weight(const sdc_tensor *src, uint64_t first, size_t n, sdc_
     for (size_t i = 0; i < n; i++) {
         uint16_t h = sdc_f32_to_f16(tmp[i]);
         memcpy(out + 2 * i, &h, 2);
-        if ((h & 0x7fff) == 0x7c00 && tmp[i] == tmp[i] && tmp[i] != tmp[i] * 2.0f) (*overflows)++;
+        faults->overflows += f16_nonfinite(h) && isfinite(tmp[i]);
     }
 }
 
 const void *sdc_mil_const_values(const mil_var *v, uint64_t first, size_t n, void *out, float *tmp,
-                                 uint64_t *overflows) {
+                                 mil_value_faults *faults) {
     SDC_ASSERT(v->const_kind == MIL_CONST_WEIGHT || v->const_kind == MIL_CONST_BYTES);
     if (v->const_kind == MIL_CONST_BYTES) return (const uint8_t *)v->bytes + first * sdc_dtype_size(v->type.dtype);
     const mil_weight *w = &v->weight;
-    convert_weight(w->src, w->first + first, n, v->type.dtype, w->scale, out, tmp, overflows);
+    convert_weight(w->src, w->first + first, n, v->type.dtype, w->scale, out, tmp, faults);
     return out;
 }
 
-sdc_status sdc_mil_overflow_error(const mil_var *v, uint64_t overflows, sdc_err *err) {
+sdc_status sdc_mil_value_faults_check(const mil_var *v, const mil_value_faults *faults, sdc_err *err) {
+    if (!faults->overflows && !faults->nonfinite) return SDC_OK;
     SDC_ASSERT(v->const_kind == MIL_CONST_WEIGHT);
+    const char *file = sdc_st_path(v->weight.src->file), *name = v->weight.src->name;
+    if (faults->nonfinite)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s': %llu values are NaN or infinite; the weights are damaged",
+                        file, name, (unsigned long long)faults->nonfinite);
     return sdc_fail(err, SDC_E_FORMAT,
                     "%s: tensor '%s': %llu values exceed the float16 range (65504); "
                     "convert with --compute-precision FLOAT32",
-                    sdc_st_path(v->weight.src->file), v->weight.src->name, (unsigned long long)overflows);
+                    file, name, (unsigned long long)faults->overflows);
 }

@@ -20,38 +20,38 @@ typedef struct sdc_net {
 } sdc_net;
 
 /* The weight `name`, which must have exactly `shape`, as a const of the compute dtype. */
-mil_var *net_weight(sdc_net *n, const char *name, int rank, const int64_t *shape);
+mil_var *sdc_net_weight(sdc_net *n, const char *name, int rank, const int64_t *shape);
 /* A [out, in] Linear weight, or a [out, in, 1, 1] conv weight, viewed as [out, in, 1, 1]. */
-mil_var *net_weight_1x1(sdc_net *n, const char *name, int64_t out, int64_t in);
+mil_var *sdc_net_weight_1x1(sdc_net *n, const char *name, int64_t out, int64_t in);
 
 /* "<prefix>.weight" [cout, cin, k, k] and "<prefix>.bias" [cout]; pad {top, bottom, left, right} */
-mil_var *net_conv(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout, int k, int stride,
+mil_var *sdc_net_conv(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout, int k, int stride,
                   const int pad[4]);
 /* 3×3, stride 1, pad 1 */
-mil_var *net_conv3(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout);
+mil_var *sdc_net_conv3(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout);
 /* nn.Linear as a 1×1 conv over channels: x (B, cin, H, W) → (B, cout, H, W); bias optional */
-mil_var *net_linear_1x1(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout, bool bias);
+mil_var *sdc_net_linear_1x1(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout, bool bias);
 
 /* GroupNorm(groups, eps) with affine "<prefix>.weight/.bias": x (B, C, H, W). Lowered as
    layer_norm over each group of the (B, G, C/G, H·W) view, then the per-channel affine. */
-mil_var *net_group_norm(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps);
+mil_var *sdc_net_group_norm(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps);
 /* LayerNorm over the channels of (B, C, 1, S), affine "<prefix>.weight/.bias" */
-mil_var *net_layer_norm_c(sdc_net *n, mil_var *x, const char *prefix, float eps);
+mil_var *sdc_net_layer_norm_c(sdc_net *n, mil_var *x, const char *prefix, float eps);
 
 /* diffusers ResnetBlock2D: GN → SiLU → conv3 (+ time_emb_proj(SiLU(temb))) → GN → SiLU → conv3,
    plus the input (through conv_shortcut when cin != cout). temb (B, T, 1, 1) or NULL. */
-mil_var *net_resnet(sdc_net *n, mil_var *x, mil_var *temb_silu, const char *prefix, int64_t cin, int64_t cout,
+mil_var *sdc_net_resnet(sdc_net *n, mil_var *x, mil_var *temb_silu, const char *prefix, int64_t cin, int64_t cout,
                     int64_t temb_channels, int groups, float eps);
 
 /* diffusers get_timestep_embedding in float32: t (N,) fp32 → (N, dim) fp32 */
-mil_var *net_sinusoid(sdc_net *n, mil_var *t, int64_t dim, bool flip_sin_to_cos, double freq_shift);
+mil_var *sdc_net_sinusoid(sdc_net *n, mil_var *t, int64_t dim, bool flip_sin_to_cos, double freq_shift);
 
 /* Casts to the compute dtype when it differs. */
-mil_var *net_to_compute(sdc_net *n, mil_var *x);
+mil_var *sdc_net_to_compute(sdc_net *n, mil_var *x);
 /* Names a float result as a float32 output (casting fp16 results). */
-void net_output_f32(sdc_net *n, mil_var *v, const char *name);
+void sdc_net_output_f32(sdc_net *n, mil_var *v, const char *name);
 
 /* Finishes a builder: folds a weight error or graph error into err. */
-sdc_status net_finish(sdc_net *n, mil_graph **out);
+sdc_status sdc_net_finish(sdc_net *n, mil_graph **out);
 
 #endif

@@ -3,7 +3,7 @@
 
 #include <math.h>
 
-sdc_status clip_read_positive(const sdc_component *c, json_t *config, const char *what, const char *key,
+sdc_status sdc_clip_read_positive(const sdc_component *c, json_t *config, const char *what, const char *key,
                               int64_t dflt, int64_t max, int64_t *out, sdc_err *err) {
     sdc_component view = *c; /* the same file, possibly one level down (vision_config) */
     view.config = config;
@@ -15,16 +15,16 @@ sdc_status clip_read_positive(const sdc_component *c, json_t *config, const char
     return SDC_OK;
 }
 
-sdc_status clip_read_dims(const sdc_component *c, json_t *config, const char *what, const clip_dims *dflt,
+sdc_status sdc_clip_read_dims(const sdc_component *c, json_t *config, const char *what, const clip_dims *dflt,
                           clip_dims *d, sdc_err *err) {
     sdc_component view = *c;
     view.config = config;
     const char *act;
     sdc_status s;
-    if ((s = clip_read_positive(c, config, what, "hidden_size", dflt->hidden, 1 << 16, &d->hidden, err)) ||
-        (s = clip_read_positive(c, config, what, "intermediate_size", dflt->intermediate, 1 << 18, &d->intermediate, err)) ||
-        (s = clip_read_positive(c, config, what, "num_hidden_layers", dflt->layers, 1024, &d->layers, err)) ||
-        (s = clip_read_positive(c, config, what, "num_attention_heads", dflt->heads, 1024, &d->heads, err)) ||
+    if ((s = sdc_clip_read_positive(c, config, what, "hidden_size", dflt->hidden, 1 << 16, &d->hidden, err)) ||
+        (s = sdc_clip_read_positive(c, config, what, "intermediate_size", dflt->intermediate, 1 << 18, &d->intermediate, err)) ||
+        (s = sdc_clip_read_positive(c, config, what, "num_hidden_layers", dflt->layers, 1024, &d->layers, err)) ||
+        (s = sdc_clip_read_positive(c, config, what, "num_attention_heads", dflt->heads, 1024, &d->heads, err)) ||
         (s = sdc_config_double(&view, "layer_norm_eps", 1e-5, &d->eps, err)) ||
         (s = sdc_config_string(&view, "hidden_act", "quick_gelu", &act, err)))
         return s;
@@ -40,21 +40,21 @@ sdc_status clip_read_dims(const sdc_component *c, json_t *config, const char *wh
     return SDC_OK;
 }
 
-mil_var *clip_linear(sdc_net *n, mil_var *x, const char *prefix, int64_t in, int64_t out) {
+mil_var *sdc_clip_linear(sdc_net *n, mil_var *x, const char *prefix, int64_t in, int64_t out) {
     char w[256], b[256];
     snprintf(w, sizeof w, "%s.weight", prefix);
     snprintf(b, sizeof b, "%s.bias", prefix);
     int64_t ws[2] = {out, in}, bs[1] = {out};
-    return mil_linear(n->g, x, net_weight(n, w, 2, ws), net_weight(n, b, 1, bs));
+    return sdc_mil_linear(n->g, x, sdc_net_weight(n, w, 2, ws), sdc_net_weight(n, b, 1, bs));
 }
 
-mil_var *clip_layer_norm(sdc_net *n, mil_var *x, const char *prefix, int64_t width, double eps) {
+mil_var *sdc_clip_layer_norm(sdc_net *n, mil_var *x, const char *prefix, int64_t width, double eps) {
     char w[256], b[256];
     snprintf(w, sizeof w, "%s.weight", prefix);
     snprintf(b, sizeof b, "%s.bias", prefix);
     int64_t s[1] = {width};
     static const int32_t axes[1] = {-1};
-    return mil_layer_norm(n->g, x, 1, axes, net_weight(n, w, 1, s), net_weight(n, b, 1, s), (float)eps);
+    return sdc_mil_layer_norm(n->g, x, 1, axes, sdc_net_weight(n, w, 1, s), sdc_net_weight(n, b, 1, s), (float)eps);
 }
 
 /* [1, T, W] → [1, H, T, D] */
@@ -62,7 +62,7 @@ static mil_var *split_heads(sdc_net *n, mil_var *x, const clip_dims *d) {
     if (!x) return NULL;
     int64_t shape[4] = {1, x->type.shape[1], d->heads, d->hidden / d->heads};
     static const int32_t perm[4] = {0, 2, 1, 3};
-    return mil_transpose(n->g, mil_reshape(n->g, x, 4, shape), 4, perm);
+    return sdc_mil_transpose(n->g, sdc_mil_reshape(n->g, x, 4, shape), 4, perm);
 }
 
 static mil_var *self_attention(sdc_net *n, mil_var *h, const char *layer, const clip_dims *d, mil_var *mask) {
@@ -71,40 +71,40 @@ static mil_var *self_attention(sdc_net *n, mil_var *h, const char *layer, const 
     int64_t W = d->hidden, T = h->type.shape[1];
     char p[256];
     snprintf(p, sizeof p, "%s.self_attn.q_proj", layer);
-    mil_var *q = clip_linear(n, h, p, W, W); /* [1, T, W] */
+    mil_var *q = sdc_clip_linear(n, h, p, W, W); /* [1, T, W] */
     snprintf(p, sizeof p, "%s.self_attn.k_proj", layer);
-    mil_var *k = clip_linear(n, h, p, W, W);
+    mil_var *k = sdc_clip_linear(n, h, p, W, W);
     snprintf(p, sizeof p, "%s.self_attn.v_proj", layer);
-    mil_var *v = clip_linear(n, h, p, W, W);
-    q = mil_mul(g, q, mil_const_scalar(g, n->t, 1.0f / sqrtf((float)(W / d->heads)))); /* scaled first, as CLIP */
-    mil_var *w = mil_matmul(g, split_heads(n, q, d), split_heads(n, k, d), false, true); /* [1, H, T, T] */
-    if (mask) w = mil_add(g, w, mask);
-    w = mil_softmax(g, w, -1);
-    mil_var *o = mil_matmul(g, w, split_heads(n, v, d), false, false); /* [1, H, T, D] */
+    mil_var *v = sdc_clip_linear(n, h, p, W, W);
+    q = sdc_mil_mul(g, q, sdc_mil_const_scalar(g, n->t, 1.0f / sqrtf((float)(W / d->heads)))); /* scaled first, as CLIP */
+    mil_var *w = sdc_mil_matmul(g, split_heads(n, q, d), split_heads(n, k, d), false, true); /* [1, H, T, T] */
+    if (mask) w = sdc_mil_add(g, w, mask);
+    w = sdc_mil_softmax(g, w, -1);
+    mil_var *o = sdc_mil_matmul(g, w, split_heads(n, v, d), false, false); /* [1, H, T, D] */
     static const int32_t perm[4] = {0, 2, 1, 3};
     int64_t merged[3] = {1, T, W};
-    o = mil_reshape(g, mil_transpose(g, o, 4, perm), 3, merged); /* [1, T, W] */
+    o = sdc_mil_reshape(g, sdc_mil_transpose(g, o, 4, perm), 3, merged); /* [1, T, W] */
     snprintf(p, sizeof p, "%s.self_attn.out_proj", layer);
-    return clip_linear(n, o, p, W, W);
+    return sdc_clip_linear(n, o, p, W, W);
 }
 
 static mil_var *mlp(sdc_net *n, mil_var *h, const char *layer, const clip_dims *d) {
     mil_graph *g = n->g;
     char p[256];
     snprintf(p, sizeof p, "%s.mlp.fc1", layer);
-    h = clip_linear(n, h, p, d->hidden, d->intermediate); /* [1, T, I] */
+    h = sdc_clip_linear(n, h, p, d->hidden, d->intermediate); /* [1, T, I] */
     if (d->quick_gelu)
-        h = mil_mul(g, h, mil_sigmoid(g, mil_mul(g, h, mil_const_scalar(g, n->t, 1.702f))));
+        h = sdc_mil_mul(g, h, sdc_mil_sigmoid(g, sdc_mil_mul(g, h, sdc_mil_const_scalar(g, n->t, 1.702f))));
     else
-        h = mil_gelu(g, h, "EXACT");
+        h = sdc_mil_gelu(g, h, "EXACT");
     snprintf(p, sizeof p, "%s.mlp.fc2", layer);
-    return clip_linear(n, h, p, d->intermediate, d->hidden); /* [1, T, W] */
+    return sdc_clip_linear(n, h, p, d->intermediate, d->hidden); /* [1, T, W] */
 }
 
-mil_var *clip_encoder_layer(sdc_net *n, mil_var *x, const char *prefix, const clip_dims *d, mil_var *mask) {
+mil_var *sdc_clip_encoder_layer(sdc_net *n, mil_var *x, const char *prefix, const clip_dims *d, mil_var *mask) {
     char p[256];
     snprintf(p, sizeof p, "%s.layer_norm1", prefix);
-    x = mil_add(n->g, x, self_attention(n, clip_layer_norm(n, x, p, d->hidden, d->eps), prefix, d, mask));
+    x = sdc_mil_add(n->g, x, self_attention(n, sdc_clip_layer_norm(n, x, p, d->hidden, d->eps), prefix, d, mask));
     snprintf(p, sizeof p, "%s.layer_norm2", prefix);
-    return mil_add(n->g, x, mlp(n, clip_layer_norm(n, x, p, d->hidden, d->eps), prefix, d));
+    return sdc_mil_add(n->g, x, mlp(n, sdc_clip_layer_norm(n, x, p, d->hidden, d->eps), prefix, d));
 }

@@ -21,10 +21,10 @@ typedef struct clip_text_config {
 static sdc_status read_config(const sdc_component *c, clip_text_config *cfg, sdc_err *err) {
     sdc_status s = sdc_config_check_class(c, c->config, "", &sdc_clip_text_config_class, NULL, err);
     if (s) return s;
-    if ((s = clip_read_dims(c, c->config, "", &CLIP_TEXT_DEFAULTS, &cfg->d, err)) ||
-        (s = clip_read_positive(c, c->config, "", "vocab_size", 49408, 1 << 24, &cfg->vocab, err)) ||
-        (s = clip_read_positive(c, c->config, "", "max_position_embeddings", 77, 1 << 16, &cfg->positions, err)) ||
-        (s = clip_read_positive(c, c->config, "", "projection_dim", cfg->d.hidden, 1 << 16, &cfg->projection, err)) ||
+    if ((s = sdc_clip_read_dims(c, c->config, "", &CLIP_TEXT_DEFAULTS, &cfg->d, err)) ||
+        (s = sdc_clip_read_positive(c, c->config, "", "vocab_size", 49408, 1 << 24, &cfg->vocab, err)) ||
+        (s = sdc_clip_read_positive(c, c->config, "", "max_position_embeddings", 77, 1 << 16, &cfg->positions, err)) ||
+        (s = sdc_clip_read_positive(c, c->config, "", "projection_dim", cfg->d.hidden, 1 << 16, &cfg->projection, err)) ||
         (s = sdc_config_int(c, "eos_token_id", 2, &cfg->eos_token_id, err)))
         return s;
     cfg->with_projection = sdc_weights_find(c->weights, "text_projection.weight") != NULL;
@@ -34,12 +34,12 @@ static sdc_status read_config(const sdc_component *c, clip_text_config *cfg, sdc
 /* causal mask [1, 1, S, S]: 0 on and below the diagonal, -1e4 above (fp16-safe, as the anchor) */
 static mil_var *causal_mask(sdc_net *n, int64_t seq) {
     float *m = sdc_malloc((size_t)(seq * seq) * sizeof *m);
-    if (!m) return mil_fail(n->g, SDC_E_NOMEM, "out of memory");
+    if (!m) return sdc_mil_fail(n->g, SDC_E_NOMEM, "out of memory");
     for (int64_t i = 0; i < seq; i++)
         for (int64_t j = 0; j < seq; j++) m[i * seq + j] = j > i ? -1e4f : 0.0f;
     int64_t shape[4] = {1, 1, seq, seq};
-    mil_scope(n->g, "causal");
-    mil_var *v = mil_const_floats(n->g, n->t, 4, shape, m);
+    sdc_mil_scope(n->g, "causal");
+    mil_var *v = sdc_mil_const_floats(n->g, n->t, 4, shape, m);
     sdc_free(m);
     return v;
 }
@@ -48,11 +48,11 @@ static mil_var *causal_mask(sdc_net *n, int64_t seq) {
    eos_token_id 2, else the first position whose id equals eos_token_id. */
 static mil_var *eos_position(sdc_net *n, const clip_text_config *cfg, mil_var *ids) {
     mil_graph *g = n->g;
-    mil_scope(g, "pool");
-    if (cfg->eos_token_id == 2) return mil_reduce_argmax(g, ids, -1, false); /* [1] */
+    sdc_mil_scope(g, "pool");
+    if (cfg->eos_token_id == 2) return sdc_mil_reduce_argmax(g, ids, -1, false); /* [1] */
     int32_t eos = (int32_t)cfg->eos_token_id;
-    mil_var *is_eos = mil_cast(g, mil_equal(g, ids, mil_const_ints(g, 1, &eos)), SDC_DT_I32); /* [1, S] */
-    return mil_reduce_argmax(g, is_eos, -1, false);
+    mil_var *is_eos = sdc_mil_cast(g, sdc_mil_equal(g, ids, sdc_mil_const_ints(g, 1, &eos)), SDC_DT_I32); /* [1, S] */
+    return sdc_mil_reduce_argmax(g, is_eos, -1, false);
 }
 
 /* x [1, S] float ids → embeddings [1, S, W] */
@@ -60,47 +60,47 @@ static mil_var *embeddings(sdc_net *n, const clip_text_config *cfg, mil_var *ids
     mil_graph *g = n->g;
     int64_t W = cfg->d.hidden;
     int64_t tok_shape[2] = {cfg->vocab, W}, pos_shape[2] = {cfg->positions, W}, used_pos[2] = {seq, W};
-    mil_var *tok = net_weight(n, "text_model.embeddings.token_embedding.weight", 2, tok_shape);
+    mil_var *tok = sdc_net_weight(n, "text_model.embeddings.token_embedding.weight", 2, tok_shape);
     const sdc_tensor *pos_t;
     mil_var *pos = NULL;
-    if (mil_graph_ok(g) && !n->err->code &&
+    if (sdc_mil_graph_ok(g) && !n->err->code &&
         !sdc_weights_get(n->c->weights, "text_model.embeddings.position_embedding.weight", 2, pos_shape, &pos_t, n->err))
-        pos = mil_const_weight(g, pos_t, n->t, 2, used_pos, 0); /* rows 0..S-1 */
-    return mil_add(g, mil_gather(g, tok, ids, 0), pos);
+        pos = sdc_mil_const_weight(g, pos_t, n->t, 2, used_pos, 0); /* rows 0..S-1 */
+    return sdc_mil_add(g, sdc_mil_gather(g, tok, ids, 0), pos);
 }
 
 static void build(sdc_net *n, const clip_text_config *cfg, int64_t seq, bool xl) {
     mil_graph *g = n->g;
     int64_t W = cfg->d.hidden;
     int64_t ids_shape[2] = {1, seq};
-    mil_var *ids_f = mil_input(g, "input_ids", SDC_DT_F32, 2, ids_shape);
-    mil_scope(g, "embeddings");
-    mil_var *ids = mil_cast(g, ids_f, SDC_DT_I32); /* [1, S]: exact, where fp16 would round ids > 2048 */
+    mil_var *ids_f = sdc_mil_input(g, "input_ids", SDC_DT_F32, 2, ids_shape);
+    sdc_mil_scope(g, "embeddings");
+    mil_var *ids = sdc_mil_cast(g, ids_f, SDC_DT_I32); /* [1, S]: exact, where fp16 would round ids > 2048 */
     mil_var *h = embeddings(n, cfg, ids, seq);    /* [1, S, W] */
     mil_var *mask = causal_mask(n, seq);
     mil_var *penultimate = NULL;
     char prefix[128];
     for (int64_t l = 0; l < cfg->d.layers; l++) {
-        mil_scope(g, "layers_%lld", (long long)l);
+        sdc_mil_scope(g, "layers_%lld", (long long)l);
         snprintf(prefix, sizeof prefix, "text_model.encoder.layers.%lld", (long long)l);
-        h = clip_encoder_layer(n, h, prefix, &cfg->d, mask);
+        h = sdc_clip_encoder_layer(n, h, prefix, &cfg->d, mask);
         if (l == cfg->d.layers - 2) penultimate = h; /* hidden_states[-2] */
     }
-    mil_scope(g, "final");
-    mil_var *last = clip_layer_norm(n, h, "text_model.final_layer_norm", W, cfg->d.eps); /* [1, S, W] */
+    sdc_mil_scope(g, "final");
+    mil_var *last = sdc_clip_layer_norm(n, h, "text_model.final_layer_norm", W, cfg->d.eps); /* [1, S, W] */
     int64_t pooled_shape[2] = {1, W};
-    mil_var *pooled = mil_reshape(g, mil_gather(g, last, eos_position(n, cfg, ids), 1), 2, pooled_shape); /* [1, W] */
+    mil_var *pooled = sdc_mil_reshape(g, sdc_mil_gather(g, last, eos_position(n, cfg, ids), 1), 2, pooled_shape); /* [1, W] */
     if (xl && cfg->with_projection) {
-        mil_scope(g, "projection");
+        sdc_mil_scope(g, "projection");
         int64_t ps[2] = {cfg->projection, W}, zs[1] = {cfg->projection};
         float *zeros = sdc_calloc((size_t)cfg->projection, sizeof *zeros);
-        mil_var *bias = zeros ? mil_const_floats(g, n->t, 1, zs, zeros) : mil_fail(g, SDC_E_NOMEM, "out of memory");
+        mil_var *bias = zeros ? sdc_mil_const_floats(g, n->t, 1, zs, zeros) : sdc_mil_fail(g, SDC_E_NOMEM, "out of memory");
         sdc_free(zeros);
-        pooled = mil_linear(g, pooled, net_weight(n, "text_projection.weight", 2, ps), bias); /* [1, P] */
+        pooled = sdc_mil_linear(g, pooled, sdc_net_weight(n, "text_projection.weight", 2, ps), bias); /* [1, P] */
     }
-    mil_scope(g, "out");
-    net_output_f32(n, xl ? penultimate : last, xl ? "hidden_embeds" : "last_hidden_state");
-    net_output_f32(n, pooled, "pooled_outputs");
+    sdc_mil_scope(g, "out");
+    sdc_net_output_f32(n, xl ? penultimate : last, xl ? "hidden_embeds" : "last_hidden_state");
+    sdc_net_output_f32(n, pooled, "pooled_outputs");
 }
 
 sdc_status sdc_build_clip_text(const sdc_component *c, const sdc_clip_text_options *opt, mil_graph **out,
@@ -114,9 +114,9 @@ sdc_status sdc_build_clip_text(const sdc_component *c, const sdc_clip_text_optio
     if (opt->seq_len < 1 || opt->seq_len > cfg.positions)
         return sdc_fail(err, SDC_E_ARG, "%s: %d tokens requested but max_position_embeddings is %lld",
                         c->config_path, opt->seq_len, (long long)cfg.positions);
-    mil_graph *g = mil_graph_new(opt->opset);
+    mil_graph *g = sdc_mil_graph_new(opt->opset);
     if (!g) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
     sdc_net n = {g, c, opt->compute, err};
     build(&n, &cfg, opt->seq_len, opt->xl);
-    return net_finish(&n, out);
+    return sdc_net_finish(&n, out);
 }

@@ -71,11 +71,11 @@ static sdc_status read_config(const sdc_component *c, vision_config *cfg, sdc_er
     sdc_status s = vision_settings(c, &vc, err);
     if (s) return s;
     const char *what = "vision_config ";
-    if (!(s = clip_read_positive(c, c->config, "", "projection_dim", 512, 1 << 16, &cfg->projection, err)) &&
-        !(s = clip_read_dims(c, vc, what, &CLIP_VISION_DEFAULTS, &cfg->d, err)) &&
-        !(s = clip_read_positive(c, vc, what, "image_size", 224, 4096, &cfg->image_size, err)) &&
-        !(s = clip_read_positive(c, vc, what, "patch_size", 32, 4096, &cfg->patch, err)))
-        s = clip_read_positive(c, vc, what, "num_channels", 3, 64, &cfg->channels, err);
+    if (!(s = sdc_clip_read_positive(c, c->config, "", "projection_dim", 512, 1 << 16, &cfg->projection, err)) &&
+        !(s = sdc_clip_read_dims(c, vc, what, &CLIP_VISION_DEFAULTS, &cfg->d, err)) &&
+        !(s = sdc_clip_read_positive(c, vc, what, "image_size", 224, 4096, &cfg->image_size, err)) &&
+        !(s = sdc_clip_read_positive(c, vc, what, "patch_size", 32, 4096, &cfg->patch, err)))
+        s = sdc_clip_read_positive(c, vc, what, "num_channels", 3, 64, &cfg->channels, err);
     json_decref(vc);
     if (s) return s;
     if (cfg->patch > cfg->image_size)
@@ -102,56 +102,56 @@ static mil_var *vision_tower(sc_ctx *x, mil_var *pixels) {
     mil_graph *g = x->n.g;
     const vision_config *cfg = x->cfg;
     int64_t W = cfg->d.hidden, G = cfg->image_size / cfg->patch, T = G * G + 1;
-    mil_scope(g, "embeddings");
+    sdc_mil_scope(g, "embeddings");
     static const int pad0[4] = {0, 0, 0, 0};
     int64_t ps[4] = {W, cfg->channels, cfg->patch, cfg->patch};
-    mil_var *h = mil_conv(g, net_to_compute(&x->n, pixels), net_weight(&x->n, PREFIX "embeddings.patch_embedding.weight", 4, ps),
+    mil_var *h = sdc_mil_conv(g, sdc_net_to_compute(&x->n, pixels), sdc_net_weight(&x->n, PREFIX "embeddings.patch_embedding.weight", 4, ps),
                           NULL, (int)cfg->patch, pad0, 1); /* (1, W, G, G) */
     int64_t flat[3] = {1, W, G * G};
     static const int32_t to_tokens[3] = {0, 2, 1};
-    h = mil_transpose(g, mil_reshape(g, h, 3, flat), 3, to_tokens); /* (1, G², W) */
+    h = sdc_mil_transpose(g, sdc_mil_reshape(g, h, 3, flat), 3, to_tokens); /* (1, G², W) */
     mil_var *cls = NULL, *pos = NULL;
     const sdc_tensor *t;
     int64_t cs[1] = {W}, cls_shape[3] = {1, 1, W}, pshape[2] = {T, W};
-    if (mil_graph_ok(g) && !x->n.err->code &&
+    if (sdc_mil_graph_ok(g) && !x->n.err->code &&
         !sdc_weights_get(x->n.c->weights, PREFIX "embeddings.class_embedding", 1, cs, &t, x->n.err))
-        cls = mil_const_weight(g, t, x->n.t, 3, cls_shape, 0); /* (1, 1, W) */
-    pos = net_weight(&x->n, PREFIX "embeddings.position_embedding.weight", 2, pshape);
+        cls = sdc_mil_const_weight(g, t, x->n.t, 3, cls_shape, 0); /* (1, 1, W) */
+    pos = sdc_net_weight(&x->n, PREFIX "embeddings.position_embedding.weight", 2, pshape);
     mil_var *parts[2] = {cls, h};
-    h = mil_add(g, mil_concat(g, 2, parts, 1), pos); /* (1, T, W) */
-    h = clip_layer_norm(&x->n, h, PREFIX "pre_layrnorm", W, cfg->d.eps);
+    h = sdc_mil_add(g, sdc_mil_concat(g, 2, parts, 1), pos); /* (1, T, W) */
+    h = sdc_clip_layer_norm(&x->n, h, PREFIX "pre_layrnorm", W, cfg->d.eps);
     char layer[128];
     for (int64_t l = 0; l < cfg->d.layers; l++) {
-        mil_scope(g, "layers_%lld", (long long)l);
+        sdc_mil_scope(g, "layers_%lld", (long long)l);
         snprintf(layer, sizeof layer, PREFIX "encoder.layers.%lld", (long long)l);
-        h = clip_encoder_layer(&x->n, h, layer, &cfg->d, NULL); /* no mask in the vision tower */
+        h = sdc_clip_encoder_layer(&x->n, h, layer, &cfg->d, NULL); /* no mask in the vision tower */
     }
-    mil_scope(g, "pool");
-    mil_var *first = clip_layer_norm(&x->n, mil_slice(g, h, 1, 0, 1), PREFIX "post_layernorm", W, cfg->d.eps); /* (1, 1, W) */
+    sdc_mil_scope(g, "pool");
+    mil_var *first = sdc_clip_layer_norm(&x->n, sdc_mil_slice(g, h, 1, 0, 1), PREFIX "post_layernorm", W, cfg->d.eps); /* (1, 1, W) */
     int64_t pooled[2] = {1, W};
-    return mil_reshape(g, first, 2, pooled);
+    return sdc_mil_reshape(g, first, 2, pooled);
 }
 
 /* ---------------------------------------------------------------- the checker */
 
 /* A weight in the compute dtype, then float32 for the tail. */
 static mil_var *weight_f32(sc_ctx *x, const char *name, int rank, const int64_t *shape) {
-    mil_var *w = net_weight(&x->n, name, rank, shape);
-    return w && w->type.dtype != SDC_DT_F32 ? mil_cast(x->n.g, w, SDC_DT_F32) : w;
+    mil_var *w = sdc_net_weight(&x->n, name, rank, shape);
+    return w && w->type.dtype != SDC_DT_F32 ? sdc_mil_cast(x->n.g, w, SDC_DT_F32) : w;
 }
 
 /* F.normalize over the last axis, float32: x / max(‖x‖, 1e-12) */
 static mil_var *normalize(mil_graph *g, mil_var *v) {
     static const int32_t last[1] = {-1};
-    mil_var *norm = mil_sqrt(g, mil_reduce(g, "reduce_sum", mil_mul(g, v, v), 1, last, true));
-    return mil_real_div(g, v, mil_maximum(g, norm, mil_const_scalar(g, SDC_DT_F32, 1e-12f)));
+    mil_var *norm = sdc_mil_sqrt(g, sdc_mil_reduce(g, "reduce_sum", sdc_mil_mul(g, v, v), 1, last, true));
+    return sdc_mil_real_div(g, v, sdc_mil_maximum(g, norm, sdc_mil_const_scalar(g, SDC_DT_F32, 1e-12f)));
 }
 
 /* any(v > 0) over the last axis as 0.0 / 1.0, keeping the axis */
 static mil_var *any_positive(mil_graph *g, mil_var *v) {
     static const int32_t last[1] = {-1};
-    mil_var *pos = mil_cast(g, mil_greater(g, v, mil_const_scalar(g, SDC_DT_F32, 0.0f)), SDC_DT_F32);
-    return mil_reduce(g, "reduce_max", pos, 1, last, true);
+    mil_var *pos = sdc_mil_cast(g, sdc_mil_greater(g, v, sdc_mil_const_scalar(g, SDC_DT_F32, 0.0f)), SDC_DT_F32);
+    return sdc_mil_reduce(g, "reduce_max", pos, 1, last, true);
 }
 
 /* cos(e, table) − thresholds: e (1, P) float32 normalised → (1, rows) */
@@ -159,8 +159,8 @@ static mil_var *scores(sc_ctx *x, mil_var *e_n, const char *table, const char *t
     mil_graph *g = x->n.g;
     int64_t P = x->cfg->projection, ts[2] = {rows, P}, ws[1] = {rows};
     mil_var *emb = normalize(g, weight_f32(x, table, 2, ts));                    /* (rows, P) */
-    mil_var *cos = mil_matmul(g, e_n, emb, false, true);                          /* (1, rows) */
-    return mil_sub(g, cos, weight_f32(x, thresholds, 1, ws));
+    mil_var *cos = sdc_mil_matmul(g, e_n, emb, false, true);                          /* (1, rows) */
+    return sdc_mil_sub(g, cos, weight_f32(x, thresholds, 1, ws));
 }
 
 static void build(sc_ctx *x, const sdc_safety_checker_options *opt, int64_t n_concepts, int64_t n_special) {
@@ -168,36 +168,36 @@ static void build(sc_ctx *x, const sdc_safety_checker_options *opt, int64_t n_co
     const vision_config *cfg = x->cfg;
     int64_t cs[4] = {1, cfg->channels, cfg->image_size, cfg->image_size};
     int64_t is[4] = {1, opt->image_h, opt->image_w, 3}, as[1] = {1};
-    mil_var *clip_input = mil_input(g, "clip_input", SDC_DT_F16, 4, cs);
-    mil_var *images = mil_input(g, "images", SDC_DT_F16, 4, is);
-    mil_var *adjustment = mil_input(g, "adjustment", SDC_DT_F16, 1, as);
+    mil_var *clip_input = sdc_mil_input(g, "clip_input", SDC_DT_F16, 4, cs);
+    mil_var *images = sdc_mil_input(g, "images", SDC_DT_F16, 4, is);
+    mil_var *adjustment = sdc_mil_input(g, "adjustment", SDC_DT_F16, 1, as);
 
     mil_var *pooled = vision_tower(x, clip_input); /* (1, W) */
-    mil_scope(g, "projection");
+    sdc_mil_scope(g, "projection");
     int64_t vp[2] = {cfg->projection, cfg->d.hidden};
-    mil_var *e = mil_matmul(g, pooled, net_weight(&x->n, "visual_projection.weight", 2, vp), false, true); /* (1, P) */
-    if (e && e->type.dtype != SDC_DT_F32) e = mil_cast(g, e, SDC_DT_F32);
+    mil_var *e = sdc_mil_matmul(g, pooled, sdc_net_weight(&x->n, "visual_projection.weight", 2, vp), false, true); /* (1, P) */
+    if (e && e->type.dtype != SDC_DT_F32) e = sdc_mil_cast(g, e, SDC_DT_F32);
     mil_var *e_n = normalize(g, e);
 
-    mil_scope(g, "special_care");
+    sdc_mil_scope(g, "special_care");
     mil_var *special = scores(x, e_n, "special_care_embeds", "special_care_embeds_weights", n_special); /* (1, M) */
-    special = mil_add(g, special, mil_cast(g, adjustment, SDC_DT_F32));
+    special = sdc_mil_add(g, special, sdc_mil_cast(g, adjustment, SDC_DT_F32));
     mil_var *special_care = any_positive(g, special); /* (1, 1) */
 
-    mil_scope(g, "concepts");
+    sdc_mil_scope(g, "concepts");
     mil_var *concept_scores = scores(x, e_n, "concept_embeds", "concept_embeds_weights", n_concepts); /* (1, N) */
-    concept_scores = mil_add(g, concept_scores, mil_mul(g, special_care, mil_const_scalar(g, SDC_DT_F32, 0.01f)));
+    concept_scores = sdc_mil_add(g, concept_scores, sdc_mil_mul(g, special_care, sdc_mil_const_scalar(g, SDC_DT_F32, 0.01f)));
     int64_t one4[4] = {1, 1, 1, 1};
-    mil_var *has_nsfw = mil_reshape(g, any_positive(g, concept_scores), 4, one4); /* (1, 1, 1, 1) */
+    mil_var *has_nsfw = sdc_mil_reshape(g, any_positive(g, concept_scores), 4, one4); /* (1, 1, 1, 1) */
 
-    mil_scope(g, "filter");
-    mil_var *keep = mil_sub(g, mil_const_scalar(g, SDC_DT_F32, 1.0f), has_nsfw);
-    mil_var *filtered = mil_mul(g, mil_cast(g, images, SDC_DT_F32), keep); /* (1, H, W, 3) */
+    sdc_mil_scope(g, "filter");
+    mil_var *keep = sdc_mil_sub(g, sdc_mil_const_scalar(g, SDC_DT_F32, 1.0f), has_nsfw);
+    mil_var *filtered = sdc_mil_mul(g, sdc_mil_cast(g, images, SDC_DT_F32), keep); /* (1, H, W, 3) */
 
-    mil_scope(g, "out");
-    net_output_f32(&x->n, filtered, "filtered_images");
-    net_output_f32(&x->n, has_nsfw, "has_nsfw_concepts");
-    net_output_f32(&x->n, concept_scores, "concept_scores");
+    sdc_mil_scope(g, "out");
+    sdc_net_output_f32(&x->n, filtered, "filtered_images");
+    sdc_net_output_f32(&x->n, has_nsfw, "has_nsfw_concepts");
+    sdc_net_output_f32(&x->n, concept_scores, "concept_scores");
 }
 
 sdc_status sdc_build_safety_checker(const sdc_component *c, const sdc_safety_checker_options *opt,
@@ -214,9 +214,9 @@ sdc_status sdc_build_safety_checker(const sdc_component *c, const sdc_safety_che
                         opt->image_w);
     if (opt->compute != SDC_DT_F16 && opt->compute != SDC_DT_F32)
         return sdc_fail(err, SDC_E_INTERNAL, "safety checker: compute dtype must be F16 or F32");
-    mil_graph *g = mil_graph_new(opt->opset);
+    mil_graph *g = sdc_mil_graph_new(opt->opset);
     if (!g) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
     sc_ctx x = {.n = {g, c, opt->compute, err}, .cfg = &cfg};
     build(&x, opt, n_concepts, n_special);
-    return net_finish(&x.n, out);
+    return sdc_net_finish(&x.n, out);
 }

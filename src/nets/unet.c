@@ -235,19 +235,19 @@ static mil_var *attention_original(unet_ctx *u, mil_var *q, mil_var *k, mil_var 
     int64_t B = q->type.shape[0], C = q->type.shape[1], d = C / heads;
     int64_t sq = q->type.shape[3], sk = k->type.shape[3];
     int64_t qs[4] = {B, heads, d, sq}, ks[4] = {B, heads, d, sk}, os[4] = {B, C, 1, sq};
-    mil_var *w = mil_matmul(g, mil_reshape(g, q, 4, qs), mil_reshape(g, k, 4, ks), true, false); /* (B, h, Sq, Sk) */
-    w = mil_softmax(g, w, -1);
-    mil_var *o = mil_matmul(g, mil_reshape(g, v, 4, ks), w, false, true); /* (B, h, d, Sq) */
-    return mil_reshape(g, o, 4, os);
+    mil_var *w = sdc_mil_matmul(g, sdc_mil_reshape(g, q, 4, qs), sdc_mil_reshape(g, k, 4, ks), true, false); /* (B, h, Sq, Sk) */
+    w = sdc_mil_softmax(g, w, -1);
+    mil_var *o = sdc_mil_matmul(g, sdc_mil_reshape(g, v, 4, ks), w, false, true); /* (B, h, d, Sq) */
+    return sdc_mil_reshape(g, o, 4, os);
 }
 
 enum { MAX_HEADS = 64, V2_CHUNK = 512, MAX_V2_CHUNKS = 64 };
 
 /* One head of SPLIT_EINSUM: q_h (B, d, 1, Sq), kt_h (B, Sk, 1, d), v_h (B, d, 1, Sk) → (B, d, 1, Sq) */
 static mil_var *einsum_head(mil_graph *g, mil_var *q_h, mil_var *kt_h, mil_var *v_h) {
-    mil_var *w = mil_einsum(g, "nchw,nwhu->nchu", kt_h, q_h); /* (B, Sk, 1, Sq) */
-    w = mil_softmax(g, w, 1);                                 /* over keys */
-    return mil_einsum(g, "nchw,nwhu->nchu", v_h, w);         /* (B, d, 1, Sq) */
+    mil_var *w = sdc_mil_einsum(g, "nchw,nwhu->nchu", kt_h, q_h); /* (B, Sk, 1, Sq) */
+    w = sdc_mil_softmax(g, w, 1);                                 /* over keys */
+    return sdc_mil_einsum(g, "nchw,nwhu->nchu", v_h, w);         /* (B, d, 1, Sq) */
 }
 
 /* SPLIT_EINSUM (and _V2 with query chunks of 512; unlike the anchor, a shorter last chunk
@@ -255,15 +255,15 @@ static mil_var *einsum_head(mil_graph *g, mil_var *q_h, mil_var *kt_h, mil_var *
 static mil_var *attention_split(unet_ctx *u, mil_var *q, mil_var *k, mil_var *v, int64_t heads, bool v2) {
     mil_graph *g = u->n.g;
     if (!q || !k || !v) return NULL;
-    if (heads > MAX_HEADS) return mil_fail(g, SDC_E_UNSUPPORTED, "more than %d attention heads", MAX_HEADS);
+    if (heads > MAX_HEADS) return sdc_mil_fail(g, SDC_E_UNSUPPORTED, "more than %d attention heads", MAX_HEADS);
     int64_t C = q->type.shape[1], d = C / heads, sq = q->type.shape[3];
     int64_t sizes[MAX_HEADS];
     for (int64_t i = 0; i < heads; i++) sizes[i] = d;
     static const int32_t to_keys_first[4] = {0, 3, 2, 1};
-    mil_var *kt = mil_transpose(g, k, 4, to_keys_first); /* (B, Sk, 1, C) */
+    mil_var *kt = sdc_mil_transpose(g, k, 4, to_keys_first); /* (B, Sk, 1, C) */
     mil_var *qh[MAX_HEADS], *kh[MAX_HEADS], *vh[MAX_HEADS], *oh[MAX_HEADS];
-    if (!mil_split(g, q, 1, (int)heads, sizes, qh) || !mil_split(g, kt, 3, (int)heads, sizes, kh) ||
-        !mil_split(g, v, 1, (int)heads, sizes, vh))
+    if (!sdc_mil_split(g, q, 1, (int)heads, sizes, qh) || !sdc_mil_split(g, kt, 3, (int)heads, sizes, kh) ||
+        !sdc_mil_split(g, v, 1, (int)heads, sizes, vh))
         return NULL;
     int64_t n_chunks = v2 ? (sq + V2_CHUNK - 1) / V2_CHUNK : 1;
     if (sq < V2_CHUNK) n_chunks = 1; /* the anchor's fallback to SPLIT_EINSUM */
@@ -273,16 +273,16 @@ static mil_var *attention_split(unet_ctx *u, mil_var *q, mil_var *k, mil_var *v,
             continue;
         }
         if (n_chunks > MAX_V2_CHUNKS) /* 64 chunks of 512 = a 181x181 latent at full resolution */
-            return mil_fail(g, SDC_E_UNSUPPORTED, "%lld query tokens are more than SPLIT_EINSUM_V2's %d chunks of %d; "
+            return sdc_mil_fail(g, SDC_E_UNSUPPORTED, "%lld query tokens are more than SPLIT_EINSUM_V2's %d chunks of %d; "
                             "use SPLIT_EINSUM or ORIGINAL", (long long)sq, MAX_V2_CHUNKS, V2_CHUNK);
         int64_t csizes[MAX_V2_CHUNKS];
         for (int64_t c = 0; c < n_chunks; c++) csizes[c] = c < n_chunks - 1 ? V2_CHUNK : sq - V2_CHUNK * (n_chunks - 1);
         mil_var *qc[MAX_V2_CHUNKS], *oc[MAX_V2_CHUNKS];
-        if (!mil_split(g, qh[h], 3, (int)n_chunks, csizes, qc)) return NULL;
+        if (!sdc_mil_split(g, qh[h], 3, (int)n_chunks, csizes, qc)) return NULL;
         for (int64_t c = 0; c < n_chunks; c++) oc[c] = einsum_head(g, qc[c], kh[h], vh[h]);
-        oh[h] = mil_concat(g, (int)n_chunks, oc, 3);
+        oh[h] = sdc_mil_concat(g, (int)n_chunks, oc, 3);
     }
-    return mil_concat(g, (int)heads, oh, 1); /* (B, C, 1, Sq) */
+    return sdc_mil_concat(g, (int)heads, oh, 1); /* (B, C, 1, Sq) */
 }
 
 /* diffusers Attention with to_q/to_k/to_v (no bias) and to_out.0 (bias), as 1×1 convs */
@@ -292,13 +292,13 @@ static mil_var *attention(unet_ctx *u, mil_var *x, mil_var *context, const char 
     int64_t D = context ? context->type.shape[1] : C;
     mil_var *ctx = context ? context : x;
     snprintf(p, sizeof p, "%s.to_q", prefix);
-    mil_var *q = net_linear_1x1(&u->n, x, p, C, C, false); /* (B, C, 1, S) */
+    mil_var *q = sdc_net_linear_1x1(&u->n, x, p, C, C, false); /* (B, C, 1, S) */
     snprintf(p, sizeof p, "%s.to_k", prefix);
-    mil_var *k = net_linear_1x1(&u->n, ctx, p, D, C, false);
+    mil_var *k = sdc_net_linear_1x1(&u->n, ctx, p, D, C, false);
     snprintf(p, sizeof p, "%s.to_v", prefix);
-    mil_var *v = net_linear_1x1(&u->n, ctx, p, D, C, false);
+    mil_var *v = sdc_net_linear_1x1(&u->n, ctx, p, D, C, false);
     /* scaling q first keeps QKᵀ inside the fp16 range */
-    q = mil_mul(g, q, mil_const_scalar(g, u->n.t, (float)(1.0 / sqrt((double)(C / heads)))));
+    q = sdc_mil_mul(g, q, sdc_mil_const_scalar(g, u->n.t, (float)(1.0 / sqrt((double)(C / heads)))));
     mil_var *o;
     switch (u->opt->attention) {
     case SDC_ATTN_ORIGINAL: o = attention_original(u, q, k, v, heads); break;
@@ -306,7 +306,7 @@ static mil_var *attention(unet_ctx *u, mil_var *x, mil_var *context, const char 
     default: o = attention_split(u, q, k, v, heads, false);
     }
     snprintf(p, sizeof p, "%s.to_out.0", prefix);
-    return net_linear_1x1(&u->n, o, p, C, C, true);
+    return sdc_net_linear_1x1(&u->n, o, p, C, C, true);
 }
 
 /* GEGLU feed-forward: (B, C, 1, S) → proj (B, 8C, 1, S) → hidden · gelu(gate) → (B, C, 1, S) */
@@ -314,13 +314,13 @@ static mil_var *feed_forward(unet_ctx *u, mil_var *x, const char *prefix, int64_
     mil_graph *g = u->n.g;
     char p[256];
     snprintf(p, sizeof p, "%s.net.0.proj", prefix);
-    mil_var *h = net_linear_1x1(&u->n, x, p, C, 8 * C, true);
+    mil_var *h = sdc_net_linear_1x1(&u->n, x, p, C, 8 * C, true);
     mil_var *parts[2];
     int64_t sizes[2] = {4 * C, 4 * C};
-    if (!mil_split(g, h, 1, 2, sizes, parts)) return NULL;
-    h = mil_mul(g, parts[0], mil_gelu(g, parts[1], "EXACT"));
+    if (!sdc_mil_split(g, h, 1, 2, sizes, parts)) return NULL;
+    h = sdc_mil_mul(g, parts[0], sdc_mil_gelu(g, parts[1], "EXACT"));
     snprintf(p, sizeof p, "%s.net.2", prefix);
-    return net_linear_1x1(&u->n, h, p, 4 * C, C, true);
+    return sdc_net_linear_1x1(&u->n, h, p, 4 * C, C, true);
 }
 
 /* Transformer2DModel: (B, C, H, W) → GN → proj_in → (B, C, 1, HW) → blocks → proj_out → + x */
@@ -330,35 +330,35 @@ static mil_var *spatial_transformer(unet_ctx *u, mil_var *x, const char *prefix,
     char p[256];
     int64_t B = x->type.shape[0], C = x->type.shape[1], H = x->type.shape[2], W = x->type.shape[3];
     snprintf(p, sizeof p, "%s.norm", prefix);
-    mil_var *h = net_group_norm(&u->n, x, p, (int)u->cfg->groups, 1e-6f);
+    mil_var *h = sdc_net_group_norm(&u->n, x, p, (int)u->cfg->groups, 1e-6f);
     snprintf(p, sizeof p, "%s.proj_in", prefix);
-    h = net_linear_1x1(&u->n, h, p, C, C, true);
+    h = sdc_net_linear_1x1(&u->n, h, p, C, C, true);
     int64_t seq[4] = {B, C, 1, H * W};
-    h = mil_reshape(g, h, 4, seq); /* (B, C, 1, S) */
+    h = sdc_mil_reshape(g, h, 4, seq); /* (B, C, 1, S) */
     for (int64_t k = 0; k < depth; k++) {
         char b[200];
         snprintf(b, sizeof b, "%s.transformer_blocks.%lld", prefix, (long long)k);
-        mil_scope(g, "%s", b);
+        sdc_mil_scope(g, "%s", b);
         snprintf(p, sizeof p, "%s.norm1", b);
         char a[256];
         snprintf(a, sizeof a, "%s.attn1", b);
-        h = mil_add(g, h, attention(u, net_layer_norm_c(&u->n, h, p, 1e-5f), NULL, a, C, heads));
+        h = sdc_mil_add(g, h, attention(u, sdc_net_layer_norm_c(&u->n, h, p, 1e-5f), NULL, a, C, heads));
         snprintf(p, sizeof p, "%s.norm2", b);
         snprintf(a, sizeof a, "%s.attn2", b);
-        h = mil_add(g, h, attention(u, net_layer_norm_c(&u->n, h, p, 1e-5f), u->context, a, C, heads));
+        h = sdc_mil_add(g, h, attention(u, sdc_net_layer_norm_c(&u->n, h, p, 1e-5f), u->context, a, C, heads));
         snprintf(p, sizeof p, "%s.norm3", b);
         snprintf(a, sizeof a, "%s.ff", b);
-        h = mil_add(g, h, feed_forward(u, net_layer_norm_c(&u->n, h, p, 1e-5f), a, C));
+        h = sdc_mil_add(g, h, feed_forward(u, sdc_net_layer_norm_c(&u->n, h, p, 1e-5f), a, C));
     }
     int64_t img[4] = {B, C, H, W};
-    h = mil_reshape(g, h, 4, img);
+    h = sdc_mil_reshape(g, h, 4, img);
     snprintf(p, sizeof p, "%s.proj_out", prefix);
-    return mil_add(g, net_linear_1x1(&u->n, h, p, C, C, true), x);
+    return sdc_mil_add(g, sdc_net_linear_1x1(&u->n, h, p, C, C, true), x);
 }
 
 static mil_var *resnet(unet_ctx *u, mil_var *x, const char *prefix, int64_t cin, int64_t cout) {
-    mil_scope(u->n.g, "%s", prefix);
-    return net_resnet(&u->n, x, u->temb_silu, prefix, cin, cout, u->temb_channels, (int)u->cfg->groups,
+    sdc_mil_scope(u->n.g, "%s", prefix);
+    return sdc_net_resnet(&u->n, x, u->temb_silu, prefix, cin, cout, u->temb_channels, (int)u->cfg->groups,
                       (float)u->cfg->norm_eps);
 }
 
@@ -369,10 +369,10 @@ static mil_var *resnet(unet_ctx *u, mil_var *x, const char *prefix, int64_t cin,
 static mil_var *timestep_mlp(unet_ctx *u, mil_var *x, const char *prefix, int64_t in, int64_t out, bool post_act) {
     char p[256];
     snprintf(p, sizeof p, "%s.linear_1", prefix);
-    mil_var *h = mil_silu(u->n.g, net_linear_1x1(&u->n, x, p, in, out, true));
+    mil_var *h = sdc_mil_silu(u->n.g, sdc_net_linear_1x1(&u->n, x, p, in, out, true));
     snprintf(p, sizeof p, "%s.linear_2", prefix);
-    h = net_linear_1x1(&u->n, h, p, out, out, true);
-    return post_act ? mil_silu(u->n.g, h) : h;
+    h = sdc_net_linear_1x1(&u->n, h, p, out, out, true);
+    return post_act ? sdc_mil_silu(u->n.g, h) : h;
 }
 
 /* The sinusoids run in float32 even in fp16 programs: t·freq reaches ~1000, where fp16 steps
@@ -381,26 +381,26 @@ static mil_var *time_embedding(unet_ctx *u, mil_var *timestep, mil_var *time_ids
     mil_graph *g = u->n.g;
     const unet_config *cfg = u->cfg;
     int64_t B = timestep->type.shape[0], C0 = cfg->channels[0];
-    mil_scope(g, "time_embedding");
-    mil_var *t32 = timestep->type.dtype == SDC_DT_F32 ? timestep : mil_cast(g, timestep, SDC_DT_F32);
-    mil_var *s = net_to_compute(&u->n, net_sinusoid(&u->n, t32, C0, cfg->flip_sin_to_cos, cfg->freq_shift));
+    sdc_mil_scope(g, "time_embedding");
+    mil_var *t32 = timestep->type.dtype == SDC_DT_F32 ? timestep : sdc_mil_cast(g, timestep, SDC_DT_F32);
+    mil_var *s = sdc_net_to_compute(&u->n, sdc_net_sinusoid(&u->n, t32, C0, cfg->flip_sin_to_cos, cfg->freq_shift));
     int64_t col[4] = {B, C0, 1, 1};
-    mil_var *emb = timestep_mlp(u, mil_reshape(g, s, 4, col), "time_embedding", C0, u->temb_channels,
+    mil_var *emb = timestep_mlp(u, sdc_mil_reshape(g, s, 4, col), "time_embedding", C0, u->temb_channels,
                                 cfg->time_post_act);
     if (cfg->text_time) { /* SDXL: add_embedding(concat(text_embeds, sinusoids of time_ids)) */
-        mil_scope(g, "add_embedding");
+        sdc_mil_scope(g, "add_embedding");
         int64_t n_ids = time_ids->type.shape[1], A = cfg->addition_time_embed_dim;
         int64_t flat[1] = {B * n_ids}, rows[2] = {B, n_ids * A};
-        mil_var *ids32 = time_ids->type.dtype == SDC_DT_F32 ? time_ids : mil_cast(g, time_ids, SDC_DT_F32);
-        mil_var *te = net_sinusoid(&u->n, mil_reshape(g, ids32, 1, flat), A, cfg->flip_sin_to_cos, cfg->freq_shift);
-        te = net_to_compute(&u->n, mil_reshape(g, te, 2, rows)); /* (B, n·A) */
-        mil_var *parts[2] = {net_to_compute(&u->n, text_embeds), te};
-        mil_var *add = mil_concat(g, 2, parts, 1); /* (B, projection_input_dim) */
+        mil_var *ids32 = time_ids->type.dtype == SDC_DT_F32 ? time_ids : sdc_mil_cast(g, time_ids, SDC_DT_F32);
+        mil_var *te = sdc_net_sinusoid(&u->n, sdc_mil_reshape(g, ids32, 1, flat), A, cfg->flip_sin_to_cos, cfg->freq_shift);
+        te = sdc_net_to_compute(&u->n, sdc_mil_reshape(g, te, 2, rows)); /* (B, n·A) */
+        mil_var *parts[2] = {sdc_net_to_compute(&u->n, text_embeds), te};
+        mil_var *add = sdc_mil_concat(g, 2, parts, 1); /* (B, projection_input_dim) */
         int64_t col2[4] = {B, cfg->projection_input_dim, 1, 1};
-        emb = mil_add(g, emb, timestep_mlp(u, mil_reshape(g, add, 4, col2), "add_embedding",
+        emb = sdc_mil_add(g, emb, timestep_mlp(u, sdc_mil_reshape(g, add, 4, col2), "add_embedding",
                                            cfg->projection_input_dim, u->temb_channels, false));
     }
-    if (cfg->time_embed_act) emb = mil_silu(g, emb); /* time_embedding_act_fn, after the sum */
+    if (cfg->time_embed_act) emb = sdc_mil_silu(g, emb); /* time_embedding_act_fn, after the sum */
     return emb; /* (B, 4·C0, 1, 1) */
 }
 
@@ -415,7 +415,7 @@ typedef struct skip_stack {
    padded by one at the bottom and right only (as the VAE encoder's) */
 static mil_var *downsample(unet_ctx *u, mil_var *h, const char *prefix, int64_t C) {
     static const int pad1[4] = {1, 1, 1, 1}, bottom_right[4] = {0, 1, 0, 1};
-    return net_conv(&u->n, h, prefix, C, C, 3, 2, u->cfg->downsample_padding ? pad1 : bottom_right);
+    return sdc_net_conv(&u->n, h, prefix, C, C, 3, 2, u->cfg->downsample_padding ? pad1 : bottom_right);
 }
 
 static mil_var *down_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
@@ -436,7 +436,7 @@ static mil_var *down_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
         }
         if (i + 1 < cfg->n_blocks) {
             snprintf(p, sizeof p, "down_blocks.%zu.downsamplers.0.conv", i);
-            mil_scope(u->n.g, "%s", p);
+            sdc_mil_scope(u->n.g, "%s", p);
             h = downsample(u, h, p, cout); /* (B, C, H/2, W/2) */
             skips->v[skips->n++] = h;
         }
@@ -449,7 +449,7 @@ static mil_var *down_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
 static mil_var *mid_resnet(unet_ctx *u, mil_var *h, const char *prefix, int64_t C) {
     h = resnet(u, h, prefix, C, C);
     if (u->cfg->mid_scale == 1.0) return h;
-    return mil_mul(u->n.g, h, mil_const_scalar(u->n.g, u->n.t, (float)(1.0 / u->cfg->mid_scale)));
+    return sdc_mil_mul(u->n.g, h, sdc_mil_const_scalar(u->n.g, u->n.t, (float)(1.0 / u->cfg->mid_scale)));
 }
 
 /* UNetMidBlock2DCrossAttn: resnet, transformer, resnet; UNetMidBlock2D as the UNet builds it
@@ -476,12 +476,12 @@ static mil_var *up_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
         int64_t cout = cfg->channels[level], cin = cfg->channels[level > 0 ? level - 1 : 0];
         int64_t layers = cfg->layers_per_block + 1;
         for (int64_t j = 0; j < layers; j++) {
-            if (skips->n == 0) return mil_fail(g, SDC_E_INTERNAL, "UNet skip stack underflow");
+            if (skips->n == 0) return sdc_mil_fail(g, SDC_E_INTERNAL, "UNet skip stack underflow");
             mil_var *skip = skips->v[--skips->n];
             int64_t skip_c = j == layers - 1 ? cin : cout, res_in = j == 0 ? prev : cout;
             mil_var *parts[2] = {h, skip};
-            mil_scope(g, "up_blocks_%zu_concat_%lld", i, (long long)j);
-            h = mil_concat(g, 2, parts, 1); /* (B, res_in + skip_c, H, W) */
+            sdc_mil_scope(g, "up_blocks_%zu_concat_%lld", i, (long long)j);
+            h = sdc_mil_concat(g, 2, parts, 1); /* (B, res_in + skip_c, H, W) */
             snprintf(p, sizeof p, "up_blocks.%zu.resnets.%lld", i, (long long)j);
             h = resnet(u, h, p, res_in + skip_c, cout);
             if (cfg->up_attn[i]) {
@@ -491,8 +491,8 @@ static mil_var *up_path(unet_ctx *u, mil_var *h, skip_stack *skips) {
         }
         if (i + 1 < nb) {
             snprintf(p, sizeof p, "up_blocks.%zu.upsamplers.0.conv", i);
-            mil_scope(g, "%s", p);
-            h = net_conv3(&u->n, mil_upsample_nearest(g, h, 2, 2), p, cout, cout);
+            sdc_mil_scope(g, "%s", p);
+            h = sdc_net_conv3(&u->n, sdc_mil_upsample_nearest(g, h, 2, 2), p, cout, cout);
         }
         prev = cout;
     }
@@ -511,26 +511,26 @@ static mil_var *stem(unet_ctx *u, const io_shapes *io) {
     const unet_config *cfg = u->cfg;
     int64_t ss[4] = {io->B, cfg->in_channels, io->latent_h, io->latent_w}, ts[1] = {io->B};
     int64_t es[4] = {io->B, io->D, 1, io->K};
-    mil_var *sample = mil_input(g, "sample", SDC_DT_F16, 4, ss);
-    mil_var *timestep = mil_input(g, "timestep", SDC_DT_F16, 1, ts);
-    mil_var *ehs = mil_input(g, "encoder_hidden_states", SDC_DT_F16, 4, es);
+    mil_var *sample = sdc_mil_input(g, "sample", SDC_DT_F16, 4, ss);
+    mil_var *timestep = sdc_mil_input(g, "timestep", SDC_DT_F16, 1, ts);
+    mil_var *ehs = sdc_mil_input(g, "encoder_hidden_states", SDC_DT_F16, 4, es);
     mil_var *time_ids = NULL, *text_embeds = NULL;
     if (cfg->text_time) {
         int64_t tis[2] = {io->B, io->n_time_ids}, tes[2] = {io->B, io->text_embeds_dim};
-        time_ids = mil_input(g, "time_ids", SDC_DT_F16, 2, tis);
-        text_embeds = mil_input(g, "text_embeds", SDC_DT_F16, 2, tes);
+        time_ids = sdc_mil_input(g, "time_ids", SDC_DT_F16, 2, tis);
+        text_embeds = sdc_mil_input(g, "text_embeds", SDC_DT_F16, 2, tes);
     }
-    u->context = net_to_compute(&u->n, ehs);
+    u->context = sdc_net_to_compute(&u->n, ehs);
     mil_var *emb = time_embedding(u, timestep, time_ids, text_embeds);
-    u->temb_silu = mil_silu(g, emb);
+    u->temb_silu = sdc_mil_silu(g, emb);
 
-    mil_scope(g, "conv_in");
-    mil_var *x = net_to_compute(&u->n, sample);
+    sdc_mil_scope(g, "conv_in");
+    mil_var *x = sdc_net_to_compute(&u->n, sample);
     if (cfg->center_input)
-        x = mil_sub(g, mil_mul(g, x, mil_const_scalar(g, u->n.t, 2.0f)), mil_const_scalar(g, u->n.t, 1.0f));
+        x = sdc_mil_sub(g, sdc_mil_mul(g, x, sdc_mil_const_scalar(g, u->n.t, 2.0f)), sdc_mil_const_scalar(g, u->n.t, 1.0f));
     int k = (int)cfg->conv_in_kernel, pk = k / 2;
     const int pad_in[4] = {pk, pk, pk, pk};
-    return net_conv(&u->n, x, "conv_in", cfg->in_channels, cfg->channels[0], k, 1, pad_in);
+    return sdc_net_conv(&u->n, x, "conv_in", cfg->in_channels, cfg->channels[0], k, 1, pad_in);
 }
 
 /* ControlNet residuals as extra inputs (anchor §4.2): additional_residual_0..N-2 are added to
@@ -539,7 +539,7 @@ static mil_var *residual_input(unet_ctx *u, int index, const mil_var *like) {
     char name[64];
     snprintf(name, sizeof name, "additional_residual_%d", index);
     if (!like) return NULL;
-    return net_to_compute(&u->n, mil_input(u->n.g, name, SDC_DT_F16, like->type.rank, like->type.shape));
+    return sdc_net_to_compute(&u->n, sdc_mil_input(u->n.g, name, SDC_DT_F16, like->type.rank, like->type.shape));
 }
 
 static void build_unet(unet_ctx *u, const io_shapes *io) {
@@ -549,18 +549,18 @@ static void build_unet(unet_ctx *u, const io_shapes *io) {
     skip_stack skips = {.n = 0};
     h = down_path(u, h, &skips);
     if (u->opt->controlnet_inputs) {
-        mil_scope(g, "controlnet_residuals");
-        for (int k = 0; k < skips.n; k++) skips.v[k] = mil_add(g, skips.v[k], residual_input(u, k, skips.v[k]));
+        sdc_mil_scope(g, "controlnet_residuals");
+        for (int k = 0; k < skips.n; k++) skips.v[k] = sdc_mil_add(g, skips.v[k], residual_input(u, k, skips.v[k]));
     }
     h = mid_block(u, h);
-    if (u->opt->controlnet_inputs) h = mil_add(g, h, residual_input(u, skips.n, h));
+    if (u->opt->controlnet_inputs) h = sdc_mil_add(g, h, residual_input(u, skips.n, h));
     h = up_path(u, h, &skips);
-    mil_scope(g, "conv_out");
-    h = mil_silu(g, net_group_norm(&u->n, h, "conv_norm_out", (int)cfg->groups, (float)cfg->norm_eps));
+    sdc_mil_scope(g, "conv_out");
+    h = sdc_mil_silu(g, sdc_net_group_norm(&u->n, h, "conv_norm_out", (int)cfg->groups, (float)cfg->norm_eps));
     int k = (int)cfg->conv_out_kernel, pk = k / 2;
     const int pad_out[4] = {pk, pk, pk, pk};
-    h = net_conv(&u->n, h, "conv_out", cfg->channels[0], cfg->out_channels, k, 1, pad_out);
-    net_output_f32(&u->n, h, "noise_pred");
+    h = sdc_net_conv(&u->n, h, "conv_out", cfg->channels[0], cfg->out_channels, k, 1, pad_out);
+    sdc_net_output_f32(&u->n, h, "noise_pred");
 }
 
 /* ControlNetConditioningEmbedding: cond (B, 3, f·h, f·w) → conv_in + SiLU → per level: conv + SiLU,
@@ -569,18 +569,18 @@ static mil_var *conditioning_embedding(unet_ctx *u, mil_var *cond) {
     const unet_config *cfg = u->cfg;
     mil_graph *g = u->n.g;
     char p[128];
-    mil_scope(g, "controlnet_cond_embedding");
-    mil_var *h = mil_silu(g, net_conv3(&u->n, cond, "controlnet_cond_embedding.conv_in", cfg->cond_channels,
+    sdc_mil_scope(g, "controlnet_cond_embedding");
+    mil_var *h = sdc_mil_silu(g, sdc_net_conv3(&u->n, cond, "controlnet_cond_embedding.conv_in", cfg->cond_channels,
                                        cfg->cond_embed[0]));
     static const int pad1[4] = {1, 1, 1, 1};
     for (size_t i = 0; i + 1 < cfg->n_cond_embed; i++) {
         int64_t cin = cfg->cond_embed[i], cout = cfg->cond_embed[i + 1];
         snprintf(p, sizeof p, "controlnet_cond_embedding.blocks.%zu", 2 * i);
-        h = mil_silu(g, net_conv3(&u->n, h, p, cin, cin));
+        h = sdc_mil_silu(g, sdc_net_conv3(&u->n, h, p, cin, cin));
         snprintf(p, sizeof p, "controlnet_cond_embedding.blocks.%zu", 2 * i + 1);
-        h = mil_silu(g, net_conv(&u->n, h, p, cin, cout, 3, 2, pad1)); /* halves H and W */
+        h = sdc_mil_silu(g, sdc_net_conv(&u->n, h, p, cin, cout, 3, 2, pad1)); /* halves H and W */
     }
-    return net_conv3(&u->n, h, "controlnet_cond_embedding.conv_out", cfg->cond_embed[cfg->n_cond_embed - 1],
+    return sdc_net_conv3(&u->n, h, "controlnet_cond_embedding.conv_out", cfg->cond_embed[cfg->n_cond_embed - 1],
                      cfg->channels[0]);
 }
 
@@ -590,8 +590,8 @@ static void build_controlnet(unet_ctx *u, const io_shapes *io) {
     int64_t f = (int64_t)1 << (cfg->n_cond_embed - 1);
     mil_var *h = stem(u, io);
     int64_t cs[4] = {io->B, cfg->cond_channels, f * io->latent_h, f * io->latent_w};
-    mil_var *cond = net_to_compute(&u->n, mil_input(g, "controlnet_cond", SDC_DT_F16, 4, cs));
-    h = mil_add(g, h, conditioning_embedding(u, cond)); /* (B, C0, h, w) */
+    mil_var *cond = sdc_net_to_compute(&u->n, sdc_mil_input(g, "controlnet_cond", SDC_DT_F16, 4, cs));
+    h = sdc_mil_add(g, h, conditioning_embedding(u, cond)); /* (B, C0, h, w) */
     skip_stack skips = {.n = 0};
     h = down_path(u, h, &skips);
     h = mid_block(u, h);
@@ -603,9 +603,9 @@ static void build_controlnet(unet_ctx *u, const io_shapes *io) {
             snprintf(p, sizeof p, "controlnet_down_blocks.%d", k);
         else
             snprintf(p, sizeof p, "controlnet_mid_block");
-        mil_scope(g, "%s", p);
+        sdc_mil_scope(g, "%s", p);
         snprintf(name, sizeof name, "additional_residual_%d", k);
-        net_output_f32(&u->n, net_linear_1x1(&u->n, x, p, C, C, true), name);
+        sdc_net_output_f32(&u->n, sdc_net_linear_1x1(&u->n, x, p, C, C, true), name);
     }
 }
 
@@ -639,7 +639,7 @@ static sdc_status build(const sdc_component *c, bool controlnet, const sdc_unet_
     if (cfg.text_time && text_dim < 1)
         return sdc_fail(err, SDC_E_FORMAT, "%s: projection_class_embeddings_input_dim %lld leaves no room for text_embeds after %d time ids",
                         c->config_path, (long long)cfg.projection_input_dim, opt->n_time_ids);
-    mil_graph *g = mil_graph_new(opt->opset);
+    mil_graph *g = sdc_mil_graph_new(opt->opset);
     if (!g) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
     unet_ctx u = {.n = {g, c, opt->compute, err}, .cfg = &cfg, .opt = opt, .temb_channels = 4 * cfg.channels[0]};
     /* time_embedding.linear_1 tells the embedding width (4·C0 in every SD UNet) */
@@ -651,7 +651,7 @@ static sdc_status build(const sdc_component *c, bool controlnet, const sdc_unet_
         build_controlnet(&u, &io);
     else
         build_unet(&u, &io);
-    return net_finish(&u.n, out);
+    return sdc_net_finish(&u.n, out);
 }
 
 sdc_status sdc_build_unet(const sdc_component *c, const sdc_unet_options *opt, mil_graph **out, sdc_err *err) {

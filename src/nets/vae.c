@@ -112,8 +112,8 @@ sdc_status sdc_vae_describe(const sdc_component *c, sdc_vae_info *info, sdc_err 
 /* ---------------------------------------------------------------- blocks */
 
 static mil_var *resnet(sdc_net *n, const vae_config *cfg, mil_var *x, const char *prefix, int64_t cin, int64_t cout) {
-    mil_scope(n->g, "%s", prefix);
-    return net_resnet(n, x, NULL, prefix, cin, cout, 0, (int)cfg->groups, VAE_EPS);
+    sdc_mil_scope(n->g, "%s", prefix);
+    return sdc_net_resnet(n, x, NULL, prefix, cin, cout, 0, (int)cfg->groups, VAE_EPS);
 }
 
 /* Which spelling of the attention projections the checkpoint uses: diffusers' current names,
@@ -129,8 +129,8 @@ static const attn_names LEGACY_NAMES = {"query", "key", "value", "proj_attn"};
    (B, C, H, W) → (B, C, H, W) */
 static mil_var *attention(sdc_net *n, const vae_config *cfg, mil_var *x, const char *prefix) {
     mil_graph *g = n->g;
-    if (!x || !mil_graph_ok(g)) return NULL;
-    mil_scope(g, "%s", prefix);
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
+    sdc_mil_scope(g, "%s", prefix);
     int64_t B = x->type.shape[0], C = x->type.shape[1], H = x->type.shape[2], W = x->type.shape[3];
     char p[256];
     snprintf(p, sizeof p, "%s.to_q.weight", prefix);
@@ -144,25 +144,25 @@ static mil_var *attention(sdc_net *n, const vae_config *cfg, mil_var *x, const c
         }
     }
     snprintf(p, sizeof p, "%s.group_norm", prefix);
-    mil_var *h = net_group_norm(n, x, p, (int)cfg->groups, VAE_EPS); /* (B, C, H, W) */
+    mil_var *h = sdc_net_group_norm(n, x, p, (int)cfg->groups, VAE_EPS); /* (B, C, H, W) */
     snprintf(p, sizeof p, "%s.%s", prefix, nm->q);
-    mil_var *q = net_linear_1x1(n, h, p, C, C, true);
+    mil_var *q = sdc_net_linear_1x1(n, h, p, C, C, true);
     snprintf(p, sizeof p, "%s.%s", prefix, nm->k);
-    mil_var *k = net_linear_1x1(n, h, p, C, C, true);
+    mil_var *k = sdc_net_linear_1x1(n, h, p, C, C, true);
     snprintf(p, sizeof p, "%s.%s", prefix, nm->v);
-    mil_var *v = net_linear_1x1(n, h, p, C, C, true);
+    mil_var *v = sdc_net_linear_1x1(n, h, p, C, C, true);
     /* scaling q first keeps QKᵀ inside the fp16 range */
-    q = mil_mul(g, q, mil_const_scalar(g, n->t, (float)(1.0 / sqrt((double)C))));
+    q = sdc_mil_mul(g, q, sdc_mil_const_scalar(g, n->t, (float)(1.0 / sqrt((double)C))));
     int64_t seq[3] = {B, C, H * W}, img[4] = {B, C, H, W};
-    q = mil_reshape(g, q, 3, seq); /* (B, C, S) */
-    k = mil_reshape(g, k, 3, seq);
-    v = mil_reshape(g, v, 3, seq);
-    mil_var *w = mil_matmul(g, q, k, true, false); /* (B, S, S): query rows, key columns */
-    w = mil_softmax(g, w, -1);
-    mil_var *o = mil_matmul(g, v, w, false, true); /* (B, C, S) = v · wᵀ */
-    o = mil_reshape(g, o, 4, img);
+    q = sdc_mil_reshape(g, q, 3, seq); /* (B, C, S) */
+    k = sdc_mil_reshape(g, k, 3, seq);
+    v = sdc_mil_reshape(g, v, 3, seq);
+    mil_var *w = sdc_mil_matmul(g, q, k, true, false); /* (B, S, S): query rows, key columns */
+    w = sdc_mil_softmax(g, w, -1);
+    mil_var *o = sdc_mil_matmul(g, v, w, false, true); /* (B, C, S) = v · wᵀ */
+    o = sdc_mil_reshape(g, o, 4, img);
     snprintf(p, sizeof p, "%s.%s", prefix, nm->out);
-    return mil_add(g, net_linear_1x1(n, o, p, C, C, true), x);
+    return sdc_mil_add(g, sdc_net_linear_1x1(n, o, p, C, C, true), x);
 }
 
 /* UNetMidBlock2D: resnet → attention → resnet, C channels throughout */
@@ -181,11 +181,11 @@ static mil_var *mid_block(sdc_net *n, const vae_config *cfg, mil_var *h, const c
 /* conv_norm_out → SiLU → conv_out */
 static mil_var *head(sdc_net *n, const vae_config *cfg, mil_var *h, const char *part, int64_t cin, int64_t cout) {
     char p[256], q[256];
-    mil_scope(n->g, "%s.conv_out", part);
+    sdc_mil_scope(n->g, "%s.conv_out", part);
     snprintf(p, sizeof p, "%s.conv_norm_out", part);
     snprintf(q, sizeof q, "%s.conv_out", part);
-    h = mil_silu(n->g, net_group_norm(n, h, p, (int)cfg->groups, VAE_EPS));
-    return net_conv3(n, h, q, cin, cout);
+    h = sdc_mil_silu(n->g, sdc_net_group_norm(n, h, p, (int)cfg->groups, VAE_EPS));
+    return sdc_net_conv3(n, h, q, cin, cout);
 }
 
 /* ---------------------------------------------------------------- decoder */
@@ -194,12 +194,12 @@ static void build_decoder(sdc_net *n, const vae_config *cfg, const sdc_vae_optio
     mil_graph *g = n->g;
     int64_t L = cfg->latent_channels, top = cfg->channels[cfg->n_blocks - 1];
     int64_t zs[4] = {1, L, opt->latent_h, opt->latent_w};
-    mil_var *z = mil_input(g, "z", opt->input, 4, zs);
-    mil_scope(g, "post_quant_conv");
-    mil_var *h = net_to_compute(n, z); /* (1, L, h, w) */
-    if (cfg->post_quant_conv) h = net_linear_1x1(n, h, "post_quant_conv", L, L, true);
-    mil_scope(g, "decoder.conv_in");
-    h = net_conv3(n, h, "decoder.conv_in", L, top); /* (1, C_top, h, w) */
+    mil_var *z = sdc_mil_input(g, "z", opt->input, 4, zs);
+    sdc_mil_scope(g, "post_quant_conv");
+    mil_var *h = sdc_net_to_compute(n, z); /* (1, L, h, w) */
+    if (cfg->post_quant_conv) h = sdc_net_linear_1x1(n, h, "post_quant_conv", L, L, true);
+    sdc_mil_scope(g, "decoder.conv_in");
+    h = sdc_net_conv3(n, h, "decoder.conv_in", L, top); /* (1, C_top, h, w) */
     h = mid_block(n, cfg, h, "decoder", top);
     int64_t prev = top;
     char p[256];
@@ -211,14 +211,14 @@ static void build_decoder(sdc_net *n, const vae_config *cfg, const sdc_vae_optio
         }
         if (i + 1 < cfg->n_blocks) {
             snprintf(p, sizeof p, "decoder.up_blocks.%zu.upsamplers.0.conv", i);
-            mil_scope(g, "%s", p);
-            h = net_conv3(n, mil_upsample_nearest(g, h, 2, 2), p, cout, cout); /* (1, C, 2H, 2W) */
+            sdc_mil_scope(g, "%s", p);
+            h = sdc_net_conv3(n, sdc_mil_upsample_nearest(g, h, 2, 2), p, cout, cout); /* (1, C, 2H, 2W) */
         }
         prev = cout;
     }
     h = head(n, cfg, h, "decoder", cfg->channels[0], cfg->out_channels); /* (1, 3, s·h, s·w) */
-    mil_scope(g, "out");
-    net_output_f32(n, h, "image");
+    sdc_mil_scope(g, "out");
+    sdc_net_output_f32(n, h, "image");
 }
 
 /* ---------------------------------------------------------------- encoder */
@@ -227,9 +227,9 @@ static void build_encoder(sdc_net *n, const vae_config *cfg, const sdc_vae_optio
     mil_graph *g = n->g;
     int64_t s = vae_scale(cfg), L2 = 2 * cfg->latent_channels;
     int64_t xs[4] = {1, cfg->in_channels, s * opt->latent_h, s * opt->latent_w};
-    mil_var *x = mil_input(g, "x", opt->input, 4, xs);
-    mil_scope(g, "encoder.conv_in");
-    mil_var *h = net_conv3(n, net_to_compute(n, x), "encoder.conv_in", cfg->in_channels, cfg->channels[0]);
+    mil_var *x = sdc_mil_input(g, "x", opt->input, 4, xs);
+    sdc_mil_scope(g, "encoder.conv_in");
+    mil_var *h = sdc_net_conv3(n, sdc_net_to_compute(n, x), "encoder.conv_in", cfg->in_channels, cfg->channels[0]);
     int64_t cin = cfg->channels[0];
     char p[256];
     for (size_t i = 0; i < cfg->n_blocks; i++) {
@@ -242,18 +242,18 @@ static void build_encoder(sdc_net *n, const vae_config *cfg, const sdc_vae_optio
             /* LDM's asymmetric padding: zero row below and column right, then stride 2 */
             static const int pad_br[4] = {0, 1, 0, 1};
             snprintf(p, sizeof p, "encoder.down_blocks.%zu.downsamplers.0.conv", i);
-            mil_scope(g, "%s", p);
-            h = net_conv(n, h, p, cout, cout, 3, 2, pad_br); /* (1, C, H/2, W/2) */
+            sdc_mil_scope(g, "%s", p);
+            h = sdc_net_conv(n, h, p, cout, cout, 3, 2, pad_br); /* (1, C, H/2, W/2) */
         }
         cin = cout;
     }
     int64_t top = cfg->channels[cfg->n_blocks - 1];
     h = mid_block(n, cfg, h, "encoder", top);
     h = head(n, cfg, h, "encoder", top, L2); /* (1, 2L, h, w): mean, logvar */
-    mil_scope(g, "quant_conv");
-    if (cfg->quant_conv) h = net_linear_1x1(n, h, "quant_conv", L2, L2, true);
-    mil_scope(g, "out");
-    net_output_f32(n, h, "latent");
+    sdc_mil_scope(g, "quant_conv");
+    if (cfg->quant_conv) h = sdc_net_linear_1x1(n, h, "quant_conv", L2, L2, true);
+    sdc_mil_scope(g, "out");
+    sdc_net_output_f32(n, h, "latent");
 }
 
 /* ---------------------------------------------------------------- entry */
@@ -268,7 +268,7 @@ static sdc_status start(const sdc_component *c, const sdc_vae_options *opt, vae_
     if ((opt->compute != SDC_DT_F16 && opt->compute != SDC_DT_F32) ||
         (opt->input != SDC_DT_F16 && opt->input != SDC_DT_F32))
         return sdc_fail(err, SDC_E_INTERNAL, "VAE: compute and input dtypes must be F16 or F32");
-    *g = mil_graph_new(opt->opset);
+    *g = sdc_mil_graph_new(opt->opset);
     if (!*g) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
     return SDC_OK;
 }
@@ -283,7 +283,7 @@ static sdc_status build(const sdc_component *c, const sdc_vae_options *opt, vae_
     if (s) return s;
     sdc_net n = {g, c, opt->compute, err};
     half(&n, &cfg, opt);
-    return net_finish(&n, out);
+    return sdc_net_finish(&n, out);
 }
 
 sdc_status sdc_build_vae_decoder(const sdc_component *c, const sdc_vae_options *opt, mil_graph **out,

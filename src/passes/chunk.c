@@ -60,10 +60,10 @@ static mil_var *map2(void *user, const mil_var *v) {
 /* Bytes the cut counts for an op, as bisect_model: constants whose value is an array. A
    constexpr op with inputs is not counted itself; the constants feeding it are. */
 static uint64_t counted_bytes(const mil_op *op) {
-    if (!mil_op_is_const(op) || op->n_params > 0) return 0;
+    if (!sdc_mil_op_is_const(op) || op->n_params > 0) return 0;
     uint64_t n = 0;
     for (int k = 0; k < op->n_outputs; k++)
-        if (op->outputs[k]->type.rank > 0) n += mil_const_nbytes(op->outputs[k]);
+        if (op->outputs[k]->type.rank > 0) n += sdc_mil_const_nbytes(op->outputs[k]);
     return n;
 }
 
@@ -110,7 +110,7 @@ static sdc_status find_cut(chunk_ctx *cx, mil_chunks *out) {
     for (size_t i = 0; i < g->n_ops; i++) {
         const mil_op *op = g->ops[i];
         cum += counted_bytes(op);
-        if (mil_op_is_const(op) || cum < total - total / 2 || op->n_outputs != 1) continue;
+        if (sdc_mil_op_is_const(op) || cum < total - total / 2 || op->n_outputs != 1) continue;
         const var_info *s = vm_get(&cx->vars, op->outputs[0], false);
         if (s->n_uses == 1 && !s->graph_output) {
             out->cut = i;
@@ -132,7 +132,7 @@ static sdc_status mark(chunk_ctx *cx, size_t cut) {
         bool needed = false;
         for (int k = 0; k < op->n_outputs; k++) needed |= vm_get(&cx->vars, op->outputs[k], false)->need2;
         if (!needed) continue;
-        if (i <= cut && !mil_op_is_const(op)) {
+        if (i <= cut && !sdc_mil_op_is_const(op)) {
             for (int k = 0; k < op->n_outputs; k++) {
                 var_info *s = vm_get(&cx->vars, op->outputs[k], false);
                 if (!s->need2) continue;
@@ -175,7 +175,7 @@ static sdc_status mark(chunk_ctx *cx, size_t cut) {
 }
 
 static sdc_status graph_status(mil_graph *g, sdc_err *err, const char *which) {
-    if (mil_graph_ok(g)) return SDC_OK;
+    if (sdc_mil_graph_ok(g)) return SDC_OK;
     return sdc_fail(err, g->err.code, "chunking (%s): %s", which, g->err.msg);
 }
 
@@ -183,16 +183,16 @@ static sdc_status graph_status(mil_graph *g, sdc_err *err, const char *which) {
    float16 boundary var is renamed and cast to float32 under its own name. */
 static sdc_status build_chunk1(chunk_ctx *cx, size_t cut, mil_graph **out) {
     const mil_graph *g = cx->g;
-    mil_graph *c1 = mil_graph_new(g->opset);
+    mil_graph *c1 = sdc_mil_graph_new(g->opset);
     if (!c1) return sdc_fail(cx->err, SDC_E_NOMEM, "out of memory");
     for (int i = 0; i < g->n_inputs; i++) {
         const mil_var *v = g->inputs[i];
-        vm_get(&cx->vars, v, false)->copy1 = mil_input(c1, v->name, v->type.dtype, v->type.rank, v->type.shape);
+        vm_get(&cx->vars, v, false)->copy1 = sdc_mil_input(c1, v->name, v->type.dtype, v->type.rank, v->type.shape);
     }
-    for (size_t i = 0; i <= cut && mil_graph_ok(c1); i++) {
+    for (size_t i = 0; i <= cut && sdc_mil_graph_ok(c1); i++) {
         if (!cx->in1[i]) continue;
         const mil_op *src = g->ops[i];
-        mil_op *op = mil_clone_op(c1, src, map1, cx);
+        mil_op *op = sdc_mil_clone_op(c1, src, map1, cx);
         if (!op) break;
         /* Names stay as they are, except a float16 boundary var's, which its cast takes. */
         bool op_name_free = true;
@@ -201,33 +201,33 @@ static sdc_status build_chunk1(chunk_ctx *cx, size_t cut, mil_graph **out) {
             s->copy1 = op->outputs[k];
             bool renamed = s->boundary && s->key->type.dtype == SDC_DT_F16;
             if (renamed && !strcmp(src->outputs[k]->name, src->name)) op_name_free = false;
-            if (!renamed && strcmp(src->outputs[k]->name, src->name) && !mil_reserve_name(c1, src->outputs[k]->name))
-                mil_fail(c1, SDC_E_INTERNAL, "name '%s' used twice", src->outputs[k]->name);
+            if (!renamed && strcmp(src->outputs[k]->name, src->name) && !sdc_mil_reserve_name(c1, src->outputs[k]->name))
+                sdc_mil_fail(c1, SDC_E_INTERNAL, "name '%s' used twice", src->outputs[k]->name);
         }
-        if (op_name_free && !mil_reserve_name(c1, src->name)) mil_fail(c1, SDC_E_INTERNAL, "name '%s' used twice", src->name);
+        if (op_name_free && !sdc_mil_reserve_name(c1, src->name)) sdc_mil_fail(c1, SDC_E_INTERNAL, "name '%s' used twice", src->name);
     }
-    for (int b = 0; b < cx->n_boundary && mil_graph_ok(c1); b++) {
+    for (int b = 0; b < cx->n_boundary && sdc_mil_graph_ok(c1); b++) {
         var_info *s = cx->boundary[b];
         mil_var *v = s->copy1;
         const char *name = s->key->name;
         if (s->key->type.dtype != SDC_DT_F16) {
-            mil_output(c1, v, name);
+            sdc_mil_output(c1, v, name);
             continue;
         }
         char hint[512];
         snprintf(hint, sizeof hint, "%s_fp16", name);
-        mil_scope(c1, "%s", "");
-        const char *fresh = mil_unique_name(c1, hint);
+        sdc_mil_scope(c1, "%s", "");
+        const char *fresh = sdc_mil_unique_name(c1, hint);
         if (!fresh) break;
         if (!strcmp(v->producer->name, name)) v->producer->name = fresh;
         v->name = fresh;
-        mil_scope(c1, "%s", name);
-        mil_var *f32 = mil_cast(c1, v, SDC_DT_F32);
-        if (f32 && mil_output(c1, f32, name)) f32->producer->name = f32->name; /* op and var: the name */
+        sdc_mil_scope(c1, "%s", name);
+        mil_var *f32 = sdc_mil_cast(c1, v, SDC_DT_F32);
+        if (f32 && sdc_mil_output(c1, f32, name)) f32->producer->name = f32->name; /* op and var: the name */
     }
-    mil_scope(c1, "%s", "");
+    sdc_mil_scope(c1, "%s", "");
     sdc_status st = graph_status(c1, cx->err, "chunk 1");
-    if (st) mil_graph_free(c1);
+    if (st) sdc_mil_graph_free(c1);
     else *out = c1;
     return st;
 }
@@ -236,48 +236,48 @@ static sdc_status build_chunk1(chunk_ctx *cx, size_t cut, mil_graph **out) {
    vars, cast back), the ops after the cut with the constants they use, the original outputs. */
 static sdc_status build_chunk2(chunk_ctx *cx, mil_graph **out) {
     const mil_graph *g = cx->g;
-    mil_graph *c2 = mil_graph_new(g->opset);
+    mil_graph *c2 = sdc_mil_graph_new(g->opset);
     if (!c2) return sdc_fail(cx->err, SDC_E_NOMEM, "out of memory");
     /* The copied ops' names first, so the casts' fresh names cannot take one of them. */
     for (size_t i = 0; i < g->n_ops; i++) {
         if (!cx->in2[i]) continue;
         const mil_op *src = g->ops[i];
-        if (!mil_reserve_name(c2, src->name)) mil_fail(c2, SDC_E_INTERNAL, "name '%s' used twice", src->name);
+        if (!sdc_mil_reserve_name(c2, src->name)) sdc_mil_fail(c2, SDC_E_INTERNAL, "name '%s' used twice", src->name);
         for (int k = 0; k < src->n_outputs; k++)
-            if (strcmp(src->outputs[k]->name, src->name) && !mil_reserve_name(c2, src->outputs[k]->name))
-                mil_fail(c2, SDC_E_INTERNAL, "name '%s' used twice", src->outputs[k]->name);
+            if (strcmp(src->outputs[k]->name, src->name) && !sdc_mil_reserve_name(c2, src->outputs[k]->name))
+                sdc_mil_fail(c2, SDC_E_INTERNAL, "name '%s' used twice", src->outputs[k]->name);
     }
     for (int i = 0; i < g->n_inputs; i++) {
         const mil_var *v = g->inputs[i];
         var_info *s = vm_get(&cx->vars, v, false);
-        if (s->need2) s->copy2 = mil_input(c2, v->name, v->type.dtype, v->type.rank, v->type.shape);
+        if (s->need2) s->copy2 = sdc_mil_input(c2, v->name, v->type.dtype, v->type.rank, v->type.shape);
     }
-    for (int b = 0; b < cx->n_boundary && mil_graph_ok(c2); b++) {
+    for (int b = 0; b < cx->n_boundary && sdc_mil_graph_ok(c2); b++) {
         var_info *s = cx->boundary[b];
         const mil_type *t = &s->key->type;
         bool f16 = t->dtype == SDC_DT_F16;
-        mil_var *in = mil_input(c2, s->key->name, f16 ? SDC_DT_F32 : t->dtype, t->rank, t->shape);
-        mil_scope(c2, "%s", s->key->name);
-        s->copy2 = f16 ? mil_cast(c2, in, SDC_DT_F16) : in;
+        mil_var *in = sdc_mil_input(c2, s->key->name, f16 ? SDC_DT_F32 : t->dtype, t->rank, t->shape);
+        sdc_mil_scope(c2, "%s", s->key->name);
+        s->copy2 = f16 ? sdc_mil_cast(c2, in, SDC_DT_F16) : in;
     }
-    mil_scope(c2, "%s", "");
-    for (size_t i = 0; i < g->n_ops && mil_graph_ok(c2); i++) {
+    sdc_mil_scope(c2, "%s", "");
+    for (size_t i = 0; i < g->n_ops && sdc_mil_graph_ok(c2); i++) {
         if (!cx->in2[i]) continue;
-        mil_op *op = mil_clone_op(c2, g->ops[i], map2, cx);
+        mil_op *op = sdc_mil_clone_op(c2, g->ops[i], map2, cx);
         if (!op) break;
         for (int k = 0; k < op->n_outputs; k++) vm_get(&cx->vars, g->ops[i]->outputs[k], false)->copy2 = op->outputs[k];
     }
-    for (int i = 0; i < g->n_outputs && mil_graph_ok(c2); i++)
-        mil_output(c2, vm_get(&cx->vars, g->outputs[i], false)->copy2, g->outputs[i]->name);
+    for (int i = 0; i < g->n_outputs && sdc_mil_graph_ok(c2); i++)
+        sdc_mil_output(c2, vm_get(&cx->vars, g->outputs[i], false)->copy2, g->outputs[i]->name);
     sdc_status st = graph_status(c2, cx->err, "chunk 2");
-    if (st) mil_graph_free(c2);
+    if (st) sdc_mil_graph_free(c2);
     else *out = c2;
     return st;
 }
 
 sdc_status sdc_chunk_graph(const mil_graph *g, mil_chunks *out, sdc_err *err) {
     memset(out, 0, sizeof *out);
-    if (!mil_graph_ok(g)) return sdc_fail(err, g->err.code, "%s", g->err.msg);
+    if (!sdc_mil_graph_ok(g)) return sdc_fail(err, g->err.code, "%s", g->err.msg);
     chunk_ctx cx = {.g = g, .err = err};
     cx.in1 = sdc_calloc(g->n_ops ? g->n_ops : 1, sizeof *cx.in1);
     cx.in2 = sdc_calloc(g->n_ops ? g->n_ops : 1, sizeof *cx.in2);
@@ -305,7 +305,7 @@ sdc_status sdc_chunk_graph(const mil_graph *g, mil_chunks *out, sdc_err *err) {
 
 void sdc_chunks_free(mil_chunks *c) {
     if (!c) return;
-    mil_graph_free(c->chunk1);
-    mil_graph_free(c->chunk2);
+    sdc_mil_graph_free(c->chunk1);
+    sdc_mil_graph_free(c->chunk2);
     c->chunk1 = c->chunk2 = NULL;
 }

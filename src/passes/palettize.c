@@ -21,7 +21,7 @@ static int cmp_ptr(const void *a, const void *b) {
 static bool is_candidate(const mil_var *v) {
     return (v->const_kind == MIL_CONST_WEIGHT || v->const_kind == MIL_CONST_BYTES) && !v->lut_bits &&
            (v->type.dtype == SDC_DT_F16 || v->type.dtype == SDC_DT_F32) && v->type.rank >= 2 &&
-           mil_numel(&v->type) > SDC_PAL_MIN_ELEMENTS;
+           sdc_mil_numel(&v->type) > SDC_PAL_MIN_ELEMENTS;
 }
 
 sdc_status sdc_palettize_graph(mil_graph *g, int nbits, size_t *count, sdc_err *err) {
@@ -64,7 +64,7 @@ sdc_status sdc_palettize_graph(mil_graph *g, int nbits, size_t *count, sdc_err *
         if (strcmp(op->type, "const") || !is_candidate(op->outputs[0])) continue;
         mil_op **hit = bsearch(&op, consts, n, sizeof *consts, cmp_ptr);
         if (!hit || flags[hit - consts] != USED) continue;
-        if (!mil_palettize_const(g, op->outputs[0], nbits, &palettize_transform))
+        if (!sdc_mil_palettize_const(g, op->outputs[0], nbits, &palettize_transform))
             s = sdc_fail(err, g->err.code, "%s", g->err.msg);
         else done++;
     }
@@ -541,15 +541,17 @@ static size_t chunk_at(uint64_t i, uint64_t n) { return (size_t)(n - i < PAL_CHU
 static sdc_status pal_fit_const(pal_stream *ps, sdc_err *err) {
     const mil_var *v = ps->v;
     bool f32 = v->type.dtype == SDC_DT_F32;
-    uint64_t n = mil_numel(&v->type), overflows = 0;
+    uint64_t n = sdc_mil_numel(&v->type);
+    mil_value_faults faults = {0};
     sdc_pal_begin(&ps->p, f32);
     for (uint64_t i = 0; i < n; i += PAL_CHUNK) {
         size_t k = chunk_at(i, n);
-        const void *vals = sdc_mil_const_values(v, i, k, ps->vals, ps->tmp, &overflows);
+        const void *vals = sdc_mil_const_values(v, i, k, ps->vals, ps->tmp, &faults);
         if (f32) sdc_pal_add_f32(&ps->p, vals, k);
         else sdc_pal_add_f16(&ps->p, vals, k);
     }
-    if (overflows) return sdc_mil_overflow_error(v, overflows, err);
+    sdc_status s = sdc_mil_value_faults_check(v, &faults, err);
+    if (s) return s;
     if (ps->p.nonfinite)
         return sdc_fail(err, SDC_E_FORMAT, "tensor '%s': %llu NaN or infinite values cannot be palettized",
                         v->const_kind == MIL_CONST_WEIGHT ? v->weight.src->name : v->name,
@@ -581,10 +583,10 @@ static sdc_status pal_open(const mil_var *v, void **state, sdc_err *err) {
 /* Indices of values [first, first + n), packed LSB-first: a second read of the value. */
 static void pal_read_indices(pal_stream *ps, uint64_t first, size_t n, uint8_t *out) {
     const mil_var *v = ps->v;
-    uint64_t overflows = 0; /* counted and refused when the const was opened */
+    mil_value_faults faults = {0}; /* counted and refused when the const was opened */
     for (uint64_t i = 0; i < n; i += PAL_CHUNK) {
         size_t k = chunk_at(i, n);
-        const void *vals = sdc_mil_const_values(v, first + i, k, ps->vals, ps->tmp, &overflows);
+        const void *vals = sdc_mil_const_values(v, first + i, k, ps->vals, ps->tmp, &faults);
         uint8_t *dst = out + i * (uint64_t)ps->p.nbits / 8;
         if (v->type.dtype == SDC_DT_F32) sdc_pal_pack_f32(&ps->p, vals, k, ps->idx, dst);
         else sdc_pal_pack_f16(&ps->p, vals, k, ps->idx, dst);

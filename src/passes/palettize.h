@@ -6,7 +6,7 @@
  *
  *   1. A graph pass, sdc_palettize_graph(), that picks the anchor's candidates — float16/32
  *      consts of rank >= 2 with more than 2048 elements, used by some op and by no `gather`
- *      (the token embedding stays dense) — and marks them palettized (mil_palettize_const)
+ *      (the token embedding stays dense) — and marks them palettized (sdc_mil_palettize_const)
  *      with this file's lazy transform (mil_transform). Nothing is computed yet: a palettized
  *      const is still a lazy weight reference. Passes that run later (chunking) see and copy
  *      the marked graph, so chunks are palettized too.

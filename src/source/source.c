@@ -28,25 +28,10 @@ struct sdc_weights {
 
 /* ---- errors and paths --------------------------------------------------------------- */
 
-/* Records an error with control characters (from paths, names, JSON) blanked, so that the
-   message stays one line. */
-static sdc_status src_fail(sdc_err *err, sdc_status code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static sdc_status src_fail(sdc_err *err, sdc_status code, const char *fmt, ...) {
-    char line[sizeof err->msg];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    for (char *p = line; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = ' ';
-    return sdc_fail(err, code, "%s", line);
-}
-
 static sdc_status join_path(char *buf, size_t size, const char *dir, const char *name,
                             sdc_err *err) {
     if (!sdc_fmt(buf, size, "%s/%s", dir, name))
-        return src_fail(err, SDC_E_ARG, "path too long: '%s/%s'", dir, name);
+        return sdc_fail(err, SDC_E_ARG, "path too long: '%s/%s'", dir, name);
     return SDC_OK;
 }
 
@@ -87,25 +72,25 @@ static sdc_status read_small_file(const char *path, size_t limit, char **out, si
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return src_fail(err, errno == ENOENT ? SDC_E_NOTFOUND : SDC_E_IO, "%s: cannot open: %s",
+        return sdc_fail(err, errno == ENOENT ? SDC_E_NOTFOUND : SDC_E_IO, "%s: cannot open: %s",
                         path, strerror(errno));
     struct stat sb;
     sdc_status st = SDC_OK;
     char *buf = NULL;
     size_t got = 0;
     if (fstat(fd, &sb) != 0)
-        st = src_fail(err, SDC_E_IO, "%s: cannot stat: %s", path, strerror(errno));
+        st = sdc_fail(err, SDC_E_IO, "%s: cannot stat: %s", path, strerror(errno));
     else if (!S_ISREG(sb.st_mode))
-        st = src_fail(err, SDC_E_IO, "%s: not a regular file", path);
+        st = sdc_fail(err, SDC_E_IO, "%s: not a regular file", path);
     else if ((uint64_t)sb.st_size > limit)
-        st = src_fail(err, SDC_E_FORMAT, "%s: %lld bytes exceeds the limit of %zu bytes", path,
+        st = sdc_fail(err, SDC_E_FORMAT, "%s: %lld bytes exceeds the limit of %zu bytes", path,
                       (long long)sb.st_size, limit);
     else if (!(buf = sdc_malloc((size_t)sb.st_size + 1)))
-        st = src_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
+        st = sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
     while (!st && got < (size_t)sb.st_size) {
         ssize_t n = read(fd, buf + got, (size_t)sb.st_size - got);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) st = src_fail(err, SDC_E_IO, "%s: read failed: %s", path, strerror(errno));
+        if (n < 0) st = sdc_fail(err, SDC_E_IO, "%s: read failed: %s", path, strerror(errno));
         if (n <= 0) break; /* a file that shrank while read: parse what is there */
         got += (size_t)n;
     }
@@ -120,6 +105,47 @@ static sdc_status read_small_file(const char *path, size_t limit, char **out, si
     return SDC_OK;
 }
 
+/* Integers longer than 18 digits, which JSON allows and jansson cannot hold in 64 bits
+   (transformers writes model_max_length = 1000000000000000019884624838656 for "no limit"),
+   rewritten as reals ("….0") so they parse; nothing that reads such a key wants an exact
+   integer from it. Returns a new text (caller frees), or NULL when out of memory. */
+static char *big_ints_as_reals(const char *text, size_t len, size_t *out_len) {
+    char *out = sdc_malloc(len + len / 2 + 2); /* each rewrite adds 2 bytes to >= 19 digits */
+    if (!out) return NULL;
+    size_t n = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < len;) {
+        char ch = text[i];
+        if (in_string) {
+            out[n++] = text[i++];
+            if (ch == '\\' && i < len) out[n++] = text[i++];
+            else if (ch == '"') in_string = false;
+            continue;
+        }
+        if (ch == '"') in_string = true;
+        if (ch != '-' && !(ch >= '0' && ch <= '9')) {
+            out[n++] = text[i++];
+            continue;
+        }
+        size_t start = i, digits = 0;
+        bool integral = true;
+        for (; i < len && strchr("-+0123456789.eE", text[i]); i++) {
+            digits += text[i] >= '0' && text[i] <= '9';
+            integral = integral && (text[i] == '-' || (text[i] >= '0' && text[i] <= '9'));
+        }
+        memcpy(out + n, text + start, i - start);
+        n += i - start;
+        if (integral && digits > 18) {
+            memcpy(out + n, ".0", 2);
+            n += 2;
+        }
+    }
+    *out_len = n;
+    return out;
+}
+
+/* jansson's parser nests at most JSON_PARSER_MAX_DEPTH (2048) levels deep: a deeper file is
+   refused with jansson's message, as malformed. */
 sdc_status sdc_json_load(const char *path, json_t **out, sdc_err *err) {
     *out = NULL;
     char *text;
@@ -128,11 +154,17 @@ sdc_status sdc_json_load(const char *path, json_t **out, sdc_err *err) {
     if (st) return st;
     json_error_t jerr;
     *out = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!*out && json_error_code(&jerr) == json_error_numeric_overflow) {
+        size_t n;
+        char *relaxed = big_ints_as_reals(text, len, &n);
+        if (relaxed) *out = json_loadb(relaxed, n, JSON_REJECT_DUPLICATES, &jerr);
+        sdc_free(relaxed);
+    }
     sdc_free(text);
     if (*out) return SDC_OK;
     /* jansson says "duplicate object key"; say what the rule is. */
     bool dup = json_error_code(&jerr) == json_error_duplicate_key;
-    return src_fail(err, SDC_E_FORMAT, "%s: invalid JSON at line %d, column %d: %s", path,
+    return sdc_fail(err, SDC_E_FORMAT, "%s: invalid JSON at line %d, column %d: %s", path,
                     jerr.line, jerr.column, dup ? "duplicate key" : jerr.text);
 }
 
@@ -142,7 +174,7 @@ static sdc_status load_json_object(const char *path, json_t **out, sdc_err *err)
     if (json_is_object(*out)) return SDC_OK;
     json_decref(*out);
     *out = NULL;
-    return src_fail(err, SDC_E_FORMAT, "%s: not a JSON object", path);
+    return sdc_fail(err, SDC_E_FORMAT, "%s: not a JSON object", path);
 }
 
 /* ---- model resolution --------------------------------------------------------------- */
@@ -207,7 +239,7 @@ static sdc_status read_ref(const char *ref_path, char *rev, size_t size, sdc_err
     bool ok = b < e && !strchr(b, '/') && !strstr(b, "..") && strlen(b) == (size_t)(e - b);
     for (const char *p = b; ok && *p; p++) ok = (unsigned char)*p > 0x20 && *p != 0x7f;
     if (ok) ok = sdc_fmt(rev, size, "%s", b);
-    if (!ok) st = src_fail(err, SDC_E_FORMAT, "%s: not a commit hash: '%.80s'", ref_path, b);
+    if (!ok) st = sdc_fail(err, SDC_E_FORMAT, "%s: not a commit hash: '%.80s'", ref_path, b);
     sdc_free(text);
     return st;
 }
@@ -226,7 +258,7 @@ static sdc_status find_in_hub_cache(const char *id, char *snapshot, size_t size,
     const char *slash = strchr(id, '/');
     if (!sdc_fmt(entry, sizeof entry, "%s/models--%.*s--%s", cache, (int)(slash - id), id,
                  slash + 1))
-        return src_fail(err, SDC_E_ARG, "cache path too long for model '%s'", id);
+        return sdc_fail(err, SDC_E_ARG, "cache path too long for model '%s'", id);
     if (!is_dir(entry)) {
         snprintf(tried, tried_size, "no cache entry '%s' (%s)", entry, why);
         return SDC_OK;
@@ -239,7 +271,7 @@ static sdc_status find_in_hub_cache(const char *id, char *snapshot, size_t size,
     }
     if ((st = read_ref(ref_path, rev, sizeof rev, err))) return st;
     if (!sdc_fmt(snapshot, size, "%s/snapshots/%s", entry, rev))
-        return src_fail(err, SDC_E_ARG, "cache path too long for model '%s'", id);
+        return sdc_fail(err, SDC_E_ARG, "cache path too long for model '%s'", id);
     if (!is_dir(snapshot)) {
         snprintf(tried, tried_size, "no snapshot folder '%s' for the commit in refs/main (%s)",
                  snapshot, why);
@@ -274,7 +306,7 @@ static sdc_status open_root(sdc_source *s, sdc_err *err) {
     if (st) return st;
     if (entry_exists(index)) return load_json_object(index, &s->model_index, err);
     if (has_component_folder(s->root)) return SDC_OK;
-    return src_fail(err, SDC_E_NOTFOUND,
+    return sdc_fail(err, SDC_E_NOTFOUND,
                     "model '%s': folder '%s' holds neither model_index.json nor a component "
                     "folder with config.json",
                     s->id, s->root);
@@ -283,19 +315,19 @@ static sdc_status open_root(sdc_source *s, sdc_err *err) {
 sdc_status sdc_source_open(const char *model_version, sdc_source *out, sdc_err *err) {
     memset(out, 0, sizeof *out);
     if (!model_version || !model_version[0])
-        return src_fail(err, SDC_E_ARG, "no model given (--model-version is empty)");
+        return sdc_fail(err, SDC_E_ARG, "no model given (--model-version is empty)");
     if (!sdc_fmt(out->id, sizeof out->id, "%s", model_version))
-        return src_fail(err, SDC_E_ARG, "model name too long: '%.80s...'", model_version);
+        return sdc_fail(err, SDC_E_ARG, "model name too long: '%.80s...'", model_version);
 
     if (is_dir(model_version)) {
         if (!sdc_fmt(out->root, sizeof out->root, "%s", model_version))
-            return src_fail(err, SDC_E_ARG, "model path too long: '%.80s...'", model_version);
+            return sdc_fail(err, SDC_E_ARG, "model path too long: '%.80s...'", model_version);
         return open_root(out, err);
     }
     char shown[sizeof out->id + 2];
     const char *folder = display_path(model_version, shown, sizeof shown);
     if (!is_hub_id(model_version))
-        return src_fail(err, SDC_E_NOTFOUND,
+        return sdc_fail(err, SDC_E_NOTFOUND,
                         "model '%s' not found: not a folder '%s'; not a Hub id of the form "
                         "org/name",
                         model_version, folder);
@@ -304,7 +336,7 @@ sdc_status sdc_source_open(const char *model_version, sdc_source *out, sdc_err *
                                       sizeof tried, err);
     if (st) return st;
     if (!out->root[0])
-        return src_fail(err, SDC_E_NOTFOUND, "model '%s' not found: not a folder '%s'; %s",
+        return sdc_fail(err, SDC_E_NOTFOUND, "model '%s' not found: not a folder '%s'; %s",
                         model_version, folder, tried);
     return open_root(out, err);
 }
@@ -362,7 +394,7 @@ static sdc_status index_tensors(sdc_weights *w, sdc_err *err) {
     size_t n = 0;
     for (size_t i = 0; i < w->n_files; i++) n += sdc_st_count(w->files[i]);
     if (!(w->by_name = sdc_calloc(n, sizeof *w->by_name)))
-        return src_fail(err, SDC_E_NOMEM, "%s: out of memory", w->describe);
+        return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", w->describe);
     for (size_t i = 0; i < w->n_files; i++) {
         for (size_t j = 0; j < sdc_st_count(w->files[i]); j++) {
             const sdc_tensor *t = sdc_st_at(w->files[i], j);
@@ -373,7 +405,7 @@ static sdc_status index_tensors(sdc_weights *w, sdc_err *err) {
     qsort(w->by_name, n, sizeof *w->by_name, cmp_tensor_name);
     for (size_t i = 1; i < n; i++) {
         if (strcmp(w->by_name[i - 1]->name, w->by_name[i]->name) == 0)
-            return src_fail(err, SDC_E_FORMAT, "%s: tensor '%s' is in both %s and %s",
+            return sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s' is in both %s and %s",
                             w->describe, w->by_name[i]->name, sdc_st_path(w->by_name[i - 1]->file),
                             sdc_st_path(w->by_name[i]->file));
     }
@@ -383,7 +415,7 @@ static sdc_status index_tensors(sdc_weights *w, sdc_err *err) {
 static sdc_status open_single(const char *path, sdc_weights *w, sdc_err *err) {
     snprintf(w->describe, sizeof w->describe, "%s", path);
     if (!(w->files = sdc_calloc(1, sizeof *w->files)))
-        return src_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
+        return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
     sdc_status st = sdc_st_open(path, &w->files[0], err);
     if (st) return st;
     w->n_files = 1;
@@ -403,7 +435,7 @@ static bool has_suffix(const char *s, const char *suffix) {
 static sdc_status collect_shards(const char *index, const json_t *map, const char ***out,
                                  size_t *n_out, sdc_err *err) {
     const char **names = sdc_calloc(json_object_size(map), sizeof *names);
-    if (!names) return src_fail(err, SDC_E_NOMEM, "%s: out of memory", index);
+    if (!names) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", index);
     size_t n = 0;
     const char *key;
     const json_t *value;
@@ -411,14 +443,14 @@ static sdc_status collect_shards(const char *index, const json_t *map, const cha
     json_object_foreach((json_t *)map, key, value) {
         const char *shard = json_string_value(value);
         if (!shard || !is_plain_file_name(shard)) {
-            st = src_fail(err, SDC_E_FORMAT,
+            st = sdc_fail(err, SDC_E_FORMAT,
                           "%s: weight_map entry of tensor '%s' is not a file name in the same "
                           "folder",
                           index, key);
             break;
         }
         if (!has_suffix(shard, ".safetensors")) {
-            st = src_fail(err, SDC_E_UNSUPPORTED,
+            st = sdc_fail(err, SDC_E_UNSUPPORTED,
                           "%s: weight_map puts tensor '%s' in '%s'; sdcoreml reads .safetensors",
                           index, key, shard);
             break;
@@ -427,7 +459,7 @@ static sdc_status collect_shards(const char *index, const json_t *map, const cha
         for (size_t i = 0; i < n && !seen; i++) seen = strcmp(names[i], shard) == 0;
         if (!seen) names[n++] = shard;
     }
-    if (!st && n == 0) st = src_fail(err, SDC_E_FORMAT, "%s: weight_map is empty", index);
+    if (!st && n == 0) st = sdc_fail(err, SDC_E_FORMAT, "%s: weight_map is empty", index);
     if (st) {
         sdc_free(names);
         return st;
@@ -448,7 +480,7 @@ static sdc_status check_weight_map(const char *index, const json_t *map, const c
         const char **hit = bsearch(&shard, shards, w->n_files, sizeof *shards, cmp_str);
         SDC_ASSERT(hit);
         if (!sdc_st_find(w->files[hit - shards], key))
-            return src_fail(err, SDC_E_FORMAT,
+            return sdc_fail(err, SDC_E_FORMAT,
                             "%s: weight_map puts tensor '%s' in '%s', but that file has no such "
                             "tensor",
                             index, key, shard);
@@ -464,7 +496,7 @@ static sdc_status open_shards(const char *dir, const char *index, const json_t *
     if (st) return st;
     snprintf(w->describe, sizeof w->describe, "%s (%zu shard%s)", index, n, n == 1 ? "" : "s");
     if (!(w->files = sdc_calloc(n, sizeof *w->files)))
-        st = src_fail(err, SDC_E_NOMEM, "%s: out of memory", index);
+        st = sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", index);
     for (size_t i = 0; !st && i < n; i++) {
         char path[4200];
         if (!(st = join_path(path, sizeof path, dir, shards[i], err)) &&
@@ -484,7 +516,7 @@ static sdc_status open_sharded(const char *dir, const char *index, sdc_weights *
     if (st) return st;
     const json_t *map = json_object_get(doc, "weight_map");
     if (!json_is_object(map))
-        st = src_fail(err, SDC_E_FORMAT, "%s: 'weight_map' is missing or not an object", index);
+        st = sdc_fail(err, SDC_E_FORMAT, "%s: 'weight_map' is missing or not an object", index);
     else
         st = open_shards(dir, index, map, w, err);
     json_decref(doc);
@@ -512,11 +544,11 @@ static sdc_status report_no_weights(const char *dir, const char *tried, sdc_err 
     char pickle[256], path[4400];
     if (find_pickle_weights(dir, pickle, sizeof pickle)) {
         snprintf(path, sizeof path, "%s/%s", dir, pickle);
-        return src_fail(err, SDC_E_UNSUPPORTED,
+        return sdc_fail(err, SDC_E_UNSUPPORTED,
                         "only PyTorch pickle weights (%s) found; sdcoreml reads .safetensors",
                         path);
     }
-    return src_fail(err, SDC_E_NOTFOUND, "%s: no weights found (tried %s)", dir, tried);
+    return sdc_fail(err, SDC_E_NOTFOUND, "%s: no weights found (tried %s)", dir, tried);
 }
 
 /* Picks the weight file(s) of a component folder in the anchor's order of preference. */
@@ -541,7 +573,7 @@ static sdc_status open_weights(const char *dir, sdc_weights **out, sdc_err *err)
                     continue;
                 }
                 sdc_weights *w = sdc_calloc(1, sizeof *w);
-                if (!w) return src_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
+                if (!w) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
                 st = k == 0 ? open_single(path, w, err) : open_sharded(dir, path, w, err);
                 if (st) {
                     weights_free(w);
@@ -574,15 +606,15 @@ sdc_status sdc_weights_get(const sdc_weights *w, const char *name, int rank, con
                            const sdc_tensor **out, sdc_err *err) {
     *out = NULL;
     const sdc_tensor *t = sdc_weights_find(w, name);
-    if (!t) return src_fail(err, SDC_E_NOTFOUND, "tensor '%s' not found in %s", name, w->describe);
+    if (!t) return sdc_fail(err, SDC_E_NOTFOUND, "tensor '%s' not found in %s", name, w->describe);
     const char *file = sdc_st_path(t->file);
     if (t->dtype != SDC_DT_F32 && t->dtype != SDC_DT_F16 && t->dtype != SDC_DT_BF16)
-        return src_fail(err, SDC_E_UNSUPPORTED,
+        return sdc_fail(err, SDC_E_UNSUPPORTED,
                         "%s: tensor '%s' has dtype %s; a weight must be F32, F16 or BF16", file,
                         name, sdc_dtype_name(t->dtype));
     if (!same_shape(t, rank, shape)) {
         char want[256], have[256];
-        return src_fail(err, SDC_E_FORMAT, "%s: tensor '%s' has shape %s but %s is expected",
+        return sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s' has shape %s but %s is expected",
                         file, name, sdc_shape_str(t->shape, t->rank, have, sizeof have),
                         sdc_shape_str(shape, rank, want, sizeof want));
     }
@@ -600,18 +632,18 @@ sdc_status sdc_component_open(const sdc_source *s, const char *component, sdc_co
                               sdc_err *err) {
     memset(out, 0, sizeof *out);
     if (!is_component_name(component))
-        return src_fail(err, SDC_E_ARG, "model '%s': invalid component name '%.80s'", s->id,
+        return sdc_fail(err, SDC_E_ARG, "model '%s': invalid component name '%.80s'", s->id,
                         component ? component : "(null)");
     snprintf(out->name, sizeof out->name, "%s", component);
     if (!component_dir(s, component, out->dir, sizeof out->dir))
-        return src_fail(err, SDC_E_ARG, "path too long: '%s/%s'", s->root, component);
+        return sdc_fail(err, SDC_E_ARG, "path too long: '%s/%s'", s->root, component);
     if (!is_dir(out->dir))
-        return src_fail(err, SDC_E_NOTFOUND, "model '%s' has no component folder '%s'", s->id,
+        return sdc_fail(err, SDC_E_NOTFOUND, "model '%s' has no component folder '%s'", s->id,
                         out->dir);
     sdc_status st = join_path(out->config_path, sizeof out->config_path, out->dir, "config.json",
                               err);
     if (!st && !entry_exists(out->config_path))
-        st = src_fail(err, SDC_E_NOTFOUND, "%s: missing (every component folder needs one)",
+        st = sdc_fail(err, SDC_E_NOTFOUND, "%s: missing (every component folder needs one)",
                       out->config_path);
     if (!st) st = load_json_object(out->config_path, &out->config, err);
     if (!st) st = open_weights(out->dir, &out->weights, err);
@@ -651,7 +683,7 @@ static const char *json_type_name(const json_t *v) {
 
 static sdc_status config_type_error(const sdc_component *c, const char *key, const char *want,
                                     const json_t *v, sdc_err *err) {
-    return src_fail(err, SDC_E_FORMAT, "%s: key '%s' must be %s, not %s", c->config_path, key,
+    return sdc_fail(err, SDC_E_FORMAT, "%s: key '%s' must be %s, not %s", c->config_path, key,
                     want, json_type_name(v));
 }
 
@@ -702,12 +734,12 @@ sdc_status sdc_config_int_list(const sdc_component *c, const char *key, size_t m
     if (!v) return SDC_OK;
     if (!json_is_array(v)) return config_type_error(c, key, "an array of integers", v, err);
     if (json_array_size(v) > max)
-        return src_fail(err, SDC_E_UNSUPPORTED, "%s: key '%s' has %zu entries; at most %zu are "
+        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: key '%s' has %zu entries; at most %zu are "
                         "supported", c->config_path, key, json_array_size(v), max);
     for (size_t i = 0; i < json_array_size(v); i++) {
         const json_t *e = json_array_get(v, i);
         if (!json_is_integer(e))
-            return src_fail(err, SDC_E_FORMAT, "%s: key '%s' entry %zu must be an integer, not %s",
+            return sdc_fail(err, SDC_E_FORMAT, "%s: key '%s' entry %zu must be an integer, not %s",
                             c->config_path, key, i, json_type_name(e));
         out[i] = (int64_t)json_integer_value(e);
     }

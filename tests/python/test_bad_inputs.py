@@ -138,3 +138,81 @@ def test_bad_input(sdcoreml, tmp_path, breakage, file_name, tensor):
         if tensor:
             assert tensor in line, f"the message does not name the tensor {tensor}: {line}"
         assert os.listdir(out) == [], f"left in -o: {os.listdir(out)}"
+
+
+# ---- inputs that are unusual but valid: they convert -------------------------------------------
+
+UNLIMITED = "1000000000000000019884624838656"  # what transformers writes for "no limit"
+
+
+def test_integers_beyond_64_bits_in_configs(sdcoreml, tmp_path):
+    """Valid JSON whatever its integers: a tokenizer without a limit (transformers writes 1e30 as
+    an integer) and an unused key beyond 64 bits convert as if the keys were absent; a 64-bit
+    integer at the edge still parses as an integer."""
+    src = tmp_path / "tiny-sd"
+    shutil.copytree(EXAMPLE_SD1, src)
+    tok = src / "tokenizer" / "tokenizer_config.json"
+    text = tok.read_text()
+    cfg = json.loads(text)
+    cfg["model_max_length"] = 0  # placeholder, replaced below as raw text
+    raw = json.dumps(cfg).replace('"model_max_length": 0', f'"model_max_length": {UNLIMITED}')
+    raw = raw[:-1] + ', "an_unused_big": -123456789012345678901234567890, "edge": 9223372036854775807, ' \
+                     '"in_a_string": "12345678901234567890123"}'
+    tok.write_text(raw)
+    out = tmp_path / "o"
+    r = sdcoreml("--model-version", "tiny-sd", "-o", out, "--convert-text-encoder", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ref = tmp_path / "ref"
+    tok.write_text(text)
+    assert sdcoreml("--model-version", "tiny-sd", "-o", ref, "--convert-text-encoder", cwd=tmp_path).returncode == 0
+    # the same package as with the original tokenizer config (77 tokens, from the text encoder)
+    name = "Stable_Diffusion_version_tiny-sd_text_encoder.mlpackage"
+    for part in ("Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin"):
+        assert (out / name / part).read_bytes() == (ref / name / part).read_bytes(), part
+
+
+# ---- weights that a package must not hold -------------------------------------------------------
+
+
+def poke(value, dtype=None):
+    def edit(tensors):
+        t = tensors[VICTIM]
+        if dtype is not None:
+            t = t.astype(dtype)
+        t = t.copy()
+        t.flat[5] = value
+        t.flat[17] = value
+        tensors[VICTIM] = t
+    return edit
+
+
+@pytest.mark.parametrize("case", ["overflow", "nan", "inf-f16-source", "nan-bf16-source"])
+def test_weights_that_are_not_finite_in_the_package_are_refused(sdcoreml, tmp_path, case):
+    """A value that overflows float16 (|x| > 65504) or a NaN/Inf in the source never reaches a
+    package silently: one error naming the file, the tensor and the count."""
+    src = tmp_path / "tiny-sd"
+    shutil.copytree(EXAMPLE_SD1, src)
+    if case == "nan-bf16-source":
+        import torch
+        from safetensors.torch import load_file, save_file
+        tensors = load_file(src / TE)
+        t = tensors[VICTIM].to(torch.bfloat16).clone()
+        t.view(-1)[5] = float("nan")
+        t.view(-1)[17] = float("nan")
+        tensors[VICTIM] = t
+        save_file(tensors, src / TE, metadata={"format": "pt"})
+    else:
+        value, dtype = {"overflow": (1e6, None), "nan": (np.nan, None), "inf-f16-source": (np.inf, np.float16)}[case]
+        rewrite_tensors(src / TE, poke(value, dtype))
+    for precision in ("FLOAT16", "FLOAT32"):
+        out = tmp_path / f"o-{precision}"
+        r = sdcoreml("--model-version", "tiny-sd", "-o", out, "--convert-text-encoder", "--compute-precision", precision,
+                     cwd=tmp_path)
+        if case == "overflow" and precision == "FLOAT32":
+            assert r.returncode == 0, r.stderr  # 1e6 is a fine float32
+            continue
+        assert r.returncode == 1, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        what = "values exceed the float16 range (65504)" if case == "overflow" else "values are NaN or infinite"
+        assert f"model.safetensors: tensor '{VICTIM}': 2 {what}" in last, last
+        assert not out.exists() or os.listdir(out) == []

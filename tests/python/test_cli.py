@@ -1,6 +1,7 @@
 """Command-line behaviour: help, version, usage errors, flags of components not built yet."""
 
 import os
+import re
 
 import pytest
 
@@ -236,3 +237,31 @@ def test_equals_and_prefix_spellings_work(sdcoreml, tmp_path):
     assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
     for name in ("last_hidden_state", "pooled_outputs"):
         assert np.array_equal(np.load(tmp_path / "a" / f"{name}.npy"), np.load(tmp_path / "b" / f"{name}.npy"))
+    # the time is printed as a time, with at most 6 significant digits (it used to print 17)
+    seconds = re.search(r'"predict_seconds": ([0-9.e+-]+)', a.stdout).group(1)
+    assert len(re.sub(r"[^0-9]", "", seconds.split("e")[0]).lstrip("0")) <= 6, seconds
+
+
+def test_run_takes_float64_inputs_as_float32(sdcoreml, tmp_path):
+    """np.save's default dtype is float64: run casts it to float32, as Core ML casts a Double
+    input, says so in one note, and gives the same outputs as a float32 file."""
+    import numpy as np
+
+    out = tmp_path / "out"
+    check = sdcoreml("--model-version", "tiny-sd", "--convert-vae-decoder", "--quiet", "-o", out, cwd=REPO / "examples")
+    assert check.returncode == 0, check.stderr
+    pkg = out / "Stable_Diffusion_version_tiny-sd_vae_decoder.mlpackage"
+    rng = np.random.default_rng(7)
+    z64 = rng.standard_normal((1, 4, 16, 16)) * 1e-3 + 1 / 3  # values that float32 must round
+    z32 = tmp_path / "z32.npy"
+    z64_path = tmp_path / "z64.npy"
+    np.save(z64_path, z64)
+    np.save(z32, z64.astype(np.float32))
+    a = sdcoreml("run", pkg, "--input", f"z={z64_path}", "-o", tmp_path / "a")
+    b = sdcoreml("run", pkg, "--input", f"z={z32}", "-o", tmp_path / "b")
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+    assert f"sdcoreml: note: input 'z': {z64_path}: float64 values read as float32 (as Core ML casts a Double input)" \
+        in a.stderr.splitlines(), a.stderr
+    assert "note" not in b.stderr
+    for f in (tmp_path / "b").glob("*.npy"):
+        assert np.array_equal(np.load(f), np.load(tmp_path / "a" / f.name)), f.name

@@ -560,15 +560,15 @@ def simple_package(tmp_path):
 def test_input_errors_are_named(sdcoreml, tmp_path):
     pkg, name = simple_package(tmp_path)
     np.save(tmp_path / "bad_shape.npy", np.zeros((3, 2), np.float32))
-    np.save(tmp_path / "f64.npy", np.zeros((2, 3), np.float64))
+    np.save(tmp_path / "i64.npy", np.zeros((2, 3), np.int64))  # float64 is read as float32 (test_cli)
     np.save(tmp_path / "fortran.npy", np.asfortranarray(np.zeros((2, 3), np.float32)))
     np.save(tmp_path / "ok.npy", np.zeros((2, 3), np.float32))
     r = sdcoreml("run", pkg, "-o", tmp_path / "o")
     assert r.returncode == 1 and f"missing input '{name}'" in r.stderr and "[2, 3]" in r.stderr, r.stderr
     r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'bad_shape.npy'}", "-o", tmp_path / "o")
     assert r.returncode == 1 and name in r.stderr and "[3, 2]" in r.stderr and "[2, 3]" in r.stderr, r.stderr
-    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'f64.npy'}", "-o", tmp_path / "o")
-    assert r.returncode == 1 and "f64.npy" in r.stderr and "<f8" in r.stderr, r.stderr
+    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'i64.npy'}", "-o", tmp_path / "o")
+    assert r.returncode == 1 and "i64.npy" in r.stderr and "<i8" in r.stderr, r.stderr
     r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'fortran.npy'}", "-o", tmp_path / "o")
     assert r.returncode == 1 and "fortran.npy" in r.stderr and "Fortran" in r.stderr, r.stderr
     r = sdcoreml("run", pkg, "--input", f"nope={tmp_path / 'ok.npy'}", "--input", f"{name}={tmp_path / 'ok.npy'}", "-o", tmp_path / "o")

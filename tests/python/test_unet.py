@@ -6,6 +6,8 @@ running the package through sdcoreml's interpreter."""
 import json
 from pathlib import Path
 
+import re
+import shutil
 import numpy as np
 import pytest
 
@@ -101,8 +103,25 @@ def test_batch_one(sdcoreml, pipelines, tmp_path):
 def test_latent_size_must_divide(sdcoreml, pipelines, tmp_path):
     r, _ = convert_unet(sdcoreml, pipelines["sd1"], tmp_path, "--latent-h", 31, "--latent-w", 32)
     assert r.returncode == 2
-    assert "latent size 31x32 must be a positive multiple of" in r.stderr
+    # names the options the size came from, not the UNet config
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"sdcoreml: error: --latent-h 31 --latent-w 32: the latent height and width must be positive "
+                        r"multiples of (\d+) up to 1024 \(the UNet halves the latent (\d+) times\)", last), last
     assert list(tmp_path.iterdir()) == []
+
+
+def test_odd_sample_size_names_the_config(sdcoreml, pipelines, tmp_path):
+    src = tmp_path / "odd"
+    shutil.copytree(pipelines["sd1"], src)
+    cfg = json.loads((src / "unet" / "config.json").read_text())
+    cfg["sample_size"] = 31
+    (src / "unet" / "config.json").write_text(json.dumps(cfg))
+    r = sdcoreml("--convert-unet", "--model-version", "odd", "-o", tmp_path / "o", cwd=tmp_path)
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("sdcoreml: error: ") and ("odd/unet/config.json: sample_size gives a 31x31 latent; it must "
+                                                      "be positive multiples of") in last, last
+    assert last.endswith("(give --latent-h/-w)"), last
 
 
 def test_sdxl_without_xl_version_is_refused(sdcoreml, pipelines, tmp_path):

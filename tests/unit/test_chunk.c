@@ -26,20 +26,20 @@ static int count_ops(const mil_graph *g, const char *type) {
 
 /* Every name (op and var) once; every param made by an earlier op or an input. */
 static bool well_formed(const mil_graph *g) {
-    mil_graph *seen = mil_graph_new(g->opset);
+    mil_graph *seen = sdc_mil_graph_new(g->opset);
     bool ok = true;
-    for (int i = 0; i < g->n_inputs; i++) ok = ok && mil_reserve_name(seen, g->inputs[i]->name);
+    for (int i = 0; i < g->n_inputs; i++) ok = ok && sdc_mil_reserve_name(seen, g->inputs[i]->name);
     for (size_t i = 0; i < g->n_ops && ok; i++) {
         const mil_op *op = g->ops[i];
         for (int p = 0; p < op->n_params; p++)
-            for (int k = 0; k < op->params[p].n; k++) ok = ok && mil_name_taken(seen, op->params[p].vars[k]->name);
-        ok = ok && mil_reserve_name(seen, op->name);
+            for (int k = 0; k < op->params[p].n; k++) ok = ok && sdc_mil_name_taken(seen, op->params[p].vars[k]->name);
+        ok = ok && sdc_mil_reserve_name(seen, op->name);
         for (int k = 0; k < op->n_outputs; k++)
-            if (strcmp(op->outputs[k]->name, op->name)) ok = ok && mil_reserve_name(seen, op->outputs[k]->name);
+            if (strcmp(op->outputs[k]->name, op->name)) ok = ok && sdc_mil_reserve_name(seen, op->outputs[k]->name);
         for (int k = 0; k < op->n_outputs; k++) ok = ok && op->outputs[k]->producer == op;
     }
-    for (int i = 0; i < g->n_outputs; i++) ok = ok && mil_name_taken(seen, g->outputs[i]->name);
-    mil_graph_free(seen);
+    for (int i = 0; i < g->n_outputs; i++) ok = ok && sdc_mil_name_taken(seen, g->outputs[i]->name);
+    sdc_mil_graph_free(seen);
     return ok;
 }
 
@@ -51,46 +51,46 @@ static bool well_formed(const mil_graph *g) {
  * at >= 32 (40); a and b cross it; chunk 2 keeps y (not x) and stores W1 again.
  */
 static mil_graph *toy(sdc_dtype t, float *w_out) {
-    mil_graph *g = mil_graph_new(6);
+    mil_graph *g = sdc_mil_graph_new(6);
     int64_t xs[2] = {2, 4}, ws[2] = {4, 4}, bs[1] = {4};
-    mil_var *x = mil_input(g, "x", t, 2, xs);
-    mil_var *y = mil_input(g, "y", t, 2, xs);
+    mil_var *x = sdc_mil_input(g, "x", t, 2, xs);
+    mil_var *y = sdc_mil_input(g, "y", t, 2, xs);
     float w[4][16], b[4][4];
     for (int k = 0; k < 4; k++) {
         for (int i = 0; i < 16; i++) w[k][i] = (float)((i * 7 + k * 3) % 11 - 5) / 8.0f;
         for (int i = 0; i < 4; i++) b[k][i] = (float)(i - k) / 4.0f;
     }
     if (w_out) memcpy(w_out, w, sizeof w);
-    mil_scope(g, "l1");
-    mil_var *W1 = mil_const_floats(g, t, 2, ws, w[0]);
-    mil_var *a = mil_linear(g, x, W1, mil_const_floats(g, t, 1, bs, b[0]));
-    mil_scope(g, "act");
-    mil_var *s = mil_silu(g, a);
-    mil_scope(g, "l2");
-    mil_var *bb = mil_linear(g, s, mil_const_floats(g, t, 2, ws, w[1]), mil_const_floats(g, t, 1, bs, b[1]));
-    mil_scope(g, "skip");
-    mil_var *tt = mil_add(g, bb, a);
-    mil_scope(g, "dead");
-    (void)mil_sigmoid(g, tt);
-    mil_scope(g, "l3");
-    mil_var *c = mil_linear(g, tt, mil_const_floats(g, t, 2, ws, w[2]), mil_const_floats(g, t, 1, bs, b[2]));
-    mil_scope(g, "cond");
-    mil_var *d = mil_add(g, c, y);
-    mil_scope(g, "l4");
-    mil_var *o = mil_linear(g, d, W1, mil_const_floats(g, t, 1, bs, b[3]));
-    if (t == SDC_DT_F16) o = mil_cast(g, o, SDC_DT_F32);
-    mil_output(g, o, "out");
+    sdc_mil_scope(g, "l1");
+    mil_var *W1 = sdc_mil_const_floats(g, t, 2, ws, w[0]);
+    mil_var *a = sdc_mil_linear(g, x, W1, sdc_mil_const_floats(g, t, 1, bs, b[0]));
+    sdc_mil_scope(g, "act");
+    mil_var *s = sdc_mil_silu(g, a);
+    sdc_mil_scope(g, "l2");
+    mil_var *bb = sdc_mil_linear(g, s, sdc_mil_const_floats(g, t, 2, ws, w[1]), sdc_mil_const_floats(g, t, 1, bs, b[1]));
+    sdc_mil_scope(g, "skip");
+    mil_var *tt = sdc_mil_add(g, bb, a);
+    sdc_mil_scope(g, "dead");
+    (void)sdc_mil_sigmoid(g, tt);
+    sdc_mil_scope(g, "l3");
+    mil_var *c = sdc_mil_linear(g, tt, sdc_mil_const_floats(g, t, 2, ws, w[2]), sdc_mil_const_floats(g, t, 1, bs, b[2]));
+    sdc_mil_scope(g, "cond");
+    mil_var *d = sdc_mil_add(g, c, y);
+    sdc_mil_scope(g, "l4");
+    mil_var *o = sdc_mil_linear(g, d, W1, sdc_mil_const_floats(g, t, 1, bs, b[3]));
+    if (t == SDC_DT_F16) o = sdc_mil_cast(g, o, SDC_DT_F32);
+    sdc_mil_output(g, o, "out");
     return g;
 }
 
 static void test_toy(sdc_dtype t) {
     mil_graph *g = toy(t, NULL);
-    if (!CHECK_MSG(mil_graph_ok(g), "%s", g->err.msg)) return;
+    if (!CHECK_MSG(sdc_mil_graph_ok(g), "%s", g->err.msg)) return;
     size_t n_ops = g->n_ops;
     mil_chunks ch;
     sdc_err err = {0};
     if (!CHECK_MSG(sdc_chunk_graph(g, &ch, &err) == SDC_OK, "%s", err.msg)) {
-        mil_graph_free(g);
+        sdc_mil_graph_free(g);
         return;
     }
     size_t es = t == SDC_DT_F16 ? 2 : 4;
@@ -121,7 +121,7 @@ static void test_toy(sdc_dtype t) {
         CHECK(!strcmp(c2->inputs[0]->name, "y") && c2->inputs[0]->type.dtype == t);
         for (int i = 0; i < 2 && c1->n_outputs == 2; i++) {
             CHECK(!strcmp(c2->inputs[1 + i]->name, c1->outputs[i]->name));
-            CHECK(c2->inputs[1 + i]->type.dtype == SDC_DT_F32 && mil_shape_eq(&c2->inputs[1 + i]->type, &c1->outputs[i]->type));
+            CHECK(c2->inputs[1 + i]->type.dtype == SDC_DT_F32 && sdc_mil_shape_eq(&c2->inputs[1 + i]->type, &c1->outputs[i]->type));
         }
     }
     CHECK(!find_input(c2, "x"));
@@ -131,20 +131,20 @@ static void test_toy(sdc_dtype t) {
     CHECK(count_ops(c2, "cast") == (t == SDC_DT_F16 ? 3 : 0));
 
     sdc_chunks_free(&ch);
-    mil_graph_free(g);
+    sdc_mil_graph_free(g);
 }
 
 /* Nothing to cut: the only op's output is the graph's output. */
 static void test_no_cut(void) {
-    mil_graph *g = mil_graph_new(6);
+    mil_graph *g = sdc_mil_graph_new(6);
     int64_t xs[1] = {4};
-    mil_var *x = mil_input(g, "x", SDC_DT_F32, 1, xs);
-    mil_output(g, mil_silu(g, x), "out");
+    mil_var *x = sdc_mil_input(g, "x", SDC_DT_F32, 1, xs);
+    sdc_mil_output(g, sdc_mil_silu(g, x), "out");
     mil_chunks ch;
     sdc_err err = {0};
     CHECK(sdc_chunk_graph(g, &ch, &err) == SDC_E_UNSUPPORTED && strstr(err.msg, "cannot be cut"));
     CHECK(!ch.chunk1 && !ch.chunk2);
-    mil_graph_free(g);
+    sdc_mil_graph_free(g);
 }
 
 /* ---------------------------------------------------------------- run through the interpreter */
@@ -192,7 +192,7 @@ static void test_run(const char *dir, sdc_dtype t) {
     bool ok = CHECK_MSG(sdc_chunk_graph(g, &ch, &err) == SDC_OK, "%s", err.msg);
     ok = ok && CHECK(write_pkg(g, pf)) && CHECK(write_pkg(ch.chunk1, p1)) && CHECK(write_pkg(ch.chunk2, p2));
     sdc_chunks_free(&ch);
-    mil_graph_free(g);
+    sdc_mil_graph_free(g);
     if (!ok) return;
 
     float xv[8], yv[8];

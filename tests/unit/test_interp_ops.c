@@ -1,6 +1,6 @@
 /*
  * test_interp_ops.c — the interpreter's building blocks against hand-computed or naive
- * expectations: the blocked GEMM (odd shapes, transposes, beta, strides), igemm with
+ * expectations: the blocked GEMM (odd shapes, transposes, beta, strides), sdc_igemm with
  * threads, fp16 rounding and expansion against the reference conversions, the thread pool,
  * .npy reading and writing (and its errors), and small packages written by our own writer
  * and run through the public API (broadcasting, linear, softmax, fp16 rounding of results,
@@ -37,7 +37,7 @@ static void naive_gemm(bool ta, bool tb, int M, int N, int K, const float *A, in
 
 static void test_gemm(void) {
     static const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 65}, {64, 256, 256}, {70, 300, 5}, {5, 17, 300}, {77, 96, 130}};
-    ipool *pool = ipool_new(3);
+    ipool *pool = sdc_ipool_new(3);
     for (size_t s = 0; s < SDC_COUNT_OF(shapes); s++) {
         for (int variant = 0; variant < 8; variant++) {
             bool ta = variant & 1, tb = variant & 2, strided = variant & 4;
@@ -50,8 +50,8 @@ static void test_gemm(void) {
             for (size_t i = 0; i < nc; i++) C0[i] = C1[i] = C2[i] = frand();
             float beta = strided ? 0.5f : (variant & 1 ? 1.0f : 0.0f);
             naive_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C0, ldc);
-            igemm_fallback(pool, ta, tb, M, N, K, A, lda, B, ldb, beta, C1, ldc);
-            igemm(pool, ta, tb, M, N, K, A, lda, B, ldb, beta, C2, ldc);
+            sdc_igemm_fallback(pool, ta, tb, M, N, K, A, lda, B, ldb, beta, C1, ldc);
+            sdc_igemm(pool, ta, tb, M, N, K, A, lda, B, ldb, beta, C2, ldc);
             double worst1 = 0, worst2 = 0;
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++) {
@@ -61,7 +61,7 @@ static void test_gemm(void) {
                     worst2 = d2 / tol > worst2 ? d2 / tol : worst2;
                 }
             CHECK_MSG(worst1 <= 1.0, "fallback %dx%dx%d ta=%d tb=%d strided=%d: error %.2f x tolerance", M, N, K, ta, tb, strided, worst1);
-            CHECK_MSG(worst2 <= 1.0, "igemm (%s) %dx%dx%d ta=%d tb=%d strided=%d: error %.2f x tolerance", igemm_backend(), M, N, K, ta,
+            CHECK_MSG(worst2 <= 1.0, "sdc_igemm (%s) %dx%dx%d ta=%d tb=%d strided=%d: error %.2f x tolerance", sdc_igemm_backend(), M, N, K, ta,
                       tb, strided, worst2);
             /* the padding columns of C are never touched */
             bool pad_ok = true;
@@ -71,7 +71,7 @@ static void test_gemm(void) {
             free(A), free(B), free(C0), free(C1), free(C2);
         }
     }
-    ipool_free(pool);
+    sdc_ipool_free(pool);
 }
 
 static void test_fp16(void) {
@@ -79,13 +79,13 @@ static void test_fp16(void) {
     uint8_t *h = malloc(65536 * 2);
     float *f = malloc(65536 * 4);
     for (int i = 0; i < 65536; i++) h[2 * i] = (uint8_t)i, h[2 * i + 1] = (uint8_t)(i >> 8);
-    f16_expand(NULL, h, f, 65536);
+    sdc_f16_expand(NULL, h, f, 65536);
     int bad = 0;
     for (int i = 0; i < 65536; i++) {
         float want = sdc_f16_to_f32((uint16_t)i);
         if (!(isnan(want) ? isnan(f[i]) : memcmp(&want, &f[i], 4) == 0)) bad++;
     }
-    CHECK_MSG(bad == 0, "f16_expand differs from sdc_f16_to_f32 on %d patterns", bad);
+    CHECK_MSG(bad == 0, "sdc_f16_expand differs from sdc_f16_to_f32 on %d patterns", bad);
     /* rounding: values around ties, subnormals, overflow; must equal the reference RNE */
     enum { N = 200003 };
     float *x = malloc(N * 4), *y = malloc(N * 4);
@@ -105,18 +105,18 @@ static void test_fp16(void) {
         }
         x[i] = y[i] = v;
     }
-    ipool *pool = ipool_new(2);
-    round_f16(pool, x, N);
+    ipool *pool = sdc_ipool_new(2);
+    sdc_round_f16(pool, x, N);
     bad = 0;
     for (int i = 0; i < N; i++) {
         float want = sdc_f16_to_f32(sdc_f32_to_f16(y[i]));
         if (memcmp(&want, &x[i], 4)) bad++;
     }
-    CHECK_MSG(bad == 0, "round_f16 differs from the reference RNE on %d of %d values", bad, N);
+    CHECK_MSG(bad == 0, "sdc_round_f16 differs from the reference RNE on %d of %d values", bad, N);
     float one = 1.0f + 1.0f / 4096.0f; /* a tie: rounds to even, 1.0 */
-    round_f16(NULL, &one, 1);
+    sdc_round_f16(NULL, &one, 1);
     CHECK(one == 1.0f);
-    ipool_free(pool);
+    sdc_ipool_free(pool);
     free(h), free(f), free(x), free(y);
 }
 
@@ -124,15 +124,15 @@ static void test_vec_exp(void) {
     enum { N = 100003 };
     float *x = malloc(N * 4), *y = malloc(N * 4);
     for (int i = 0; i < N; i++) x[i] = -87.0f + 175.5f * (float)i / (N - 1);
-    vec_exp(x, y, N);
+    sdc_vec_exp(x, y, N);
     double worst = 0;
     for (int i = 0; i < N; i++) {
         double want = exp((double)x[i]), e = fabs(y[i] - want) / want;
         worst = e > worst ? e : worst;
     }
-    CHECK_MSG(worst < 2e-7, "vec_exp relative error %.3g", worst);
+    CHECK_MSG(worst < 2e-7, "sdc_vec_exp relative error %.3g", worst);
     float sp[7] = {-INFINITY, INFINITY, NAN, -100.0f, 0.0f, 1.0f, 89.0f}, so[7];
-    vec_exp(sp, so, 7);
+    sdc_vec_exp(sp, so, 7);
     CHECK(so[0] == 0.0f && so[1] == INFINITY && isnan(so[2]) && so[3] == 0.0f && so[4] == 1.0f && fabsf(so[5] - 2.7182817f) < 3e-7f &&
           so[6] == INFINITY);
     free(x), free(y);
@@ -144,19 +144,19 @@ static void count_range(void *ctx, size_t b, size_t e) {
 }
 
 static void test_pool(void) {
-    ipool *pool = ipool_new(4);
-    CHECK(ipool_size(pool) == 4);
+    ipool *pool = sdc_ipool_new(4);
+    CHECK(sdc_ipool_size(pool) == 4);
     int *hits = calloc(10007, sizeof *hits);
     bool ok = true;
     for (int round = 0; round < 300; round++) {
         size_t n = (size_t)(round * 37 % 10007) + 1;
         memset(hits, 0, sizeof *hits * n);
-        ipool_for(pool, n, (size_t)(round % 7) + 1, count_range, hits);
+        sdc_ipool_for(pool, n, (size_t)(round % 7) + 1, count_range, hits);
         for (size_t i = 0; i < n; i++) ok = ok && hits[i] == 1;
     }
-    CHECK_MSG(ok, "ipool_for visited an index other than exactly once");
+    CHECK_MSG(ok, "sdc_ipool_for visited an index other than exactly once");
     free(hits);
-    ipool_free(pool);
+    sdc_ipool_free(pool);
 }
 
 /* ---------------------------------------------------------------- npy */
@@ -204,7 +204,7 @@ static void test_npy(const char *dir) {
         const char *name, *header, *want;
     } bad[] = {
         {"fortran.npy", "{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }", "Fortran"},
-        {"f64.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", "'<f8'"},
+        {"i64.npy", "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", "'<i8'"},
         {"big.npy", "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", "'>f4'"},
         {"short.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", "data size"},
         {"noshape.npy", "{'descr': '<f4', 'fortran_order': False, }", "shape"},
@@ -224,6 +224,26 @@ static void test_npy(const char *dir) {
         sdc_status st = sdc_npy_read(path, &b, err, sizeof err);
         CHECK_MSG(st != SDC_OK && strstr(err, bad[i].name) && strstr(err, bad[i].want), "%s: status %d, '%s'", bad[i].name, st, err);
     }
+    /* float64, NumPy's default, is read as float32 (rounded to nearest) with a note */
+    {
+        const char *header = "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }";
+        uint8_t buf[256] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
+        size_t hl = strlen(header), total = (10 + hl + 1 + 63) / 64 * 64;
+        memcpy(buf + 10, header, hl);
+        memset(buf + 10 + hl, ' ', total - 10 - hl - 1);
+        buf[total - 1] = '\n';
+        buf[8] = (uint8_t)(total - 10);
+        const double d[3] = {1.0 / 3.0, -2.5, 1e300};
+        memcpy(buf + total, d, sizeof d);
+        snprintf(path, sizeof path, "%s/f64.npy", dir);
+        write_file(path, buf, total + sizeof d);
+        CHECK(sdc_npy_read(path, &b, err, sizeof err) == SDC_OK);
+        const float *narrowed = b.data;
+        CHECK(b.dtype == SDC_ND_F32 && b.rank == 1 && b.shape[0] == 3);
+        CHECK(narrowed[0] == (float)(1.0 / 3.0) && narrowed[1] == -2.5f && isinf(narrowed[2]));
+        CHECK(strstr(err, "float64 values read as float32") != NULL);
+        free(b.data);
+    }
     snprintf(path, sizeof path, "%s/magic.npy", dir);
     write_file(path, "not numpy at all", 16);
     CHECK(sdc_npy_read(path, &b, err, sizeof err) == SDC_E_FORMAT && strstr(err, "magic.npy"));
@@ -234,7 +254,7 @@ static void test_npy(const char *dir) {
 static bool write_pkg(mil_graph *g, const char *path) {
     sdc_package_info info = {.spec_version = 7, .short_description = "", .author = "", .license = "", .version = ""};
     sdc_err err = {0};
-    if (!mil_graph_ok(g)) {
+    if (!sdc_mil_graph_ok(g)) {
         fprintf(stderr, "graph: %s\n", g->err.msg);
         return false;
     }
@@ -246,19 +266,19 @@ static bool write_pkg(mil_graph *g, const char *path) {
 static void test_package_fp32(const char *dir) {
     char path[512], err[1024];
     snprintf(path, sizeof path, "%s/p32.mlpackage", dir);
-    mil_graph *g = mil_graph_new(6);
+    mil_graph *g = sdc_mil_graph_new(6);
     int64_t xs[3] = {2, 1, 3}, ys[2] = {4, 1};
-    mil_var *x = mil_input(g, "x", SDC_DT_F32, 3, xs);
-    mil_var *y = mil_input(g, "y", SDC_DT_F32, 2, ys);
-    mil_var *s = mil_add(g, x, y); /* [2, 4, 3] by broadcasting */
+    mil_var *x = sdc_mil_input(g, "x", SDC_DT_F32, 3, xs);
+    mil_var *y = sdc_mil_input(g, "y", SDC_DT_F32, 2, ys);
+    mil_var *s = sdc_mil_add(g, x, y); /* [2, 4, 3] by broadcasting */
     float w[6] = {1, 0, -1, 0.5f, 2, 0}, bias[2] = {0.25f, -1};
     int64_t wshape[2] = {2, 3}, bshape[1] = {2};
-    mil_var *lin = mil_linear(g, s, mil_const_floats(g, SDC_DT_F32, 2, wshape, w), mil_const_floats(g, SDC_DT_F32, 1, bshape, bias));
-    mil_var *sm = mil_softmax(g, lin, -1);
-    mil_output(g, s, "sum");
-    mil_output(g, sm, "probs");
+    mil_var *lin = sdc_mil_linear(g, s, sdc_mil_const_floats(g, SDC_DT_F32, 2, wshape, w), sdc_mil_const_floats(g, SDC_DT_F32, 1, bshape, bias));
+    mil_var *sm = sdc_mil_softmax(g, lin, -1);
+    sdc_mil_output(g, s, "sum");
+    sdc_mil_output(g, sm, "probs");
     bool ok = write_pkg(g, path);
-    mil_graph_free(g);
+    sdc_mil_graph_free(g);
     if (!CHECK(ok)) return;
 
     sdc_model *m;
@@ -302,14 +322,14 @@ static void test_package_fp32(const char *dir) {
 static void test_package_fp16(const char *dir) {
     char path[512], err[1024];
     snprintf(path, sizeof path, "%s/p16.mlpackage", dir);
-    mil_graph *g = mil_graph_new(6);
+    mil_graph *g = sdc_mil_graph_new(6);
     int64_t xs[1] = {4};
-    mil_var *x = mil_input(g, "x", SDC_DT_F16, 1, xs);
-    mil_var *eps = mil_const_scalar(g, SDC_DT_F16, 1.0f / 4096.0f);
-    mil_var *a = mil_add(g, mil_add(g, x, eps), eps); /* each add rounds to fp16 */
-    mil_output(g, mil_cast(g, a, SDC_DT_F32), "y");
+    mil_var *x = sdc_mil_input(g, "x", SDC_DT_F16, 1, xs);
+    mil_var *eps = sdc_mil_const_scalar(g, SDC_DT_F16, 1.0f / 4096.0f);
+    mil_var *a = sdc_mil_add(g, sdc_mil_add(g, x, eps), eps); /* each add rounds to fp16 */
+    sdc_mil_output(g, sdc_mil_cast(g, a, SDC_DT_F32), "y");
     bool ok = write_pkg(g, path);
-    mil_graph_free(g);
+    sdc_mil_graph_free(g);
     if (!CHECK(ok)) return;
     for (int exact = 0; exact < 2; exact++) {
         sdc_model *m;
@@ -342,16 +362,16 @@ static void test_bad_packages(const char *dir) {
     CHECK(sdc_model_load(path, NULL, &m, err, sizeof err) != SDC_OK && strstr(err, "Manifest.json"));
     /* a weight file whose record is damaged: the error names weight.bin */
     snprintf(path, sizeof path, "%s/w.mlpackage", dir);
-    mil_graph *g = mil_graph_new(6);
+    mil_graph *g = sdc_mil_graph_new(6);
     int64_t xs[2] = {1, 8}, ws[2] = {16, 8};
     float w[128];
     for (int i = 0; i < 128; i++) w[i] = frand();
-    mil_var *x = mil_input(g, "x", SDC_DT_F32, 2, xs);
+    mil_var *x = sdc_mil_input(g, "x", SDC_DT_F32, 2, xs);
     int64_t bs[1] = {16};
     float b[16] = {0};
-    mil_output(g, mil_linear(g, x, mil_const_floats(g, SDC_DT_F32, 2, ws, w), mil_const_floats(g, SDC_DT_F32, 1, bs, b)), "y");
+    sdc_mil_output(g, sdc_mil_linear(g, x, sdc_mil_const_floats(g, SDC_DT_F32, 2, ws, w), sdc_mil_const_floats(g, SDC_DT_F32, 1, bs, b)), "y");
     bool ok = write_pkg(g, path);
-    mil_graph_free(g);
+    sdc_mil_graph_free(g);
     if (!CHECK(ok)) return;
     CHECK_MSG(sdc_model_load(path, NULL, &m, err, sizeof err) == SDC_OK, "%s", err);
     sdc_model_free(m);

@@ -277,27 +277,27 @@ static void test_f64_to_f16(void) {
 }
 
 static void test_graph_pass(void) {
-    mil_graph *g = mil_graph_new(6);
+    mil_graph *g = sdc_mil_graph_new(6);
     static uint16_t data[64 * 64];
     sdc_tensor t = {.name = "w", .dtype = SDC_DT_F16, .rank = 2, .shape = {64, 64}, .numel = 64 * 64,
                     .data = (const uint8_t *)data};
     int64_t s2[2] = {64, 64}, s1[1] = {4096}, small[2] = {32, 64}, xs[2] = {1, 64}, ids_s[1] = {3};
-    mil_var *x = mil_input(g, "x", SDC_DT_F16, 2, xs);
-    mil_var *ids = mil_input(g, "ids", SDC_DT_I32, 1, ids_s);
-    mil_scope(g, "layer");
-    mil_var *w = mil_const_weight(g, &t, SDC_DT_F16, 2, s2, 0);      /* candidate */
-    mil_var *table = mil_const_weight(g, &t, SDC_DT_F16, 2, s2, 0);  /* gathered: stays */
-    mil_var *flat = mil_const_weight(g, &t, SDC_DT_F16, 1, s1, 0);   /* rank 1: stays */
-    mil_var *few = mil_const_weight(g, &t, SDC_DT_F16, 2, small, 0); /* 2048 elements: stays */
-    mil_var *unused = mil_const_weight(g, &t, SDC_DT_F16, 2, s2, 0); /* no consumer: stays */
+    mil_var *x = sdc_mil_input(g, "x", SDC_DT_F16, 2, xs);
+    mil_var *ids = sdc_mil_input(g, "ids", SDC_DT_I32, 1, ids_s);
+    sdc_mil_scope(g, "layer");
+    mil_var *w = sdc_mil_const_weight(g, &t, SDC_DT_F16, 2, s2, 0);      /* candidate */
+    mil_var *table = sdc_mil_const_weight(g, &t, SDC_DT_F16, 2, s2, 0);  /* gathered: stays */
+    mil_var *flat = sdc_mil_const_weight(g, &t, SDC_DT_F16, 1, s1, 0);   /* rank 1: stays */
+    mil_var *few = sdc_mil_const_weight(g, &t, SDC_DT_F16, 2, small, 0); /* 2048 elements: stays */
+    mil_var *unused = sdc_mil_const_weight(g, &t, SDC_DT_F16, 2, s2, 0); /* no consumer: stays */
     float zeros[64] = {0};
-    mil_var *y = mil_linear(g, x, w, mil_const_floats(g, SDC_DT_F16, 1, (int64_t[]){64}, zeros));
-    mil_var *z = mil_gather(g, table, ids, 0);
-    mil_var *u = mil_add(g, mil_reshape(g, y, 1, (int64_t[]){64}), mil_slice(g, flat, 0, 0, 64));
-    mil_var *v = mil_matmul(g, mil_reshape(g, z, 2, (int64_t[]){3, 64}), few, false, true);
-    CHECK_MSG(mil_output(g, u, "u") && mil_output(g, v, "v"), "%s", g->err.msg);
+    mil_var *y = sdc_mil_linear(g, x, w, sdc_mil_const_floats(g, SDC_DT_F16, 1, (int64_t[]){64}, zeros));
+    mil_var *z = sdc_mil_gather(g, table, ids, 0);
+    mil_var *u = sdc_mil_add(g, sdc_mil_reshape(g, y, 1, (int64_t[]){64}), sdc_mil_slice(g, flat, 0, 0, 64));
+    mil_var *v = sdc_mil_matmul(g, sdc_mil_reshape(g, z, 2, (int64_t[]){3, 64}), few, false, true);
+    CHECK_MSG(sdc_mil_output(g, u, "u") && sdc_mil_output(g, v, "v"), "%s", g->err.msg);
     (void)unused;
-    CHECK_MSG(mil_graph_ok(g), "%s", g->err.msg);
+    CHECK_MSG(sdc_mil_graph_ok(g), "%s", g->err.msg);
     sdc_err err = {0};
     size_t n = 99;
     CHECK(sdc_palettize_graph(g, 3, &n, &err) == SDC_E_ARG && n == 0);
@@ -307,11 +307,11 @@ static void test_graph_pass(void) {
     CHECK_MSG(!strcmp(w->name, "layer_w_palettized") && !strcmp(w->producer->name, w->name), "%s", w->name);
     CHECK(!table->lut_bits && !flat->lut_bits && !few->lut_bits && !unused->lut_bits);
     CHECK(!strcmp(table->producer->type, "const"));
-    CHECK(mil_const_stored_bytes(w) == 64 * 64 * 6 / 8 + 64 * 2);
-    CHECK(mil_const_stored_bytes(table) == 64 * 64 * 2);
+    CHECK(sdc_mil_const_stored_bytes(w) == 64 * 64 * 6 / 8 + 64 * 2);
+    CHECK(sdc_mil_const_stored_bytes(table) == 64 * 64 * 2);
     /* a second run leaves marked consts alone */
     CHECK(sdc_palettize_graph(g, 8, &n, &err) == SDC_OK && n == 0 && w->lut_bits == 6);
-    mil_graph_free(g);
+    sdc_mil_graph_free(g);
 }
 
 int main(void) {

@@ -5,8 +5,9 @@
 set -eu
 lib=$1
 # defined, external symbols (text, data, bss, read-only data, weak); the protobuf-c code
-# generated from our schema is named after its package (sdc.coreml → sdc__coreml__...)
-syms=$(nm -g --defined-only "$lib" | awk 'NF == 3 { print $3 }' | sort -u)
+# generated from our schema is named after its package (sdc.coreml → sdc__coreml__...).
+# Names starting with "__" are the compiler's own (__odr_asan.* under AddressSanitizer).
+syms=$(nm -g --defined-only "$lib" | awk 'NF == 3 && $3 !~ /^__/ { print $3 }' | sort -u)
 total=$(printf '%s\n' "$syms" | grep -c . || true)
 bad=$(printf '%s\n' "$syms" | grep -v '^sdc_' || true)
 if [ -n "$bad" ]; then

@@ -1,5 +1,5 @@
 /* arena.c — blocks of at least 1 MiB, each allocation rounded up to 16 bytes. */
-#include "mil/arena.h"
+#include "arena.h"
 
 #include <stdarg.h>
 #include <stdio.h>

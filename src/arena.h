@@ -1,6 +1,7 @@
 /*
- * arena.h — bump allocator. A graph and everything it names (vars, ops, shapes, strings,
- * small constant values) live in one arena and are freed together, as in ggml's context.
+ * arena.h — bump allocator, the library's one. A graph and everything it names (vars, ops,
+ * shapes, strings, small constant values) live in one arena and are freed together, as in
+ * ggml's context; so does a loaded interpreter program (slots, ops, parameters, names).
  */
 #ifndef SDC_ARENA_H
 #define SDC_ARENA_H
