@@ -92,24 +92,8 @@ void sdc_ibuf_trim(void) {
     pthread_mutex_unlock(&ibuf_mu);
 }
 
-itensor *sdc_it_new(int dtype, int rank, const int64_t *shape) {
-    size_t n;
-    if (!sdc_it_numel(rank, shape, &n) || dtype == MT_STRING) return NULL;
-    itensor *t = sdc_calloc(1, sizeof *t);
-    if (!t) return NULL;
-    t->dtype = dtype;
-    t->rank = rank;
-    for (int i = 0; i < rank; i++) t->shape[i] = shape[i];
-    t->n = n;
-    t->p = sdc_ibuf_alloc(n ? n * 4 : 4, &t->cap);
-    if (!t->p) {
-        sdc_free(t);
-        return NULL;
-    }
-    return t;
-}
-
-itensor *sdc_it_view(int dtype, int rank, const int64_t *shape, void *data) {
+/* A tensor header of this type, without data; NULL for a bad shape or out of memory. */
+static itensor *it_header(int dtype, int rank, const int64_t *shape) {
     size_t n;
     if (!sdc_it_numel(rank, shape, &n)) return NULL;
     itensor *t = sdc_calloc(1, sizeof *t);
@@ -118,6 +102,23 @@ itensor *sdc_it_view(int dtype, int rank, const int64_t *shape, void *data) {
     t->rank = rank;
     for (int i = 0; i < rank; i++) t->shape[i] = shape[i];
     t->n = n;
+    return t;
+}
+
+itensor *sdc_it_new(int dtype, int rank, const int64_t *shape) {
+    itensor *t = dtype == MT_STRING ? NULL : it_header(dtype, rank, shape);
+    if (!t) return NULL;
+    t->p = sdc_ibuf_alloc(t->n ? t->n * 4 : 4, &t->cap);
+    if (!t->p) {
+        sdc_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+itensor *sdc_it_view(int dtype, int rank, const int64_t *shape, void *data) {
+    itensor *t = it_header(dtype, rank, shape);
+    if (!t) return NULL;
     t->p = data;
     t->borrowed = true;
     return t;

@@ -147,7 +147,9 @@ const char *sdc_mil_shape_str(const mil_type *t, char *buf, size_t size) {
 
 /* ---------------------------------------------------------------- ops (shared plumbing) */
 
-mil_op *sdc_mil_new_op(mil_graph *g, const char *type, int n_outputs) {
+/* Room for one more op in g->ops, and an arena op with room for `n_outputs` outputs; NULL
+   (the graph marked failed) when out of memory. The caller appends the op when it is whole. */
+static mil_op *alloc_op(mil_graph *g, int n_outputs, mil_var ***outs) {
     if (!sdc_mil_graph_ok(g)) return NULL;
     if (g->n_ops == g->cap_ops) {
         size_t c = g->cap_ops ? g->cap_ops * 2 : 256;
@@ -157,8 +159,15 @@ mil_op *sdc_mil_new_op(mil_graph *g, const char *type, int n_outputs) {
         g->cap_ops = c;
     }
     mil_op *op = sdc_arena_alloc(&g->arena, sizeof *op);
-    mil_var **outs = sdc_arena_alloc(&g->arena, (size_t)n_outputs * sizeof *outs);
-    if (!op || !outs) return sdc_mil_oom(g);
+    *outs = sdc_arena_alloc(&g->arena, (size_t)(n_outputs ? n_outputs : 1) * sizeof **outs);
+    if (!op || !*outs) return sdc_mil_oom(g);
+    return op;
+}
+
+mil_op *sdc_mil_new_op(mil_graph *g, const char *type, int n_outputs) {
+    mil_var **outs;
+    mil_op *op = alloc_op(g, n_outputs, &outs);
+    if (!op) return NULL;
     op->type = type;
     op->name = sdc_mil_fresh_name(g, type);
     op->n_outputs = n_outputs;
@@ -315,17 +324,9 @@ bool sdc_mil_reserve_name(mil_graph *g, const char *name) { return reserve_name(
 const char *sdc_mil_unique_name(mil_graph *g, const char *hint) { return sdc_mil_fresh_name(g, hint); }
 
 mil_op *sdc_mil_clone_op(mil_graph *g, const mil_op *src, mil_var *(*map)(void *user, const mil_var *v), void *user) {
-    if (!sdc_mil_graph_ok(g)) return NULL;
-    if (g->n_ops == g->cap_ops) {
-        size_t c = g->cap_ops ? g->cap_ops * 2 : 256;
-        mil_op **ops = sdc_realloc(g->ops, c * sizeof *ops);
-        if (!ops) return sdc_mil_oom(g);
-        g->ops = ops;
-        g->cap_ops = c;
-    }
-    mil_op *op = sdc_arena_alloc(&g->arena, sizeof *op);
-    mil_var **outs = sdc_arena_alloc(&g->arena, (size_t)(src->n_outputs ? src->n_outputs : 1) * sizeof *outs);
-    if (!op || !outs) return sdc_mil_oom(g);
+    mil_var **outs;
+    mil_op *op = alloc_op(g, src->n_outputs, &outs);
+    if (!op) return NULL;
     *op = *src;
     op->outputs = outs;
     for (int i = 0; i < src->n_outputs; i++) {
