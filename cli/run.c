@@ -51,6 +51,7 @@ static int add_input(const sdc_cli_command *cmd, void *state, const char *value)
 static const sdc_cli_option RUN_OPTIONS[] = {
     {.name = "--input", .store = SDC_CLI_CALL, .call = add_input, .metavar = "NAME=FILE.npy",
      .help = "one per model input; .npy dtypes float32, float16 or int32 in C order;\n"
+             "float64 (NumPy's default) is read as float32, with a note;\n"
              "float32 is converted to the input's declared dtype"},
     {.name = "-o", .alias = "--output", .store = SDC_CLI_STRING, .offset = offsetof(run_args, out_dir), .metavar = "DIR",
      .help = "output folder (created if missing)"},

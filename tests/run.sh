@@ -4,9 +4,11 @@
 #   1. as root, apt-get installs the build and test packages that are missing (Debian);
 #   2. creates or reuses the Python test venv (Debian's python3 + its CPU torch, plus the exact
 #      pins of tests/requirements.txt);
-#   3. builds with CMake;
-#   4. runs the C unit tests (ctest);
-#   5. runs the Python oracle tests (pytest tests/python).
+#   3. builds with CMake (gcc, warnings as errors), and again with clang;
+#   4. runs the C unit tests (ctest), plain, with clang, and under ASan+UBSan;
+#   5. compiles every source for aarch64-macos and x86_64-macos with zig and links the CLI
+#      (tests/macos_build.sh);
+#   6. runs the Python oracle tests (pytest tests/python).
 #
 # Environment:
 #   SDCOREML_VENV    venv to use (default ~/.cache/sdcoreml/venv-<hash of tests/requirements.txt>)
@@ -14,6 +16,7 @@
 #   BUILD_DIR        CMake build directory (default build)
 #   PYTEST_ARGS      extra arguments for pytest
 #   SDCOREML_SKIP_SANITIZE=1  skip the AddressSanitizer/UBSan build of the C unit tests
+#   SDCOREML_SKIP_PORTABILITY=1  skip the clang build and the macOS build check
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -28,9 +31,10 @@ case "$BUILD_DIR" in /*) ;; *) BUILD_DIR="$ROOT/$BUILD_DIR" ;; esac
 
 # ---- 1. system packages ------------------------------------------------------------------------
 BUILD_PKGS=(cmake gcc pkg-config libjansson-dev libprotobuf-c-dev protobuf-c-compiler libopenblas-dev)
+PORTABILITY_PKGS=(clang file)
 TEST_PKGS=(python3-torch python3-venv python3-numpy)
 missing=()
-for p in "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; do
+for p in "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${PORTABILITY_PKGS[@]}"; do
     if ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then missing+=("$p"); fi
 done
 if ((${#missing[@]})); then
@@ -77,7 +81,7 @@ PY="$VENV/bin/python"
 
 # ---- 3. build ----------------------------------------------------------------------------------
 say "cmake build ($BUILD_DIR)"
-cmake -B "$BUILD_DIR" -S .
+cmake -B "$BUILD_DIR" -S . -DSDCOREML_WERROR=ON
 cmake --build "$BUILD_DIR" -j2
 
 # ---- 4. C unit tests, plain and under AddressSanitizer + UBSan --------------------------------
@@ -90,7 +94,17 @@ if [[ "${SDCOREML_SKIP_SANITIZE:-0}" != 1 ]]; then
     ASAN_OPTIONS=detect_leaks=1 ctest --test-dir "${BUILD_DIR}-asan" --output-on-failure
 fi
 
-# ---- 5. Python oracle tests --------------------------------------------------------------------
+# ---- 5. portability: clang on Linux, and the macOS build check -------------------------------------
+if [[ "${SDCOREML_SKIP_PORTABILITY:-0}" != 1 ]]; then
+    say "clang build, warnings as errors (${BUILD_DIR}-clang)"
+    CC=clang cmake -B "${BUILD_DIR}-clang" -S . -DSDCOREML_WERROR=ON >/dev/null
+    cmake --build "${BUILD_DIR}-clang" -j2 >/dev/null
+    ctest --test-dir "${BUILD_DIR}-clang" --output-on-failure
+    say "macOS build check (zig: aarch64-macos, x86_64-macos)"
+    bash tests/macos_build.sh "$BUILD_DIR"
+fi
+
+# ---- 6. Python oracle tests --------------------------------------------------------------------
 say "pytest tests/python"
 export SDCOREML_BIN="${SDCOREML_BIN:-$BUILD_DIR/sdcoreml}"
 export PYTHONDONTWRITEBYTECODE=1

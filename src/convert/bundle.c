@@ -24,7 +24,12 @@
 #include "convert/convert.h"
 #include "io/outdir.h"
 
+#ifdef __APPLE__
+#include <crt_externs.h>
+#define environ (*_NSGetEnviron()) /* a dynamic library on macOS cannot name `environ` itself */
+#else
 extern char **environ;
+#endif
 
 /* Full path of an executable found on PATH, or false. */
 static bool find_on_path(const char *exe, char *out, size_t size) {

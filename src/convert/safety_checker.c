@@ -14,8 +14,8 @@
 static const char *const INPUT_DOCS[] = {
     "The normalized image input tensor resized to (224x224) in channels-first (BCHW) format",
     "Output of the vae_decoder in channels-last (BHWC) format",
-    "Bias added to the concept scores to trade off increased recall for reduce precision in the safety checker "
-    "classifier",
+    ("Bias added to the concept scores to trade off increased recall for reduce precision in the safety checker "
+     "classifier"),
 };
 static const char *const OUTPUT_DOCS[] = {
     "Identical to the input `images`. If safety checker detected any sensitive content, the corresponding image is "

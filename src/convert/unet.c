@@ -4,8 +4,8 @@
 static const char *const UNET_INPUT_DOCS[] = {
     "The low resolution latent feature maps being denoised through reverse diffusion",
     "A value emitted by the associated scheduler object to condition the model on a given noise schedule",
-    "Output embeddings from the associated text_encoder model to condition the generated image on text. "
-    "A maximum of 77 tokens (~40 words) are allowed. Longer text is truncated.",
+    ("Output embeddings from the associated text_encoder model to condition the generated image on text. "
+     "A maximum of 77 tokens (~40 words) are allowed. Longer text is truncated."),
     "Additional time ids (original size, crop offsets, target size or aesthetic score) for SDXL",
     "Additional pooled text embeddings from text_encoder_2 for SDXL",
 };

@@ -1,8 +1,8 @@
 /*
  * gemm.c — single-precision matrix product for conv, matmul, linear and einsum.
  *
- * With OpenBLAS (SDC_HAVE_OPENBLAS, found by CMake) sdc_igemm calls cblas_sgemm, which threads
- * itself. Otherwise, and always for sdc_igemm_fallback, a cache-blocked kernel: C is cut into
+ * With a CBLAS (SDC_HAVE_OPENBLAS or SDC_HAVE_ACCELERATE, chosen by CMake's SDCOREML_BLAS)
+ * sdc_igemm calls cblas_sgemm. Otherwise, and always for sdc_igemm_fallback, a cache-blocked kernel: C is cut into
  * tiles handed to the pool's threads; each tile walks K in blocks, packs its A rows and B
  * columns into contiguous panels and runs a 6×16 register-blocked micro-kernel (portable C,
  * and AVX2+FMA intrinsics picked at run time on x86-64).
@@ -11,8 +11,21 @@
 
 #include <limits.h>
 
-#ifdef SDC_HAVE_OPENBLAS
+#if defined(SDC_HAVE_OPENBLAS)
 #include <cblas.h>
+#define SDC_HAVE_CBLAS 1
+#elif defined(SDC_HAVE_ACCELERATE)
+#if __has_include(<Accelerate/Accelerate.h>)
+#include <Accelerate/Accelerate.h>
+#else
+/* The CBLAS interface Accelerate exports, for compiling without Apple's SDK (the macOS build
+   check on Linux has no framework headers). The values are the CBLAS standard's. */
+enum CBLAS_ORDER { CblasRowMajor = 101, CblasColMajor = 102 };
+enum CBLAS_TRANSPOSE { CblasNoTrans = 111, CblasTrans = 112, CblasConjTrans = 113 };
+void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+#endif
+#define SDC_HAVE_CBLAS 1
 #endif
 
 enum { MR = 6, NR = 16, KC = 256, MT = 72, NT = 256 }; /* MT a multiple of MR, NT of NR */
@@ -114,14 +127,6 @@ __attribute__((target("avx2,fma"))) static void micro_avx2(int64_t kk, const flo
     }
 }
 
-static bool use_avx2(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return cached;
-}
 #endif
 
 static void gemm_tiles(void *ctx, size_t t0, size_t t1) {
@@ -130,7 +135,7 @@ static void gemm_tiles(void *ctx, size_t t0, size_t t1) {
     float *pb = sdc_malloc(sizeof(float) * NT * KC);
     void (*micro)(int64_t, const float *restrict, const float *restrict, float *restrict, int64_t, int, int) = micro_generic;
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (use_avx2()) micro = micro_avx2;
+    if (sdc_cpu_avx2()) micro = micro_avx2;
 #endif
     for (size_t t = t0; t < t1; t++) {
         int64_t i0 = (int64_t)(t / (size_t)g->tiles_n) * MT, j0 = (int64_t)(t % (size_t)g->tiles_n) * NT;
@@ -179,7 +184,7 @@ void sdc_igemm_fallback(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_
 /* One product on the calling thread. */
 static void sgemm_1t(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
                      int64_t ldb, float beta, float *C, int64_t ldc) {
-#ifdef SDC_HAVE_OPENBLAS
+#ifdef SDC_HAVE_CBLAS
     if (M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX) {
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, 1.0f,
                     A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
@@ -225,7 +230,7 @@ void sdc_igemm(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, cons
     }
     int T = sdc_ipool_size(p);
     double flops = 2.0 * (double)M * (double)N * (double)K;
-#ifndef SDC_HAVE_OPENBLAS
+#ifndef SDC_HAVE_CBLAS
     if (flops >= 262144.0 && T > 1) { /* the blocked kernel threads itself over tiles */
         sdc_igemm_fallback(p, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
         return;
@@ -244,13 +249,16 @@ void sdc_igemm(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, cons
 }
 
 const char *sdc_igemm_backend(void) {
-#ifdef SDC_HAVE_OPENBLAS
+#if defined(SDC_HAVE_OPENBLAS)
     return "openblas";
+#elif defined(SDC_HAVE_ACCELERATE)
+    return "accelerate";
 #else
     return "builtin";
 #endif
 }
 
+/* Accelerate has no per-process thread setting to make here: its BLAS sizes its own threads. */
 void sdc_igemm_set_threads(int n) {
 #ifdef SDC_HAVE_OPENBLAS
     if (n > 0) openblas_set_num_threads(n);

@@ -137,7 +137,11 @@ void sdc_igemm(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, cons
 /* The portable cache-blocked kernel (always built, tested against a naive product). */
 void sdc_igemm_fallback(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
-const char *sdc_igemm_backend(void); /* "openblas" or "builtin" */
+const char *sdc_igemm_backend(void); /* "openblas", "accelerate" or "builtin" */
+
+#if defined(__x86_64__) && defined(__GNUC__)
+bool sdc_cpu_avx2(void); /* AVX2 + FMA (and so F16C) on this processor, asked once */
+#endif
 
 /* Rounds every value to the nearest fp16 (RNE; overflow to ±Inf), in place. */
 void sdc_round_f16(ipool *p, float *x, size_t n);

@@ -152,11 +152,14 @@ __attribute__((target("avx,f16c"))) static void f16_expand_f16c(const uint8_t *s
     for (; i < n; i++) dst[i] = sdc_f16_to_f32((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
 }
 
-static int have_f16c(void) {
+/* AVX2 and FMA, asked once. Every x86-64 processor with AVX2 also has F16C (Intel from Haswell,
+   AMD from Excavator), which clang cannot ask __builtin_cpu_supports about: the F16C paths
+   below take AVX2 as their test. */
+bool sdc_cpu_avx2(void) {
     static int cached = -1;
     if (cached < 0) {
         __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
     return cached;
 }
@@ -165,7 +168,7 @@ static int have_f16c(void) {
 SDC_VECTORISE static void round_f16_chunk(void *ctx, size_t b, size_t e) {
     float *x = ctx;
 #ifdef SDC_X86
-    if (have_f16c()) {
+    if (sdc_cpu_avx2()) {
         round_f16_f16c(x + b, e - b);
         return;
     }
@@ -186,7 +189,7 @@ typedef struct {
 static void expand_chunk(void *ctx, size_t b, size_t e) {
     expand_ctx *c = ctx;
 #ifdef SDC_X86
-    if (have_f16c()) {
+    if (sdc_cpu_avx2()) {
         f16_expand_f16c(c->src + 2 * b, c->dst + b, e - b);
         return;
     }
@@ -343,12 +346,7 @@ SDC_VEC_OPT __attribute__((target("avx2,fma"))) static void vexp_avx2(const floa
 
 void sdc_vec_exp(const float *x, float *y, size_t n) {
 #ifdef SDC_X86
-    static int avx2 = -1;
-    if (avx2 < 0) {
-        __builtin_cpu_init();
-        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    if (avx2) {
+    if (sdc_cpu_avx2()) {
         vexp_avx2(x, y, n);
         return;
     }

@@ -28,6 +28,14 @@ static sdc_status mappable_size(int fd, const char *path, size_t min_size, const
     return SDC_OK;
 }
 
+/* Linux can fault a whole mapping in at mmap time (a weight file read once, start to end);
+   elsewhere (macOS) the pages come in on first touch, which is only slower. */
+#ifdef MAP_POPULATE
+#define PREFAULT MAP_POPULATE
+#else
+#define PREFAULT 0
+#endif
+
 sdc_status sdc_map_file(const char *path, size_t min_size, const char *header, bool populate, sdc_mapped_file *out,
                         sdc_err *err) {
     memset(out, 0, sizeof *out);
@@ -36,7 +44,7 @@ sdc_status sdc_map_file(const char *path, size_t min_size, const char *header, b
     size_t size = 0;
     sdc_status st = mappable_size(fd, path, min_size, header, &size, err);
     if (!st && size) { /* mmap refuses a zero length; an empty file maps to nothing */
-        void *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE | (populate ? MAP_POPULATE : 0), fd, 0);
+        void *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE | (populate ? PREFAULT : 0), fd, 0);
         if (m == MAP_FAILED) {
             st = sdc_fail(err, SDC_E_IO, "%s: cannot mmap: %s", path, strerror(errno));
         } else {

@@ -12,10 +12,19 @@
    controlnet/X.mlmodelc/...); deeper is not ours. */
 #define MAX_DEPTH 16
 
+/* On macOS fsync only reaches the drive's cache; F_FULLFSYNC asks the drive to write it out
+   (and fails on file systems that cannot, where fsync is what there is). */
+static int sync_to_disk(int fd) {
+#ifdef F_FULLFSYNC
+    if (fcntl(fd, F_FULLFSYNC) == 0) return 0;
+#endif
+    return fsync(fd);
+}
+
 sdc_status sdc_outdir_fsync(const char *path, sdc_err *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return sdc_fail(err, SDC_E_IO, "%s: cannot open to sync: %s", path, strerror(errno));
-    int rc = fsync(fd), e = errno;
+    int rc = sync_to_disk(fd), e = errno;
     close(fd);
     /* some file systems cannot sync a directory (EINVAL): nothing more can be done there */
     if (rc != 0 && e != EINVAL) return sdc_fail(err, SDC_E_IO, "%s: fsync failed: %s", path, strerror(e));
