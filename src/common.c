@@ -1,12 +1,20 @@
 /* common.c — errors, allocation and dtype tables shared by the whole library. */
 #include "common.h"
 
+/* Messages quote names and text from untrusted files (a .npy dict key, a protobuf string, a
+   manifest path); blanking control characters keeps every message on one line. */
+static void blank_controls(char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = ' ';
+}
+
 sdc_status sdc_fail(sdc_err *e, sdc_status code, const char *fmt, ...) {
     if (e && e->code == SDC_OK) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(e->msg, sizeof e->msg, fmt, ap);
         va_end(ap);
+        blank_controls(e->msg);
         e->code = code;
     }
     return code;
@@ -21,6 +29,7 @@ void sdc_err_prefix(sdc_err *e, const char *fmt, ...) {
     va_end(ap);
     memcpy(old, e->msg, sizeof old);
     snprintf(e->msg, sizeof e->msg, "%s%s", prefix, old);
+    blank_controls(e->msg);
 }
 
 _Noreturn void sdc_assert_fail(const char *file, int line, const char *expr) {
