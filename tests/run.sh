@@ -5,7 +5,8 @@
 #   2. creates or reuses the Python test venv (Debian's python3 + its CPU torch, plus the exact
 #      pins of tests/requirements.txt);
 #   3. builds with CMake;
-#   4. runs the C unit tests (ctest);
+#   4. runs the C unit tests (ctest), then under ASan+UBSan, then a short libFuzzer smoke of
+#      every harness of tests/fuzz (bench/fuzz.sh; clang, ASan+UBSan; any crash fails the run);
 #   5. runs the Python oracle tests (pytest tests/python).
 #
 # Environment:
@@ -14,6 +15,8 @@
 #   BUILD_DIR        CMake build directory (default build)
 #   PYTEST_ARGS      extra arguments for pytest
 #   SDCOREML_SKIP_SANITIZE=1  skip the AddressSanitizer/UBSan build of the C unit tests
+#   SDCOREML_SKIP_FUZZ=1      skip the fuzz smoke (and installing clang for it)
+#   SDCOREML_FUZZ_SECONDS     seconds per fuzz harness in the smoke (default 10)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,6 +32,8 @@ case "$BUILD_DIR" in /*) ;; *) BUILD_DIR="$ROOT/$BUILD_DIR" ;; esac
 # ---- 1. system packages ------------------------------------------------------------------------
 BUILD_PKGS=(cmake gcc pkg-config libjansson-dev libprotobuf-c-dev protobuf-c-compiler libopenblas-dev)
 TEST_PKGS=(python3-torch python3-venv python3-numpy)
+# clang and its libFuzzer runtime for the fuzz smoke (Debian 12's clang is clang 14)
+if [[ "${SDCOREML_SKIP_FUZZ:-0}" != 1 ]]; then TEST_PKGS+=(clang libclang-rt-14-dev); fi
 missing=()
 for p in "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; do
     if ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then missing+=("$p"); fi
@@ -88,6 +93,10 @@ if [[ "${SDCOREML_SKIP_SANITIZE:-0}" != 1 ]]; then
     cmake -B "${BUILD_DIR}-asan" -S . -DSDCOREML_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
     cmake --build "${BUILD_DIR}-asan" -j2
     ASAN_OPTIONS=detect_leaks=1 ctest --test-dir "${BUILD_DIR}-asan" --output-on-failure
+fi
+if [[ "${SDCOREML_SKIP_FUZZ:-0}" != 1 ]]; then
+    say "fuzz smoke: every harness of tests/fuzz for ${SDCOREML_FUZZ_SECONDS:-10}s (${BUILD_DIR}-fuzz)"
+    FUZZ_BUILD_DIR="${BUILD_DIR}-fuzz" bash bench/fuzz.sh "${SDCOREML_FUZZ_SECONDS:-10}"
 fi
 
 # ---- 5. Python oracle tests --------------------------------------------------------------------
