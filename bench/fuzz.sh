@@ -6,7 +6,8 @@
 # converted from examples/tiny-sd, the committed crash reproducers of tests/fuzz/regressions),
 # runs each harness for SECONDS_PER_HARNESS, one after the other, and prints per harness the
 # execs/s, total execs and crashes (any libFuzzer artifact: crash, leak, timeout, out of
-# memory). Exits 1 when any harness crashed; the reproducers are kept under
+# memory), with tests/fuzz/<harness>.dict as its dictionary when there is one. Exits 1 when any
+# harness crashed; the reproducers are kept under
 # $FUZZ_BUILD_DIR/fuzz-artifacts/<harness>/ (minimise one with the harness and
 # -minimize_crash=1, then commit it under tests/fuzz/regressions/<harness>/ with the fix).
 #
@@ -78,10 +79,12 @@ for h in "${HARNESSES[@]}"; do
     rm -rf "${ART:?}/$h"
     mkdir -p "$ART/$h"
     log="$WORK/$h.log"
+    dict=()
+    [[ -f "tests/fuzz/$h.dict" ]] && dict=(-dict="tests/fuzz/$h.dict")
     rc=0
     # -timeout: one input taking 25 s is a finding; -rss_limit_mb: so is a 2 GB allocation.
     "$BUILD/tests/fuzz/fuzz_$h" "$WORK/corpus/$h" -max_total_time="$SECONDS_PER_HARNESS" -print_final_stats=1 \
-        -timeout=25 -rss_limit_mb=2048 -artifact_prefix="$ART/$h/" >"$log" 2>&1 || rc=$?
+        -timeout=25 -rss_limit_mb=2048 -artifact_prefix="$ART/$h/" "${dict[@]}" >"$log" 2>&1 || rc=$?
     n_art=$(find "$ART/$h" -type f | wc -l)
     if ((rc != 0 && n_art == 0)); then n_art=1; fi # died without an artifact: still a failure
     EXECS[$h]=$(stat_of number_of_executed_units "$log")
