@@ -10,6 +10,8 @@
 # harness crashed; the reproducers are kept under
 # $FUZZ_BUILD_DIR/fuzz-artifacts/<harness>/ (minimise one with the harness and
 # -minimize_crash=1, then commit it under tests/fuzz/regressions/<harness>/ with the fix).
+# Replay one: build-fuzz/tests/fuzz/fuzz_<harness> FILE (the package_model and package_weights
+# harnesses also need SDC_FUZZ_PACKAGE=<dir>/base.mlpackage from tests/fuzz/make_corpus.py <dir>).
 #
 # Environment:
 #   FUZZ_BUILD_DIR   CMake build directory of the harnesses (default build-fuzz)
