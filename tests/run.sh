@@ -4,10 +4,11 @@
 #   1. as root, apt-get installs the build and test packages that are missing (Debian);
 #   2. creates or reuses the Python test venv (Debian's python3 + its CPU torch, plus the exact
 #      pins of tests/requirements.txt);
-#   3. builds with CMake (gcc, warnings as errors), and again with clang;
-#   4. runs the C unit tests (ctest), plain, with clang, and under ASan+UBSan;
-#   5. compiles every source for aarch64-macos and x86_64-macos with zig and links the CLI
-#      (tests/macos_build.sh);
+#   3. builds with CMake (gcc, warnings as errors);
+#   4. runs the C unit tests (ctest), then under ASan+UBSan, then a short libFuzzer smoke of
+#      every harness of tests/fuzz (bench/fuzz.sh; clang, ASan+UBSan; any crash fails the run);
+#   5. builds again with clang (warnings as errors) and runs its ctest; compiles every source
+#      for aarch64-macos and x86_64-macos with zig and links the CLI (tests/macos_build.sh);
 #   6. runs the Python oracle tests (pytest tests/python).
 #
 # Environment:
@@ -16,6 +17,8 @@
 #   BUILD_DIR        CMake build directory (default build)
 #   PYTEST_ARGS      extra arguments for pytest
 #   SDCOREML_SKIP_SANITIZE=1  skip the AddressSanitizer/UBSan build of the C unit tests
+#   SDCOREML_SKIP_FUZZ=1      skip the fuzz smoke (and installing its libFuzzer runtime)
+#   SDCOREML_FUZZ_SECONDS     seconds per fuzz harness in the smoke (default 10)
 #   SDCOREML_SKIP_PORTABILITY=1  skip the clang build and the macOS build check
 set -euo pipefail
 
@@ -33,6 +36,9 @@ case "$BUILD_DIR" in /*) ;; *) BUILD_DIR="$ROOT/$BUILD_DIR" ;; esac
 BUILD_PKGS=(cmake gcc pkg-config libjansson-dev libprotobuf-c-dev protobuf-c-compiler libopenblas-dev)
 PORTABILITY_PKGS=(clang file)
 TEST_PKGS=(python3-torch python3-venv python3-numpy)
+# clang's libFuzzer runtime for the fuzz smoke (Debian 12's clang is clang 14; clang itself is
+# in PORTABILITY_PKGS)
+if [[ "${SDCOREML_SKIP_FUZZ:-0}" != 1 ]]; then TEST_PKGS+=(libclang-rt-14-dev); fi
 missing=()
 for p in "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${PORTABILITY_PKGS[@]}"; do
     if ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then missing+=("$p"); fi
@@ -92,6 +98,10 @@ if [[ "${SDCOREML_SKIP_SANITIZE:-0}" != 1 ]]; then
     cmake -B "${BUILD_DIR}-asan" -S . -DSDCOREML_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
     cmake --build "${BUILD_DIR}-asan" -j2
     ASAN_OPTIONS=detect_leaks=1 ctest --test-dir "${BUILD_DIR}-asan" --output-on-failure
+fi
+if [[ "${SDCOREML_SKIP_FUZZ:-0}" != 1 ]]; then
+    say "fuzz smoke: every harness of tests/fuzz for ${SDCOREML_FUZZ_SECONDS:-10}s (${BUILD_DIR}-fuzz)"
+    FUZZ_BUILD_DIR="${BUILD_DIR}-fuzz" bash bench/fuzz.sh "${SDCOREML_FUZZ_SECONDS:-10}"
 fi
 
 # ---- 5. portability: clang on Linux, and the macOS build check -------------------------------------
