@@ -545,7 +545,7 @@ sdc_status sdc_hub_fetch(const char *spec, const sdc_hub_want *want, const sdc_h
         s = sdc_fail(err, SDC_E_NOTFOUND, "model '%s' is not complete in the cache and HF_HUB_OFFLINE is set: unset it "
                      "to download", spec);
     if (!s) {
-        note(&f, SDC_LOG_NOTICE, "%s: downloading from %s (revision %s)", f.id.repo, f.endpoint, f.id.revision);
+        note(&f, SDC_LOG_INFO, "%s: downloading from %s (revision %s)", f.id.repo, f.endpoint, f.id.revision);
         s = fetch_listing(&f);
     }
     if (!s) s = make_plan(&f, want);
