@@ -539,11 +539,11 @@ sdc_status sdc_hub_fetch(const char *spec, const sdc_hub_want *want, const sdc_h
     fetcher f = {.cb = cb, .err = err};
     sdc_status s = open_fetcher(&f, spec);
     if (!s && !sdc_hub_can_download())
-        s = sdc_fail(err, SDC_E_UNSUPPORTED, "model '%s' is not in the cache, and this sdcoreml was built without "
-                     "libcurl, so it cannot download it", spec);
+        s = sdc_fail(err, SDC_E_UNSUPPORTED, "cannot download model '%s': this sdcoreml was built without libcurl "
+                     "(rebuild with libcurl4-openssl-dev)", spec);
     if (!s && sdc_hub_offline())
-        s = sdc_fail(err, SDC_E_NOTFOUND, "model '%s' is not complete in the cache and HF_HUB_OFFLINE is set: unset it "
-                     "to download", spec);
+        s = sdc_fail(err, SDC_E_NOTFOUND, "cannot download model '%s': HF_HUB_OFFLINE is set (unset it to download)",
+                     spec);
     if (!s) {
         note(&f, SDC_LOG_INFO, "%s: downloading from %s (revision %s)", f.id.repo, f.endpoint, f.id.revision);
         s = fetch_listing(&f);
