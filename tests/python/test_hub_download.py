@@ -212,9 +212,9 @@ def test_generated_pipelines(sdcoreml, pipelines, tmp_path, kind):
             assert "unet/config.json" in snapshot_files(tmp_path / "hf", "testorg/refiner")
 
 
-def test_controlnet_and_custom_vae_ids(sdcoreml, hub, tmp_path):
-    """A ControlNet repository keeps config.json and weights at its root, and names its base
-    model in README.md; a custom VAE repository may too."""
+def test_custom_vae_id(sdcoreml, hub, tmp_path):
+    """A VAE repository may keep config.json and its weights at its root (as ControlNet
+    repositories do): those weights, never the pickle beside them nor the pipeline's own VAE."""
     vae = {"config.json": (EXAMPLE_SD1 / "vae/config.json").read_bytes(),
            "diffusion_pytorch_model.safetensors": (EXAMPLE_SD1 / "vae/diffusion_pytorch_model.safetensors").read_bytes(),
            "diffusion_pytorch_model.bin": b"never fetched"}
@@ -256,6 +256,17 @@ def test_interrupted_run_resumes_next_run(sdcoreml, hub, tmp_path):
     assert f"resuming {UNET} at byte 1000 of {len(data)} (Range request)" in r.stderr
     print("\n".join(ln for ln in r.stderr.splitlines() if "resuming" in ln))
     assert (blobs / digest).read_bytes() == data and not (blobs / f"{digest}.incomplete").exists()
+
+
+def test_server_ignoring_range_restarts_the_file(sdcoreml, hub, tmp_path):
+    """A server that answers a Range request with 200 sends the whole file: it replaces the part."""
+    hub.no_range = True
+    hub.drop[UNET] = (5000, 1)
+    r = convert(sdcoreml, hub, tmp_path, "--convert-unet")
+    check_ok(r)
+    assert [q["range"] for q in hub.fetched("cdn") if UNET in q["path"]] == [None, "bytes=5000-"]
+    blob = repo_dir(tmp_path / "hf") / "snapshots" / hub.repos[REPO].sha / UNET
+    assert blob.read_bytes() == (EXAMPLE_SD1 / UNET).read_bytes()
 
 
 def test_retries_exhausted_on_dropped_connections(sdcoreml, hub, tmp_path):
