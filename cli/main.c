@@ -19,6 +19,7 @@
 #include "sdcoreml.h"
 
 #include "options.h"
+#include "progress.h"
 
 /* ---------------------------------------------------------------- convert's options */
 
@@ -70,7 +71,8 @@ static const sdc_cli_option CONVERT_OPTIONS[] = {
          "convert the safety checker (skipped with a warning if the pipeline has none)"),
     {.name = "--convert-controlnet", .store = SDC_CLI_LIST, .offset = ARG(controlnets), .metavar = "ID",
      .help = "convert these ControlNets (SD 1.x/2.x) to ControlNet_<ID>.mlpackage"},
-    STRING("--model-version", job.model_version, "ID", "diffusers folder, or Hub id org/name in the local HF cache (required)"),
+    STRING("--model-version", job.model_version, "ID",
+           "diffusers folder, or Hub id org/name[@rev] (downloaded into the HF cache if missing) (required)"),
     STRING("--refiner-version", job.refiner_version, "ID", "SDXL refiner, converted with --convert-unet as <model>_refiner"),
     STRING("--custom-vae-version", job.custom_vae_version, "ID",
            "replacement VAE: folder or Hub id (vae/ or config.json at its root)"),
@@ -97,9 +99,9 @@ static const sdc_cli_option CONVERT_OPTIONS[] = {
     FLAG("--bundle-resources-for-swift-cli", job.bundle_resources_for_swift_cli,
          "write Resources/ for the Swift CLI (compiles with xcrun coremlcompiler: macOS)"),
     STRING("--text-encoder-vocabulary-url", job.text_encoder_vocabulary_url, "URL",
-           "local vocab.json for Resources/ [the model's tokenizer/]"),
+           "vocab.json for Resources/: a file or an http(s) URL [the model's tokenizer/]"),
     STRING("--text-encoder-merges-url", job.text_encoder_merges_url, "URL",
-           "local merges.txt for Resources/ [the model's tokenizer/]"),
+           "merges.txt for Resources/: a file or an http(s) URL [the model's tokenizer/]"),
     STRING("--text-encoder-t5-url", job.text_encoder_t5_url, "URL", "SD3 T5 encoder for Resources/"),
     STRING("--text-encoder-t5-config-url", job.text_encoder_t5_config_url, "URL", "SD3 T5 tokenizer config"),
     STRING("--text-encoder-t5-data-url", job.text_encoder_t5_data_url, "URL", "SD3 T5 tokenizer data"),
@@ -130,13 +132,16 @@ static const sdc_cli_command CONVERT = {
         "  sdcoreml --model-version ID [--convert-text-encoder ...] [-o DIR] [options]\n"
         "  sdcoreml inspect PACKAGE.mlpackage [--json]\n"
         "  sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy ... -o DIR [--json]\n"
-        "  sdcoreml [inspect | run] -h | --help\n\n"
+        "  sdcoreml download ID [--revision REV] [--include-weights-for COMPONENTS]\n"
+        "  sdcoreml [inspect | run | download] -h | --help\n\n"
         "Options:\n",
     .help_tail =
         "\nOutputs: <DIR>/Stable_Diffusion_version_<ID with / as _>_<component>.mlpackage; an existing\n"
         "package is kept and skipped. Packages are built in a hidden temporary directory and renamed\n"
         "into place when complete.\n\n"
-        "Environment: HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME locate the Hugging Face cache for Hub ids.\n\n"
+        "Environment: HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME locate the Hugging Face cache for Hub ids;\n"
+        "a Hub id missing from it is downloaded from HF_ENDPOINT [https://huggingface.co] with the token\n"
+        "HF_TOKEN (else $HF_HOME/token), unless HF_HUB_OFFLINE=1.\n\n"
         "Examples:\n"
         "  sdcoreml --convert-text-encoder --model-version examples/tiny-sd -o out\n"
         "  sdcoreml --convert-text-encoder --xl-version --model-version stabilityai/stable-diffusion-xl-base-1.0 -o out\n"
@@ -163,45 +168,6 @@ static void finish_job(convert_args *a) {
         j->controlnet = a->controlnets.items;
         j->n_controlnet = a->controlnets.n;
     }
-}
-
-/* ---------------------------------------------------------------- progress and logs */
-
-typedef struct ui {
-    bool quiet, tty;
-    double last;
-    bool line_open;
-} ui;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void end_progress_line(ui *u) {
-    if (u->line_open) fputs("\r\033[K", stderr);
-    u->line_open = false;
-}
-
-static void on_log(void *user, sdc_log_level level, const char *line) {
-    ui *u = user;
-    if (u->quiet && level == SDC_LOG_INFO) return;
-    end_progress_line(u);
-    fprintf(stderr, "sdcoreml: %s%s\n", level == SDC_LOG_WARNING ? "warning: " : "", line);
-}
-
-/* A progress line on terminals only, redrawn at most 10 times a second. */
-static void on_progress(void *user, const char *what, uint64_t done, uint64_t total) {
-    ui *u = user;
-    if (u->quiet || !u->tty) return;
-    double t = now();
-    if (done < total && t - u->last < 0.1) return;
-    u->last = t;
-    fprintf(stderr, "\r\033[Ksdcoreml: %s: writing weights %3.0f%% (%.1f / %.1f MB)", what,
-            total ? 100.0 * (double)done / (double)total : 100.0, (double)done / 1e6, (double)total / 1e6);
-    u->line_open = true;
-    if (done >= total) end_progress_line(u);
 }
 
 /* ---------------------------------------------------------------- inspect */
@@ -294,11 +260,13 @@ static void on_signal(int sig) {
     raise(sig);
 }
 
-int sdc_cli_run(int argc, char **argv); /* cli/run.c */
+int sdc_cli_run(int argc, char **argv);      /* cli/run.c */
+int sdc_cli_download(int argc, char **argv); /* cli/download.c */
 
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "inspect")) return cmd_inspect(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "run")) return sdc_cli_run(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "download")) return sdc_cli_download(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "help")) {
         sdc_cli_print_help(&CONVERT, stdout);
         return 0;
@@ -316,13 +284,14 @@ int main(int argc, char **argv) {
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGHUP, on_signal);
-    ui u = {.quiet = a.quiet, .tty = isatty(2) != 0};
-    a.job.log = on_log;
-    a.job.progress = on_progress;
+    sdc_cli_ui u;
+    sdc_cli_ui_init(&u, a.quiet);
+    a.job.log = sdc_cli_on_log;
+    a.job.progress = sdc_cli_on_progress;
     a.job.user = &u;
     char err[1024];
     sdc_status s = sdc_convert(&a.job, err, sizeof err);
-    end_progress_line(&u);
+    sdc_cli_end_progress(&u);
     if (s == SDC_OK) return 0;
     fprintf(stderr, "sdcoreml: error: %s\n", err);
     return s == SDC_E_ARG ? SDC_CLI_EXIT_USAGE : 1;

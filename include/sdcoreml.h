@@ -61,7 +61,9 @@ typedef enum sdc_log_level { SDC_LOG_INFO = 0, SDC_LOG_NOTICE = 1, SDC_LOG_WARNI
 
 /* Called with one line of text, without a trailing newline. */
 typedef void (*sdc_log_fn)(void *user, sdc_log_level level, const char *line);
-/* Progress of one long task: `done` of `total` units (bytes) of the task named `what`. */
+/* Progress of one long task: `done` of `total` units (bytes) of the task named `what`. A
+   download from the Hub reports as what = "download <org/name>/<file>" (done counts bytes
+   already in a resumed file too). */
 typedef void (*sdc_progress_fn)(void *user, const char *what, uint64_t done, uint64_t total);
 
 /*
@@ -69,7 +71,11 @@ typedef void (*sdc_progress_fn)(void *user, const char *what, uint64_t done, uin
  * sdc_job_init() and change what you need. Strings are borrowed for the duration of the call.
  */
 typedef struct sdc_job {
-    const char *model_version;      /* --model-version: diffusers folder or Hub id (required) */
+    /* --model-version: diffusers folder or Hub id "org/name[@revision]" (required). A Hub id
+       (here and in refiner_version, custom_vae_version, controlnet) that is not complete in the
+       Hugging Face cache is downloaded into it first, only the files the job reads, unless
+       HF_HUB_OFFLINE is set (see sdc_download). */
+    const char *model_version;
     const char *output_dir;         /* -o (default ".") */
     const char *refiner_version;    /* --refiner-version */
     const char *custom_vae_version; /* --custom-vae-version */
@@ -101,7 +107,7 @@ typedef struct sdc_job {
     bool bundle_resources_for_swift_cli;
     bool xl_version;
     bool sd3_version;
-    const char *text_encoder_vocabulary_url;
+    const char *text_encoder_vocabulary_url; /* a local file, file:// or an http(s) URL (downloaded) */
     const char *text_encoder_merges_url;
     const char *text_encoder_t5_url;
     const char *text_encoder_t5_config_url;
@@ -120,6 +126,32 @@ void sdc_job_init(sdc_job *job);
 
 /* Runs every conversion the job asks for. On failure `err` holds one line (no newline). */
 sdc_status sdc_convert(const sdc_job *job, char *err, size_t err_size);
+
+/*
+ * Fills the Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)
+ * from the Hub (HF_ENDPOINT, default https://huggingface.co) as huggingface_hub does: blobs
+ * named by ETag, snapshots/<commit>/<path> as relative symlinks, refs/<revision>. Files are
+ * downloaded through blobs/<etag>.incomplete, resumed with Range requests after a lost
+ * connection (also in a later run), LFS files verified by SHA-256 before they are renamed into
+ * place. The token is HF_TOKEN, else the file HF_HOME/token. Needs libcurl at build time
+ * (else SDC_E_UNSUPPORTED); refused when HF_HUB_OFFLINE is set.
+ */
+typedef struct sdc_download_job {
+    const char *model;    /* Hub id "org/name" or "org/name@revision" */
+    const char *revision; /* NULL: the id's @revision, else "main" */
+    /* Component folders whose weights to fetch ("" is the repository root); every component's
+       config is always fetched. all_components: the weights of every folder with a config.json. */
+    const char *const *components;
+    int n_components;
+    bool all_components;
+    bool tokenizer_files; /* tokenizer/vocab.json and merges.txt (else tokenizer_2/'s) */
+    bool model_card;      /* README.md */
+    sdc_log_fn log;
+    sdc_progress_fn progress;
+    void *user;
+} sdc_download_job;
+
+sdc_status sdc_download(const sdc_download_job *job, char *err, size_t err_size);
 
 /*
  * Removes the package currently being written, if any. Async-signal-safe: a program's SIGINT /

@@ -58,6 +58,11 @@ sed -e 's/@json_inline@/inline/' -e 's/@json_have_long_long@/1/' -e 's/@json_hav
     "$JANSSON/jansson_config.h.in" > "$INC/jansson_config.h"
 cp "$JANSSON/jansson.h" "$INC/"
 cp "$PROTOBUFC/protobuf-c/protobuf-c.h" "$INC/protobuf-c/"
+# libcurl's public headers are portable (curl/system.h picks the types from the compiler's own
+# macros): the Hub downloader is compiled as on a Mac with curl; the link leaves it out (zig has
+# no macOS libcurl to link), where the CLI says downloads are not built in
+CURL_H=$(dirname "$(echo /usr/include/*/curl/curl.h /usr/include/curl/curl.h | tr ' ' '\n' | grep -v '\*' | head -1)")
+cp -r "$CURL_H" "$INC/curl"
 cat > "$INC/jansson_private_config.h" <<'EOF'
 #define HAVE_STDINT_H 1
 #define HAVE_UNISTD_H 1
@@ -94,13 +99,13 @@ compile_one() { # target, defines..., file
 n=0
 for target in "${TARGETS[@]}"; do
     for f in "${ours[@]}"; do
-        compile_one "$target" -DSDC_HAVE_ACCELERATE "$f"
+        compile_one "$target" -DSDC_HAVE_ACCELERATE -DSDC_HAVE_CURL "$f"
         n=$((n + 1))
     done
 done
 echo "macos_build.sh: ${#ours[@]} translation units compiled for ${TARGETS[*]} ($n compiles), no warning"
 
-# ---- 2. link the CLI: our objects (built-in kernels) + jansson + the protobuf-c runtime ---------
+# ---- 2. link the CLI: our objects (built-in kernels, no curl) + jansson + the protobuf-c runtime -
 for target in "${TARGETS[@]}"; do
     objs=()
     for f in $(find src cli -name '*.c' | sort) "$GEN/coreml.pb-c.c"; do

@@ -6,9 +6,10 @@
  * Compiling an .mlpackage to .mlmodelc is done by Apple's `xcrun coremlcompiler` (macOS with
  * Xcode); the format of .mlmodelc is not documented, so sdcoreml does not fake it. Without
  * xcrun on PATH the option is refused before any conversion starts. Unlike the anchor, the
- * tokenizer files come from the model's own tokenizer/ folder (no download); an explicit
- * --text-encoder-vocabulary-url / --text-encoder-merges-url may name a local file. Both are
- * checked before anything is converted. Resources/ is filled from a hidden staging folder,
+ * tokenizer files come from the model's own tokenizer/ folder by default; an explicit
+ * --text-encoder-vocabulary-url / --text-encoder-merges-url names a local file or an http(s)
+ * URL, downloaded (src/hub/) by the prepare step into a temporary file, so that a bad URL fails
+ * before anything is converted. Both are checked before anything is converted. Resources/ is filled from a hidden staging folder,
  * so a failing bundle leaves it as it was.
  */
 #include <ctype.h>
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "convert/convert.h"
+#include "hub/hub.h"
 #include "io/outdir.h"
 
 #ifdef __APPLE__
@@ -138,12 +140,26 @@ static sdc_status copy_file(const sdc_conv_ctx *c, const char *from, const char 
     return ok ? SDC_OK : sdc_fail(c->err, SDC_E_IO, "%s: cannot write (copying %s)", to, from);
 }
 
-/* Where vocab.json / merges.txt come from: an explicit local file (path or file://), else the
-   pipeline's own tokenizer (tokenizer/, or tokenizer_2/ for a refiner-only pipeline). */
+static bool is_http_url(const char *url) {
+    return url && (!strncmp(url, "http://", 7) || !strncmp(url, "https://", 8));
+}
+
+/* Where prepare puts a downloaded tokenizer file until the bundle step copies it: one per
+   process and file name, removed by sdc_conv_bundle_cleanup. */
+static bool downloaded_path(const char *file, char *out, size_t size) {
+    const char *tmp = getenv("TMPDIR");
+    return sdc_fmt(out, size, "%s/.sdcoreml-%ld-%s", tmp && *tmp ? tmp : "/tmp", (long)getpid(), file);
+}
+
+/* Where vocab.json / merges.txt come from: an explicit local file (path or file://) or the
+   download of an http(s) URL, else the pipeline's own tokenizer (tokenizer/, or tokenizer_2/
+   for a refiner-only pipeline). */
 static sdc_status tokenizer_source(const sdc_conv_ctx *c, const char *url, const char *file, char *from, size_t size) {
-    if (url && strncmp(url, "file://", 7) && strstr(url, "://"))
-        return sdc_fail(c->err, SDC_E_UNSUPPORTED, "%s: sdcoreml does not download; give a local file for %s", url, file);
-    if (url) {
+    if (url && strncmp(url, "file://", 7) && strstr(url, "://") && !is_http_url(url))
+        return sdc_fail(c->err, SDC_E_UNSUPPORTED, "%s: only http(s) URLs, file:// and local files are read for %s", url, file);
+    if (is_http_url(url)) {
+        if (!downloaded_path(file, from, size)) return sdc_fail(c->err, SDC_E_ARG, "TMPDIR: path too long");
+    } else if (url) {
         if (!sdc_fmt(from, size, "%s", strncmp(url, "file://", 7) ? url : url + 7))
             return sdc_fail(c->err, SDC_E_ARG, "%s: path too long", url);
     } else if (!sdc_pipeline_tokenizer_file(c->src, file, from, size)) {
@@ -152,6 +168,20 @@ static sdc_status tokenizer_source(const sdc_conv_ctx *c, const char *url, const
     }
     if (access(from, R_OK) != 0) return sdc_fail(c->err, SDC_E_IO, "%s: cannot read: %s", from, strerror(errno));
     return SDC_OK;
+}
+
+/* An http(s) tokenizer URL is downloaded once, before anything is converted. */
+static sdc_status download_tokenizer_file(const sdc_conv_ctx *c, const char *url, const char *file) {
+    char dest[4200];
+    if (!is_http_url(url)) return SDC_OK;
+    if (sdc_hub_offline())
+        return sdc_fail(c->err, SDC_E_NOTFOUND, "%s: HF_HUB_OFFLINE is set, so %s is not downloaded; unset it or give a local file",
+                        url, file);
+    if (!downloaded_path(file, dest, sizeof dest)) return sdc_fail(c->err, SDC_E_ARG, "TMPDIR: path too long");
+    sdc_hub_callbacks cb = {c->job->log, c->job->progress, c->job->user};
+    sdc_status s = sdc_hub_fetch_url(url, dest, &cb, c->err);
+    if (s) sdc_err_prefix(c->err, "--text-encoder-%s-url: ", strcmp(file, "vocab.json") ? "merges" : "vocabulary");
+    return s;
 }
 
 static const struct {
@@ -164,14 +194,21 @@ static const char *tokenizer_url(const sdc_job *job, size_t i) {
     return *(const char *const *)((const char *)job + TOKENIZER_FILES[i].url);
 }
 
-/* Before anything is converted: the tokenizer files exist and are readable (a URL is refused). */
+/* Before anything is converted: the tokenizer files are downloaded (URLs), exist and are readable. */
 sdc_status sdc_conv_bundle_prepare(const sdc_conv_ctx *c) {
     char from[4200];
     for (size_t i = 0; i < SDC_COUNT_OF(TOKENIZER_FILES); i++) {
-        sdc_status s = tokenizer_source(c, tokenizer_url(c->job, i), TOKENIZER_FILES[i].file, from, sizeof from);
+        sdc_status s = download_tokenizer_file(c, tokenizer_url(c->job, i), TOKENIZER_FILES[i].file);
+        if (!s) s = tokenizer_source(c, tokenizer_url(c->job, i), TOKENIZER_FILES[i].file, from, sizeof from);
         if (s) return s;
     }
     return SDC_OK;
+}
+
+void sdc_conv_bundle_cleanup(const sdc_conv_ctx *c) {
+    char path[4200];
+    for (size_t i = 0; i < SDC_COUNT_OF(TOKENIZER_FILES); i++)
+        if (is_http_url(tokenizer_url(c->job, i)) && downloaded_path(TOKENIZER_FILES[i].file, path, sizeof path)) unlink(path);
 }
 
 static sdc_status make_dir(const sdc_conv_ctx *c, const char *dir) {

@@ -56,6 +56,9 @@ struct sdc_conv_component {
     size_t requested;   /* offsetof(sdc_job, <bool>) of the flag */
     bool palettized;    /* --quantize-nbits applies (anchor §10.1: text encoders, UNets, ControlNets) */
     bool is_step;       /* runs on what the components wrote (the bundle), not a model component */
+    /* The pipeline's component folders whose weights the row reads: what fetch.c downloads
+       for a Hub id (configs are always fetched). */
+    const char *weights[2];
     /* Checks made before the model is opened (NULL: none): a refusal here converts nothing. */
     sdc_status (*preflight)(const sdc_conv_ctx *c);
     /* Checks made once the model is open, before any row converts (NULL: none). */
@@ -78,6 +81,13 @@ sdc_status sdc_conv_check_xl(const sdc_conv_ctx *c, const char *why, const char 
 /* The UNet-like reference for --check-output-correctness: float32 and ORIGINAL attention (the
    plain matmul form, no per-head split einsums). */
 void sdc_conv_unet_reference(sdc_unet_options *opt);
+
+/* ---------------------------------------------------------------- fetch.c */
+
+/* Before the model is opened: every Hub id of the job (--model-version, --refiner-version,
+   --custom-vae-version, --convert-controlnet) whose files the rows read is complete in the
+   cache, or is downloaded (unless HF_HUB_OFFLINE is set or sdcoreml has no libcurl). */
+sdc_status sdc_conv_fetch_models(const sdc_conv_ctx *c);
 
 /* ---------------------------------------------------------------- emit.c */
 
@@ -195,5 +205,7 @@ sdc_status sdc_conv_safety_checker(const sdc_conv_ctx *c);
 sdc_status sdc_conv_bundle_preflight(const sdc_conv_ctx *c);
 sdc_status sdc_conv_bundle_prepare(const sdc_conv_ctx *c);
 sdc_status sdc_conv_bundle(const sdc_conv_ctx *c);
+/* Removes the tokenizer files prepare downloaded (called once the job is over, failed or not). */
+void sdc_conv_bundle_cleanup(const sdc_conv_ctx *c);
 
 #endif

@@ -1,7 +1,8 @@
 /*
- * driver.c — sdc_convert(): validates a job once, opens the model, and runs each requested
- * row of the component table in the anchor's order (VAE decoder, VAE encoder, ControlNets,
- * UNet (and refiner), text encoders, safety checker), then the bundle step.
+ * driver.c — sdc_convert(): validates a job once, downloads missing Hub ids (fetch.c), opens
+ * the model, and runs each requested row of the component table in the anchor's order (VAE
+ * decoder, VAE encoder, ControlNets, UNet (and refiner), text encoders, safety checker), then
+ * the bundle step.
  */
 #include "convert/convert.h"
 
@@ -16,14 +17,14 @@
 
 /* The component table, in the anchor's conversion order. */
 static const sdc_conv_component COMPONENTS[] = {
-    {"vae_decoder", "--convert-vae-decoder", JOB_FLAG(convert_vae_decoder), .convert = sdc_conv_vae_decoder,
+    {"vae_decoder", "--convert-vae-decoder", JOB_FLAG(convert_vae_decoder), .convert = sdc_conv_vae_decoder, .weights = {"vae"},
      .resources = {{"vae_decoder", "VAEDecoder"}}},
-    {"vae_encoder", "--convert-vae-encoder", JOB_FLAG(convert_vae_encoder), .convert = sdc_conv_vae_encoder,
+    {"vae_encoder", "--convert-vae-encoder", JOB_FLAG(convert_vae_encoder), .convert = sdc_conv_vae_encoder, .weights = {"vae"},
      .resources = {{"vae_encoder", "VAEEncoder"}}},
     /* ControlNets are bundled under Resources/controlnet/ by id (bundle.c) */
     {"controlnet", "--convert-controlnet", JOB_FLAG(convert_controlnet), .palettized = true,
      .preflight = sdc_conv_controlnets_preflight, .convert = sdc_conv_controlnets},
-    {"unet", "--convert-unet", JOB_FLAG(convert_unet), .palettized = true, .convert = sdc_conv_unet,
+    {"unet", "--convert-unet", JOB_FLAG(convert_unet), .palettized = true, .convert = sdc_conv_unet, .weights = {"unet"},
      .resources = {{"unet", "Unet"},
                    {"unet_chunk1", "UnetChunk1"},
                    {"unet_chunk2", "UnetChunk2"},
@@ -34,10 +35,10 @@ static const sdc_conv_component COMPONENTS[] = {
                    {"control-unet_chunk1", "ControlledUnetChunk1"},
                    {"control-unet_chunk2", "ControlledUnetChunk2"}}},
     {"text_encoder", "--convert-text-encoder", JOB_FLAG(convert_text_encoder), .palettized = true,
-     .convert = sdc_conv_text_encoders,
+     .convert = sdc_conv_text_encoders, .weights = {"text_encoder", "text_encoder_2"},
      .resources = {{"text_encoder", "TextEncoder"}, {"text_encoder_2", "TextEncoder2"}}},
     {"safety_checker", "--convert-safety-checker", JOB_FLAG(convert_safety_checker),
-     .convert = sdc_conv_safety_checker, .resources = {{"safety_checker", "SafetyChecker"}}},
+     .convert = sdc_conv_safety_checker, .weights = {"safety_checker", "vae"}, .resources = {{"safety_checker", "SafetyChecker"}}},
     {"mmdit", "--convert-mmdit", JOB_FLAG(convert_mmdit), .convert = NULL}, /* SD3: not supported yet */
     {"bundle", "--bundle-resources-for-swift-cli", JOB_FLAG(bundle_resources_for_swift_cli), .is_step = true,
      .preflight = sdc_conv_bundle_preflight, .prepare = sdc_conv_bundle_prepare, .convert = sdc_conv_bundle},
@@ -203,11 +204,13 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     if (!s) warn_unused_unet_options(&c);
     if (!s) s = run_rows(&c, ROW_HOOK(preflight));
     bool opened = false;
+    if (!s) s = sdc_conv_fetch_models(&c);
     if (!s) opened = (s = sdc_source_open(job->model_version, &src, &err)) == SDC_OK;
     if (!s) s = run_rows(&c, ROW_HOOK(prepare));
     if (!s) s = make_output_dir(job->output_dir ? job->output_dir : ".", &err);
     if (!s) sdc_outdir_remove_stale(job->output_dir ? job->output_dir : ".", note_stale, &c);
     if (!s) s = run_rows(&c, ROW_HOOK(convert));
+    if (job->bundle_resources_for_swift_cli) sdc_conv_bundle_cleanup(&c);
     if (opened) sdc_source_close(&src);
     if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");
     return s;

@@ -8,6 +8,8 @@
  */
 #include "source/source.h"
 
+#include "hub/hub.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -179,54 +181,7 @@ static sdc_status load_json_object(const char *path, json_t **out, sdc_err *err)
 
 /* ---- model resolution --------------------------------------------------------------- */
 
-static bool is_hub_name_char(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.';
-}
-
-/* "org/name": two non-empty parts of the Hub's name characters, no "." or ".." tricks. */
-static bool is_hub_id(const char *id) {
-    const char *slash = strchr(id, '/');
-    if (!slash || slash == id || !slash[1] || strchr(slash + 1, '/')) return false;
-    if (strstr(id, "..") || id[0] == '.' || slash[1] == '.') return false;
-    for (const char *p = id; *p; p++)
-        if (p != slash && !is_hub_name_char(*p)) return false;
-    return true;
-}
-
-static const char *env_set(const char *name) {
-    const char *v = getenv(name);
-    return v && v[0] ? v : NULL;
-}
-
-/* The hub cache folder as huggingface_hub picks it, plus which variables decided it. */
-static bool hub_cache_root(char *root, size_t size, char *why, size_t why_size) {
-    const char *v;
-    if ((v = env_set("HF_HUB_CACHE"))) {
-        snprintf(why, why_size, "from HF_HUB_CACHE");
-        return sdc_fmt(root, size, "%s", v);
-    }
-    if ((v = env_set("HUGGINGFACE_HUB_CACHE"))) { /* the legacy name, still honoured */
-        snprintf(why, why_size, "HF_HUB_CACHE unset, from HUGGINGFACE_HUB_CACHE");
-        return sdc_fmt(root, size, "%s", v);
-    }
-    if ((v = env_set("HF_HOME"))) {
-        snprintf(why, why_size, "HF_HUB_CACHE unset, from HF_HOME");
-        return sdc_fmt(root, size, "%s/hub", v);
-    }
-    if ((v = env_set("XDG_CACHE_HOME"))) {
-        snprintf(why, why_size, "HF_HUB_CACHE unset, HF_HOME unset, from XDG_CACHE_HOME");
-        return sdc_fmt(root, size, "%s/huggingface/hub", v);
-    }
-    if ((v = env_set("HOME"))) {
-        snprintf(why, why_size, "HF_HUB_CACHE unset, HF_HOME unset");
-        return sdc_fmt(root, size, "%s/.cache/huggingface/hub", v);
-    }
-    snprintf(why, why_size, "HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME and HOME unset");
-    return false;
-}
-
-/* Reads refs/main: one commit hash, used as a folder name, so it must not escape. */
+/* Reads refs/<revision>: one commit hash, used as a folder name, so it must not escape. */
 static sdc_status read_ref(const char *ref_path, char *rev, size_t size, sdc_err *err) {
     char *text;
     size_t len;
@@ -244,37 +199,49 @@ static sdc_status read_ref(const char *ref_path, char *rev, size_t size, sdc_err
     return st;
 }
 
-/* Finds the snapshot folder of a Hub id in the cache. A miss is not an error here: snapshot
-   is left empty and `tried` says what was looked at, so the caller can list every place in
-   one message. Errors are for what was found but is broken (an unreadable refs/main). */
-static sdc_status find_in_hub_cache(const char *id, char *snapshot, size_t size, char *tried,
+static bool is_commit_hash(const char *s) {
+    if (strlen(s) != 40) return false;
+    for (; *s; s++)
+        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f'))) return false;
+    return true;
+}
+
+/* Finds the snapshot folder of a Hub id ("org/name", or "org/name@revision" for another ref
+   than main, or a commit hash) in the cache. A miss is not an error here: snapshot is left
+   empty and `tried` says what was looked at, so the caller can list every place in one
+   message. Errors are for what was found but is broken (an unreadable ref). */
+static sdc_status find_in_hub_cache(const char *spec, char *snapshot, size_t size, char *tried,
                                     size_t tried_size, sdc_err *err) {
-    char cache[4096], why[128], entry[4096], ref_path[4200], rev[REF_MAX_BYTES];
+    char cache[4096], why[128], entry[4096], ref_path[4400], rev[REF_MAX_BYTES];
+    sdc_hub_id id;
     snapshot[0] = '\0';
-    if (!hub_cache_root(cache, sizeof cache, why, sizeof why)) {
+    sdc_status st = sdc_hub_parse_id(spec, &id, err);
+    if (st) return st;
+    if (!sdc_hub_cache_root(cache, sizeof cache, why, sizeof why)) {
         snprintf(tried, tried_size, "no Hugging Face cache folder (%s)", why);
         return SDC_OK;
     }
-    const char *slash = strchr(id, '/');
-    if (!sdc_fmt(entry, sizeof entry, "%s/models--%.*s--%s", cache, (int)(slash - id), id,
-                 slash + 1))
-        return sdc_fail(err, SDC_E_ARG, "cache path too long for model '%s'", id);
+    if (!sdc_fmt(entry, sizeof entry, "%s/%s", cache, id.folder))
+        return sdc_fail(err, SDC_E_ARG, "cache path too long for model '%s'", spec);
     if (!is_dir(entry)) {
         snprintf(tried, tried_size, "no cache entry '%s' (%s)", entry, why);
         return SDC_OK;
     }
-    sdc_status st = join_path(ref_path, sizeof ref_path, entry, "refs/main", err);
-    if (st) return st;
-    if (!is_file(ref_path)) {
-        snprintf(tried, tried_size, "cache entry '%s' has no refs/main (%s)", entry, why);
+    if (!sdc_fmt(ref_path, sizeof ref_path, "%s/refs/%s", entry, id.revision))
+        return sdc_fail(err, SDC_E_ARG, "cache path too long for model '%s'", spec);
+    if (is_file(ref_path)) {
+        if ((st = read_ref(ref_path, rev, sizeof rev, err))) return st;
+    } else if (is_commit_hash(id.revision)) {
+        snprintf(rev, sizeof rev, "%s", id.revision); /* huggingface_hub writes no ref for a hash */
+    } else {
+        snprintf(tried, tried_size, "cache entry '%s' has no refs/%s (%s)", entry, id.revision, why);
         return SDC_OK;
     }
-    if ((st = read_ref(ref_path, rev, sizeof rev, err))) return st;
     if (!sdc_fmt(snapshot, size, "%s/snapshots/%s", entry, rev))
-        return sdc_fail(err, SDC_E_ARG, "cache path too long for model '%s'", id);
+        return sdc_fail(err, SDC_E_ARG, "cache path too long for model '%s'", spec);
     if (!is_dir(snapshot)) {
-        snprintf(tried, tried_size, "no snapshot folder '%s' for the commit in refs/main (%s)",
-                 snapshot, why);
+        snprintf(tried, tried_size, "no snapshot folder '%s' for the commit in refs/%s (%s)",
+                 snapshot, id.revision, why);
         snapshot[0] = '\0';
     }
     return SDC_OK;
@@ -326,7 +293,7 @@ sdc_status sdc_source_open(const char *model_version, sdc_source *out, sdc_err *
     }
     char shown[sizeof out->id + 2];
     const char *folder = display_path(model_version, shown, sizeof shown);
-    if (!is_hub_id(model_version))
+    if (!sdc_hub_is_id(model_version))
         return sdc_fail(err, SDC_E_NOTFOUND,
                         "model '%s' not found: not a folder '%s'; not a Hub id of the form "
                         "org/name",
@@ -336,8 +303,8 @@ sdc_status sdc_source_open(const char *model_version, sdc_source *out, sdc_err *
                                       sizeof tried, err);
     if (st) return st;
     if (!out->root[0])
-        return sdc_fail(err, SDC_E_NOTFOUND, "model '%s' not found: not a folder '%s'; %s",
-                        model_version, folder, tried);
+        return sdc_fail(err, SDC_E_NOTFOUND, "model '%s' not found: not a folder '%s'; %s%s",
+                        model_version, folder, tried, sdc_hub_missing_hint());
     return open_root(out, err);
 }
 
@@ -551,38 +518,40 @@ static sdc_status report_no_weights(const char *dir, const char *tried, sdc_err 
     return sdc_fail(err, SDC_E_NOTFOUND, "%s: no weights found (tried %s)", dir, tried);
 }
 
-/* Picks the weight file(s) of a component folder in the anchor's order of preference. */
-static sdc_status open_weights(const char *dir, sdc_weights **out, sdc_err *err) {
+/* The anchor's order of preference (diffusers with variant="fp16"): the variant, then the
+   default; diffusers' file stem, then transformers'; a single file, then a shard index. */
+bool sdc_source_weight_name(size_t i, char *out, size_t size, bool *is_index) {
     static const char *const variants[] = {".fp16", ""};
     static const char *const stems[] = {"diffusion_pytorch_model", "model"};
-    char tried[1024] = "";
+    if (i >= 2 * SDC_COUNT_OF(variants) * SDC_COUNT_OF(stems)) return false;
+    const char *variant = variants[i / 4], *stem = stems[i / 2 % 2];
+    *is_index = i % 2 == 1;
+    if (*is_index) return sdc_fmt(out, size, "%s.safetensors.index%s.json", stem, variant);
+    return sdc_fmt(out, size, "%s%s.safetensors", stem, variant);
+}
+
+/* Picks the weight file(s) of a component folder in the anchor's order of preference. */
+static sdc_status open_weights(const char *dir, sdc_weights **out, sdc_err *err) {
+    char tried[1024] = "", name[128], path[4300];
+    bool is_index;
     *out = NULL;
-    for (size_t v = 0; v < SDC_COUNT_OF(variants); v++) {
-        for (size_t s = 0; s < SDC_COUNT_OF(stems); s++) {
-            char single[128], index[128], path[4300];
-            snprintf(single, sizeof single, "%s%s.safetensors", stems[s], variants[v]);
-            snprintf(index, sizeof index, "%s.safetensors.index%s.json", stems[s], variants[v]);
-            const char *names[] = {single, index};
-            for (size_t k = 0; k < 2; k++) {
-                sdc_status st = join_path(path, sizeof path, dir, names[k], err);
-                if (st) return st;
-                if (!entry_exists(path)) {
-                    size_t used = strlen(tried);
-                    snprintf(tried + used, sizeof tried - used, "%s%s", used ? ", " : "",
-                             names[k]);
-                    continue;
-                }
-                sdc_weights *w = sdc_calloc(1, sizeof *w);
-                if (!w) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
-                st = k == 0 ? open_single(path, w, err) : open_sharded(dir, path, w, err);
-                if (st) {
-                    weights_free(w);
-                    return st;
-                }
-                *out = w;
-                return SDC_OK;
-            }
+    for (size_t i = 0; sdc_source_weight_name(i, name, sizeof name, &is_index); i++) {
+        sdc_status st = join_path(path, sizeof path, dir, name, err);
+        if (st) return st;
+        if (!entry_exists(path)) {
+            size_t used = strlen(tried);
+            snprintf(tried + used, sizeof tried - used, "%s%s", used ? ", " : "", name);
+            continue;
         }
+        sdc_weights *w = sdc_calloc(1, sizeof *w);
+        if (!w) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
+        st = is_index ? open_sharded(dir, path, w, err) : open_single(path, w, err);
+        if (st) {
+            weights_free(w);
+            return st;
+        }
+        *out = w;
+        return SDC_OK;
     }
     return report_no_weights(dir, tried, err);
 }

@@ -3,10 +3,11 @@
  *
  * A model is named as the anchor names it (--model-version): either a local diffusers folder
  * (one that holds model_index.json or a component folder), or a Hub id "org/name" resolved
- * from the local Hugging Face cache: $HF_HUB_CACHE, else $HF_HOME/hub, else
+ * from the local Hugging Face cache (src/hub/hub.h): $HF_HUB_CACHE, else $HF_HOME/hub, else
  * $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub; inside it
- * models--org--name/refs/main names the snapshot models--org--name/snapshots/<rev>/.
- * When nothing is found, the error lists every place tried.
+ * models--org--name/refs/main (refs/<rev> for "org/name@rev") names the snapshot
+ * models--org--name/snapshots/<sha>/. When nothing is found, the error lists every place
+ * tried. Downloading what is missing is the hub's job, done before (src/convert/fetch.c).
  *
  * A component (text_encoder, unet, vae, ...) is a subfolder with config.json and weights,
  * chosen as the anchor does: the fp16 variant when present, else the default file;
@@ -53,6 +54,11 @@ typedef struct sdc_component {
 sdc_status sdc_component_open(const sdc_source *s, const char *component, sdc_component *out,
                               sdc_err *err);
 void sdc_component_close(sdc_component *c);
+
+/* The i-th weight file name a component folder is searched for, in the reader's order of
+   preference ("diffusion_pytorch_model.fp16.safetensors", ...); false past the last. The
+   downloader picks from a repository's listing by the same list. */
+bool sdc_source_weight_name(size_t i, char *out, size_t size, bool *is_index);
 
 /* Tensor lookup across shards. NULL if absent. */
 const sdc_tensor *sdc_weights_find(const sdc_weights *w, const char *name);

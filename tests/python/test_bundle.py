@@ -71,13 +71,15 @@ def test_sdxl_names(sdcoreml, pipelines, tmp_path):
     assert {"TextEncoder.mlmodelc", "TextEncoder2.mlmodelc", "Unet.mlmodelc", "UnetRefiner.mlmodelc"} <= names
 
 
-def test_remote_vocabulary_url_is_refused(sdcoreml, pipelines, tmp_path):
+def test_remote_vocabulary_url_is_refused_offline(sdcoreml, pipelines, tmp_path):
+    """HF_HUB_OFFLINE=1 (the runner's default) forbids the download; URLs downloaded online are
+    tested against a fake Hub in test_hub_download.py."""
     env, _ = fake_xcrun(tmp_path)
     r = sdcoreml("--convert-unet", "--bundle-resources-for-swift-cli", "--text-encoder-vocabulary-url",
                  "https://huggingface.co/openai/clip-vit-base-patch32/resolve/main/vocab.json", "--model-version",
                  "tiny-sd", "-o", tmp_path / "o", cwd=pipelines["sd1"].parent, env=env)
     assert r.returncode == 1
-    assert "sdcoreml does not download; give a local file for vocab.json" in r.stderr
+    assert "HF_HUB_OFFLINE is set, so vocab.json is not downloaded" in r.stderr
     # refused before anything is converted
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
 

@@ -41,7 +41,8 @@ def man_sections():
     return sections
 
 
-@pytest.mark.parametrize("command,section", [((), "CONVERSION OPTIONS"), (("run",), "RUN"), (("inspect",), "INSPECT")])
+@pytest.mark.parametrize("command,section", [((), "CONVERSION OPTIONS"), (("run",), "RUN"), (("inspect",), "INSPECT"),
+                                             (("download",), "DOWNLOAD")])
 def test_man_page_matches_help(command, section):
     documented = {o.rstrip(",") for o in man_sections()[section]}
     listed = help_options(*command)
