@@ -32,6 +32,14 @@ void sdc_err_prefix(sdc_err *e, const char *fmt, ...) {
     one_line(e->msg);
 }
 
+void sdc_logv(sdc_log_fn log, void *user, sdc_log_level level, const char *fmt, va_list ap) {
+    if (!log) return;
+    char line[1200];
+    vsnprintf(line, sizeof line, fmt, ap);
+    one_line(line);
+    log(user, level, line);
+}
+
 _Noreturn void sdc_assert_fail(const char *file, int line, const char *expr) {
     fprintf(stderr, "sdcoreml: internal error: %s:%d: assertion failed: %s\n", file, line, expr);
     abort();

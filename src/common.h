@@ -30,6 +30,10 @@ sdc_status sdc_fail(sdc_err *e, sdc_status code, const char *fmt, ...)
 /* Prefixes an existing message, e.g. with the component being converted. */
 void sdc_err_prefix(sdc_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Formats one log line and hands it to `log` (nothing when log is NULL): the library's one
+   way out for words, since it never prints. */
+void sdc_logv(sdc_log_fn log, void *user, sdc_log_level level, const char *fmt, va_list ap);
+
 /* Asserts are for our own bugs only, never for file contents. */
 #define SDC_ASSERT(x)                                                                      \
     do {                                                                                   \

@@ -9,9 +9,7 @@
 #include "io/outdir.h"
 #include "passes/palettize.h"
 
-#include <errno.h>
 #include <stddef.h>
-#include <sys/stat.h>
 
 #define JOB_FLAG(field) offsetof(sdc_job, field)
 
@@ -131,22 +129,6 @@ static sdc_status run_rows(sdc_conv_ctx *c, size_t hook) {
     return s;
 }
 
-static sdc_status make_output_dir(const char *dir, sdc_err *err) {
-    char p[4096];
-    if (!sdc_fmt(p, sizeof p, "%s", dir)) return sdc_fail(err, SDC_E_ARG, "-o: path too long");
-    for (char *s = p + 1; *s; s++) { /* mkdir -p, as the anchor's os.makedirs */
-        if (*s != '/') continue;
-        *s = 0;
-        if (mkdir(p, 0755) != 0 && errno != EEXIST)
-            return sdc_fail(err, SDC_E_IO, "%s: cannot create directory: %s", p, strerror(errno));
-        *s = '/';
-    }
-    if (mkdir(p, 0755) != 0 && errno != EEXIST)
-        return sdc_fail(err, SDC_E_IO, "%s: cannot create directory: %s", p, strerror(errno));
-    struct stat st;
-    if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) return sdc_fail(err, SDC_E_IO, "%s: not a directory", p);
-    return SDC_OK;
-}
 
 /* The effective options, spelled as flags in a fixed order (the component table's, then the
    others), so equivalent command lines give identical metadata (and so identical packages).
@@ -207,7 +189,7 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     if (!s) s = sdc_conv_fetch_models(&c);
     if (!s) opened = (s = sdc_source_open(job->model_version, &src, &err)) == SDC_OK;
     if (!s) s = run_rows(&c, ROW_HOOK(prepare));
-    if (!s) s = make_output_dir(job->output_dir ? job->output_dir : ".", &err);
+    if (!s) s = sdc_outdir_mkdirs(job->output_dir ? job->output_dir : ".", true, &err); /* as os.makedirs */
     if (!s) sdc_outdir_remove_stale(job->output_dir ? job->output_dir : ".", note_stale, &c);
     if (!s) s = run_rows(&c, ROW_HOOK(convert));
     if (job->bundle_resources_for_swift_cli) sdc_conv_bundle_cleanup(&c);

@@ -120,18 +120,6 @@ bool sdc_hub_safe_path(const char *path) {
     }
 }
 
-sdc_status sdc_hub_make_parents(const char *path, sdc_err *err) {
-    char p[4096];
-    if (!sdc_fmt(p, sizeof p, "%s", path)) return sdc_fail(err, SDC_E_ARG, "path too long: '%.200s'", path);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = '\0';
-        if (mkdir(p, 0755) != 0 && errno != EEXIST)
-            return sdc_fail(err, SDC_E_IO, "%s: cannot create directory: %s", p, strerror(errno));
-        *s = '/';
-    }
-    return SDC_OK;
-}
 
 bool sdc_hub_file_exists(const char *path) {
     struct stat st;

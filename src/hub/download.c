@@ -14,6 +14,7 @@
  *   4. refs/<rev> last, so a cache entry with a ref has its files.
  */
 #include "hub/http.h"
+#include "io/outdir.h"
 #include "source/source.h"
 
 #include <errno.h>
@@ -40,13 +41,11 @@ typedef struct fetcher {
 
 static void note(const fetcher *f, sdc_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void note(const fetcher *f, sdc_log_level level, const char *fmt, ...) {
-    if (!f->cb || !f->cb->log) return;
-    char line[1200];
+    if (!f->cb) return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    sdc_logv(f->cb->log, f->cb->user, level, fmt, ap);
     va_end(ap);
-    f->cb->log(f->cb->user, level, line);
 }
 
 static void pause_before_attempt(int attempt) {
@@ -428,7 +427,7 @@ static sdc_status download_blob(const fetcher *f, const remote_file *r, const ch
 static sdc_status lock_blob(const fetcher *f, const char *etag, int *fd_out) {
     char lock[4700];
     snprintf(lock, sizeof lock, "%s/.locks/%s/%s.lock", f->cache, f->id.folder, etag);
-    sdc_status s = sdc_hub_make_parents(lock, f->err);
+    sdc_status s = sdc_outdir_mkdirs(lock, false, f->err);
     if (s) return s;
     int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) return sdc_fail(f->err, SDC_E_IO, "%s: cannot create: %s", lock, strerror(errno));
@@ -450,7 +449,7 @@ static sdc_status link_snapshot(const fetcher *f, const char *path, const char *
     if (!sdc_fmt(target + strlen(target), sizeof target - strlen(target), "blobs/%s", etag) ||
         !sdc_fmt(tmp, sizeof tmp, "%s.sdcoreml-%ld", link, (long)getpid()))
         return sdc_fail(f->err, SDC_E_ARG, "%s: path too long", link);
-    sdc_status s = sdc_hub_make_parents(link, f->err);
+    sdc_status s = sdc_outdir_mkdirs(link, false, f->err);
     if (s) return s;
     unlink(tmp);
     if (symlink(target, tmp) != 0 || rename(tmp, link) != 0) {
@@ -470,7 +469,7 @@ static sdc_status fetch_file(const fetcher *f, const char *path, const char *lin
         s = sdc_fail(f->err, SDC_E_ARG, "%s: path too long", path);
     if (!s && !sdc_hub_file_exists(blob)) {
         int lock = -1;
-        if (!(s = sdc_hub_make_parents(blob, f->err)) && !(s = lock_blob(f, r.etag, &lock))) {
+        if (!(s = sdc_outdir_mkdirs(blob, false, f->err)) && !(s = lock_blob(f, r.etag, &lock))) {
             if (!sdc_hub_file_exists(blob)) s = download_blob(f, &r, blob); /* not done meanwhile by another */
             close(lock);
         }
@@ -508,7 +507,7 @@ static sdc_status write_ref(const fetcher *f) {
     char ref[4700], tmp[4800];
     snprintf(ref, sizeof ref, "%s/refs/%s", f->repo_dir, f->id.revision);
     snprintf(tmp, sizeof tmp, "%s.sdcoreml-%ld", ref, (long)getpid());
-    sdc_status s = sdc_hub_make_parents(ref, f->err);
+    sdc_status s = sdc_outdir_mkdirs(ref, false, f->err);
     if (s) return s;
     FILE *fp = fopen(tmp, "w");
     bool ok = fp && fputs(f->sha, fp) >= 0;

@@ -44,8 +44,6 @@ const char *sdc_hub_missing_hint(void);
    "." or empty segments, no backslashes or control characters. */
 bool sdc_hub_safe_path(const char *path);
 
-/* mkdir -p of every folder above `path` (not the last name). */
-sdc_status sdc_hub_make_parents(const char *path, sdc_err *err);
 /* `path` (a regular file, or a symlink to one) exists. */
 bool sdc_hub_file_exists(const char *path);
 

@@ -21,6 +21,27 @@ static int sync_to_disk(int fd) {
     return fsync(fd);
 }
 
+static sdc_status mkdir_one(const char *path, sdc_err *err) {
+    struct stat st;
+    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+        return sdc_fail(err, SDC_E_IO, "%s: cannot create directory: %s", path, strerror(errno));
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return sdc_fail(err, SDC_E_IO, "%s: not a directory", path);
+    return SDC_OK;
+}
+
+sdc_status sdc_outdir_mkdirs(const char *path, bool including_last, sdc_err *err) {
+    char p[4096];
+    if (!sdc_fmt(p, sizeof p, "%s", path)) return sdc_fail(err, SDC_E_ARG, "path too long: '%.200s'", path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/' || s[-1] == '/') continue;
+        *s = '\0';
+        sdc_status st = mkdir_one(p, err);
+        *s = '/';
+        if (st) return st;
+    }
+    return including_last ? mkdir_one(p, err) : SDC_OK;
+}
+
 sdc_status sdc_outdir_fsync(const char *path, sdc_err *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return sdc_fail(err, SDC_E_IO, "%s: cannot open to sync: %s", path, strerror(errno));

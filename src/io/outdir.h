@@ -16,6 +16,10 @@
 
 #include "common.h"
 
+/* mkdir -p: creates the directories of `path` that are missing, `path` itself too when
+   `including_last` (else only its parents); an existing non-directory is an error. */
+sdc_status sdc_outdir_mkdirs(const char *path, bool including_last, sdc_err *err);
+
 /* fsync of one file or directory; the error names the path. */
 sdc_status sdc_outdir_fsync(const char *path, sdc_err *err);
 
