@@ -63,15 +63,15 @@ static bool armed_allocation_fails(void) {
     return false;
 }
 
-static inline bool injected_failure(void) {
+bool sdc_alloc_injected_failure(void) {
     return atomic_load_explicit(&alloc_fail_left, memory_order_relaxed) && armed_allocation_fails();
 }
 
-void *sdc_malloc(size_t n) { return injected_failure() ? NULL : malloc(n ? n : 1); }
+void *sdc_malloc(size_t n) { return sdc_alloc_injected_failure() ? NULL : malloc(n ? n : 1); }
 void *sdc_calloc(size_t count, size_t size) {
-    return injected_failure() ? NULL : calloc(count ? count : 1, size ? size : 1);
+    return sdc_alloc_injected_failure() ? NULL : calloc(count ? count : 1, size ? size : 1);
 }
-void *sdc_realloc(void *p, size_t n) { return injected_failure() ? NULL : realloc(p, n ? n : 1); }
+void *sdc_realloc(void *p, size_t n) { return sdc_alloc_injected_failure() ? NULL : realloc(p, n ? n : 1); }
 void sdc_free(void *p) { free(p); }
 char *sdc_strdup(const char *s) {
     size_t n = strlen(s) + 1;
