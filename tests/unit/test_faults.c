@@ -13,7 +13,8 @@
  * Sampling, to keep CI fast (the whole test well under a minute plain, a few under ASan):
  * every n up to DENSE_LIMIT, then a stride chosen so that about SPARSE_POINTS more points
  * spread over the rest of the run, then total+1 (which must succeed). Set
- * SDC_FAULTS_EXHAUSTIVE=1 to fail every allocation instead.
+ * SDC_FAULTS_EXHAUSTIVE=1 to fail every allocation instead (hours for the chunked UNet), or
+ * SDC_FAULTS_POINTS=<n> for n sparse points per scenario.
  */
 #include "check.h"
 #include "common.h"
@@ -152,27 +153,42 @@ static bool golden_entries_present(const char *out, const char *golden) {
 /* One run of a scenario into `out`: a status and the library's message. */
 typedef sdc_status (*scenario_fn)(const char *out, char *err, size_t err_size);
 
-static sdc_status convert_into(const char *out, bool text, bool vae, bool unet, bool check, char *err,
-                               size_t err_size) {
+/* A job converting examples/tiny-sd into `out`; the scenario sets what it converts. */
+static sdc_job tiny_job(const char *out) {
     sdc_job job;
     sdc_job_init(&job);
     job.model_version = SDC_SOURCE_DIR "/examples/tiny-sd";
     job.output_dir = out;
-    job.convert_text_encoder = text;
-    job.convert_vae_decoder = vae;
-    job.convert_unet = unet;
-    job.check_output_correctness = check;
-    return sdc_convert(&job, err, err_size);
+    return job;
 }
 
+/* The builders, the writer and the commit of two packages. */
 static sdc_status convert_text_vae(const char *out, char *err, size_t n) {
-    return convert_into(out, true, true, false, false, err, n);
+    sdc_job job = tiny_job(out);
+    job.convert_text_encoder = job.convert_vae_decoder = true;
+    return sdc_convert(&job, err, n);
 }
-static sdc_status convert_unet(const char *out, char *err, size_t n) {
-    return convert_into(out, false, false, true, false, err, n);
+
+/* The largest graph, cut in two: the chunk pass and three packages. */
+static sdc_status convert_unet_chunked(const char *out, char *err, size_t n) {
+    sdc_job job = tiny_job(out);
+    job.convert_unet = job.chunk_unet = true;
+    return sdc_convert(&job, err, n);
 }
+
+/* Palettization (k-means, lazy transforms on consts). */
+static sdc_status convert_text_quantized(const char *out, char *err, size_t n) {
+    sdc_job job = tiny_job(out);
+    job.convert_text_encoder = true;
+    job.quantize_nbits = 4;
+    return sdc_convert(&job, err, n);
+}
+
+/* The check: the float32 reference written, both packages loaded and run in the interpreter. */
 static sdc_status convert_text_checked(const char *out, char *err, size_t n) {
-    return convert_into(out, true, false, false, true, err, n);
+    sdc_job job = tiny_job(out);
+    job.convert_text_encoder = job.check_output_correctness = true;
+    return sdc_convert(&job, err, n);
 }
 
 /* The package and inputs of the `run` scenario, made once by setup_run. */
@@ -210,7 +226,9 @@ static void setup_run(void) {
     char dir[300], err[1024];
     snprintf(dir, sizeof dir, "%s/run-package", tmp);
     make_empty_dir(dir);
-    if (convert_into(dir, true, false, false, false, err, sizeof err)) {
+    sdc_job job = tiny_job(dir);
+    job.convert_text_encoder = true;
+    if (sdc_convert(&job, err, sizeof err)) {
         fprintf(stderr, "setup: %s\n", err);
         exit(2);
     }
@@ -251,9 +269,11 @@ static void setup_run(void) {
 
 /* ---- the injection loop ------------------------------------------------------------------ */
 
+static long sparse_points = SPARSE_POINTS;
+
 static long next_point(long n, long total, bool exhaustive) {
     if (exhaustive || n < DENSE_LIMIT) return n + 1;
-    long stride = (total - DENSE_LIMIT) / SPARSE_POINTS;
+    long stride = (total - DENSE_LIMIT) / sparse_points;
     if (stride < 1) stride = 1;
     return n + stride <= total ? n + stride : n + 1; /* then every point to total + 1 */
 }
@@ -337,9 +357,12 @@ int main(void) {
     }
     const char *env = getenv("SDC_FAULTS_EXHAUSTIVE");
     bool exhaustive = env && env[0] == '1';
+    const char *points = getenv("SDC_FAULTS_POINTS"); /* more sparse points, for a longer hunt */
+    if (points && atol(points) > 0) sparse_points = atol(points);
 
     scenario("convert-text-vae", convert_text_vae, exhaustive);
-    scenario("convert-unet", convert_unet, exhaustive);
+    scenario("convert-unet-chunked", convert_unet_chunked, exhaustive);
+    scenario("convert-text-quantized", convert_text_quantized, exhaustive);
     scenario("convert-text-checked", convert_text_checked, exhaustive);
     setup_run();
     scenario("run-text-encoder", run_package_into, exhaustive);
