@@ -29,6 +29,7 @@ void sdc_arena_free(sdc_arena *a) {
 }
 
 void *sdc_arena_alloc(sdc_arena *a, size_t n) {
+    if (sdc_alloc_injected_failure()) return NULL; /* as when this one needed a block and got none */
     n = (n + 15) & ~(size_t)15;
     sdc_arena_block *b = a->head;
     if (!b || b->size - b->used < n) {

@@ -1,6 +1,8 @@
 /* common.c — errors and allocation shared by the whole library (dtypes: dtype.c). */
 #include "common.h"
 
+#include <stdatomic.h>
+
 /* Control characters (from file names, tensor names, JSON tokens) become spaces, so that a
    message stays one line whatever the input held. */
 static void one_line(char *msg) {
@@ -45,9 +47,39 @@ _Noreturn void sdc_assert_fail(const char *file, int line, const char *expr) {
     abort();
 }
 
-void *sdc_malloc(size_t n) { return malloc(n ? n : 1); }
-void *sdc_calloc(size_t count, size_t size) { return calloc(count ? count : 1, size ? size : 1); }
-void *sdc_realloc(void *p, size_t n) { return realloc(p, n ? n : 1); }
+/* Fault injection: allocations left before the one that fails (0: disarmed), and how many were
+   made while armed. Atomic because the interpreter's worker threads allocate too; a disarmed
+   allocation costs one relaxed load and one branch. */
+static atomic_long alloc_fail_left, alloc_counted;
+
+void sdc_alloc_fail_at(long n) {
+    atomic_store(&alloc_counted, 0);
+    atomic_store(&alloc_fail_left, n > 0 ? n : 0);
+}
+
+long sdc_alloc_count(void) { return atomic_load(&alloc_counted); }
+
+/* Counts one allocation; true for the one chosen to fail, which disarms the countdown. */
+static bool armed_allocation_fails(void) {
+    long left = atomic_load_explicit(&alloc_fail_left, memory_order_relaxed);
+    while (left > 0) {
+        if (atomic_compare_exchange_weak(&alloc_fail_left, &left, left - 1)) {
+            atomic_fetch_add(&alloc_counted, 1);
+            return left == 1;
+        }
+    }
+    return false;
+}
+
+bool sdc_alloc_injected_failure(void) {
+    return atomic_load_explicit(&alloc_fail_left, memory_order_relaxed) && armed_allocation_fails();
+}
+
+void *sdc_malloc(size_t n) { return sdc_alloc_injected_failure() ? NULL : malloc(n ? n : 1); }
+void *sdc_calloc(size_t count, size_t size) {
+    return sdc_alloc_injected_failure() ? NULL : calloc(count ? count : 1, size ? size : 1);
+}
+void *sdc_realloc(void *p, size_t n) { return sdc_alloc_injected_failure() ? NULL : realloc(p, n ? n : 1); }
 void sdc_free(void *p) { free(p); }
 char *sdc_strdup(const char *s) {
     size_t n = strlen(s) + 1;

@@ -48,6 +48,17 @@ void *sdc_realloc(void *p, size_t n);
 void sdc_free(void *p);
 char *sdc_strdup(const char *s);
 
+/* Test-only fault injection (tests/unit/test_faults.c): the nth allocation through the
+   functions above from now on returns NULL (n = 1: the next one); n <= 0 disarms. Only that
+   one fails — the failure is one-shot, so what runs after it (cleanup, messages) allocates
+   normally. sdc_alloc_count gives how many allocations (arena ones included) were made since the
+   last call of sdc_alloc_fail_at while armed (arm with a huge n to count a whole run). */
+void sdc_alloc_fail_at(long n);
+long sdc_alloc_count(void);
+/* The injection point itself, for allocators built on sdc_malloc (the arena: its every
+   allocation can be the one that needs a new block). Counts one allocation. */
+bool sdc_alloc_injected_failure(void);
+
 /* Overflow-checked arithmetic for sizes computed from untrusted files. */
 static inline bool sdc_mul_u64(uint64_t a, uint64_t b, uint64_t *out) {
     return !__builtin_mul_overflow(a, b, out);

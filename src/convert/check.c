@@ -150,6 +150,7 @@ sdc_status sdc_check_package(const sdc_conv_ctx *c, const char *package, const m
     sdc_package_info info = {.spec_version = reference->opset + 1};
     sdc_write_hooks hooks = {c->job->progress, c->job->user, "reference"};
     sdc_status s = sdc_write_package(reference, &info, ref_path, &hooks, c->err);
+    if (s) sdc_err_prefix(c->err, "--check-output-correctness: writing the float32 reference: ");
     const char *slash = strrchr(package, '/');
     if (!s) {
         sdc_track_partial_output(ref_path); /* an interrupted check leaves no reference behind */

@@ -39,19 +39,20 @@ static void run_batch(ipool *p, batch_gemm *g) {
         sdc_igemm(p, g->ta, g->tb, g->M, g->N, g->K, g->A[i], g->lda, g->B[i], g->ldb, 0.0f, g->C[i], g->ldc);
 }
 
+static void free_batch(batch_gemm *g) {
+    sdc_free(g->A);
+    sdc_free(g->B);
+    sdc_free(g->C);
+}
+
 static sdc_status alloc_batch(irun *r, const iop *op, batch_gemm *g, size_t count) {
     g->count = count;
     g->A = sdc_malloc(sizeof *g->A * (count ? count : 1));
     g->B = sdc_malloc(sizeof *g->B * (count ? count : 1));
     g->C = sdc_malloc(sizeof *g->C * (count ? count : 1));
-    if (!g->A || !g->B || !g->C) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
-    return SDC_OK;
-}
-
-static void free_batch(batch_gemm *g) {
-    sdc_free(g->A);
-    sdc_free(g->B);
-    sdc_free(g->C);
+    if (g->A && g->B && g->C) return SDC_OK;
+    free_batch(g); /* the ones that were allocated */
+    return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
 }
 
 /* ---------------------------------------------------------------- linear */

@@ -74,10 +74,14 @@ const char *sdc_mil_fresh_name(mil_graph *g, const char *hint) {
     return s;
 }
 
+/* Reserves `name`: false when it is taken — or when reserving it ran out of memory, which
+   then fails the graph (so a caller's "used twice" never replaces the out-of-memory error). */
 static bool reserve_name(mil_graph *g, const char *name) {
     if (sdc_strmap_get(&g->names, name) >= 0) return false;
     char *s = sdc_arena_strdup(&g->arena, name);
-    return s && sdc_strmap_put(&g->names, s, 1);
+    if (s && sdc_strmap_put(&g->names, s, 1)) return true;
+    sdc_mil_oom(g);
+    return false;
 }
 
 static bool push_var(mil_graph *g, mil_var ***arr, int *n, int *cap, mil_var *v) {
@@ -99,6 +103,7 @@ mil_var *sdc_mil_input(mil_graph *g, const char *name, sdc_dtype dtype, int rank
     mil_var *v = sdc_arena_alloc(&g->arena, sizeof *v);
     if (!v) return sdc_mil_oom(g);
     v->name = sdc_arena_strdup(&g->arena, name);
+    if (!v->name) return sdc_mil_oom(g);
     v->type.dtype = dtype;
     v->type.rank = rank;
     memcpy(v->type.shape, shape, (size_t)rank * sizeof *shape);
@@ -117,7 +122,12 @@ bool sdc_mil_output(mil_graph *g, mil_var *v, const char *name) {
             sdc_mil_fail(g, SDC_E_INTERNAL, "output name '%s' already in use", name);
             return false;
         }
-        v->name = sdc_arena_strdup(&g->arena, name);
+        const char *renamed = sdc_arena_strdup(&g->arena, name);
+        if (!renamed) {
+            sdc_mil_oom(g);
+            return false;
+        }
+        v->name = renamed;
     }
     if (!push_var(g, &g->outputs, &g->n_outputs, &g->cap_outputs, v)) {
         sdc_mil_oom(g);

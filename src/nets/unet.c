@@ -232,6 +232,7 @@ static sdc_status read_config(const sdc_component *c, bool controlnet, unet_conf
 /* q (B, C, 1, Sq) · k, v (B, C, 1, Sk), q already scaled by d^-1/2 → (B, C, 1, Sq) */
 static mil_var *attention_original(unet_ctx *u, mil_var *q, mil_var *k, mil_var *v, int64_t heads) {
     mil_graph *g = u->n.g;
+    if (!q || !k || !v) return NULL; /* the graph failed (out of memory) */
     int64_t B = q->type.shape[0], C = q->type.shape[1], d = C / heads;
     int64_t sq = q->type.shape[3], sk = k->type.shape[3];
     int64_t qs[4] = {B, heads, d, sq}, ks[4] = {B, heads, d, sk}, os[4] = {B, C, 1, sq};
@@ -380,6 +381,7 @@ static mil_var *timestep_mlp(unet_ctx *u, mil_var *x, const char *prefix, int64_
 static mil_var *time_embedding(unet_ctx *u, mil_var *timestep, mil_var *time_ids, mil_var *text_embeds) {
     mil_graph *g = u->n.g;
     const unet_config *cfg = u->cfg;
+    if (!timestep || (cfg->text_time && (!time_ids || !text_embeds))) return NULL; /* the graph failed */
     int64_t B = timestep->type.shape[0], C0 = cfg->channels[0];
     sdc_mil_scope(g, "time_embedding");
     mil_var *t32 = timestep->type.dtype == SDC_DT_F32 ? timestep : sdc_mil_cast(g, timestep, SDC_DT_F32);
