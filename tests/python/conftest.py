@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 GENERATOR = REPO / "tests" / "fixtures" / "make_tiny_pipelines.py"
 REQUIREMENTS = REPO / "tests" / "requirements.txt"
 EXAMPLE_SD1 = REPO / "examples" / "tiny-sd"
-GENERATED_KINDS = ("sd1-inpaint", "sd2", "sdxl", "sdxl-refiner")
+GENERATED_KINDS = ("sd1-inpaint", "sd2", "sdxl", "sdxl-refiner", "odd")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

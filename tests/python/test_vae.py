@@ -368,15 +368,15 @@ def reference_encode(vae, x):
         return vae.quant_conv(vae.encoder(torch.from_numpy(x))).numpy()
 
 
-# (kind, flags, min PSNR): the issue asks 40 dB for float16 packages and 60 dB for float32 ones
-# (incl. SDXL's). float32 packages reach ~130 dB on these fixtures, so they are held to 90 dB
-# here, as the text encoder's are; float16 ones reach ~65 dB.
+# (kind, flags, min PSNR). Measured (decoder / encoder, interpreter vs diffusers float32):
+# sd1 float16 66.2 / 67.9, sd1 float32 131.8 / 131.5, sd1 8x12 64.2 / 67.3, sd2 65.5 / 66.8,
+# sdxl (float32) 130.0 / 130.9 dB. Bars: 110 dB for float32 packages, 55 dB for float16.
 NUMBER_CASES = [
-    ("sd1", [], 40.0),
-    ("sd1", ["--compute-precision", "FLOAT32"], 90.0),
-    ("sd1", ["--latent-h", "8", "--latent-w", "12"], 40.0),
-    ("sd2", [], 40.0),
-    ("sdxl", ["--xl-version"], 90.0),
+    ("sd1", [], 55.0),
+    ("sd1", ["--compute-precision", "FLOAT32"], 110.0),
+    ("sd1", ["--latent-h", "8", "--latent-w", "12"], 55.0),
+    ("sd2", [], 55.0),
+    ("sdxl", ["--xl-version"], 110.0),
 ]
 
 
@@ -394,11 +394,13 @@ def test_numbers_match_diffusers(sdcoreml, convert_vae, pipelines, tmp_path, kin
     ref = reference_decode(vae, z)
     assert got.shape == ref.shape and got.dtype == np.float32
     v = psnr(ref, got)
+    print(f"PSNR vae_decoder {kind} {flags}: {v:.1f} dB")
     assert v >= min_psnr, f"vae_decoder {kind} {flags}: PSNR {v:.1f} dB < {min_psnr}"
     got = interpret(sdcoreml, out / package_name(mv, "vae_encoder"), {"x": x}, tmp_path)["latent"]
     ref = reference_encode(vae, x)
     assert got.shape == ref.shape and got.dtype == np.float32
     v = psnr(ref, got)
+    print(f"PSNR vae_encoder {kind} {flags}: {v:.1f} dB")
     assert v >= min_psnr, f"vae_encoder {kind} {flags}: PSNR {v:.1f} dB < {min_psnr}"
 
 
