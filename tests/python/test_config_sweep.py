@@ -3,7 +3,7 @@ config classes sdcoreml reads (UNet2DConditionModel, ControlNetModel, Autoencode
 CLIPTextConfig, CLIPConfig/CLIPVisionConfig of the safety checker), a tiny model with that key
 changed is built by diffusers/transformers (fixed seeds, every weight random), converted in
 float32 and run in sdcoreml's interpreter. Each variant must either match diffusers/transformers
-in float32 (>= 60 dB PSNR on every output) or be refused: exit 1 with one line naming the
+in float32 (>= 110 dB PSNR on every output) or be refused: exit 1 with one line naming the
 config file and the key. A variant that converts and differs fails the test, and each case
 states which of the two it expects, so a refusal cannot quietly replace a working key.
 
