@@ -22,7 +22,7 @@ import pytest
 
 from conftest import check_ok
 
-ct = pytest.importorskip("coremltools")
+import coremltools as ct  # noqa: E402  (a test requirement: never skip without it)
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import types  # noqa: E402
 

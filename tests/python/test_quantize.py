@@ -640,8 +640,6 @@ def test_chunks_are_palettized_too(sdcoreml, pipelines, tmp_path):
     """The anchor palettizes after chunking and leaves the chunks float16 (its §17.1 quirk);
     here palettization runs on the graph before it is cut, so the chunks are palettized."""
     r = convert(sdcoreml, pipelines[KIND], tmp_path, "--convert-unet", "--chunk-unet", "--quantize-nbits", "8")
-    if r.returncode == 2 and "not supported yet: --chunk-unet" in r.stderr:
-        pytest.skip("--chunk-unet is not built yet")
     check_ok(r)
     chunks = sorted(glob.glob(str(tmp_path / "*_chunk*.mlpackage")))
     assert len(chunks) == 2, os.listdir(tmp_path)
