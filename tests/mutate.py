@@ -57,6 +57,7 @@ T = {
     "hostile": (["test_hostile_packages.py", "test_bad_inputs.py"], None),
     "interp-ops": (["test_interp_ops.py"], None),
     "source": (["test_text_encoder.py", "test_hub_cache.py"], "fp16_variant or hub"),
+    "sweep": (["test_config_sweep.py"], None),
 }
 
 
@@ -134,7 +135,7 @@ MUTATIONS = [
     M("vae-eps", "nets", "src/nets/vae.c", "static const float VAE_EPS = 1e-6f;", "static const float VAE_EPS = 1e-5f;",
       pytest=["vae"], why="VAE GroupNorm eps 1e-5"),
     M("sinusoid-shift", "nets", "src/nets/blocks.c", "((double)half - freq_shift)", "((double)half - 0.0)",
-      pytest=["unet"], why="timestep sinusoids ignore freq_shift"),
+      pytest=["sweep"], why="timestep sinusoids ignore freq_shift (every SD UNet has 0; the sweep has 1)"),
     M("safety-special-care", "nets", "src/nets/safety_checker.c",
       "sdc_mil_const_scalar(g, SDC_DT_F32, 0.01f)));", "sdc_mil_const_scalar(g, SDC_DT_F32, 0.0f)));",
       pytest=["safety"], why="special care no longer lifts concept scores"),
@@ -158,8 +159,10 @@ MUTATIONS = [
     # ---- interpreter kernels: src/interp ------------------------------------------------------
     M("interp-ln-eps", "interp", "src/interp/ops_nn.c", "v / (double)nr + (double)c->eps",
       "v / (double)nr + 10.0 * (double)c->eps", pytest=["interp-ops"], why="layer_norm eps x 10"),
-    M("interp-gelu-tanh", "interp", "src/interp/ops_elementwise.c", "(v + 0.044715f * v * v * v)",
-      "(v + 0.04472f * v * v * v)", pytest=["interp-ops"], why="tanh-gelu constant off in the 4th digit"),
+    M("interp-gelu-exact-as-tanh", "interp", "src/interp/ops_elementwise.c",
+      "o[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));",
+      "o[i] = 0.5f * x[i] * (1.0f + tanhf(0.79788456f * (x[i] + 0.044715f * x[i] * x[i] * x[i])));",
+      pytest=["interp-ops"], why="exact gelu computed with the tanh approximation"),
     M("interp-sdpa-scale", "interp", "src/interp/ops_nn.c", "float scale = 1.0f / sqrtf((float)E);",
       "float scale = 1.0f / sqrtf((float)E + 1.0f);", pytest=["interp-ops"], why="sdpa scale 1/sqrt(E+1)"),
     M("interp-softmax-sum", "interp", "src/interp/ops_nn.c", "sum[j] = 1.0f / sum[j];",
