@@ -266,8 +266,6 @@ def test_quantized_chunks(sdcoreml, pipelines, tmp_path):
     chunks of a --quantize-nbits run are palettized: the pass runs on the graph before the cut."""
     sd1 = pipelines["sd1"]
     r = convert(sdcoreml, sd1, tmp_path, "--quantize-nbits", "6")
-    if r.returncode == 2 and "not supported yet: --quantize-nbits" in r.stderr:
-        pytest.skip("--quantize-nbits is not built yet")
     check_ok(r)
     full, c1, c2 = paths(tmp_path, "tiny-sd")
     inputs, outputs = expected_io(sd1)

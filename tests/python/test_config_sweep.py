@@ -3,7 +3,7 @@ config classes sdcoreml reads (UNet2DConditionModel, ControlNetModel, Autoencode
 CLIPTextConfig, CLIPConfig/CLIPVisionConfig of the safety checker), a tiny model with that key
 changed is built by diffusers/transformers (fixed seeds, every weight random), converted in
 float32 and run in sdcoreml's interpreter. Each variant must either match diffusers/transformers
-in float32 (>= 60 dB PSNR on every output) or be refused: exit 1 with one line naming the
+in float32 (>= 110 dB PSNR on every output) or be refused: exit 1 with one line naming the
 config file and the key. A variant that converts and differs fails the test, and each case
 states which of the two it expects, so a refusal cannot quietly replace a working key.
 
@@ -28,7 +28,9 @@ from conftest import EXAMPLE_SD1, sdcoreml_path
 from test_unet import psnr
 
 OK, REFUSED, WARNED = "ok", "refused", "warned"  # warned: converts, computes as diffusers, one warning line
-MIN_PSNR = 60.0
+# Measured: 132.1 dB at the lowest over the 186 outputs of the converted cases (float32
+# packages); bar 110 dB, as for the fixtures' float32 packages.
+MIN_PSNR = 110.0
 LATENT = 8
 
 
@@ -537,6 +539,7 @@ def convert_and_compare(comp, cfg, tmp, base_folder, keys):
         assert name in got, f"no output {name} in {sorted(got)}"
         assert got[name].shape == want.shape, f"{name}: {got[name].shape} != {want.shape}"
         value = psnr(want, got[name])
+        print(f"PSNR sweep {name}: {value:.1f} dB")
         assert value >= MIN_PSNR, f"converted without a word but computes something else: {name} {value:.1f} dB"
     warnings = [l for l in r.stderr.splitlines() if "warning" in l.lower() and "config.json" in l]
     return (WARNED if warnings else OK), "\n".join(warnings)

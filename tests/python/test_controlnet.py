@@ -62,7 +62,9 @@ def controlnet_feeds(rng, latent=16, factor=2):
     }
 
 
-@pytest.mark.parametrize("precision,min_psnr", [("FLOAT16", 40.0), ("FLOAT32", 90.0)])
+# Measured (interpreter vs diffusers float32): FLOAT32 132.1-141.6 dB, FLOAT16 71.2-75.4 dB over
+# the five residuals; bars 110 and 55 dB.
+@pytest.mark.parametrize("precision,min_psnr", [("FLOAT16", 55.0), ("FLOAT32", 110.0)])
 def test_controlnet_contract_and_numbers(sdcoreml, workdir, tmp_path, precision, min_psnr):
     r = check_ok(convert(sdcoreml, workdir, tmp_path, "--convert-controlnet", CN, "--compute-precision", precision))
     assert "does not name its base model" in r.stderr  # no model card: a warning, as the anchor
@@ -118,7 +120,7 @@ def test_control_unet_matches_diffusers(sdcoreml, workdir, tmp_path):
     got = run_package(sdcoreml, pkg, feeds, tmp_path / "run")["noise_pred"]
     value = psnr(ref, got)
     print(f"PSNR control-unet FLOAT32: {value:.1f} dB")
-    assert value >= 90.0
+    assert value >= 110.0  # measured 128.0 dB
 
 
 def test_controlnet_check_output_correctness(sdcoreml, workdir, tmp_path):

@@ -102,3 +102,18 @@ def test_split_einsum_v2_query_limit(sdcoreml, pipelines, tmp_path):
     assert r.returncode == 1
     assert "36864 query tokens are more than SPLIT_EINSUM_V2's 64 chunks of 512" in r.stderr
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_weight_bin_one_byte_short(sdcoreml, pipelines, tmp_path):
+    """The boundary of the blob reader's bounds check: weight.bin cut by exactly one byte, so the
+    last record's data runs one byte past the end of the file. Refused, naming the const and its
+    blob, by `run` (which reads every const); a reader off by one would read past the mapping."""
+    pkg = shutil.copytree(base_package(sdcoreml, pipelines, tmp_path), tmp_path / "short.mlpackage")
+    wb = pkg / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    data = wb.read_bytes()
+    wb.write_bytes(data[:-1])
+    ids = np.zeros((1, 77), np.float32)
+    np.save(tmp_path / "ids.npy", ids)
+    r = sdcoreml("run", pkg, "--input", f"input_ids={tmp_path / 'ids.npy'}", "-o", tmp_path / "out")
+    message = one_error(r)
+    assert f"inside the {len(data) - 1}-byte file" in message and "blob at offset" in message, message

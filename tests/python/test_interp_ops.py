@@ -22,7 +22,7 @@ import pytest
 
 from conftest import check_ok
 
-ct = pytest.importorskip("coremltools")
+import coremltools as ct  # noqa: E402  (a test requirement: never skip without it)
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import types  # noqa: E402
 
@@ -527,6 +527,33 @@ def test_compressed_weights(sdcoreml, tmp_path, kind, target):
     b, _ = run_package(sdcoreml, p2, feed, tmp_path / "r2")
     for (na, ga), (nb, gb) in zip(a, b):
         np.testing.assert_allclose(ga, gb, rtol=1e-5, atol=1e-5, err_msg=f"{kind} {target} {na}")
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_scaled_dot_product_attention(sdcoreml, tmp_path, masked):
+    """iOS 18's scaled_dot_product_attention (which coremltools writes for torch's SDPA; our
+    builders never do) against NumPy: softmax(QKᵀ/sqrt(E) + mask)·V, float32. The mask is a
+    float additive mask."""
+    rng = np.random.default_rng(11)
+    q, k, v = rand(rng, 2, 3, 7, 8), rand(rng, 2, 3, 5, 8), rand(rng, 2, 3, 5, 6)
+    mask = rand(rng, 7, 5) if masked else None
+    specs = [mb.TensorSpec(shape=s.shape) for s in (q, k, v)]
+
+    @mb.program(input_specs=specs, opset_version=ct.target.iOS18)
+    def prog(q, k, v):
+        kw = {"attn_mask": mask} if masked else {}
+        return mb.scaled_dot_product_attention(query=q, key=k, value=v, **kw)
+
+    pkg = tmp_path / "sdpa.mlpackage"
+    save_program(prog, pkg, target=ct.target.iOS18)
+    names = [i.name for i in ct.utils.load_spec(str(pkg)).description.input]
+    got, _ = run_package(sdcoreml, pkg, dict(zip(names, (q, k, v))), tmp_path / "run")
+    s = np.einsum("bhle,bhse->bhls", q.astype(np.float64), k.astype(np.float64)) / np.sqrt(8)
+    if masked:
+        s = s + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = np.einsum("bhls,bhse->bhle", p / p.sum(-1, keepdims=True), v.astype(np.float64))
+    np.testing.assert_allclose(got[0][1], want, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

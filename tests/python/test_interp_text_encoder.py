@@ -8,8 +8,9 @@ For the tiny sd1 (examples/tiny-sd), sd2 and sdxl fixtures (both SDXL encoders, 
   SDXL:    hidden_embeds and pooled_outputs vs hidden_states[-2] and pooler_output (text_embeds
            for CLIPTextModelWithProjection).
 PSNR is the anchor's formula (reference/anchor-ml-stable-diffusion.md §13): reference a,
-candidate b, 20·log10((max|b| + 1e-5) / (rmse + 1e-10)). Thresholds: 60 dB for FLOAT32
-packages, 40 dB for FLOAT16 packages. Every figure is printed (pytest -s shows them).
+candidate b, 20·log10((max|b| + 1e-5) / (rmse + 1e-10)). Thresholds (MIN_PSNR, measured minus a
+margin): 110 dB for FLOAT32 packages, 55 dB for FLOAT16 packages. Every figure is printed
+(pytest -s shows them).
 """
 
 import json
@@ -27,7 +28,9 @@ PROMPTS = (
     " ".join(["a high quality painting of the city at night with a cat"] * 12),
 )
 CASES = [("sd1", False), ("sd2", False), ("sdxl", True)]
-MIN_PSNR = {"FLOAT32": 60.0, "FLOAT16": 40.0}
+# Measured over sd1, sd2 and both SDXL encoders, every output and prompt: FLOAT32 139.7-146.8 dB,
+# FLOAT16 67.3-76.2 dB. Bars: 110 and 55 dB.
+MIN_PSNR = {"FLOAT32": 110.0, "FLOAT16": 55.0}
 
 
 def psnr(a, b):

@@ -209,7 +209,9 @@ SCENARIOS = [
 ]
 
 
-@pytest.mark.parametrize("precision,min_psnr", [("FLOAT16", 40.0), ("FLOAT32", 90.0)])
+# Measured (concept_scores, interpreter vs diffusers float32, the four scenarios): FLOAT32
+# 145.6-149.4 dB, FLOAT16 73.1-75.7 dB. Bars: 110 and 55 dB.
+@pytest.mark.parametrize("precision,min_psnr", [("FLOAT16", 55.0), ("FLOAT32", 110.0)])
 @pytest.mark.parametrize("scenario", range(len(SCENARIOS)), ids=["safe", "unsafe", "safe-near-0", "special-care"])
 def test_numbers_match_diffusers(sdcoreml, pipelines, tmp_path, precision, min_psnr, scenario):
     concept_margin, special_margin, adjustment, want_care, want_nsfw = SCENARIOS[scenario]
@@ -226,6 +228,7 @@ def test_numbers_match_diffusers(sdcoreml, pipelines, tmp_path, precision, min_p
     for name in got:
         assert got[name].shape == ref[name].shape and got[name].dtype == np.float32, name
     v = psnr(ref["concept_scores"], got["concept_scores"])
+    print(f"PSNR safety_checker concept_scores {precision} {scenario}: {v:.1f} dB")
     assert v >= min_psnr, f"concept_scores {precision}: PSNR {v:.1f} dB < {min_psnr}"
     assert np.array_equal(got["has_nsfw_concepts"], ref["has_nsfw_concepts"])
     assert np.array_equal(got["filtered_images"], ref["filtered_images"])

@@ -260,9 +260,10 @@ def load_program(pkg, tmp_path):
     return load(model_spec=spec, specification_version=spec.specificationVersion, file_weights_dir=m.weights_dir)
 
 
-# FLOAT16: Apple's own threshold (35 dB, anchor §13). FLOAT32 must be near-exact: 90 dB catches
-# e.g. gelu for quick_gelu (47 dB) or a wrong layer_norm eps (55 dB) on these fixtures.
-@pytest.mark.parametrize("precision,min_psnr", [("FLOAT16", 35.0), ("FLOAT32", 90.0)])
+# Measured with coremltools' own op evaluation (mil_eval) vs transformers float32, over sd1, sd2
+# and both SDXL encoders, both outputs and prompts: FLOAT32 139.1-146.9 dB, FLOAT16 65.6-74.7 dB.
+# Bars: 120 and 55 dB (gelu for quick_gelu gives 47 dB, layer_norm eps x 0.1 100-106 dB).
+@pytest.mark.parametrize("precision,min_psnr", [("FLOAT16", 55.0), ("FLOAT32", 120.0)])
 @pytest.mark.parametrize("kind,xl", CASES)
 def test_numbers_match_transformers(convert, pipelines, tmp_path, kind, xl, precision, min_psnr):
     out = convert(kind, *xl_flags(xl), *precision_flags(precision))
@@ -276,6 +277,7 @@ def test_numbers_match_transformers(convert, pipelines, tmp_path, kind, xl, prec
             for name in ref:
                 assert got[name].shape == ref[name].shape, name
                 v = mil_eval.psnr(ref[name], got[name])
+                print(f"PSNR coremltools-eval {kind} {sub} {precision} {name}: {v:.1f} dB")
                 assert v >= min_psnr, f"{sub} {name} {precision}: PSNR {v:.1f} dB < {min_psnr} ({prompt[:30]!r})"
 
 

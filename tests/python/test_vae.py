@@ -59,21 +59,9 @@ def psnr(ref, cand):
     return 20 * np.log10((np.abs(b).max() + 1e-5) / (rmse + 1e-10))
 
 
-_INTERPRETER = {}
-
-
-def interpreter_ready(sdcoreml):
-    """True when the CLI has the reference interpreter (`sdcoreml run`)."""
-    if "ok" not in _INTERPRETER:
-        r = sdcoreml("run", "--help")
-        _INTERPRETER["ok"] = r.returncode == 0 and "unexpected argument 'run'" not in r.stderr
-    return _INTERPRETER["ok"]
-
-
 def interpret(sdcoreml, pkg, inputs, tmp_path):
-    """Runs `sdcoreml run PKG --input NAME=FILE.npy ... -o DIR`; returns {output name: array}."""
-    if not interpreter_ready(sdcoreml):
-        pytest.skip("the reference interpreter (sdcoreml run) is not built yet")
+    """Runs `sdcoreml run PKG --input NAME=FILE.npy ... -o DIR`; returns {output name: array}.
+    (The interpreter is built: a failing `sdcoreml run` fails the test, never skips it.)"""
     d = Path(tmp_path) / ("run-" + Path(pkg).stem)
     if d.exists():
         shutil.rmtree(d)
@@ -368,15 +356,15 @@ def reference_encode(vae, x):
         return vae.quant_conv(vae.encoder(torch.from_numpy(x))).numpy()
 
 
-# (kind, flags, min PSNR): the issue asks 40 dB for float16 packages and 60 dB for float32 ones
-# (incl. SDXL's). float32 packages reach ~130 dB on these fixtures, so they are held to 90 dB
-# here, as the text encoder's are; float16 ones reach ~65 dB.
+# (kind, flags, min PSNR). Measured (decoder / encoder, interpreter vs diffusers float32):
+# sd1 float16 66.2 / 67.9, sd1 float32 131.8 / 131.5, sd1 8x12 64.2 / 67.3, sd2 65.5 / 66.8,
+# sdxl (float32) 130.0 / 130.9 dB. Bars: 110 dB for float32 packages, 55 dB for float16.
 NUMBER_CASES = [
-    ("sd1", [], 40.0),
-    ("sd1", ["--compute-precision", "FLOAT32"], 90.0),
-    ("sd1", ["--latent-h", "8", "--latent-w", "12"], 40.0),
-    ("sd2", [], 40.0),
-    ("sdxl", ["--xl-version"], 90.0),
+    ("sd1", [], 55.0),
+    ("sd1", ["--compute-precision", "FLOAT32"], 110.0),
+    ("sd1", ["--latent-h", "8", "--latent-w", "12"], 55.0),
+    ("sd2", [], 55.0),
+    ("sdxl", ["--xl-version"], 110.0),
 ]
 
 
@@ -394,11 +382,13 @@ def test_numbers_match_diffusers(sdcoreml, convert_vae, pipelines, tmp_path, kin
     ref = reference_decode(vae, z)
     assert got.shape == ref.shape and got.dtype == np.float32
     v = psnr(ref, got)
+    print(f"PSNR vae_decoder {kind} {flags}: {v:.1f} dB")
     assert v >= min_psnr, f"vae_decoder {kind} {flags}: PSNR {v:.1f} dB < {min_psnr}"
     got = interpret(sdcoreml, out / package_name(mv, "vae_encoder"), {"x": x}, tmp_path)["latent"]
     ref = reference_encode(vae, x)
     assert got.shape == ref.shape and got.dtype == np.float32
     v = psnr(ref, got)
+    print(f"PSNR vae_encoder {kind} {flags}: {v:.1f} dB")
     assert v >= min_psnr, f"vae_encoder {kind} {flags}: PSNR {v:.1f} dB < {min_psnr}"
 
 

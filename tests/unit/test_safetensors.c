@@ -190,6 +190,17 @@ static void test_file_level_errors(void) {
 
     /* a valid file cut short inside the data: the tensor now runs past the end */
     expect_error(make_file("truncated.safetensors", hdr, 5), "'t'", "past the end");
+    /* the boundaries: exactly one byte short of the data, one byte too many */
+    expect_error(make_file("one_short.safetensors", hdr, 7), "'t'", "past the end");
+    expect_error(make_file("one_long.safetensors", hdr, 9), "1 trailing bytes", NULL);
+    /* a header length one byte too long: with no data it runs past the end of the file; with
+       data it swallows the first data byte into the JSON */
+    expect_error(make_file_n("hlen_plus_one_empty.safetensors", strlen(hdr) + 1, hdr, NULL, 0),
+                 "runs past the end", NULL);
+    expect_error(make_file_n("hlen_plus_one.safetensors", strlen(hdr) + 1, hdr, NULL, 8), NULL, NULL);
+    /* ... and one byte too short: the JSON loses its closing brace */
+    expect_error(make_file_n("hlen_minus_one.safetensors", strlen(hdr) - 1, hdr, NULL, 8), "invalid JSON",
+                 NULL);
     /* cut short inside the header */
     char cut[512];
     snprintf(cut, sizeof cut, "%s/cut_header.safetensors", tmpdir);
