@@ -65,6 +65,8 @@ struct sdc_conv_component {
     sdc_status (*prepare)(const sdc_conv_ctx *c);
     /* Writes (or skips) the component's packages. NULL: not supported yet, refused. */
     sdc_status (*convert)(const sdc_conv_ctx *c);
+    /* Removes what preflight/prepare left for convert, whatever happened (NULL: nothing). */
+    void (*cleanup)(const sdc_conv_ctx *c);
     sdc_conv_resource resources[SDC_CONV_MAX_RESOURCES]; /* for --bundle-resources-for-swift-cli */
 };
 
@@ -198,6 +200,7 @@ sdc_status sdc_conv_vae_decoder(const sdc_conv_ctx *c);
 sdc_status sdc_conv_vae_encoder(const sdc_conv_ctx *c);
 sdc_status sdc_conv_controlnets_preflight(const sdc_conv_ctx *c);
 sdc_status sdc_conv_controlnets(const sdc_conv_ctx *c);
+sdc_status sdc_conv_unet_prepare(const sdc_conv_ctx *c);
 sdc_status sdc_conv_unet(const sdc_conv_ctx *c);
 sdc_status sdc_conv_text_encoders(const sdc_conv_ctx *c);
 sdc_status sdc_conv_safety_checker(const sdc_conv_ctx *c);

@@ -22,7 +22,8 @@ static const sdc_conv_component COMPONENTS[] = {
     /* ControlNets are bundled under Resources/controlnet/ by id (bundle.c) */
     {"controlnet", "--convert-controlnet", JOB_FLAG(convert_controlnet), .palettized = true,
      .preflight = sdc_conv_controlnets_preflight, .convert = sdc_conv_controlnets},
-    {"unet", "--convert-unet", JOB_FLAG(convert_unet), .palettized = true, .convert = sdc_conv_unet, .weights = {"unet"},
+    {"unet", "--convert-unet", JOB_FLAG(convert_unet), .palettized = true, .prepare = sdc_conv_unet_prepare,
+     .convert = sdc_conv_unet, .weights = {"unet"},
      .resources = {{"unet", "Unet"},
                    {"unet_chunk1", "UnetChunk1"},
                    {"unet_chunk2", "UnetChunk2"},
@@ -39,7 +40,8 @@ static const sdc_conv_component COMPONENTS[] = {
      .convert = sdc_conv_safety_checker, .weights = {"safety_checker", "vae"}, .resources = {{"safety_checker", "SafetyChecker"}}},
     {"mmdit", "--convert-mmdit", JOB_FLAG(convert_mmdit), .convert = NULL}, /* SD3: not supported yet */
     {"bundle", "--bundle-resources-for-swift-cli", JOB_FLAG(bundle_resources_for_swift_cli), .is_step = true,
-     .preflight = sdc_conv_bundle_preflight, .prepare = sdc_conv_bundle_prepare, .convert = sdc_conv_bundle},
+     .preflight = sdc_conv_bundle_preflight, .prepare = sdc_conv_bundle_prepare, .convert = sdc_conv_bundle,
+     .cleanup = sdc_conv_bundle_cleanup},
 };
 
 static bool requested(const sdc_job *job, const sdc_conv_component *row) {
@@ -170,6 +172,11 @@ static void note_stale(void *user, const char *path, long pid) {
     sdc_conv_log(user, SDC_LOG_NOTICE, "removed %s, left by an interrupted run (process %ld is gone)", path, pid);
 }
 
+static void cleanup_rows(sdc_conv_ctx *c) {
+    for (size_t i = 0; i < SDC_COUNT_OF(COMPONENTS); i++)
+        if (COMPONENTS[i].cleanup && requested(c->job, &COMPONENTS[i])) COMPONENTS[i].cleanup(c);
+}
+
 /* ---------------------------------------------------------------- entry point */
 
 sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
@@ -192,7 +199,7 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     if (!s) s = sdc_outdir_mkdirs(job->output_dir ? job->output_dir : ".", true, &err); /* as os.makedirs */
     if (!s) sdc_outdir_remove_stale(job->output_dir ? job->output_dir : ".", note_stale, &c);
     if (!s) s = run_rows(&c, ROW_HOOK(convert));
-    if (job->bundle_resources_for_swift_cli) sdc_conv_bundle_cleanup(&c);
+    cleanup_rows(&c);
     if (opened) sdc_source_close(&src);
     if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");
     return s;

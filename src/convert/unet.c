@@ -92,9 +92,31 @@ static sdc_status convert_from(const sdc_conv_ctx *c, const sdc_source *src, con
     return s;
 }
 
-sdc_status sdc_conv_unet(const sdc_conv_ctx *c) {
+/* The SDXL rule for one source's UNet, from its config alone. */
+static sdc_status check_source(const sdc_conv_ctx *c, const sdc_source *src, const char *id) {
+    sdc_component comp;
+    sdc_unet_info info;
+    sdc_status s = sdc_component_open(src, "unet", &comp, c->err);
+    if (!s && !(s = sdc_unet_describe(&comp, false, &info, c->err))) s = check_xl(c, src, &info, id);
+    sdc_component_close(&comp);
+    return s;
+}
+
+/* Before anything is converted: what would refuse the UNet or the refiner, so that a refusal
+   (a --refiner-version that is not SDXL, say) comes before the base UNet is written. */
+sdc_status sdc_conv_unet_prepare(const sdc_conv_ctx *c) {
     if (c->job->unet_support_controlnet && c->job->xl_version)
         return sdc_fail(c->err, SDC_E_UNSUPPORTED, "--unet-support-controlnet is for SD 1.x and 2.x (as with the anchor)");
+    sdc_status s = check_source(c, c->src, c->job->model_version);
+    if (s || !c->job->refiner_version) return s;
+    sdc_source refiner;
+    if ((s = sdc_source_open(c->job->refiner_version, &refiner, c->err))) return s;
+    s = check_source(c, &refiner, c->job->refiner_version);
+    sdc_source_close(&refiner);
+    return s;
+}
+
+sdc_status sdc_conv_unet(const sdc_conv_ctx *c) {
     /* --unet-support-controlnet writes "control-unet" (Swift's ControlledUnet) */
     sdc_status s = convert_from(c, c->src, c->job->unet_support_controlnet ? "control-unet" : "unet",
                                 c->job->model_version);

@@ -40,11 +40,11 @@ def test_refused(sdcoreml, pipelines, tmp_path, kind, flags, code, message):
     ("sdxl", "sd2", ["--xl-version"], "--xl-version given, but {refiner} is not an SDXL model"),
 ])
 def test_refiner_refused(sdcoreml, pipelines, tmp_path, base, refiner, flags, message):
-    """--refiner-version is checked like --model-version. (It is checked when the refiner is
-    converted, after the base UNet: the base package stays, complete.)"""
+    """--refiner-version is checked like --model-version, before anything is converted: no base
+    UNet package is written either."""
     b, rf = pipelines[base], pipelines[refiner]
     r = sdcoreml("--model-version", b.name, "--refiner-version", rf.name, "-o", tmp_path, "--convert-unet", *flags,
                  cwd=b.parent)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1] == "sdcoreml: error: " + message.format(refiner=rf.name), r.stderr
-    assert not any("refiner" in p.name for p in tmp_path.iterdir())
+    assert list(tmp_path.iterdir()) == []
