@@ -94,7 +94,8 @@ while IFS= read -r f; do ours+=("$f"); done < <(find src cli tests/unit -name '*
 compile_one() { # target, defines..., file
     local target=$1 file=${!#}
     zigcc -target "$target" "${WARN[@]}" "${@:2:$#-2}" -Iinclude -Isrc -I"$GEN" -I"$INC" -Itests/unit \
-        -DSDC_VERSION_STRING='"macos-check"' -c "$file" -o "$WORK/$target-$(echo "$file" | tr / _).o"
+        -DSDC_VERSION_STRING='"macos-check"' -DSDC_SOURCE_DIR="\"$ROOT\"" -c "$file" \
+        -o "$WORK/$target-$(echo "$file" | tr / _).o"
 }
 n=0
 for target in "${TARGETS[@]}"; do

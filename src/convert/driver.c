@@ -15,15 +15,23 @@
 
 /* The component table, in the anchor's conversion order. */
 static const sdc_conv_component COMPONENTS[] = {
-    {"vae_decoder", "--convert-vae-decoder", JOB_FLAG(convert_vae_decoder), .convert = sdc_conv_vae_decoder, .weights = {"vae"},
+    {"vae_decoder", "--convert-vae-decoder", JOB_FLAG(convert_vae_decoder),
+     .convert = sdc_conv_vae_decoder,
+     .weights = {"vae"},
      .resources = {{"vae_decoder", "VAEDecoder"}}},
-    {"vae_encoder", "--convert-vae-encoder", JOB_FLAG(convert_vae_encoder), .convert = sdc_conv_vae_encoder, .weights = {"vae"},
+    {"vae_encoder", "--convert-vae-encoder", JOB_FLAG(convert_vae_encoder),
+     .convert = sdc_conv_vae_encoder,
+     .weights = {"vae"},
      .resources = {{"vae_encoder", "VAEEncoder"}}},
-    /* ControlNets are bundled under Resources/controlnet/ by id (bundle.c) */
+    /* ControlNets come from their own ids (fetch.c) and are bundled under Resources/controlnet/
+       by id (bundle.c) */
     {"controlnet", "--convert-controlnet", JOB_FLAG(convert_controlnet), .palettized = true,
-     .preflight = sdc_conv_controlnets_preflight, .convert = sdc_conv_controlnets},
-    {"unet", "--convert-unet", JOB_FLAG(convert_unet), .palettized = true, .prepare = sdc_conv_unet_prepare,
-     .convert = sdc_conv_unet, .weights = {"unet"},
+     .preflight = sdc_conv_controlnets_preflight,
+     .convert = sdc_conv_controlnets},
+    {"unet", "--convert-unet", JOB_FLAG(convert_unet), .palettized = true,
+     .prepare = sdc_conv_unet_prepare,
+     .convert = sdc_conv_unet,
+     .weights = {"unet"},
      .resources = {{"unet", "Unet"},
                    {"unet_chunk1", "UnetChunk1"},
                    {"unet_chunk2", "UnetChunk2"},
@@ -34,13 +42,18 @@ static const sdc_conv_component COMPONENTS[] = {
                    {"control-unet_chunk1", "ControlledUnetChunk1"},
                    {"control-unet_chunk2", "ControlledUnetChunk2"}}},
     {"text_encoder", "--convert-text-encoder", JOB_FLAG(convert_text_encoder), .palettized = true,
-     .convert = sdc_conv_text_encoders, .weights = {"text_encoder", "text_encoder_2"},
+     .convert = sdc_conv_text_encoders,
+     .weights = {"text_encoder", "text_encoder_2"},
      .resources = {{"text_encoder", "TextEncoder"}, {"text_encoder_2", "TextEncoder2"}}},
     {"safety_checker", "--convert-safety-checker", JOB_FLAG(convert_safety_checker),
-     .convert = sdc_conv_safety_checker, .weights = {"safety_checker", "vae"}, .resources = {{"safety_checker", "SafetyChecker"}}},
+     .convert = sdc_conv_safety_checker,
+     .weights = {"safety_checker", "vae"}, /* the image size comes from the VAE, which it opens */
+     .resources = {{"safety_checker", "SafetyChecker"}}},
     {"mmdit", "--convert-mmdit", JOB_FLAG(convert_mmdit), .convert = NULL}, /* SD3: not supported yet */
     {"bundle", "--bundle-resources-for-swift-cli", JOB_FLAG(bundle_resources_for_swift_cli), .is_step = true,
-     .preflight = sdc_conv_bundle_preflight, .prepare = sdc_conv_bundle_prepare, .convert = sdc_conv_bundle,
+     .preflight = sdc_conv_bundle_preflight,
+     .prepare = sdc_conv_bundle_prepare,
+     .convert = sdc_conv_bundle,
      .cleanup = sdc_conv_bundle_cleanup},
 };
 
