@@ -445,6 +445,8 @@ static sdc_status link_snapshot(const fetcher *f, const char *path, const char *
     char target[1400] = "", tmp[4800];
     size_t up = 2; /* snapshots/<sha>/ */
     for (const char *p = path; *p; p++) up += *p == '/';
+    /* a listed path may be 1000 bytes of "a/a/…": ~500 levels of "../" would not fit */
+    if (3 * up >= sizeof target) return sdc_fail(f->err, SDC_E_UNSUPPORTED, "%s: path nested too deep", path);
     for (size_t i = 0; i < up; i++) strcat(target, "../");
     if (!sdc_fmt(target + strlen(target), sizeof target - strlen(target), "blobs/%s", etag) ||
         !sdc_fmt(tmp, sizeof tmp, "%s.sdcoreml-%ld", link, (long)getpid()))
