@@ -1,6 +1,8 @@
 /* common.c — errors and allocation shared by the whole library (dtypes: dtype.c). */
 #include "common.h"
 
+#include <sys/stat.h>
+
 #include <stdatomic.h>
 
 /* Control characters (from file names, tensor names, JSON tokens) become spaces, so that a
@@ -86,6 +88,11 @@ char *sdc_strdup(const char *s) {
     char *d = sdc_malloc(n);
     if (d) memcpy(d, s, n);
     return d;
+}
+
+bool sdc_path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
 }
 
 bool sdc_fmt(char *buf, size_t size, const char *fmt, ...) {

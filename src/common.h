@@ -74,6 +74,9 @@ static inline bool sdc_add_u64(uint64_t a, uint64_t b, uint64_t *out) {
 /* A shape for messages, "[1, 77, 768]"; truncated quietly when it does not fit. Returns buf. */
 const char *sdc_shape_str(const int64_t *shape, int rank, char *buf, size_t size);
 
+/* Whether anything (file, folder, link target) exists at `path`. */
+bool sdc_path_exists(const char *path);
+
 /* snprintf into a fixed buffer; returns false when it did not fit. */
 bool sdc_fmt(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

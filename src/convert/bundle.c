@@ -75,11 +75,6 @@ static sdc_status compile(const sdc_conv_ctx *c, const char *package, const char
     return SDC_OK;
 }
 
-static bool exists(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
 /* Compiles <-o>/<package> into <stage>/<sub><target>.mlmodelc unless <resources>/<sub><target>.mlmodelc
    exists (kept, as the anchor does) or the package was not written. */
 static sdc_status bundle_one(const sdc_conv_ctx *c, const char *package, const char *resources, const char *stage,
@@ -88,14 +83,14 @@ static sdc_status bundle_one(const sdc_conv_ctx *c, const char *package, const c
     const char *out = c->job->output_dir ? c->job->output_dir : ".";
     snprintf(pkg, sizeof pkg, "%s/%s", out, package);
     snprintf(kept, sizeof kept, "%s/%s%s.mlmodelc", resources, sub, target);
-    if (!exists(pkg) || exists(kept)) return SDC_OK;
+    if (!sdc_path_exists(pkg) || sdc_path_exists(kept)) return SDC_OK;
     snprintf(dir, sizeof dir, "%s/%s", stage, sub);
     snprintf(staged, sizeof staged, "%s/%s.mlmodelc", dir, target);
     size_t stem = strlen(package) - strlen(".mlpackage");
     snprintf(compiled, sizeof compiled, "%s/%.*s.mlmodelc", dir, (int)stem, package);
     sdc_status s = compile(c, pkg, dir);
     if (s) return s;
-    if (!exists(compiled))
+    if (!sdc_path_exists(compiled))
         return sdc_fail(c->err, SDC_E_IO, "%s: coremlcompiler wrote no %s", pkg, compiled);
     if (rename(compiled, staged) != 0)
         return sdc_fail(c->err, SDC_E_IO, "%s: cannot rename to %s: %s", compiled, staged, strerror(errno));
@@ -211,17 +206,11 @@ void sdc_conv_bundle_cleanup(const sdc_conv_ctx *c) {
         if (is_http_url(tokenizer_url(c->job, i)) && downloaded_path(TOKENIZER_FILES[i].file, path, sizeof path)) unlink(path);
 }
 
-static sdc_status make_dir(const sdc_conv_ctx *c, const char *dir) {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return sdc_fail(c->err, SDC_E_IO, "%s: cannot create directory: %s", dir, strerror(errno));
-    return SDC_OK;
-}
-
 /* Everything the staging folder holds goes into Resources/: each entry by one durable rename,
    files replacing older ones, compiled models (never present in Resources/, see bundle_one)
    added — or left out when another run put the same one there first. */
 static sdc_status move_staged(const sdc_conv_ctx *c, const char *stage, const char *resources) {
-    sdc_status s = make_dir(c, resources);
+    sdc_status s = sdc_outdir_mkdirs(resources, true, c->err);
     DIR *d = s ? NULL : opendir(stage);
     if (!s && !d) s = sdc_fail(c->err, SDC_E_IO, "%s: cannot open: %s", stage, strerror(errno));
     struct dirent *e;
@@ -251,7 +240,7 @@ sdc_status sdc_conv_bundle(const sdc_conv_ctx *c) {
     if (!sdc_fmt(stage, sizeof stage, "%s/.Resources.partial-%ld", out, (long)getpid()))
         return sdc_fail(c->err, SDC_E_ARG, "-o: output path too long");
     sdc_outdir_remove_tree(stage); /* a leftover of a crashed run with our pid */
-    sdc_status s = make_dir(c, stage);
+    sdc_status s = sdc_outdir_mkdirs(stage, true, c->err);
     for (size_t i = 0; !s && i < c->n_rows; i++) {
         const sdc_conv_resource *r = c->rows[i].resources;
         for (size_t k = 0; !s && k < SDC_CONV_MAX_RESOURCES && r[k].submodule; k++) {
@@ -263,7 +252,7 @@ sdc_status sdc_conv_bundle(const sdc_conv_ctx *c) {
     if (!s && c->job->n_controlnet) {
         char cdir[4300];
         snprintf(cdir, sizeof cdir, "%s/controlnet", stage);
-        s = make_dir(c, cdir);
+        s = sdc_outdir_mkdirs(cdir, true, c->err);
         for (int i = 0; !s && i < c->job->n_controlnet; i++) {
             char pkg[700], name[600];
             snprintf(pkg, sizeof pkg, "ControlNet_%s.mlpackage", c->job->controlnet[i]);

@@ -1,8 +1,6 @@
 /* chunk.c — --chunk-unet: the two chunk packages of a UNet, and their check. */
 #include "convert/chunk.h"
 
-#include <sys/stat.h>
-
 #include "passes/chunk.h"
 
 /* "<dir>/<stem>.mlpackage" → "<dir>/<stem>_chunk<n>.mlpackage", as bisect_model names them. */
@@ -15,16 +13,11 @@ static sdc_status chunk_path(const sdc_conv_ctx *c, const char *path, int n, cha
     return SDC_OK;
 }
 
-static bool exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
 bool sdc_conv_chunks_missing(const sdc_conv_ctx *c, const char *path) {
     char p[4200];
     if (!c->job->chunk_unet) return false;
     for (int n = 1; n <= 2; n++)
-        if (chunk_path(c, path, n, p, sizeof p) || !exists(p)) return true;
+        if (chunk_path(c, path, n, p, sizeof p) || !sdc_path_exists(p)) return true;
     return false;
 }
 

@@ -9,7 +9,6 @@
 #include "passes/palettize.h"
 
 #include <errno.h>
-#include <sys/stat.h>
 
 /* ---------------------------------------------------------------- output names */
 
@@ -37,13 +36,8 @@ sdc_status sdc_conv_output_path(const sdc_conv_ctx *c, const char *name, char *o
 
 static bool row_palettized(const sdc_conv_ctx *c) { return c->component && c->component->palettized; }
 
-static bool exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
 bool sdc_conv_exists_skip(const sdc_conv_ctx *c, const char *path, const char *what) {
-    if (!exists(path)) return false;
+    if (!sdc_path_exists(path)) return false;
     sdc_conv_log(c, SDC_LOG_NOTICE, "%s exists; skipping %s (remove it to convert again)", path, what);
     /* the anchor palettizes existing packages in place; we never rewrite one we did not write */
     if (c->job->quantize_nbits && row_palettized(c))
@@ -65,7 +59,7 @@ static bool failed_check_path(const char *path, char *out, size_t size) {
 
 void sdc_conv_quarantine(const sdc_conv_ctx *c, const char *path) {
     char moved[4200];
-    if (!exists(path) || !failed_check_path(path, moved, sizeof moved)) return;
+    if (!sdc_path_exists(path) || !failed_check_path(path, moved, sizeof moved)) return;
     sdc_remove_package_tree(moved); /* the previous failure's; removes only a package's own files */
     if (rename(path, moved) == 0)
         sdc_conv_log(c, SDC_LOG_WARNING, "%s failed the check; moved to %s so that no later run keeps it", path,

@@ -6,16 +6,9 @@
  */
 #include "source/source.h"
 
-#include <sys/stat.h>
-
-static bool file_exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
 /* "<root>/<dir>/<file>" when that file exists; false when it does not or the path is too long. */
 static bool pipeline_file(const sdc_source *s, const char *dir, const char *file, char *out, size_t size) {
-    return sdc_fmt(out, size, "%s/%s/%s", s->root, dir, file) && file_exists(out);
+    return sdc_fmt(out, size, "%s/%s/%s", s->root, dir, file) && sdc_path_exists(out);
 }
 
 /* SDXL pipelines name an XL class in model_index.json, or carry a text_encoder_2. */
