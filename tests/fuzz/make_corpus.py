@@ -15,6 +15,9 @@ import struct
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from pbwire import fld, varint, vint  # noqa: E402  (tests/python/pbwire.py, stdlib only)
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "tiny-sd"
 SEP = b"\n--8<--\n"  # SDC_FUZZ_SEPARATOR in harness.h
@@ -113,25 +116,8 @@ def source_seeds(out):
 
 
 # ---- packages ----------------------------------------------------------------------------
-# A minimal protobuf encoder for our trimmed Core ML schema (src/coreml/coreml.proto).
-
-def varint(n):
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def fld(num, payload):
-    payload = payload.encode() if isinstance(payload, str) else payload
-    return varint((num << 3) | 2) + varint(len(payload)) + payload
-
-
-def vint(num, v):
-    return varint(num << 3) + varint(v)
-
+# Core ML model files for our trimmed schema (src/coreml/coreml.proto), with the wire encoder
+# of tests/python/pbwire.py.
 
 FP16, FP32, INT8, INT32, UINT8, UINT32, UINT4 = 10, 11, 21, 23, 31, 33, 35
 BLOB_CODE = {FP16: 1, FP32: 2, UINT8: 3, INT8: 4, UINT4: 11}

@@ -1,6 +1,6 @@
 """Packages crafted to exhaust resources (found in review): the reader and the interpreter must
 answer with one error line and exit 1, never crash. Built by hand with a minimal protobuf
-encoder, on a copy of a real package so the manifest and weight file are valid."""
+encoder (pbwire.py), on a copy of a real package so the manifest and weight file are valid."""
 
 import shutil
 import struct
@@ -9,24 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import check_ok
-
-
-def varint(n):
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def fld(num, payload):
-    payload = payload.encode() if isinstance(payload, str) else payload
-    return varint((num << 3) | 2) + varint(len(payload)) + payload
-
-
-def vint(num, v):
-    return varint(num << 3) + varint(v)
+from pbwire import fld, varint, vint
 
 
 def tensor_type(dtype, shape):  # ValueType{tensorType{dataType, rank, dimensions}}
