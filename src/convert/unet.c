@@ -70,9 +70,9 @@ static sdc_status convert_from(const sdc_conv_ctx *c, const sdc_source *src, con
                          .controlnet_inputs = c->job->unet_support_controlnet && src == c->src,
                      }};
     sdc_unet_options *opt = &st.opt;
-    if (!(s = sdc_unet_describe(&comp, false, &info, c->err)) && !(s = check_xl(c, src, &info, id)) &&
+    /* the SDXL rule and the latent size were checked by sdc_conv_unet_prepare */
+    if (!(s = sdc_unet_describe(&comp, false, &info, c->err)) &&
         !(s = sdc_conv_latent_size(c, src, 64, &opt->latent_h, &opt->latent_w)) &&
-        !(s = sdc_conv_check_latent(c, src, info.downsamples, opt->latent_h, opt->latent_w)) &&
         !(s = context_length(c, src, &opt->context_len))) {
         opt->n_time_ids = sdc_pipeline_requires_aesthetics_score(src) ? 5 : 6;
         for (int i = 0; i < info.notes.n; i++) sdc_conv_log(c, SDC_LOG_WARNING, "%s", info.notes.line[i]);
@@ -92,18 +92,23 @@ static sdc_status convert_from(const sdc_conv_ctx *c, const sdc_source *src, con
     return s;
 }
 
-/* The SDXL rule for one source's UNet, from its config alone. */
+/* What would refuse one source's UNet, from its config alone: the SDXL rule and a latent size
+   its downsamplers cannot halve. */
 static sdc_status check_source(const sdc_conv_ctx *c, const sdc_source *src, const char *id) {
     sdc_component comp;
     sdc_unet_info info;
+    int h, w;
     sdc_status s = sdc_component_open(src, "unet", &comp, c->err);
-    if (!s && !(s = sdc_unet_describe(&comp, false, &info, c->err))) s = check_xl(c, src, &info, id);
+    if (!s && !(s = sdc_unet_describe(&comp, false, &info, c->err)) && !(s = check_xl(c, src, &info, id)) &&
+        !(s = sdc_conv_latent_size(c, src, 64, &h, &w)))
+        s = sdc_conv_check_latent(c, src, info.downsamples, h, w);
     sdc_component_close(&comp);
     return s;
 }
 
 /* Before anything is converted: what would refuse the UNet or the refiner, so that a refusal
-   (a --refiner-version that is not SDXL, say) comes before the base UNet is written. */
+   (a --refiner-version that is not SDXL, a --latent-h the UNet cannot take) comes before any
+   package (the VAE's, the base UNet's) is written. */
 sdc_status sdc_conv_unet_prepare(const sdc_conv_ctx *c) {
     if (c->job->unet_support_controlnet && c->job->xl_version)
         return sdc_fail(c->err, SDC_E_UNSUPPORTED, "--unet-support-controlnet is for SD 1.x and 2.x (as with the anchor)");

@@ -110,6 +110,16 @@ def test_latent_size_must_divide(sdcoreml, pipelines, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_latent_size_is_refused_before_anything_is_written(sdcoreml, pipelines, tmp_path):
+    """The VAE decoder comes first in the anchor's order: a latent size the UNet refuses must stop
+    the run before the VAE's package is written."""
+    sd1 = pipelines["sd1"]
+    r = sdcoreml("--convert-vae-decoder", "--convert-unet", "--latent-h", 31, "--model-version", sd1.name,
+                 "-o", tmp_path / "o", cwd=sd1.parent)
+    assert r.returncode == 2 and "--latent-h 31" in r.stderr.strip().splitlines()[-1], r.stderr
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
 def test_odd_sample_size_names_the_config(sdcoreml, pipelines, tmp_path):
     src = tmp_path / "odd"
     shutil.copytree(pipelines["sd1"], src)
