@@ -71,7 +71,8 @@ typedef void (*sdc_progress_fn)(void *user, const char *what, uint64_t done, uin
  * sdc_job_init() and change what you need. Strings are borrowed for the duration of the call.
  */
 typedef struct sdc_job {
-    /* --model-version: diffusers folder or Hub id "org/name[@revision]" (required). A Hub id
+    /* --model-version: diffusers folder, Hub id "org/name[@revision]", or a single checkpoint
+       file in the original LDM/SGM layout (.safetensors; .ckpt, .pt, .pth) (required). A Hub id
        (here and in refiner_version, custom_vae_version, controlnet) that is not complete in the
        Hugging Face cache is downloaded into it first, only the files the job reads, unless
        HF_HUB_OFFLINE is set (see sdc_download). */
@@ -79,6 +80,9 @@ typedef struct sdc_job {
     const char *output_dir;         /* -o (default ".") */
     const char *refiner_version;    /* --refiner-version */
     const char *custom_vae_version; /* --custom-vae-version */
+    /* --config: a diffusers folder or cached Hub id whose configs describe a single-file
+       model_version (a .safetensors/.ckpt checkpoint) instead of the configs inferred from it */
+    const char *config;
     const char *const *controlnet;  /* --convert-controlnet ids */
     int n_controlnet;
 

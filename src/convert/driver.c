@@ -155,6 +155,7 @@ static void effective_options(const sdc_job *job, char *buf, size_t size) {
     ADD("--model-version %s", job->model_version);
     if (job->refiner_version) ADD(" --refiner-version %s", job->refiner_version);
     if (job->custom_vae_version) ADD(" --custom-vae-version %s", job->custom_vae_version);
+    if (job->config) ADD(" --config %s", job->config);
     for (size_t i = 0; i < SDC_COUNT_OF(COMPONENTS); i++) {
         const sdc_conv_component *row = &COMPONENTS[i];
         if (row->is_step || !requested(job, row)) continue;
@@ -207,7 +208,7 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     if (!s) s = run_rows(&c, ROW_HOOK(preflight));
     bool opened = false;
     if (!s) s = sdc_conv_fetch_models(&c);
-    if (!s) opened = (s = sdc_source_open(job->model_version, &src, &err)) == SDC_OK;
+    if (!s) opened = (s = sdc_source_open_config(job->model_version, job->config, &src, &err)) == SDC_OK;
     if (!s) s = run_rows(&c, ROW_HOOK(prepare));
     if (!s) s = sdc_outdir_mkdirs(job->output_dir ? job->output_dir : ".", true, &err); /* as os.makedirs */
     if (!s) sdc_outdir_remove_stale(job->output_dir ? job->output_dir : ".", note_stale, &c);

@@ -13,15 +13,9 @@
 /* ---------------------------------------------------------------- output names */
 
 sdc_status sdc_conv_package_path(const sdc_conv_ctx *c, const char *submodule, char *out, size_t size) {
-    const char *mv = c->job->model_version;
     char id[512];
-    size_t n = strlen(mv);
-    while (n > 1 && mv[n - 1] == '/') n--; /* "tiny/" names the same as "tiny" */
-    if (n >= sizeof id) return sdc_fail(c->err, SDC_E_ARG, "--model-version is too long");
-    memcpy(id, mv, n);
-    id[n] = 0;
-    for (char *p = id; *p; p++)
-        if (*p == '/') *p = '_';
+    if (!sdc_source_output_name(c->job->model_version, id, sizeof id))
+        return sdc_fail(c->err, SDC_E_ARG, "--model-version is too long");
     const char *dir = c->job->output_dir ? c->job->output_dir : ".";
     if (!sdc_fmt(out, size, "%s/Stable_Diffusion_version_%s_%s.mlpackage", dir, id, submodule))
         return sdc_fail(c->err, SDC_E_ARG, "-o: output path too long");

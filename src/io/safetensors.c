@@ -438,6 +438,9 @@ void sdc_tensor_release(const sdc_tensor *t) {
     uintptr_t begin = (uintptr_t)t->data & ~(uintptr_t)(page - 1);
     uintptr_t end = ((uintptr_t)t->data + t->nbytes + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
     uintptr_t map_end = (uintptr_t)t->file->map + t->file->map_size;
+    /* a view derived from the file into memory of its own (single_file.c's transposed copy) is
+       not the file's to drop */
+    if ((uintptr_t)t->data < (uintptr_t)t->file->map || (uintptr_t)t->data >= map_end) return;
     if (end > map_end) end = map_end; /* the mapping's last page may be partial */
     if (end > begin) madvise((void *)begin, end - begin, MADV_DONTNEED);
 }

@@ -228,7 +228,8 @@ static int map_in_part(const part_row *part, const char *name, const sdc_ldm_lay
         if (!len || !apply_rule(row->rule, caps, layout, vals)) continue;
         int n = row->transform == SDC_LDM_ROWS_OF_3 ? 3 : 1;
         for (int k = 0; k < n; k++) {
-            out[k] = (sdc_ldm_target){.part = part->part, .transform = row->transform, .slice = k};
+            out[k] = (sdc_ldm_target){.part = part->part, .transform = row->transform, .slice = k,
+                                      .openclip = part->rows == OPENCLIP_ROWS};
             if (!format_target(row->diffusers, vals, "qkv"[k], dotted + len, part->inner, part->n_inner, out[k].name,
                                sizeof out[k].name))
                 return 0;

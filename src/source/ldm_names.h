@@ -48,6 +48,7 @@ typedef struct sdc_ldm_target {
     sdc_ldm_part part;
     sdc_ldm_transform transform;
     int slice;      /* SDC_LDM_ROWS_OF_3: 0 q, 1 k, 2 v */
+    bool openclip;  /* an OpenCLIP text encoder's (gelu; SD 2.x runs all but its last block) */
     char name[256]; /* the diffusers name inside the component */
 } sdc_ldm_target;
 

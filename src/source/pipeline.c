@@ -6,9 +6,28 @@
  */
 #include "source/source.h"
 
-/* "<root>/<dir>/<file>" when that file exists; false when it does not or the path is too long. */
+#include "source/single_file.h"
+
+/* "<config root>/<dir>/<file>" when that file exists; false when it does not, the path is too
+   long, or the source has no such folder (a single file without --config). */
 static bool pipeline_file(const sdc_source *s, const char *dir, const char *file, char *out, size_t size) {
-    return sdc_fmt(out, size, "%s/%s/%s", s->root, dir, file) && sdc_path_exists(out);
+    return s->config_root[0] && sdc_fmt(out, size, "%s/%s/%s", s->config_root, dir, file) && sdc_path_exists(out);
+}
+
+/* A component's config (a new reference) and its origin for messages; *cfg NULL when the
+   pipeline has none. A single file answers with the config its components are built with. */
+static sdc_status component_config(const sdc_source *s, const char *component, json_t **cfg, char *path, size_t size,
+                                   sdc_err *err) {
+    *cfg = NULL;
+    const char *origin;
+    const json_t *single = s->single ? sdc_single_file_config(s->single, component, &origin) : NULL;
+    if (single) {
+        snprintf(path, size, "%s", origin);
+        *cfg = json_incref((json_t *)single);
+        return SDC_OK;
+    }
+    if (s->single || !pipeline_file(s, component, "config.json", path, size)) return SDC_OK;
+    return sdc_json_load(path, cfg, err);
 }
 
 /* SDXL pipelines name an XL class in model_index.json, or carry a text_encoder_2. */
@@ -25,12 +44,11 @@ bool sdc_pipeline_requires_aesthetics_score(const sdc_source *s) {
 
 sdc_status sdc_pipeline_int(const sdc_source *s, const char *component, const char *key, int64_t dflt,
                             int64_t *out, sdc_err *err) {
-    char path[4200];
+    char path[4400];
     *out = dflt;
-    if (!pipeline_file(s, component, "config.json", path, sizeof path)) return SDC_OK;
     json_t *cfg;
-    sdc_status st = sdc_json_load(path, &cfg, err);
-    if (st) return st;
+    sdc_status st = component_config(s, component, &cfg, path, sizeof path, err);
+    if (st || !cfg) return st;
     json_t *v = json_object_get(cfg, key);
     if (v && !json_is_null(v) && !json_is_integer(v))
         st = sdc_fail(err, SDC_E_FORMAT, "%s: '%s' must be an integer", path, key);
@@ -43,12 +61,11 @@ sdc_status sdc_pipeline_int(const sdc_source *s, const char *component, const ch
 }
 
 sdc_status sdc_pipeline_sample_size(const sdc_source *s, int64_t dflt, int64_t *h, int64_t *w, sdc_err *err) {
-    char path[4200];
+    char path[4400];
     *h = *w = dflt;
-    if (!pipeline_file(s, "unet", "config.json", path, sizeof path)) return SDC_OK;
     json_t *cfg;
-    sdc_status st = sdc_json_load(path, &cfg, err);
-    if (st) return st;
+    sdc_status st = component_config(s, "unet", &cfg, path, sizeof path, err);
+    if (st || !cfg) return st;
     json_t *v = json_object_get(cfg, "sample_size");
     if (json_is_integer(v)) {
         *h = *w = json_integer_value(v);
@@ -106,7 +123,7 @@ bool sdc_pipeline_tokenizer_file(const sdc_source *s, const char *file, char *ou
 void sdc_pipeline_card_base_model(const sdc_source *s, char *out, size_t size) {
     char path[4200];
     out[0] = 0;
-    if (!sdc_fmt(path, sizeof path, "%s/README.md", s->root)) return;
+    if (!s->config_root[0] || !sdc_fmt(path, sizeof path, "%s/README.md", s->config_root)) return;
     FILE *f = fopen(path, "r");
     if (!f) return;
     char line[1024];

@@ -9,6 +9,7 @@
 #include "source/source.h"
 
 #include "hub/hub.h"
+#include "source/single_file.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -21,6 +22,7 @@
 
 struct sdc_weights {
     char describe[4200];
+    sdc_single_file *owner; /* views of a single file: kept alive by this set */
     size_t n_files;
     sdc_st_file **files;
     size_t count;
@@ -268,6 +270,7 @@ static bool has_component_folder(const char *root) {
 static sdc_status open_root(sdc_source *s, sdc_err *err) {
     size_t n = strlen(s->root);
     while (n > 1 && s->root[n - 1] == '/') s->root[--n] = '\0';
+    memcpy(s->config_root, s->root, n + 1);
     char index[4200];
     sdc_status st = join_path(index, sizeof index, s->root, "model_index.json", err);
     if (st) return st;
@@ -279,13 +282,54 @@ static sdc_status open_root(sdc_source *s, sdc_err *err) {
                     s->id, s->root);
 }
 
+/* A checkpoint file: its components come from the file, the pipeline's other files (and, with
+   --config, the configs) from the config folder. */
+static sdc_status open_single_file(sdc_source *s, const char *config, sdc_err *err) {
+    sdc_source cfg = {0};
+    sdc_status st = SDC_OK;
+    if (!sdc_fmt(s->root, sizeof s->root, "%s", s->id))
+        return sdc_fail(err, SDC_E_ARG, "model path too long: '%.80s...'", s->id);
+    if (config && (st = sdc_source_open(config, &cfg, err))) return st;
+    if (config && cfg.single)
+        st = sdc_fail(err, SDC_E_ARG, "--config %s: a folder or Hub id with the model's diffusers configs, not a file", config);
+    if (!st) st = sdc_single_file_open(s->id, config ? cfg.root : NULL, &s->single, err);
+    if (!st && config) {
+        snprintf(s->config_root, sizeof s->config_root, "%s", cfg.root);
+        s->model_index = json_incref(cfg.model_index);
+    }
+    if (!st && !s->model_index) s->model_index = json_deep_copy(sdc_single_file_model_index(s->single));
+    sdc_source_close(&cfg);
+    return st;
+}
+
+bool sdc_source_output_name(const char *model_version, char *out, size_t size) {
+    if (sdc_single_file_is(model_version)) return sdc_single_file_stem(model_version, out, size);
+    size_t n = strlen(model_version);
+    while (n > 1 && model_version[n - 1] == '/') n--; /* "tiny/" names the same as "tiny" */
+    if (!sdc_fmt(out, size, "%.*s", (int)n, model_version)) return false;
+    for (char *p = out; *p; p++)
+        if (*p == '/') *p = '_';
+    return true;
+}
+
 sdc_status sdc_source_open(const char *model_version, sdc_source *out, sdc_err *err) {
+    return sdc_source_open_config(model_version, NULL, out, err);
+}
+
+sdc_status sdc_source_open_config(const char *model_version, const char *config, sdc_source *out, sdc_err *err) {
     memset(out, 0, sizeof *out);
     if (!model_version || !model_version[0])
         return sdc_fail(err, SDC_E_ARG, "no model given (--model-version is empty)");
     if (!sdc_fmt(out->id, sizeof out->id, "%s", model_version))
         return sdc_fail(err, SDC_E_ARG, "model name too long: '%.80s...'", model_version);
-
+    if (sdc_single_file_is(model_version)) {
+        sdc_status st = open_single_file(out, config, err);
+        if (st) sdc_source_close(out);
+        return st;
+    }
+    if (config)
+        return sdc_fail(err, SDC_E_ARG, "--config %s describes a single-file --model-version; %s is not one (a .safetensors, "
+                        ".ckpt, .pt or .pth file)", config, model_version);
     if (is_dir(model_version)) {
         if (!sdc_fmt(out->root, sizeof out->root, "%s", model_version))
             return sdc_fail(err, SDC_E_ARG, "model path too long: '%.80s...'", model_version);
@@ -293,6 +337,10 @@ sdc_status sdc_source_open(const char *model_version, sdc_source *out, sdc_err *
     }
     char shown[sizeof out->id + 2];
     const char *folder = display_path(model_version, shown, sizeof shown);
+    if (is_file(model_version))
+        return sdc_fail(err, SDC_E_UNSUPPORTED,
+                        "model '%s': a file, but not a checkpoint sdcoreml reads (.safetensors, .ckpt, .pt, .pth)",
+                        model_version);
     if (!sdc_hub_is_id(model_version))
         return sdc_fail(err, SDC_E_NOTFOUND,
                         "model '%s' not found: not a folder '%s'; not a Hub id of the form "
@@ -312,6 +360,8 @@ void sdc_source_close(sdc_source *s) {
     if (!s) return;
     json_decref(s->model_index);
     s->model_index = NULL;
+    sdc_single_file_release(s->single);
+    s->single = NULL;
 }
 
 /* A component is a plain subfolder name; "" names the model folder itself (a ControlNet or
@@ -328,6 +378,7 @@ static bool component_dir(const sdc_source *s, const char *component, char *buf,
 
 bool sdc_source_has(const sdc_source *s, const char *component) {
     char dir[4200], config[4300];
+    if (s->single) return component && sdc_single_file_has(s->single, component);
     if (!is_component_name(component) || !component_dir(s, component, dir, sizeof dir))
         return false;
     if (!component[0])
@@ -353,14 +404,19 @@ static void weights_free(sdc_weights *w) {
     for (size_t i = 0; i < w->n_files; i++) sdc_st_close(w->files[i]);
     sdc_free(w->files);
     sdc_free(w->by_name);
+    sdc_single_file_release(w->owner);
     sdc_free(w);
 }
+
+void sdc_weights_free(sdc_weights *w) { weights_free(w); }
+
+static sdc_status sort_and_check_names(sdc_weights *w, sdc_err *err);
 
 /* Builds the name index over all files; a name in two shards is ambiguous, so an error. */
 static sdc_status index_tensors(sdc_weights *w, sdc_err *err) {
     size_t n = 0;
     for (size_t i = 0; i < w->n_files; i++) n += sdc_st_count(w->files[i]);
-    if (!(w->by_name = sdc_calloc(n, sizeof *w->by_name)))
+    if (!(w->by_name = sdc_calloc(n ? n : 1, sizeof *w->by_name)))
         return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", w->describe);
     for (size_t i = 0; i < w->n_files; i++) {
         for (size_t j = 0; j < sdc_st_count(w->files[i]); j++) {
@@ -369,6 +425,32 @@ static sdc_status index_tensors(sdc_weights *w, sdc_err *err) {
             w->total_bytes += t->nbytes;
         }
     }
+    return sort_and_check_names(w, err);
+}
+
+sdc_status sdc_weights_from_views(const char *describe, const sdc_tensor *views, size_t n, sdc_single_file *owner,
+                                  sdc_weights **out, sdc_err *err) {
+    *out = NULL;
+    sdc_weights *w = sdc_calloc(1, sizeof *w);
+    if (!w || !(w->by_name = sdc_calloc(n ? n : 1, sizeof *w->by_name))) {
+        sdc_free(w);
+        return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", describe);
+    }
+    snprintf(w->describe, sizeof w->describe, "%s", describe);
+    for (size_t i = 0; i < n; i++) {
+        w->by_name[w->count++] = &views[i];
+        w->total_bytes += views[i].nbytes;
+    }
+    if (owner) sdc_single_file_retain(owner);
+    w->owner = owner;
+    sdc_status st = sort_and_check_names(w, err);
+    if (st) weights_free(w);
+    else *out = w;
+    return st;
+}
+
+static sdc_status sort_and_check_names(sdc_weights *w, sdc_err *err) {
+    size_t n = w->count;
     qsort(w->by_name, n, sizeof *w->by_name, cmp_tensor_name);
     for (size_t i = 1; i < n; i++) {
         if (strcmp(w->by_name[i - 1]->name, w->by_name[i]->name) == 0)
@@ -603,6 +685,7 @@ sdc_status sdc_component_open(const sdc_source *s, const char *component, sdc_co
     if (!is_component_name(component))
         return sdc_fail(err, SDC_E_ARG, "model '%s': invalid component name '%.80s'", s->id,
                         component ? component : "(null)");
+    if (s->single) return sdc_single_file_component(s->single, component, out, err);
     snprintf(out->name, sizeof out->name, "%s", component);
     if (!component_dir(s, component, out->dir, sizeof out->dir))
         return sdc_fail(err, SDC_E_ARG, "path too long: '%s/%s'", s->root, component);

@@ -22,15 +22,28 @@
 
 #include <jansson.h>
 
+typedef struct sdc_single_file sdc_single_file; /* single_file.h */
+
 typedef struct sdc_source {
     char id[512];     /* as given on the command line */
-    char root[4096];  /* the folder that holds model_index.json */
+    char root[4096];  /* the folder that holds model_index.json; a single file: its path */
+    char config_root[4096]; /* the folder of the pipeline's other files (scheduler, tokenizer, model card):
+                               root, or a single file's --config folder, or "" */
     json_t *model_index; /* parsed model_index.json, or NULL if the folder has none */
+    sdc_single_file *single; /* --model-version FILE: the checkpoint its components come from */
 } sdc_source;
 
-/* Resolves a folder path or Hub id. */
+/* Resolves a folder path, a Hub id, or a single checkpoint file (single_file.h). */
 sdc_status sdc_source_open(const char *model_version, sdc_source *out, sdc_err *err);
+/* The same with --config (NULL for none): a folder or Hub id whose configs describe the single
+   file's components instead of the inferred ones (as diffusers' from_single_file(config=…));
+   refused for a model that is not a single file. */
+sdc_status sdc_source_open_config(const char *model_version, const char *config, sdc_source *out, sdc_err *err);
 void sdc_source_close(sdc_source *s);
+
+/* The name the packages of `model_version` are called after: a single file's stem
+   ("dir/my-model.safetensors" → "my-model"), else the id with '/' as '_'. */
+bool sdc_source_output_name(const char *model_version, char *out, size_t size);
 
 /* True when the pipeline has this component: model_index.json lists it with a non-null
    class, or (no model_index.json) the subfolder exists. */
@@ -66,6 +79,12 @@ const sdc_tensor *sdc_weights_find(const sdc_weights *w, const char *name);
    Accepted dtypes: F32, F16, BF16. */
 sdc_status sdc_weights_get(const sdc_weights *w, const char *name, int rank, const int64_t *shape,
                            const sdc_tensor **out, sdc_err *err);
+/* A weights set over views made elsewhere (single_file.c): the views stay owned by `owner`,
+   which the set keeps (retains) until sdc_weights_free; owner NULL: the caller keeps them alive. */
+sdc_status sdc_weights_from_views(const char *describe, const sdc_tensor *views, size_t n, sdc_single_file *owner,
+                                  sdc_weights **out, sdc_err *err);
+void sdc_weights_free(sdc_weights *w); /* NULL is a no-op */
+
 /* The weight file(s) as one string for messages: "dir/model.fp16.safetensors". */
 const char *sdc_weights_describe(const sdc_weights *w);
 size_t sdc_weights_count(const sdc_weights *w);
