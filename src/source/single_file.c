@@ -371,8 +371,8 @@ static sdc_status infer_unet(const probe *pr, json_t **out, sdc_err *err) {
         if (attn && ch[b] % per_head) {
             json_decref(down);
             json_decref(up);
-            return contradiction(f, U, err, "level %zu has %lld channels, not a multiple of %s %lld", b, (long long)ch[b],
-                                 fam->unet_heads ? "its" : "64 channels per head times", (long long)per_head);
+            return contradiction(f, U, err, "level %zu has %lld channels, not a multiple of %lld %s", b, (long long)ch[b],
+                                 (long long)per_head, fam->unet_heads ? "heads" : "channels per head");
         }
     }
     json_t *c = json_pack("{s:s, s:I, s:I, s:o, s:I, s:o, s:b, s:I, s:o, s:o, s:s, s:I, s:I}",     /* shapes */

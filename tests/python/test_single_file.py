@@ -1,0 +1,173 @@
+"""Single-file checkpoints (--model-version FILE, --custom-vae-version FILE, --config DIR).
+
+Fixtures: the tiny pipelines written in the original LDM/SGM layouts by
+tests/fixtures/make_single_files.py, each first read back by diffusers' own
+from_single_file(config=<folder>) and compared tensor by tensor with the folder (the oracle
+that the file is what it claims to be). Then the packages converted from the file must be the
+packages converted from the folder, byte for byte (weight.bin), for every component."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import EXAMPLE_SD1, check_ok
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+import make_single_files as msf  # noqa: E402
+
+WEIGHT_BIN = Path("Data/com.apple.CoreML/weights/weight.bin")
+KINDS = ["sd1", "sd2", "sdxl", "sdxl-refiner", "sd1-inpaint"]
+DTYPES = ["fp32", "fp16"]
+COMPONENTS = ["--convert-unet", "--convert-text-encoder", "--convert-vae-decoder", "--convert-vae-encoder"]
+
+
+def folders(pipelines):
+    return {k: Path(pipelines[k]) for k in KINDS}
+
+
+@pytest.fixture(scope="session")
+def single_files(pipelines, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single-files")
+    return msf.write_all(out, folders(pipelines))
+
+
+@pytest.fixture(scope="session")
+def fp16_folders(pipelines, tmp_path_factory):
+    """The fixture folders with every weight cast to float16 (what an fp16 file must equal)."""
+    root = tmp_path_factory.mktemp("fp16-folders")
+    made = {}
+    for kind, src in folders(pipelines).items():
+        dst = root / kind
+        shutil.copytree(src, dst)
+        for st in dst.glob("*/*.safetensors"):
+            save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(st).items()}, st)
+        made[kind] = dst
+    return made
+
+
+def xl_flags(kind):
+    return ["--xl-version"] if kind.startswith("sdxl") else []
+
+
+def submodule_bins(out, stem):
+    prefix = f"Stable_Diffusion_version_{stem}_"
+    return {p.name[len(prefix):-len(".mlpackage")]: (p / WEIGHT_BIN).read_bytes()
+            for p in sorted(Path(out).glob(prefix + "*.mlpackage"))}
+
+
+def convert_file(sdcoreml, path, out, *flags):
+    path = Path(path)
+    return sdcoreml("--model-version", path.name, "-o", out, *flags, cwd=path.parent)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_fixture_is_what_diffusers_reads(single_files, pipelines, kind, dtype):
+    msf.validate(single_files[f"{kind}-{dtype}"], kind, folders(pipelines)[kind])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_packages_equal_the_folder_ones(sdcoreml, single_files, pipelines, fp16_folders, tmp_path, kind, dtype):
+    folder = folders(pipelines)[kind] if dtype == "fp32" else fp16_folders[kind]
+    a, b = tmp_path / "file", tmp_path / "folder"
+    f = single_files[f"{kind}-{dtype}"]
+    check_ok(convert_file(sdcoreml, f, a, "--config", folders(pipelines)[kind], *COMPONENTS, *xl_flags(kind)))
+    check_ok(sdcoreml("--model-version", folder.name, "-o", b, *COMPONENTS, *xl_flags(kind), cwd=folder.parent))
+    got, want = submodule_bins(a, f.stem), submodule_bins(b, folder.name)
+    encoders = {"sdxl": {"text_encoder", "text_encoder_2"}, "sdxl-refiner": {"text_encoder_2"}}.get(kind, {"text_encoder"})
+    expected = {"unet", "vae_decoder", "vae_encoder"} | encoders
+    assert set(got) == set(want) == expected
+    for sub in expected:
+        assert got[sub] == want[sub], f"{kind}-{dtype}: {sub} weight.bin differs from the folder's"
+
+
+@pytest.mark.parametrize("name", ["sd1-fp16", "sdxl-fp32"])
+def test_check_output_correctness(sdcoreml, single_files, pipelines, tmp_path, name):
+    kind = name.rsplit("-", 1)[0]
+    r = check_ok(convert_file(sdcoreml, single_files[name], tmp_path, "--config", folders(pipelines)[kind],
+                              "--check-output-correctness", *COMPONENTS, *xl_flags(kind)))
+    assert "PSNR" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("vae", ["vae-ldm", "vae-diffusers"])
+def test_custom_vae_file(sdcoreml, single_files, tmp_path, vae):
+    """A lone VAE file (LDM or diffusers names) as --custom-vae-version equals the folder's VAE."""
+    flags = ["--convert-vae-decoder", "--convert-vae-encoder"]
+    a, b = tmp_path / "custom", tmp_path / "folder"
+    check_ok(sdcoreml("--model-version", EXAMPLE_SD1.name, "-o", a, "--custom-vae-version", single_files[vae], *flags,
+                      cwd=EXAMPLE_SD1.parent))
+    check_ok(sdcoreml("--model-version", EXAMPLE_SD1.name, "-o", b, *flags, cwd=EXAMPLE_SD1.parent))
+    got, want = submodule_bins(a, EXAMPLE_SD1.name), submodule_bins(b, EXAMPLE_SD1.name)
+    assert set(got) == {"vae_decoder", "vae_encoder"} and got == want
+
+
+def test_lone_vae_as_model(sdcoreml, single_files, pipelines, tmp_path):
+    """A VAE file on its own converts its decoder, named after the file's stem."""
+    check_ok(convert_file(sdcoreml, single_files["vae-ldm"], tmp_path, "--convert-vae-decoder"))
+    assert (tmp_path / "Stable_Diffusion_version_vae-ldm_vae_decoder.mlpackage").is_dir()
+
+
+# ---- refusals: one line naming the file and what to do, nothing written ----------------------
+
+
+def refused(r, out, *words):
+    assert r.returncode != 0, r.stdout
+    err = r.stderr.strip()
+    assert len(err.splitlines()) >= 1
+    for w in words:
+        assert w in err, err
+    assert not any(Path(out).glob("*.mlpackage")), list(Path(out).iterdir())
+
+
+def test_unknown_layout(sdcoreml, tmp_path):
+    f = tmp_path / "mystery.safetensors"
+    save_file({"backbone.layer1.weight": torch.zeros(4, 4), "head.bias": torch.zeros(4)}, f)
+    out = tmp_path / "out"
+    refused(convert_file(sdcoreml, f, out, "--convert-unet"), out, "mystery.safetensors", "unknown layout")
+
+
+@pytest.mark.parametrize("kind,component,flag", [
+    ("sd1", "text_encoder", "--convert-text-encoder"),    # 32 wide: not 64 channels per head
+    ("sd2", "unet", "--convert-unet"),                     # 16 channels per head, not 64
+    ("sdxl", "unet", "--convert-unet"),                    # time ids embedded 8 wide, not 256
+])
+def test_unconventional_shapes_need_config(sdcoreml, single_files, tmp_path, kind, component, flag):
+    f = single_files[f"{kind}-fp32"]
+    refused(convert_file(sdcoreml, f, tmp_path, flag, *xl_flags(kind)), tmp_path, f.name, component, "--config")
+
+
+def test_missing_component(sdcoreml, single_files, tmp_path):
+    refused(convert_file(sdcoreml, single_files["vae-ldm"], tmp_path, "--convert-unet"), tmp_path, "vae-ldm", "no unet")
+
+
+def test_config_without_the_component(sdcoreml, single_files, pipelines, tmp_path):
+    cfg = tmp_path / "cfg"
+    shutil.copytree(folders(pipelines)["sd1"], cfg)
+    shutil.rmtree(cfg / "unet")
+    refused(convert_file(sdcoreml, single_files["sd1-fp32"], tmp_path / "out", "--config", cfg, "--convert-unet"),
+            tmp_path / "out", "unet/config.json")
+
+
+def test_config_is_for_single_files(sdcoreml, tmp_path):
+    r = sdcoreml("--model-version", EXAMPLE_SD1.name, "-o", tmp_path, "--config", EXAMPLE_SD1, "--convert-unet",
+                 cwd=EXAMPLE_SD1.parent)
+    refused(r, tmp_path, "--config", "single-file")
+
+
+def test_pickle_checkpoint_is_refused_until_read(sdcoreml, single_files, tmp_path):
+    refused(convert_file(sdcoreml, single_files["sd1"], tmp_path, "--convert-unet"), tmp_path, "sd1.ckpt")
+
+
+def test_other_files_are_not_models(sdcoreml, tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("hello")
+    refused(convert_file(sdcoreml, f, tmp_path / "out", "--convert-unet"), tmp_path / "out", "notes.txt")
