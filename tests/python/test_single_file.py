@@ -116,6 +116,42 @@ def test_lone_vae_as_model(sdcoreml, single_files, pipelines, tmp_path):
     assert (tmp_path / "Stable_Diffusion_version_vae-ldm_vae_decoder.mlpackage").is_dir()
 
 
+# ---- configs inferred from the shapes (no --config) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def conventional(tmp_path_factory):
+    """Tiny pipelines that keep the families' conventions, as folders and single files."""
+    return msf.write_conventional(tmp_path_factory.mktemp("conventional"))
+
+
+def spec_without_metadata(package):
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(package))
+    spec.description.metadata.Clear()  # names the --model-version given
+    return spec.SerializeToString()
+
+
+@pytest.mark.parametrize("kind", msf.CONVENTIONAL)
+def test_inferred_configs_give_the_folder_packages(sdcoreml, conventional, tmp_path, kind):
+    """Without --config, every config value that shapes settle comes from the shapes and the rest
+    from the family's conventions: the packages (graph, shapes, head counts, weights) are those
+    of the folder with its real configs. SD 2.x's file carries one OpenCLIP block more than the
+    pipeline runs."""
+    folder = conventional[kind]
+    msf.validate(folder.parent / f"{kind}.safetensors", kind, folder)
+    flags = [*COMPONENTS, *xl_flags(kind)]
+    a, b = tmp_path / "file", tmp_path / "folder"
+    check_ok(convert_file(sdcoreml, folder.parent / f"{kind}.safetensors", a, *flags))
+    check_ok(sdcoreml("--model-version", kind, "-o", b, *flags, cwd=folder.parent))
+    got = sorted(p.name for p in a.glob("*.mlpackage"))
+    assert got == sorted(p.name for p in b.glob("*.mlpackage")) and len(got) >= 4
+    for name in got:
+        assert (a / name / WEIGHT_BIN).read_bytes() == (b / name / WEIGHT_BIN).read_bytes(), name
+        assert spec_without_metadata(a / name) == spec_without_metadata(b / name), name
+
+
 # ---- refusals: one line naming the file and what to do, nothing written ----------------------
 
 
