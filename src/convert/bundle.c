@@ -158,8 +158,9 @@ static sdc_status tokenizer_source(const sdc_conv_ctx *c, const char *url, const
         if (!sdc_fmt(from, size, "%s", strncmp(url, "file://", 7) ? url : url + 7))
             return sdc_fail(c->err, SDC_E_ARG, "%s: path too long", url);
     } else if (!sdc_pipeline_tokenizer_file(c->src, file, from, size)) {
-        return sdc_fail(c->err, SDC_E_NOTFOUND, "%s: no tokenizer/%s to bundle; pass it as a local file with --text-encoder-%s-url",
-                        c->src->root, file, strcmp(file, "vocab.json") ? "merges" : "vocabulary");
+        return sdc_fail(c->err, SDC_E_NOTFOUND, "%s: no tokenizer/%s to bundle; pass it as a local file or URL with --text-encoder-%s-url%s",
+                        c->src->root, file, strcmp(file, "vocab.json") ? "merges" : "vocabulary",
+                        c->src->single ? " (a single checkpoint file holds no tokenizer; --config DIR with tokenizer/ also gives it)" : "");
     }
     if (access(from, R_OK) != 0) return sdc_fail(c->err, SDC_E_IO, "%s: cannot read: %s", from, strerror(errno));
     return SDC_OK;

@@ -6,7 +6,6 @@ from_single_file(config=<folder>) and compared tensor by tensor with the folder 
 that the file is what it claims to be). Then the packages converted from the file must be the
 packages converted from the folder, byte for byte (weight.bin), for every component."""
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -36,18 +35,29 @@ def single_files(pipelines, tmp_path_factory):
     return msf.write_all(out, folders(pipelines))
 
 
+class CastFolders:
+    """The fixture folders with every weight cast to float16 or bfloat16 (what a file of that
+    dtype must equal), made once per (kind, dtype)."""
+
+    def __init__(self, pipelines, root):
+        self.pipelines, self.root, self.made = pipelines, root, {}
+
+    def __call__(self, kind, dtype):
+        if dtype == "fp32":
+            return folders(self.pipelines)[kind]
+        if (kind, dtype) not in self.made:
+            dst = self.root / dtype / kind
+            shutil.copytree(folders(self.pipelines)[kind], dst)
+            to = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+            for st in dst.glob("*/*.safetensors"):
+                save_file({k: v.to(to) if v.is_floating_point() else v for k, v in load_file(st).items()}, st)
+            self.made[kind, dtype] = dst
+        return self.made[kind, dtype]
+
+
 @pytest.fixture(scope="session")
-def fp16_folders(pipelines, tmp_path_factory):
-    """The fixture folders with every weight cast to float16 (what an fp16 file must equal)."""
-    root = tmp_path_factory.mktemp("fp16-folders")
-    made = {}
-    for kind, src in folders(pipelines).items():
-        dst = root / kind
-        shutil.copytree(src, dst)
-        for st in dst.glob("*/*.safetensors"):
-            save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(st).items()}, st)
-        made[kind] = dst
-    return made
+def cast_folders(pipelines, tmp_path_factory):
+    return CastFolders(pipelines, tmp_path_factory.mktemp("cast-folders"))
 
 
 def xl_flags(kind):
@@ -60,24 +70,25 @@ def submodule_bins(out, stem):
             for p in sorted(Path(out).glob(prefix + "*.mlpackage"))}
 
 
-def convert_file(sdcoreml, path, out, *flags):
+def convert_file(sdcoreml, path, out, *flags, env=None):
     path = Path(path)
-    return sdcoreml("--model-version", path.name, "-o", out, *flags, cwd=path.parent)
+    return sdcoreml("--model-version", path.name, "-o", out, *flags, cwd=path.parent, env=env)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", KINDS)
+FILES = [(k, d) for k in KINDS for d in DTYPES] + [("sd1", "bf16")]
+
+
+@pytest.mark.parametrize("kind,dtype", FILES)
 def test_fixture_is_what_diffusers_reads(single_files, pipelines, kind, dtype):
     msf.validate(single_files[f"{kind}-{dtype}"], kind, folders(pipelines)[kind])
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", KINDS)
-def test_packages_equal_the_folder_ones(sdcoreml, single_files, pipelines, fp16_folders, tmp_path, kind, dtype):
-    folder = folders(pipelines)[kind] if dtype == "fp32" else fp16_folders[kind]
+@pytest.mark.parametrize("kind,dtype", FILES)
+def test_packages_equal_the_folder_ones(sdcoreml, single_files, pipelines, cast_folders, tmp_path, kind, dtype):
+    folder = cast_folders(kind, dtype)
     a, b = tmp_path / "file", tmp_path / "folder"
     f = single_files[f"{kind}-{dtype}"]
     check_ok(convert_file(sdcoreml, f, a, "--config", folders(pipelines)[kind], *COMPONENTS, *xl_flags(kind)))
@@ -150,6 +161,20 @@ def test_inferred_configs_give_the_folder_packages(sdcoreml, conventional, tmp_p
     for name in got:
         assert (a / name / WEIGHT_BIN).read_bytes() == (b / name / WEIGHT_BIN).read_bytes(), name
         assert spec_without_metadata(a / name) == spec_without_metadata(b / name), name
+
+
+def test_bundle_takes_the_tokenizer_from_config(sdcoreml, conventional, tmp_path):
+    from test_bundle import fake_xcrun
+
+    env, _ = fake_xcrun(tmp_path)
+    folder = conventional["sd1-conventional"]
+    f = folder.parent / "sd1-conventional.safetensors"
+    r = convert_file(sdcoreml, f, tmp_path / "o1", "--convert-text-encoder", "--bundle-resources-for-swift-cli", env=env)
+    assert r.returncode != 0 and "no tokenizer/vocab.json" in r.stderr and "--config" in r.stderr, r.stderr
+    check_ok(convert_file(sdcoreml, f, tmp_path / "o2", "--convert-text-encoder", "--bundle-resources-for-swift-cli",
+                          "--config", folder, env=env))
+    for name in ("vocab.json", "merges.txt"):
+        assert (tmp_path / "o2" / "Resources" / name).read_bytes() == (folder / "tokenizer" / name).read_bytes()
 
 
 # ---- refusals: one line naming the file and what to do, nothing written ----------------------
