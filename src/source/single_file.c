@@ -347,7 +347,9 @@ static sdc_status infer_unet(const probe *pr, json_t **out, sdc_err *err) {
     size_t levels = 0;
     while (levels < MAX_LEVELS && (ch[levels] = dim_of(pr, U, 0, "down_blocks.%zu.resnets.0.conv1.weight", levels)) > 0)
         levels++;
-    if (!levels) return sdc_fail(err, SDC_E_FORMAT, "%s: the UNet has no down_blocks.0 (input_blocks.1)", f->path);
+    if (!levels || !HAS(pr, U, "conv_in.weight") || !HAS(pr, U, "conv_out.weight"))
+        return sdc_fail(err, SDC_E_FORMAT, "%s: the UNet lacks its first resnet, conv_in or conv_out (input_blocks.1, "
+                        "input_blocks.0, out.2)", f->path);
     json_t *down = json_array(), *up = json_array();
     int64_t cross = -1, proj_rank = 0;
     for (size_t b = 0; b < levels; b++) {
@@ -390,6 +392,7 @@ static sdc_status infer_unet(const probe *pr, json_t **out, sdc_err *err) {
                           "norm_num_groups", (json_int_t)fam->norm_groups,                        /* conventions */
                           "sample_size", (json_int_t)fam->unet_sample_size);
     json_object_set_new(c, "attention_head_dim", fam->unet_heads ? json_integer(fam->unet_heads) : int_list(heads, levels));
+    if (cross < 0) json_object_del(c, "cross_attention_dim"); /* no transformer at all */
     int64_t add_in = dim_of(pr, U, 1, "add_embedding.linear_1.weight");
     if (add_in > 0) {
         json_object_set_new(c, "addition_embed_type", json_string("text_time"));
@@ -418,7 +421,9 @@ static sdc_status infer_vae(const probe *pr, json_t **out, sdc_err *err) {
         levels++;
     int64_t layers = 0;
     while (HAS(pr, V, "encoder.down_blocks.0.resnets.%lld.conv1.weight", (long long)layers)) layers++;
-    if (!levels) return sdc_fail(err, SDC_E_FORMAT, "%s: the VAE has no encoder.down.0 (encoder.down_blocks.0)", f->path);
+    if (!levels || !layers || !HAS(pr, V, "encoder.conv_in.weight") || !HAS(pr, V, "decoder.conv_in.weight") ||
+        !HAS(pr, V, "decoder.conv_out.weight"))
+        return sdc_fail(err, SDC_E_FORMAT, "%s: the VAE lacks encoder.down.0, a conv_in or the decoder's conv_out", f->path);
     for (size_t b = 0; b < levels; b++)
         if (ch[b] % fam->norm_groups)
             return contradiction(f, V, err, "level %zu has %lld channels, not a multiple of %d GroupNorm groups", b,

@@ -232,3 +232,23 @@ def test_other_files_are_not_models(sdcoreml, tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("hello")
     refused(convert_file(sdcoreml, f, tmp_path / "out", "--convert-unet"), tmp_path / "out", "notes.txt")
+
+
+def edited(single_files, name, tmp_path, edit):
+    sd = load_file(single_files[name])
+    edit(sd)
+    f = tmp_path / f"edited-{name}.safetensors"
+    save_file(sd, f)
+    return f
+
+
+def test_fused_projection_that_does_not_split(sdcoreml, single_files, pipelines, tmp_path):
+    key = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
+    f = edited(single_files, "sd2-fp32", tmp_path, lambda sd: sd.__setitem__(key, sd[key][:-1]))
+    r = convert_file(sdcoreml, f, tmp_path / "out", "--config", folders(pipelines)["sd2"], "--convert-unet")
+    refused(r, tmp_path / "out", f.name, key, "multiple of 3")
+
+
+def test_unet_without_conv_in(sdcoreml, single_files, tmp_path):
+    f = edited(single_files, "sd1-fp32", tmp_path, lambda sd: sd.pop("model.diffusion_model.input_blocks.0.0.weight"))
+    refused(convert_file(sdcoreml, f, tmp_path / "out", "--convert-unet"), tmp_path / "out", f.name, "conv_in")
