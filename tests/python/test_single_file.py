@@ -163,6 +163,66 @@ def test_inferred_configs_give_the_folder_packages(sdcoreml, conventional, tmp_p
         assert spec_without_metadata(a / name) == spec_without_metadata(b / name), name
 
 
+@pytest.mark.parametrize("kind", ["sd2-conventional", "sdxl-conventional"])
+def test_text_encoders_match_diffusers_single_file_load(sdcoreml, conventional, tmp_path, kind):
+    """The float32 text encoder packages of a file converted without --config, evaluated with
+    coremltools' op semantics, against the encoders diffusers' from_single_file makes of the
+    same file (OpenCLIP: the fused projection split, the last block left out)."""
+    import diffusers
+    import mil_eval
+    import numpy as np
+    from test_text_encoder import load_program
+
+    folder = conventional[kind]
+    f = folder.parent / f"{kind}.safetensors"
+    xl = kind.startswith("sdxl")
+    check_ok(convert_file(sdcoreml, f, tmp_path / "o", "--convert-text-encoder", "--compute-precision", "FLOAT32",
+                          *xl_flags(kind)))
+    cls = diffusers.StableDiffusionXLPipeline if xl else diffusers.StableDiffusionPipeline
+    pipe = cls.from_single_file(str(f), config=str(folder), local_files_only=True, torch_dtype=torch.float32)
+    ids = pipe.tokenizer("a photo of a cat", padding="max_length", max_length=77, truncation=True,
+                         return_tensors="pt").input_ids
+    for sub in ["text_encoder", "text_encoder_2"][: 2 if xl else 1]:
+        with torch.no_grad():
+            o = getattr(pipe, sub)(ids, output_hidden_states=True, return_dict=True)
+        pooled = o.text_embeds if hasattr(o, "text_embeds") else o.pooler_output
+        ref = {"hidden_embeds": o.hidden_states[-2], "pooled_outputs": pooled} if xl else \
+            {"last_hidden_state": o.last_hidden_state, "pooled_outputs": pooled}
+        prog = load_program(tmp_path / "o" / f"Stable_Diffusion_version_{kind}_{sub}.mlpackage", tmp_path / sub)
+        got = mil_eval.evaluate(prog, {"input_ids": ids.numpy().astype(np.float32)})
+        for name, want in ref.items():
+            v = mil_eval.psnr(want.numpy(), got[name])
+            print(f"PSNR single-file {kind} {sub} {name}: {v:.1f} dB")
+            assert v >= 60, f"{sub} {name}: {v:.1f} dB"
+
+
+def test_vae_decoder_matches_diffusers_single_file_load(sdcoreml, conventional, tmp_path):
+    """The float32 VAE decoder of a file converted without --config (the LDM mid attention's 1x1
+    convs as linears, the up blocks reversed), run by the interpreter, against diffusers'
+    from_single_file VAE."""
+    import diffusers
+    import mil_eval
+    import numpy as np
+
+    kind = "sd1-conventional"
+    folder = conventional[kind]
+    f = folder.parent / f"{kind}.safetensors"
+    check_ok(convert_file(sdcoreml, f, tmp_path / "o", "--convert-vae-decoder", "--compute-precision", "FLOAT32",
+                          "--latent-h", "8", "--latent-w", "8"))
+    pipe = diffusers.StableDiffusionPipeline.from_single_file(str(f), config=str(folder), local_files_only=True,
+                                                              torch_dtype=torch.float32)
+    z = np.random.default_rng(5).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = pipe.vae.decode(torch.from_numpy(z)).sample.numpy()  # the scaling factor stays outside
+    np.save(tmp_path / "z.npy", z)
+    check_ok(sdcoreml("run", tmp_path / "o" / f"Stable_Diffusion_version_{kind}_vae_decoder.mlpackage",
+                      "--input", f"z={tmp_path / 'z.npy'}", "-o", tmp_path / "run"))
+    got = np.load(tmp_path / "run" / "image.npy")
+    v = mil_eval.psnr(want, got)
+    print(f"PSNR single-file {kind} vae_decoder image: {v:.1f} dB")
+    assert v >= 60, f"{v:.1f} dB"
+
+
 def test_bundle_takes_the_tokenizer_from_config(sdcoreml, conventional, tmp_path):
     from test_bundle import fake_xcrun
 
