@@ -2,7 +2,8 @@
  * single_file.c — one checkpoint file as a pipeline of components (see single_file.h).
  *
  * Steps at open: read the tensor index (the format table: safetensors, or the pickle reader);
- * detect the naming (LDM/SGM keys, a lone component in the LDM or diffusers naming); derive the
+ * detect the naming (LDM/SGM keys, a pipeline in diffusers' names prefixed by component, a lone
+ * VAE or UNet in the LDM or diffusers naming); derive the
  * diffusers-named views of every component; tell the family from what is present; then each
  * component's config, from --config or inferred. An inference that contradicts the family's
  * conventions is kept as the component's error and reported when the component is opened, so
@@ -171,22 +172,42 @@ static const struct lone_row {
     {"conv_in.weight", NULL, SDC_LDM_UNET},
 };
 
+/* A whole pipeline already in diffusers' names, each key prefixed by its component folder. */
+static const struct diffusers_row {
+    const char *prefix;
+    sdc_ldm_part part;
+} DIFFUSERS_PARTS[] = {
+    {"unet.", SDC_LDM_UNET},
+    {"vae.", SDC_LDM_VAE},
+    {"text_encoder.", SDC_LDM_TEXT_ENCODER},
+    {"text_encoder_2.", SDC_LDM_TEXT_ENCODER_2},
+};
+static const char *const DIFFUSERS_PROBES[] = {"unet.conv_in.weight", "vae.encoder.conv_in.weight",
+                                               "text_encoder.text_model.embeddings.token_embedding.weight"};
+
 typedef struct naming {
     const char *ldm_prefix;  /* prepended to every key; "" for a whole checkpoint */
     sdc_ldm_part diffusers;  /* a lone component already in diffusers' names */
+    bool prefixed;           /* a whole pipeline in diffusers' names (DIFFUSERS_PARTS) */
 } naming;
 
 static sdc_status detect_naming(const sdc_single_file *f, naming *out, sdc_err *err) {
     size_t n = f->format->count(f->file);
     for (size_t i = 0; i < n; i++) {
         if (sdc_ldm_part_of(f->format->at(f->file, i)->name) != SDC_LDM_NONE) {
-            *out = (naming){"", SDC_LDM_NONE};
+            *out = (naming){"", SDC_LDM_NONE, false};
+            return SDC_OK;
+        }
+    }
+    for (size_t i = 0; i < SDC_COUNT_OF(DIFFUSERS_PROBES); i++) {
+        if (f->format->find(f->file, DIFFUSERS_PROBES[i])) {
+            *out = (naming){NULL, SDC_LDM_NONE, true};
             return SDC_OK;
         }
     }
     for (size_t i = 0; i < SDC_COUNT_OF(LONE); i++) {
         if (f->format->find(f->file, LONE[i].probe)) {
-            *out = (naming){LONE[i].ldm_prefix, LONE[i].ldm_prefix ? SDC_LDM_NONE : LONE[i].part};
+            *out = (naming){LONE[i].ldm_prefix, LONE[i].ldm_prefix ? SDC_LDM_NONE : LONE[i].part, false};
             return SDC_OK;
         }
     }
@@ -281,7 +302,15 @@ static sdc_status make_views(sdc_single_file *f, const naming *nm, sdc_err *err)
         const sdc_tensor *src = f->format->at(f->file, i);
         sdc_ldm_target t[SDC_LDM_MAX_TARGETS];
         int n;
-        if (nm->diffusers != SDC_LDM_NONE) {
+        if (nm->prefixed) {
+            n = 0;
+            for (size_t k = 0; k < SDC_COUNT_OF(DIFFUSERS_PARTS) && !n; k++) {
+                size_t len = strlen(DIFFUSERS_PARTS[k].prefix);
+                t[0] = (sdc_ldm_target){.part = DIFFUSERS_PARTS[k].part, .transform = SDC_LDM_AS_IS};
+                n = !strncmp(src->name, DIFFUSERS_PARTS[k].prefix, len) &&
+                    sdc_fmt(t[0].name, sizeof t[0].name, "%s", src->name + len);
+            }
+        } else if (nm->diffusers != SDC_LDM_NONE) {
             t[0] = (sdc_ldm_target){.part = nm->diffusers, .transform = SDC_LDM_AS_IS};
             n = sdc_fmt(t[0].name, sizeof t[0].name, "%s", src->name);
         } else {
@@ -350,6 +379,8 @@ static sdc_status infer_unet(const probe *pr, json_t **out, sdc_err *err) {
     if (!levels || !HAS(pr, U, "conv_in.weight") || !HAS(pr, U, "conv_out.weight"))
         return sdc_fail(err, SDC_E_FORMAT, "%s: the UNet lacks its first resnet, conv_in or conv_out (input_blocks.1, "
                         "input_blocks.0, out.2)", f->path);
+    int64_t layers = 0;
+    while (HAS(pr, U, "down_blocks.0.resnets.%lld.conv1.weight", (long long)layers)) layers++;
     json_t *down = json_array(), *up = json_array();
     int64_t cross = -1, proj_rank = 0;
     for (size_t b = 0; b < levels; b++) {
@@ -382,7 +413,7 @@ static sdc_status infer_unet(const probe *pr, json_t **out, sdc_err *err) {
                           "in_channels", (json_int_t)dim_of(pr, U, 1, "conv_in.weight"),          /* 9: inpainting */
                           "out_channels", (json_int_t)dim_of(pr, U, 0, "conv_out.weight"),        /* */
                           "block_out_channels", int_list(ch, levels),                             /* */
-                          "layers_per_block", (json_int_t)f->layout.unet_layers_per_block,        /* */
+                          "layers_per_block", (json_int_t)layers,                                 /* */
                           "transformer_layers_per_block", int_list(depth, levels),                /* */
                           "use_linear_projection", proj_rank == 2,                                /* */
                           "cross_attention_dim", (json_int_t)cross,                               /* */
@@ -477,17 +508,17 @@ static sdc_status infer_text_encoder(const probe *pr, sdc_ldm_part p, json_t **o
                      "intermediate_size", (json_int_t)mlp, "num_hidden_layers", (json_int_t)layers, /* */
                      "projection_dim", (json_int_t)(projection > 0 ? projection : hidden),       /* */
                      "num_attention_heads", (json_int_t)(hidden / fam->text_head_channels),      /* conventions */
-                     "hidden_act", openclip ? "gelu" : "quick_gelu",                              /* */
+                     "hidden_act", openclip || p == SDC_LDM_TEXT_ENCODER_2 || f->fam == SD2 ? "gelu" : "quick_gelu",
                      "layer_norm_eps", 1e-5, "bos_token_id", 0, "eos_token_id", 2, "pad_token_id", 1);
     return SDC_OK;
 }
 
-/* SDXL has the time-id embedding; the refiner has no CLIP-L; SD 2.x runs OpenCLIP or (a lone
-   UNet) projects with linears. */
+/* SDXL has the time-id embedding; the refiner has no CLIP-L; SD 2.x runs OpenCLIP, and its
+   UNet projects with linears (SD 1.x: 1x1 convs), which tells it apart in diffusers' names. */
 static family find_family(const probe *pr) {
     if (HAS(pr, SDC_LDM_UNET, "add_embedding.linear_1.weight"))
         return pr->w[SDC_LDM_TEXT_ENCODER] || !pr->w[SDC_LDM_TEXT_ENCODER_2] ? SDXL : SDXL_REFINER;
-    if (pr->w[SDC_LDM_TEXT_ENCODER]) return pr->f->parts[SDC_LDM_TEXT_ENCODER].openclip ? SD2 : SD1;
+    if (pr->w[SDC_LDM_TEXT_ENCODER] && pr->f->parts[SDC_LDM_TEXT_ENCODER].openclip) return SD2;
     const sdc_tensor *t = pr->w[SDC_LDM_UNET] ? sdc_weights_find(pr->w[SDC_LDM_UNET], "down_blocks.0.attentions.0.proj_in.weight") : NULL;
     return t && t->rank == 2 ? SD2 : SD1;
 }
@@ -552,11 +583,11 @@ sdc_status sdc_single_file_open(const char *path, const char *config_root, sdc_s
     f->format = format_of(path);
     SDC_ASSERT(f->format);
     sdc_status st = SDC_OK;
-    naming nm = {NULL, SDC_LDM_NONE};
+    naming nm = {NULL, SDC_LDM_NONE, false};
     if (!sdc_fmt(f->path, sizeof f->path, "%s", path)) st = sdc_fail(err, SDC_E_ARG, "path too long: '%.80s...'", path);
     if (!st) st = f->format->open(path, &f->file, err);
     if (!st) st = detect_naming(f, &nm, err);
-    if (!st) find_layout(f, nm.ldm_prefix ? nm.ldm_prefix : "");
+    if (!st && nm.ldm_prefix) find_layout(f, nm.ldm_prefix);
     if (!st) st = make_views(f, &nm, err);
     if (!st) st = infer_configs(f, config_root, err);
     if (!st) st = make_model_index(f, err);

@@ -1,7 +1,8 @@
 /*
  * single_file.h — a whole model in one file, as community models ship: the original LDM/SGM
- * layout (SD 1.x, SD 2.x, SDXL base and refiner, inpainting) or one component (a VAE or UNet
- * in the LDM or the diffusers naming), .safetensors (.ckpt/.pt/.pth: the pickle reader).
+ * layout (SD 1.x, SD 2.x, SDXL base and refiner, inpainting), a pipeline in diffusers' names
+ * prefixed by component ("unet.conv_in.weight"), or one component (a VAE or UNet in the LDM or
+ * the diffusers naming); .safetensors (.ckpt/.pt/.pth: the pickle reader).
  *
  * The file is opened once; each component becomes diffusers-named views of its tensors
  * (ldm_names.h; no copy except OpenCLIP's small text_projection, transposed) plus a config:

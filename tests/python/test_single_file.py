@@ -121,6 +121,19 @@ def test_custom_vae_file(sdcoreml, single_files, tmp_path, vae):
     assert set(got) == {"vae_decoder", "vae_encoder"} and got == want
 
 
+@pytest.mark.parametrize("name,flags,subs", [
+    ("sd1-diffusers-names", COMPONENTS, {"unet", "text_encoder", "vae_decoder", "vae_encoder"}),
+    ("unet-ldm", ["--convert-unet"], {"unet"}),
+])
+def test_other_namings_equal_the_folder(sdcoreml, single_files, tmp_path, name, flags, subs):
+    """A pipeline already in diffusers' names (unet.*, vae.*, text_encoder.*) and a lone LDM UNet."""
+    a, b = tmp_path / "file", tmp_path / "folder"
+    check_ok(convert_file(sdcoreml, single_files[name], a, "--config", EXAMPLE_SD1, *flags))
+    check_ok(sdcoreml("--model-version", EXAMPLE_SD1.name, "-o", b, *flags, cwd=EXAMPLE_SD1.parent))
+    got, want = submodule_bins(a, name), submodule_bins(b, EXAMPLE_SD1.name)
+    assert set(got) == set(want) == subs and got == want
+
+
 def test_lone_vae_as_model(sdcoreml, single_files, pipelines, tmp_path):
     """A VAE file on its own converts its decoder, named after the file's stem."""
     check_ok(convert_file(sdcoreml, single_files["vae-ldm"], tmp_path, "--convert-vae-decoder"))
@@ -144,23 +157,27 @@ def spec_without_metadata(package):
     return spec.SerializeToString()
 
 
-@pytest.mark.parametrize("kind", msf.CONVENTIONAL)
-def test_inferred_configs_give_the_folder_packages(sdcoreml, conventional, tmp_path, kind):
+@pytest.mark.parametrize("kind,stem", [(k, k) for k in msf.CONVENTIONAL] +
+                         [("sd2-conventional", "sd2-conventional-diffusers-names")])
+def test_inferred_configs_give_the_folder_packages(sdcoreml, conventional, tmp_path, kind, stem):
     """Without --config, every config value that shapes settle comes from the shapes and the rest
     from the family's conventions: the packages (graph, shapes, head counts, weights) are those
     of the folder with its real configs. SD 2.x's file carries one OpenCLIP block more than the
     pipeline runs."""
     folder = conventional[kind]
-    msf.validate(folder.parent / f"{kind}.safetensors", kind, folder)
+    f = folder.parent / f"{stem}.safetensors"
+    if stem == kind:
+        msf.validate(f, kind, folder)
     flags = [*COMPONENTS, *xl_flags(kind)]
     a, b = tmp_path / "file", tmp_path / "folder"
-    check_ok(convert_file(sdcoreml, folder.parent / f"{kind}.safetensors", a, *flags))
+    check_ok(convert_file(sdcoreml, f, a, *flags))
     check_ok(sdcoreml("--model-version", kind, "-o", b, *flags, cwd=folder.parent))
-    got = sorted(p.name for p in a.glob("*.mlpackage"))
-    assert got == sorted(p.name for p in b.glob("*.mlpackage")) and len(got) >= 4
-    for name in got:
-        assert (a / name / WEIGHT_BIN).read_bytes() == (b / name / WEIGHT_BIN).read_bytes(), name
-        assert spec_without_metadata(a / name) == spec_without_metadata(b / name), name
+    got, want = submodule_bins(a, stem), submodule_bins(b, kind)
+    assert set(got) == set(want) and len(got) >= 4
+    for sub in got:
+        assert got[sub] == want[sub], sub
+        pa, pb = (d / f"Stable_Diffusion_version_{s}_{sub}.mlpackage" for d, s in ((a, stem), (b, kind)))
+        assert spec_without_metadata(pa) == spec_without_metadata(pb), sub
 
 
 @pytest.mark.parametrize("kind", ["sd2-conventional", "sdxl-conventional"])
