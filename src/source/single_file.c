@@ -89,6 +89,7 @@ static const struct family_row {
     int unet_heads;             /* SD 1.x: heads per transformer whatever its width (attention_head_dim 8) */
     int unet_head_channels;     /* SD 2.x and XL: heads = width / 64 */
     int text_head_channels;     /* CLIP-L and OpenCLIP: heads = hidden_size / 64 */
+    const char *text_act[2];    /* text_encoder, text_encoder_2: CLIP-L quick_gelu, OpenCLIP gelu */
     int openclip_unused_blocks; /* SD 2.x runs all but the last OpenCLIP block (num_hidden_layers 23 of 24) */
     int time_id_channels;       /* XL: each time id embedded in 256 sinusoid channels (addition_time_embed_dim) */
     int n_time_ids;             /* XL base: 6 (sizes and crop); refiner: 5 (with the aesthetic score) */
@@ -96,12 +97,21 @@ static const struct family_row {
     int unet_sample_size;       /* latent size: 512, 768 (2.1's v-prediction model) and 1024 pixels */
     int vae_sample_size;
     double vae_scaling;
+    /* the same in every family: the text encoders' LayerNorm epsilon and token ids (eos 2: the
+       legacy id with which transformers pools at the highest token id, as the real configs say);
+       the scheduler's first timestep of the check, 981, is pipeline.c's default and every
+       family's (leading spacing, steps_offset 1) */
 } FAMILIES[] = {
-    [SD1] = {"SD 1.x", "StableDiffusionPipeline", 8, 0, 64, 0, 0, 0, 32, 64, 512, 0.18215},
-    [SD2] = {"SD 2.x", "StableDiffusionPipeline", 0, 64, 64, 1, 0, 0, 32, 96, 768, 0.18215},
-    [SDXL] = {"SDXL", "StableDiffusionXLPipeline", 0, 64, 64, 0, 256, 6, 32, 128, 1024, 0.13025},
-    [SDXL_REFINER] = {"SDXL refiner", "StableDiffusionXLImg2ImgPipeline", 0, 64, 64, 0, 256, 5, 32, 128, 1024, 0.13025},
+    [SD1] = {"SD 1.x", "StableDiffusionPipeline", 8, 0, 64, {"quick_gelu", "gelu"}, 0, 0, 0, 32, 64, 512, 0.18215},
+    [SD2] = {"SD 2.x", "StableDiffusionPipeline", 0, 64, 64, {"gelu", "gelu"}, 1, 0, 0, 32, 96, 768, 0.18215},
+    [SDXL] = {"SDXL", "StableDiffusionXLPipeline", 0, 64, 64, {"quick_gelu", "gelu"}, 0, 256, 6, 32, 128, 1024, 0.13025},
+    [SDXL_REFINER] = {"SDXL refiner", "StableDiffusionXLImg2ImgPipeline", 0, 64, 64, {"quick_gelu", "gelu"}, 0, 256, 5,
+                      32, 128, 1024, 0.13025},
 };
+#define TEXT_LAYER_NORM_EPS 1e-5
+#define TEXT_BOS_ID 0
+#define TEXT_EOS_ID 2
+#define TEXT_PAD_ID 1
 
 /* ---- the object ------------------------------------------------------------------------- */
 
@@ -376,6 +386,8 @@ static sdc_status infer_unet(const probe *pr, json_t **out, sdc_err *err) {
     size_t levels = 0;
     while (levels < MAX_LEVELS && (ch[levels] = dim_of(pr, U, 0, "down_blocks.%zu.resnets.0.conv1.weight", levels)) > 0)
         levels++;
+    if (HAS(pr, U, "down_blocks.%d.resnets.0.conv1.weight", MAX_LEVELS))
+        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: the UNet has more than %d levels", f->path, MAX_LEVELS);
     if (!levels || !HAS(pr, U, "conv_in.weight") || !HAS(pr, U, "conv_out.weight"))
         return sdc_fail(err, SDC_E_FORMAT, "%s: the UNet lacks its first resnet, conv_in or conv_out (input_blocks.1, "
                         "input_blocks.0, out.2)", f->path);
@@ -450,6 +462,8 @@ static sdc_status infer_vae(const probe *pr, json_t **out, sdc_err *err) {
     while (levels < MAX_LEVELS &&
            (ch[levels] = dim_of(pr, V, 0, "encoder.down_blocks.%zu.resnets.0.conv1.weight", levels)) > 0)
         levels++;
+    if (HAS(pr, V, "encoder.down_blocks.%d.resnets.0.conv1.weight", MAX_LEVELS))
+        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: the VAE has more than %d levels", f->path, MAX_LEVELS);
     int64_t layers = 0;
     while (HAS(pr, V, "encoder.down_blocks.0.resnets.%lld.conv1.weight", (long long)layers)) layers++;
     if (!levels || !layers || !HAS(pr, V, "encoder.conv_in.weight") || !HAS(pr, V, "decoder.conv_in.weight") ||
@@ -508,8 +522,9 @@ static sdc_status infer_text_encoder(const probe *pr, sdc_ldm_part p, json_t **o
                      "intermediate_size", (json_int_t)mlp, "num_hidden_layers", (json_int_t)layers, /* */
                      "projection_dim", (json_int_t)(projection > 0 ? projection : hidden),       /* */
                      "num_attention_heads", (json_int_t)(hidden / fam->text_head_channels),      /* conventions */
-                     "hidden_act", openclip || p == SDC_LDM_TEXT_ENCODER_2 || f->fam == SD2 ? "gelu" : "quick_gelu",
-                     "layer_norm_eps", 1e-5, "bos_token_id", 0, "eos_token_id", 2, "pad_token_id", 1);
+                     "hidden_act", fam->text_act[p == SDC_LDM_TEXT_ENCODER_2],                    /* */
+                     "layer_norm_eps", TEXT_LAYER_NORM_EPS, "bos_token_id", TEXT_BOS_ID,         /* */
+                     "eos_token_id", TEXT_EOS_ID, "pad_token_id", TEXT_PAD_ID);
     return SDC_OK;
 }
 

@@ -289,7 +289,10 @@ static sdc_status open_single_file(sdc_source *s, const char *config, sdc_err *e
     sdc_status st = SDC_OK;
     if (!sdc_fmt(s->root, sizeof s->root, "%s", s->id))
         return sdc_fail(err, SDC_E_ARG, "model path too long: '%.80s...'", s->id);
-    if (config && (st = sdc_source_open(config, &cfg, err))) return st;
+    if (config && (st = sdc_source_open(config, &cfg, err))) {
+        sdc_err_prefix(err, "--config: ");
+        return st;
+    }
     if (config && cfg.single)
         st = sdc_fail(err, SDC_E_ARG, "--config %s: a folder or Hub id with the model's diffusers configs, not a file", config);
     if (!st) st = sdc_single_file_open(s->id, config ? cfg.root : NULL, &s->single, err);
