@@ -379,8 +379,28 @@ static bool component_dir(const sdc_source *s, const char *component, char *buf,
     return sdc_fmt(buf, size, "%s/%s", s->root, component);
 }
 
+/* What no single checkpoint holds and diffusers' from_single_file(config=…) takes from the
+   config folder: the safety checker. */
+static bool from_config_folder(const sdc_source *s, const char *component) {
+    return s->single && s->config_root[0] && component && !strcmp(component, "safety_checker");
+}
+
+/* The --config folder as a source of its own (borrowing the model index). */
+static void config_folder_view(const sdc_source *s, sdc_source *v) {
+    memset(v, 0, sizeof *v);
+    memcpy(v->id, s->id, sizeof v->id);
+    memcpy(v->root, s->config_root, sizeof v->root);
+    memcpy(v->config_root, s->config_root, sizeof v->config_root);
+    v->model_index = s->model_index;
+}
+
 bool sdc_source_has(const sdc_source *s, const char *component) {
     char dir[4200], config[4300];
+    if (from_config_folder(s, component)) {
+        sdc_source v;
+        config_folder_view(s, &v);
+        return sdc_source_has(&v, component);
+    }
     if (s->single) return component && sdc_single_file_has(s->single, component);
     if (!is_component_name(component) || !component_dir(s, component, dir, sizeof dir))
         return false;
@@ -688,6 +708,11 @@ sdc_status sdc_component_open(const sdc_source *s, const char *component, sdc_co
     if (!is_component_name(component))
         return sdc_fail(err, SDC_E_ARG, "model '%s': invalid component name '%.80s'", s->id,
                         component ? component : "(null)");
+    if (from_config_folder(s, component)) {
+        sdc_source v;
+        config_folder_view(s, &v);
+        return sdc_component_open(&v, component, out, err);
+    }
     if (s->single) return sdc_single_file_component(s->single, component, out, err);
     snprintf(out->name, sizeof out->name, "%s", component);
     if (!component_dir(s, component, out->dir, sizeof out->dir))

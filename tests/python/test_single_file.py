@@ -109,6 +109,20 @@ def test_check_output_correctness(sdcoreml, single_files, pipelines, tmp_path, n
     assert "PSNR" in r.stdout + r.stderr
 
 
+def test_safety_checker_from_config(sdcoreml, single_files, pipelines, tmp_path):
+    """A checkpoint holds no safety checker: as diffusers' from_single_file(config=…), it comes
+    from the --config folder; without --config it is skipped with a warning."""
+    folder = folders(pipelines)["sd1-inpaint"]
+    f = single_files["sd1-inpaint-fp32"]
+    a, b = tmp_path / "file", tmp_path / "folder"
+    check_ok(convert_file(sdcoreml, f, a, "--config", folder, "--convert-safety-checker"))
+    check_ok(sdcoreml("--model-version", folder.name, "-o", b, "--convert-safety-checker", cwd=folder.parent))
+    got, want = submodule_bins(a, f.stem), submodule_bins(b, folder.name)
+    assert set(got) == {"safety_checker"} and got == want
+    r = check_ok(convert_file(sdcoreml, f, tmp_path / "none", "--convert-safety-checker"))
+    assert "safety_checker" in r.stderr and not any((tmp_path / "none").glob("*.mlpackage"))
+
+
 @pytest.mark.parametrize("vae", ["vae-ldm", "vae-diffusers"])
 def test_custom_vae_file(sdcoreml, single_files, tmp_path, vae):
     """A lone VAE file (LDM or diffusers names) as --custom-vae-version equals the folder's VAE."""
