@@ -51,7 +51,7 @@ static bool is_folder(const char *path) {
 /* A Hub id (not a local folder, as diffusers decides) that is incomplete in the cache is
    downloaded; offline or without libcurl, what is missing is reported with how to get it. */
 static sdc_status ensure(const sdc_conv_ctx *c, const char *spec, const sdc_hub_want *want) {
-    if (!spec || is_folder(spec) || sdc_single_file_is(spec) || !sdc_hub_is_id(spec)) return SDC_OK;
+    if (!spec || is_folder(spec) || sdc_single_file_named(spec) || !sdc_hub_is_id(spec)) return SDC_OK;
     sdc_err missing = {0};
     if (!cache_has(spec, want, &missing)) return SDC_OK;
     if (sdc_hub_offline() || !sdc_hub_can_download()) {

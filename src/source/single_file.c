@@ -62,9 +62,11 @@ static const tensor_format *format_of(const char *path) {
     return NULL;
 }
 
+bool sdc_single_file_named(const char *path) { return path && format_of(path); }
+
 bool sdc_single_file_is(const char *path) {
     struct stat sb;
-    return path && format_of(path) && stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+    return sdc_single_file_named(path) && stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
 bool sdc_single_file_stem(const char *path, char *out, size_t size) {

@@ -18,7 +18,10 @@
 
 #include "source/source.h"
 
-/* A regular file whose name ends in a single-file extension (.safetensors, .ckpt, .pt, .pth). */
+/* A name that ends in a single-file extension (.safetensors, .ckpt, .pt, .pth): a file, never a
+   Hub id to download. */
+bool sdc_single_file_named(const char *path);
+/* ... and is a regular file. */
 bool sdc_single_file_is(const char *path);
 
 /* "dir/my-model.safetensors" → "my-model"; false when it does not fit. */

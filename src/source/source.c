@@ -340,6 +340,9 @@ sdc_status sdc_source_open_config(const char *model_version, const char *config,
     }
     char shown[sizeof out->id + 2];
     const char *folder = display_path(model_version, shown, sizeof shown);
+    if (sdc_single_file_named(model_version) && !is_dir(model_version))
+        return sdc_fail(err, SDC_E_NOTFOUND, "model file '%s' not found (%s)", folder,
+                        entry_exists(model_version) ? "not a regular file" : strerror(ENOENT));
     if (is_file(model_version))
         return sdc_fail(err, SDC_E_UNSUPPORTED,
                         "model '%s': a file, but not a checkpoint sdcoreml reads (.safetensors, .ckpt, .pt, .pth)",

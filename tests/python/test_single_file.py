@@ -343,3 +343,10 @@ def test_fused_projection_that_does_not_split(sdcoreml, single_files, pipelines,
 def test_unet_without_conv_in(sdcoreml, single_files, tmp_path):
     f = edited(single_files, "sd1-fp32", tmp_path, lambda sd: sd.pop("model.diffusion_model.input_blocks.0.0.weight"))
     refused(convert_file(sdcoreml, f, tmp_path / "out", "--convert-unet"), tmp_path / "out", f.name, "conv_in")
+
+
+def test_missing_file_is_not_a_hub_id(sdcoreml, tmp_path):
+    """dir/model.safetensors that does not exist is a missing file, not a Hub repository."""
+    r = sdcoreml("--model-version", "downloads/model.safetensors", "-o", tmp_path, "--convert-unet", cwd=tmp_path)
+    refused(r, tmp_path, "downloads/model.safetensors", "not found")
+    assert "Hub" not in r.stderr and "cache" not in r.stderr, r.stderr
