@@ -1,7 +1,8 @@
 /*
  * source.h — where model weights come from.
  *
- * A model is named as the anchor names it (--model-version): either a local diffusers folder
+ * A model is named as the anchor names it (--model-version): a single checkpoint file
+ * (single_file.h: its components are views of the file), a local diffusers folder
  * (one that holds model_index.json or a component folder), or a Hub id "org/name" resolved
  * from the local Hugging Face cache (src/hub/hub.h): $HF_HUB_CACHE, else $HF_HOME/hub, else
  * $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub; inside it
