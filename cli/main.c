@@ -131,6 +131,7 @@ static const sdc_cli_command CONVERT = {
         "Usage:\n"
         "  sdcoreml --model-version ID [--convert-text-encoder ...] [-o DIR] [options]\n"
         "  sdcoreml inspect PACKAGE.mlpackage [--json]\n"
+        "  sdcoreml inspect --compare A.mlpackage B.mlpackage [--json]\n"
         "  sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy ... -o DIR [--json]\n"
         "  sdcoreml download ID [--revision REV] [--include-weights-for COMPONENTS]\n"
         "  sdcoreml [inspect | run | download] -h | --help\n\n"
@@ -206,14 +207,93 @@ static void print_inspect_text(json_t *doc) {
            (long long)json_integer_value(json_object_get(doc, "weight_blobs")));
 }
 
+/* --compare: both packages side by side. Columns: the field or op type, then A's and B's values. */
+enum { FIELD_WIDTH = 36, VALUE_WIDTH = 34 };
+
+/* A contract value as text: strings bare (control characters as spaces), shapes as
+   [2, 4, 64, 64], a side that lacks the field as "-"; cut to the column. */
+static void value_text(json_t *v, char *buf, size_t size) {
+    size_t n = 0;
+    if (json_is_string(v)) {
+        n = (size_t)snprintf(buf, size, "%s", json_string_value(v));
+    } else if (json_is_integer(v)) {
+        n = (size_t)snprintf(buf, size, "%lld", (long long)json_integer_value(v));
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *d;
+        n = (size_t)snprintf(buf, size, "[");
+        json_array_foreach(v, i, d) if (n < size) n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? ", " : "",
+                                                                         (long long)json_integer_value(d));
+        if (n < size) snprintf(buf + n, size - n, "]");
+    } else {
+        snprintf(buf, size, "-");
+    }
+    for (char *p = buf; *p; p++)
+        if ((unsigned char)*p < 0x20) *p = ' ';
+    if (strlen(buf) > VALUE_WIDTH) snprintf(buf + VALUE_WIDTH - 3, size - (VALUE_WIDTH - 3), "...");
+}
+
+static char mark(bool differs) { return differs ? '*' : ' '; }
+
+static void print_contract_rows(json_t *rows) {
+    printf("  %-*s %-*s %s\n", FIELD_WIDTH, "contract", VALUE_WIDTH, "A", "B");
+    size_t i;
+    json_t *r;
+    json_array_foreach(rows, i, r) {
+        char a[256], b[256];
+        value_text(json_object_get(r, "a"), a, sizeof a);
+        value_text(json_object_get(r, "b"), b, sizeof b);
+        printf("%c %-*s %-*s %s\n", mark(!json_is_true(json_object_get(r, "same"))), FIELD_WIDTH,
+               json_string_value(json_object_get(r, "field")), VALUE_WIDTH, a, b);
+    }
+}
+
+static void print_count_row(const char *name, json_t *c) {
+    long long a = json_integer_value(json_object_get(c, "a")), b = json_integer_value(json_object_get(c, "b"));
+    printf("%c %-*s %10lld %10lld", mark(a != b), FIELD_WIDTH, name, a, b);
+    if (a != b) printf(" %+10lld", b - a);
+    printf("\n");
+}
+
+static void print_compare_text(json_t *doc) {
+    printf("A: %s\nB: %s\n\n", json_string_value(json_object_get(json_object_get(doc, "a"), "package")),
+           json_string_value(json_object_get(json_object_get(doc, "b"), "package")));
+    print_contract_rows(json_object_get(doc, "contract"));
+    printf("\n  %-*s %10s %10s %10s\n", FIELD_WIDTH, "op histogram (nested blocks too)", "A", "B", "B-A");
+    const char *op;
+    json_t *c;
+    json_object_foreach(json_object_get(doc, "op_histogram"), op, c) print_count_row(op, c);
+    print_count_row("all ops", json_object_get(doc, "op_count"));
+    size_t fields = json_array_size(json_object_get(doc, "contract_differences"));
+    size_t ops = json_array_size(json_object_get(doc, "op_types_differing"));
+    if (fields || ops)
+        printf("\ndifferent (marked *): %zu contract field%s, %zu op type%s\n", fields, fields == 1 ? "" : "s", ops,
+               ops == 1 ? "" : "s");
+    else
+        printf("\nsame contract and op histogram\n");
+}
+
 typedef struct inspect_args {
-    const char *package;
+    const char *package, *other; /* the positional; --compare's value */
+    bool other_first;            /* --compare came before the positional: its value is package A */
     bool json;
 } inspect_args;
+
+/* --compare OTHER: whichever way round it is written, A is the package named first. */
+static int store_compare(const sdc_cli_command *cmd, void *state, const char *value) {
+    inspect_args *a = state;
+    if (a->other) return sdc_cli_usage_error(cmd, "--compare is given twice");
+    a->other = value;
+    a->other_first = !a->package;
+    return 0;
+}
 
 static const sdc_cli_option INSPECT_OPTIONS[] = {
     {.name = "--json", .store = SDC_CLI_TRUE, .offset = offsetof(inspect_args, json),
      .help = "print the JSON document instead of text"},
+    {.name = "--compare", .store = SDC_CLI_CALL, .call = store_compare, .metavar = "PACKAGE",
+     .help = "compare two packages side by side (inspect --compare A B, or inspect A --compare B):\n"
+             "contracts and op histograms, differences marked *; exit 0 same, 1 different"},
 };
 
 static const sdc_cli_command INSPECT = {
@@ -223,15 +303,41 @@ static const sdc_cli_command INSPECT = {
     .positional = "PACKAGE",
     .positional_offset = offsetof(inspect_args, package),
     .help_head = "Usage: sdcoreml inspect PACKAGE.mlpackage [--json]\n"
-                 "Prints the inputs, outputs, metadata, op histogram and weight bytes of a package.\n\n",
-    .help_column = 12,
+                 "       sdcoreml inspect --compare A.mlpackage B.mlpackage [--json]\n"
+                 "Prints the inputs, outputs, metadata, op histogram (ops in nested blocks included) and\n"
+                 "weight bytes of a package, or of two side by side.\n\n",
+    .help_tail = "\nExit status: 0 success; 1 an unreadable package. With --compare, as diff: 0 same contract\n"
+                 "and op histogram, 1 different, 2 an unreadable package or a usage error.\n",
+    .help_column = 19,
 };
+
+/* Exit status as diff's: 0 same, 1 different, 2 trouble (here, a package that cannot be read). */
+enum { COMPARE_SAME = 0, COMPARE_DIFFERENT = 1, COMPARE_TROUBLE = 2 };
+
+static int compare_packages(const char *a, const char *b, bool as_json) {
+    char err[1024], *text = NULL;
+    bool differ = false;
+    if (sdc_inspect_compare_json(a, b, &text, &differ, err, sizeof err) != SDC_OK) {
+        fprintf(stderr, "sdcoreml: error: %s\n", err);
+        return COMPARE_TROUBLE;
+    }
+    if (as_json) {
+        printf("%s\n", text);
+    } else {
+        json_t *doc = json_loads(text, 0, NULL);
+        if (doc) print_compare_text(doc);
+        json_decref(doc);
+    }
+    free(text);
+    return differ ? COMPARE_DIFFERENT : COMPARE_SAME;
+}
 
 /* argv[0] is the program, argv[1] "inspect" */
 static int cmd_inspect(int argc, char **argv) {
     inspect_args a = {0};
     int rc = sdc_cli_parse(&INSPECT, argc - 2, argv + 2, &a);
     if (rc != SDC_CLI_CONTINUE) return rc;
+    if (a.other) return a.other_first ? compare_packages(a.other, a.package, a.json) : compare_packages(a.package, a.other, a.json);
     const char *pkg = a.package;
     bool as_json = a.json;
     char err[1024], *text = NULL;

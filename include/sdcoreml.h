@@ -161,9 +161,23 @@ void sdc_remove_partial_output(void);
 
 /*
  * Describes an existing .mlpackage as a JSON document (inputs, outputs, metadata, op
- * histogram, weight bytes). *json_out is malloc'd; free() it.
+ * histogram and op count of function main, ops in nested blocks included, weight bytes).
+ * *json_out is malloc'd; free() it.
  */
 sdc_status sdc_inspect_json(const char *package_path, char **json_out, char *err, size_t err_size);
+
+/*
+ * Two packages side by side (e.g. one of sdcoreml's and the anchor's): a JSON document with
+ * "a" and "b" (each package's inspect document plus its "package" path), "contract" (rows
+ * {field, a, b, same}: specification version, opset, inputs by name, outputs by position,
+ * the metadata author, license, version and short_description, weight bytes),
+ * "contract_differences" (the rows that differ, {field, a, b}), "op_histogram" ({op type:
+ * {a, b, difference = b - a}} over both packages' op types, nested blocks counted),
+ * "op_types_differing", "op_count" and "same". *differ is true when a contract field or an
+ * op count differs. Errors name the package file at fault. *json_out is malloc'd; free() it.
+ */
+sdc_status sdc_inspect_compare_json(const char *package_a, const char *package_b, char **json_out, bool *differ,
+                                    char *err, size_t err_size);
 
 /* ================================================================ interpreter
  *
