@@ -87,7 +87,7 @@ static const sdc_cli_option CONVERT_OPTIONS[] = {
            "ORIGINAL, SPLIT_EINSUM or SPLIT_EINSUM_V2 [SPLIT_EINSUM]"),
     STRING("-o", job.output_dir, "DIR", "output directory [.]"),
     FLAG("--check-output-correctness", job.check_output_correctness,
-         "run each package and a float32 reference in the interpreter; fail below 35 dB PSNR"),
+         "run each package and a float32 reference in the interpreter; fail below 35 dB PSNR or on NaN/inf"),
     FLAG("--chunk-unet", job.chunk_unet,
          "also write the UNet (and refiner) as <name>_chunk1/_chunk2 packages of about half the weights each"),
     {.name = "--quantize-nbits", .store = SDC_CLI_CALL, .metavar = "N", .call = store_quantize_nbits,

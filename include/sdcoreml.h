@@ -225,6 +225,8 @@ typedef struct sdc_ndarray {
 
 const char *sdc_nd_dtype_name(sdc_nd_dtype t); /* "float32", "float16", "int32" (NumPy names) */
 size_t sdc_ndarray_numel(const sdc_ndarray *a); /* product of the shape (1 for rank 0) */
+/* How many elements are NaN or ±inf (0 for int32): what a float16 overflow leaves behind. */
+size_t sdc_ndarray_count_nonfinite(const sdc_ndarray *a);
 
 typedef struct sdc_model sdc_model;
 
