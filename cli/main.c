@@ -211,13 +211,13 @@ static void print_inspect_text(json_t *doc) {
 enum { FIELD_WIDTH = 36, VALUE_WIDTH = 34 };
 
 /* A contract value as text: strings bare (control characters as spaces), shapes as
-   [2, 4, 64, 64], a side that lacks the field as "-"; cut to the column. */
+   [2, 4, 64, 64], a side that lacks the field as "-". */
 static void value_text(json_t *v, char *buf, size_t size) {
     size_t n = 0;
     if (json_is_string(v)) {
-        n = (size_t)snprintf(buf, size, "%s", json_string_value(v));
+        snprintf(buf, size, "%s", json_string_value(v));
     } else if (json_is_integer(v)) {
-        n = (size_t)snprintf(buf, size, "%lld", (long long)json_integer_value(v));
+        snprintf(buf, size, "%lld", (long long)json_integer_value(v));
     } else if (json_is_array(v)) {
         size_t i;
         json_t *d;
@@ -230,7 +230,29 @@ static void value_text(json_t *v, char *buf, size_t size) {
     }
     for (char *p = buf; *p; p++)
         if ((unsigned char)*p < 0x20) *p = ' ';
-    if (strlen(buf) > VALUE_WIDTH) snprintf(buf + VALUE_WIDTH - 3, size - (VALUE_WIDTH - 3), "...");
+}
+
+static bool utf8_continuation(char c) { return ((unsigned char)c & 0xc0) == 0x80; }
+
+/* The column's worth of `text` from byte `from` on, "..." where it is cut (never inside a
+   UTF-8 character). */
+static void fit(const char *text, size_t from, char *out, size_t size) {
+    size_t len = strlen(text);
+    while (from < len && utf8_continuation(text[from])) from++;
+    const char *head = from ? "..." : "";
+    size_t room = VALUE_WIDTH - strlen(head), take = len - from;
+    if (take > room) {
+        take = room - 3;
+        while (take && utf8_continuation(text[from + take])) take--;
+    }
+    snprintf(out, size, "%s%.*s%s", head, (int)take, text + from, from + take < len ? "..." : "");
+}
+
+/* Two long texts that differ past the column are shown from a little before where they part. */
+static size_t where_to_start(const char *a, const char *b) {
+    size_t common = 0;
+    while (a[common] && a[common] == b[common]) common++;
+    return common + 6 > VALUE_WIDTH && (a[common] || b[common]) ? common - 12 : 0;
 }
 
 static char mark(bool differs) { return differs ? '*' : ' '; }
@@ -240,9 +262,12 @@ static void print_contract_rows(json_t *rows) {
     size_t i;
     json_t *r;
     json_array_foreach(rows, i, r) {
-        char a[256], b[256];
-        value_text(json_object_get(r, "a"), a, sizeof a);
-        value_text(json_object_get(r, "b"), b, sizeof b);
+        char full_a[1024], full_b[1024], a[256], b[256];
+        value_text(json_object_get(r, "a"), full_a, sizeof full_a);
+        value_text(json_object_get(r, "b"), full_b, sizeof full_b);
+        size_t from = where_to_start(full_a, full_b);
+        fit(full_a, from, a, sizeof a);
+        fit(full_b, from, b, sizeof b);
         printf("%c %-*s %-*s %s\n", mark(!json_is_true(json_object_get(r, "same"))), FIELD_WIDTH,
                json_string_value(json_object_get(r, "field")), VALUE_WIDTH, a, b);
     }

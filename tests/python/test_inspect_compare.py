@@ -129,9 +129,11 @@ def check_against_oracle(doc, a, b):
 # Packages coremltools writes
 
 
-def save(prog, path, precision=ct.precision.FLOAT16):
+def save(prog, path, precision=ct.precision.FLOAT16, short_description=None):
     m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16, compute_precision=precision,
                    skip_model_load=True)
+    if short_description:
+        m.short_description = short_description
     m.save(str(path))
     return path
 
@@ -173,6 +175,9 @@ def cond_program():
     return prog
 
 
+LONG_TEXT = "Stable Diffusion generates images conditioned on text and/or other images as input."
+
+
 @pytest.fixture(scope="module")
 def coremltools_packages(tmp_path_factory):
     d = tmp_path_factory.mktemp("coremltools")
@@ -182,6 +187,9 @@ def coremltools_packages(tmp_path_factory):
         "batch2": save(group_norm_program(True, batch=2), d / "batch2.mlpackage"),
         "float32": save(group_norm_program(True), d / "float32.mlpackage", ct.precision.FLOAT32),
         "cond": save(cond_program(), d / "cond.mlpackage", ct.precision.FLOAT32),
+        "described": save(group_norm_program(True), d / "described.mlpackage", short_description=LONG_TEXT),
+        "described_too": save(group_norm_program(True), d / "described_too.mlpackage",
+                              short_description=LONG_TEXT.replace("and/or", "or")),
     }
 
 
@@ -234,6 +242,17 @@ def test_contract_differences_are_listed(sdcoreml, coremltools_packages, other):
     r = compare(sdcoreml, a, b)
     marked = {line.split()[1] for line in r.stdout.splitlines() if line.startswith("* ")}
     assert set(diffs) <= marked, r.stdout
+
+
+def test_long_texts_show_where_they_differ(sdcoreml, coremltools_packages):
+    """Texts wider than the column are shown from a little before the first difference."""
+    a, b = coremltools_packages["described"], coremltools_packages["described_too"]
+    doc = compare_json(sdcoreml, a, b, 1)
+    diffs, _ = check_against_oracle(doc, a, b)
+    assert list(diffs) == ["metadata.short_description"]
+    r = compare(sdcoreml, a, b)
+    row = next(line for line in r.stdout.splitlines() if "metadata.short_description" in line)
+    assert row.startswith("* ") and "text and/or other" in row and "text or other" in row, row
 
 
 def test_argument_order(sdcoreml, coremltools_packages):
