@@ -228,8 +228,9 @@ int sdc_cli_run(int argc, char **argv) {
         if (nonfinite) /* a float16 overflow, say: worth knowing, not a failure of run */
             fprintf(stderr, "sdcoreml: warning: output '%s': %zu of %zu values are NaN/inf\n", outputs[i].name, nonfinite,
                     sdc_ndarray_numel(&outputs[i]));
-        json_array_append_new(arr, json_pack("{s:s, s:o, s:s, s:s}", "name", outputs[i].name, "shape", shape_json(&outputs[i]), "dtype",
-                                             sdc_nd_dtype_name(outputs[i].dtype), "file", path));
+        json_array_append_new(arr, json_pack("{s:s, s:o, s:s, s:s, s:I}", "name", outputs[i].name, "shape", shape_json(&outputs[i]),
+                                             "dtype", sdc_nd_dtype_name(outputs[i].dtype), "file", path, "nonfinite",
+                                             (json_int_t)nonfinite));
         if (!as_json) {
             char shp[256];
             shape_text(&outputs[i], shp, sizeof shp);

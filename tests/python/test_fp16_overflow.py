@@ -103,7 +103,10 @@ def run(sdcoreml, pkg, x, out):
     out.mkdir()
     np.save(out / "x.npy", x)
     r = check_ok(sdcoreml("run", pkg, "--input", f"x={out / 'x.npy'}", "-o", out / "o", "--json"))
-    got = {o["name"]: np.load(o["file"]) for o in json.loads(r.stdout)["outputs"]}
+    outputs = json.loads(r.stdout)["outputs"]
+    got = {o["name"]: np.load(o["file"]) for o in outputs}
+    for o in outputs:  # --json counts them too
+        assert o["nonfinite"] == int(np.sum(~np.isfinite(got[o["name"]]))), o
     return got, r.stderr
 
 
