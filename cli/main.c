@@ -4,7 +4,8 @@
  * parsed by options.c like Python's argparse: "--opt value" or "--opt=value", unambiguous
  * prefixes accepted.
  *
- * Exit codes: 0 success, 1 conversion or input error, 2 usage error or unsupported option.
+ * Exit codes: 0 success, 1 conversion or input error, 2 usage error or unsupported option;
+ * inspect --compare as diff: 0 same, 1 different, 2 an unreadable package or a usage error.
  */
 #include <signal.h>
 #include <stddef.h>
