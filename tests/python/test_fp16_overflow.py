@@ -11,7 +11,7 @@ reduction accumulated in float32 and rounded, as MIL's fp16 ops and the interpre
 float64 evaluation shows that every value is finite without fp16."""
 
 import json
-from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
@@ -182,8 +182,6 @@ def seeded_input_ids(vocab_size, n=77):
 
 @pytest.fixture(scope="module")
 def loud_text_encoder(pipelines, tmp_path_factory):
-    import shutil
-
     from safetensors.numpy import load_file, save_file
 
     src = tmp_path_factory.mktemp("loud") / "tiny-sd-loud"

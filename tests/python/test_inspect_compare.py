@@ -22,7 +22,6 @@ from test_hostile_packages import model_with_function, named, operation, package
 
 import coremltools as ct  # noqa: E402  (a test requirement: never skip without it)
 from coremltools.converters.mil import Builder as mb  # noqa: E402
-from coremltools.converters.mil.mil import types  # noqa: E402
 
 # Core ML ArrayFeatureType.ArrayDataType codes and MIL DataType codes -> what inspect prints.
 ARRAY_DTYPES = {65568: "FLOAT32", 65552: "FLOAT16", 131104: "INT32"}
