@@ -7,10 +7,18 @@
  *                                    also prints every value as a double (%.17g), one a line
  *   png-write OUT.png W H RGB.npy    an int32 array [H, W, 3] of 0..255 written as a PNG
  *   png-read IN.png OUT.npy          the PNG read as RGB8, written as int32 [H, W, 3]
+ *   schedule KIND|- CONFIG.json STEPS [--strength S NOISE.npy] [--noise-seed N]
+ *            [--run X.npy W.npy B.npy OUT.npy]
+ *       prints {"name", "steps", "timesteps", "init_noise_sigma", "start"} as JSON; with --run,
+ *       runs the loop from X (after add_noise of NOISE at the img2img start with --strength)
+ *       with the fake model eps = W * scaled_x + B * (float)(t / 1000) (float32), and writes
+ *       every sample, the first one included, as float32 [k + 1, numel(X)] to OUT.npy.
+ *       Euler ancestral draws its noise from RandomState(N) (default 0).
  */
 #include "common.h"
 #include "generate/png.h"
 #include "generate/rng.h"
+#include "generate/scheduler.h"
 #include "io/npy.h"
 
 #include <errno.h>
@@ -99,6 +107,105 @@ static int cmd_png_read(int argc, char **argv) {
     return s ? fail(&err) : 0;
 }
 
+typedef struct run_files {
+    const char *x, *w, *b, *out, *noise;
+} run_files;
+
+/* Reads a float32 .npy into a malloc'd array; *n gets its size. */
+static bool load_f32(const char *path, sdc_ndarray *a, sdc_err *err) {
+    bool f64;
+    if (sdc_npy_read_file(path, a, &f64, err)) return false;
+    if (a->dtype != SDC_ND_F32) {
+        sdc_fail(err, SDC_E_ARG, "%s: need float32", path);
+        free(a->data);
+        return false;
+    }
+    return true;
+}
+
+static int run_loop(sdc_scheduler *s, const run_files *f, double strength, uint32_t noise_seed, sdc_err *err) {
+    sdc_ndarray x, w, b, noise = {0};
+    if (!load_f32(f->x, &x, err)) return fail(err);
+    if (!load_f32(f->w, &w, err) || !load_f32(f->b, &b, err)) return fail(err);
+    size_t n = sdc_ndarray_numel(&x);
+    if (sdc_ndarray_numel(&w) != n || sdc_ndarray_numel(&b) != n) return usage("X, W and B must have the same size");
+    int start = 0;
+    if (strength >= 0) {
+        if (!load_f32(f->noise, &noise, err)) return fail(err);
+        if (sdc_ndarray_numel(&noise) != n) return usage("NOISE must have the size of X");
+        start = sdc_scheduler_img2img_start(s, strength);
+        if (start < sdc_scheduler_steps(s)) sdc_scheduler_add_noise(s, start, noise.data, x.data, n);
+    }
+    int k = sdc_scheduler_steps(s) - start;
+    float *trace = malloc(sizeof(float) * n * (size_t)(k + 1)), *xin = malloc(sizeof(float) * n),
+          *eps = malloc(sizeof(float) * n);
+    const float *W = w.data, *B = b.data;
+    float *cur = x.data;
+    memcpy(trace, cur, sizeof(float) * n);
+    sdc_rng rng;
+    sdc_rng_seed(&rng, noise_seed);
+    int rc = 0;
+    for (int i = start; i < sdc_scheduler_steps(s) && !rc; i++) {
+        memcpy(xin, cur, sizeof(float) * n);
+        sdc_scheduler_scale_model_input(s, i, xin, n);
+        float tt = (float)(sdc_scheduler_timestep(s, i) / 1000.0);
+        for (size_t j = 0; j < n; j++) {
+            float a = W[j] * xin[j], c = B[j] * tt;
+            eps[j] = a + c;
+        }
+        if (sdc_scheduler_step(s, i, eps, cur, n, &rng, err)) rc = fail(err);
+        memcpy(trace + (size_t)(i - start + 1) * n, cur, sizeof(float) * n);
+    }
+    if (!rc) {
+        sdc_ndarray t = {.dtype = SDC_ND_F32, .rank = 2, .shape = {k + 1, (int64_t)n}, .data = trace};
+        if (sdc_npy_write_file(f->out, &t, err)) rc = fail(err);
+    }
+    printf(", \"start\": %d", start);
+    free(trace), free(xin), free(eps), free(x.data), free(w.data), free(b.data), free(noise.data);
+    return rc;
+}
+
+static int cmd_schedule(int argc, char **argv) {
+    long long steps, seed = 0;
+    if (argc < 3 || !parse_long(argv[2], -1000000, 1000000, &steps))
+        return usage("usage: schedule KIND|- CONFIG.json STEPS [--strength S NOISE.npy] [--noise-seed N] [--run X W B OUT]");
+    run_files f = {0};
+    double strength = -1;
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--strength") && i + 2 < argc) {
+            strength = atof(argv[i + 1]);
+            f.noise = argv[i + 2];
+            i += 2;
+        } else if (!strcmp(argv[i], "--noise-seed") && i + 1 < argc && parse_long(argv[i + 1], 0, 4294967295LL, &seed)) {
+            i += 1;
+        } else if (!strcmp(argv[i], "--run") && i + 4 < argc) {
+            f.x = argv[i + 1], f.w = argv[i + 2], f.b = argv[i + 3], f.out = argv[i + 4];
+            i += 4;
+        } else {
+            return usage("schedule: bad option");
+        }
+    }
+    json_error_t jerr;
+    json_t *config = json_load_file(argv[1], JSON_REJECT_DUPLICATES, &jerr);
+    sdc_err err = {0};
+    if (!config) {
+        sdc_fail(&err, SDC_E_FORMAT, "%s: %s", argv[1], jerr.text);
+        return fail(&err);
+    }
+    sdc_scheduler *s;
+    sdc_status st = sdc_scheduler_open(strcmp(argv[0], "-") ? argv[0] : NULL, config, argv[1], (int)steps, &s, &err);
+    json_decref(config);
+    if (st) return fail(&err);
+    printf("{\"name\": \"%s\", \"steps\": %d, \"init_noise_sigma\": %.17g, \"timesteps\": [", sdc_scheduler_name(s),
+           sdc_scheduler_steps(s), sdc_scheduler_init_noise_sigma(s));
+    for (int i = 0; i < sdc_scheduler_steps(s); i++) printf("%s%.17g", i ? ", " : "", sdc_scheduler_timestep(s, i));
+    printf("]");
+    int rc = f.x ? run_loop(s, &f, strength, (uint32_t)seed, &err) : 0;
+    printf("}\n");
+    sdc_scheduler_free(s);
+    return rc;
+}
+
 typedef struct subcommand {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -108,6 +215,7 @@ static const subcommand SUBCOMMANDS[] = {
     {"randn", cmd_randn},
     {"png-write", cmd_png_write},
     {"png-read", cmd_png_read},
+    {"schedule", cmd_schedule},
 };
 
 int main(int argc, char **argv) {
