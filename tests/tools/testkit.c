@@ -7,6 +7,8 @@
  *                                    also prints every value as a double (%.17g), one a line
  *   png-write OUT.png W H RGB.npy    an int32 array [H, W, 3] of 0..255 written as a PNG
  *   png-read IN.png OUT.npy          the PNG read as RGB8, written as int32 [H, W, 3]
+ *   tokenize DIR N TEXT…             prints "max_length pad_id" then, per TEXT, "n_tokens id id …"
+ *                                    with N ids (N = 0: the tokenizer's max_length)
  *   schedule KIND|- CONFIG.json STEPS [--strength S NOISE.npy] [--noise-seed N]
  *            [--run X.npy W.npy B.npy OUT.npy]
  *       prints {"name", "steps", "timesteps", "init_noise_sigma", "start"} as JSON; with --run,
@@ -19,6 +21,7 @@
 #include "generate/png.h"
 #include "generate/rng.h"
 #include "generate/scheduler.h"
+#include "generate/tokenizer.h"
 #include "io/npy.h"
 
 #include <errno.h>
@@ -206,6 +209,31 @@ static int cmd_schedule(int argc, char **argv) {
     return rc;
 }
 
+static int cmd_tokenize(int argc, char **argv) {
+    long long n;
+    if (argc < 2 || !parse_long(argv[1], 0, 100000, &n)) return usage("usage: tokenize DIR N TEXT…");
+    sdc_tokenizer *t;
+    sdc_err err = {0};
+    if (sdc_tokenizer_open(argv[0], &t, &err)) return fail(&err);
+    int len = n ? (int)n : sdc_tokenizer_max_length(t);
+    printf("%d %d\n", sdc_tokenizer_max_length(t), (int)sdc_tokenizer_pad_id(t));
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)len);
+    int rc = 0;
+    for (int i = 2; i < argc && !rc; i++) {
+        int count;
+        if (sdc_tokenizer_encode(t, argv[i], ids, len, &count, &err)) {
+            rc = fail(&err);
+            break;
+        }
+        printf("%d", count);
+        for (int k = 0; k < len; k++) printf(" %d", (int)ids[k]);
+        printf("\n");
+    }
+    free(ids);
+    sdc_tokenizer_free(t);
+    return rc;
+}
+
 typedef struct subcommand {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -216,6 +244,7 @@ static const subcommand SUBCOMMANDS[] = {
     {"png-write", cmd_png_write},
     {"png-read", cmd_png_read},
     {"schedule", cmd_schedule},
+    {"tokenize", cmd_tokenize},
 };
 
 int main(int argc, char **argv) {
