@@ -26,6 +26,7 @@ sdc_status sdc_png_read(const char *path, int *w, int *h, uint8_t **rgb, sdc_err
 typedef struct png_ctx {
     jmp_buf jmp;
     char msg[256];
+    bool oom; /* the failure was an allocation of ours */
 } png_ctx;
 
 static void on_error(png_structp png, png_const_charp msg) {
@@ -136,6 +137,7 @@ static bool decode(FILE *f, png_read_state *st, int *w, int *h, png_ctx *c) {
     st->rows = sdc_malloc(sizeof(png_bytep) * ph);
     if (!st->pixels || !st->rows) {
         snprintf(c->msg, sizeof c->msg, "out of memory for %ux%u pixels", (unsigned)pw, (unsigned)ph);
+        c->oom = true;
         return false;
     }
     for (png_uint_32 y = 0; y < ph; y++) st->rows[y] = st->pixels + (size_t)y * pw * 3;
@@ -161,13 +163,14 @@ sdc_status sdc_png_read(const char *path, int *w, int *h, uint8_t **rgb, sdc_err
     st.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &c, on_error, on_warning);
     st.info = st.png ? png_create_info_struct(st.png) : NULL;
     bool ok = st.info && decode(f, &st, w, h, &c);
-    if (!st.info) snprintf(c.msg, sizeof c.msg, "out of memory");
+    if (!st.info) snprintf(c.msg, sizeof c.msg, "out of memory"), c.oom = true;
     png_destroy_read_struct(st.png ? &st.png : NULL, st.info ? &st.info : NULL, NULL);
     fclose(f);
     sdc_free(st.rows);
     if (!ok) {
         sdc_free(st.pixels);
-        return sdc_fail(err, SDC_E_FORMAT, "%s: bad PNG: %s", path, c.msg);
+        return c.oom ? sdc_fail(err, SDC_E_NOMEM, "%s: %s", path, c.msg)
+                     : sdc_fail(err, SDC_E_FORMAT, "%s: bad PNG: %s", path, c.msg);
     }
     *rgb = st.pixels;
     return SDC_OK;

@@ -102,29 +102,36 @@ static void push(cps *a, uint32_t c) {
     a->v[a->n++] = c;
 }
 
-/* Strict UTF-8 (no overlongs, surrogates or values past U+10FFFF), as Python decodes bytes
-   into the str transformers takes. Returns the offset of the first bad byte, or -1. */
-static long decode_utf8(const uint8_t *s, size_t len, cps *out) {
-    for (size_t i = 0; i < len;) {
-        uint32_t c = s[i];
-        int n = c < 0x80 ? 0 : (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : -1;
-        if (n < 0 || i + (size_t)n >= len + (n == 0)) return (long)i;
-        if (n == 0) {
-            push(out, c);
-            i++;
-            continue;
-        }
-        c &= 0x3Fu >> n;
-        for (int k = 1; k <= n; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return (long)i;
-            c = (c << 6) | (s[i + k] & 0x3F);
-        }
-        static const uint32_t min[4] = {0, 0x80, 0x800, 0x10000};
-        if (c < min[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return (long)i;
-        push(out, c);
-        i += (size_t)n + 1;
+/* One character of strict UTF-8 (no overlongs, surrogates or values past U+10FFFF), as Python
+   decodes bytes into the str transformers takes: its length, or 0 when s does not start with
+   a valid one. */
+static size_t utf8_char(const uint8_t *s, size_t len, uint32_t *out) {
+    static const uint32_t min[4] = {0, 0x80, 0x800, 0x10000};
+    uint32_t c = s[0];
+    int n = c < 0x80 ? 0 : (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : -1;
+    if (n < 0 || (size_t)n >= len) return 0;
+    c &= 0x7Fu >> n;
+    for (int k = 1; k <= n; k++) {
+        if ((s[k] & 0xC0) != 0x80) return 0;
+        c = (c << 6) | (s[k] & 0x3F);
     }
+    if (c < min[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
+    *out = c;
+    return (size_t)n + 1;
+}
+
+/* The offset of the first byte that does not start a valid character, or -1. */
+static long utf8_invalid_at(const uint8_t *s, size_t len) {
+    uint32_t c;
+    for (size_t i = 0, n; i < len; i += n)
+        if (!(n = utf8_char(s + i, len - i, &c))) return (long)i;
     return -1;
+}
+
+/* Appends the characters of valid UTF-8 to out. */
+static void decode_utf8(const uint8_t *s, size_t len, cps *out) {
+    uint32_t c;
+    for (size_t i = 0, n; i < len && (n = utf8_char(s + i, len - i, &c)); i += n) push(out, c);
 }
 
 static void append_utf8(char *buf, size_t *len, uint32_t c) {
@@ -434,6 +441,8 @@ sdc_status sdc_tokenizer_encode(const sdc_tokenizer *t, const char *text, int32_
     size_t len = strlen(text);
     if (len > MAX_TEXT_BYTES)
         return sdc_fail(err, SDC_E_ARG, "prompt of %zu bytes is longer than %d bytes", len, MAX_TEXT_BYTES);
+    long bad = utf8_invalid_at((const uint8_t *)text, len);
+    if (bad >= 0) return sdc_fail(err, SDC_E_ARG, "prompt is not valid UTF-8 (byte %ld)", bad);
     cps seg = {0};
     id_sink o = {ids + 1, n - 2, 0};
     bool ok = true;
@@ -443,11 +452,7 @@ sdc_status sdc_tokenizer_encode(const sdc_tokenizer *t, const char *text, int32_
         const added_token *a = i < len && ((uint8_t)text[i] & 0xC0) != 0x80 ? added_at(t, text, len, i) : NULL;
         if (!a && i < len) continue;
         seg.n = 0;
-        long bad = decode_utf8((const uint8_t *)text + start, i - start, &seg);
-        if (bad >= 0) {
-            sdc_free(seg.v);
-            return sdc_fail(err, SDC_E_ARG, "prompt is not valid UTF-8 (byte %ld)", (long)start + bad);
-        }
+        decode_utf8((const uint8_t *)text + start, i - start, &seg);
         ok = !seg.oom && tokenize_segment(t, &seg, &o);
         if (a) {
             emit(&o, a->id);
@@ -523,13 +528,11 @@ static bool py_space_at(const char *s, size_t i, size_t end, size_t *n) {
     uint8_t c = (uint8_t)s[i];
     *n = 1;
     if (c < 0x80) return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F);
-    size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : 4;
-    if (i + len > end) return false;
-    cps one = {0};
-    bool sp = decode_utf8((const uint8_t *)s + i, len, &one) < 0 && one.n == 1 && IN(PY_SPACE, one.v[0]);
-    sdc_free(one.v);
+    uint32_t cp;
+    size_t len = utf8_char((const uint8_t *)s + i, end - i, &cp);
+    if (!len) return false; /* not reached: the file was checked */
     *n = len;
-    return sp;
+    return IN(PY_SPACE, cp);
 }
 
 /* The next whitespace-separated field of s[*i, end), as str.split() finds it. */
@@ -562,15 +565,13 @@ static sdc_status read_text(const char *path, char **out, size_t *out_len, sdc_e
     bool too_big = buf && len + 1 == cap, read_error = ferror(f);
     fclose(f);
     if (!buf) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    cps all = {0};
     sdc_status s = SDC_OK;
     if (read_error)
         s = sdc_fail(err, SDC_E_IO, "%s: read error", path);
     else if (too_big)
         s = sdc_fail(err, SDC_E_FORMAT, "%s: larger than 64 MiB", path);
-    else if (decode_utf8((const uint8_t *)buf, len, &all) >= 0)
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: not valid UTF-8", path);
-    sdc_free(all.v);
+    else if (utf8_invalid_at((const uint8_t *)buf, len) >= 0)
+        s = sdc_fail(err, SDC_E_FORMAT, "%s: not valid UTF-8 (byte %ld)", path, utf8_invalid_at((const uint8_t *)buf, len));
     if (s) {
         sdc_free(buf);
         return s;
