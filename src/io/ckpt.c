@@ -321,12 +321,13 @@ static sdc_status legacy_header_pickle(ckpt *c, sdc_pk_vm *vm, size_t *at, const
 static sdc_status read_legacy_header(ckpt *c, sdc_pk_vm *vm, size_t *at, sdc_err *err) {
     sdc_pk_obj *magic, *version, *info;
     sdc_err e = {0};
-    if (legacy_header_pickle(c, vm, at, "magic number", &magic, &e) || magic->kind != SDC_PK_BIGINT ||
-        magic->u.str.len != sizeof LEGACY_MAGIC || memcmp(magic->u.str.s, LEGACY_MAGIC, sizeof LEGACY_MAGIC))
+    sdc_status st = legacy_header_pickle(c, vm, at, "magic number", &magic, &e);
+    if (st == SDC_E_NOMEM) return sdc_fail(err, st, "%s", e.msg);
+    if (st || magic->kind != SDC_PK_BIGINT || magic->u.str.len != sizeof LEGACY_MAGIC ||
+        memcmp(magic->u.str.s, LEGACY_MAGIC, sizeof LEGACY_MAGIC))
         return sdc_fail(err, SDC_E_FORMAT, "%s: not a PyTorch checkpoint (neither a zip archive nor the legacy "
                         "format's magic number)", c->path);
-    sdc_status st = legacy_header_pickle(c, vm, at, "protocol version", &version, err);
-    if (st) return st;
+    if ((st = legacy_header_pickle(c, vm, at, "protocol version", &version, err))) return st;
     if (version->kind != SDC_PK_INT || version->u.i != LEGACY_PROTOCOL_VERSION)
         return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: legacy checkpoint protocol version is not %d", c->path,
                         LEGACY_PROTOCOL_VERSION);

@@ -134,6 +134,10 @@ static const char *take_line(sdc_pk_vm *vm, sdc_err *err) {
         return NULL;
     }
     size_t n = (size_t)(nl - vm->p);
+    if (memchr(vm->p, 0, n)) { /* a name must not match an allowed one up to a NUL */
+        pk_fail(vm, err, SDC_E_FORMAT, "NUL byte in a module or global name");
+        return NULL;
+    }
     char *s = vm_alloc(vm, n + 1, err);
     if (!s) return NULL;
     memcpy(s, vm->p, n);
@@ -668,8 +672,9 @@ static sdc_status op_global(sdc_pk_vm *vm, uint8_t op, sdc_err *err) {
 static sdc_status op_stack_global(sdc_pk_vm *vm, uint8_t op, sdc_err *err) {
     sdc_pk_obj *name = pop(vm, err), *module = name ? pop(vm, err) : NULL;
     if (!module) return err->code;
-    if (name->kind != SDC_PK_STR || module->kind != SDC_PK_STR)
-        return pk_fail(vm, err, SDC_E_FORMAT, "module and name are not strings");
+    if (name->kind != SDC_PK_STR || module->kind != SDC_PK_STR || strlen(name->u.str.s) != name->u.str.len ||
+        strlen(module->u.str.s) != module->u.str.len)
+        return pk_fail(vm, err, SDC_E_FORMAT, "module and name are not strings without NUL bytes");
     return push(vm, resolve_global(vm, module->u.str.s, name->u.str.s, err), err);
 }
 
