@@ -303,7 +303,11 @@ static sdc_pk_obj *rebuild_tensor(sdc_pk_vm *vm, const sdc_pk_obj *args, size_t 
         return NULL;
     }
     sdc_pk_obj *const *a = args->u.seq.items;
-    if (a[0]->kind == SDC_PK_OPAQUE) return opaque_from(vm, a[0], err); /* a storage we do not know */
+    if (a[0]->kind == SDC_PK_OPAQUE) { /* torch.save hands every storage to persistent_id: never in its files */
+        pk_fail(vm, err, SDC_E_FORMAT, "the storage of a tensor is a %s placeholder, not a persistent storage",
+                a[0]->u.opaque);
+        return NULL;
+    }
     sdc_pk_tensor *t = vm_alloc(vm, sizeof *t, err);
     if (!t) return NULL;
     int stride_rank = -1;

@@ -10,7 +10,9 @@
  * torch.Size — and every other global (os.system, builtins.eval, a training callback's class,
  * numpy's scalar) becomes an inert placeholder. Calling, instantiating or building a
  * placeholder (REDUCE, NEWOBJ, NEWOBJ_EX, OBJ, INST, BUILD) yields another placeholder; its
- * name is kept for messages only. Nothing is ever executed.
+ * name is kept for messages only. Nothing is ever executed. A tensor rebuilt on a placeholder
+ * instead of a persistent storage is an error (torch.save hands every storage to persistent_id,
+ * so its files never hold one).
  *
  * Persistent ids (BINPERSID) go to the caller's callback, which turns torch's
  * ('storage', type, key, location, numel[, view]) tuples into storage objects.
