@@ -36,7 +36,7 @@ void sdc_st_close(sdc_st_file *f); /* NULL is a no-op */
 
 const char *sdc_st_path(const sdc_st_file *f);
 size_t sdc_st_count(const sdc_st_file *f);
-const sdc_tensor *sdc_st_at(const sdc_st_file *f, size_t i);      /* in data-offset order */
+const sdc_tensor *sdc_st_at(const sdc_st_file *f, size_t i);      /* in data-offset order (adopted: as given) */
 const sdc_tensor *sdc_st_find(const sdc_st_file *f, const char *name); /* NULL if absent */
 
 /* A file whose tensors another reader has proved valid inside `map` (io/ckpt.c: a PyTorch
