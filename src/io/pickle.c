@@ -186,7 +186,7 @@ static sdc_pk_obj *top(sdc_pk_vm *vm, sdc_err *err) {
 static sdc_status pop_mark(sdc_pk_vm *vm, sdc_pk_obj ***items, size_t *n, sdc_err *err) {
     if (!vm->nmarks) return pk_fail(vm, err, SDC_E_FORMAT, "no MARK on the stack");
     size_t m = vm->marks[--vm->nmarks];
-    *items = vm->stack + m;
+    *items = vm->stack ? vm->stack + m : NULL; /* a MARK on an empty stack, before any push */
     *n = vm->sp - m;
     vm->sp = m;
     return SDC_OK;
