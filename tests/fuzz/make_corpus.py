@@ -128,6 +128,8 @@ def tokenizer_seeds(out):
     write(out / "folder", parts(prompts[1], *tok))
     legacy = b'{"model_max_length": 1000000000000000019884624838656}'
     write(out / "legacy", parts(prompts[2], tok[0], tok[1], legacy, tok[3]))
+
+
 # ---- PyTorch checkpoints -----------------------------------------------------------------
 # What torch.save writes, made without torch: Python's pickler, with stand-ins registered under
 # torch's module names so that globals and persistent ids come out as torch writes them.
