@@ -143,7 +143,7 @@ def sdcoreml():
 
 @pytest.fixture(scope="session")
 def testkit():
-    """Runs sdcoreml-testkit (tests/tools/testkit.c), built beside the CLI: the pipeline's pieces."""
+    """Runs sdcoreml-testkit (tests/tools/sdcoreml-testkit.c), built beside the CLI: the pipeline's pieces."""
     exe = sdcoreml_path().parent / "sdcoreml-testkit"
     if not exe.is_file() or not os.access(exe, os.X_OK):
         pytest.fail(f"{exe} is not built (cmake --build build)", pytrace=False)

@@ -1,5 +1,5 @@
 /*
- * testkit.c — sdcoreml-testkit: a test-only door to the pipeline's pieces (src/generate/) for
+ * sdcoreml-testkit.c — a test-only door to the pipeline's pieces (src/generate/) for
  * tests/python; built with the project, never installed. Each subcommand prints its results or
  * writes .npy files, and exits 1 with the library's one-line error on stderr.
  *
