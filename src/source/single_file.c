@@ -11,8 +11,10 @@
  */
 #include "source/single_file.h"
 
+#include "io/ckpt.h"
 #include "source/ldm_names.h"
 
+#include <strings.h>
 #include <sys/stat.h>
 
 /* ---- the formats a single file may have ------------------------------------------------ */
@@ -34,26 +36,22 @@ static const sdc_tensor *st_at(const void *f, size_t i) { return sdc_st_at(f, i)
 static const sdc_tensor *st_find(const void *f, const char *name) { return sdc_st_find(f, name); }
 static void st_close(void *f) { sdc_st_close(f); }
 
-/* The one place that knows pickle checkpoints are not read yet: the .ckpt reader plugs in here
-   (sdc_ckpt_open/count/at/find/close, same views as safetensors). */
-static sdc_status pickle_not_yet(const char *path, void **out, sdc_err *err) {
-    *out = NULL;
-    return sdc_fail(err, SDC_E_UNSUPPORTED,
-                    "%s: PyTorch pickle checkpoints (.ckpt, .pt, .pth) are not read yet; give the .safetensors "
-                    "version of the model",
-                    path);
+/* PyTorch pickles, read by io/ckpt.c without running them, as the same views. */
+static sdc_status ckpt_open(const char *path, void **out, sdc_err *err) {
+    return sdc_ckpt_open(path, (sdc_st_file **)out, err);
 }
 
 static const tensor_format FORMATS[] = {
     {".safetensors", st_open, st_count, st_at, st_find, st_close},
-    {".ckpt", pickle_not_yet, NULL, NULL, NULL, NULL},
-    {".pt", pickle_not_yet, NULL, NULL, NULL, NULL},
-    {".pth", pickle_not_yet, NULL, NULL, NULL, NULL},
+    {".ckpt", ckpt_open, st_count, st_at, st_find, st_close},
+    {".pt", ckpt_open, st_count, st_at, st_find, st_close},
+    {".pth", ckpt_open, st_count, st_at, st_find, st_close},
 };
 
+/* Case-insensitive, as io/ckpt.c's sdc_ckpt_is_ckpt_path ("MODEL.CKPT"). */
 static bool has_suffix(const char *s, const char *suffix) {
     size_t n = strlen(s), m = strlen(suffix);
-    return n >= m && strcmp(s + n - m, suffix) == 0;
+    return n >= m && strcasecmp(s + n - m, suffix) == 0;
 }
 
 static const tensor_format *format_of(const char *path) {

@@ -315,8 +315,16 @@ def test_config_is_for_single_files(sdcoreml, tmp_path):
     refused(r, tmp_path, "--config", "single-file")
 
 
-def test_pickle_checkpoint_is_refused_until_read(sdcoreml, single_files, tmp_path):
-    refused(convert_file(sdcoreml, single_files["sd1"], tmp_path, "--convert-unet"), tmp_path, "sd1.ckpt")
+@pytest.mark.parametrize("name,kind", [("sd1.ckpt", "sd1"), ("sd2.pt", "sd2")])
+def test_pickle_checkpoints_equal_the_folder(sdcoreml, single_files, pipelines, tmp_path, name, kind):
+    """torch.save'd checkpoints (zip and legacy format, Lightning's state_dict wrapping, EMA
+    decoys), read without running them, give the folder's packages."""
+    a, b = tmp_path / "file", tmp_path / "folder"
+    folder = folders(pipelines)[kind]
+    check_ok(convert_file(sdcoreml, single_files[name], a, "--config", folder, *COMPONENTS))
+    check_ok(sdcoreml("--model-version", folder.name, "-o", b, *COMPONENTS, cwd=folder.parent))
+    got, want = submodule_bins(a, name.split(".")[0]), submodule_bins(b, folder.name)
+    assert set(got) == {"unet", "text_encoder", "vae_decoder", "vae_encoder"} and got == want
 
 
 def test_other_files_are_not_models(sdcoreml, tmp_path):
