@@ -26,6 +26,8 @@ typedef struct sdc_source {
     char id[512];     /* as given on the command line */
     char root[4096];  /* the folder that holds model_index.json */
     json_t *model_index; /* parsed model_index.json, or NULL if the folder has none */
+    const struct sdc_lora_set *lora; /* set by the caller (--lora): merged into the weights of the
+                                        components it names, as they are opened (lora.h); borrowed */
 } sdc_source;
 
 /* Resolves a folder path or Hub id. */
@@ -60,6 +62,8 @@ void sdc_component_close(sdc_component *c);
    downloader picks from a repository's listing by the same list. */
 bool sdc_source_weight_name(size_t i, char *out, size_t size, bool *is_index);
 
+/* The i-th tensor in name order, i < sdc_weights_count(w). */
+const sdc_tensor *sdc_weights_at(const sdc_weights *w, size_t i);
 /* Tensor lookup across shards. NULL if absent. */
 const sdc_tensor *sdc_weights_find(const sdc_weights *w, const char *name);
 /* Lookup that must succeed with exactly this shape; the error names the file(s) and tensor.
