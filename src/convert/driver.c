@@ -146,6 +146,14 @@ static sdc_status run_rows(sdc_conv_ctx *c, size_t hook) {
 }
 
 
+/* The fewest digits that read back as the same float ("0.7", not "0.699999988"). */
+static void shortest_float(float x, char *buf, size_t size) {
+    for (int digits = 1; digits <= 9; digits++) {
+        snprintf(buf, size, "%.*g", digits, (double)x);
+        if (strtof(buf, NULL) == x) return;
+    }
+}
+
 /* The effective options, spelled as flags in a fixed order (the component table's, then the
    others), so equivalent command lines give identical metadata (and so identical packages).
    -o is left out: it does not change a package. */
@@ -156,7 +164,11 @@ static void effective_options(const sdc_job *job, char *buf, size_t size) {
     ADD("--model-version %s", job->model_version);
     if (job->refiner_version) ADD(" --refiner-version %s", job->refiner_version);
     if (job->custom_vae_version) ADD(" --custom-vae-version %s", job->custom_vae_version);
-    for (int i = 0; i < job->n_loras; i++) ADD(" --lora %s:%.9g", job->loras[i].path, (double)job->loras[i].scale);
+    for (int i = 0; i < job->n_loras; i++) {
+        char scale[32];
+        shortest_float(job->loras[i].scale, scale, sizeof scale);
+        ADD(" --lora %s:%s", job->loras[i].path, scale);
+    }
     for (size_t i = 0; i < SDC_COUNT_OF(COMPONENTS); i++) {
         const sdc_conv_component *row = &COMPONENTS[i];
         if (row->is_step || !requested(job, row)) continue;
