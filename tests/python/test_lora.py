@@ -30,8 +30,9 @@ LORAS = {
     "sdxl-peft": ("sdxl", "peft", 3, 4),
 }
 ENCODERS = {"sd1": ["text_encoder"], "sdxl": ["text_encoder", "text_encoder_2"]}
-# Measured (interpreter vs diffusers float32 with the LoRA fused): UNet 124-128 dB, text encoders
-# 136-147 dB; with vs without the LoRA: 4-17 dB. Bars: 60 dB against diffusers, 40 dB apart.
+# Measured (interpreter vs diffusers float32 with the LoRA fused): UNet 126.1-126.9 dB, text
+# encoders 138.1-145.5 dB; with vs without the LoRA: 8.1-21.6 dB. Bars: 60 dB against diffusers,
+# 40 dB apart.
 MIN_PSNR, MAX_PSNR_APART = 60.0, 40.0
 
 
