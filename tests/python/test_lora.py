@@ -30,7 +30,7 @@ LORAS = {
     "sdxl-peft": ("sdxl", "peft", 3, 4),
 }
 ENCODERS = {"sd1": ["text_encoder"], "sdxl": ["text_encoder", "text_encoder_2"]}
-# Measured (interpreter vs diffusers float32 with the LoRA fused): UNet 126.1-126.9 dB, text
+# Measured (interpreter vs diffusers float32 with the LoRA fused): UNet 126.1-127.0 dB, text
 # encoders 138.1-145.5 dB; with vs without the LoRA: 8.1-21.6 dB. Bars: 60 dB against diffusers,
 # 40 dB apart.
 MIN_PSNR, MAX_PSNR_APART = 60.0, 40.0
@@ -245,6 +245,23 @@ def test_options_in_metadata(sdcoreml, pipelines, lora_files, tmp_path):
     r = check_ok(sdcoreml("inspect", "--json", tmp_path / "out" / package_name(pipeline.name, "unet")))
     options = json.loads(r.stdout)["metadata"]["user_defined"]["com.github.sdcoreml.options"]
     assert f"--lora {lora_files['sd1-kohya']}:0.7 --lora {lora_files['sd1-peft']}:1 " in options
+
+
+def test_older_diffusers_spelling_merges_the_same(sdcoreml, pipelines, lora_files, tmp_path):
+    """diffusers' pre-PEFT keys (<module>.lora.down.weight / .lora.up.weight), which its loader
+    still reads: the same LoRA so spelled gives the same package bytes as the PEFT spelling."""
+    pipeline = Path(pipelines["sd1"])
+    sd = load_np(str(lora_files["sd1-peft"]))
+    old = {k.replace(".lora_A.weight", ".lora.down.weight").replace(".lora_B.weight", ".lora.up.weight"): v
+           for k, v in sd.items()}
+    assert sorted(old) != sorted(sd)
+    older = write_lora(tmp_path / "older.safetensors", old)
+    for name, lora in (("peft", lora_files["sd1-peft"]), ("older", older)):
+        check_ok(convert(sdcoreml, pipeline, tmp_path / name, [(lora, 0.5)], "--convert-unet", "--convert-text-encoder"))
+    for sub in ("unet", "text_encoder"):
+        weights = [(tmp_path / n / package_name(pipeline.name, sub) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin")
+                   .read_bytes() for n in ("peft", "older")]
+        assert weights[0] == weights[1], sub
 
 
 # ---------------------------------------------------------------------------------------------
