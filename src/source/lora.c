@@ -46,14 +46,16 @@ static const struct {
 /* Other adapters' keys, refused by name (LyCORIS and PEFT spellings). */
 static const struct {
     const char *marker;
+    bool at_end; /* the key ends with it (else: contains it) */
     const char *what;
 } REFUSED[] = {
-    {".hada_", "LoHa"},
-    {".lokr_", "LoKr"},
-    {".lora_mid.", "LoCon with a Tucker mid weight"},
-    {".dora_scale", "DoRA"},
-    {"lora_magnitude_vector", "DoRA"},
-    {".diff", "a full weight difference"},
+    {".hada_", false, "LoHa"},
+    {".lokr_", false, "LoKr"},
+    {".lora_mid.", false, "LoCon with a Tucker mid weight"},
+    {".dora_scale", false, "DoRA"},
+    {"lora_magnitude_vector", false, "DoRA"},
+    {".diff", true, "full weight difference"},
+    {".diff_b", true, "full weight difference"},
 };
 
 /* kohya's LDM-style module paths (the original UNet's names): they need the LDM → diffusers
@@ -115,9 +117,10 @@ void sdc_lora_set_close(sdc_lora_set *set) {
 
 static sdc_status refuse_other_adapters(const lora_file *f, const char *key, sdc_err *err) {
     for (size_t i = 0; i < SDC_COUNT_OF(REFUSED); i++)
-        if (strstr(key, REFUSED[i].marker))
-            return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: key '%s' is a %s adapter; only LoRA (down/up or lora_A/lora_B) is supported",
-                            f->path, key, REFUSED[i].what);
+        if (REFUSED[i].at_end ? ends_with(key, REFUSED[i].marker) : strstr(key, REFUSED[i].marker) != NULL)
+            return sdc_fail(err, SDC_E_UNSUPPORTED,
+                            "%s: key '%s' belongs to a %s adapter; only LoRA (down/up or lora_A/lora_B) is supported", f->path,
+                            key, REFUSED[i].what);
     return SDC_OK;
 }
 
@@ -184,7 +187,8 @@ static sdc_status check_module(const lora_file *f, const lora_module *m, sdc_err
                         f->path, name, sdc_shape_str(d->shape, d->rank, a, sizeof a), sdc_shape_str(u->shape, u->rank, b, sizeof b));
     if (!is_float(d->dtype) || !is_float(u->dtype))
         return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: module '%s': factors must be F32, F16 or BF16", f->path, name);
-    if (m->alpha && (m->alpha->numel != 1 || m->alpha->dtype == SDC_DT_I64 || !isfinite(sdc_tensor_get_f32(m->alpha, 0))))
+    bool alpha_float = m->alpha && (is_float(m->alpha->dtype) || m->alpha->dtype == SDC_DT_F64);
+    if (m->alpha && (m->alpha->numel != 1 || !alpha_float || !isfinite(sdc_tensor_get_f32(m->alpha, 0))))
         return sdc_fail(err, SDC_E_FORMAT, "%s: '%s.alpha' must be one finite float", f->path, name);
     return SDC_OK;
 }

@@ -302,7 +302,7 @@ def test_kohya_key_matching_no_weight(sdcoreml, pipelines, tmp_path):
 
 
 @pytest.mark.parametrize("suffix,what", [("hada_w1_a", "LoHa"), ("lokr_w1", "LoKr"), ("lora_mid.weight", "Tucker"),
-                                         ("dora_scale", "DoRA")])
+                                         ("dora_scale", "DoRA"), ("diff", "full weight difference")])
 def test_other_adapters_are_refused(sdcoreml, pipelines, tmp_path, suffix, what):
     key = f"lora_unet_down_blocks_0_attentions_0_proj_in.{suffix}"
     lora = write_lora(tmp_path / "lycoris.safetensors", {key: np.ones((2, 32))})
@@ -319,6 +319,46 @@ def test_shapes_that_do_not_fit(sdcoreml, pipelines, tmp_path):
     base = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
     lora = write_lora(tmp_path / "bad.safetensors", {f"{base}.lora_A.weight": np.ones((4, 31)), f"{base}.lora_B.weight": np.ones((32, 4))})
     refused(sdcoreml, pipelines, tmp_path, lora, str(lora), "do not fit weight", "[32, 32]")
+
+
+Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+@pytest.mark.parametrize("tensors,expect", [
+    ({f"{Q}.lora_down.weight": torch.ones(2, 32)}, "has a down weight but no up weight"),
+    ({f"{Q}.lora_up.weight": torch.ones(32, 2)}, "has a up weight but no down weight"),
+    ({f"{Q}.alpha": torch.tensor(1.0)}, "neither a down nor an up"),
+    ({f"{Q}.lora_down.weight": torch.ones(0, 32), f"{Q}.lora_up.weight": torch.ones(32, 0)}, "are not LoRA factors"),
+    ({f"{Q}.lora_down.weight": torch.ones(2, 32), f"{Q}.lora_up.weight": torch.ones(32, 3)}, "are not LoRA factors"),
+    ({f"{Q}.lora_down.weight": torch.ones(2, 32), f"{Q}.lora_up.weight": torch.ones(32, 2, 3)}, "are not LoRA factors"),
+    ({f"{Q}.lora_down.weight": torch.ones(2, 32, 3), f"{Q}.lora_up.weight": torch.ones(32, 2)}, "are not LoRA factors"),
+    ({f"{Q}.lora_down.weight": torch.ones(2, 32, dtype=torch.int32), f"{Q}.lora_up.weight": torch.ones(32, 2)},
+     "must be F32, F16 or BF16"),
+    ({f"{Q}.lora_down.weight": torch.ones(2, 32), f"{Q}.lora_up.weight": torch.ones(32, 2),
+      f"{Q}.alpha": torch.tensor(2, dtype=torch.int32)}, "must be one finite float"),
+    ({f"{Q}.lora_down.weight": torch.ones(2, 32), f"{Q}.lora_up.weight": torch.ones(32, 2),
+      f"{Q}.alpha": torch.ones(2)}, "must be one finite float"),
+    ({f"{Q}.lora_down.weight": torch.ones(2, 32), f"{Q}.lora_up.weight": torch.ones(32, 2),
+      f"{Q}.alpha": torch.tensor(float("inf"))}, "must be one finite float"),
+    ({f"{Q}.lora_down.weight": torch.ones(2, 32, 3, 3), f"{Q}.lora_up.weight": torch.ones(32, 2, 1, 1)}, "do not fit weight"),
+    ({"lora_unet_.lora_down.weight": torch.ones(2, 32)}, "is not a LoRA key"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": torch.ones(2, 32)}, "is not a LoRA key"),
+    ({"unet.down_blocks.0.attentions.0.proj_in.lora_embedding_A": torch.ones(2, 32)}, "is not a LoRA key"),
+])
+def test_malformed_loras(sdcoreml, pipelines, tmp_path, tensors, expect):
+    lora = tmp_path / "bad.safetensors"
+    save_file(tensors, str(lora))
+    refused(sdcoreml, pipelines, tmp_path, lora, str(lora), expect)
+
+
+def test_not_a_safetensors_file(sdcoreml, pipelines, tmp_path):
+    lora = tmp_path / "junk.safetensors"
+    lora.write_bytes(b"\xff" * 64)
+    refused(sdcoreml, pipelines, tmp_path, lora, str(lora))
+
+
+def test_missing_file(sdcoreml, pipelines, tmp_path):
+    refused(sdcoreml, pipelines, tmp_path, tmp_path / "nope.safetensors", "nope.safetensors")
 
 
 def test_text_encoder_2_keys_on_sd1(sdcoreml, pipelines, lora_files, tmp_path):
