@@ -4,7 +4,8 @@
  * parsed by options.c like Python's argparse: "--opt value" or "--opt=value", unambiguous
  * prefixes accepted.
  *
- * Exit codes: 0 success, 1 conversion or input error, 2 usage error or unsupported option.
+ * Exit codes: 0 success, 1 conversion or input error, 2 usage error or unsupported option;
+ * inspect --compare as diff: 0 same, 1 different, 2 an unreadable package or a usage error.
  */
 #include <math.h>
 #include <signal.h>
@@ -116,7 +117,7 @@ static const sdc_cli_option CONVERT_OPTIONS[] = {
            "ORIGINAL, SPLIT_EINSUM or SPLIT_EINSUM_V2 [SPLIT_EINSUM]"),
     STRING("-o", job.output_dir, "DIR", "output directory [.]"),
     FLAG("--check-output-correctness", job.check_output_correctness,
-         "run each package and a float32 reference in the interpreter; fail below 35 dB PSNR"),
+         "run each package and a float32 reference in the interpreter; fail below 35 dB PSNR or on NaN/inf"),
     FLAG("--chunk-unet", job.chunk_unet,
          "also write the UNet (and refiner) as <name>_chunk1/_chunk2 packages of about half the weights each"),
     {.name = "--quantize-nbits", .store = SDC_CLI_CALL, .metavar = "N", .call = store_quantize_nbits,
@@ -160,6 +161,7 @@ static const sdc_cli_command CONVERT = {
         "Usage:\n"
         "  sdcoreml --model-version ID [--convert-text-encoder ...] [-o DIR] [options]\n"
         "  sdcoreml inspect PACKAGE.mlpackage [--json]\n"
+        "  sdcoreml inspect --compare A.mlpackage B.mlpackage [--json]\n"
         "  sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy ... -o DIR [--json]\n"
         "  sdcoreml download ID [--revision REV] [--include-weights-for COMPONENTS]\n"
         "  sdcoreml [inspect | run | download] -h | --help\n\n"
@@ -235,14 +237,118 @@ static void print_inspect_text(json_t *doc) {
            (long long)json_integer_value(json_object_get(doc, "weight_blobs")));
 }
 
+/* --compare: both packages side by side. Columns: the field or op type, then A's and B's values. */
+enum { FIELD_WIDTH = 36, VALUE_WIDTH = 34 };
+
+/* A contract value as text: strings bare (control characters as spaces), shapes as
+   [2, 4, 64, 64], a side that lacks the field as "-". */
+static void value_text(json_t *v, char *buf, size_t size) {
+    size_t n = 0;
+    if (json_is_string(v)) {
+        snprintf(buf, size, "%s", json_string_value(v));
+    } else if (json_is_integer(v)) {
+        snprintf(buf, size, "%lld", (long long)json_integer_value(v));
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *d;
+        n = (size_t)snprintf(buf, size, "[");
+        json_array_foreach(v, i, d) if (n < size) n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? ", " : "",
+                                                                         (long long)json_integer_value(d));
+        if (n < size) snprintf(buf + n, size - n, "]");
+    } else {
+        snprintf(buf, size, "-");
+    }
+    for (char *p = buf; *p; p++)
+        if ((unsigned char)*p < 0x20) *p = ' ';
+}
+
+static bool utf8_continuation(char c) { return ((unsigned char)c & 0xc0) == 0x80; }
+
+/* The column's worth of `text` from byte `from` on, "..." where it is cut (never inside a
+   UTF-8 character). */
+static void fit(const char *text, size_t from, char *out, size_t size) {
+    size_t len = strlen(text);
+    while (from < len && utf8_continuation(text[from])) from++;
+    const char *head = from ? "..." : "";
+    size_t room = VALUE_WIDTH - strlen(head), take = len - from;
+    if (take > room) {
+        take = room - 3;
+        while (take && utf8_continuation(text[from + take])) take--;
+    }
+    snprintf(out, size, "%s%.*s%s", head, (int)take, text + from, from + take < len ? "..." : "");
+}
+
+/* Two long texts that differ past the column are shown from a little before where they part. */
+static size_t where_to_start(const char *a, const char *b) {
+    size_t common = 0;
+    while (a[common] && a[common] == b[common]) common++;
+    return common + 6 > VALUE_WIDTH && (a[common] || b[common]) ? common - 12 : 0;
+}
+
+static char mark(bool differs) { return differs ? '*' : ' '; }
+
+static void print_contract_rows(json_t *rows) {
+    printf("  %-*s %-*s %s\n", FIELD_WIDTH, "contract", VALUE_WIDTH, "A", "B");
+    size_t i;
+    json_t *r;
+    json_array_foreach(rows, i, r) {
+        char full_a[1024], full_b[1024], a[256], b[256];
+        value_text(json_object_get(r, "a"), full_a, sizeof full_a);
+        value_text(json_object_get(r, "b"), full_b, sizeof full_b);
+        size_t from = where_to_start(full_a, full_b);
+        fit(full_a, from, a, sizeof a);
+        fit(full_b, from, b, sizeof b);
+        printf("%c %-*s %-*s %s\n", mark(!json_is_true(json_object_get(r, "same"))), FIELD_WIDTH,
+               json_string_value(json_object_get(r, "field")), VALUE_WIDTH, a, b);
+    }
+}
+
+static void print_count_row(const char *name, json_t *c) {
+    long long a = json_integer_value(json_object_get(c, "a")), b = json_integer_value(json_object_get(c, "b"));
+    printf("%c %-*s %10lld %10lld", mark(a != b), FIELD_WIDTH, name, a, b);
+    if (a != b) printf(" %+10lld", b - a);
+    printf("\n");
+}
+
+static void print_compare_text(json_t *doc) {
+    printf("A: %s\nB: %s\n\n", json_string_value(json_object_get(json_object_get(doc, "a"), "package")),
+           json_string_value(json_object_get(json_object_get(doc, "b"), "package")));
+    print_contract_rows(json_object_get(doc, "contract"));
+    printf("\n  %-*s %10s %10s %10s\n", FIELD_WIDTH, "op histogram (nested blocks too)", "A", "B", "B-A");
+    const char *op;
+    json_t *c;
+    json_object_foreach(json_object_get(doc, "op_histogram"), op, c) print_count_row(op, c);
+    print_count_row("all ops", json_object_get(doc, "op_count"));
+    size_t fields = json_array_size(json_object_get(doc, "contract_differences"));
+    size_t ops = json_array_size(json_object_get(doc, "op_types_differing"));
+    if (fields || ops)
+        printf("\ndifferent (marked *): %zu contract field%s, %zu op type%s\n", fields, fields == 1 ? "" : "s", ops,
+               ops == 1 ? "" : "s");
+    else
+        printf("\nsame contract and op histogram\n");
+}
+
 typedef struct inspect_args {
-    const char *package;
+    const char *package, *other; /* the positional; --compare's value */
+    bool other_first;            /* --compare came before the positional: its value is package A */
     bool json;
 } inspect_args;
+
+/* --compare OTHER: whichever way round it is written, A is the package named first. */
+static int store_compare(const sdc_cli_command *cmd, void *state, const char *value) {
+    inspect_args *a = state;
+    if (a->other) return sdc_cli_usage_error(cmd, "--compare is given twice");
+    a->other = value;
+    a->other_first = !a->package;
+    return 0;
+}
 
 static const sdc_cli_option INSPECT_OPTIONS[] = {
     {.name = "--json", .store = SDC_CLI_TRUE, .offset = offsetof(inspect_args, json),
      .help = "print the JSON document instead of text"},
+    {.name = "--compare", .store = SDC_CLI_CALL, .call = store_compare, .metavar = "PACKAGE",
+     .help = "compare two packages side by side (inspect --compare A B, or inspect A --compare B):\n"
+             "contracts and op histograms, differences marked *; exit 0 same, 1 different"},
 };
 
 static const sdc_cli_command INSPECT = {
@@ -252,15 +358,41 @@ static const sdc_cli_command INSPECT = {
     .positional = "PACKAGE",
     .positional_offset = offsetof(inspect_args, package),
     .help_head = "Usage: sdcoreml inspect PACKAGE.mlpackage [--json]\n"
-                 "Prints the inputs, outputs, metadata, op histogram and weight bytes of a package.\n\n",
-    .help_column = 12,
+                 "       sdcoreml inspect --compare A.mlpackage B.mlpackage [--json]\n"
+                 "Prints the inputs, outputs, metadata, op histogram (ops in nested blocks included) and\n"
+                 "weight bytes of a package, or of two side by side.\n\n",
+    .help_tail = "\nExit status: 0 success; 1 an unreadable package. With --compare, as diff: 0 same contract\n"
+                 "and op histogram, 1 different, 2 an unreadable package or a usage error.\n",
+    .help_column = 19,
 };
+
+/* Exit status as diff's: 0 same, 1 different, 2 trouble (here, a package that cannot be read). */
+enum { COMPARE_SAME = 0, COMPARE_DIFFERENT = 1, COMPARE_TROUBLE = 2 };
+
+static int compare_packages(const char *a, const char *b, bool as_json) {
+    char err[1024], *text = NULL;
+    bool differ = false;
+    if (sdc_inspect_compare_json(a, b, &text, &differ, err, sizeof err) != SDC_OK) {
+        fprintf(stderr, "sdcoreml: error: %s\n", err);
+        return COMPARE_TROUBLE;
+    }
+    if (as_json) {
+        printf("%s\n", text);
+    } else {
+        json_t *doc = json_loads(text, 0, NULL);
+        if (doc) print_compare_text(doc);
+        json_decref(doc);
+    }
+    free(text);
+    return differ ? COMPARE_DIFFERENT : COMPARE_SAME;
+}
 
 /* argv[0] is the program, argv[1] "inspect" */
 static int cmd_inspect(int argc, char **argv) {
     inspect_args a = {0};
     int rc = sdc_cli_parse(&INSPECT, argc - 2, argv + 2, &a);
     if (rc != SDC_CLI_CONTINUE) return rc;
+    if (a.other) return a.other_first ? compare_packages(a.other, a.package, a.json) : compare_packages(a.package, a.other, a.json);
     const char *pkg = a.package;
     bool as_json = a.json;
     char err[1024], *text = NULL;

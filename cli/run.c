@@ -70,7 +70,8 @@ static const sdc_cli_command RUN = {
         "Usage: sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy [--input ...] -o DIR [--json] [--threads N]\n\n"
         "Runs function main of an ML Program package on the CPU with sdcoreml's reference interpreter\n"
         "(fp32 accumulation; results rounded to each op's declared dtype, so fp16 programs give fp16\n"
-        "results) and writes DIR/<output name>.npy for every output.\n\n",
+        "results) and writes DIR/<output name>.npy for every output. An output holding NaN or inf\n"
+        "values (a float16 overflow, say) gets a warning on stderr that names it and counts them.\n\n",
     .help_column = 22,
 };
 
@@ -223,8 +224,13 @@ int sdc_cli_run(int argc, char **argv) {
             fprintf(stderr, "sdcoreml: error: output '%s': %s\n", outputs[i].name, err);
             goto done;
         }
-        json_array_append_new(arr, json_pack("{s:s, s:o, s:s, s:s}", "name", outputs[i].name, "shape", shape_json(&outputs[i]), "dtype",
-                                             sdc_nd_dtype_name(outputs[i].dtype), "file", path));
+        size_t nonfinite = sdc_ndarray_count_nonfinite(&outputs[i]);
+        if (nonfinite) /* a float16 overflow, say: worth knowing, not a failure of run */
+            fprintf(stderr, "sdcoreml: warning: output '%s': %zu of %zu values are NaN/inf\n", outputs[i].name, nonfinite,
+                    sdc_ndarray_numel(&outputs[i]));
+        json_array_append_new(arr, json_pack("{s:s, s:o, s:s, s:s, s:I}", "name", outputs[i].name, "shape", shape_json(&outputs[i]),
+                                             "dtype", sdc_nd_dtype_name(outputs[i].dtype), "file", path, "nonfinite",
+                                             (json_int_t)nonfinite));
         if (!as_json) {
             char shp[256];
             shape_text(&outputs[i], shp, sizeof shp);

@@ -169,9 +169,23 @@ void sdc_remove_partial_output(void);
 
 /*
  * Describes an existing .mlpackage as a JSON document (inputs, outputs, metadata, op
- * histogram, weight bytes). *json_out is malloc'd; free() it.
+ * histogram and op count of function main, ops in nested blocks included, weight bytes).
+ * *json_out is malloc'd; free() it.
  */
 sdc_status sdc_inspect_json(const char *package_path, char **json_out, char *err, size_t err_size);
+
+/*
+ * Two packages side by side (e.g. one of sdcoreml's and the anchor's): a JSON document with
+ * "a" and "b" (each package's inspect document plus its "package" path), "contract" (rows
+ * {field, a, b, same}: specification version, opset, inputs by name, outputs by position,
+ * the metadata author, license, version and short_description, weight bytes),
+ * "contract_differences" (the rows that differ, {field, a, b}), "op_histogram" ({op type:
+ * {a, b, difference = b - a}} over both packages' op types, nested blocks counted),
+ * "op_types_differing", "op_count" and "same". *differ is true when a contract field or an
+ * op count differs. Errors name the package file at fault. *json_out is malloc'd; free() it.
+ */
+sdc_status sdc_inspect_compare_json(const char *package_a, const char *package_b, char **json_out, bool *differ,
+                                    char *err, size_t err_size);
 
 /* ================================================================ interpreter
  *
@@ -219,6 +233,8 @@ typedef struct sdc_ndarray {
 
 const char *sdc_nd_dtype_name(sdc_nd_dtype t); /* "float32", "float16", "int32" (NumPy names) */
 size_t sdc_ndarray_numel(const sdc_ndarray *a); /* product of the shape (1 for rank 0) */
+/* How many elements are NaN or ±inf (0 for int32): what a float16 overflow leaves behind. */
+size_t sdc_ndarray_count_nonfinite(const sdc_ndarray *a);
 
 typedef struct sdc_model sdc_model;
 

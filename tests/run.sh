@@ -34,7 +34,7 @@ BUILD_DIR="${BUILD_DIR:-build}"
 case "$BUILD_DIR" in /*) ;; *) BUILD_DIR="$ROOT/$BUILD_DIR" ;; esac
 
 # ---- 1. system packages ------------------------------------------------------------------------
-BUILD_PKGS=(cmake gcc pkg-config libjansson-dev libprotobuf-c-dev protobuf-c-compiler libopenblas-dev libcurl4-openssl-dev)
+BUILD_PKGS=(cmake gcc pkg-config libjansson-dev libprotobuf-c-dev protobuf-c-compiler libopenblas-dev libcurl4-openssl-dev libpng-dev)
 PORTABILITY_PKGS=(clang file)
 TEST_PKGS=(python3-torch python3-venv python3-numpy)
 # clang's libFuzzer runtime for the fuzz smoke (Debian 12's clang is clang 14; clang itself is

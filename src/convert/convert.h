@@ -171,7 +171,8 @@ void sdc_check_inputs_free(sdc_ndarray *in, int n);
 /* The array named `name` among n, or NULL. */
 const sdc_ndarray *sdc_check_find_output(const sdc_ndarray *outs, int n, const char *name);
 
-/* Compares one output with its reference by PSNR, logs it, and fails (SDC_E_CHECK) below
+/* Fails (SDC_E_CHECK) when either output holds NaN or inf, naming the output and counting them;
+   else compares one output with its reference by PSNR, logs it, and fails (SDC_E_CHECK) below
    SDC_CHECK_MIN_PSNR naming `label`, the output and `versus` (NULL: the reference). */
 sdc_status sdc_check_output(const sdc_conv_ctx *c, const char *label, const sdc_ndarray *ref,
                             const sdc_ndarray *got, const char *versus);

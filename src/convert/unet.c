@@ -9,6 +9,11 @@ static const char *const UNET_INPUT_DOCS[] = {
     "Additional time ids (original size, crop offsets, target size or aesthetic score) for SDXL",
     "Additional pooled text embeddings from text_encoder_2 for SDXL",
 };
+/* The anchor's UNet (base, refiner, control-unet) says "text or other images" where its other
+   components say "and/or" (emit.c's default); kept word for word. */
+static const char *const UNET_DESCRIPTION =
+    "Stable Diffusion generates images conditioned on text or other images as input through the diffusion "
+    "process. Please refer to https://arxiv.org/abs/2112.10752 for details.";
 static const char *const UNET_OUTPUT_DOCS[] = {"Same shape and dtype as the `sample` input. "
                                                "The predicted noise to facilitate the reverse diffusion (denoising) process"};
 
@@ -81,6 +86,7 @@ static sdc_status convert_from(const sdc_conv_ctx *c, const sdc_source *src, con
                  opt->batch, sdc_weights_describe(comp.weights));
         /* sample, timestep, encoder_hidden_states (+ time_ids, text_embeds); residual inputs undocumented */
         sdc_conv_docs docs = {.inputs = UNET_INPUT_DOCS, .outputs = UNET_OUTPUT_DOCS, .version = id,
+                          .short_description = UNET_DESCRIPTION,
                           .n_inputs = info.text_time ? 5 : 3, .n_outputs = 1};
         sdc_conv_check_hint hint = {0};
         sdc_conv_package package = {.path = path, .what = submodule, .describe = describe, .docs = &docs,

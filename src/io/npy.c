@@ -3,6 +3,7 @@
 #include "io/outdir.h"
 
 #include <errno.h>
+#include <math.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,6 +25,15 @@ size_t sdc_ndarray_numel(const sdc_ndarray *a) {
     size_t n = 1;
     for (int i = 0; i < a->rank; i++) n *= a->shape[i] > 0 ? (size_t)a->shape[i] : 0;
     return n;
+}
+
+size_t sdc_ndarray_count_nonfinite(const sdc_ndarray *a) {
+    size_t n = sdc_ndarray_numel(a), bad = 0;
+    if (a->dtype == SDC_ND_F16)
+        for (size_t i = 0; i < n; i++) bad += (((const uint16_t *)a->data)[i] & 0x7c00) == 0x7c00; /* all-ones exponent */
+    else if (a->dtype == SDC_ND_F32)
+        for (size_t i = 0; i < n; i++) bad += !isfinite(((const float *)a->data)[i]);
+    return bad;
 }
 
 /* ---------------------------------------------------------------- header dict parser */

@@ -115,6 +115,21 @@ def source_seeds(out):
     write(out / "text_encoder_config", (TINY / "text_encoder/config.json").read_bytes())
 
 
+# ---- tokenizer ---------------------------------------------------------------------------
+
+def tokenizer_seeds(out):
+    tok = [(TINY / "tokenizer" / name).read_bytes() for name in
+           ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")]
+    prompts = ["a photo of an astronaut riding a horse on mars", "Hello, World!! it's 2024 <|endoftext|> x",
+               "caf\u00e9 nai\u0308ve \u03a3\u039f\u03a3 \u0130 \u65e5\u672c\u8a9e \U0001f600\u200d\U0001f600",
+               "a very long prompt " * 12, "\t\n ", "wow!!! ... 123"]
+    for i, p in enumerate(prompts):
+        write(out / f"prompt{i}", p.encode())
+    write(out / "folder", parts(prompts[1], *tok))
+    legacy = b'{"model_max_length": 1000000000000000019884624838656}'
+    write(out / "legacy", parts(prompts[2], tok[0], tok[1], legacy, tok[3]))
+
+
 # ---- packages ----------------------------------------------------------------------------
 # Core ML model files for our trimmed schema (src/coreml/coreml.proto), with the wire encoder
 # of tests/python/pbwire.py.
@@ -260,6 +275,7 @@ def main():
     safetensors_seeds(out / "safetensors")
     npy_seeds(out / "npy")
     source_seeds(out / "source")
+    tokenizer_seeds(out / "tokenizer")
     package_seeds(out, sys.argv[2:])
     # Committed seeds (small, hand-picked) and crash reproducers join the generated ones.
     for extra in ("corpus", "regressions"):

@@ -164,6 +164,13 @@ def test_refiner_version_names_and_metadata(sdcoreml, pipelines, tmp_path):
     info = coreml_checks.load_and_check(str(tmp_path / package_name(base.name, "refiner")), inputs=inputs,
                                         outputs=outputs)
     assert info.metadata["version"] == refiner.name
+    # the anchor's UNet and refiner say "text or other images"; its other components "and/or"
+    base_inputs, base_outputs = expected_io(base, xl=True)
+    base_info = coreml_checks.load_and_check(str(tmp_path / package_name(base.name, "unet")), inputs=base_inputs,
+                                             outputs=base_outputs)
+    for meta in (info.metadata, base_info.metadata):
+        assert meta["short_description"].startswith(
+            "Stable Diffusion generates images conditioned on text or other images as input"), meta
     assert {n: s for n, s, _ in inputs}["time_ids"] == (2, 5)
 
 
