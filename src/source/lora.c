@@ -142,10 +142,9 @@ static lora_module *module_for(lora_file *f, sdc_strmap *index, int c, key_style
         sdc_free(name);
         return &f->modules[at];
     }
-    lora_module *m = &f->modules[f->n_modules];
+    lora_module *m = &f->modules[f->n_modules++]; /* from here on, file_free frees the name */
     *m = (lora_module){.component = c, .style = style, .path = name};
-    if (!sdc_strmap_put(index, name, (int)f->n_modules)) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", f->path), NULL;
-    f->n_modules++;
+    if (!sdc_strmap_put(index, name, (int)f->n_modules - 1)) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", f->path), NULL;
     return m;
 }
 
@@ -420,13 +419,17 @@ static const sdc_tensor *resolve(const lora_file *f, const lora_module *m, const
     return NULL;
 }
 
+/* A 1x1 kernel, or no kernel: [out, in] and [out, in, 1, 1] hold the same matrix. */
+static bool kernel_is_1x1(const sdc_tensor *t) { return t->rank == 2 || (t->shape[2] == 1 && t->shape[3] == 1); }
+
 /* ΔW = up·down fits W: W [out, K…] with up [out, r], down [r, K…] (same element count, and the
-   same kernel when both are convolutions). */
+   same kernel, a linear layer's counting as 1x1). */
 static sdc_status check_fit(const lora_file *f, const lora_module *m, const sdc_tensor *w, sdc_err *err) {
     const sdc_tensor *d = m->down, *u = m->up;
-    bool fits = (w->rank == 2 || w->rank == 4) && is_float(w->dtype) && u->shape[0] == w->shape[0] &&
-                d->numel / (uint64_t)d->shape[0] == w->numel / (uint64_t)w->shape[0] &&
-                !(d->rank == 4 && w->rank == 4 && (d->shape[2] != w->shape[2] || d->shape[3] != w->shape[3]));
+    bool same_kernel = d->rank == 4 && w->rank == 4 ? d->shape[2] == w->shape[2] && d->shape[3] == w->shape[3]
+                                                    : kernel_is_1x1(d) && kernel_is_1x1(w);
+    bool fits = (w->rank == 2 || w->rank == 4) && is_float(w->dtype) && u->shape[0] == w->shape[0] && same_kernel &&
+                d->numel / (uint64_t)d->shape[0] == w->numel / (uint64_t)w->shape[0];
     if (fits) return SDC_OK;
     char a[128], b[128], c[128];
     return sdc_fail(err, SDC_E_FORMAT, "%s: key '%s': down %s and up %s do not fit weight '%s' %s", f->path, m->key,

@@ -341,6 +341,8 @@ Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     ({f"{Q}.lora_down.weight": torch.ones(2, 32), f"{Q}.lora_up.weight": torch.ones(32, 2),
       f"{Q}.alpha": torch.tensor(float("inf"))}, "must be one finite float"),
     ({f"{Q}.lora_down.weight": torch.ones(2, 32, 3, 3), f"{Q}.lora_up.weight": torch.ones(32, 2, 1, 1)}, "do not fit weight"),
+    ({"lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight": torch.ones(2, 288),  # [32, 32, 3, 3] as a matrix
+      "lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight": torch.ones(32, 2)}, "do not fit weight"),
     ({"lora_unet_.lora_down.weight": torch.ones(2, 32)}, "is not a LoRA key"),
     ({"model.diffusion_model.input_blocks.0.0.weight": torch.ones(2, 32)}, "is not a LoRA key"),
     ({"unet.down_blocks.0.attentions.0.proj_in.lora_embedding_A": torch.ones(2, 32)}, "is not a LoRA key"),
