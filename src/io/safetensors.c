@@ -392,6 +392,36 @@ void sdc_st_close(sdc_st_file *f) {
     sdc_free(f);
 }
 
+sdc_status sdc_st_adopt(const char *path, const uint8_t *map, size_t map_size, sdc_tensor *tensors, size_t count,
+                        sdc_st_file **out, sdc_err *err) {
+    *out = NULL;
+    sdc_st_file *f = sdc_calloc(1, sizeof *f);
+    if (f) *f = (sdc_st_file){.path = sdc_strdup(path), .map = map, .map_size = map_size, .count = count,
+                              .tensors = tensors, .by_name = sdc_calloc(count ? count : 1, sizeof *f->by_name)};
+    if (!f || !f->path || !f->by_name) {
+        if (!f) { /* close would have freed these */
+            for (size_t i = 0; i < count; i++) sdc_free((char *)tensors[i].name);
+            sdc_free(tensors);
+            sdc_unmap_file(&(sdc_mapped_file){.data = map, .size = map_size});
+        }
+        sdc_st_close(f);
+        return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
+    }
+    for (size_t i = 0; i < count; i++) {
+        tensors[i].file = f;
+        f->by_name[i] = &tensors[i];
+    }
+    qsort(f->by_name, count, sizeof *f->by_name, cmp_by_name);
+    for (size_t i = 1; i < count; i++)
+        if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0) {
+            sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s' appears twice", path, f->by_name[i]->name);
+            sdc_st_close(f);
+            return SDC_E_FORMAT;
+        }
+    *out = f;
+    return SDC_OK;
+}
+
 /* ---- queries ------------------------------------------------------------------------ */
 
 const char *sdc_st_path(const sdc_st_file *f) { return f->path; }

@@ -45,8 +45,16 @@ void sdc_st_close(sdc_st_file *f); /* NULL is a no-op */
 
 const char *sdc_st_path(const sdc_st_file *f);
 size_t sdc_st_count(const sdc_st_file *f);
-const sdc_tensor *sdc_st_at(const sdc_st_file *f, size_t i);      /* in data-offset order */
+const sdc_tensor *sdc_st_at(const sdc_st_file *f, size_t i);      /* in data-offset order (adopted: as given) */
 const sdc_tensor *sdc_st_find(const sdc_st_file *f, const char *name); /* NULL if absent */
+
+/* A file whose tensors another reader has proved valid inside `map` (io/ckpt.c: a PyTorch
+   checkpoint), so that both formats are used through this one interface. Takes the mapping,
+   the tensor array (sdc_malloc'd) and every tensor's name (sdc_strdup'd) — sdc_st_close frees
+   them, and so does a failure here. Tensors keep their order and may share bytes; names must be
+   unique (a repeated one is an error naming it). */
+sdc_status sdc_st_adopt(const char *path, const uint8_t *map, size_t map_size, sdc_tensor *tensors, size_t count,
+                        sdc_st_file **out, sdc_err *err);
 
 /* Drops the tensor's pages from the resident set once it has been streamed (they are re-read
    from the file if used again). */

@@ -130,6 +130,112 @@ def tokenizer_seeds(out):
     write(out / "legacy", parts(prompts[2], tok[0], tok[1], legacy, tok[3]))
 
 
+# ---- PyTorch checkpoints -----------------------------------------------------------------
+# What torch.save writes, made without torch: Python's pickler, with stand-ins registered under
+# torch's module names so that globals and persistent ids come out as torch writes them.
+
+class _Storage:
+    def __init__(self, key, kind, data):
+        self.key, self.kind, self.data = key, kind, data
+
+
+class _Tensor:
+    def __init__(self, storage, offset, shape, stride):
+        self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
+
+
+def _torch_standins():
+    import types
+    mods = {}
+    for name in ("torch", "torch._utils"):
+        mods[name] = types.ModuleType(name)
+    sys.modules["torch"] = mods["torch"]  # make_corpus.py runs without torch
+    sys.modules["torch._utils"] = mods["torch._utils"]
+
+    def _rebuild_tensor_v2(*args):
+        raise RuntimeError("stand-in")
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    mods["torch._utils"]._rebuild_tensor_v2 = _rebuild_tensor_v2
+    kinds = {}
+    for kind in ("FloatStorage", "HalfStorage", "BFloat16Storage", "LongStorage"):
+        cls = type(kind, (), {"__module__": "torch"})
+        setattr(mods["torch"], kind, cls)
+        kinds[kind] = cls
+    return _rebuild_tensor_v2, kinds
+
+
+def torch_pickle(obj, protocol, legacy):
+    import collections
+    import io
+    import pickle
+    rebuild, kinds = _torch_standins()
+    storages = {}
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, o):
+            if not isinstance(o, _Storage):
+                return None
+            storages[o.key] = o
+            size = {"FloatStorage": 4, "LongStorage": 8}.get(o.kind, 2)
+            pid = ("storage", kinds[o.kind], o.key, "cpu", len(o.data) // size)
+            return pid + (None,) if legacy else pid
+
+        def reducer_override(self, o):
+            if isinstance(o, _Tensor):
+                return rebuild, (o.storage, o.offset, o.shape, o.stride, False, collections.OrderedDict())
+            return NotImplemented
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=protocol).dump(obj)
+    return buf.getvalue(), storages
+
+
+def torch_save(obj, protocol=2, legacy=False, folder="archive"):
+    import io
+    import pickle
+    import zipfile
+    data, storages = torch_pickle(obj, protocol, legacy)
+    if legacy:
+        size = {"FloatStorage": 4, "LongStorage": 8}
+        out = b"".join(pickle.dumps(v, protocol=protocol) for v in (
+            0x1950a86a20f9469cfc6c, 1001, {"protocol_version": 1001, "little_endian": True,
+                                           "type_sizes": {"short": 2, "int": 4, "long": 4}}))
+        out += data + pickle.dumps(sorted(storages), protocol=protocol)
+        for key in sorted(storages):
+            s = storages[key]
+            out += struct.pack("<q", len(s.data) // size.get(s.kind, 2)) + s.data
+        return out
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(f"{folder}/data.pkl", data)
+        z.writestr(f"{folder}/byteorder", b"little")
+        for key in sorted(storages):
+            z.writestr(f"{folder}/data/{key}", storages[key].data)
+        z.writestr(f"{folder}/version", b"3\n")
+    return buf.getvalue()
+
+
+def ckpt_seeds(out):
+    import collections
+    w = _Storage("0", "FloatStorage", bytes(range(48)))
+    h = _Storage("1", "HalfStorage", bytes(range(12)))
+    ids = _Storage("2", "LongStorage", bytes(16))
+    sd = collections.OrderedDict([
+        ("model.diffusion_model.conv.weight", _Tensor(w, 0, (2, 3, 1, 2), (6, 2, 2, 1))),
+        ("model.view", _Tensor(w, 4, (2, 2), (2, 1))),
+        ("first_stage_model.bias", _Tensor(h, 0, (6,), (1,))),
+        ("cond_stage_model.position_ids", _Tensor(ids, 0, (1, 2), (2, 1))),
+        ("scalar", _Tensor(w, 11, (), ())),
+    ])
+    nested = {"state_dict": sd, "global_step": 5, "epoch": 1.5, "callbacks": {"cb": ("x", None, True, b"\0")}}
+    for protocol in (2, 4, 5):
+        for legacy in (False, True):
+            name = f"{'legacy' if legacy else 'zip'}_p{protocol}"
+            write(out / f"{name}.ckpt", torch_save(nested if protocol != 4 else sd, protocol, legacy))
+    write(out / "folder.pt", torch_save({"a": _Tensor(h, 1, (2, 2), (2, 1))}, 2, False, folder="my_model"))
+    write(out / "empty.pt", torch_save({}, 2, False))
+
+
 # ---- packages ----------------------------------------------------------------------------
 # Core ML model files for our trimmed schema (src/coreml/coreml.proto), with the wire encoder
 # of tests/python/pbwire.py.
@@ -276,6 +382,7 @@ def main():
     npy_seeds(out / "npy")
     source_seeds(out / "source")
     tokenizer_seeds(out / "tokenizer")
+    ckpt_seeds(out / "ckpt")
     package_seeds(out, sys.argv[2:])
     # Committed seeds (small, hand-picked) and crash reproducers join the generated ones.
     for extra in ("corpus", "regressions"):
