@@ -104,8 +104,8 @@ static const sdc_cli_option CONVERT_OPTIONS[] = {
     STRING("--custom-vae-version", job.custom_vae_version, "ID",
            "replacement VAE: folder or Hub id (vae/ or config.json at its root)"),
     {.name = "--lora", .store = SDC_CLI_CALL, .metavar = "FILE[:SCALE]", .call = store_lora,
-     .help = "merge a kohya or diffusers/PEFT LoRA (.safetensors) into UNet and text encoders [SCALE 1.0];\n"
-             "repeatable"},
+     .help = "merge a kohya or diffusers/PEFT LoRA (.safetensors, .ckpt/.pt/.bin) into UNet and text encoders\n"
+             "[SCALE 1.0]; repeatable"},
     CHOICE("--compute-unit", compute_unit, "UNIT", COMPUTE_UNITS,
            "ALL, CPU_AND_GPU, CPU_ONLY or CPU_AND_NE; load-time only [ALL]"),
     POSITIVE_INT("--latent-h", job.latent_h, "latent height [UNet sample_size]"),

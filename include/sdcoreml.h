@@ -68,7 +68,7 @@ typedef void (*sdc_progress_fn)(void *user, const char *what, uint64_t done, uin
 
 /* A LoRA merged into the UNet and text-encoder weights: W + scale·(alpha/rank)·up·down. */
 typedef struct sdc_lora {
-    const char *path; /* a kohya or diffusers/PEFT .safetensors file */
+    const char *path; /* a kohya or diffusers/PEFT file: .safetensors, or .ckpt/.pt/.pth/.bin */
     float scale;      /* --lora FILE:SCALE (1.0 when not given) */
 } sdc_lora;
 

@@ -6,6 +6,7 @@
 
 #include <math.h>
 
+#include "io/ckpt.h"
 #include "io/fp16.h"
 #include "source/source.h"
 #include "strmap.h"
@@ -192,18 +193,13 @@ static sdc_status check_module(const lora_file *f, const lora_module *m, sdc_err
     return SDC_OK;
 }
 
-static bool is_pickle_name(const char *path) {
-    static const char *const pickles[] = {".ckpt", ".pt", ".pth", ".bin"};
-    for (size_t i = 0; i < SDC_COUNT_OF(pickles); i++)
-        if (ends_with(path, pickles[i])) return true;
-    return false;
-}
+/* What torch.save wrote (.ckpt, .pt, .pth, and diffusers' older pytorch_lora_weights.bin) is
+   read by the pickle-free checkpoint reader; everything else as safetensors. */
+static bool is_torch_save(const char *path) { return sdc_ckpt_is_ckpt_path(path) || ends_with(path, ".bin"); }
 
 static sdc_status parse_file(lora_file *f, sdc_err *err) {
-    if (is_pickle_name(f->path))
-        return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: a pickled LoRA is not supported yet; use its .safetensors", f->path);
     if (!isfinite(f->scale)) return sdc_fail(err, SDC_E_ARG, "--lora %s: the scale must be a finite number", f->path);
-    sdc_status st = sdc_st_open(f->path, &f->st, err);
+    sdc_status st = is_torch_save(f->path) ? sdc_ckpt_open(f->path, &f->st, err) : sdc_st_open(f->path, &f->st, err);
     if (st) return st;
     size_t n = sdc_st_count(f->st);
     if (!n) return sdc_fail(err, SDC_E_FORMAT, "%s: no tensors: not a LoRA", f->path);

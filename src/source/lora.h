@@ -37,7 +37,8 @@
  *     [out, r, 1, 1]; ΔW = up·down reshaped to W's shape.
  * LoHa, LoKr, LoCon's Tucker mid weights, DoRA and full diffs are refused naming the file and
  * key; a key outside these formats too. Every LoRA module must match a weight of its
- * component. Only .safetensors files are read.
+ * component. Files are .safetensors, or what torch.save writes (.ckpt, .pt, .pth, .bin), read
+ * without running pickle code (io/ckpt.h).
  */
 #ifndef SDC_LORA_H
 #define SDC_LORA_H

@@ -373,10 +373,27 @@ def test_sdxl_lora_on_sd1(sdcoreml, pipelines, lora_files, tmp_path):
     refused(sdcoreml, pipelines, tmp_path, lora_files["sdxl-kohya"], "do not fit weight")
 
 
-def test_pickled_lora_is_refused(sdcoreml, pipelines, tmp_path):
+@pytest.mark.parametrize("name,zip_format", [("lora.pt", True), ("lora.ckpt", False), ("pytorch_lora_weights.bin", True)])
+def test_torch_save_lora_merges_the_same(sdcoreml, pipelines, lora_files, tmp_path, name, zip_format):
+    """A LoRA written by torch.save (zip or legacy format), read without pickle code: the same
+    package bytes as the same tensors in .safetensors."""
+    from safetensors.torch import load_file
+
+    pipeline = Path(pipelines["sd1"])
+    pickled = tmp_path / name
+    torch.save(load_file(str(lora_files["sd1-kohya"])), pickled, _use_new_zipfile_serialization=zip_format)
+    for out, lora in (("st", lora_files["sd1-kohya"]), ("pickled", pickled)):
+        check_ok(convert(sdcoreml, pipeline, tmp_path / out, [(lora, 0.9)], "--convert-unet", "--convert-text-encoder"))
+    for sub in ("unet", "text_encoder"):
+        weights = [(tmp_path / n / package_name(pipeline.name, sub) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin")
+                   .read_bytes() for n in ("st", "pickled")]
+        assert weights[0] == weights[1], sub
+
+
+def test_damaged_pickled_lora(sdcoreml, pipelines, tmp_path):
     ckpt = tmp_path / "lora.ckpt"
-    ckpt.write_bytes(b"not read")
-    refused(sdcoreml, pipelines, tmp_path, ckpt, str(ckpt), "not supported yet")
+    ckpt.write_bytes(b"not a checkpoint at all")
+    refused(sdcoreml, pipelines, tmp_path, ckpt, str(ckpt))
 
 
 @pytest.mark.parametrize("value", ["x.safetensors:abc", "x.safetensors:", "x.safetensors:1.5x", "x.safetensors:nan", ":0.5"])
