@@ -7,6 +7,7 @@
  * Exit codes: 0 success, 1 conversion or input error, 2 usage error or unsupported option;
  * inspect --compare as diff: 0 same, 1 different, 2 an unreadable package or a usage error.
  */
+#include <math.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -24,12 +25,14 @@
 
 /* ---------------------------------------------------------------- convert's options */
 
-enum { MAX_CONTROLNETS = 64 };
+enum { MAX_CONTROLNETS = 64, MAX_LORAS = 16, MAX_LORA_PATH = 4096 };
 
 typedef struct convert_args {
     sdc_job job;
     sdc_cli_list controlnets;
     const char *controlnet_ids[MAX_CONTROLNETS];
+    sdc_lora loras[MAX_LORAS];
+    char lora_paths[MAX_LORAS][MAX_LORA_PATH];
     /* index in the option's choices, -1 when not given (the job keeps its default) */
     int compute_unit, attention, precision;
     bool quiet, version;
@@ -47,6 +50,29 @@ static int store_quantize_nbits(const sdc_cli_command *cmd, void *state, const c
     if (!sdc_cli_parse_int(value, 1, 8, &n) || n == 3 || n == 5 || n == 7)
         return sdc_cli_usage_error(cmd, "--quantize-nbits: invalid choice '%s' (1, 2, 4, 6, 8)", value);
     ((convert_args *)state)->job.quantize_nbits = n;
+    return 0;
+}
+
+/* --lora FILE[:SCALE], repeatable: the text after the last ':' is the scale (a finite number),
+   1.0 when there is no ':'. */
+static int store_lora(const sdc_cli_command *cmd, void *state, const char *value) {
+    convert_args *a = state;
+    if (a->job.n_loras == MAX_LORAS) return sdc_cli_usage_error(cmd, "--lora: at most %d LoRAs", MAX_LORAS);
+    const char *colon = strrchr(value, ':');
+    size_t len = colon ? (size_t)(colon - value) : strlen(value);
+    float scale = 1.0f;
+    if (colon) {
+        char *end;
+        scale = strtof(colon + 1, &end);
+        if (!colon[1] || *end || !isfinite(scale))
+            return sdc_cli_usage_error(cmd, "--lora '%s': the scale '%s' is not a number (FILE[:SCALE])", value, colon + 1);
+    }
+    if (!len || len >= MAX_LORA_PATH) return sdc_cli_usage_error(cmd, "--lora '%s': expected FILE[:SCALE]", value);
+    char *path = a->lora_paths[a->job.n_loras];
+    memcpy(path, value, len);
+    path[len] = '\0';
+    a->loras[a->job.n_loras++] = (sdc_lora){.path = path, .scale = scale};
+    a->job.loras = a->loras;
     return 0;
 }
 
@@ -80,6 +106,9 @@ static const sdc_cli_option CONVERT_OPTIONS[] = {
            "replacement VAE: folder or Hub id (vae/ or config.json at its root), or a single VAE file"),
     STRING("--config", job.config, "DIR",
            "diffusers folder or Hub id whose configs describe a single-file --model-version [inferred from its shapes]"),
+    {.name = "--lora", .store = SDC_CLI_CALL, .metavar = "FILE[:SCALE]", .call = store_lora,
+     .help = "merge a kohya or diffusers/PEFT LoRA (.safetensors, .ckpt/.pt/.bin) into UNet and text encoders\n"
+             "[SCALE 1.0]; repeatable"},
     CHOICE("--compute-unit", compute_unit, "UNIT", COMPUTE_UNITS,
            "ALL, CPU_AND_GPU, CPU_ONLY or CPU_AND_NE; load-time only [ALL]"),
     POSITIVE_INT("--latent-h", job.latent_h, "latent height [UNet sample_size]"),

@@ -66,6 +66,12 @@ typedef void (*sdc_log_fn)(void *user, sdc_log_level level, const char *line);
    already in a resumed file too). */
 typedef void (*sdc_progress_fn)(void *user, const char *what, uint64_t done, uint64_t total);
 
+/* A LoRA merged into the UNet and text-encoder weights: W + scale·(alpha/rank)·up·down. */
+typedef struct sdc_lora {
+    const char *path; /* a kohya or diffusers/PEFT file: .safetensors, or .ckpt/.pt/.pth/.bin */
+    float scale;      /* --lora FILE:SCALE (1.0 when not given) */
+} sdc_lora;
+
 /*
  * One conversion run: the options of torch2coreml with the same meaning. Fill it with
  * sdc_job_init() and change what you need. Strings are borrowed for the duration of the call.
@@ -85,6 +91,8 @@ typedef struct sdc_job {
     const char *config;
     const char *const *controlnet;  /* --convert-controlnet ids */
     int n_controlnet;
+    const sdc_lora *loras; /* --lora, in the order given (each adds its delta) */
+    int n_loras;
 
     bool convert_text_encoder;
     bool convert_vae_decoder;

@@ -75,7 +75,9 @@ else
     fi
     mkdir -p "$(dirname "$VENV")"
     /usr/bin/python3 -m venv --system-site-packages "$VENV"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$REQ"
+    NODEPS='^(peft|accelerate)=='  # see tests/requirements.txt
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r <(grep -Ev "$NODEPS" "$REQ")
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q --no-deps $(grep -E "$NODEPS" "$REQ")
     "$VENV/bin/python" - <<'PY'
 import torch, numpy, diffusers, transformers, coremltools
 from coremltools.converters.mil.frontend.milproto.load import load  # noqa: F401

@@ -8,6 +8,7 @@
 
 #include "io/outdir.h"
 #include "passes/palettize.h"
+#include "source/lora.h"
 
 #include <stddef.h>
 
@@ -145,6 +146,14 @@ static sdc_status run_rows(sdc_conv_ctx *c, size_t hook) {
 }
 
 
+/* The fewest digits that read back as the same float ("0.7", not "0.699999988"). */
+static void shortest_float(float x, char *buf, size_t size) {
+    for (int digits = 1; digits <= 9; digits++) {
+        snprintf(buf, size, "%.*g", digits, (double)x);
+        if (strtof(buf, NULL) == x) return;
+    }
+}
+
 /* The effective options, spelled as flags in a fixed order (the component table's, then the
    others), so equivalent command lines give identical metadata (and so identical packages).
    -o is left out: it does not change a package. */
@@ -156,6 +165,11 @@ static void effective_options(const sdc_job *job, char *buf, size_t size) {
     if (job->refiner_version) ADD(" --refiner-version %s", job->refiner_version);
     if (job->custom_vae_version) ADD(" --custom-vae-version %s", job->custom_vae_version);
     if (job->config) ADD(" --config %s", job->config);
+    for (int i = 0; i < job->n_loras; i++) {
+        char scale[32];
+        shortest_float(job->loras[i].scale, scale, sizeof scale);
+        ADD(" --lora %s:%s", job->loras[i].path, scale);
+    }
     for (size_t i = 0; i < SDC_COUNT_OF(COMPONENTS); i++) {
         const sdc_conv_component *row = &COMPONENTS[i];
         if (row->is_step || !requested(job, row)) continue;
@@ -191,6 +205,41 @@ static void cleanup_rows(sdc_conv_ctx *c) {
         if (COMPONENTS[i].cleanup && requested(c->job, &COMPONENTS[i])) COMPONENTS[i].cleanup(c);
 }
 
+/* ---------------------------------------------------------------- --lora */
+
+/* The components a LoRA may update, and the flag that converts each. */
+static const struct {
+    const char *component;
+    size_t converted; /* offsetof(sdc_job, <bool>) */
+} LORA_TARGETS[] = {{"unet", JOB_FLAG(convert_unet)},
+                    {"text_encoder", JOB_FLAG(convert_text_encoder)},
+                    {"text_encoder_2", JOB_FLAG(convert_text_encoder)}};
+
+/* Parses the LoRA files and matches every module against the components this run converts,
+   before anything is written, so a bad key leaves no package behind. The model's components
+   then hand out merged weights whenever they are opened (source/lora.h). */
+static sdc_status open_loras(sdc_conv_ctx *c, sdc_source *src, sdc_lora_set **set) {
+    const sdc_job *job = c->job;
+    sdc_status s = sdc_lora_set_open(job->loras, (size_t)job->n_loras, set, c->err);
+    if (s) return s;
+    src->lora = *set;
+    for (size_t i = 0; !s && i < SDC_COUNT_OF(LORA_TARGETS); i++) {
+        const char *name = LORA_TARGETS[i].component, *file = sdc_lora_set_file_for(*set, name);
+        if (!file) continue;
+        if (!sdc_source_has(src, name))
+            return sdc_fail(c->err, SDC_E_NOTFOUND, "%s: the LoRA updates %s, which model '%s' does not have", file, name,
+                            job->model_version);
+        if (!*(const bool *)((const char *)job + LORA_TARGETS[i].converted)) {
+            sdc_conv_log(c, SDC_LOG_WARNING, "%s: its %s weights are unused: this run does not convert %s", file, name, name);
+            continue;
+        }
+        sdc_component comp;
+        s = sdc_component_open(src, name, &comp, c->err);
+        sdc_component_close(&comp);
+    }
+    return s;
+}
+
 /* ---------------------------------------------------------------- entry point */
 
 sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
@@ -209,12 +258,15 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     bool opened = false;
     if (!s) s = sdc_conv_fetch_models(&c);
     if (!s) opened = (s = sdc_source_open_config(job->model_version, job->config, &src, &err)) == SDC_OK;
+    sdc_lora_set *loras = NULL;
+    if (!s && job->n_loras) s = open_loras(&c, &src, &loras);
     if (!s) s = run_rows(&c, ROW_HOOK(prepare));
     if (!s) s = sdc_outdir_mkdirs(job->output_dir ? job->output_dir : ".", true, &err); /* as os.makedirs */
     if (!s) sdc_outdir_remove_stale(job->output_dir ? job->output_dir : ".", note_stale, &c);
     if (!s) s = run_rows(&c, ROW_HOOK(convert));
     cleanup_rows(&c);
     if (opened) sdc_source_close(&src);
+    sdc_lora_set_close(loras);
     if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");
     return s;
 }

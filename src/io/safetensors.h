@@ -19,6 +19,14 @@
 
 typedef struct sdc_st_file sdc_st_file;
 
+/* A lazy addition to a tensor's values: adds the float32 delta of elements [first, first + n)
+   to acc. LoRA merging (source/lora.h) sets it on the copies the weights lookup hands out, and
+   every reader of weight values (mil/values.c) applies it, so a merged weight is never whole
+   in memory. */
+typedef struct sdc_tensor_addend {
+    void (*add)(const struct sdc_tensor_addend *self, uint64_t first, size_t n, float *acc);
+} sdc_tensor_addend;
+
 /* A lazy view of one tensor inside a mapped file. */
 typedef struct sdc_tensor {
     const char *name;         /* owned by the file */
@@ -29,6 +37,7 @@ typedef struct sdc_tensor {
     const uint8_t *data;      /* into the mapping; unaligned */
     uint64_t nbytes;
     const sdc_st_file *file;
+    const sdc_tensor_addend *addend; /* NULL, or added to the values as they are read */
 } sdc_tensor;
 
 sdc_status sdc_st_open(const char *path, sdc_st_file **out, sdc_err *err);

@@ -1,6 +1,7 @@
 /* values.c — a const's value read a chunk at a time, with its weight's cast and scale (see
-   graph.h). The writer streams dense consts through it and passes' transforms read what they
-   transform, so both see the same numbers. */
+   graph.h) and its tensor's addend (a merged LoRA, source/lora.h). The writer streams dense
+   consts through it and passes' transforms read what they transform, so both see the same
+   numbers. */
 #include <math.h>
 
 #include "io/fp16.h"
@@ -34,7 +35,7 @@ VEC_COUNT static uint64_t count_f32_nonfinite(const float *x, size_t n) {
 static void convert_weight(const sdc_tensor *src, uint64_t first, size_t n, sdc_dtype to, float scale, uint8_t *out,
                            float *tmp, mil_value_faults *faults) {
     const uint8_t *p = src->data + first * sdc_dtype_size(src->dtype);
-    if (src->dtype == to && scale == 1.0f && to == SDC_DT_F16) {
+    if (src->dtype == to && scale == 1.0f && to == SDC_DT_F16 && !src->addend) {
         memcpy(out, p, n * 2);
         faults->nonfinite += count_f16_nonfinite((const uint16_t *)(const void *)out, n); /* out: 16-byte aligned */
         return;
@@ -46,6 +47,7 @@ static void convert_weight(const sdc_tensor *src, uint64_t first, size_t n, sdc_
     default:
         for (size_t i = 0; i < n; i++) tmp[i] = sdc_tensor_get_f32(src, first + i);
     }
+    if (src->addend) src->addend->add(src->addend, first, n, tmp); /* before the scale: (W + ΔW)·scale */
     if (scale != 1.0f)
         for (size_t i = 0; i < n; i++) tmp[i] *= scale;
     faults->nonfinite += count_f32_nonfinite(tmp, n);

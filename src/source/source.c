@@ -10,6 +10,7 @@
 
 #include "hub/hub.h"
 #include "source/single_file.h"
+#include "source/lora.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -28,6 +29,7 @@ struct sdc_weights {
     size_t count;
     const sdc_tensor **by_name; /* every tensor of every shard, sorted by name */
     uint64_t total_bytes;
+    sdc_lora_merge *lora; /* the merged views that replace tensors of by_name, or NULL */
 };
 
 /* ---- errors and paths --------------------------------------------------------------- */
@@ -427,6 +429,7 @@ static int cmp_tensor_name(const void *a, const void *b) {
 
 static void weights_free(sdc_weights *w) {
     if (!w) return;
+    sdc_lora_merge_close(w->lora);
     for (size_t i = 0; i < w->n_files; i++) sdc_st_close(w->files[i]);
     sdc_free(w->files);
     sdc_free(w->by_name);
@@ -664,6 +667,8 @@ static sdc_status open_weights(const char *dir, sdc_weights **out, sdc_err *err)
     return report_no_weights(dir, tried, err);
 }
 
+const sdc_tensor *sdc_weights_at(const sdc_weights *w, size_t i) { return w->by_name[i]; }
+
 const sdc_tensor *sdc_weights_find(const sdc_weights *w, const char *name) {
     sdc_tensor key = {.name = name};
     const sdc_tensor *kp = &key;
@@ -705,6 +710,19 @@ uint64_t sdc_weights_total_bytes(const sdc_weights *w) { return w->total_bytes; 
 
 /* ---- components --------------------------------------------------------------------- */
 
+/* --lora: the LoRAs' merged views take the place of the tensors they update, so every lookup
+   of the component hands them out (lora.h says why this is the seam). */
+static sdc_status merge_loras(const sdc_lora_set *set, const char *component, sdc_weights *w, sdc_err *err) {
+    sdc_status st = sdc_lora_merge_open(set, component, w, &w->lora, err);
+    for (size_t i = 0; !st && w->lora && i < sdc_lora_merge_count(w->lora); i++) {
+        const sdc_tensor *merged = sdc_lora_merge_tensor(w->lora, i);
+        const sdc_tensor **slot = bsearch(&merged, w->by_name, w->count, sizeof *w->by_name, cmp_tensor_name);
+        SDC_ASSERT(slot);
+        *slot = merged;
+    }
+    return st;
+}
+
 sdc_status sdc_component_open(const sdc_source *s, const char *component, sdc_component *out,
                               sdc_err *err) {
     memset(out, 0, sizeof *out);
@@ -730,6 +748,7 @@ sdc_status sdc_component_open(const sdc_source *s, const char *component, sdc_co
                       out->config_path);
     if (!st) st = load_json_object(out->config_path, &out->config, err);
     if (!st) st = open_weights(out->dir, &out->weights, err);
+    if (!st && s->lora) st = merge_loras(s->lora, component, out->weights, err);
     if (st) sdc_component_close(out);
     return st;
 }

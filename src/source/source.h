@@ -32,6 +32,8 @@ typedef struct sdc_source {
                                root, or a single file's --config folder, or "" */
     json_t *model_index; /* parsed model_index.json, or NULL if the folder has none */
     sdc_single_file *single; /* --model-version FILE: the checkpoint its components come from */
+    const struct sdc_lora_set *lora; /* set by the caller (--lora): merged into the weights of the
+                                        components it names, as they are opened (lora.h); borrowed */
 } sdc_source;
 
 /* Resolves a folder path, a Hub id, or a single checkpoint file (single_file.h). */
@@ -74,6 +76,8 @@ void sdc_component_close(sdc_component *c);
    downloader picks from a repository's listing by the same list. */
 bool sdc_source_weight_name(size_t i, char *out, size_t size, bool *is_index);
 
+/* The i-th tensor in name order, i < sdc_weights_count(w). */
+const sdc_tensor *sdc_weights_at(const sdc_weights *w, size_t i);
 /* Tensor lookup across shards. NULL if absent. */
 const sdc_tensor *sdc_weights_find(const sdc_weights *w, const char *name);
 /* Lookup that must succeed with exactly this shape; the error names the file(s) and tensor.

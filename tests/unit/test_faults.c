@@ -191,6 +191,46 @@ static sdc_status convert_text_checked(const char *out, char *err, size_t n) {
     return sdc_convert(&job, err, n);
 }
 
+/* --lora: the LoRA file (parsed, matched against the weight names, merged while streaming),
+   written once by setup_lora. */
+static char lora_path[512];
+
+static sdc_status convert_text_lora(const char *out, char *err, size_t n) {
+    sdc_job job = tiny_job(out);
+    sdc_lora lora = {.path = lora_path, .scale = 0.5f};
+    job.convert_text_encoder = true;
+    job.loras = &lora;
+    job.n_loras = 1;
+    return sdc_convert(&job, err, n);
+}
+
+/* A kohya module (q_proj, with alpha) and a PEFT one (fc1 [37, 32]) for the tiny text encoder. */
+static void setup_lora(void) {
+    static const char header[] =
+        "{\"lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]},"
+        "\"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight\":{\"dtype\":\"F32\",\"shape\":[2,32],"
+        "\"data_offsets\":[4,260]},"
+        "\"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight\":{\"dtype\":\"F32\",\"shape\":[32,2],"
+        "\"data_offsets\":[260,516]},"
+        "\"text_encoder.text_model.encoder.layers.1.mlp.fc1.lora_A.weight\":{\"dtype\":\"F32\",\"shape\":[2,32],"
+        "\"data_offsets\":[516,772]},"
+        "\"text_encoder.text_model.encoder.layers.1.mlp.fc1.lora_B.weight\":{\"dtype\":\"F32\",\"shape\":[37,2],"
+        "\"data_offsets\":[772,1068]}}";
+    snprintf(lora_path, sizeof lora_path, "%s/lora.safetensors", tmp);
+    FILE *f = fopen(lora_path, "wb");
+    if (!f) die(lora_path);
+    uint64_t len = sizeof header - 1;
+    unsigned char le[8];
+    for (int i = 0; i < 8; i++) le[i] = (unsigned char)(len >> (8 * i));
+    fwrite(le, 1, 8, f);
+    fwrite(header, 1, len, f);
+    for (int i = 0; i < 1068 / 4; i++) {
+        float v = i == 0 ? 1.0f : (float)((i * 37) % 11) / 11.0f - 0.5f;
+        fwrite(&v, 4, 1, f);
+    }
+    if (fclose(f) != 0) die(lora_path);
+}
+
 /* The package and inputs of the `run` scenario, made once by setup_run. */
 static char run_package[512], run_inputs[512];
 
@@ -364,6 +404,8 @@ int main(void) {
     scenario("convert-unet-chunked", convert_unet_chunked, exhaustive);
     scenario("convert-text-quantized", convert_text_quantized, exhaustive);
     scenario("convert-text-checked", convert_text_checked, exhaustive);
+    setup_lora();
+    scenario("convert-text-lora", convert_text_lora, exhaustive);
     setup_run();
     scenario("run-text-encoder", run_package_into, exhaustive);
 
