@@ -18,8 +18,11 @@ from conftest import check_ok
 from test_controlnet import CN, workdir  # noqa: F401 (the tiny ControlNet fixture)
 from test_unet import psnr
 
-# Bars of the issue: float32 packages 50 dB, float16 packages 30 dB.
-MIN_PSNR = {"FLOAT32": 50.0, "FLOAT16": 30.0}
+# Measured (8 steps, these prompts and seeds): float32 packages 63.6 dB (DDIM, whose clip_sample
+# amplifies the float16 rounding of the UNet's inputs) and 79.9-94.5 dB for every other case;
+# float16 packages 65.6-67.7 dB. Bars: the measured values minus a margin, above the issue's
+# 50 dB (float32) and 30 dB (float16).
+MIN_PSNR = {"FLOAT32": 55.0, "FLOAT16": 55.0}
 PROMPT = "a photo of an astronaut riding a horse on mars"
 STEPS = 8
 
@@ -124,7 +127,8 @@ def test_sd1_matches_diffusers(sdcoreml, convert, pipelines, tmp_path, monkeypat
     ref = pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=7.5, output_type="np",
                latents=diffusers_latents_arg(pipe, 7, (1, 4, 16, 16))).images
     assert not doc["safety_checked"] and doc["nsfw"] is None
-    assert doc["steps"] == STEPS and doc["scheduler"] == type(pipe.scheduler).__name__
+    assert doc["steps"] == len(pipe.scheduler.timesteps)  # PNDM: one more than asked, as diffusers
+    assert doc["scheduler"] == type(pipe.scheduler).__name__
     assert ours.std() > 0.01  # an image, not a constant
     report(f"sd1 {precision} {scheduler or 'PNDM'}", psnr(ref, ours), MIN_PSNR[precision])
 
