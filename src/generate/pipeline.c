@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <math.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "generate/png.h"
 #include "generate/rng.h"
@@ -949,6 +950,7 @@ static sdc_status write_outputs(gen *g, const float *image, sdc_generate_result 
     sdc_status s = sdc_gen_image_path(job->output_dir, job->prompt, job->seed, job->compute_unit, job->model_version,
                                       job->scheduler, job->num_inference_steps, folder, sizeof folder, res->image_path,
                                       sizeof res->image_path, err);
+    bool folder_existed = sdc_path_exists(folder);
     if (!s) s = sdc_outdir_mkdirs(folder, true, err);
     if (!s && job->float_image_npy) {
         sdc_ndarray a = f32_array("image", (float *)image, 4, (int64_t[]){1, g->height, g->width, 3});
@@ -959,6 +961,7 @@ static sdc_status write_outputs(gen *g, const float *image, sdc_generate_result 
     if (!s && !rgb) s = sdc_fail(err, SDC_E_NOMEM, "out of memory");
     if (!s) to_rgb8(image, n, rgb);
     if (!s) s = sdc_png_write(res->image_path, g->width, g->height, rgb, err);
+    if (s && !folder_existed) rmdir(folder); /* the prompt's folder, made for this image: no empty leftover */
     sdc_free(rgb);
     return s;
 }
