@@ -132,8 +132,9 @@ static const sdc_cli_command PIPELINE = {
         "Usage: sdcoreml pipeline --prompt TEXT -i PACKAGES -o DIR [--seed N] [--model-version ID] [options]\n\n"
         "Generates an image from converted packages on the CPU, as Apple's\n"
         "python -m python_coreml_stable_diffusion.pipeline does on a Mac: text encoder(s), UNet (or its\n"
-        "chunks, or control-unet with ControlNets), VAE decoder and, when the model has one, the safety\n"
-        "checker, each run by the interpreter at the precision it was converted with.\n\n",
+        "chunks, or control-unet with ControlNets; an SDXL refiner package from 0.8 of the steps on), VAE\n"
+        "decoder and, when the model has one, the safety checker, each run by the interpreter at the\n"
+        "precision it was converted with.\n\n",
     .help_tail =
         "\nThe image: DIR/<prompt, '/' and ' ' as '_'>/randomSeed_<N>_computeUnit_<UNIT>_modelVersion_<ID, '/'\n"
         "as '_'>[_customScheduler_<NAME>_numInferenceSteps<N>].png, the anchor's name. SDXL latents are\n"

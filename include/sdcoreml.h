@@ -262,7 +262,9 @@ sdc_status sdc_npy_write(const char *path, const sdc_ndarray *a, char *err, size
  * packages_dir by the anchor's names, Stable_Diffusion_version_<model_version with / as _>_<name>
  * .mlpackage (else the one file of that directory ending in _<name>.mlpackage); the model
  * version gives the scheduler config and the tokenizers (a folder or a Hub id in the cache,
- * as for sdc_convert). Each package runs at the precision it was converted with.
+ * as for sdc_convert). Each package runs at the precision it was converted with. An SDXL
+ * base's refiner package (<model>_refiner) takes over at 0.8 of the steps, as in the Swift
+ * pipeline.
  */
 
 typedef struct sdc_generate_job {

@@ -4,7 +4,8 @@
  * come from the model version, and every step is the anchor's: prompt embeddings (SDXL: both
  * encoders, pooled text_embeds, time_ids), NumPy RandomState latents cast to float16 and
  * scaled by the scheduler, classifier-free guidance (one batch-2 call, or two batch-1 calls),
- * ControlNet residuals summed by name, the VAE decoder on latents / 0.18215 (for SDXL too, as
+ * ControlNet residuals summed by name, an SDXL refiner package from 0.8 of the steps on (the
+ * Swift pipeline's refinerStart), the VAE decoder on latents / 0.18215 (for SDXL too, as
  * the anchor's Python pipeline does), the safety checker on CLIPImageProcessor's input, and
  * the 8-bit image as NumPy's round of x * 255.
  */
@@ -33,6 +34,8 @@
 /* diffusers' SDXL refiner defaults (aesthetic_score, negative_aesthetic_score). */
 #define AESTHETIC_SCORE 6.0
 #define NEGATIVE_AESTHETIC_SCORE 2.5
+/* The Swift pipeline's refinerStart: the refiner takes over at this fraction of the steps. */
+#define REFINER_START 0.8
 
 enum { MAX_CONTROLNETS = 16, MAX_FEEDS = 64, NEG = 0, POS = 1 };
 
@@ -182,6 +185,9 @@ typedef struct unet_model {
     sdc_model *part[2]; /* the package, or its two chunks */
     int n;
     char path[2][4096];
+    bool te2_only;        /* the SDXL refiner: encoder_hidden_states of text_encoder_2 alone */
+    float time_ids[2][6]; /* per side (NEG, POS) */
+    int n_time_ids;       /* 0 (SD 1.x/2.x), 6 (SDXL base) or 5 (refiner: the aesthetic score) */
 } unet_model;
 
 typedef struct gen {
@@ -192,7 +198,8 @@ typedef struct gen {
     sdc_model *te, *te2, *vae_dec, *vae_enc, *safety, *cn[MAX_CONTROLNETS];
     char te_path[4096], te2_path[4096], dec_path[4096], enc_path[4096], safety_path[4096], cn_path[MAX_CONTROLNETS][4096];
     int n_cn;
-    unet_model unet;
+    unet_model unet, refiner; /* refiner: an SDXL base's <model>_refiner package, from refiner_start on */
+    int refiner_start;
     sdc_tokenizer *tok, *tok2;
     sdc_scheduler *sched;
     sdc_rng rng;
@@ -201,10 +208,10 @@ typedef struct gen {
     int64_t lc, lh, lw;       /* latent channels and size */
     size_t nlat;              /* lc * lh * lw */
     int height, width;
-    /* per side (NEG, POS): encoder_hidden_states as (D, 1, S), pooled text_embeds (P), time ids */
-    float *ehs[2], *pooled[2], time_ids[2][6];
-    int64_t ehs_d, ehs_s, pooled_n;
-    int n_time_ids;
+    /* per side (NEG, POS): encoder_hidden_states as (D, 1, S) (ehs2: text_encoder_2's rows only,
+       for the refiner), pooled text_embeds (P) */
+    float *ehs[2], *ehs2[2], *pooled[2];
+    int64_t ehs_d, ehs2_d, ehs_s, pooled_n;
     uint8_t *cn_cond[MAX_CONTROLNETS]; /* ControlNet images, RGB8 of the output's size */
 } gen;
 
@@ -261,26 +268,34 @@ static sdc_status load_optional(gen *g, const char *submodule, bool required, sd
     return load_model(g, path, m, err);
 }
 
+/* A UNet package by name, else its two chunks; *found false when neither is there. */
+static sdc_status load_unet_named(gen *g, const char *name, unet_model *u, bool *found, sdc_err *err) {
+    sdc_status s = find_package(g, name, u->path[0], sizeof u->path[0], found, err);
+    if (s || *found) {
+        u->n = *found ? 1 : 0;
+        return s || !*found ? s : load_model(g, u->path[0], &u->part[0], err);
+    }
+    bool have[2] = {false, false};
+    for (int i = 0; i < 2 && !s; i++) {
+        char chunk[64];
+        snprintf(chunk, sizeof chunk, "%s_chunk%d", name, i + 1);
+        s = find_package(g, chunk, u->path[i], sizeof u->path[i], &have[i], err);
+    }
+    *found = have[0] && have[1];
+    for (int i = 0; i < 2 && !s && *found; i++) s = load_model(g, u->path[i], &u->part[i], err);
+    u->n = *found ? 2 : 0;
+    return s;
+}
+
 /* The UNet (or the control-unet with ControlNets): the package, else its two chunks. */
 static sdc_status load_unet(gen *g, sdc_err *err) {
     const char *name = g->job->n_controlnet ? "control-unet" : "unet";
     bool found;
-    sdc_status s = find_package(g, name, g->unet.path[0], sizeof g->unet.path[0], &found, err);
-    if (!s && found) {
-        g->unet.n = 1;
-        return load_model(g, g->unet.path[0], &g->unet.part[0], err);
-    }
-    for (int i = 0; i < 2 && !s; i++) {
-        char chunk[64];
-        snprintf(chunk, sizeof chunk, "%s_chunk%d", name, i + 1);
-        s = find_package(g, chunk, g->unet.path[i], sizeof g->unet.path[i], &found, err);
-        if (!s && !found)
-            return sdc_fail(err, SDC_E_NOTFOUND, "-i %s: no %s package (*_%s.mlpackage or its _chunk1/_chunk2)%s",
-                            g->job->packages_dir, name, name,
-                            g->job->n_controlnet ? ": ControlNets need a UNet converted with --unet-support-controlnet" : "");
-        if (!s) s = load_model(g, g->unet.path[i], &g->unet.part[i], err);
-    }
-    g->unet.n = 2;
+    sdc_status s = load_unet_named(g, name, &g->unet, &found, err);
+    if (!s && !found)
+        return sdc_fail(err, SDC_E_NOTFOUND, "-i %s: no %s package (*_%s.mlpackage or its _chunk1/_chunk2)%s",
+                        g->job->packages_dir, name, name,
+                        g->job->n_controlnet ? ": ControlNets need a UNet converted with --unet-support-controlnet" : "");
     return s;
 }
 
@@ -290,10 +305,12 @@ static const sdc_ndarray *find_input(const sdc_model *m, const char *name) {
     return NULL;
 }
 
-static const sdc_ndarray *unet_input(const gen *g, const char *name) {
-    const sdc_ndarray *a = find_input(g->unet.part[0], name);
-    return a ? a : g->unet.n == 2 ? find_input(g->unet.part[1], name) : NULL;
+static const sdc_ndarray *unet_model_input(const unet_model *u, const char *name) {
+    const sdc_ndarray *a = find_input(u->part[0], name);
+    return a ? a : u->n == 2 ? find_input(u->part[1], name) : NULL;
 }
+
+static const sdc_ndarray *unet_input(const gen *g, const char *name) { return unet_model_input(&g->unet, name); }
 
 /* ---------------------------------------------------------------- running a package */
 
@@ -404,13 +421,21 @@ static sdc_status encode_side(gen *g, int side, const char *text, sdc_err *err) 
         for (int k = 0, d0 = 0; k < 2; d0 += (int)h[k], k++)
             for (int64_t d = 0; d < h[k]; d++) ehs[(d0 + d) * S + t] = hid[k][t * h[k] + d]; /* (S, H_k) → (D, 1, S) */
     int last = g->te2 ? 1 : 0;
+    bool for_refiner = g->refiner.n > 0 && g->te && g->te2;
+    float *ehs2 = !s && for_refiner ? sdc_malloc(sizeof *ehs2 * (size_t)(S * h[1])) : NULL;
+    if (!s && for_refiner && !ehs2) s = sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    if (ehs2 && !s) memcpy(ehs2, ehs + h[0] * S, sizeof *ehs2 * (size_t)(S * h[1])); /* text_encoder_2's rows */
     if (!s) {
         g->ehs[side] = ehs;
+        g->ehs2[side] = ehs2;
+        g->ehs2_d = h[1];
         g->ehs_d = D;
         g->ehs_s = S;
         g->pooled[side] = pool[last];
         g->pooled_n = p[last];
         pool[last] = NULL;
+    } else {
+        sdc_free(ehs), sdc_free(ehs2);
     }
     for (int k = 0; k < 2; k++) sdc_free(hid[k]), sdc_free(pool[k]);
     return s;
@@ -419,8 +444,9 @@ static sdc_status encode_side(gen *g, int side, const char *text, sdc_err *err) 
 /* Zero embeddings for the negative side (SDXL's force_zeros_for_empty_prompt). */
 static sdc_status zero_side(gen *g, int side, sdc_err *err) {
     g->ehs[side] = sdc_calloc((size_t)(g->ehs_d * g->ehs_s), sizeof(float));
+    g->ehs2[side] = sdc_calloc((size_t)(g->ehs2_d * g->ehs_s + 1), sizeof(float));
     g->pooled[side] = sdc_calloc((size_t)(g->pooled_n ? g->pooled_n : 1), sizeof(float));
-    return g->ehs[side] && g->pooled[side] ? SDC_OK : sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    return g->ehs[side] && g->ehs2[side] && g->pooled[side] ? SDC_OK : sdc_fail(err, SDC_E_NOMEM, "out of memory");
 }
 
 /* model_index.json's force_zeros_for_empty_prompt, read for SDXL only as the anchor does. */
@@ -439,16 +465,16 @@ static sdc_status encode_prompts(gen *g, sdc_err *err) {
 
 /* time_ids rows as diffusers makes them: [h, w, 0, 0, h, w] (base), or [h, w, 0, 0, score]
    with the aesthetic score 6.0 / 2.5 for the positive / negative side (refiner). */
-static sdc_status prepare_time_ids(gen *g, sdc_err *err) {
-    const sdc_ndarray *t = unet_input(g, "time_ids");
+static sdc_status prepare_time_ids(const gen *g, unet_model *u, sdc_err *err) {
+    const sdc_ndarray *t = unet_model_input(u, "time_ids");
     if (!t) return SDC_OK;
     int64_t per_row = t->rank > 1 ? t->shape[t->rank - 1] : t->shape[0] / g->batch;
     if (per_row != 5 && per_row != 6)
-        return sdc_fail(err, SDC_E_FORMAT, "%s: time_ids has %lld values a row, not 5 (refiner) or 6", g->unet.path[0],
+        return sdc_fail(err, SDC_E_FORMAT, "%s: time_ids has %lld values a row, not 5 (refiner) or 6", u->path[0],
                         (long long)per_row);
-    g->n_time_ids = (int)per_row;
+    u->n_time_ids = (int)per_row;
     for (int side = 0; side < 2; side++) {
-        float *r = g->time_ids[side];
+        float *r = u->time_ids[side];
         r[0] = r[4] = (float)g->height, r[1] = r[5] = (float)g->width, r[2] = r[3] = 0;
         if (per_row == 5) r[4] = (float)(side == POS ? AESTHETIC_SCORE : NEGATIVE_AESTHETIC_SCORE);
     }
@@ -515,9 +541,12 @@ static sdc_status add_residuals(call_buffers *b, sdc_ndarray *outs, int n_out, c
 }
 
 /* noise_pred for `rows` (sides NEG/POS, one per batch row) at latent input x and timestep t. */
-static sdc_status unet_call(gen *g, const int *rows, int n_rows, const float *x, float t, float *out, sdc_err *err) {
+static sdc_status unet_call(gen *g, const unet_model *u, const int *rows, int n_rows, const float *x, float t, float *out,
+                            sdc_err *err) {
     call_buffers b = {0};
-    size_t ne = (size_t)(g->ehs_d * g->ehs_s), np = (size_t)(g->pooled_n ? g->pooled_n : 1), nt = (size_t)g->n_time_ids;
+    int64_t d = u->te2_only ? g->ehs2_d : g->ehs_d;
+    float *const *ehs = u->te2_only ? g->ehs2 : g->ehs;
+    size_t ne = (size_t)(d * g->ehs_s), np = (size_t)(g->pooled_n ? g->pooled_n : 1), nt = (size_t)u->n_time_ids;
     b.sample = sdc_malloc(sizeof(float) * g->nlat * (size_t)n_rows);
     b.timestep = sdc_malloc(sizeof(float) * (size_t)n_rows);
     b.ehs = sdc_malloc(sizeof(float) * ne * (size_t)n_rows);
@@ -530,16 +559,16 @@ static sdc_status unet_call(gen *g, const int *rows, int n_rows, const float *x,
     for (int r = 0; r < n_rows; r++) {
         memcpy(b.sample + (size_t)r * g->nlat, x, sizeof(float) * g->nlat);
         b.timestep[r] = t;
-        memcpy(b.ehs + (size_t)r * ne, g->ehs[rows[r]], sizeof(float) * ne);
+        memcpy(b.ehs + (size_t)r * ne, ehs[rows[r]], sizeof(float) * ne);
         if (g->pooled_n) memcpy(b.pooled + (size_t)r * np, g->pooled[rows[r]], sizeof(float) * np);
-        if (nt) memcpy(b.time_ids + (size_t)r * nt, g->time_ids[rows[r]], sizeof(float) * nt);
+        if (nt) memcpy(b.time_ids + (size_t)r * nt, u->time_ids[rows[r]], sizeof(float) * nt);
     }
     int64_t rws = n_rows;
     sdc_ndarray feeds[MAX_FEEDS];
     int nf = 0;
     feeds[nf++] = f32_array("sample", b.sample, 4, (int64_t[]){rws, g->lc, g->lh, g->lw});
     feeds[nf++] = f32_array("timestep", b.timestep, 1, (int64_t[]){rws});
-    feeds[nf++] = f32_array("encoder_hidden_states", b.ehs, 4, (int64_t[]){rws, g->ehs_d, 1, g->ehs_s});
+    feeds[nf++] = f32_array("encoder_hidden_states", b.ehs, 4, (int64_t[]){rws, d, 1, g->ehs_s});
     feeds[nf++] = f32_array("text_embeds", b.pooled, 2, (int64_t[]){rws, (int64_t)np});
     feeds[nf++] = f32_array("time_ids", b.time_ids, 2, (int64_t[]){rws, (int64_t)(nt ? nt : 1)});
     int n_base = nf;
@@ -559,22 +588,22 @@ static sdc_status unet_call(gen *g, const int *rows, int n_rows, const float *x,
     /* chunk 2 takes chunk 1's outputs and the inputs (outputs win on a name clash, as in Swift) */
     sdc_ndarray *outs = NULL;
     int n_out = 0;
-    for (int part = 0; part < g->unet.n && !s; part++) {
+    for (int part = 0; part < u->n && !s; part++) {
         sdc_ndarray pool[2 * MAX_FEEDS];
         int np2 = 0;
         for (int i = 0; i < n_out && np2 < MAX_FEEDS; i++) pool[np2++] = outs[i];
         for (int i = 0; i < nf; i++) pool[np2++] = feeds[i];
         sdc_ndarray *next = NULL;
         int n_next = 0;
-        s = run_model(g->unet.part[part], g->unet.path[part], pool, np2, &next, &n_next, err);
+        s = run_model(u->part[part], u->path[part], pool, np2, &next, &n_next, err);
         sdc_ndarrays_free(outs, n_out);
         outs = next, n_out = n_next;
     }
     float *noise = NULL;
     size_t count = 0;
-    if (!s) s = take_output(outs, n_out, g->unet.n == 1 ? "noise_pred" : "", g->unet.path[g->unet.n - 1], &noise, &count, err);
+    if (!s) s = take_output(outs, n_out, u->n == 1 ? "noise_pred" : "", u->path[u->n - 1], &noise, &count, err);
     if (!s && count != g->nlat * (size_t)n_rows)
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: noise_pred has %zu values, not %zu", g->unet.path[g->unet.n - 1], count,
+        s = sdc_fail(err, SDC_E_FORMAT, "%s: noise_pred has %zu values, not %zu", u->path[u->n - 1], count,
                      g->nlat * (size_t)n_rows);
     if (!s) memcpy(out, noise, sizeof(float) * count);
     sdc_free(noise);
@@ -585,6 +614,8 @@ static sdc_status unet_call(gen *g, const int *rows, int n_rows, const float *x,
 
 /* The guided noise prediction at loop index i: one batch-2 call or two batch-1 calls. */
 static sdc_status predict_noise(gen *g, int i, const float *latents, float *guided, float *scratch, sdc_err *err) {
+    /* the Swift pipeline's switch to the refiner at refinerStart (0.8) of the steps */
+    const unet_model *u = g->refiner.n && i >= g->refiner_start ? &g->refiner : &g->unet;
     float *x = scratch, *both = scratch + g->nlat; /* both: 2 * nlat */
     memcpy(x, latents, sizeof(float) * g->nlat);
     sdc_scheduler_scale_model_input(g->sched, i, x, g->nlat);
@@ -593,19 +624,19 @@ static sdc_status predict_noise(gen *g, int i, const float *latents, float *guid
     sdc_status s;
     if (g->batch == 2) {
         int rows[2] = {g->cfg ? NEG : POS, POS};
-        s = unet_call(g, rows, 2, x, t, both, err);
+        s = unet_call(g, u, rows, 2, x, t, both, err);
     } else if (g->cfg) {
         int neg = NEG, pos = POS;
-        s = unet_call(g, &neg, 1, x, t, both, err);
-        if (!s) s = unet_call(g, &pos, 1, x, t, both + g->nlat, err);
+        s = unet_call(g, u, &neg, 1, x, t, both, err);
+        if (!s) s = unet_call(g, u, &pos, 1, x, t, both + g->nlat, err);
     } else {
         int pos = POS;
-        s = unet_call(g, &pos, 1, x, t, both + g->nlat, err);
+        s = unet_call(g, u, &pos, 1, x, t, both + g->nlat, err);
     }
     if (s) return s;
-    const float *u = both, *c = both + g->nlat;
+    const float *un = both, *c = both + g->nlat;
     float w = (float)g->job->guidance_scale;
-    for (size_t k = 0; k < g->nlat; k++) guided[k] = g->cfg ? u[k] + w * (c[k] - u[k]) : c[k];
+    for (size_t k = 0; k < g->nlat; k++) guided[k] = g->cfg ? un[k] + w * (c[k] - un[k]) : c[k];
     return SDC_OK;
 }
 
@@ -844,6 +875,24 @@ static sdc_status read_geometry(gen *g, sdc_err *err) {
     return SDC_OK;
 }
 
+/* An SDXL base's refiner (<model>_refiner, converted with --refiner-version), as the Swift
+   pipeline uses it: text_encoder_2's hidden states alone, its own time ids, from 0.8 of the steps. */
+static sdc_status load_refiner(gen *g, sdc_err *err) {
+    bool found;
+    sdc_status s = load_unet_named(g, "refiner", &g->refiner, &found, err);
+    if (s || !found) return s;
+    const sdc_ndarray *a = unet_model_input(&g->refiner, "sample"), *b = unet_input(g, "sample");
+    if (!a || a->rank != 4 || memcmp(a->shape, b->shape, sizeof(int64_t) * 4)) {
+        char x[128], y[128];
+        return sdc_fail(err, SDC_E_FORMAT, "%s: sample is %s, the UNet's is %s", g->refiner.path[0],
+                        a ? sdc_shape_str(a->shape, a->rank, x, sizeof x) : "missing", sdc_shape_str(b->shape, 4, y, sizeof y));
+    }
+    g->refiner.te2_only = true;
+    g->refiner_start = (int)(sdc_scheduler_steps(g->sched) * REFINER_START);
+    gen_log(g->job, SDC_LOG_INFO, "using %s from step %d", g->refiner.path[0], g->refiner_start + 1);
+    return SDC_OK;
+}
+
 /* The image size: the VAE decoder's output (8 x the latents for every real model, which is what
    the anchor assumes; the tiny test models upsample less). */
 static sdc_status read_image_size(gen *g, sdc_err *err) {
@@ -877,6 +926,7 @@ static sdc_status load_packages(gen *g, sdc_err *err) {
     if (!s && g->te2) s = open_tokenizer(g, "tokenizer_2", &g->tok2, err);
     if (!s) s = load_optional(g, "vae_decoder", true, &g->vae_dec, g->dec_path, err);
     if (!s) s = read_image_size(g, err);
+    if (!s && g->xl && g->te) s = load_refiner(g, err);
     if (!s && job->image) s = load_optional(g, "vae_encoder", true, &g->vae_enc, g->enc_path, err);
     if (!s && !job->disable_safety && sdc_source_has(&g->src, "safety_checker")) {
         s = load_optional(g, "safety_checker", false, &g->safety, g->safety_path, err);
@@ -916,12 +966,14 @@ static sdc_status check_job(const sdc_generate_job *job, sdc_err *err) {
 }
 
 static void gen_free(gen *g) {
-    sdc_model *ms[] = {g->te, g->te2, g->vae_dec, g->vae_enc, g->safety, g->unet.part[0], g->unet.part[1]};
+    sdc_model *ms[] = {g->te,           g->te2,           g->vae_dec,          g->vae_enc,
+                       g->safety,       g->unet.part[0],  g->unet.part[1],     g->refiner.part[0],
+                       g->refiner.part[1]};
     for (size_t i = 0; i < SDC_COUNT_OF(ms); i++) sdc_model_free(ms[i]);
     for (int k = 0; k < MAX_CONTROLNETS; k++) sdc_model_free(g->cn[k]), sdc_free(g->cn_cond[k]);
     sdc_tokenizer_free(g->tok), sdc_tokenizer_free(g->tok2);
     sdc_scheduler_free(g->sched);
-    for (int side = 0; side < 2; side++) sdc_free(g->ehs[side]), sdc_free(g->pooled[side]);
+    for (int side = 0; side < 2; side++) sdc_free(g->ehs[side]), sdc_free(g->ehs2[side]), sdc_free(g->pooled[side]);
     if (g->src_open) sdc_source_close(&g->src);
 }
 
@@ -981,7 +1033,8 @@ static sdc_status generate(gen *g, sdc_generate_result *res, sdc_err *err) {
     double t1 = now();
     res->seconds_load = t1 - t0;
     s = encode_prompts(g, err);
-    if (!s) s = prepare_time_ids(g, err);
+    if (!s) s = prepare_time_ids(g, &g->unet, err);
+    if (!s && g->refiner.n) s = prepare_time_ids(g, &g->refiner, err);
     double t2 = now();
     res->seconds_text = t2 - t1;
     float *latents = sdc_malloc(sizeof(float) * g->nlat), *noise = sdc_malloc(sizeof(float) * g->nlat);

@@ -215,6 +215,30 @@ def test_sdxl_base_matches_diffusers(sdcoreml, convert, pipelines, tmp_path, pre
     report(f"sdxl {precision}", psnr(decode_like_anchor(pipe.vae, latents), ours), MIN_PSNR[precision])
 
 
+def test_sdxl_base_then_refiner(sdcoreml, convert, pipelines, tmp_path):
+    """A <model>_refiner package (--refiner-version) takes over at 0.8 of the steps, as in the Swift
+    pipeline: diffusers' base with denoising_end=0.8, then the refiner (sharing the base's
+    text_encoder_2, as diffusers' docs do) with denoising_start=0.8 from its latents."""
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    src = pipelines["sdxl"]
+    pkgs = convert("sdxl", "--xl-version", "--convert-unet", "--convert-vae-decoder", "--refiner-version",
+                   pipelines["sdxl-refiner"], "--compute-precision", "FLOAT32")
+    assert any(p.name.endswith("_refiner.mlpackage") for p in pkgs.iterdir())
+    doc, ours = generate(sdcoreml, src.parent, src.name, pkgs, tmp_path, "--negative-prompt", "blurry")
+    base = with_scheduler(StableDiffusionXLPipeline.from_pretrained(src, torch_dtype=torch.float32), None, STEPS)
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        pipelines["sdxl-refiner"], text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2, vae=base.vae,
+        torch_dtype=torch.float32)
+    refiner = with_scheduler(refiner, None, STEPS)
+    kw = dict(negative_prompt="blurry", num_inference_steps=STEPS, guidance_scale=7.5, output_type="latent")
+    latents = base(PROMPT, height=doc["height"], width=doc["width"], denoising_end=0.8,
+                   latents=diffusers_latents_arg(base, 93, (1, 4, 16, 16)), **kw).images
+    latents = refiner(PROMPT, image=latents, denoising_start=0.8, **kw).images
+    report("sdxl base + refiner", psnr(decode_like_anchor(base.vae, latents), ours), MIN_PSNR["FLOAT32"])
+
+
 def random_png(path, size, seed):
     rgb = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(path)
