@@ -28,6 +28,8 @@
  *     }
  * Image-to-image (diffusers' StableDiffusionImg2ImgPipeline.get_timesteps + add_noise):
  *     int i0 = sdc_scheduler_img2img_start(s, strength);   (also sets the begin index)
+ *     if (i0 == sdc_scheduler_steps(s)) nothing to denoise (diffusers' pipeline refuses this:
+ *         "the number of pipeline steps is 0 which is < 1")
  *     sdc_scheduler_add_noise(s, i0, noise, latents, n);
  *     for (int i = i0; i < sdc_scheduler_steps(s); i++) ...
  * Steps must be taken in order, i = begin, begin + 1, … (the multistep solvers keep history).

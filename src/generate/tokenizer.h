@@ -12,17 +12,30 @@
  * sequence length of every CLIP text encoder Stable Diffusion uses.
  *
  * Encoding, as transformers 4.44's CLIPTokenizer when ftfy is not installed (BasicTokenizer
- * fallback): whitespace runs become one space and the ends are trimmed; control characters
- * other than tab/newline/CR are dropped; lowercasing with Unicode simple case mapping (the
- * accents are kept: strip_accents is off); CJK ideographs and ASCII/Unicode punctuation become
- * words of their own; each word is split by CLIP's pattern (<|startoftext|>, <|endoftext|>,
- * the contractions 's 't 're 've 'm 'll 'd, letter runs, single digits, runs of other
- * non-space characters), mapped byte by byte to GPT-2's printable byte alphabet, and merged by
- * rank with "</w>" on its last symbol. The ids are <|startoftext|>, the tokens, <|endoftext|>,
- * then the pad id up to n; a prompt longer than n keeps its first n - 2 tokens.
+ * fallback, which is what the anchor's pipeline runs):
+ *   1. the added tokens (the special tokens, and tokenizer_config.json's added_tokens_decoder:
+ *      "<|startoftext|>", "<|endoftext|>", and "!" in SDXL's tokenizer_2) are split out of the
+ *      text first, case-sensitively, and give their own ids;
+ *   2. each piece between them: NUL, U+FFFD and category C* characters (controls, format
+ *      characters such as U+200D, private use, unassigned) but tab/LF/CR are dropped,
+ *      whitespace becomes a space, CJK ideographs get spaces around them, the text is
+ *      normalised to NFC, split on whitespace, and each word lowercased as Python's
+ *      str.lower() does (full mapping, final sigma); accents are kept;
+ *   3. CLIP's pattern splits each word (<|startoftext|>, <|endoftext|>, the contractions 's 't
+ *      're 've 'm 'll 'd — case-insensitive, so "'ſ" is "'s" —, letter runs, single digits, runs
+ *      of other characters);
+ *   4. each piece is mapped byte by byte to GPT-2's printable byte alphabet and merged by rank
+ *      (merges.txt) with "</w>" on its last symbol.
+ * The ids are <|startoftext|>, the tokens, <|endoftext|>, then the pad id up to n; a prompt
+ * longer than n keeps its first n - 2 tokens. The Unicode facts (Unicode 14 as Python 3.11's
+ * unicodedata; the pattern's classes as the regex module has them) are generated into
+ * unicode_tables.inc by make_unicode_tables.py.
  *
- * The text is untrusted: invalid UTF-8 is an error (SDC_E_ARG naming the byte offset), as
- * Python would refuse to decode it into the str transformers takes.
+ * The text is untrusted: invalid UTF-8 is refused (SDC_E_ARG naming the byte offset), as Python
+ * would refuse to decode it into the str transformers takes; so is a prompt over 16 KiB (BPE is
+ * quadratic in a word's length; 16 KiB is some 4000 tokens, 50 times what the encoder reads).
+ * Not supported: the legacy added_tokens.json, and special tokens missing from vocab.json
+ * (transformers would append them with new ids).
  */
 #ifndef SDC_GENERATE_TOKENIZER_H
 #define SDC_GENERATE_TOKENIZER_H
