@@ -167,7 +167,8 @@ static const sdc_cli_command CONVERT = {
         "  sdcoreml inspect --compare A.mlpackage B.mlpackage [--json]\n"
         "  sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy ... -o DIR [--json]\n"
         "  sdcoreml download ID [--revision REV] [--include-weights-for COMPONENTS]\n"
-        "  sdcoreml [inspect | run | download] -h | --help\n\n"
+        "  sdcoreml pipeline --prompt TEXT -i DIR -o DIR [--seed N] [--model-version ID]\n"
+        "  sdcoreml [inspect | run | download | pipeline] -h | --help\n\n"
         "Options:\n",
     .help_tail =
         "\nOutputs: <DIR>/Stable_Diffusion_version_<ID with / as _>_<component>.mlpackage; an existing\n"
@@ -426,11 +427,13 @@ static void on_signal(int sig) {
 
 int sdc_cli_run(int argc, char **argv);      /* cli/run.c */
 int sdc_cli_download(int argc, char **argv); /* cli/download.c */
+int sdc_cli_pipeline(int argc, char **argv); /* cli/pipeline.c */
 
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "inspect")) return cmd_inspect(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "run")) return sdc_cli_run(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "download")) return sdc_cli_download(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "pipeline")) return sdc_cli_pipeline(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "help")) {
         sdc_cli_print_help(&CONVERT, stdout);
         return 0;

@@ -283,6 +283,56 @@ float *sdc_ndarray_to_f32(const sdc_ndarray *a);
 sdc_status sdc_npy_read(const char *path, sdc_ndarray *out, char *err, size_t err_size);
 sdc_status sdc_npy_write(const char *path, const sdc_ndarray *a, char *err, size_t err_size);
 
+/* ================================================================ generation
+ *
+ * The anchor's python_coreml_stable_diffusion.pipeline on the interpreter: a prompt and the
+ * packages of a conversion (-o of sdc_convert) make one PNG. The packages are found in
+ * packages_dir by the anchor's names, Stable_Diffusion_version_<model_version with / as _>_<name>
+ * .mlpackage (else the one file of that directory ending in _<name>.mlpackage); the model
+ * version gives the scheduler config and the tokenizers (a folder or a Hub id in the cache,
+ * as for sdc_convert). Each package runs at the precision it was converted with. An SDXL
+ * base's refiner package (<model>_refiner) takes over at 0.8 of the steps, as in the Swift
+ * pipeline.
+ */
+
+typedef struct sdc_generate_job {
+    const char *prompt;          /* --prompt (required) */
+    const char *negative_prompt; /* NULL: "" (or zeros where the SDXL config forces them) */
+    const char *packages_dir;    /* -i (required) */
+    const char *output_dir;      /* -o (required): the PNG goes to <o>/<prompt>/<anchor's name>.png */
+    const char *model_version;   /* default "CompVis/stable-diffusion-v1-4" */
+    const char *scheduler;       /* DDIM, DPMSolverMultistep, ..., or NULL: the model's own */
+    const char *compute_unit;    /* only named in the file name (default "ALL") */
+    uint32_t seed;               /* NumPy RandomState seed of the latents (default 93) */
+    int num_inference_steps;     /* default 50 */
+    double guidance_scale;       /* default 7.5; <= 1 turns classifier-free guidance off */
+    bool unet_batch_one;         /* the UNet package takes batch 1: two calls per step */
+    bool disable_safety;         /* skip the safety checker (the Swift CLI's --disable-safety) */
+    const char *const *controlnet; /* ControlNet ids (ControlNet_<id>.mlpackage, with control-unet) */
+    int n_controlnet;
+    const char *const *controlnet_inputs; /* one PNG per ControlNet, of the output's size */
+    int n_controlnet_inputs;
+    const char *image;           /* image-to-image: a PNG of the output's size (vae_encoder) */
+    double strength;             /* image-to-image strength in [0, 1] (default 0.5) */
+    const char *float_image_npy; /* debug: also write the float image (1, H, W, 3) in [0, 1] here */
+    int n_threads;               /* interpreter threads; 0: one per CPU */
+    sdc_log_fn log;
+    sdc_progress_fn progress;    /* what = "denoise", done = steps taken of total, from 0 */
+    void *user;
+} sdc_generate_job;
+
+typedef struct sdc_generate_result {
+    char image_path[4096];
+    char scheduler[64]; /* the class that ran, "PNDMScheduler" */
+    int width, height, steps;
+    bool safety_checked, nsfw;
+    double seconds_load, seconds_text, seconds_denoise, seconds_decode, seconds_safety, seconds_total;
+} sdc_generate_result;
+
+void sdc_generate_job_init(sdc_generate_job *job);
+/* Generates one image; on failure `err` holds one line and no PNG is left behind. */
+sdc_status sdc_generate(const sdc_generate_job *job, sdc_generate_result *result, char *err, size_t err_size);
+
 #ifdef __cplusplus
 }
 #endif

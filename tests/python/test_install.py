@@ -42,7 +42,7 @@ def man_sections():
 
 
 @pytest.mark.parametrize("command,section", [((), "CONVERSION OPTIONS"), (("run",), "RUN"), (("inspect",), "INSPECT"),
-                                             (("download",), "DOWNLOAD")])
+                                             (("download",), "DOWNLOAD"), (("pipeline",), "PIPELINE")])
 def test_man_page_matches_help(command, section):
     documented = {o.rstrip(",") for o in man_sections()[section]}
     listed = help_options(*command)

@@ -307,6 +307,34 @@ static void setup_run(void) {
     sdc_model_free(m);
 }
 
+/* The packages of the `generate` scenario, converted once by setup_generate. */
+static char gen_packages[512];
+
+/* What `sdcoreml pipeline` does: every package of SD 1.x (the safety checker too), 2 steps, a PNG. */
+static sdc_status generate_into(const char *out, char *err, size_t err_size) {
+    sdc_generate_job job;
+    sdc_generate_job_init(&job);
+    job.prompt = "a red cube";
+    job.packages_dir = gen_packages;
+    job.output_dir = out;
+    job.model_version = SDC_SOURCE_DIR "/examples/tiny-sd";
+    job.num_inference_steps = 2;
+    job.n_threads = 2;
+    return sdc_generate(&job, NULL, err, err_size);
+}
+
+static void setup_generate(void) {
+    char err[1024];
+    snprintf(gen_packages, sizeof gen_packages, "%s/generate-packages", tmp);
+    make_empty_dir(gen_packages);
+    sdc_job job = tiny_job(gen_packages);
+    job.convert_text_encoder = job.convert_unet = job.convert_vae_decoder = job.convert_safety_checker = true;
+    if (sdc_convert(&job, err, sizeof err)) {
+        fprintf(stderr, "setup: %s\n", err);
+        exit(2);
+    }
+}
+
 /* ---- the injection loop ------------------------------------------------------------------ */
 
 static long sparse_points = SPARSE_POINTS;
@@ -408,6 +436,8 @@ int main(void) {
     scenario("convert-text-lora", convert_text_lora, exhaustive);
     setup_run();
     scenario("run-text-encoder", run_package_into, exhaustive);
+    setup_generate();
+    scenario("generate", generate_into, exhaustive);
 
     remove_tree(tmp);
     return CHECK_DONE("test_faults");
