@@ -21,6 +21,8 @@ from conftest import REPO, check_ok, package_name
 spec = importlib.util.spec_from_file_location("make_loras", REPO / "tests" / "fixtures" / "make_loras.py")
 make_loras = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(make_loras)
+make_single_files = make_loras.make_single_files
+WEIGHT_BIN = Path("Data/com.apple.CoreML/weights/weight.bin")
 
 # name -> (pipeline kind, format, rank, seed)
 LORAS = {
@@ -28,6 +30,9 @@ LORAS = {
     "sd1-kohya": ("sd1", "kohya", 2, 2),
     "sdxl-kohya": ("sdxl", "kohya", 4, 3),
     "sdxl-peft": ("sdxl", "peft", 3, 4),
+    # the kohya files above with their UNet module paths in LDM/SGM names (same tensors)
+    "sd1-kohya-ldm": ("sd1", "kohya-ldm", 2, 2),
+    "sdxl-kohya-ldm": ("sdxl", "kohya-ldm", 4, 3),
 }
 ENCODERS = {"sd1": ["text_encoder"], "sdxl": ["text_encoder", "text_encoder_2"]}
 # Measured (interpreter vs diffusers float32 with the LoRA fused): UNet 126.1-127.0 dB, text
@@ -62,19 +67,37 @@ def components(pipe):
     return [c for c in ("unet", "text_encoder", "text_encoder_2") if getattr(pipe, c, None) is not None]
 
 
+def is_ldm_style(path):
+    return any(k.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_")) for k in load_np(str(path)))
+
+
+def lora_input(pipe, path):
+    """What diffusers' loader is given: the file; for LDM-style kohya names, the state dict after
+    diffusers' own SGM block remap with the UNet's config, which its SDXL loader applies itself
+    and its SD 1.x loader (0.30) does not (its kohya key conversion then renames the layers)."""
+    if getattr(pipe, "text_encoder_2", None) is not None or not is_ldm_style(path):
+        return str(path)
+    from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
+    from safetensors.torch import load_file
+
+    return _maybe_map_sgm_blocks_to_diffusers(load_file(str(path)), pipe.unet.config)
+
+
 def fuse(pipe, loras):
     """diffusers' merge of each (file, scale) in turn: load, fuse at the scale, drop the layers."""
     for path, scale in loras:
-        pipe.load_lora_weights(str(path))
+        pipe.load_lora_weights(lora_input(pipe, path))
         pipe.fuse_lora(lora_scale=scale, components=components(pipe))
         pipe.unload_lora_weights()
     return pipe
 
 
-def expected_deltas(pipe, path, scale):
+def expected_deltas(pipe, pipeline, path, scale):
     """{component.weight: scale·alpha/rank·up·down} from the file's keys, kohya's rule alpha =
-    rank when absent; kohya module paths matched to the weight whose dotted name they spell."""
+    rank when absent; kohya module paths matched to the weight whose dotted name they spell, or
+    whose LDM name (make_single_files.py's map, checked by diffusers' from_single_file)."""
     sd = load_np(str(path))
+    ldm = {m: n.replace(".", "_") for m, n in make_loras.ldm_modules(pipeline).items()}
     prefixes = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
     names = {c: [n for n in getattr(pipe, c).state_dict() if n.endswith(".weight")] for c in components(pipe)}
     out = {}
@@ -90,7 +113,8 @@ def expected_deltas(pipe, path, scale):
         if base.startswith("lora_"):
             p = next(p for p in prefixes if base.startswith(p))
             comp, module = prefixes[p], base[len(p):]
-            (name,) = [n for n in names[comp] if n[: -len(".weight")].replace(".", "_") == module]
+            (name,) = [n for n in names[comp] if n[: -len(".weight")].replace(".", "_") == module
+                       or comp == "unet" and ldm.get(n[: -len(".weight")]) == module]
         else:
             comp, name = base.split(".", 1)[0], base.split(".", 1)[1] + ".weight"
         out[f"{comp}.{name}"] = scale * alpha / r * (up.reshape(up.shape[0], r) @ down.reshape(r, -1))
@@ -110,14 +134,14 @@ def test_fixture_is_what_diffusers_merges(pipelines, lora_files, name):
         for k, v in getattr(pipe, c).state_dict().items():
             if not torch.equal(v, before[c][k]):
                 changed[f"{c}.{k}"] = (v - before[c][k]).numpy()
-    expected = expected_deltas(pipe, lora_files[name], 0.8)
+    expected = expected_deltas(pipe, pipelines[kind], lora_files[name], 0.8)
     assert sorted(changed) == sorted(expected)
     convs = [k for k, v in changed.items() if v.ndim == 4]
     assert any(changed[k].shape[2:] == (3, 3) for k in convs), "no 3x3 convolution LoRA"
     for k, delta in expected.items():
         err = np.abs(changed[k].reshape(delta.shape) - delta).max() / np.abs(delta).max()
         assert err < 1e-5, f"{k}: diffusers' delta differs from the formula by {err:.2g}"
-    if LORAS[name][1] == "kohya":
+    if LORAS[name][1].startswith("kohya"):
         sd = load_np(str(lora_files[name]))
         alphas = [float(v) for k, v in sd.items() if k.endswith(".alpha")]
         downs = [k for k in sd if k.endswith(".lora_down.weight")]
@@ -215,7 +239,8 @@ def check_psnrs(result, label):
         assert without < MAX_PSNR_APART and apart < MAX_PSNR_APART, f"{label} {output}: the LoRA changes too little"
 
 
-@pytest.mark.parametrize("name,scale", [("sd1-peft", None), ("sd1-kohya", 0.7), ("sdxl-kohya", 1.3), ("sdxl-peft", 0.6)])
+@pytest.mark.parametrize("name,scale", [("sd1-peft", None), ("sd1-kohya", 0.7), ("sdxl-kohya", 1.3), ("sdxl-peft", 0.6),
+                                        ("sd1-kohya-ldm", 0.7), ("sdxl-kohya-ldm", 1.3)])
 def test_outputs_match_diffusers_fuse_lora(sdcoreml, pipelines, lora_files, tmp_path, name, scale):
     pipeline = Path(pipelines[LORAS[name][0]])
     loras = [(lora_files[name], scale)]
@@ -264,6 +289,48 @@ def test_older_diffusers_spelling_merges_the_same(sdcoreml, pipelines, lora_file
         assert weights[0] == weights[1], sub
 
 
+def weight_bin(out, pipeline, sub):
+    return (out / package_name(pipeline.name, sub) / WEIGHT_BIN).read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_ldm_style_names_merge_the_same(sdcoreml, pipelines, lora_files, tmp_path, kind):
+    """The kohya file with LDM-style UNet paths (input_blocks_4_1_…, middle_block_1_…,
+    output_blocks_…, in_layers_2, emb_layers_1, skip_connection) gives the same package bytes as
+    the file with diffusers-style paths it was renamed from."""
+    pipeline = Path(pipelines[kind])
+    for name in (f"{kind}-kohya", f"{kind}-kohya-ldm"):
+        check_ok(convert(sdcoreml, pipeline, tmp_path / name, [(lora_files[name], 0.9)], "--convert-unet"))
+    assert weight_bin(tmp_path / f"{kind}-kohya", pipeline, "unet") == weight_bin(tmp_path / f"{kind}-kohya-ldm", pipeline, "unet")
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_single_file_model_takes_the_lora(sdcoreml, pipelines, lora_files, tmp_path, kind):
+    """--lora on a single-file model (--model-version FILE.safetensors): the pipeline written in
+    the LDM/SGM layout (make_single_files.py, read back by diffusers' from_single_file first)
+    with the LoRAs gives the folder's packages with the same LoRAs, byte for byte (SDXL's second
+    text encoder is OpenCLIP there: q/k/v are row slices of a fused in_proj)."""
+    folder = Path(pipelines[kind])
+    path = tmp_path / f"{kind}.safetensors"
+    save_file({k: v.contiguous() for k, v in make_single_files.checkpoint(kind, folder).items()}, str(path))
+    make_single_files.validate(path, kind, folder)
+    loras = [(lora_files[f"{kind}-kohya-ldm"], 0.8), (lora_files[f"{kind}-peft"], -0.5)]
+    check_ok(convert(sdcoreml, folder, tmp_path / "folder", loras, "--convert-unet", "--convert-text-encoder"))
+    args = ["--model-version", path.name, "-o", tmp_path / "file", "--config", folder, "--compute-precision", "FLOAT32",
+            "--attention-implementation", "ORIGINAL", "--convert-unet", "--convert-text-encoder"]
+    for lora, scale in loras:
+        args += ["--lora", f"{lora}:{scale}"]
+    check_ok(sdcoreml(*args, *(["--xl-version"] if kind == "sdxl" else []), cwd=tmp_path))
+    for sub in ["unet"] + ENCODERS[kind]:
+        got = (tmp_path / "file" / package_name(path.stem, sub) / WEIGHT_BIN).read_bytes()
+        assert got == weight_bin(tmp_path / "folder", folder, sub), f"{kind} {sub}: weight.bin from the file differs"
+    # the LoRAs count: without them the file gives other weights
+    check_ok(sdcoreml("--model-version", path.name, "-o", tmp_path / "plain", "--config", folder, "--compute-precision",
+                      "FLOAT32", "--convert-unet", *(["--xl-version"] if kind == "sdxl" else []), cwd=tmp_path))
+    assert (tmp_path / "plain" / package_name(path.stem, "unet") / WEIGHT_BIN).read_bytes() != weight_bin(
+        tmp_path / "folder", folder, "unet")
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals: one line naming the file (and key), exit 1 (2 for usage), nothing written
 
@@ -309,10 +376,13 @@ def test_other_adapters_are_refused(sdcoreml, pipelines, tmp_path, suffix, what)
     refused(sdcoreml, pipelines, tmp_path, lora, str(lora), key, what)
 
 
-def test_ldm_style_kohya_names_are_refused(sdcoreml, pipelines, tmp_path):
-    lora = write_lora(tmp_path / "ldm.safetensors", {"lora_unet_input_blocks_1_1_proj_in.lora_down.weight": np.ones((2, 32, 1, 1)),
-                                                    "lora_unet_input_blocks_1_1_proj_in.lora_up.weight": np.ones((32, 2, 1, 1))})
-    refused(sdcoreml, pipelines, tmp_path, lora, str(lora), "LDM-style", "input_blocks_1_1_proj_in")
+def test_ldm_style_kohya_key_matching_no_weight(sdcoreml, pipelines, tmp_path):
+    """An LDM-style path whose block maps but whose layer is no weight, and one in the slot of a
+    downsampler the tiny SD 1.x (1 resnet per block) has at input_blocks.2: listed by key."""
+    keys = ["lora_unet_input_blocks_1_1_bogus", "lora_unet_input_blocks_2_0_in_layers_2"]
+    shapes = {"lora_down.weight": (2, 32, 1, 1), "lora_up.weight": (32, 2, 1, 1)}
+    lora = write_lora(tmp_path / "ldm.safetensors", {f"{k}.{s}": np.ones(shape) for k in keys for s, shape in shapes.items()})
+    refused(sdcoreml, pipelines, tmp_path, lora, str(lora), "2 LoRA modules match no weight of unet", *keys)
 
 
 def test_shapes_that_do_not_fit(sdcoreml, pipelines, tmp_path):
