@@ -331,6 +331,46 @@ def test_single_file_model_takes_the_lora(sdcoreml, pipelines, lora_files, tmp_p
         tmp_path / "folder", folder, "unet")
 
 
+EDGE_MODULES = [r"^time_embedding\.linear_[12]$", r"^add_embedding\.linear_[12]$", r"^conv_(in|out)$",
+                r"downsamplers\.0\.conv$", r"upsamplers\.0\.conv$", r"^mid_block\.resnets\.1\.conv2$"]
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_ldm_style_edge_modules_merge_the_same(sdcoreml, pipelines, tmp_path, kind):
+    """The LDM names outside the blocks' resnets and transformers (time_embed_0/2, SDXL's
+    label_emb_0_0/2, input_blocks_0_0, out_2, the downsamplers' op, the upsamplers' conv after a
+    lone resnet (SD 1.x: output_blocks_1_1_conv) or after an attention (SDXL: output_blocks_2_2_conv),
+    middle_block_2_out_layers_3): a kohya LoRA on them in LDM
+    names, renamed by make_single_files.py's map, gives the package of the same LoRA in
+    diffusers names. (diffusers 0.30's own LDM LoRA conversion renames none of the modules
+    outside the blocks, takes input_blocks_0_0 for a down block and an upsampler after a lone
+    resnet for an attention, so the oracle here is the diffusers-style file.)"""
+    pipeline = Path(pipelines[kind])
+    weights = make_loras.component_weights(pipeline, "unet")
+    ldm = make_loras.ldm_modules(pipeline)
+    rng = np.random.default_rng(7)
+    files = {"diffusers": {}, "ldm": {}}
+    for name in sorted(weights):
+        module = name[: -len(".weight")]
+        if not name.endswith(".weight") or weights[name].ndim not in (2, 4) or \
+                not any(re.search(p, module) for p in EDGE_MODULES):
+            continue
+        down, up = make_loras.factors(rng, weights[name].astype(np.float32), 2, 2.0)
+        for style, path in (("diffusers", module), ("ldm", ldm[module])):
+            base = "lora_unet_" + path.replace(".", "_")
+            files[style].update({f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": up})
+    names = " ".join(files["ldm"])
+    for part in ["time_embed_0", "input_blocks_0_0", "out_2", "_0_op.", "middle_block_2_out_layers_3",
+                 *(["label_emb_0_0", "_2_conv."] if kind == "sdxl" else ["_1_conv."])]:
+        assert part in names, part
+    for style, tensors in files.items():
+        lora = write_lora(tmp_path / f"{style}.safetensors", tensors)
+        check_ok(convert(sdcoreml, pipeline, tmp_path / style, [(lora, 0.9)], "--convert-unet"))
+    assert weight_bin(tmp_path / "ldm", pipeline, "unet") == weight_bin(tmp_path / "diffusers", pipeline, "unet")
+    check_ok(convert(sdcoreml, pipeline, tmp_path / "plain", [], "--convert-unet"))
+    assert weight_bin(tmp_path / "plain", pipeline, "unet") != weight_bin(tmp_path / "ldm", pipeline, "unet")
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals: one line naming the file (and key), exit 1 (2 for usage), nothing written
 
@@ -383,6 +423,28 @@ def test_ldm_style_kohya_key_matching_no_weight(sdcoreml, pipelines, tmp_path):
     shapes = {"lora_down.weight": (2, 32, 1, 1), "lora_up.weight": (32, 2, 1, 1)}
     lora = write_lora(tmp_path / "ldm.safetensors", {f"{k}.{s}": np.ones(shape) for k in keys for s, shape in shapes.items()})
     refused(sdcoreml, pipelines, tmp_path, lora, str(lora), "2 LoRA modules match no weight of unet", *keys)
+
+
+def test_ldm_style_names_need_uniform_blocks(sdcoreml, pipelines, tmp_path):
+    """LDM numbering counts resnets per block; a UNet whose down blocks differ (diffusers allows
+    layers_per_block [1, 2]) has no numbering the table knows: refused naming the key."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path / "uneven"
+    shutil.copytree(pipelines["sd1"], folder)
+    cfg = {k: v for k, v in json.loads((folder / "unet" / "config.json").read_text()).items() if not k.startswith("_")}
+    cfg["layers_per_block"] = [1] + [2] * (len(cfg["down_block_types"]) - 1)
+    torch.manual_seed(0)
+    UNet2DConditionModel(**cfg).save_pretrained(str(folder / "unet"))
+    key = "lora_unet_input_blocks_1_1_proj_in"
+    lora = write_lora(tmp_path / "ldm.safetensors", {f"{key}.lora_down.weight": np.ones((2, 32, 1, 1)),
+                                                    f"{key}.lora_up.weight": np.ones((32, 2, 1, 1))})
+    r = convert(sdcoreml, folder, tmp_path / "out", [(lora, None)], "--convert-unet")
+    line = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and key in line and "differ in resnets" in line, line
+    assert not (tmp_path / "out").exists()
 
 
 def test_shapes_that_do_not_fit(sdcoreml, pipelines, tmp_path):
