@@ -135,8 +135,9 @@ static const part_row PARTS[] = {
 
 #define MAX_CAPTURES 2
 
-/* Length of `name`'s prefix matched by `pattern`, or 0; '#' captures a number. */
-static size_t match_prefix(const char *pattern, const char *name, long caps[MAX_CAPTURES], int *n_caps) {
+/* Length of `name`'s prefix matched by `pattern`, or 0; '#' captures a number and a '.' of the
+   pattern matches `sep` (kohya writes the dots of a module path as '_'). */
+static size_t match_prefix(const char *pattern, const char *name, char sep, long caps[MAX_CAPTURES], int *n_caps) {
     const char *p = pattern, *s = name;
     *n_caps = 0;
     while (*p) {
@@ -149,8 +150,10 @@ static size_t match_prefix(const char *pattern, const char *name, long caps[MAX_
             }
             caps[(*n_caps)++] = v;
             p++;
-        } else if (*p++ != *s++) {
+        } else if (*p == '.' ? *s != sep : *p != *s) {
             return 0;
+        } else {
+            p++, s++;
         }
     }
     return (size_t)(s - name);
@@ -181,9 +184,10 @@ static bool apply_rule(index_rule rule, const long *caps, const sdc_ldm_layout *
 }
 
 /* Writes the replacement with its numbers and q/k/v letter, then the inner name_rename and the
-   rest of the name, dropping the '.' that matching appended. */
+   rest of the name, dropping the separator that matching appended; with sep '_' every '.' of
+   what is written becomes '_' (the rest is kept as the name spells it). */
 static bool format_target(const char *repl, const long *vals, char letter, const char *rest, const name_rename *inner,
-                          size_t n_inner, char *out, size_t size) {
+                          size_t n_inner, char sep, char *out, size_t size) {
     size_t n = 0;
     for (const char *p = repl; *p; p++) {
         char num[24];
@@ -201,8 +205,10 @@ static bool format_target(const char *repl, const long *vals, char letter, const
         n += len;
     }
     for (size_t i = 0; i < n_inner; i++) {
-        size_t len = strlen(inner[i].from);
-        if (!strncmp(rest, inner[i].from, len)) {
+        long unused[MAX_CAPTURES];
+        int n_unused;
+        size_t len = match_prefix(inner[i].from, rest, sep, unused, &n_unused);
+        if (len) {
             if (!sdc_fmt(out + n, size - n, "%s", inner[i].to)) return false;
             n += strlen(inner[i].to);
             rest += len;
@@ -211,26 +217,28 @@ static bool format_target(const char *repl, const long *vals, char letter, const
     }
     if (!sdc_fmt(out + n, size - n, "%s", rest)) return false;
     n += strlen(rest);
-    if (n && out[n - 1] == '.') out[--n] = 0;
+    for (size_t i = 0; sep != '.' && i < n; i++)
+        if (out[i] == '.') out[i] = sep;
+    if (n && out[n - 1] == sep) out[--n] = 0;
     return n > 0;
 }
 
-/* Maps `name` (the key without its component prefix) by one part's table. */
-static int map_in_part(const part_row *part, const char *name, const sdc_ldm_layout *layout,
+/* Maps `name` (the key without its component prefix, its dots written `sep`) by one part's table. */
+static int map_in_part(const part_row *part, const char *name, char sep, const sdc_ldm_layout *layout,
                        sdc_ldm_target out[SDC_LDM_MAX_TARGETS]) {
     char dotted[512];
-    if (!sdc_fmt(dotted, sizeof dotted, "%s.", name)) return 0;
+    if (!sdc_fmt(dotted, sizeof dotted, "%s%c", name, sep)) return 0;
     for (size_t r = 0; r < part->n_rows; r++) {
         const name_row *row = &part->rows[r];
         long caps[MAX_CAPTURES] = {0}, vals[MAX_CAPTURES];
         int n_caps;
-        size_t len = match_prefix(row->ldm, dotted, caps, &n_caps);
+        size_t len = match_prefix(row->ldm, dotted, sep, caps, &n_caps);
         if (!len || !apply_rule(row->rule, caps, layout, vals)) continue;
         int n = row->transform == SDC_LDM_ROWS_OF_3 ? 3 : 1;
         for (int k = 0; k < n; k++) {
             out[k] = (sdc_ldm_target){.part = part->part, .transform = row->transform, .slice = k,
                                       .openclip = part->rows == OPENCLIP_ROWS};
-            if (!format_target(row->diffusers, vals, "qkv"[k], dotted + len, part->inner, part->n_inner, out[k].name,
+            if (!format_target(row->diffusers, vals, "qkv"[k], dotted + len, part->inner, part->n_inner, sep, out[k].name,
                                sizeof out[k].name))
                 return 0;
         }
@@ -252,7 +260,7 @@ sdc_ldm_part sdc_ldm_part_of(const char *key) {
 
 int sdc_ldm_map(const char *key, const sdc_ldm_layout *layout, sdc_ldm_target out[SDC_LDM_MAX_TARGETS]) {
     const part_row *p = part_row_of(key);
-    return p ? map_in_part(p, key + strlen(p->prefix), layout, out) : 0;
+    return p ? map_in_part(p, key + strlen(p->prefix), '.', layout, out) : 0;
 }
 
 bool sdc_ldm_name_to_diffusers(const char *ldm, char *out, size_t size) {
@@ -260,6 +268,13 @@ bool sdc_ldm_name_to_diffusers(const char *ldm, char *out, size_t size) {
     const part_row *unet = &PARTS[0];
     if (!strncmp(ldm, unet->prefix, strlen(unet->prefix))) ldm += strlen(unet->prefix);
     sdc_ldm_target t[SDC_LDM_MAX_TARGETS];
-    if (map_in_part(unet, ldm, &SD, t) != 1 || !sdc_fmt(out, size, "%s", t[0].name)) return false;
+    if (map_in_part(unet, ldm, '.', &SD, t) != 1 || !sdc_fmt(out, size, "%s", t[0].name)) return false;
     return true;
+}
+
+bool sdc_ldm_kohya_to_diffusers(const char *module, int layers_per_block, char *out, size_t size) {
+    const sdc_ldm_layout layout = {.unet_layers_per_block = layers_per_block};
+    sdc_ldm_target t[SDC_LDM_MAX_TARGETS];
+    if (layers_per_block < 1 || map_in_part(&PARTS[0], module, '_', &layout, t) != 1) return false;
+    return sdc_fmt(out, size, "%s", t[0].name);
 }

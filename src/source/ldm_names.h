@@ -61,12 +61,19 @@ sdc_ldm_part sdc_ldm_part_of(const char *key);
    in_proj, 0 for a key of no converted component or a name no table knows). */
 int sdc_ldm_map(const char *key, const sdc_ldm_layout *layout, sdc_ldm_target out[SDC_LDM_MAX_TARGETS]);
 
-/* For LoRA files whose module paths follow the LDM UNet (kohya's "lora_unet_input_blocks_…"
-   once its underscores are dots): an LDM UNet name, a tensor ("input_blocks.1.1.proj_in.weight")
-   or a module path ("output_blocks.2.0.skip_connection"), with or without the
-   "model.diffusion_model." prefix, to its diffusers name ("down_blocks.0.attentions.0.proj_in.weight",
+/* An LDM UNet name, a tensor ("input_blocks.1.1.proj_in.weight") or a module path
+   ("output_blocks.2.0.skip_connection"), with or without the "model.diffusion_model." prefix,
+   to its diffusers name ("down_blocks.0.attentions.0.proj_in.weight",
    "up_blocks.0.resnets.2.conv_shortcut"). Assumes 2 resnets per block, as in SD 1.x, 2.x and
    SDXL. False when the name is no UNet name or does not fit in `size`. */
 bool sdc_ldm_name_to_diffusers(const char *ldm, char *out, size_t size);
+
+/* The same map for a kohya LoRA's LDM-style UNet module path, its dots written '_'
+   ("input_blocks_4_0_in_layers_2" → "down_blocks_1_resnets_0_conv1"), for a UNet of
+   `layers_per_block` resnets per down block: the table's patterns match with '_' for '.', so
+   only the block structure is read (never a guess at which '_' was a '.'), and what follows it
+   is kept as spelled, to be resolved against the model's own weight names spelled alike.
+   False when the path is no LDM UNet path or does not fit in `size`. */
+bool sdc_ldm_kohya_to_diffusers(const char *module, int layers_per_block, char *out, size_t size);
 
 #endif

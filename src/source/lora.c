@@ -8,6 +8,7 @@
 
 #include "io/ckpt.h"
 #include "io/fp16.h"
+#include "source/ldm_names.h"
 #include "source/source.h"
 #include "strmap.h"
 
@@ -59,8 +60,8 @@ static const struct {
     {".diff_b", true, "full weight difference"},
 };
 
-/* kohya's LDM-style module paths (the original UNet's names): they need the LDM → diffusers
-   name map. The one place they are refused. */
+/* kohya's LDM-style module paths (the original UNet's names): they go through the LDM → diffusers
+   name map (ldm_names.h), which needs the UNet's resnets per block. */
 static const char *const LDM_UNET_MODULES[] = {"input_blocks_", "middle_block_", "output_blocks_", "time_embed_",
                                                "label_emb_", "out_0", "out_2"};
 
@@ -358,15 +359,44 @@ static void add_delta(const sdc_tensor_addend *a, uint64_t first, size_t n, floa
 }
 
 /* The weight names of w spelled as kohya spells module paths ('.' → '_', without ".weight"),
-   mapped to their index in w; `twice` holds the spellings two weights share (ambiguous). */
+   mapped to their index in w; `twice` holds the spellings two weights share (ambiguous).
+   layers_per_block: the UNet's resnets per down block (one more per up block), which LDM-style
+   paths are numbered by; 0 when the blocks differ (or w has none), where LDM numbering is not
+   the one ldm_names knows. */
 typedef struct kohya_names {
     sdc_strmap map, twice;
     char *text;
+    int layers_per_block;
 } kohya_names;
+
+enum { MAX_BLOCKS = 16 };
+
+/* Counts resnets per block: name "<kind>B.resnets.R.…" raises counts[B] to R + 1. */
+static void count_resnets(const char *name, const char *kind, int counts[MAX_BLOCKS]) {
+    if (!starts_with(name, kind)) return;
+    char *end;
+    long b = strtol(name + strlen(kind), &end, 10);
+    if (end == name + strlen(kind) || b < 0 || b >= MAX_BLOCKS || !starts_with(end, ".resnets.")) return;
+    long r = strtol(end + strlen(".resnets."), NULL, 10);
+    if (r >= 0 && r < 1000 && r + 1 > counts[b]) counts[b] = (int)r + 1;
+}
+
+static int uniform_layers_per_block(const sdc_weights *w) {
+    int down[MAX_BLOCKS] = {0}, up[MAX_BLOCKS] = {0};
+    for (size_t i = 0; i < sdc_weights_count(w); i++) {
+        count_resnets(sdc_weights_at(w, i)->name, "down_blocks.", down);
+        count_resnets(sdc_weights_at(w, i)->name, "up_blocks.", up);
+    }
+    int layers = down[0];
+    for (int b = 0; b < MAX_BLOCKS; b++)
+        if ((down[b] || up[b]) && (down[b] != layers || (up[b] && up[b] != layers + 1))) return 0;
+    return layers;
+}
 
 static sdc_status kohya_names_build(const sdc_weights *w, kohya_names *k, sdc_err *err) {
     size_t n = sdc_weights_count(w), bytes = 0;
     for (size_t i = 0; i < n; i++) bytes += strlen(sdc_weights_at(w, i)->name) + 1;
+    k->layers_per_block = uniform_layers_per_block(w);
     k->text = sdc_malloc(bytes ? bytes : 1);
     if (!k->text) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", sdc_weights_describe(w));
     char *p = k->text;
@@ -391,6 +421,35 @@ static void kohya_names_free(kohya_names *k) {
     sdc_free(k->text);
 }
 
+/* The weight whose kohya spelling is `path`, or NULL; an error when two weights share it. */
+static const sdc_tensor *by_kohya_name(const lora_file *f, const lora_module *m, const sdc_weights *w,
+                                       const kohya_names *k, const char *path, sdc_err *err, sdc_status *st) {
+    if (sdc_strmap_get(&k->twice, path) >= 0) {
+        *st = sdc_fail(err, SDC_E_FORMAT, "%s: key '%s' may name several weights of %s", f->path, m->key, sdc_weights_describe(w));
+        return NULL;
+    }
+    int at = sdc_strmap_get(&k->map, path);
+    return at >= 0 ? sdc_weights_at(w, (size_t)at) : NULL;
+}
+
+/* An LDM-style UNet path: its block structure mapped by ldm_names' table, the rest resolved
+   like a diffusers-style path. */
+static const sdc_tensor *by_ldm_name(const lora_file *f, const lora_module *m, const sdc_weights *w,
+                                     const kohya_names *k, const char *path, sdc_err *err, sdc_status *st) {
+    const char *ldm = ldm_style_module(m->component, path);
+    if (!ldm) return NULL;
+    if (!k->layers_per_block) {
+        *st = sdc_fail(err, SDC_E_UNSUPPORTED,
+                       "%s: key '%s' uses LDM-style module names (%s…), numbered by resnets per block, but the blocks "
+                       "of %s differ in resnets: use a LoRA with diffusers-style names (down_blocks_…)",
+                       f->path, m->key, ldm, sdc_weights_describe(w));
+        return NULL;
+    }
+    char diffusers[1024];
+    if (!sdc_ldm_kohya_to_diffusers(path, k->layers_per_block, diffusers, sizeof diffusers)) return NULL;
+    return by_kohya_name(f, m, w, k, diffusers, err, st);
+}
+
 /* The weight a module updates, or NULL. */
 static const sdc_tensor *resolve(const lora_file *f, const lora_module *m, const sdc_weights *w, const kohya_names *k,
                                  sdc_err *err, sdc_status *st) {
@@ -400,19 +459,8 @@ static const sdc_tensor *resolve(const lora_file *f, const lora_module *m, const
         if (!sdc_fmt(name, sizeof name, "%s.weight", path)) return NULL;
         return sdc_weights_find(w, name);
     }
-    if (sdc_strmap_get(&k->twice, path) >= 0) {
-        *st = sdc_fail(err, SDC_E_FORMAT, "%s: key '%s' may name several weights of %s", f->path, m->key, sdc_weights_describe(w));
-        return NULL;
-    }
-    int at = sdc_strmap_get(&k->map, path);
-    if (at >= 0) return sdc_weights_at(w, (size_t)at);
-    const char *ldm = ldm_style_module(m->component, path);
-    if (ldm && !*st)
-        *st = sdc_fail(err, SDC_E_UNSUPPORTED,
-                       "%s: key '%s' uses LDM-style module names (%s…); not supported yet: use a LoRA with diffusers-style "
-                       "kohya names (down_blocks_…) or a diffusers/PEFT LoRA",
-                       f->path, m->key, ldm);
-    return NULL;
+    const sdc_tensor *t = by_kohya_name(f, m, w, k, path, err, st);
+    return t || *st ? t : by_ldm_name(f, m, w, k, path, err, st);
 }
 
 /* A 1x1 kernel, or no kernel: [out, in] and [out, in, 1, 1] hold the same matrix. */

@@ -28,8 +28,9 @@
  *     (absent: alpha = rank). <module> is the diffusers module path with '.' written '_';
  *     underscores are ambiguous, so it is resolved against the component's own weight names
  *     (each spelled the same way), never by a guessed pattern. LDM-style paths
- *     (input_blocks_1_1_…) are refused in one place (ldm_style_module) until the LDM name map
- *     exists.
+ *     (input_blocks_1_1_…, as community LoRAs have) have their block structure mapped by
+ *     ldm_names' table for the UNet's own resnets per block (sdc_ldm_kohya_to_diffusers), then
+ *     are resolved the same way; a UNet whose blocks differ in resnets refuses them.
  *   - diffusers/PEFT: unet.<module>, text_encoder.<module>, text_encoder_2.<module> with
  *     .lora_A.weight / .lora_B.weight (or the older .lora.down.weight / .lora.up.weight), and an
  *     optional <module>.alpha; <module> is the dotted diffusers path.

@@ -397,6 +397,7 @@ static void config_folder_view(const sdc_source *s, sdc_source *v) {
     memcpy(v->root, s->config_root, sizeof v->root);
     memcpy(v->config_root, s->config_root, sizeof v->config_root);
     v->model_index = s->model_index;
+    v->lora = s->lora; /* a component the single file lacks still takes the LoRAs */
 }
 
 bool sdc_source_has(const sdc_source *s, const char *component) {
@@ -734,7 +735,12 @@ sdc_status sdc_component_open(const sdc_source *s, const char *component, sdc_co
         config_folder_view(s, &v);
         return sdc_component_open(&v, component, out, err);
     }
-    if (s->single) return sdc_single_file_component(s->single, component, out, err);
+    if (s->single) {
+        sdc_status st = sdc_single_file_component(s->single, component, out, err);
+        if (!st && s->lora) st = merge_loras(s->lora, component, out->weights, err);
+        if (st) sdc_component_close(out);
+        return st;
+    }
     snprintf(out->name, sizeof out->name, "%s", component);
     if (!component_dir(s, component, out->dir, sizeof out->dir))
         return sdc_fail(err, SDC_E_ARG, "path too long: '%s/%s'", s->root, component);

@@ -21,6 +21,8 @@ from conftest import REPO, check_ok, package_name
 spec = importlib.util.spec_from_file_location("make_loras", REPO / "tests" / "fixtures" / "make_loras.py")
 make_loras = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(make_loras)
+make_single_files = make_loras.make_single_files
+WEIGHT_BIN = Path("Data/com.apple.CoreML/weights/weight.bin")
 
 # name -> (pipeline kind, format, rank, seed)
 LORAS = {
@@ -28,6 +30,9 @@ LORAS = {
     "sd1-kohya": ("sd1", "kohya", 2, 2),
     "sdxl-kohya": ("sdxl", "kohya", 4, 3),
     "sdxl-peft": ("sdxl", "peft", 3, 4),
+    # the kohya files above with their UNet module paths in LDM/SGM names (same tensors)
+    "sd1-kohya-ldm": ("sd1", "kohya-ldm", 2, 2),
+    "sdxl-kohya-ldm": ("sdxl", "kohya-ldm", 4, 3),
 }
 ENCODERS = {"sd1": ["text_encoder"], "sdxl": ["text_encoder", "text_encoder_2"]}
 # Measured (interpreter vs diffusers float32 with the LoRA fused): UNet 126.1-127.0 dB, text
@@ -62,19 +67,37 @@ def components(pipe):
     return [c for c in ("unet", "text_encoder", "text_encoder_2") if getattr(pipe, c, None) is not None]
 
 
+def is_ldm_style(path):
+    return any(k.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_")) for k in load_np(str(path)))
+
+
+def lora_input(pipe, path):
+    """What diffusers' loader is given: the file; for LDM-style kohya names, the state dict after
+    diffusers' own SGM block remap with the UNet's config, which its SDXL loader applies itself
+    and its SD 1.x loader (0.30) does not (its kohya key conversion then renames the layers)."""
+    if getattr(pipe, "text_encoder_2", None) is not None or not is_ldm_style(path):
+        return str(path)
+    from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
+    from safetensors.torch import load_file
+
+    return _maybe_map_sgm_blocks_to_diffusers(load_file(str(path)), pipe.unet.config)
+
+
 def fuse(pipe, loras):
     """diffusers' merge of each (file, scale) in turn: load, fuse at the scale, drop the layers."""
     for path, scale in loras:
-        pipe.load_lora_weights(str(path))
+        pipe.load_lora_weights(lora_input(pipe, path))
         pipe.fuse_lora(lora_scale=scale, components=components(pipe))
         pipe.unload_lora_weights()
     return pipe
 
 
-def expected_deltas(pipe, path, scale):
+def expected_deltas(pipe, pipeline, path, scale):
     """{component.weight: scale·alpha/rank·up·down} from the file's keys, kohya's rule alpha =
-    rank when absent; kohya module paths matched to the weight whose dotted name they spell."""
+    rank when absent; kohya module paths matched to the weight whose dotted name they spell, or
+    whose LDM name (make_single_files.py's map, checked by diffusers' from_single_file)."""
     sd = load_np(str(path))
+    ldm = {m: n.replace(".", "_") for m, n in make_loras.ldm_modules(pipeline).items()}
     prefixes = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
     names = {c: [n for n in getattr(pipe, c).state_dict() if n.endswith(".weight")] for c in components(pipe)}
     out = {}
@@ -90,7 +113,8 @@ def expected_deltas(pipe, path, scale):
         if base.startswith("lora_"):
             p = next(p for p in prefixes if base.startswith(p))
             comp, module = prefixes[p], base[len(p):]
-            (name,) = [n for n in names[comp] if n[: -len(".weight")].replace(".", "_") == module]
+            (name,) = [n for n in names[comp] if n[: -len(".weight")].replace(".", "_") == module
+                       or comp == "unet" and ldm.get(n[: -len(".weight")]) == module]
         else:
             comp, name = base.split(".", 1)[0], base.split(".", 1)[1] + ".weight"
         out[f"{comp}.{name}"] = scale * alpha / r * (up.reshape(up.shape[0], r) @ down.reshape(r, -1))
@@ -110,14 +134,14 @@ def test_fixture_is_what_diffusers_merges(pipelines, lora_files, name):
         for k, v in getattr(pipe, c).state_dict().items():
             if not torch.equal(v, before[c][k]):
                 changed[f"{c}.{k}"] = (v - before[c][k]).numpy()
-    expected = expected_deltas(pipe, lora_files[name], 0.8)
+    expected = expected_deltas(pipe, pipelines[kind], lora_files[name], 0.8)
     assert sorted(changed) == sorted(expected)
     convs = [k for k, v in changed.items() if v.ndim == 4]
     assert any(changed[k].shape[2:] == (3, 3) for k in convs), "no 3x3 convolution LoRA"
     for k, delta in expected.items():
         err = np.abs(changed[k].reshape(delta.shape) - delta).max() / np.abs(delta).max()
         assert err < 1e-5, f"{k}: diffusers' delta differs from the formula by {err:.2g}"
-    if LORAS[name][1] == "kohya":
+    if LORAS[name][1].startswith("kohya"):
         sd = load_np(str(lora_files[name]))
         alphas = [float(v) for k, v in sd.items() if k.endswith(".alpha")]
         downs = [k for k in sd if k.endswith(".lora_down.weight")]
@@ -215,7 +239,8 @@ def check_psnrs(result, label):
         assert without < MAX_PSNR_APART and apart < MAX_PSNR_APART, f"{label} {output}: the LoRA changes too little"
 
 
-@pytest.mark.parametrize("name,scale", [("sd1-peft", None), ("sd1-kohya", 0.7), ("sdxl-kohya", 1.3), ("sdxl-peft", 0.6)])
+@pytest.mark.parametrize("name,scale", [("sd1-peft", None), ("sd1-kohya", 0.7), ("sdxl-kohya", 1.3), ("sdxl-peft", 0.6),
+                                        ("sd1-kohya-ldm", 0.7), ("sdxl-kohya-ldm", 1.3)])
 def test_outputs_match_diffusers_fuse_lora(sdcoreml, pipelines, lora_files, tmp_path, name, scale):
     pipeline = Path(pipelines[LORAS[name][0]])
     loras = [(lora_files[name], scale)]
@@ -264,6 +289,88 @@ def test_older_diffusers_spelling_merges_the_same(sdcoreml, pipelines, lora_file
         assert weights[0] == weights[1], sub
 
 
+def weight_bin(out, pipeline, sub):
+    return (out / package_name(pipeline.name, sub) / WEIGHT_BIN).read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_ldm_style_names_merge_the_same(sdcoreml, pipelines, lora_files, tmp_path, kind):
+    """The kohya file with LDM-style UNet paths (input_blocks_4_1_…, middle_block_1_…,
+    output_blocks_…, in_layers_2, emb_layers_1, skip_connection) gives the same package bytes as
+    the file with diffusers-style paths it was renamed from."""
+    pipeline = Path(pipelines[kind])
+    for name in (f"{kind}-kohya", f"{kind}-kohya-ldm"):
+        check_ok(convert(sdcoreml, pipeline, tmp_path / name, [(lora_files[name], 0.9)], "--convert-unet"))
+    assert weight_bin(tmp_path / f"{kind}-kohya", pipeline, "unet") == weight_bin(tmp_path / f"{kind}-kohya-ldm", pipeline, "unet")
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_single_file_model_takes_the_lora(sdcoreml, pipelines, lora_files, tmp_path, kind):
+    """--lora on a single-file model (--model-version FILE.safetensors): the pipeline written in
+    the LDM/SGM layout (make_single_files.py, read back by diffusers' from_single_file first)
+    with the LoRAs gives the folder's packages with the same LoRAs, byte for byte (SDXL's second
+    text encoder is OpenCLIP there: q/k/v are row slices of a fused in_proj)."""
+    folder = Path(pipelines[kind])
+    path = tmp_path / f"{kind}.safetensors"
+    save_file({k: v.contiguous() for k, v in make_single_files.checkpoint(kind, folder).items()}, str(path))
+    make_single_files.validate(path, kind, folder)
+    loras = [(lora_files[f"{kind}-kohya-ldm"], 0.8), (lora_files[f"{kind}-peft"], -0.5)]
+    check_ok(convert(sdcoreml, folder, tmp_path / "folder", loras, "--convert-unet", "--convert-text-encoder"))
+    args = ["--model-version", path.name, "-o", tmp_path / "file", "--config", folder, "--compute-precision", "FLOAT32",
+            "--attention-implementation", "ORIGINAL", "--convert-unet", "--convert-text-encoder"]
+    for lora, scale in loras:
+        args += ["--lora", f"{lora}:{scale}"]
+    check_ok(sdcoreml(*args, *(["--xl-version"] if kind == "sdxl" else []), cwd=tmp_path))
+    for sub in ["unet"] + ENCODERS[kind]:
+        got = (tmp_path / "file" / package_name(path.stem, sub) / WEIGHT_BIN).read_bytes()
+        assert got == weight_bin(tmp_path / "folder", folder, sub), f"{kind} {sub}: weight.bin from the file differs"
+    # the LoRAs count: without them the file gives other weights
+    check_ok(sdcoreml("--model-version", path.name, "-o", tmp_path / "plain", "--config", folder, "--compute-precision",
+                      "FLOAT32", "--convert-unet", *(["--xl-version"] if kind == "sdxl" else []), cwd=tmp_path))
+    assert (tmp_path / "plain" / package_name(path.stem, "unet") / WEIGHT_BIN).read_bytes() != weight_bin(
+        tmp_path / "folder", folder, "unet")
+
+
+EDGE_MODULES = [r"^time_embedding\.linear_[12]$", r"^add_embedding\.linear_[12]$", r"^conv_(in|out)$",
+                r"downsamplers\.0\.conv$", r"upsamplers\.0\.conv$", r"^mid_block\.resnets\.1\.conv2$"]
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_ldm_style_edge_modules_merge_the_same(sdcoreml, pipelines, tmp_path, kind):
+    """The LDM names outside the blocks' resnets and transformers (time_embed_0/2, SDXL's
+    label_emb_0_0/2, input_blocks_0_0, out_2, the downsamplers' op, the upsamplers' conv after a
+    lone resnet (SD 1.x: output_blocks_1_1_conv) or after an attention (SDXL: output_blocks_2_2_conv),
+    middle_block_2_out_layers_3): a kohya LoRA on them in LDM
+    names, renamed by make_single_files.py's map, gives the package of the same LoRA in
+    diffusers names. (diffusers 0.30's own LDM LoRA conversion renames none of the modules
+    outside the blocks, takes input_blocks_0_0 for a down block and an upsampler after a lone
+    resnet for an attention, so the oracle here is the diffusers-style file.)"""
+    pipeline = Path(pipelines[kind])
+    weights = make_loras.component_weights(pipeline, "unet")
+    ldm = make_loras.ldm_modules(pipeline)
+    rng = np.random.default_rng(7)
+    files = {"diffusers": {}, "ldm": {}}
+    for name in sorted(weights):
+        module = name[: -len(".weight")]
+        if not name.endswith(".weight") or weights[name].ndim not in (2, 4) or \
+                not any(re.search(p, module) for p in EDGE_MODULES):
+            continue
+        down, up = make_loras.factors(rng, weights[name].astype(np.float32), 2, 2.0)
+        for style, path in (("diffusers", module), ("ldm", ldm[module])):
+            base = "lora_unet_" + path.replace(".", "_")
+            files[style].update({f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": up})
+    names = " ".join(files["ldm"])
+    for part in ["time_embed_0", "input_blocks_0_0", "out_2", "_0_op.", "middle_block_2_out_layers_3",
+                 *(["label_emb_0_0", "_2_conv."] if kind == "sdxl" else ["_1_conv."])]:
+        assert part in names, part
+    for style, tensors in files.items():
+        lora = write_lora(tmp_path / f"{style}.safetensors", tensors)
+        check_ok(convert(sdcoreml, pipeline, tmp_path / style, [(lora, 0.9)], "--convert-unet"))
+    assert weight_bin(tmp_path / "ldm", pipeline, "unet") == weight_bin(tmp_path / "diffusers", pipeline, "unet")
+    check_ok(convert(sdcoreml, pipeline, tmp_path / "plain", [], "--convert-unet"))
+    assert weight_bin(tmp_path / "plain", pipeline, "unet") != weight_bin(tmp_path / "ldm", pipeline, "unet")
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals: one line naming the file (and key), exit 1 (2 for usage), nothing written
 
@@ -309,10 +416,35 @@ def test_other_adapters_are_refused(sdcoreml, pipelines, tmp_path, suffix, what)
     refused(sdcoreml, pipelines, tmp_path, lora, str(lora), key, what)
 
 
-def test_ldm_style_kohya_names_are_refused(sdcoreml, pipelines, tmp_path):
-    lora = write_lora(tmp_path / "ldm.safetensors", {"lora_unet_input_blocks_1_1_proj_in.lora_down.weight": np.ones((2, 32, 1, 1)),
-                                                    "lora_unet_input_blocks_1_1_proj_in.lora_up.weight": np.ones((32, 2, 1, 1))})
-    refused(sdcoreml, pipelines, tmp_path, lora, str(lora), "LDM-style", "input_blocks_1_1_proj_in")
+def test_ldm_style_kohya_key_matching_no_weight(sdcoreml, pipelines, tmp_path):
+    """An LDM-style path whose block maps but whose layer is no weight, and one in the slot of a
+    downsampler the tiny SD 1.x (1 resnet per block) has at input_blocks.2: listed by key."""
+    keys = ["lora_unet_input_blocks_1_1_bogus", "lora_unet_input_blocks_2_0_in_layers_2"]
+    shapes = {"lora_down.weight": (2, 32, 1, 1), "lora_up.weight": (32, 2, 1, 1)}
+    lora = write_lora(tmp_path / "ldm.safetensors", {f"{k}.{s}": np.ones(shape) for k in keys for s, shape in shapes.items()})
+    refused(sdcoreml, pipelines, tmp_path, lora, str(lora), "2 LoRA modules match no weight of unet", *keys)
+
+
+def test_ldm_style_names_need_uniform_blocks(sdcoreml, pipelines, tmp_path):
+    """LDM numbering counts resnets per block; a UNet whose down blocks differ (diffusers allows
+    layers_per_block [1, 2]) has no numbering the table knows: refused naming the key."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path / "uneven"
+    shutil.copytree(pipelines["sd1"], folder)
+    cfg = {k: v for k, v in json.loads((folder / "unet" / "config.json").read_text()).items() if not k.startswith("_")}
+    cfg["layers_per_block"] = [1] + [2] * (len(cfg["down_block_types"]) - 1)
+    torch.manual_seed(0)
+    UNet2DConditionModel(**cfg).save_pretrained(str(folder / "unet"))
+    key = "lora_unet_input_blocks_1_1_proj_in"
+    lora = write_lora(tmp_path / "ldm.safetensors", {f"{key}.lora_down.weight": np.ones((2, 32, 1, 1)),
+                                                    f"{key}.lora_up.weight": np.ones((32, 2, 1, 1))})
+    r = convert(sdcoreml, folder, tmp_path / "out", [(lora, None)], "--convert-unet")
+    line = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and key in line and "differ in resnets" in line, line
+    assert not (tmp_path / "out").exists()
 
 
 def test_shapes_that_do_not_fit(sdcoreml, pipelines, tmp_path):

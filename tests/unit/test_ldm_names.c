@@ -43,6 +43,46 @@ static void test_unet_names(void) {
     CHECK(!sdc_ldm_name_to_diffusers("input_blocks.1.1.proj_in.weight", out, 10)); /* does not fit */
 }
 
+/* kohya's spelling: the block structure mapped, the rest kept with its underscores; layers per
+   block 2 (SD) and 3 (numbering shifts). */
+static const struct {
+    int layers;
+    const char *kohya, *diffusers;
+} KOHYA[] = {
+    {2, "input_blocks_1_1_proj_in", "down_blocks_0_attentions_0_proj_in"},
+    {2, "input_blocks_4_0_in_layers_2", "down_blocks_1_resnets_0_conv1"},
+    {2, "input_blocks_5_0_emb_layers_1", "down_blocks_1_resnets_1_time_emb_proj"},
+    {2, "input_blocks_4_0_skip_connection", "down_blocks_1_resnets_0_conv_shortcut"},
+    {2, "input_blocks_6_0_op", "down_blocks_1_downsamplers_0_conv"},
+    {2, "input_blocks_7_1_transformer_blocks_1_attn2_to_out_0", "down_blocks_2_attentions_0_transformer_blocks_1_attn2_to_out_0"},
+    {2, "middle_block_1_transformer_blocks_0_ff_net_0_proj", "mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj"},
+    {2, "middle_block_2_out_layers_3", "mid_block_resnets_1_conv2"},
+    {2, "output_blocks_2_1_conv", "up_blocks_0_upsamplers_0_conv"},
+    {2, "output_blocks_5_2_conv", "up_blocks_1_upsamplers_0_conv"},
+    {2, "output_blocks_8_1_proj_out", "up_blocks_2_attentions_2_proj_out"},
+    {2, "time_embed_0", "time_embedding_linear_1"},
+    {2, "label_emb_0_0", "add_embedding_linear_1"},
+    {2, "out_2", "conv_out"},
+    {3, "input_blocks_4_0_op", "down_blocks_0_downsamplers_0_conv"},
+    {3, "input_blocks_5_1_proj_in", "down_blocks_1_attentions_0_proj_in"},
+    {3, "output_blocks_4_0_in_layers_2", "up_blocks_1_resnets_0_conv1"},
+};
+
+static void test_kohya_paths(void) {
+    for (size_t i = 0; i < sizeof KOHYA / sizeof KOHYA[0]; i++) {
+        char out[256];
+        CHECK_MSG(sdc_ldm_kohya_to_diffusers(KOHYA[i].kohya, KOHYA[i].layers, out, sizeof out) &&
+                      !strcmp(out, KOHYA[i].diffusers),
+                  "%s gave %s", KOHYA[i].kohya, out);
+    }
+    char out[256];
+    CHECK(!sdc_ldm_kohya_to_diffusers("input_blocks_3_0_in_layers_2", 2, out, sizeof out)); /* a downsampler slot */
+    CHECK(!sdc_ldm_kohya_to_diffusers("down_blocks_0_attentions_0_proj_in", 2, out, sizeof out)); /* diffusers-style */
+    CHECK(!sdc_ldm_kohya_to_diffusers("time_embedding_linear_1", 2, out, sizeof out));
+    CHECK(!sdc_ldm_kohya_to_diffusers("input_blocks_1_1_proj_in", 0, out, sizeof out));
+    CHECK(!sdc_ldm_kohya_to_diffusers("input_blocks_1_1_proj_in", 2, out, 10)); /* does not fit */
+}
+
 static void test_parts(void) {
     sdc_ldm_layout layout = {.unet_layers_per_block = 2, .vae_levels = 4};
     sdc_ldm_target t[SDC_LDM_MAX_TARGETS];
@@ -69,6 +109,7 @@ static void test_parts(void) {
 
 int main(void) {
     test_unet_names();
+    test_kohya_paths();
     test_parts();
     return CHECK_DONE("test_ldm_names");
 }
