@@ -185,6 +185,8 @@ typedef struct csrc {
     size_t n;           /* CS_RAW: stored elements */
     int op;             /* CS_CONSTEXPR: index of the constexpr op */
     int depth;          /* CS_CONSTEXPR: constexpr ops in the chain ending here (bounded at load) */
+    bool mapped;        /* CS_RAW: ptr lies in a read-only file mapping (weight.bin, safetensors),
+                           whose pages a run drops after the op that read them */
 } csrc;
 
 /* Decodes stored elements [first, first+count) of a CS_RAW source as float / int32. */
@@ -241,6 +243,15 @@ const iop_def *sdc_iop_find(const char *type); /* optable.c */
    a failed one. */
 sdc_status sdc_interp_model_load(const char *pkg, struct sdc_model *m, sdc_err *err);
 void sdc_interp_model_release(struct sdc_model *m);
+/* What both loaders (load.c: a package; graph.c: an in-memory MIL graph) share: a new slot
+   named `name` (-1: out of memory), how a stored dtype is decoded, the last reader of every
+   slot, and the small constants decoded once. */
+struct mil_graph;
+sdc_status sdc_interp_graph_load(const struct mil_graph *g, struct sdc_model *m, sdc_err *err); /* load_graph.c */
+int sdc_interp_new_slot(struct sdc_model *m, const char *name);
+raw_fmt sdc_interp_raw_fmt(int dt, int *bits);
+void sdc_interp_liveness(struct sdc_model *m);
+sdc_status sdc_interp_decode_small(struct sdc_model *m, sdc_err *err);
 
 struct sdc_model {
     char *path;
@@ -259,6 +270,8 @@ struct sdc_model {
     sdc_arena arena;         /* names, descriptions, parameters: freed with the model */
     ipool *pool;
     bool exact_fp16_off;     /* options: do not round fp16 results */
+    sdc_progress_fn progress; /* options: ops done of the run, after each op */
+    void *progress_user;
 };
 
 /* ---------------------------------------------------------------- kernels' view of a run */
