@@ -18,6 +18,7 @@
 #include "sdcoreml.h"
 
 #include "options.h"
+#include "progress.h"
 
 int sdc_cli_run(int argc, char **argv);
 
@@ -147,7 +148,9 @@ int sdc_cli_run(int argc, char **argv) {
             goto done;
         }
     }
-    sdc_model_options opt = {.n_threads = threads};
+    sdc_cli_ui ui;
+    sdc_cli_ui_init(&ui, false);
+    sdc_model_options opt = {.n_threads = threads, .progress = sdc_cli_on_progress, .progress_user = &ui};
     if (sdc_model_load(pkg, &opt, &m, err, sizeof err)) {
         fprintf(stderr, "sdcoreml: error: %s\n", err);
         goto done;
@@ -201,6 +204,7 @@ int sdc_cli_run(int argc, char **argv) {
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (sdc_model_predict(m, inputs, n_in, &outputs, &n_out, err, sizeof err)) {
+        sdc_cli_end_progress(&ui);
         fprintf(stderr, "sdcoreml: error: %s\n", err);
         goto done;
     }
