@@ -317,6 +317,11 @@ sdc_status sdc_rt_ints(irun *r, const iop *op, const char *name, int64_t *out, i
 /* Allocates output k with the computed shape after checking it against the declared type;
    dtype is the declared one. NULL on error. */
 itensor *sdc_rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shape);
+/* Output k as sdc_rt_out makes it, but reusing input `name`'s buffer when this op is its last
+   reader and dtype and shape agree (the kernel must then be safe computing in place; the
+   input's tensor becomes the output, so a pointer the kernel holds stays valid). */
+itensor *sdc_rt_out_reuse(irun *r, const iop *op, int k, const char *name, int rank, const int64_t *shape);
+bool sdc_rt_may_take(irun *r, const iop *op, const char *name); /* this op reads `name` last */
 int sdc_rt_out_dtype(const irun *r, const iop *op, int k);
 ipool *sdc_rt_pool(irun *r);
 

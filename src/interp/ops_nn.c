@@ -541,7 +541,7 @@ sdc_status sdc_kernel_softmax(irun *r, const iop *op) {
     if (!x || sdc_rt_int(r, op, "axis", -1, &axis)) return r->err->code;
     if (!mt_is_float(x->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32");
     if (!norm_axis(&axis, x->rank)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range", (long long)axis);
-    itensor *o = sdc_rt_out(r, op, 0, x->rank, x->shape);
+    itensor *o = sdc_rt_out_reuse(r, op, 0, "x", x->rank, x->shape); /* both passes read a value before writing it */
     if (!o) return r->err->code;
     sm_ctx c = {x->f, o->f, x->shape[axis], 1, 0};
     for (int d = (int)axis + 1; d < x->rank; d++) c.inner *= x->shape[d];
