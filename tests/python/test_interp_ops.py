@@ -381,6 +381,12 @@ def nn_cases():
     cs.append(Case("softmax", [("x", (2, 3, 4, 5), "f")],
                    lambda v, c: [mb.softmax(x=v["x"], axis=1), mb.softmax(x=v["x"], axis=-1)],
                    lambda v, c: [np_softmax(v["x"].astype(np.float64), 1), np_softmax(v["x"].astype(np.float64), -1)]))
+    # a strided softmax wider than one column block (256), and results written in place: the
+    # second softmax and the add read their first input last
+    cs.append(Case("softmax_wide", [("x", (2, 9, 1, 600), "f")],
+                   lambda v, c: [mb.softmax(x=v["x"], axis=1), mb.add(x=mb.softmax(x=v["x"], axis=-1), y=v["x"])],
+                   lambda v, c: [np_softmax(v["x"].astype(np.float64), 1),
+                                 np_softmax(v["x"].astype(np.float64), -1) + v["x"]]))
     cs.append(Case("layer_norm", [("x", (2, 7, 6), "f")],
                    lambda v, c: [mb.layer_norm(x=v["x"], axes=[-1], gamma=c["g"], beta=c["b"], epsilon=np.float32(1e-5)),
                                  mb.layer_norm(x=v["x"], axes=[0, 2], epsilon=np.float32(1e-3))],
