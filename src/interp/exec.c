@@ -161,6 +161,19 @@ static void advise_consts(const sdc_model *m, const iop *op, int advice) {
 #define ADVICE_POPULATE MADV_WILLNEED
 #endif
 
+/* Frees every runtime value that `reader` (op i, or an op fused into it) reads last. */
+static void free_dead(irun *r, const iop *reader, int i) {
+    for (int p = 0; p < reader->n_params; p++) {
+        for (int k = 0; k < reader->params[p].n; k++) {
+            int sidx = reader->params[p].slots[k];
+            if (r->m->slots[sidx].last_use == i && r->vals[sidx]) {
+                sdc_it_free(r->vals[sidx]);
+                r->vals[sidx] = NULL;
+            }
+        }
+    }
+}
+
 static sdc_status run_op(irun *r, int i) {
     sdc_model *m = r->m;
     const iop *op = &m->ops[i];
@@ -182,20 +195,16 @@ static sdc_status run_op(irun *r, int i) {
             r->vals[o] = NULL;
         }
     }
-    for (int p = 0; p < op->n_params; p++) {
-        for (int k = 0; k < op->params[p].n; k++) {
-            int sidx = op->params[p].slots[k];
-            if (m->slots[sidx].last_use == i && r->vals[sidx]) {
-                sdc_it_free(r->vals[sidx]);
-                r->vals[sidx] = NULL;
-            }
-        }
+    free_dead(r, op, i);
+    if (op->fuse_first >= 0) { /* the ops it computes read their inputs here */
+        free_dead(r, &m->ops[op->fuse_first], i);
+        free_dead(r, &m->ops[op->fuse_softmax], i);
     }
     return SDC_OK;
 }
 
 /* const and constexpr ops are values, read when used */
-static bool is_computed(const iop *op) { return op->def && !op->def->value; }
+static bool is_computed(const iop *op) { return op->def && !op->def->value && op->fused_into < 0; }
 
 static sdc_status make_output(irun *r, int i, sdc_ndarray *o) {
     sdc_model *m = r->m;

@@ -235,6 +235,11 @@ struct iop {
     iparam *params;
     int n_out;
     int *outs;
+    /* fuse.c: >= 0 when this op is computed by op fused_into (which reads its inputs); an
+       op computing others names them (fuse_first, fuse_softmax) */
+    int fused_into;
+    int fuse_first, fuse_softmax;
+    bool fuse_split;
 };
 
 const iop_def *sdc_iop_find(const char *type); /* optable.c */
@@ -251,6 +256,9 @@ sdc_status sdc_interp_graph_load(const struct mil_graph *g, struct sdc_model *m,
 int sdc_interp_new_slot(struct sdc_model *m, const char *name);
 raw_fmt sdc_interp_raw_fmt(int dt, int *bits);
 void sdc_interp_liveness(struct sdc_model *m);
+/* Marks attention's product → softmax → product as one op computed block by block (fuse.c);
+   after small constants are decoded, before liveness. */
+void sdc_interp_fuse(struct sdc_model *m);
 sdc_status sdc_interp_decode_small(struct sdc_model *m, sdc_err *err);
 
 struct sdc_model {
@@ -399,5 +407,6 @@ sdc_status sdc_kernel_range_1d(irun *r, const iop *op);
 sdc_status sdc_kernel_upsample_nn(irun *r, const iop *op);
 sdc_status sdc_kernel_shape(irun *r, const iop *op);
 sdc_status sdc_kernel_sdpa(irun *r, const iop *op);
+sdc_status sdc_kernel_fused_attention(irun *r, const iop *op); /* fuse.c */
 
 #endif

@@ -616,14 +616,18 @@ static sdc_status build(loader *L, const PModel *pm) {
                 return sdc_fail(L->err, SDC_E_FORMAT, "%s: block output '%s' is listed twice", L->model_path, blk->outputs[i]);
         m->outputs[m->n_outputs++] = s;
     }
-    sdc_interp_liveness(m);
     return describe(L, pm);
 }
 
 void sdc_interp_liveness(sdc_model *m) {
-    for (int i = 0; i < m->n_ops; i++)
+    for (int i = 0; i < m->n_ops; i++) {
+        int reader = m->ops[i].fused_into >= 0 ? m->ops[i].fused_into : i; /* a fused op reads at its fuser */
         for (int p = 0; p < m->ops[i].n_params; p++)
-            for (int k = 0; k < m->ops[i].params[p].n; k++) m->slots[m->ops[i].params[p].slots[k]].last_use = i;
+            for (int k = 0; k < m->ops[i].params[p].n; k++) {
+                islot *sl = &m->slots[m->ops[i].params[p].slots[k]];
+                if (reader > sl->last_use) sl->last_use = reader;
+            }
+    }
     for (int i = 0; i < m->n_outputs; i++) m->slots[m->outputs[i]].last_use = INT32_MAX;
 }
 
@@ -669,6 +673,10 @@ sdc_status sdc_interp_model_load(const char *pkg, sdc_model *m, sdc_err *err) {
     L.names = &m->names;
     s = build(&L, m->pkg->model);
     if (!s) s = sdc_interp_decode_small(m, err);
+    if (!s) {
+        sdc_interp_fuse(m);
+        sdc_interp_liveness(m);
+    }
     return s;
 }
 

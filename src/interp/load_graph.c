@@ -164,7 +164,6 @@ static sdc_status build(gloader *L) {
         if (s < 0) return sdc_fail(L->err, SDC_E_INTERNAL, "%s: output '%s' is not computed", m->path, g->outputs[i]->name);
         m->outputs[m->n_outputs++] = s;
     }
-    sdc_interp_liveness(m);
     return describe(L);
 }
 
@@ -172,5 +171,9 @@ sdc_status sdc_interp_graph_load(const mil_graph *g, sdc_model *m, sdc_err *err)
     gloader L = {.m = m, .g = g, .err = err};
     sdc_status s = build(&L);
     if (!s) s = sdc_interp_decode_small(m, err);
+    if (!s) {
+        sdc_interp_fuse(m);
+        sdc_interp_liveness(m);
+    }
     return s;
 }
