@@ -71,7 +71,8 @@ static const sdc_cli_command RUN = {
         "Usage: sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy [--input ...] -o DIR [--json] [--threads N]\n\n"
         "Runs function main of an ML Program package on the CPU with sdcoreml's reference interpreter\n"
         "(fp32 accumulation; results rounded to each op's declared dtype, so fp16 programs give fp16\n"
-        "results) and writes DIR/<output name>.npy for every output.\n\n",
+        "results) and writes DIR/<output name>.npy for every output. On a terminal, a progress line\n"
+        "shows the ops done, the time spent and the time left.\n\n",
     .help_column = 22,
 };
 
