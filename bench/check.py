@@ -5,8 +5,8 @@ full-size random-weight SD 1.5 UNet (bench/unet.py makes it once), in one invoca
   - the machine's sgemm peak, measured with the BLAS sdcoreml links (cblas_sgemm of that very
     libopenblas through ctypes, 2048^3, best of 3) at the interpreter's thread count;
   - `sdcoreml --convert-unet --check-output-correctness` on an already converted package (so
-    only the check runs): wall time, peak RSS (wait4 on the child) and bytes it wrote
-    (ru_oublock; the package exists, so every byte is written outside it);
+    only the check runs): wall time, peak RSS and bytes it wrote (GNU time's %M and %O, file
+    system outputs; the package exists, so every byte is written outside it);
   - one interpreter UNet evaluation (`sdcoreml run --json`, its predict time) and one PyTorch
     CPU float32 forward of diffusers' UNet2DConditionModel on the same input, with
     torch.set_num_threads equal to the interpreter's thread count; the check's wall time is set
@@ -65,36 +65,19 @@ def sgemm_peak(lib_path, threads, n=2048, reps=3):
     return 2.0 * n ** 3 / best / 1e9
 
 
-def child(cmd, cwd=None):
-    """(wall s, peak RSS bytes, bytes written, stdout, stderr) of one child, from its own rusage."""
-    t = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:  # the child: stdout/stderr to files so nothing blocks
-        try:
-            if cwd:
-                os.chdir(cwd)
-            os.execv(str(cmd[0]), [str(c) for c in cmd])
-        finally:
-            os._exit(127)
-    _, status, ru = os.wait4(pid, 0)
-    wall = time.perf_counter() - t
-    return wall, ru.ru_maxrss * 1024, ru.ru_oublock * 512, os.waitstatus_to_exitcode(status)
-
-
 def run_child_io(cmd, log):
-    """child() with stdout and stderr sent to `log`."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    saved = os.dup(1), os.dup(2)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    try:
-        return child(cmd)
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(fd)
-        os.close(saved[0])
-        os.close(saved[1])
+    """(wall s, peak RSS bytes, bytes written, returncode) of one child, stdout and stderr to
+    `log`. Measured by /usr/bin/time -f (GNU time, wait4 on the child it starts): the child's
+    own rusage would not do here, since Linux counts the RSS of the process that forked it (this
+    one, holding torch and the model) in a child's peak until exec."""
+    stats = Path(str(log) + ".time")
+    with open(log, "wb") as f:
+        t = time.perf_counter()
+        rc = subprocess.run(["/usr/bin/time", "-f", "%M %O", "-o", str(stats), *[str(c) for c in cmd]],
+                            stdin=subprocess.DEVNULL, stdout=f, stderr=f).returncode
+        wall = time.perf_counter() - t
+    maxrss_kb, out_blocks = (int(x) for x in stats.read_text().split()[-2:])
+    return wall, maxrss_kb * 1024, out_blocks * 512, rc
 
 
 def gemm_flops(model, inputs):
