@@ -57,17 +57,43 @@ static void draw_download(sdc_cli_ui *u, const char *what, uint64_t done, uint64
             eta);
 }
 
+static void clock_text(char *out, size_t size, double secs) {
+    long s = (long)(secs + 0.5);
+    snprintf(out, size, "%ld:%02ld", s / 60, s % 60);
+}
+
+/* ops done of a prediction, elapsed time and time left (from the ops' average so far; the
+   clock starts at the run's first op) */
+static void draw_ops(sdc_cli_ui *u, const char *what, uint64_t done, uint64_t total, double t) {
+    double secs = t - u->started;
+    char spent[32], eta[32] = "--:--";
+    clock_text(spent, sizeof spent, secs);
+    if (done > 0 && total >= done && secs > 0.5) clock_text(eta, sizeof eta, secs / (double)done * (double)(total - done));
+    const char *name = what + strlen("run "), *slash = strrchr(name, '/');
+    if (slash && slash[1]) name = slash + 1;
+    size_t n = strlen(name);
+    fprintf(stderr, "\r\033[Ksdcoreml: %s%.50s: op %llu/%llu %3.0f%%, %s, ETA %s", n > 50 ? "..." : "",
+            n > 50 ? name + n - 50 : name, (unsigned long long)done, (unsigned long long)total,
+            total ? 100.0 * (double)done / (double)total : 100.0, spent, eta);
+}
+
 /* A progress line on terminals only, redrawn at most 10 times a second. */
 void sdc_cli_on_progress(void *user, const char *what, uint64_t done, uint64_t total) {
     sdc_cli_ui *u = user;
     if (u->quiet || !u->tty) return;
     double t = now();
-    bool download = !strncmp(what, "download ", 9);
+    bool download = !strncmp(what, "download ", 9), ops = !strncmp(what, "run ", 4);
     if (download && strcmp(u->what, what)) draw_download(u, what, done, total, t); /* start the new file's clock */
+    if (ops && (strncmp(u->what, what, sizeof u->what - 1) || done <= 1)) { /* start the run's clock */
+        snprintf(u->what, sizeof u->what, "%s", what);
+        u->started = t;
+    }
     if (done < total && t - u->last < 0.1) return;
     u->last = t;
     if (download)
         draw_download(u, what, done, total, t);
+    else if (ops)
+        draw_ops(u, what, done, total, t);
     else
         fprintf(stderr, "\r\033[Ksdcoreml: %s: writing weights %3.0f%% (%.1f / %.1f MB)", what,
                 total ? 100.0 * (double)done / (double)total : 100.0, (double)done / 1e6, (double)total / 1e6);

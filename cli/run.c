@@ -18,6 +18,7 @@
 #include "sdcoreml.h"
 
 #include "options.h"
+#include "progress.h"
 
 int sdc_cli_run(int argc, char **argv);
 
@@ -71,7 +72,8 @@ static const sdc_cli_command RUN = {
         "Runs function main of an ML Program package on the CPU with sdcoreml's reference interpreter\n"
         "(fp32 accumulation; results rounded to each op's declared dtype, so fp16 programs give fp16\n"
         "results) and writes DIR/<output name>.npy for every output. An output holding NaN or inf\n"
-        "values (a float16 overflow, say) gets a warning on stderr that names it and counts them.\n\n",
+        "values (a float16 overflow, say) gets a warning on stderr that names it and counts them.\n"
+        "On a terminal, a progress line shows the ops done, the time spent and the time left.\n\n",
     .help_column = 22,
 };
 
@@ -148,7 +150,9 @@ int sdc_cli_run(int argc, char **argv) {
             goto done;
         }
     }
-    sdc_model_options opt = {.n_threads = threads};
+    sdc_cli_ui ui;
+    sdc_cli_ui_init(&ui, false);
+    sdc_model_options opt = {.n_threads = threads, .progress = sdc_cli_on_progress, .progress_user = &ui};
     if (sdc_model_load(pkg, &opt, &m, err, sizeof err)) {
         fprintf(stderr, "sdcoreml: error: %s\n", err);
         goto done;
@@ -202,6 +206,7 @@ int sdc_cli_run(int argc, char **argv) {
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (sdc_model_predict(m, inputs, n_in, &outputs, &n_out, err, sizeof err)) {
+        sdc_cli_end_progress(&ui);
         fprintf(stderr, "sdcoreml: error: %s\n", err);
         goto done;
     }

@@ -246,6 +246,10 @@ typedef struct sdc_model_options {
     int n_threads;        /* worker threads; 0: one per online CPU */
     bool no_fp16_rounding; /* evaluate fp16 programs without rounding results to fp16 (a float32
                               evaluation of the same program; for diagnostics) */
+    /* Progress of each prediction, called after every op: what = "run <package path>", done
+       of total ops (total counts the ops that compute, not constants). NULL: none. */
+    sdc_progress_fn progress;
+    void *progress_user;
 } sdc_model_options;
 
 /* Opens and validates a package (NULL options: defaults). Free with sdc_model_free. */

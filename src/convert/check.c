@@ -1,15 +1,17 @@
 /*
  * check.c — --check-output-correctness on any machine: the converted package and a float32
- * reference package of the same weights (built without the ANE rewrite: ORIGINAL attention,
+ * reference graph of the same weights (built without the ANE rewrite: ORIGINAL attention,
  * FLOAT32 compute) both run in sdcoreml's interpreter on the same seeded inputs, and every
  * output is compared by the anchor's PSNR (reference a, candidate b):
  *     20·log10((max|b| + 1e-5) / (rmse(a, b) + 1e-10)),  failing below 35 dB.
- * chunk.c checks UNet chunks with the same inputs and the same comparison.
+ * The reference is never written: the interpreter evaluates the in-memory graph, reading its
+ * weights from the mapped source files op by op (interp/from_graph.h). One model is in memory
+ * at a time. chunk.c checks UNet chunks with the same inputs and the same comparison.
  */
 #include <math.h>
-#include <unistd.h>
 
 #include "convert/convert.h"
+#include "interp/from_graph.h"
 
 double sdc_psnr(const float *ref, const float *cand, size_t n) {
     double max_b = 0, se = 0;
@@ -111,15 +113,32 @@ const sdc_ndarray *sdc_check_find_output(const sdc_ndarray *outs, int n, const c
     return NULL;
 }
 
-/* Runs both packages and compares each output of the candidate with the reference's. */
-static sdc_status compare(const sdc_conv_ctx *c, const char *cand_path, const char *ref_path, const char *what,
+/* The inputs' names, borrowed from the package's model, borrowed from the reference's instead
+   (the package is freed before the reference runs). */
+static sdc_status rebind_inputs(const sdc_conv_ctx *c, sdc_ndarray *in, int n_in, const sdc_model *ref,
+                                const char *what) {
+    for (int i = 0; i < n_in; i++) {
+        const char *name = NULL;
+        for (int k = 0; k < sdc_model_n_inputs(ref) && !name; k++)
+            if (!strcmp(sdc_model_input(ref, k)->name, in[i].name)) name = sdc_model_input(ref, k)->name;
+        if (!name)
+            return sdc_fail(c->err, SDC_E_INTERNAL, "--check-output-correctness: %s: the float32 reference has no "
+                            "input '%s'", what, in[i].name);
+        in[i].name = name;
+    }
+    return SDC_OK;
+}
+
+/* Runs the package, then the float32 reference graph (one model in memory at a time), and
+   compares each output of the package with the reference's. */
+static sdc_status compare(const sdc_conv_ctx *c, const char *cand_path, const mil_graph *reference, const char *what,
                           const sdc_conv_check_hint *hint) {
-    char msg[1024];
+    char msg[1024], label[600];
     sdc_model *cand = NULL, *ref = NULL;
     sdc_ndarray *in = NULL, *co = NULL, *ro = NULL;
     int n_in = 0, n_co = 0, n_ro = 0;
-    sdc_status s = sdc_model_load(cand_path, NULL, &cand, msg, sizeof msg);
-    if (!s) s = sdc_model_load(ref_path, NULL, &ref, msg, sizeof msg);
+    sdc_model_options opt = {.progress = c->job->progress, .progress_user = c->job->user};
+    sdc_status s = sdc_model_load(cand_path, &opt, &cand, msg, sizeof msg);
     if (s) {
         sdc_fail(c->err, s, "--check-output-correctness: %s", msg);
         goto done;
@@ -131,9 +150,21 @@ static sdc_status compare(const sdc_conv_ctx *c, const char *cand_path, const ch
         goto done;
     }
     sdc_conv_log(c, SDC_LOG_INFO, "checking %s: running the package and a float32 reference", what);
-    if ((s = sdc_model_predict(cand, in, n_in, &co, &n_co, msg, sizeof msg)) ||
-        (s = sdc_model_predict(ref, in, n_in, &ro, &n_ro, msg, sizeof msg))) {
+    s = sdc_model_predict(cand, in, n_in, &co, &n_co, msg, sizeof msg);
+    if (s) {
         sdc_fail(c->err, s, "--check-output-correctness: %s: %s", what, msg);
+        goto done;
+    }
+    snprintf(label, sizeof label, "the float32 reference of %s", what);
+    if ((s = sdc_model_from_graph(reference, label, &opt, &ref, c->err))) {
+        sdc_err_prefix(c->err, "--check-output-correctness: ");
+        goto done;
+    }
+    if ((s = rebind_inputs(c, in, n_in, ref, what))) goto done;
+    sdc_model_free(cand);
+    cand = NULL;
+    if ((s = sdc_model_predict(ref, in, n_in, &ro, &n_ro, msg, sizeof msg))) {
+        sdc_fail(c->err, s, "--check-output-correctness: %s", msg);
         goto done;
     }
     for (int i = 0; i < n_co && !s; i++) {
@@ -157,22 +188,6 @@ done:
 
 sdc_status sdc_check_package(const sdc_conv_ctx *c, const char *package, const mil_graph *reference,
                              const char *what, const sdc_conv_check_hint *hint) {
-    char ref_path[4200];
-    const char *dir = c->job->output_dir ? c->job->output_dir : ".";
-    if (!sdc_fmt(ref_path, sizeof ref_path, "%s/.sdcoreml-reference-%ld-%s.mlpackage", dir, (long)getpid(), what))
-        return sdc_fail(c->err, SDC_E_ARG, "-o: path too long");
-    sdc_remove_package_tree(ref_path);
-    /* The reference is written like any package, then run and removed. */
-    sdc_package_info info = {.spec_version = reference->opset + 1};
-    sdc_write_hooks hooks = {c->job->progress, c->job->user, "reference"};
-    sdc_status s = sdc_write_package(reference, &info, ref_path, &hooks, c->err);
-    if (s) sdc_err_prefix(c->err, "--check-output-correctness: writing the float32 reference: ");
     const char *slash = strrchr(package, '/');
-    if (!s) {
-        sdc_track_partial_output(ref_path); /* an interrupted check leaves no reference behind */
-        s = compare(c, package, ref_path, slash ? slash + 1 : package, hint);
-    }
-    sdc_remove_package_tree(ref_path);
-    sdc_track_partial_output(NULL);
-    return s;
+    return compare(c, package, reference, slash ? slash + 1 : package, hint);
 }

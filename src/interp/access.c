@@ -217,3 +217,37 @@ itensor *sdc_rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shap
     return t;
 }
 
+
+/* Whether the op may overwrite slot s's value: a runtime value (not a constant, not borrowed)
+   that this op reads last, through one binding only. */
+static bool can_take(const irun *r, const iop *op, int s) {
+    const sdc_model *m = r->m;
+    int index = (int)(op - m->ops), uses = 0;
+    const itensor *t = r->vals ? r->vals[s] : NULL;
+    if (!t || t->borrowed || m->slots[s].kind == SL_CONST || m->slots[s].last_use != index) return false;
+    for (int p = 0; p < op->n_params; p++)
+        for (int k = 0; k < op->params[p].n; k++) uses += op->params[p].slots[k] == s;
+    return uses == 1;
+}
+
+bool sdc_rt_may_take(irun *r, const iop *op, const char *name) {
+    const iparam *p = sdc_rt_param(op, name);
+    return p && p->n == 1 && can_take(r, op, p->slots[0]);
+}
+
+itensor *sdc_rt_out_reuse(irun *r, const iop *op, int k, const char *name, int rank, const int64_t *shape) {
+    const iparam *p = sdc_rt_param(op, name);
+    if (k < op->n_out && sdc_rt_may_take(r, op, name)) {
+        itensor *t = r->vals[p->slots[0]];
+        const islot *sl = &r->m->slots[op->outs[k]];
+        bool same = t->dtype == sl->dtype && t->rank == rank && sl->rank == rank;
+        for (int i = 0; same && i < rank; i++)
+            same = t->shape[i] == shape[i] && (sl->shape[i] < 0 || sl->shape[i] == shape[i]);
+        if (same && !r->vals[op->outs[k]]) {
+            r->vals[p->slots[0]] = NULL;
+            r->vals[op->outs[k]] = t;
+            return t;
+        }
+    }
+    return sdc_rt_out(r, op, k, rank, shape);
+}

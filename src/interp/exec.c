@@ -7,41 +7,66 @@
  * decoded from their stored form into temporaries; after it, the temporaries are freed, its
  * fp16 outputs are rounded to fp16, and every runtime value whose last reader it was is freed.
  */
+#include <sys/mman.h>
 #include <unistd.h>
 
+#include "interp/from_graph.h"
 #include "interp/interp.h"
 #include "io/fp16.h"
 #include "io/npy.h"
 
 /* ---------------------------------------------------------------- public API */
 
+/* What every model gets once its program is loaded: its worker threads. */
+static sdc_status start_model(sdc_model *m, const sdc_model_options *opt, sdc_err *err) {
+    int n = opt->n_threads > 0 ? opt->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    sdc_igemm_set_threads(1); /* the pool's threads split every product (gemm.c) */
+    m->pool = sdc_ipool_new(n);
+    return m->pool ? SDC_OK : sdc_fail(err, SDC_E_NOMEM, "out of memory");
+}
+
+/* A model named `path` loaded by `load` (a package, or a graph), started; NULL on failure. */
+static sdc_model *new_model(const char *path, const sdc_model_options *options,
+                            sdc_status (*load)(const void *what, sdc_model *m, sdc_err *err), const void *what,
+                            sdc_err *err) {
+    sdc_model_options opt = {0};
+    if (options) opt = *options;
+    sdc_model *m = sdc_calloc(1, sizeof *m);
+    sdc_status s = SDC_OK;
+    if (!m || !(m->path = sdc_strdup(path))) s = sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    if (!s) {
+        m->exact_fp16_off = opt.no_fp16_rounding;
+        m->progress = opt.progress;
+        m->progress_user = opt.progress_user;
+        s = load(what, m, err);
+    }
+    if (!s) s = start_model(m, &opt, err);
+    if (s) {
+        sdc_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static sdc_status load_package(const void *path, sdc_model *m, sdc_err *err) {
+    return sdc_interp_model_load(path, m, err);
+}
+
 sdc_status sdc_model_load(const char *package_path, const sdc_model_options *options, sdc_model **out, char *errbuf,
                           size_t err_size) {
     sdc_err err = {0};
-    sdc_model_options opt = {0};
-    if (options) opt = *options;
-    *out = NULL;
-    sdc_model *m = sdc_calloc(1, sizeof *m);
-    sdc_status s = SDC_OK;
-    if (!m || !(m->path = sdc_strdup(package_path))) s = sdc_fail(&err, SDC_E_NOMEM, "out of memory");
-    if (!s) {
-        m->exact_fp16_off = opt.no_fp16_rounding;
-        s = sdc_interp_model_load(package_path, m, &err);
-    }
-    if (!s) {
-        int n = opt.n_threads > 0 ? opt.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-        if (n < 1) n = 1;
-        sdc_igemm_set_threads(1); /* the pool's threads split every product (gemm.c) */
-        m->pool = sdc_ipool_new(n);
-        if (!m->pool) s = sdc_fail(&err, SDC_E_NOMEM, "out of memory");
-    }
-    if (s) {
-        sdc_model_free(m);
-    } else {
-        *out = m;
-    }
-    if (errbuf && err_size) snprintf(errbuf, err_size, "%s", s ? err.msg : "");
-    return s;
+    *out = new_model(package_path, options, load_package, package_path, &err);
+    if (errbuf && err_size) snprintf(errbuf, err_size, "%s", err.code ? err.msg : "");
+    return err.code;
+}
+
+static sdc_status load_graph(const void *g, sdc_model *m, sdc_err *err) { return sdc_interp_graph_load(g, m, err); }
+
+sdc_status sdc_model_from_graph(const mil_graph *g, const char *label, const sdc_model_options *options,
+                                sdc_model **out, sdc_err *err) {
+    *out = new_model(label, options, load_graph, g, err);
+    return *out ? SDC_OK : err->code;
 }
 
 void sdc_model_free(sdc_model *m) {
@@ -101,12 +126,62 @@ static void free_temps(irun *r) {
     r->n_temps = 0;
 }
 
+/* Constants this large have their pages dropped after each op that reads them: a model's
+   weights are read once per run, so keeping them resident would only grow the run's memory
+   to the whole weight file. */
+#define RELEASE_MIN_BYTES ((size_t)64 << 10)
+
+/* madvise(advice) over the whole pages inside a large mapped source (a neighbour's pages at
+   either end may be in use by this op). */
+static void advise_source(const csrc *c, int advice) {
+    size_t bytes = c->bits >= 8 ? c->n * (size_t)(c->bits / 8) : (c->n * (size_t)c->bits + 7) / 8;
+    if (!c->mapped || bytes < RELEASE_MIN_BYTES) return;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t begin = ((uintptr_t)c->ptr + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t end = ((uintptr_t)c->ptr + bytes) & ~(uintptr_t)(page - 1);
+    if (end > begin) madvise((void *)begin, end - begin, advice);
+}
+
+/* The same advice for every large mapped constant op reads, through constexpr chains. */
+static void advise_consts(const sdc_model *m, const iop *op, int advice) {
+    for (int p = 0; p < op->n_params; p++)
+        for (int k = 0; k < op->params[p].n; k++) {
+            const islot *sl = &m->slots[op->params[p].slots[k]];
+            if (sl->kind != SL_CONST || sl->val) continue;
+            if (sl->src.kind == CS_RAW) advise_source(&sl->src, advice);
+            else if (sl->src.kind == CS_CONSTEXPR) advise_consts(m, &m->ops[sl->src.op], advice); /* depth bounded at load */
+        }
+}
+
+/* Before an op, its weights are mapped in with one call (faulting them in page by page costs
+   more); after it, their pages are dropped. Both are hints: failure changes nothing. */
+#ifdef MADV_POPULATE_READ
+#define ADVICE_POPULATE MADV_POPULATE_READ
+#else
+#define ADVICE_POPULATE MADV_WILLNEED
+#endif
+
+/* Frees every runtime value that `reader` (op i, or an op fused into it) reads last. */
+static void free_dead(irun *r, const iop *reader, int i) {
+    for (int p = 0; p < reader->n_params; p++) {
+        for (int k = 0; k < reader->params[p].n; k++) {
+            int sidx = reader->params[p].slots[k];
+            if (r->m->slots[sidx].last_use == i && r->vals[sidx]) {
+                sdc_it_free(r->vals[sidx]);
+                r->vals[sidx] = NULL;
+            }
+        }
+    }
+}
+
 static sdc_status run_op(irun *r, int i) {
     sdc_model *m = r->m;
     const iop *op = &m->ops[i];
     r->op = op;
+    advise_consts(m, op, ADVICE_POPULATE);
     sdc_status s = op->def->fn(r, op);
     free_temps(r);
+    advise_consts(m, op, MADV_DONTNEED);
     if (s) return s;
     for (int k = 0; k < op->n_out; k++) {
         int o = op->outs[k];
@@ -120,17 +195,16 @@ static sdc_status run_op(irun *r, int i) {
             r->vals[o] = NULL;
         }
     }
-    for (int p = 0; p < op->n_params; p++) {
-        for (int k = 0; k < op->params[p].n; k++) {
-            int sidx = op->params[p].slots[k];
-            if (m->slots[sidx].last_use == i && r->vals[sidx]) {
-                sdc_it_free(r->vals[sidx]);
-                r->vals[sidx] = NULL;
-            }
-        }
+    free_dead(r, op, i);
+    if (op->fuse_first >= 0) { /* the ops it computes read their inputs here */
+        free_dead(r, &m->ops[op->fuse_first], i);
+        free_dead(r, &m->ops[op->fuse_softmax], i);
     }
     return SDC_OK;
 }
+
+/* const and constexpr ops are values, read when used */
+static bool is_computed(const iop *op) { return op->def && !op->def->value && op->fused_into < 0; }
 
 static sdc_status make_output(irun *r, int i, sdc_ndarray *o) {
     sdc_model *m = r->m;
@@ -194,9 +268,14 @@ sdc_status sdc_model_predict(sdc_model *m, const sdc_ndarray *inputs, int n_inpu
                          sdc_nd_dtype_name(m->in_desc[i].dtype), shape_str(m->in_desc[i].rank, m->in_desc[i].shape, want, sizeof want));
         }
     }
+    uint64_t total = 0, done = 0;
+    for (int i = 0; i < m->n_ops; i++) total += is_computed(&m->ops[i]);
+    char what[4200];
+    snprintf(what, sizeof what, "run %s", m->path);
     for (int i = 0; !s && i < m->n_ops; i++) {
-        if (!m->ops[i].def || m->ops[i].def->value) continue; /* const and constexpr: values */
+        if (!is_computed(&m->ops[i])) continue;
         s = run_op(&r, i);
+        if (m->progress && !s) m->progress(m->progress_user, what, ++done, total);
     }
     if (!s) {
         outs = sdc_calloc((size_t)m->n_outputs + 1, sizeof *outs);

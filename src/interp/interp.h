@@ -185,6 +185,8 @@ typedef struct csrc {
     size_t n;           /* CS_RAW: stored elements */
     int op;             /* CS_CONSTEXPR: index of the constexpr op */
     int depth;          /* CS_CONSTEXPR: constexpr ops in the chain ending here (bounded at load) */
+    bool mapped;        /* CS_RAW: ptr lies in a read-only file mapping (weight.bin, safetensors),
+                           whose pages a run drops after the op that read them */
 } csrc;
 
 /* Decodes stored elements [first, first+count) of a CS_RAW source as float / int32. */
@@ -233,6 +235,11 @@ struct iop {
     iparam *params;
     int n_out;
     int *outs;
+    /* fuse.c: >= 0 when this op is computed by op fused_into (which reads its inputs); an
+       op computing others names them (fuse_first, fuse_softmax) */
+    int fused_into;
+    int fuse_first, fuse_softmax;
+    bool fuse_split;
 };
 
 const iop_def *sdc_iop_find(const char *type); /* optable.c */
@@ -241,6 +248,18 @@ const iop_def *sdc_iop_find(const char *type); /* optable.c */
    a failed one. */
 sdc_status sdc_interp_model_load(const char *pkg, struct sdc_model *m, sdc_err *err);
 void sdc_interp_model_release(struct sdc_model *m);
+/* What both loaders (load.c: a package; graph.c: an in-memory MIL graph) share: a new slot
+   named `name` (-1: out of memory), how a stored dtype is decoded, the last reader of every
+   slot, and the small constants decoded once. */
+struct mil_graph;
+sdc_status sdc_interp_graph_load(const struct mil_graph *g, struct sdc_model *m, sdc_err *err); /* load_graph.c */
+int sdc_interp_new_slot(struct sdc_model *m, const char *name);
+raw_fmt sdc_interp_raw_fmt(int dt, int *bits);
+void sdc_interp_liveness(struct sdc_model *m);
+/* Marks attention's product → softmax → product as one op computed block by block (fuse.c);
+   after small constants are decoded, before liveness. */
+void sdc_interp_fuse(struct sdc_model *m);
+sdc_status sdc_interp_decode_small(struct sdc_model *m, sdc_err *err);
 
 struct sdc_model {
     char *path;
@@ -259,6 +278,8 @@ struct sdc_model {
     sdc_arena arena;         /* names, descriptions, parameters: freed with the model */
     ipool *pool;
     bool exact_fp16_off;     /* options: do not round fp16 results */
+    sdc_progress_fn progress; /* options: ops done of the run, after each op */
+    void *progress_user;
 };
 
 /* ---------------------------------------------------------------- kernels' view of a run */
@@ -304,6 +325,11 @@ sdc_status sdc_rt_ints(irun *r, const iop *op, const char *name, int64_t *out, i
 /* Allocates output k with the computed shape after checking it against the declared type;
    dtype is the declared one. NULL on error. */
 itensor *sdc_rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shape);
+/* Output k as sdc_rt_out makes it, but reusing input `name`'s buffer when this op is its last
+   reader and dtype and shape agree (the kernel must then be safe computing in place; the
+   input's tensor becomes the output, so a pointer the kernel holds stays valid). */
+itensor *sdc_rt_out_reuse(irun *r, const iop *op, int k, const char *name, int rank, const int64_t *shape);
+bool sdc_rt_may_take(irun *r, const iop *op, const char *name); /* this op reads `name` last */
 int sdc_rt_out_dtype(const irun *r, const iop *op, int k);
 ipool *sdc_rt_pool(irun *r);
 
@@ -381,5 +407,6 @@ sdc_status sdc_kernel_range_1d(irun *r, const iop *op);
 sdc_status sdc_kernel_upsample_nn(irun *r, const iop *op);
 sdc_status sdc_kernel_shape(irun *r, const iop *op);
 sdc_status sdc_kernel_sdpa(irun *r, const iop *op);
+sdc_status sdc_kernel_fused_attention(irun *r, const iop *op); /* fuse.c */
 
 #endif

@@ -38,8 +38,7 @@ typedef struct loader {
     int anon; /* counter for inline values */
 } loader;
 
-static int new_slot(loader *L, const char *name) {
-    sdc_model *m = L->m;
+int sdc_interp_new_slot(sdc_model *m, const char *name) {
     if (m->n_slots == m->cap_slots) {
         int cap = m->cap_slots ? m->cap_slots * 2 : 256;
         islot *s = sdc_realloc(m->slots, sizeof *s * (size_t)cap);
@@ -54,6 +53,8 @@ static int new_slot(loader *L, const char *name) {
     s->last_use = -1;
     return m->n_slots++;
 }
+
+static int new_slot(loader *L, const char *name) { return sdc_interp_new_slot(L->m, name); }
 
 /* Binds a fresh name to a new slot (SSA: rebinding is an error). */
 static int bind_name(loader *L, const char *name, const char *what) {
@@ -130,9 +131,9 @@ static sdc_status open_blob_file(loader *L, const char *name, struct ifile **out
     if (!files) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
     m->files = files;
     struct ifile *f = &m->files[m->n_files];
-    /* every weight is read by a prediction anyway: populating the mapping up front costs far
-       less than faulting it in page by page during the first run */
-    if ((st = sdc_blob_file_open(path, true, &f->blob, L->err))) return st;
+    /* not populated: a run maps each op's weights in before the op and drops them after it
+       (exec.c), so memory holds one op's weights, not the file */
+    if ((st = sdc_blob_file_open(path, false, &f->blob, L->err))) return st;
     f->name = sdc_arena_strdup(&m->arena, name);
     if (!f->name) {
         sdc_blob_file_close(&f->blob);
@@ -150,8 +151,7 @@ static uint32_t blob_code(int dt) {
     return d ? d->blob : 0;
 }
 
-/* How a stored element of dtype dt is decoded, from its encoding and width. */
-static raw_fmt fmt_of(int dt, int *bits) {
+raw_fmt sdc_interp_raw_fmt(int dt, int *bits) {
     const sdc_dtype_info *d = sdc_dtype_info_of(dt);
     *bits = d ? d->bits : 0;
     if (!d) return RAW_BITS;
@@ -204,9 +204,10 @@ static sdc_status blob_source(loader *L, const Sdc__Coreml__Value__BlobFileValue
                         shape_str(s->rank, s->shape, (char[160]){0}, 160), mt_name(s->dtype), (unsigned long long)need,
                         f->blob.map.size);
     s->src.kind = CS_RAW;
-    s->src.fmt = fmt_of(s->dtype, &s->src.bits);
+    s->src.fmt = sdc_interp_raw_fmt(s->dtype, &s->src.bits);
     s->src.ptr = f->blob.map.data + rec.data;
     s->src.n = n;
+    s->src.mapped = true;
     return SDC_OK;
 }
 
@@ -272,7 +273,7 @@ static sdc_status immediate_source(loader *L, const Sdc__Coreml__Value__Immediat
         return SDC_OK;
     case SDC__COREML__TENSOR_VALUE__VALUE_BYTES: {
         int bits;
-        c->fmt = fmt_of(dt, &bits);
+        c->fmt = sdc_interp_raw_fmt(dt, &bits);
         c->bits = bits;
         ok_type = bits > 0 && dt != MT_FP64 && dt != MT_INT64 && dt != MT_UINT64;
         if (dt == MT_BOOL) c->fmt = RAW_U8;
@@ -615,18 +616,23 @@ static sdc_status build(loader *L, const PModel *pm) {
                 return sdc_fail(L->err, SDC_E_FORMAT, "%s: block output '%s' is listed twice", L->model_path, blk->outputs[i]);
         m->outputs[m->n_outputs++] = s;
     }
-    /* liveness: the last op reading each value */
-    for (int i = 0; i < m->n_ops; i++)
-        for (int p = 0; p < m->ops[i].n_params; p++)
-            for (int k = 0; k < m->ops[i].params[p].n; k++) m->slots[m->ops[i].params[p].slots[k]].last_use = i;
-    for (int i = 0; i < m->n_outputs; i++) m->slots[m->outputs[i]].last_use = INT32_MAX;
     return describe(L, pm);
 }
 
-/* Decodes small constants once (constexpr values included). */
-static sdc_status decode_small(loader *L) {
-    sdc_model *m = L->m;
-    irun r = {.m = m, .err = L->err};
+void sdc_interp_liveness(sdc_model *m) {
+    for (int i = 0; i < m->n_ops; i++) {
+        int reader = m->ops[i].fused_into >= 0 ? m->ops[i].fused_into : i; /* a fused op reads at its fuser */
+        for (int p = 0; p < m->ops[i].n_params; p++)
+            for (int k = 0; k < m->ops[i].params[p].n; k++) {
+                islot *sl = &m->slots[m->ops[i].params[p].slots[k]];
+                if (reader > sl->last_use) sl->last_use = reader;
+            }
+    }
+    for (int i = 0; i < m->n_outputs; i++) m->slots[m->outputs[i]].last_use = INT32_MAX;
+}
+
+sdc_status sdc_interp_decode_small(sdc_model *m, sdc_err *err) {
+    irun r = {.m = m, .err = err};
     for (int s = 0; s < m->n_slots; s++) {
         islot *sl = &m->slots[s];
         if (sl->kind != SL_CONST || sl->val || sl->src.kind == CS_NONE) continue;
@@ -635,7 +641,7 @@ static sdc_status decode_small(loader *L) {
         itensor *t = NULL;
         if (sl->src.kind == CS_RAW) {
             t = sdc_it_new(sl->dtype, sl->rank, sl->shape);
-            if (!t) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
+            if (!t) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
             if (mt_is_float(sl->dtype)) {
                 sdc_csrc_read_f(&sl->src, 0, n, t->f);
                 if (sl->dtype == MT_FP16) sdc_round_f16(NULL, t->f, n);
@@ -666,7 +672,11 @@ sdc_status sdc_interp_model_load(const char *pkg, sdc_model *m, sdc_err *err) {
     loader L = {.m = m, .err = err, .pkg = m->pkg, .model_path = m->pkg->model_path};
     L.names = &m->names;
     s = build(&L, m->pkg->model);
-    if (!s) s = decode_small(&L);
+    if (!s) s = sdc_interp_decode_small(m, err);
+    if (!s) {
+        sdc_interp_fuse(m);
+        sdc_interp_liveness(m);
+    }
     return s;
 }
 

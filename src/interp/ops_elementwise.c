@@ -256,7 +256,8 @@ sdc_status sdc_kernel_binary(irun *r, const iop *op) {
     if (!bcast_shape(2, ts, &rank, shape))
         return sdc_rt_fail(r, op, SDC_E_FORMAT, "shapes %s and %s do not broadcast", shape_str(x->rank, x->shape, a, sizeof a),
                        shape_str(y->rank, y->shape, b, sizeof b));
-    itensor *o = sdc_rt_out(r, op, 0, rank, shape);
+    /* every loop reads an element before it writes the same element: in place is safe */
+    itensor *o = sdc_rt_out_reuse(r, op, 0, sdc_rt_may_take(r, op, "x") ? "x" : "y", rank, shape);
     if (!o) return r->err->code;
     bin_ctx c = {.code = op->def->code, .x = x, .y = y, .o = o};
     bool cmp = c.code >= B_EQUAL;
@@ -375,7 +376,7 @@ sdc_status sdc_kernel_unary(irun *r, const iop *op) {
     if (c.code == U_INVERSE || c.code == U_LOG || c.code == U_RSQRT) {
         if (sdc_rt_float(r, op, "epsilon", dflt, &c.eps)) return r->err->code;
     }
-    c.o = sdc_rt_out(r, op, 0, x->rank, x->shape);
+    c.o = sdc_rt_out_reuse(r, op, 0, "x", x->rank, x->shape); /* element by element: in place is safe */
     if (!c.o) return r->err->code;
     sdc_ipool_for(sdc_rt_pool(r), x->n, 16384, un_rows, &c);
     return SDC_OK;
@@ -414,7 +415,7 @@ sdc_status sdc_kernel_gelu(irun *r, const iop *op) {
     else if (!strcmp(mode, "SIGMOID_APPROXIMATION")) c.code = 2;
     else return sdc_rt_fail(r, op, SDC_E_FORMAT, "unknown mode '%s'", mode);
     if (!mt_is_float(x->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32, not %s", mt_name(x->dtype));
-    c.o = sdc_rt_out(r, op, 0, x->rank, x->shape);
+    c.o = sdc_rt_out_reuse(r, op, 0, "x", x->rank, x->shape); /* element by element: in place is safe */
     if (!c.o || !mt_is_float(c.o->dtype)) return c.o ? sdc_rt_fail(r, op, SDC_E_FORMAT, "output must be float") : r->err->code;
     sdc_ipool_for(sdc_rt_pool(r), x->n, 16384, gelu_rows, &c);
     return SDC_OK;

@@ -470,7 +470,7 @@ typedef struct sm_ctx {
     int64_t L, inner, chunks; /* chunks: blocks of SM_W lines along inner, per outer index */
 } sm_ctx;
 
-enum { SM_W = 16 };
+enum { SM_W = 256 };
 
 /* Softmax along a contiguous axis: one line at a time. */
 SDC_VECTORISE static void softmax_lines(void *vctx, size_t b, size_t e) {
@@ -490,47 +490,37 @@ SDC_VECTORISE static void softmax_lines(void *vctx, size_t b, size_t e) {
     }
 }
 
-/* Softmax along a strided axis: SM_W neighbouring lines at a time (one cache line per row),
-   walking the axis row by row; the block (L × SM_W floats) stays in cache across passes.
-   A last partial block goes through zero-padded copies. */
+/* Softmax along a strided axis: SM_W neighbouring lines at a time, walking the axis row by row
+   in three passes (max, exp and sum, scale); each pass reads SM_W contiguous floats of a row
+   (a kilobyte: whole cache lines, one page), so the attention weights' softmax over keys of
+   SPLIT_EINSUM streams through memory instead of touching one page per element. Every line
+   gets the same arithmetic in the same order as one at a time would. */
 SDC_VECTORISE static void softmax_blocks(void *vctx, size_t b, size_t e) {
     sm_ctx *c = vctx;
-    float mx[SM_W], sum[SM_W], pad[SM_W];
+    float mx[SM_W], sum[SM_W];
     for (size_t blk = b; blk < e; blk++) {
         size_t outer = blk / (size_t)c->chunks;
         int64_t i0 = (int64_t)(blk % (size_t)c->chunks) * SM_W;
         int64_t n = c->inner - i0 < SM_W ? c->inner - i0 : SM_W;
         const float *x = c->x + outer * (size_t)(c->L * c->inner) + i0;
         float *o = c->o + outer * (size_t)(c->L * c->inner) + i0;
-        for (int j = 0; j < SM_W; j++) mx[j] = -INFINITY, sum[j] = 0;
+        for (int64_t j = 0; j < n; j++) mx[j] = -INFINITY, sum[j] = 0;
         for (int64_t l = 0; l < c->L; l++) {
             const float *row = x + l * c->inner;
-            if (n < SM_W) {
-                for (int j = 0; j < SM_W; j++) pad[j] = j < n ? row[j] : -INFINITY;
-                row = pad;
-            }
-            for (int j = 0; j < SM_W; j++) mx[j] = row[j] > mx[j] ? row[j] : mx[j];
+            for (int64_t j = 0; j < n; j++) mx[j] = row[j] > mx[j] ? row[j] : mx[j];
         }
-        for (int j = 0; j < SM_W; j++) mx[j] = mx[j] == -INFINITY ? 0.0f : mx[j];
-        for (int64_t l = 0; l < c->L; l++) {
+        for (int64_t j = 0; j < n; j++) mx[j] = mx[j] == -INFINITY ? 0.0f : mx[j];
+        for (int64_t l = 0; l < c->L; l++) { /* in[j] is read before out[j] is written: x == o is fine */
             const float *in = x + l * c->inner;
-            float t[SM_W];
-            if (n < SM_W) {
-                for (int j = 0; j < SM_W; j++) pad[j] = j < n ? in[j] : 0.0f;
-                in = pad;
-            }
-            for (int j = 0; j < SM_W; j++) t[j] = in[j] - mx[j];
-            sdc_vec_exp(t, t, SM_W);
-            for (int j = 0; j < SM_W; j++) sum[j] += t[j];
-            memcpy(o + l * c->inner, t, sizeof(float) * (size_t)n);
+            float *out = o + l * c->inner;
+            for (int64_t j = 0; j < n; j++) out[j] = in[j] - mx[j];
+            sdc_vec_exp(out, out, (size_t)n);
+            for (int64_t j = 0; j < n; j++) sum[j] += out[j];
         }
-        for (int j = 0; j < SM_W; j++) sum[j] = 1.0f / sum[j];
+        for (int64_t j = 0; j < n; j++) sum[j] = 1.0f / sum[j];
         for (int64_t l = 0; l < c->L; l++) {
             float *row = o + l * c->inner;
-            if (n == SM_W)
-                for (int j = 0; j < SM_W; j++) row[j] *= sum[j];
-            else
-                for (int64_t j = 0; j < n; j++) row[j] *= sum[j];
+            for (int64_t j = 0; j < n; j++) row[j] *= sum[j];
         }
     }
 }
@@ -541,7 +531,7 @@ sdc_status sdc_kernel_softmax(irun *r, const iop *op) {
     if (!x || sdc_rt_int(r, op, "axis", -1, &axis)) return r->err->code;
     if (!mt_is_float(x->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32");
     if (!norm_axis(&axis, x->rank)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "axis %lld is out of range", (long long)axis);
-    itensor *o = sdc_rt_out(r, op, 0, x->rank, x->shape);
+    itensor *o = sdc_rt_out_reuse(r, op, 0, "x", x->rank, x->shape); /* both passes read a value before writing it */
     if (!o) return r->err->code;
     sm_ctx c = {x->f, o->f, x->shape[axis], 1, 0};
     for (int d = (int)axis + 1; d < x->rank; d++) c.inner *= x->shape[d];
@@ -551,7 +541,7 @@ sdc_status sdc_kernel_softmax(irun *r, const iop *op) {
         sdc_ipool_for(sdc_rt_pool(r), outer, (size_t)(4096 / c.L) + 1, softmax_lines, &c);
     } else {
         c.chunks = (c.inner + SM_W - 1) / SM_W;
-        sdc_ipool_for(sdc_rt_pool(r), outer * (size_t)c.chunks, (size_t)(16 / (c.L < 16 ? c.L : 16)), softmax_blocks, &c);
+        sdc_ipool_for(sdc_rt_pool(r), outer * (size_t)c.chunks, 1, softmax_blocks, &c);
     }
     return SDC_OK;
 }

@@ -381,6 +381,28 @@ def nn_cases():
     cs.append(Case("softmax", [("x", (2, 3, 4, 5), "f")],
                    lambda v, c: [mb.softmax(x=v["x"], axis=1), mb.softmax(x=v["x"], axis=-1)],
                    lambda v, c: [np_softmax(v["x"].astype(np.float64), 1), np_softmax(v["x"].astype(np.float64), -1)]))
+    # a strided softmax wider than one column block (256), and results written in place: the
+    # second softmax and the add read their first input last
+    cs.append(Case("softmax_wide", [("x", (2, 9, 1, 600), "f")],
+                   lambda v, c: [mb.softmax(x=v["x"], axis=1), mb.add(x=mb.softmax(x=v["x"], axis=-1), y=v["x"])],
+                   lambda v, c: [np_softmax(v["x"].astype(np.float64), 1),
+                                 np_softmax(v["x"].astype(np.float64), -1) + v["x"]]))
+    # attention's product -> softmax -> product, large enough (Sq = Sk = 260 keys, not a multiple of
+    # the interpreter's 64-query blocks; 4 MFLOP per product) that the interpreter runs the three
+    # ops as one, block by block: SPLIT_EINSUM's per-head form and ORIGINAL's
+    cs.append(Case("attention_split_einsum", [("kt", (2, 260, 1, 32), "f"), ("q", (2, 32, 1, 260), "f"),
+                                              ("v", (2, 40, 1, 260), "f")],
+                   lambda v, c: mb.einsum(values=(v["v"], mb.softmax(x=mb.einsum(values=(v["kt"], v["q"]),
+                                                                                 equation="bchk,bkhq->bchq"), axis=1)),
+                                          equation="nchw,nwhu->nchu"),
+                   lambda v, c: [np.einsum("nchw,nwhu->nchu", v["v"].astype(np.float64), np_softmax(
+                       np.einsum("nchw,nwhu->nchu", v["kt"].astype(np.float64), v["q"].astype(np.float64)), 1))]))
+    cs.append(Case("attention_original", [("q", (1, 2, 32, 260), "f"), ("k", (1, 2, 32, 260), "f"),
+                                          ("v", (1, 2, 40, 260), "f")],
+                   lambda v, c: mb.matmul(x=v["v"], y=mb.softmax(x=mb.matmul(x=v["q"], y=v["k"], transpose_x=True),
+                                                                 axis=-1), transpose_y=True),
+                   lambda v, c: [v["v"].astype(np.float64) @ np.swapaxes(np_softmax(
+                       np.swapaxes(v["q"].astype(np.float64), -1, -2) @ v["k"].astype(np.float64), -1), -1, -2)]))
     cs.append(Case("layer_norm", [("x", (2, 7, 6), "f")],
                    lambda v, c: [mb.layer_norm(x=v["x"], axes=[-1], gamma=c["g"], beta=c["b"], epsilon=np.float32(1e-5)),
                                  mb.layer_norm(x=v["x"], axes=[0, 2], epsilon=np.float32(1e-3))],
