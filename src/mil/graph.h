@@ -225,6 +225,9 @@ mil_var *sdc_mil_matmul(mil_graph *g, mil_var *x, mil_var *y, bool transpose_x, 
 /* normalises over `axes` (negative allowed); gamma/beta shaped like x.shape[axes] or NULL */
 mil_var *sdc_mil_layer_norm(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes, mil_var *gamma,
                         mil_var *beta, float epsilon);
+/* (x - mean) / sqrt(variance + epsilon) · gamma + beta over axis 1; the four params [C] */
+mil_var *sdc_mil_batch_norm(mil_graph *g, mil_var *x, mil_var *mean, mil_var *variance, mil_var *gamma,
+                         mil_var *beta, float epsilon);
 mil_var *sdc_mil_reshape(mil_graph *g, mil_var *x, int rank, const int64_t *shape);
 mil_var *sdc_mil_transpose(mil_graph *g, mil_var *x, int rank, const int32_t *perm);
 mil_var *sdc_mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis);
@@ -236,6 +239,7 @@ mil_var *sdc_mil_greater(mil_graph *g, mil_var *x, mil_var *y);
 mil_var *sdc_mil_maximum(mil_graph *g, mil_var *x, mil_var *y);
 mil_var *sdc_mil_pow(mil_graph *g, mil_var *x, mil_var *y);
 mil_var *sdc_mil_sqrt(mil_graph *g, mil_var *x);
+mil_var *sdc_mil_square(mil_graph *g, mil_var *x);
 mil_var *sdc_mil_exp(mil_graph *g, mil_var *x);
 mil_var *sdc_mil_sin(mil_graph *g, mil_var *x);
 mil_var *sdc_mil_cos(mil_graph *g, mil_var *x);

@@ -48,32 +48,45 @@ mil_var *sdc_net_linear_1x1(sdc_net *n, mil_var *x, const char *prefix, int64_t 
     return sdc_mil_conv(n->g, x, sdc_net_weight_1x1(n, w, cout, cin), bv, 1, pad0, 1);
 }
 
-/* (1, C, 1, 1) view of a [C] affine parameter, broadcast over (B, C, H, W) */
-static mil_var *channel_param(sdc_net *n, const char *name, int64_t c) {
-    if (!sdc_mil_graph_ok(n->g) || n->err->code) return NULL;
-    const sdc_tensor *t;
-    int64_t s1[1] = {c}, s4[4] = {1, c, 1, 1};
-    if (sdc_weights_get(n->c->weights, name, 1, s1, &t, n->err)) return NULL;
-    return sdc_mil_const_weight(n->g, t, n->t, 4, s4, 0);
+/* A [C] const of one value, the compute dtype (batch_norm's mean and variance) */
+static mil_var *channel_fill(sdc_net *n, int64_t c, float value) {
+    float *vals = sdc_malloc((size_t)c * sizeof *vals);
+    if (!vals) return sdc_mil_fail(n->g, SDC_E_NOMEM, "out of memory");
+    for (int64_t i = 0; i < c; i++) vals[i] = value;
+    int64_t s[1] = {c};
+    mil_var *v = sdc_mil_const_floats(n->g, n->t, 1, s, vals);
+    sdc_free(vals);
+    return v;
 }
 
+/* The anchor's GroupNorm as coremltools lowers torch's group_norm and then fuses the affine's
+   mul/add into batch_norm (fuse_elementwise_to_batchnorm): each step is its own op, so a device
+   computes the variance as the mean of squared deviations over (C/G, H, W), in the compute
+   dtype, exactly as in the packages Apple's tool writes. The affine stays 1-D [C] (and so is
+   never palettized, as in the anchor). */
 mil_var *sdc_net_group_norm(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps) {
     if (!x || !sdc_mil_graph_ok(n->g)) return NULL;
+    mil_graph *g = n->g;
     const mil_type *t = &x->type;
-    int64_t B = t->shape[0], C = t->shape[1], HW = t->shape[2] * t->shape[3];
+    int64_t B = t->shape[0], C = t->shape[1];
     if (t->rank != 4 || C % groups)
-        return sdc_mil_fail(n->g, SDC_E_FORMAT, "%s: %lld channels are not divisible into %d groups", prefix,
+        return sdc_mil_fail(g, SDC_E_FORMAT, "%s: %lld channels are not divisible into %d groups", prefix,
                         (long long)C, groups);
     char w[256], b[256];
     suffixed(w, sizeof w, prefix, "weight");
     suffixed(b, sizeof b, prefix, "bias");
-    int64_t grouped[4] = {B, groups, C / groups, HW};
-    static const int32_t axes[2] = {2, 3};
-    mil_var *h = sdc_mil_reshape(n->g, x, 4, grouped);              /* (B, G, C/G, HW) */
-    h = sdc_mil_layer_norm(n->g, h, 2, axes, NULL, NULL, eps);       /* per group */
-    h = sdc_mil_reshape(n->g, h, 4, t->shape);                       /* (B, C, H, W) */
-    h = sdc_mil_mul(n->g, h, channel_param(n, w, C));
-    return sdc_mil_add(n->g, h, channel_param(n, b, C));
+    int64_t grouped[5] = {B, groups, C / groups, t->shape[2], t->shape[3]}, s1[1] = {C};
+    static const int32_t axes[3] = {2, 3, 4};
+    mil_var *h = sdc_mil_reshape(g, x, 5, grouped);                          /* (B, G, C/G, H, W) */
+    mil_var *mean = sdc_mil_reduce(g, "reduce_mean", h, 3, axes, true);     /* (B, G, 1, 1, 1) */
+    mil_var *dev = sdc_mil_sub(g, h, mean);                                  /* (B, G, C/G, H, W) */
+    mil_var *var = sdc_mil_reduce(g, "reduce_mean", sdc_mil_square(g, dev), 3, axes, true); /* (B, G, 1, 1, 1) */
+    mil_var *std = sdc_mil_sqrt(g, sdc_mil_add(g, var, sdc_mil_const_scalar(g, n->t, eps)));
+    h = sdc_mil_reshape(g, sdc_mil_real_div(g, dev, std), 4, t->shape);      /* (B, C, H, W) */
+    /* batch_norm(mean 0, variance 1, epsilon 1e-5) is the fused form of x·gamma + beta; its
+       1/sqrt(1 + 1e-5) factor is the anchor's too */
+    return sdc_mil_batch_norm(g, h, channel_fill(n, C, 0.0f), channel_fill(n, C, 1.0f),
+                              sdc_net_weight(n, w, 1, s1), sdc_net_weight(n, b, 1, s1), 1e-5f);
 }
 
 mil_var *sdc_net_layer_norm_c(sdc_net *n, mil_var *x, const char *prefix, float eps) {

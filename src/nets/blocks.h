@@ -32,8 +32,9 @@ mil_var *sdc_net_conv3(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, 
 /* nn.Linear as a 1×1 conv over channels: x (B, cin, H, W) → (B, cout, H, W); bias optional */
 mil_var *sdc_net_linear_1x1(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout, bool bias);
 
-/* GroupNorm(groups, eps) with affine "<prefix>.weight/.bias": x (B, C, H, W). Lowered as
-   layer_norm over each group of the (B, G, C/G, H·W) view, then the per-channel affine. */
+/* GroupNorm(groups, eps) with affine "<prefix>.weight/.bias": x (B, C, H, W). Lowered as the
+   anchor's: reduce_mean, sub, square, reduce_mean, add eps, sqrt, real_div over the
+   (B, G, C/G, H, W) view, then batch_norm for the per-channel affine. */
 mil_var *sdc_net_group_norm(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps);
 /* LayerNorm over the channels of (B, C, 1, S), affine "<prefix>.weight/.bias" */
 mil_var *sdc_net_layer_norm_c(sdc_net *n, mil_var *x, const char *prefix, float eps);
