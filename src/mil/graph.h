@@ -260,6 +260,8 @@ mil_var *sdc_mil_einsum(mil_graph *g, const char *equation, mil_var *a, mil_var 
 bool sdc_mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *sizes, mil_var **out);
 /* x[..., begin:end, ...] along one axis (stride 1) */
 mil_var *sdc_mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_t end);
+/* constant padding of H and W of x (N, C, H, W): pad {top, bottom, left, right} */
+mil_var *sdc_mil_pad_constant(mil_graph *g, mil_var *x, const int32_t pad[4], float value);
 mil_var *sdc_mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
 mil_var *sdc_mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
 

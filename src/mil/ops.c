@@ -491,6 +491,23 @@ mil_var *sdc_mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_
     return out1(op, t.dtype, t.rank, t.shape);
 }
 
+mil_var *sdc_mil_pad_constant(mil_graph *g, mil_var *x, const int32_t pad[4], float value) {
+    if (!x || !sdc_mil_graph_ok(g) || !require_float(g, "pad", x)) return NULL;
+    if (x->type.rank != 4 || pad[0] < 0 || pad[1] < 0 || pad[2] < 0 || pad[3] < 0)
+        return shape_error(g, "pad", "x must be rank 4 and the padding non-negative", x, NULL);
+    int32_t all[8] = {0, 0, 0, 0, pad[0], pad[1], pad[2], pad[3]}; /* before/after per axis */
+    mil_var *vp = sdc_mil_const_ints(g, 8, all), *vm = sdc_mil_const_string(g, "constant");
+    mil_var *vc = sdc_mil_const_scalar(g, x->type.dtype, value);
+    mil_op *op = sdc_mil_new_op(g, "pad", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "pad", vp) || !sdc_mil_param1(g, op, "mode", vm) ||
+        !sdc_mil_param1(g, op, "constant_val", vc))
+        return NULL;
+    mil_type t = x->type;
+    t.shape[2] += pad[0] + pad[1];
+    t.shape[3] += pad[2] + pad[3];
+    return out1(op, t.dtype, t.rank, t.shape);
+}
+
 mil_var *sdc_mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes) {
     if (!x || !sdc_mil_graph_ok(g)) return NULL;
     int rank = x->type.rank + n_axes;

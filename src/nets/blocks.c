@@ -23,6 +23,23 @@ mil_var *sdc_net_weight_1x1(sdc_net *n, const char *name, int64_t out, int64_t i
     return sdc_mil_const_weight(n->g, t, n->t, 4, s4, 0); /* same bytes: [out, in] is [out, in, 1, 1] */
 }
 
+mil_var *sdc_net_weight_2d(sdc_net *n, const char *name, int64_t out, int64_t in) {
+    if (!sdc_mil_graph_ok(n->g) || n->err->code) return NULL;
+    const sdc_tensor *t = sdc_weights_find(n->c->weights, name);
+    int64_t s2[2] = {out, in}, s4[4] = {out, in, 1, 1};
+    bool as_conv = t && t->rank == 4;
+    if (sdc_weights_get(n->c->weights, name, as_conv ? 4 : 2, as_conv ? s4 : s2, &t, n->err)) return NULL;
+    return sdc_mil_const_weight(n->g, t, n->t, 2, s2, 0); /* same bytes: [out, in, 1, 1] is [out, in] */
+}
+
+mil_var *sdc_net_linear(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout) {
+    char w[256], b[256];
+    suffixed(w, sizeof w, prefix, "weight");
+    suffixed(b, sizeof b, prefix, "bias");
+    int64_t bs[1] = {cout};
+    return sdc_mil_linear(n->g, x, sdc_net_weight_2d(n, w, cout, cin), sdc_net_weight(n, b, 1, bs));
+}
+
 mil_var *sdc_net_conv(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout, int k, int stride,
                   const int pad[4]) {
     char w[256], b[256];
@@ -48,6 +65,31 @@ mil_var *sdc_net_linear_1x1(sdc_net *n, mil_var *x, const char *prefix, int64_t 
     return sdc_mil_conv(n->g, x, sdc_net_weight_1x1(n, w, cout, cin), bv, 1, pad0, 1);
 }
 
+/* (x - mean) / sqrt(var + eps) per group of x (B, C, *spatial), the groups viewed as
+   (B, G, C/G, *spatial) straight from x and the result reshaped to out_shape: coremltools'
+   lowering of torch's group_norm, each step its own op in the compute dtype, so a device
+   computes the variance as the mean of squared deviations, exactly as in the anchor's packages. */
+static mil_var *group_standardize(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps, int spatial_rank,
+                                  int out_rank, const int64_t *out_shape) {
+    mil_graph *g = n->g;
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
+    int64_t B = x->type.shape[0], C = x->type.shape[1], S = 1;
+    for (int i = 2; i < x->type.rank; i++) S *= x->type.shape[i];
+    if (x->type.rank != 4 || C % groups)
+        return sdc_mil_fail(g, SDC_E_FORMAT, "%s: %lld channels are not divisible into %d groups", prefix,
+                        (long long)C, groups);
+    int64_t grouped[5] = {B, groups, C / groups, x->type.shape[2], x->type.shape[3]};
+    if (spatial_rank == 1) grouped[3] = S;
+    static const int32_t axes[3] = {2, 3, 4};
+    int rank = 3 + spatial_rank, n_axes = 1 + spatial_rank;
+    mil_var *h = sdc_mil_reshape(g, x, rank, grouped);                          /* (B, G, C/G, *spatial) */
+    mil_var *mean = sdc_mil_reduce(g, "reduce_mean", h, n_axes, axes, true);   /* (B, G, 1, 1[, 1]) */
+    mil_var *dev = sdc_mil_sub(g, h, mean);                                     /* (B, G, C/G, *spatial) */
+    mil_var *var = sdc_mil_reduce(g, "reduce_mean", sdc_mil_square(g, dev), n_axes, axes, true);
+    mil_var *std = sdc_mil_sqrt(g, sdc_mil_add(g, var, sdc_mil_const_scalar(g, n->t, eps)));
+    return sdc_mil_reshape(g, sdc_mil_real_div(g, dev, std), out_rank, out_shape);
+}
+
 /* A [C] const of one value, the compute dtype (batch_norm's mean and variance) */
 static mil_var *channel_fill(sdc_net *n, int64_t c, float value) {
     float *vals = sdc_malloc((size_t)c * sizeof *vals);
@@ -59,34 +101,35 @@ static mil_var *channel_fill(sdc_net *n, int64_t c, float value) {
     return v;
 }
 
-/* The anchor's GroupNorm as coremltools lowers torch's group_norm and then fuses the affine's
-   mul/add into batch_norm (fuse_elementwise_to_batchnorm): each step is its own op, so a device
-   computes the variance as the mean of squared deviations over (C/G, H, W), in the compute
-   dtype, exactly as in the packages Apple's tool writes. The affine stays 1-D [C] (and so is
-   never palettized, as in the anchor). */
 mil_var *sdc_net_group_norm(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps) {
     if (!x || !sdc_mil_graph_ok(n->g)) return NULL;
-    mil_graph *g = n->g;
-    const mil_type *t = &x->type;
-    int64_t B = t->shape[0], C = t->shape[1];
-    if (t->rank != 4 || C % groups)
-        return sdc_mil_fail(g, SDC_E_FORMAT, "%s: %lld channels are not divisible into %d groups", prefix,
-                        (long long)C, groups);
+    int64_t C = x->type.shape[1], s1[1] = {C};
     char w[256], b[256];
     suffixed(w, sizeof w, prefix, "weight");
     suffixed(b, sizeof b, prefix, "bias");
-    int64_t grouped[5] = {B, groups, C / groups, t->shape[2], t->shape[3]}, s1[1] = {C};
-    static const int32_t axes[3] = {2, 3, 4};
-    mil_var *h = sdc_mil_reshape(g, x, 5, grouped);                          /* (B, G, C/G, H, W) */
-    mil_var *mean = sdc_mil_reduce(g, "reduce_mean", h, 3, axes, true);     /* (B, G, 1, 1, 1) */
-    mil_var *dev = sdc_mil_sub(g, h, mean);                                  /* (B, G, C/G, H, W) */
-    mil_var *var = sdc_mil_reduce(g, "reduce_mean", sdc_mil_square(g, dev), 3, axes, true); /* (B, G, 1, 1, 1) */
-    mil_var *std = sdc_mil_sqrt(g, sdc_mil_add(g, var, sdc_mil_const_scalar(g, n->t, eps)));
-    h = sdc_mil_reshape(g, sdc_mil_real_div(g, dev, std), 4, t->shape);      /* (B, C, H, W) */
-    /* batch_norm(mean 0, variance 1, epsilon 1e-5) is the fused form of x·gamma + beta; its
-       1/sqrt(1 + 1e-5) factor is the anchor's too */
-    return sdc_mil_batch_norm(g, h, channel_fill(n, C, 0.0f), channel_fill(n, C, 1.0f),
+    mil_var *h = group_standardize(n, x, prefix, groups, eps, 2, 4, x->type.shape); /* (B, C, H, W) */
+    /* coremltools fuses the affine's mul and add on a rank-4 tensor into batch_norm(mean 0,
+       variance 1, epsilon 1e-5) (fuse_elementwise_to_batchnorm); its 1/sqrt(1 + 1e-5) factor is
+       the anchor's too. The params stay 1-D [C], and so are never palettized, as in the anchor. */
+    return sdc_mil_batch_norm(n->g, h, channel_fill(n, C, 0.0f), channel_fill(n, C, 1.0f),
                               sdc_net_weight(n, w, 1, s1), sdc_net_weight(n, b, 1, s1), 1e-5f);
+}
+
+mil_var *sdc_net_group_norm_seq(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps) {
+    if (!x || !sdc_mil_graph_ok(n->g)) return NULL;
+    int64_t B = x->type.shape[0], C = x->type.shape[1];
+    int64_t seq[3] = {B, C, x->type.shape[2] * x->type.shape[3]}, s1[1] = {C}, s3[3] = {1, C, 1};
+    char w[256], b[256];
+    suffixed(w, sizeof w, prefix, "weight");
+    suffixed(b, sizeof b, prefix, "bias");
+    mil_var *h = group_standardize(n, x, prefix, groups, eps, 1, 3, seq); /* (B, C, S) */
+    if (!sdc_mil_graph_ok(n->g) || n->err->code) return NULL;
+    /* rank 3: no batch_norm fusion, the affine stays mul and add of (1, C, 1) params */
+    const sdc_tensor *tw, *tb;
+    if (sdc_weights_get(n->c->weights, w, 1, s1, &tw, n->err) || sdc_weights_get(n->c->weights, b, 1, s1, &tb, n->err))
+        return NULL;
+    h = sdc_mil_mul(n->g, h, sdc_mil_const_weight(n->g, tw, n->t, 3, s3, 0));
+    return sdc_mil_add(n->g, h, sdc_mil_const_weight(n->g, tb, n->t, 3, s3, 0));
 }
 
 mil_var *sdc_net_layer_norm_c(sdc_net *n, mil_var *x, const char *prefix, float eps) {

@@ -24,6 +24,10 @@ mil_var *sdc_net_weight(sdc_net *n, const char *name, int rank, const int64_t *s
 /* A [out, in] Linear weight, or a [out, in, 1, 1] conv weight, viewed as [out, in, 1, 1]. */
 mil_var *sdc_net_weight_1x1(sdc_net *n, const char *name, int64_t out, int64_t in);
 
+/* A [out, in] Linear weight, or a [out, in, 1, 1] conv weight, viewed as [out, in]. */
+mil_var *sdc_net_weight_2d(sdc_net *n, const char *name, int64_t out, int64_t in);
+/* nn.Linear as MIL linear: x (*, cin) → (*, cout), "<prefix>.weight" and "<prefix>.bias" */
+mil_var *sdc_net_linear(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout);
 /* "<prefix>.weight" [cout, cin, k, k] and "<prefix>.bias" [cout]; pad {top, bottom, left, right} */
 mil_var *sdc_net_conv(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout, int k, int stride,
                   const int pad[4]);
@@ -36,6 +40,9 @@ mil_var *sdc_net_linear_1x1(sdc_net *n, mil_var *x, const char *prefix, int64_t 
    anchor's: reduce_mean, sub, square, reduce_mean, add eps, sqrt, real_div over the
    (B, G, C/G, H, W) view, then batch_norm for the per-channel affine. */
 mil_var *sdc_net_group_norm(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps);
+/* The same GroupNorm on x (B, C, H, W) viewed as (B, C, H·W), as diffusers' attention blocks
+   apply it: → (B, C, H·W), the affine as mul and add of (1, C, 1) params (no batch_norm at rank 3). */
+mil_var *sdc_net_group_norm_seq(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps);
 /* LayerNorm over the channels of (B, C, 1, S), affine "<prefix>.weight/.bias" */
 mil_var *sdc_net_layer_norm_c(sdc_net *n, mil_var *x, const char *prefix, float eps);
 
