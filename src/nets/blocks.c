@@ -171,21 +171,33 @@ mil_var *sdc_net_sinusoid(sdc_net *n, mil_var *t, int64_t dim, bool flip_sin_to_
     if (!t || !sdc_mil_graph_ok(g)) return NULL;
     if (dim < 2 || dim % 2 || dim > 65536)
         return sdc_mil_fail(g, SDC_E_UNSUPPORTED, "timestep embedding dimension %lld must be even", (long long)dim);
-    int64_t half = dim / 2, N = t->type.shape[0];
+    int64_t half = dim / 2;
     float *freq = sdc_malloc((size_t)half * sizeof *freq);
     if (!freq) return sdc_mil_fail(g, SDC_E_NOMEM, "out of memory");
     for (int64_t j = 0; j < half; j++) freq[j] = (float)exp(-log(10000.0) * (double)j / ((double)half - freq_shift));
-    int64_t fs[2] = {1, half}, col[2] = {N, 1};
+    /* The anchor's op sequence (expand_dims, mul, sin, cos, concat, and for flip_sin_to_cos two
+       slice_by_index and a concat), but in float32 between two casts where the anchor runs it
+       in float16 with a float16 table: t·freq reaches ~1000, where float16 steps are 0.5, and
+       the float16 form costs the UNet ~3-10 dB against diffusers (53.5 dB for sd1-inpaint
+       ORIGINAL, under test_unet's 55 dB bar). The anchor's graph contains cast ops too. */
+    int64_t fs[2] = {1, half};
     mil_var *f = sdc_mil_const_floats(g, SDC_DT_F32, 2, fs, freq);
     sdc_free(freq);
-    mil_var *arg = sdc_mil_mul(g, sdc_mil_reshape(g, t, 2, col), f); /* (N, half) */
+    static const int32_t col[1] = {1};
+    mil_var *t32 = t->type.dtype == SDC_DT_F32 ? t : sdc_mil_cast(g, t, SDC_DT_F32);
+    mil_var *arg = sdc_mil_mul(g, sdc_mil_expand_dims(g, t32, 1, col), f); /* (N, half) */
     mil_var *parts[2] = {sdc_mil_sin(g, arg), sdc_mil_cos(g, arg)};
-    if (flip_sin_to_cos) {
-        mil_var *s = parts[0];
-        parts[0] = parts[1];
-        parts[1] = s;
+    mil_var *emb = sdc_mil_concat(g, 2, parts, -1); /* (N, dim): sin, cos */
+    if (flip_sin_to_cos) { /* diffusers swaps the halves by slicing the concatenation */
+        mil_var *swapped[2] = {sdc_mil_slice(g, emb, 1, half, dim), sdc_mil_slice(g, emb, 1, 0, half)};
+        emb = sdc_mil_concat(g, 2, swapped, -1); /* (N, dim): cos, sin */
     }
-    return sdc_mil_concat(g, 2, parts, 1); /* (N, dim) */
+    return sdc_net_to_compute(n, emb);
+}
+
+mil_var *sdc_net_column4(sdc_net *n, mil_var *x) {
+    static const int32_t last[1] = {-1};
+    return sdc_mil_expand_dims(n->g, sdc_mil_expand_dims(n->g, x, 1, last), 1, last); /* (N, D, 1, 1) */
 }
 
 mil_var *sdc_net_to_compute(sdc_net *n, mil_var *x) {

@@ -51,9 +51,11 @@ mil_var *sdc_net_layer_norm_c(sdc_net *n, mil_var *x, const char *prefix, float 
 mil_var *sdc_net_resnet(sdc_net *n, mil_var *x, mil_var *temb_silu, const char *prefix, int64_t cin, int64_t cout,
                     int64_t temb_channels, int groups, float eps);
 
-/* diffusers get_timestep_embedding in float32: t (N,) fp32 → (N, dim) fp32 */
+/* diffusers get_timestep_embedding, computed in float32: t (N,) → (N, dim) of the compute dtype */
 mil_var *sdc_net_sinusoid(sdc_net *n, mil_var *t, int64_t dim, bool flip_sin_to_cos, double freq_shift);
 
+/* (N, D) → (N, D, 1, 1) by two expand_dims, as the anchor's unsqueeze(-1) twice */
+mil_var *sdc_net_column4(sdc_net *n, mil_var *x);
 /* Casts to the compute dtype when it differs. */
 mil_var *sdc_net_to_compute(sdc_net *n, mil_var *x);
 /* Names a float result as a float32 output (casting fp16 results). */

@@ -385,30 +385,25 @@ static mil_var *timestep_mlp(unet_ctx *u, mil_var *x, const char *prefix, int64_
     return post_act ? sdc_mil_silu(u->n.g, h) : h;
 }
 
-/* The sinusoids run in float32 even in fp16 programs: t·freq reaches ~1000, where fp16 steps
-   are 0.5 and sin/cos would be noise. */
 static mil_var *time_embedding(unet_ctx *u, mil_var *timestep, mil_var *time_ids, mil_var *text_embeds) {
     mil_graph *g = u->n.g;
     const unet_config *cfg = u->cfg;
     if (!timestep || (cfg->text_time && (!time_ids || !text_embeds))) return NULL; /* the graph failed */
     int64_t B = timestep->type.shape[0], C0 = cfg->channels[0];
     sdc_mil_scope(g, "time_embedding");
-    mil_var *t32 = timestep->type.dtype == SDC_DT_F32 ? timestep : sdc_mil_cast(g, timestep, SDC_DT_F32);
-    mil_var *s = sdc_net_to_compute(&u->n, sdc_net_sinusoid(&u->n, t32, C0, cfg->flip_sin_to_cos, cfg->freq_shift));
-    int64_t col[4] = {B, C0, 1, 1};
-    mil_var *emb = timestep_mlp(u, sdc_mil_reshape(g, s, 4, col), "time_embedding", C0, u->temb_channels,
+    mil_var *s = sdc_net_sinusoid(&u->n, timestep, C0, cfg->flip_sin_to_cos, cfg->freq_shift); /* (B, C0) */
+    mil_var *emb = timestep_mlp(u, sdc_net_column4(&u->n, s), "time_embedding", C0, u->temb_channels,
                                 cfg->time_post_act);
     if (cfg->text_time) { /* SDXL: add_embedding(concat(text_embeds, sinusoids of time_ids)) */
         sdc_mil_scope(g, "add_embedding");
         int64_t n_ids = time_ids->type.shape[1], A = cfg->addition_time_embed_dim;
         int64_t flat[1] = {B * n_ids}, rows[2] = {B, n_ids * A};
-        mil_var *ids32 = time_ids->type.dtype == SDC_DT_F32 ? time_ids : sdc_mil_cast(g, time_ids, SDC_DT_F32);
-        mil_var *te = sdc_net_sinusoid(&u->n, sdc_mil_reshape(g, ids32, 1, flat), A, cfg->flip_sin_to_cos, cfg->freq_shift);
-        te = sdc_net_to_compute(&u->n, sdc_mil_reshape(g, te, 2, rows)); /* (B, n·A) */
+        mil_var *te = sdc_net_sinusoid(&u->n, sdc_mil_reshape(g, time_ids, 1, flat), A, cfg->flip_sin_to_cos,
+                                       cfg->freq_shift);
+        te = sdc_mil_reshape(g, te, 2, rows); /* (B, n·A) */
         mil_var *parts[2] = {sdc_net_to_compute(&u->n, text_embeds), te};
-        mil_var *add = sdc_mil_concat(g, 2, parts, 1); /* (B, projection_input_dim) */
-        int64_t col2[4] = {B, cfg->projection_input_dim, 1, 1};
-        emb = sdc_mil_add(g, emb, timestep_mlp(u, sdc_mil_reshape(g, add, 4, col2), "add_embedding",
+        mil_var *add = sdc_mil_concat(g, 2, parts, -1); /* (B, projection_input_dim) */
+        emb = sdc_mil_add(g, emb, timestep_mlp(u, sdc_net_column4(&u->n, add), "add_embedding",
                                            cfg->projection_input_dim, u->temb_channels, false));
     }
     if (cfg->time_embed_act) emb = sdc_mil_silu(g, emb); /* time_embedding_act_fn, after the sum */
