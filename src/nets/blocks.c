@@ -3,6 +3,8 @@
 
 #include <math.h>
 
+#include "io/fp16.h"
+
 static void suffixed(char *out, size_t size, const char *prefix, const char *suffix) {
     snprintf(out, size, "%s.%s", prefix, suffix);
 }
@@ -132,14 +134,41 @@ mil_var *sdc_net_group_norm_seq(sdc_net *n, mil_var *x, const char *prefix, int 
     return sdc_mil_add(n->g, h, sdc_mil_const_weight(n->g, tb, n->t, 3, s3, 0));
 }
 
+/* v rounded to the compute dtype */
+static float in_dtype(sdc_dtype t, float v) { return t == SDC_DT_F16 ? sdc_f16_to_f32(sdc_f32_to_f16(v)) : v; }
+
+/* The anchor's LayerNormANE computes (x̂ + bias') · weight with bias' = bias / weight (its
+   load_state_dict hook), which coremltools folds into layer_norm's beta = bias' · weight, each
+   step rounded to the compute dtype: in float16 that is not always float16(bias) (41 of 480
+   elements of tiny-sd's UNet differ by one ulp), and the device adds this beta, so sdcoreml
+   stores the same. Where weight rounds to 0 the anchor's chain gives NaN; sdcoreml keeps
+   bias there instead. */
+static mil_var *anchor_layer_norm_beta(sdc_net *n, const char *wname, const char *bname, int64_t C) {
+    if (!sdc_mil_graph_ok(n->g) || n->err->code) return NULL;
+    int64_t s[1] = {C};
+    const sdc_tensor *tw, *tb;
+    if (sdc_weights_get(n->c->weights, wname, 1, s, &tw, n->err) || sdc_weights_get(n->c->weights, bname, 1, s, &tb, n->err))
+        return NULL;
+    float *beta = sdc_malloc((size_t)C * sizeof *beta);
+    if (!beta) return sdc_mil_fail(n->g, SDC_E_NOMEM, "out of memory");
+    for (int64_t i = 0; i < C; i++) {
+        float w = in_dtype(n->t, sdc_tensor_get_f32(tw, (uint64_t)i)), b = in_dtype(n->t, sdc_tensor_get_f32(tb, (uint64_t)i));
+        float folded = in_dtype(n->t, in_dtype(n->t, b / w) * w);
+        beta[i] = isfinite(folded) ? folded : b;
+    }
+    mil_var *v = sdc_mil_const_floats(n->g, n->t, 1, s, beta); /* [C] */
+    sdc_free(beta);
+    return v;
+}
+
 mil_var *sdc_net_layer_norm_c(sdc_net *n, mil_var *x, const char *prefix, float eps) {
     if (!x || !sdc_mil_graph_ok(n->g)) return NULL;
     int64_t C = x->type.shape[1], s[1] = {C};
     char w[256], b[256];
     suffixed(w, sizeof w, prefix, "weight");
     suffixed(b, sizeof b, prefix, "bias");
-    static const int32_t axes[1] = {-3}; /* the channel axis of (B, C, 1, S) */
-    return sdc_mil_layer_norm(n->g, x, 1, axes, sdc_net_weight(n, w, 1, s), sdc_net_weight(n, b, 1, s), eps);
+    static const int32_t axes[1] = {1}; /* the channel axis of (B, C, 1, S) */
+    return sdc_mil_layer_norm(n->g, x, 1, axes, sdc_net_weight(n, w, 1, s), anchor_layer_norm_beta(n, w, b, C), eps);
 }
 
 mil_var *sdc_net_resnet(sdc_net *n, mil_var *x, mil_var *temb_silu, const char *prefix, int64_t cin, int64_t cout,

@@ -215,3 +215,33 @@ def test_palettized_tensors_match_the_anchor(converted, fixture):
         got = palettized(packages[component])
         assert got == want, (f"{fixture} {component}: palettized weights differ: only sdcoreml "
                              f"{[r for r in got if r not in want][:5]}, only the anchor {[r for r in want if r not in got][:5]}")
+
+
+def test_unet_layer_norm_betas_are_the_anchors_folded_biases(converted, pipelines):
+    """The anchor's LayerNormANE adds bias/weight before scaling by weight; coremltools folds
+    that into layer_norm's beta = float16(float16(b16 / w16) · w16) (b16, w16: the float16
+    parameters). Measured on the anchor's sd1 UNet: this chain gives all 480 elements of its 12
+    betas, where float16(bias) misses 41. The oracle here is that chain in NumPy float16 over
+    diffusers' weights, matched to each layer_norm by its gamma."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load as milload
+    from safetensors.numpy import load_file
+
+    package = converted("sd1", "SPLIT_EINSUM")["unet"]
+    model = ct.models.MLModel(str(package), skip_model_load=True)
+    prog = milload(model.get_spec(), model.get_spec().specificationVersion, model.weights_dir)
+    norms = [op for op in prog.functions["main"].operations if op.op_type == "layer_norm"]
+    weights = load_file(str(pipelines["sd1"] / "unet" / "diffusion_pytorch_model.safetensors"))
+    names = [k[: -len(".weight")] for k in weights if re.search(r"transformer_blocks\.\d+\.norm\d\.weight$", k)]
+    assert len(norms) == len(names) == 12
+    plain_misses = 0
+    for op in norms:
+        gamma = op.gamma.val
+        match = [k for k in names if np.array_equal(weights[k + ".weight"].astype(np.float16), gamma)]
+        assert len(match) == 1, f"{op.name}: gamma matches {match}"
+        w16 = weights[match[0] + ".weight"].astype(np.float16)
+        b16 = weights[match[0] + ".bias"].astype(np.float16)
+        folded = (b16 / w16).astype(np.float16) * w16
+        assert np.array_equal(op.beta.val, folded), f"{match[0]}: beta is not the anchor's folded bias"
+        plain_misses += int(np.sum(folded != b16))
+    assert plain_misses > 0  # the fixture tells the folded form from float16(bias)
