@@ -103,6 +103,21 @@ static mil_var *channel_fill(sdc_net *n, int64_t c, float value) {
     return v;
 }
 
+/* v rounded to the compute dtype */
+static float in_dtype(sdc_dtype t, float v) { return t == SDC_DT_F16 ? sdc_f16_to_f32(sdc_f32_to_f16(v)) : v; }
+
+/* Whether GroupNorm's affine is the identity in the compute dtype (weight all 1, bias all 0, as
+   freshly initialised models have): coremltools' noop_elimination then drops the anchor's mul
+   and add before anything fuses them, so the graph has no affine at all. */
+static bool identity_affine(sdc_net *n, const char *wname, const char *bname, int64_t C) {
+    const sdc_tensor *tw = sdc_weights_find(n->c->weights, wname), *tb = sdc_weights_find(n->c->weights, bname);
+    if (!tw || !tb || tw->numel != (uint64_t)C || tb->numel != (uint64_t)C) return false; /* the lookup reports it */
+    for (uint64_t i = 0; i < (uint64_t)C; i++)
+        if (in_dtype(n->t, sdc_tensor_get_f32(tw, i)) != 1.0f || in_dtype(n->t, sdc_tensor_get_f32(tb, i)) != 0.0f)
+            return false;
+    return true;
+}
+
 mil_var *sdc_net_group_norm(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps) {
     if (!x || !sdc_mil_graph_ok(n->g)) return NULL;
     int64_t C = x->type.shape[1], s1[1] = {C};
@@ -110,6 +125,7 @@ mil_var *sdc_net_group_norm(sdc_net *n, mil_var *x, const char *prefix, int grou
     suffixed(w, sizeof w, prefix, "weight");
     suffixed(b, sizeof b, prefix, "bias");
     mil_var *h = group_standardize(n, x, prefix, groups, eps, 2, 4, x->type.shape); /* (B, C, H, W) */
+    if (identity_affine(n, w, b, C)) return h;
     /* coremltools fuses the affine's mul and add on a rank-4 tensor into batch_norm(mean 0,
        variance 1, epsilon 1e-5) (fuse_elementwise_to_batchnorm); its 1/sqrt(1 + 1e-5) factor is
        the anchor's too. The params stay 1-D [C], and so are never palettized, as in the anchor. */
@@ -126,6 +142,7 @@ mil_var *sdc_net_group_norm_seq(sdc_net *n, mil_var *x, const char *prefix, int 
     suffixed(b, sizeof b, prefix, "bias");
     mil_var *h = group_standardize(n, x, prefix, groups, eps, 1, 3, seq); /* (B, C, S) */
     if (!sdc_mil_graph_ok(n->g) || n->err->code) return NULL;
+    if (identity_affine(n, w, b, C)) return h;
     /* rank 3: no batch_norm fusion, the affine stays mul and add of (1, C, 1) params */
     const sdc_tensor *tw, *tb;
     if (sdc_weights_get(n->c->weights, w, 1, s1, &tw, n->err) || sdc_weights_get(n->c->weights, b, 1, s1, &tb, n->err))
@@ -134,8 +151,6 @@ mil_var *sdc_net_group_norm_seq(sdc_net *n, mil_var *x, const char *prefix, int 
     return sdc_mil_add(n->g, h, sdc_mil_const_weight(n->g, tb, n->t, 3, s3, 0));
 }
 
-/* v rounded to the compute dtype */
-static float in_dtype(sdc_dtype t, float v) { return t == SDC_DT_F16 ? sdc_f16_to_f32(sdc_f32_to_f16(v)) : v; }
 
 /* The anchor's LayerNormANE computes (x̂ + bias') · weight with bias' = bias / weight (its
    load_state_dict hook), which coremltools folds into layer_norm's beta = bias' · weight, each

@@ -29,6 +29,7 @@ RUNS = {
     "sd1": ("sd1", []), "sd2": ("sd2", []), "sd1-inpaint": ("sd1-inpaint", []), "odd": ("odd", []),
     "sdxl": ("sdxl", ["--xl-version"]), "sdxl-refiner": ("sdxl-refiner", ["--xl-version"]),
     "sd1-ios17": ("sd1", ["--min-deployment-target", "iOS17"]),
+    "sd1-identity-gn": ("sd1-identity-gn", []),
 }
 
 COMPONENT_FLAGS = {
@@ -124,14 +125,38 @@ def test_every_recorded_run_is_tested():
 
 
 @pytest.fixture(scope="module")
-def converted(sdcoreml, pipelines, tmp_path_factory):
+def identity_gn(pipelines, tmp_path_factory):
+    """tiny-sd with every 1-D norm weight of its VAE set to 1 and bias to 0 (GroupNorm as freshly
+    initialised, as in random-weight benchmark models), the rest linked: the anchor's graph then
+    has no GroupNorm affine at all (coremltools' noop_elimination)."""
+    from safetensors.numpy import load_file, save_file
+
+    d = tmp_path_factory.mktemp("identity-gn") / "sd1-identity-gn"
+    d.mkdir()
+    src = pipelines["sd1"]
+    for p in src.iterdir():
+        if p.name != "vae":
+            os.symlink(p, d / p.name)
+    (d / "vae").mkdir()
+    (d / "vae" / "config.json").write_bytes((src / "vae" / "config.json").read_bytes())
+    w = load_file(str(src / "vae" / "diffusion_pytorch_model.safetensors"))
+    for k, v in w.items():
+        if "norm" in k and v.ndim == 1:
+            w[k] = np.ones_like(v) if k.endswith(".weight") else np.zeros_like(v)
+    save_file(w, str(d / "vae" / "diffusion_pytorch_model.safetensors"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def converted(sdcoreml, pipelines, identity_gn, tmp_path_factory):
     cache = {}
+    sources = {**pipelines, "sd1-identity-gn": identity_gn}
 
     def run(fixture, attention, *extra):
         key = (fixture, attention) + extra
         if key not in cache:
             kind, run_flags = RUNS[fixture]
-            src = pipelines[kind]
+            src = sources[kind]
             out = tmp_path_factory.mktemp(f"parity-{fixture}-{attention}")
             flags = [f for comp in DATA["histograms"][fixture][attention] for f in COMPONENT_FLAGS.get(comp, [])]
             flags = list(dict.fromkeys(flags))  # text_encoder and text_encoder_2 share a flag
