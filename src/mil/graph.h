@@ -225,6 +225,9 @@ mil_var *sdc_mil_matmul(mil_graph *g, mil_var *x, mil_var *y, bool transpose_x, 
 /* normalises over `axes` (negative allowed); gamma/beta shaped like x.shape[axes] or NULL */
 mil_var *sdc_mil_layer_norm(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes, mil_var *gamma,
                         mil_var *beta, float epsilon);
+/* (x - mean) / sqrt(variance + epsilon) · gamma + beta over axis 1; the four params [C] */
+mil_var *sdc_mil_batch_norm(mil_graph *g, mil_var *x, mil_var *mean, mil_var *variance, mil_var *gamma,
+                         mil_var *beta, float epsilon);
 mil_var *sdc_mil_reshape(mil_graph *g, mil_var *x, int rank, const int64_t *shape);
 mil_var *sdc_mil_transpose(mil_graph *g, mil_var *x, int rank, const int32_t *perm);
 mil_var *sdc_mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis);
@@ -236,6 +239,7 @@ mil_var *sdc_mil_greater(mil_graph *g, mil_var *x, mil_var *y);
 mil_var *sdc_mil_maximum(mil_graph *g, mil_var *x, mil_var *y);
 mil_var *sdc_mil_pow(mil_graph *g, mil_var *x, mil_var *y);
 mil_var *sdc_mil_sqrt(mil_graph *g, mil_var *x);
+mil_var *sdc_mil_square(mil_graph *g, mil_var *x);
 mil_var *sdc_mil_exp(mil_graph *g, mil_var *x);
 mil_var *sdc_mil_sin(mil_graph *g, mil_var *x);
 mil_var *sdc_mil_cos(mil_graph *g, mil_var *x);
@@ -256,6 +260,8 @@ mil_var *sdc_mil_einsum(mil_graph *g, const char *equation, mil_var *a, mil_var 
 bool sdc_mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *sizes, mil_var **out);
 /* x[..., begin:end, ...] along one axis (stride 1) */
 mil_var *sdc_mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_t end);
+/* constant padding of H and W of x (N, C, H, W): pad {top, bottom, left, right} */
+mil_var *sdc_mil_pad_constant(mil_graph *g, mil_var *x, const int32_t pad[4], float value);
 mil_var *sdc_mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
 mil_var *sdc_mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
 

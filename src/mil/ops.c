@@ -86,6 +86,7 @@ static mil_var *unary(mil_graph *g, const char *type, mil_var *x) {
 mil_var *sdc_mil_sigmoid(mil_graph *g, mil_var *x) { return unary(g, "sigmoid", x); }
 mil_var *sdc_mil_silu(mil_graph *g, mil_var *x) { return unary(g, "silu", x); }
 mil_var *sdc_mil_sqrt(mil_graph *g, mil_var *x) { return unary(g, "sqrt", x); }
+mil_var *sdc_mil_square(mil_graph *g, mil_var *x) { return unary(g, "square", x); }
 mil_var *sdc_mil_exp(mil_graph *g, mil_var *x) { return unary(g, "exp", x); }
 mil_var *sdc_mil_sin(mil_graph *g, mil_var *x) { return unary(g, "sin", x); }
 mil_var *sdc_mil_cos(mil_graph *g, mil_var *x) { return unary(g, "cos", x); }
@@ -204,6 +205,25 @@ mil_var *sdc_mil_layer_norm(mil_graph *g, mil_var *x, int n_axes, const int32_t 
     if (gamma && !sdc_mil_param1(g, op, "gamma", gamma)) return NULL;
     if (beta && !sdc_mil_param1(g, op, "beta", beta)) return NULL;
     if (!sdc_mil_param1(g, op, "epsilon", eps)) return NULL;
+    return same_as(op, x);
+}
+
+mil_var *sdc_mil_batch_norm(mil_graph *g, mil_var *x, mil_var *mean, mil_var *variance, mil_var *gamma,
+                         mil_var *beta, float epsilon) {
+    if (!x || !mean || !variance || !gamma || !beta || !sdc_mil_graph_ok(g) || !require_float(g, "batch_norm", x))
+        return NULL;
+    if (x->type.rank < 3) return shape_error(g, "batch_norm", "x must be [N, C, *D]", x, NULL);
+    mil_type per_channel = {x->type.dtype, 1, {x->type.shape[1]}};
+    mil_var *params[4] = {mean, variance, gamma, beta};
+    for (int i = 0; i < 4; i++)
+        if (!sdc_mil_shape_eq(&params[i]->type, &per_channel) || params[i]->type.dtype != x->type.dtype)
+            return shape_error(g, "batch_norm", "mean/variance/gamma/beta must be [C] of x's dtype", params[i], x);
+    mil_var *eps = sdc_mil_const_scalar(g, x->type.dtype, epsilon);
+    mil_op *op = sdc_mil_new_op(g, "batch_norm", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "mean", mean) ||
+        !sdc_mil_param1(g, op, "variance", variance) || !sdc_mil_param1(g, op, "gamma", gamma) ||
+        !sdc_mil_param1(g, op, "beta", beta) || !sdc_mil_param1(g, op, "epsilon", eps))
+        return NULL;
     return same_as(op, x);
 }
 
@@ -468,6 +488,23 @@ mil_var *sdc_mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_
         return NULL;
     mil_type t = x->type;
     t.shape[a] = end - begin;
+    return out1(op, t.dtype, t.rank, t.shape);
+}
+
+mil_var *sdc_mil_pad_constant(mil_graph *g, mil_var *x, const int32_t pad[4], float value) {
+    if (!x || !sdc_mil_graph_ok(g) || !require_float(g, "pad", x)) return NULL;
+    if (x->type.rank != 4 || pad[0] < 0 || pad[1] < 0 || pad[2] < 0 || pad[3] < 0)
+        return shape_error(g, "pad", "x must be rank 4 and the padding non-negative", x, NULL);
+    int32_t all[8] = {0, 0, 0, 0, pad[0], pad[1], pad[2], pad[3]}; /* before/after per axis */
+    mil_var *vp = sdc_mil_const_ints(g, 8, all), *vm = sdc_mil_const_string(g, "constant");
+    mil_var *vc = sdc_mil_const_scalar(g, x->type.dtype, value);
+    mil_op *op = sdc_mil_new_op(g, "pad", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "pad", vp) || !sdc_mil_param1(g, op, "mode", vm) ||
+        !sdc_mil_param1(g, op, "constant_val", vc))
+        return NULL;
+    mil_type t = x->type;
+    t.shape[2] += pad[0] + pad[1];
+    t.shape[3] += pad[2] + pad[3];
     return out1(op, t.dtype, t.rank, t.shape);
 }
 

@@ -3,6 +3,8 @@
 
 #include <math.h>
 
+#include "io/fp16.h"
+
 static void suffixed(char *out, size_t size, const char *prefix, const char *suffix) {
     snprintf(out, size, "%s.%s", prefix, suffix);
 }
@@ -21,6 +23,23 @@ mil_var *sdc_net_weight_1x1(sdc_net *n, const char *name, int64_t out, int64_t i
     bool as_conv = t && t->rank == 4;
     if (sdc_weights_get(n->c->weights, name, as_conv ? 4 : 2, as_conv ? s4 : s2, &t, n->err)) return NULL;
     return sdc_mil_const_weight(n->g, t, n->t, 4, s4, 0); /* same bytes: [out, in] is [out, in, 1, 1] */
+}
+
+mil_var *sdc_net_weight_2d(sdc_net *n, const char *name, int64_t out, int64_t in) {
+    if (!sdc_mil_graph_ok(n->g) || n->err->code) return NULL;
+    const sdc_tensor *t = sdc_weights_find(n->c->weights, name);
+    int64_t s2[2] = {out, in}, s4[4] = {out, in, 1, 1};
+    bool as_conv = t && t->rank == 4;
+    if (sdc_weights_get(n->c->weights, name, as_conv ? 4 : 2, as_conv ? s4 : s2, &t, n->err)) return NULL;
+    return sdc_mil_const_weight(n->g, t, n->t, 2, s2, 0); /* same bytes: [out, in, 1, 1] is [out, in] */
+}
+
+mil_var *sdc_net_linear(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout) {
+    char w[256], b[256];
+    suffixed(w, sizeof w, prefix, "weight");
+    suffixed(b, sizeof b, prefix, "bias");
+    int64_t bs[1] = {cout};
+    return sdc_mil_linear(n->g, x, sdc_net_weight_2d(n, w, cout, cin), sdc_net_weight(n, b, 1, bs));
 }
 
 mil_var *sdc_net_conv(sdc_net *n, mil_var *x, const char *prefix, int64_t cin, int64_t cout, int k, int stride,
@@ -48,32 +67,113 @@ mil_var *sdc_net_linear_1x1(sdc_net *n, mil_var *x, const char *prefix, int64_t 
     return sdc_mil_conv(n->g, x, sdc_net_weight_1x1(n, w, cout, cin), bv, 1, pad0, 1);
 }
 
-/* (1, C, 1, 1) view of a [C] affine parameter, broadcast over (B, C, H, W) */
-static mil_var *channel_param(sdc_net *n, const char *name, int64_t c) {
-    if (!sdc_mil_graph_ok(n->g) || n->err->code) return NULL;
-    const sdc_tensor *t;
-    int64_t s1[1] = {c}, s4[4] = {1, c, 1, 1};
-    if (sdc_weights_get(n->c->weights, name, 1, s1, &t, n->err)) return NULL;
-    return sdc_mil_const_weight(n->g, t, n->t, 4, s4, 0);
+/* (x - mean) / sqrt(var + eps) per group of x (B, C, *spatial), the groups viewed as
+   (B, G, C/G, *spatial) straight from x and the result reshaped to out_shape: coremltools'
+   lowering of torch's group_norm, each step its own op in the compute dtype, so a device
+   computes the variance as the mean of squared deviations, exactly as in the anchor's packages. */
+static mil_var *group_standardize(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps, int spatial_rank,
+                                  int out_rank, const int64_t *out_shape) {
+    mil_graph *g = n->g;
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
+    int64_t B = x->type.shape[0], C = x->type.shape[1], S = 1;
+    for (int i = 2; i < x->type.rank; i++) S *= x->type.shape[i];
+    if (x->type.rank != 4 || C % groups)
+        return sdc_mil_fail(g, SDC_E_FORMAT, "%s: %lld channels are not divisible into %d groups", prefix,
+                        (long long)C, groups);
+    int64_t grouped[5] = {B, groups, C / groups, x->type.shape[2], x->type.shape[3]};
+    if (spatial_rank == 1) grouped[3] = S;
+    static const int32_t axes[3] = {2, 3, 4};
+    int rank = 3 + spatial_rank, n_axes = 1 + spatial_rank;
+    mil_var *h = sdc_mil_reshape(g, x, rank, grouped);                          /* (B, G, C/G, *spatial) */
+    mil_var *mean = sdc_mil_reduce(g, "reduce_mean", h, n_axes, axes, true);   /* (B, G, 1, 1[, 1]) */
+    mil_var *dev = sdc_mil_sub(g, h, mean);                                     /* (B, G, C/G, *spatial) */
+    mil_var *var = sdc_mil_reduce(g, "reduce_mean", sdc_mil_square(g, dev), n_axes, axes, true);
+    mil_var *std = sdc_mil_sqrt(g, sdc_mil_add(g, var, sdc_mil_const_scalar(g, n->t, eps)));
+    return sdc_mil_reshape(g, sdc_mil_real_div(g, dev, std), out_rank, out_shape);
+}
+
+/* A [C] const of one value, the compute dtype (batch_norm's mean and variance) */
+static mil_var *channel_fill(sdc_net *n, int64_t c, float value) {
+    float *vals = sdc_malloc((size_t)c * sizeof *vals);
+    if (!vals) return sdc_mil_fail(n->g, SDC_E_NOMEM, "out of memory");
+    for (int64_t i = 0; i < c; i++) vals[i] = value;
+    int64_t s[1] = {c};
+    mil_var *v = sdc_mil_const_floats(n->g, n->t, 1, s, vals);
+    sdc_free(vals);
+    return v;
+}
+
+/* v rounded to the compute dtype */
+static float in_dtype(sdc_dtype t, float v) { return t == SDC_DT_F16 ? sdc_f16_to_f32(sdc_f32_to_f16(v)) : v; }
+
+/* Whether GroupNorm's affine is the identity in the compute dtype (weight all 1, bias all 0, as
+   freshly initialised models have): coremltools' noop_elimination then drops the anchor's mul
+   and add before anything fuses them, so the graph has no affine at all. */
+static bool identity_affine(sdc_net *n, const char *wname, const char *bname, int64_t C) {
+    const sdc_tensor *tw = sdc_weights_find(n->c->weights, wname), *tb = sdc_weights_find(n->c->weights, bname);
+    if (!tw || !tb || tw->numel != (uint64_t)C || tb->numel != (uint64_t)C) return false; /* the lookup reports it */
+    for (uint64_t i = 0; i < (uint64_t)C; i++)
+        if (in_dtype(n->t, sdc_tensor_get_f32(tw, i)) != 1.0f || in_dtype(n->t, sdc_tensor_get_f32(tb, i)) != 0.0f)
+            return false;
+    return true;
 }
 
 mil_var *sdc_net_group_norm(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps) {
     if (!x || !sdc_mil_graph_ok(n->g)) return NULL;
-    const mil_type *t = &x->type;
-    int64_t B = t->shape[0], C = t->shape[1], HW = t->shape[2] * t->shape[3];
-    if (t->rank != 4 || C % groups)
-        return sdc_mil_fail(n->g, SDC_E_FORMAT, "%s: %lld channels are not divisible into %d groups", prefix,
-                        (long long)C, groups);
+    int64_t C = x->type.shape[1], s1[1] = {C};
     char w[256], b[256];
     suffixed(w, sizeof w, prefix, "weight");
     suffixed(b, sizeof b, prefix, "bias");
-    int64_t grouped[4] = {B, groups, C / groups, HW};
-    static const int32_t axes[2] = {2, 3};
-    mil_var *h = sdc_mil_reshape(n->g, x, 4, grouped);              /* (B, G, C/G, HW) */
-    h = sdc_mil_layer_norm(n->g, h, 2, axes, NULL, NULL, eps);       /* per group */
-    h = sdc_mil_reshape(n->g, h, 4, t->shape);                       /* (B, C, H, W) */
-    h = sdc_mil_mul(n->g, h, channel_param(n, w, C));
-    return sdc_mil_add(n->g, h, channel_param(n, b, C));
+    mil_var *h = group_standardize(n, x, prefix, groups, eps, 2, 4, x->type.shape); /* (B, C, H, W) */
+    if (identity_affine(n, w, b, C)) return h;
+    /* coremltools fuses the affine's mul and add on a rank-4 tensor into batch_norm(mean 0,
+       variance 1, epsilon 1e-5) (fuse_elementwise_to_batchnorm); its 1/sqrt(1 + 1e-5) factor is
+       the anchor's too. The params stay 1-D [C], and so are never palettized, as in the anchor. */
+    return sdc_mil_batch_norm(n->g, h, channel_fill(n, C, 0.0f), channel_fill(n, C, 1.0f),
+                              sdc_net_weight(n, w, 1, s1), sdc_net_weight(n, b, 1, s1), 1e-5f);
+}
+
+mil_var *sdc_net_group_norm_seq(sdc_net *n, mil_var *x, const char *prefix, int groups, float eps) {
+    if (!x || !sdc_mil_graph_ok(n->g)) return NULL;
+    int64_t B = x->type.shape[0], C = x->type.shape[1];
+    int64_t seq[3] = {B, C, x->type.shape[2] * x->type.shape[3]}, s1[1] = {C}, s3[3] = {1, C, 1};
+    char w[256], b[256];
+    suffixed(w, sizeof w, prefix, "weight");
+    suffixed(b, sizeof b, prefix, "bias");
+    mil_var *h = group_standardize(n, x, prefix, groups, eps, 1, 3, seq); /* (B, C, S) */
+    if (!sdc_mil_graph_ok(n->g) || n->err->code) return NULL;
+    if (identity_affine(n, w, b, C)) return h;
+    /* rank 3: no batch_norm fusion, the affine stays mul and add of (1, C, 1) params */
+    const sdc_tensor *tw, *tb;
+    if (sdc_weights_get(n->c->weights, w, 1, s1, &tw, n->err) || sdc_weights_get(n->c->weights, b, 1, s1, &tb, n->err))
+        return NULL;
+    h = sdc_mil_mul(n->g, h, sdc_mil_const_weight(n->g, tw, n->t, 3, s3, 0));
+    return sdc_mil_add(n->g, h, sdc_mil_const_weight(n->g, tb, n->t, 3, s3, 0));
+}
+
+
+/* The anchor's LayerNormANE computes (x̂ + bias') · weight with bias' = bias / weight (its
+   load_state_dict hook), which coremltools folds into layer_norm's beta = bias' · weight, each
+   step rounded to the compute dtype: in float16 that is not always float16(bias) (41 of 480
+   elements of tiny-sd's UNet differ by one ulp), and the device adds this beta, so sdcoreml
+   stores the same. Where weight rounds to 0 the anchor's chain gives NaN; sdcoreml keeps
+   bias there instead. */
+static mil_var *anchor_layer_norm_beta(sdc_net *n, const char *wname, const char *bname, int64_t C) {
+    if (!sdc_mil_graph_ok(n->g) || n->err->code) return NULL;
+    int64_t s[1] = {C};
+    const sdc_tensor *tw, *tb;
+    if (sdc_weights_get(n->c->weights, wname, 1, s, &tw, n->err) || sdc_weights_get(n->c->weights, bname, 1, s, &tb, n->err))
+        return NULL;
+    float *beta = sdc_malloc((size_t)C * sizeof *beta);
+    if (!beta) return sdc_mil_fail(n->g, SDC_E_NOMEM, "out of memory");
+    for (int64_t i = 0; i < C; i++) {
+        float w = in_dtype(n->t, sdc_tensor_get_f32(tw, (uint64_t)i)), b = in_dtype(n->t, sdc_tensor_get_f32(tb, (uint64_t)i));
+        float folded = in_dtype(n->t, in_dtype(n->t, b / w) * w);
+        beta[i] = isfinite(folded) ? folded : b;
+    }
+    mil_var *v = sdc_mil_const_floats(n->g, n->t, 1, s, beta); /* [C] */
+    sdc_free(beta);
+    return v;
 }
 
 mil_var *sdc_net_layer_norm_c(sdc_net *n, mil_var *x, const char *prefix, float eps) {
@@ -82,8 +182,8 @@ mil_var *sdc_net_layer_norm_c(sdc_net *n, mil_var *x, const char *prefix, float 
     char w[256], b[256];
     suffixed(w, sizeof w, prefix, "weight");
     suffixed(b, sizeof b, prefix, "bias");
-    static const int32_t axes[1] = {-3}; /* the channel axis of (B, C, 1, S) */
-    return sdc_mil_layer_norm(n->g, x, 1, axes, sdc_net_weight(n, w, 1, s), sdc_net_weight(n, b, 1, s), eps);
+    static const int32_t axes[1] = {1}; /* the channel axis of (B, C, 1, S) */
+    return sdc_mil_layer_norm(n->g, x, 1, axes, sdc_net_weight(n, w, 1, s), anchor_layer_norm_beta(n, w, b, C), eps);
 }
 
 mil_var *sdc_net_resnet(sdc_net *n, mil_var *x, mil_var *temb_silu, const char *prefix, int64_t cin, int64_t cout,
@@ -115,21 +215,33 @@ mil_var *sdc_net_sinusoid(sdc_net *n, mil_var *t, int64_t dim, bool flip_sin_to_
     if (!t || !sdc_mil_graph_ok(g)) return NULL;
     if (dim < 2 || dim % 2 || dim > 65536)
         return sdc_mil_fail(g, SDC_E_UNSUPPORTED, "timestep embedding dimension %lld must be even", (long long)dim);
-    int64_t half = dim / 2, N = t->type.shape[0];
+    int64_t half = dim / 2;
     float *freq = sdc_malloc((size_t)half * sizeof *freq);
     if (!freq) return sdc_mil_fail(g, SDC_E_NOMEM, "out of memory");
     for (int64_t j = 0; j < half; j++) freq[j] = (float)exp(-log(10000.0) * (double)j / ((double)half - freq_shift));
-    int64_t fs[2] = {1, half}, col[2] = {N, 1};
+    /* The anchor's op sequence (expand_dims, mul, sin, cos, concat, and for flip_sin_to_cos two
+       slice_by_index and a concat), but in float32 between two casts where the anchor runs it
+       in float16 with a float16 table: t·freq reaches ~1000, where float16 steps are 0.5, and
+       the float16 form costs the UNet ~3-10 dB against diffusers (53.5 dB for sd1-inpaint
+       ORIGINAL, under test_unet's 55 dB bar). The anchor's graph contains cast ops too. */
+    int64_t fs[2] = {1, half};
     mil_var *f = sdc_mil_const_floats(g, SDC_DT_F32, 2, fs, freq);
     sdc_free(freq);
-    mil_var *arg = sdc_mil_mul(g, sdc_mil_reshape(g, t, 2, col), f); /* (N, half) */
+    static const int32_t col[1] = {1};
+    mil_var *t32 = t->type.dtype == SDC_DT_F32 ? t : sdc_mil_cast(g, t, SDC_DT_F32);
+    mil_var *arg = sdc_mil_mul(g, sdc_mil_expand_dims(g, t32, 1, col), f); /* (N, half) */
     mil_var *parts[2] = {sdc_mil_sin(g, arg), sdc_mil_cos(g, arg)};
-    if (flip_sin_to_cos) {
-        mil_var *s = parts[0];
-        parts[0] = parts[1];
-        parts[1] = s;
+    mil_var *emb = sdc_mil_concat(g, 2, parts, -1); /* (N, dim): sin, cos */
+    if (flip_sin_to_cos) { /* diffusers swaps the halves by slicing the concatenation */
+        mil_var *swapped[2] = {sdc_mil_slice(g, emb, 1, half, dim), sdc_mil_slice(g, emb, 1, 0, half)};
+        emb = sdc_mil_concat(g, 2, swapped, -1); /* (N, dim): cos, sin */
     }
-    return sdc_mil_concat(g, 2, parts, 1); /* (N, dim) */
+    return sdc_net_to_compute(n, emb);
+}
+
+mil_var *sdc_net_column4(sdc_net *n, mil_var *x) {
+    static const int32_t last[1] = {-1};
+    return sdc_mil_expand_dims(n->g, sdc_mil_expand_dims(n->g, x, 1, last), 1, last); /* (N, D, 1, 1) */
 }
 
 mil_var *sdc_net_to_compute(sdc_net *n, mil_var *x) {

@@ -57,33 +57,41 @@ mil_var *sdc_clip_layer_norm(sdc_net *n, mil_var *x, const char *prefix, int64_t
     return sdc_mil_layer_norm(n->g, x, 1, axes, sdc_net_weight(n, w, 1, s), sdc_net_weight(n, b, 1, s), (float)eps);
 }
 
-/* [1, T, W] → [1, H, T, D] */
+/* [1, T, W] → [H, T, D]: transformers' _shape then view(bsz * heads, -1, head_dim), the
+   reshape, transpose, reshape the anchor's graph has */
 static mil_var *split_heads(sdc_net *n, mil_var *x, const clip_dims *d) {
     if (!x) return NULL;
-    int64_t shape[4] = {1, x->type.shape[1], d->heads, d->hidden / d->heads};
+    int64_t T = x->type.shape[1], D = d->hidden / d->heads;
+    int64_t shape[4] = {1, T, d->heads, D}, batched[3] = {d->heads, T, D};
     static const int32_t perm[4] = {0, 2, 1, 3};
-    return sdc_mil_transpose(n->g, sdc_mil_reshape(n->g, x, 4, shape), 4, perm);
+    return sdc_mil_reshape(n->g, sdc_mil_transpose(n->g, sdc_mil_reshape(n->g, x, 4, shape), 4, perm), 3, batched);
 }
 
+/* transformers' CLIPAttention (eager) as traced: batched [H, T, T] weights, viewed as
+   [1, H, T, T] only to add the causal mask */
 static mil_var *self_attention(sdc_net *n, mil_var *h, const char *layer, const clip_dims *d, mil_var *mask) {
     mil_graph *g = n->g;
     if (!h) return NULL;
-    int64_t W = d->hidden, T = h->type.shape[1];
+    int64_t W = d->hidden, T = h->type.shape[1], H = d->heads, D = W / H;
     char p[256];
     snprintf(p, sizeof p, "%s.self_attn.q_proj", layer);
     mil_var *q = sdc_clip_linear(n, h, p, W, W); /* [1, T, W] */
+    q = sdc_mil_mul(g, q, sdc_mil_const_scalar(g, n->t, 1.0f / sqrtf((float)D))); /* scaled first, as CLIP */
     snprintf(p, sizeof p, "%s.self_attn.k_proj", layer);
     mil_var *k = sdc_clip_linear(n, h, p, W, W);
     snprintf(p, sizeof p, "%s.self_attn.v_proj", layer);
     mil_var *v = sdc_clip_linear(n, h, p, W, W);
-    q = sdc_mil_mul(g, q, sdc_mil_const_scalar(g, n->t, 1.0f / sqrtf((float)(W / d->heads)))); /* scaled first, as CLIP */
-    mil_var *w = sdc_mil_matmul(g, split_heads(n, q, d), split_heads(n, k, d), false, true); /* [1, H, T, T] */
-    if (mask) w = sdc_mil_add(g, w, mask);
+    mil_var *w = sdc_mil_matmul(g, split_heads(n, q, d), split_heads(n, k, d), false, true); /* [H, T, T] */
+    if (mask) {
+        int64_t four[4] = {1, H, T, T}, three[3] = {H, T, T};
+        w = sdc_mil_reshape(g, sdc_mil_add(g, sdc_mil_reshape(g, w, 4, four), mask), 3, three);
+    }
     w = sdc_mil_softmax(g, w, -1);
-    mil_var *o = sdc_mil_matmul(g, w, split_heads(n, v, d), false, false); /* [1, H, T, D] */
+    mil_var *o = sdc_mil_matmul(g, w, split_heads(n, v, d), false, false); /* [H, T, D] */
     static const int32_t perm[4] = {0, 2, 1, 3};
-    int64_t merged[3] = {1, T, W};
-    o = sdc_mil_reshape(g, sdc_mil_transpose(g, o, 4, perm), 3, merged); /* [1, T, W] */
+    int64_t heads4[4] = {1, H, T, D}, merged[3] = {1, T, W};
+    o = sdc_mil_transpose(g, sdc_mil_reshape(g, o, 4, heads4), 4, perm); /* [1, T, H, D] */
+    o = sdc_mil_reshape(g, o, 3, merged);                                /* [1, T, W] */
     snprintf(p, sizeof p, "%s.self_attn.out_proj", layer);
     return sdc_clip_linear(n, o, p, W, W);
 }

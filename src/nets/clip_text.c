@@ -59,13 +59,13 @@ static mil_var *eos_position(sdc_net *n, const clip_text_config *cfg, mil_var *i
 static mil_var *embeddings(sdc_net *n, const clip_text_config *cfg, mil_var *ids, int64_t seq) {
     mil_graph *g = n->g;
     int64_t W = cfg->d.hidden;
-    int64_t tok_shape[2] = {cfg->vocab, W}, pos_shape[2] = {cfg->positions, W}, used_pos[2] = {seq, W};
+    int64_t tok_shape[2] = {cfg->vocab, W}, pos_shape[2] = {cfg->positions, W}, used_pos[3] = {1, seq, W};
     mil_var *tok = sdc_net_weight(n, "text_model.embeddings.token_embedding.weight", 2, tok_shape);
     const sdc_tensor *pos_t;
     mil_var *pos = NULL;
     if (sdc_mil_graph_ok(g) && !n->err->code &&
         !sdc_weights_get(n->c->weights, "text_model.embeddings.position_embedding.weight", 2, pos_shape, &pos_t, n->err))
-        pos = sdc_mil_const_weight(g, pos_t, n->t, 2, used_pos, 0); /* rows 0..S-1 */
+        pos = sdc_mil_const_weight(g, pos_t, n->t, 3, used_pos, 0); /* rows 0..S-1 as [1, S, W], the anchor's const */
     return sdc_mil_add(g, sdc_mil_gather(g, tok, ids, 0), pos);
 }
 

@@ -229,7 +229,13 @@ static sdc_status read_config(const sdc_component *c, bool controlnet, unet_conf
 
 /* ---------------------------------------------------------------- attention */
 
-/* q (B, C, 1, Sq) · k, v (B, C, 1, Sk), q already scaled by d^-1/2 → (B, C, 1, Sq) */
+/* The anchor scales the attention weights QKᵀ by d^-1/2 after the product (one mul per head and
+   query chunk), not q before it; the device computes that order, so sdcoreml does too. */
+static mil_var *scaled(mil_graph *g, mil_var *w, sdc_dtype t, int64_t d) {
+    return sdc_mil_mul(g, w, sdc_mil_const_scalar(g, t, (float)(1.0 / sqrt((double)d))));
+}
+
+/* q (B, C, 1, Sq) · k, v (B, C, 1, Sk) → (B, C, 1, Sq) */
 static mil_var *attention_original(unet_ctx *u, mil_var *q, mil_var *k, mil_var *v, int64_t heads) {
     mil_graph *g = u->n.g;
     if (!q || !k || !v) return NULL; /* the graph failed (out of memory) */
@@ -237,7 +243,7 @@ static mil_var *attention_original(unet_ctx *u, mil_var *q, mil_var *k, mil_var 
     int64_t sq = q->type.shape[3], sk = k->type.shape[3];
     int64_t qs[4] = {B, heads, d, sq}, ks[4] = {B, heads, d, sk}, os[4] = {B, C, 1, sq};
     mil_var *w = sdc_mil_matmul(g, sdc_mil_reshape(g, q, 4, qs), sdc_mil_reshape(g, k, 4, ks), true, false); /* (B, h, Sq, Sk) */
-    w = sdc_mil_softmax(g, w, -1);
+    w = sdc_mil_softmax(g, scaled(g, w, u->n.t, d), -1);
     mil_var *o = sdc_mil_matmul(g, sdc_mil_reshape(g, v, 4, ks), w, false, true); /* (B, h, d, Sq) */
     return sdc_mil_reshape(g, o, 4, os);
 }
@@ -245,10 +251,21 @@ static mil_var *attention_original(unet_ctx *u, mil_var *q, mil_var *k, mil_var 
 enum { MAX_HEADS = 64, V2_CHUNK = 512, MAX_V2_CHUNKS = 64 };
 
 /* One head of SPLIT_EINSUM: q_h (B, d, 1, Sq), kt_h (B, Sk, 1, d), v_h (B, d, 1, Sk) → (B, d, 1, Sq) */
-static mil_var *einsum_head(mil_graph *g, mil_var *q_h, mil_var *kt_h, mil_var *v_h) {
+static mil_var *einsum_head(unet_ctx *u, mil_var *q_h, mil_var *kt_h, mil_var *v_h) {
+    mil_graph *g = u->n.g;
     mil_var *w = sdc_mil_einsum(g, "nchw,nwhu->nchu", kt_h, q_h); /* (B, Sk, 1, Sq) */
-    w = sdc_mil_softmax(g, w, 1);                                 /* over keys */
+    w = sdc_mil_softmax(g, scaled(g, w, u->n.t, kt_h ? kt_h->type.shape[3] : 1), 1); /* over keys */
     return sdc_mil_einsum(g, "nchw,nwhu->nchu", v_h, w);         /* (B, d, 1, Sq) */
+}
+
+/* Heads (and V2's query chunks) are cut with one slice_by_index each, as the anchor's
+   indexing q[:, h*d:(h+1)*d] lowers, rather than one split. */
+static bool slices(mil_graph *g, mil_var *x, int axis, int64_t n, int64_t size, int64_t last, mil_var **out) {
+    for (int64_t i = 0; i < n; i++) {
+        out[i] = sdc_mil_slice(g, x, axis, i * size, i * size + (i < n - 1 ? size : last));
+        if (!out[i]) return false;
+    }
+    return true;
 }
 
 /* SPLIT_EINSUM (and _V2 with query chunks of 512; unlike the anchor, a shorter last chunk
@@ -258,29 +275,24 @@ static mil_var *attention_split(unet_ctx *u, mil_var *q, mil_var *k, mil_var *v,
     if (!q || !k || !v) return NULL;
     if (heads > MAX_HEADS) return sdc_mil_fail(g, SDC_E_UNSUPPORTED, "more than %d attention heads", MAX_HEADS);
     int64_t C = q->type.shape[1], d = C / heads, sq = q->type.shape[3];
-    int64_t sizes[MAX_HEADS];
-    for (int64_t i = 0; i < heads; i++) sizes[i] = d;
     static const int32_t to_keys_first[4] = {0, 3, 2, 1};
-    mil_var *kt = sdc_mil_transpose(g, k, 4, to_keys_first); /* (B, Sk, 1, C) */
     mil_var *qh[MAX_HEADS], *kh[MAX_HEADS], *vh[MAX_HEADS], *oh[MAX_HEADS];
-    if (!sdc_mil_split(g, q, 1, (int)heads, sizes, qh) || !sdc_mil_split(g, kt, 3, (int)heads, sizes, kh) ||
-        !sdc_mil_split(g, v, 1, (int)heads, sizes, vh))
-        return NULL;
+    if (!slices(g, q, 1, heads, d, d, qh)) return NULL;
+    mil_var *kt = sdc_mil_transpose(g, k, 4, to_keys_first); /* (B, Sk, 1, C) */
+    if (!slices(g, kt, 3, heads, d, d, kh) || !slices(g, v, 1, heads, d, d, vh)) return NULL;
     int64_t n_chunks = v2 ? (sq + V2_CHUNK - 1) / V2_CHUNK : 1;
     if (sq < V2_CHUNK) n_chunks = 1; /* the anchor's fallback to SPLIT_EINSUM */
     for (int64_t h = 0; h < heads; h++) {
         if (n_chunks == 1) {
-            oh[h] = einsum_head(g, qh[h], kh[h], vh[h]);
+            oh[h] = einsum_head(u, qh[h], kh[h], vh[h]);
             continue;
         }
         if (n_chunks > MAX_V2_CHUNKS) /* 64 chunks of 512 = a 181x181 latent at full resolution */
             return sdc_mil_fail(g, SDC_E_UNSUPPORTED, "%lld query tokens are more than SPLIT_EINSUM_V2's %d chunks of %d; "
                             "use SPLIT_EINSUM or ORIGINAL", (long long)sq, MAX_V2_CHUNKS, V2_CHUNK);
-        int64_t csizes[MAX_V2_CHUNKS];
-        for (int64_t c = 0; c < n_chunks; c++) csizes[c] = c < n_chunks - 1 ? V2_CHUNK : sq - V2_CHUNK * (n_chunks - 1);
         mil_var *qc[MAX_V2_CHUNKS], *oc[MAX_V2_CHUNKS];
-        if (!sdc_mil_split(g, qh[h], 3, (int)n_chunks, csizes, qc)) return NULL;
-        for (int64_t c = 0; c < n_chunks; c++) oc[c] = einsum_head(g, qc[c], kh[h], vh[h]);
+        if (!slices(g, qh[h], 3, n_chunks, V2_CHUNK, sq - V2_CHUNK * (n_chunks - 1), qc)) return NULL;
+        for (int64_t c = 0; c < n_chunks; c++) oc[c] = einsum_head(u, qc[c], kh[h], vh[h]);
         oh[h] = sdc_mil_concat(g, (int)n_chunks, oc, 3);
     }
     return sdc_mil_concat(g, (int)heads, oh, 1); /* (B, C, 1, Sq) */
@@ -288,7 +300,6 @@ static mil_var *attention_split(unet_ctx *u, mil_var *q, mil_var *k, mil_var *v,
 
 /* diffusers Attention with to_q/to_k/to_v (no bias) and to_out.0 (bias), as 1×1 convs */
 static mil_var *attention(unet_ctx *u, mil_var *x, mil_var *context, const char *prefix, int64_t C, int64_t heads) {
-    mil_graph *g = u->n.g;
     char p[256];
     int64_t D = context ? context->type.shape[1] : C;
     mil_var *ctx = context ? context : x;
@@ -298,8 +309,6 @@ static mil_var *attention(unet_ctx *u, mil_var *x, mil_var *context, const char 
     mil_var *k = sdc_net_linear_1x1(&u->n, ctx, p, D, C, false);
     snprintf(p, sizeof p, "%s.to_v", prefix);
     mil_var *v = sdc_net_linear_1x1(&u->n, ctx, p, D, C, false);
-    /* scaling q first keeps QKᵀ inside the fp16 range */
-    q = sdc_mil_mul(g, q, sdc_mil_const_scalar(g, u->n.t, (float)(1.0 / sqrt((double)(C / heads)))));
     mil_var *o;
     switch (u->opt->attention) {
     case SDC_ATTN_ORIGINAL: o = attention_original(u, q, k, v, heads); break;
@@ -376,30 +385,25 @@ static mil_var *timestep_mlp(unet_ctx *u, mil_var *x, const char *prefix, int64_
     return post_act ? sdc_mil_silu(u->n.g, h) : h;
 }
 
-/* The sinusoids run in float32 even in fp16 programs: t·freq reaches ~1000, where fp16 steps
-   are 0.5 and sin/cos would be noise. */
 static mil_var *time_embedding(unet_ctx *u, mil_var *timestep, mil_var *time_ids, mil_var *text_embeds) {
     mil_graph *g = u->n.g;
     const unet_config *cfg = u->cfg;
     if (!timestep || (cfg->text_time && (!time_ids || !text_embeds))) return NULL; /* the graph failed */
     int64_t B = timestep->type.shape[0], C0 = cfg->channels[0];
     sdc_mil_scope(g, "time_embedding");
-    mil_var *t32 = timestep->type.dtype == SDC_DT_F32 ? timestep : sdc_mil_cast(g, timestep, SDC_DT_F32);
-    mil_var *s = sdc_net_to_compute(&u->n, sdc_net_sinusoid(&u->n, t32, C0, cfg->flip_sin_to_cos, cfg->freq_shift));
-    int64_t col[4] = {B, C0, 1, 1};
-    mil_var *emb = timestep_mlp(u, sdc_mil_reshape(g, s, 4, col), "time_embedding", C0, u->temb_channels,
+    mil_var *s = sdc_net_sinusoid(&u->n, timestep, C0, cfg->flip_sin_to_cos, cfg->freq_shift); /* (B, C0) */
+    mil_var *emb = timestep_mlp(u, sdc_net_column4(&u->n, s), "time_embedding", C0, u->temb_channels,
                                 cfg->time_post_act);
     if (cfg->text_time) { /* SDXL: add_embedding(concat(text_embeds, sinusoids of time_ids)) */
         sdc_mil_scope(g, "add_embedding");
         int64_t n_ids = time_ids->type.shape[1], A = cfg->addition_time_embed_dim;
         int64_t flat[1] = {B * n_ids}, rows[2] = {B, n_ids * A};
-        mil_var *ids32 = time_ids->type.dtype == SDC_DT_F32 ? time_ids : sdc_mil_cast(g, time_ids, SDC_DT_F32);
-        mil_var *te = sdc_net_sinusoid(&u->n, sdc_mil_reshape(g, ids32, 1, flat), A, cfg->flip_sin_to_cos, cfg->freq_shift);
-        te = sdc_net_to_compute(&u->n, sdc_mil_reshape(g, te, 2, rows)); /* (B, n·A) */
+        mil_var *te = sdc_net_sinusoid(&u->n, sdc_mil_reshape(g, time_ids, 1, flat), A, cfg->flip_sin_to_cos,
+                                       cfg->freq_shift);
+        te = sdc_mil_reshape(g, te, 2, rows); /* (B, n·A) */
         mil_var *parts[2] = {sdc_net_to_compute(&u->n, text_embeds), te};
-        mil_var *add = sdc_mil_concat(g, 2, parts, 1); /* (B, projection_input_dim) */
-        int64_t col2[4] = {B, cfg->projection_input_dim, 1, 1};
-        emb = sdc_mil_add(g, emb, timestep_mlp(u, sdc_mil_reshape(g, add, 4, col2), "add_embedding",
+        mil_var *add = sdc_mil_concat(g, 2, parts, -1); /* (B, projection_input_dim) */
+        emb = sdc_mil_add(g, emb, timestep_mlp(u, sdc_net_column4(&u->n, add), "add_embedding",
                                            cfg->projection_input_dim, u->temb_channels, false));
     }
     if (cfg->time_embed_act) emb = sdc_mil_silu(g, emb); /* time_embedding_act_fn, after the sum */

@@ -10,9 +10,9 @@
  *            except the last) → mid → GN → SiLU → conv_out → quant_conv (1×1) → moments
  *
  * Every GroupNorm has eps 1e-6; resnets have no time embedding. The mid-block attention is a
- * single head over the H·W positions with Linear q/k/v/out (with bias), built on the
- * (B, C, H, W) layout: q, k, v as 1×1 convs, then (B, C, HW) matmuls, so no transpose is
- * needed. Its weights may carry diffusers' names (to_q/to_k/to_v/to_out.0), the names of
+ * single head over the H·W positions with Linear q/k/v/out (with bias), built as the anchor's
+ * traced graph has it: GroupNorm on the (B, C, HW) view, transposed to (B, HW, C), MIL linear
+ * projections, matmuls over (B, HW, C). Its weights may carry diffusers' names (to_q/to_k/to_v/to_out.0), the names of
  * VAEs saved by diffusers ≤ 0.10 (query/key/value/proj_attn), 2-D Linear shapes or LDM's
  * [C, C, 1, 1] conv shapes.
  *
@@ -144,25 +144,29 @@ static mil_var *attention(sdc_net *n, const vae_config *cfg, mil_var *x, const c
         }
     }
     snprintf(p, sizeof p, "%s.group_norm", prefix);
-    mil_var *h = sdc_net_group_norm(n, x, p, (int)cfg->groups, VAE_EPS); /* (B, C, H, W) */
-    snprintf(p, sizeof p, "%s.%s", prefix, nm->q);
-    mil_var *q = sdc_net_linear_1x1(n, h, p, C, C, true);
-    snprintf(p, sizeof p, "%s.%s", prefix, nm->k);
-    mil_var *k = sdc_net_linear_1x1(n, h, p, C, C, true);
-    snprintf(p, sizeof p, "%s.%s", prefix, nm->v);
-    mil_var *v = sdc_net_linear_1x1(n, h, p, C, C, true);
-    /* scaling q first keeps QKᵀ inside the fp16 range */
-    q = sdc_mil_mul(g, q, sdc_mil_const_scalar(g, n->t, (float)(1.0 / sqrt((double)C))));
-    int64_t seq[3] = {B, C, H * W}, img[4] = {B, C, H, W};
-    q = sdc_mil_reshape(g, q, 3, seq); /* (B, C, S) */
-    k = sdc_mil_reshape(g, k, 3, seq);
-    v = sdc_mil_reshape(g, v, 3, seq);
-    mil_var *w = sdc_mil_matmul(g, q, k, true, false); /* (B, S, S): query rows, key columns */
-    w = sdc_mil_softmax(g, w, -1);
-    mil_var *o = sdc_mil_matmul(g, v, w, false, true); /* (B, C, S) = v · wᵀ */
-    o = sdc_mil_reshape(g, o, 4, img);
+    mil_var *h = sdc_net_group_norm_seq(n, x, p, (int)cfg->groups, VAE_EPS); /* (B, C, S) */
+    static const int32_t swap12[3] = {0, 2, 1}, heads_first[4] = {0, 2, 1, 3};
+    h = sdc_mil_transpose(g, h, 3, swap12); /* (B, S, C) */
+    const char *proj[3] = {nm->q, nm->k, nm->v};
+    int64_t S = H * W, split[4] = {B, S, 1, C}, merged[3] = {B, S, C}, joined[4] = {B, 1, S, C};
+    mil_var *qkv[3];
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s.%s", prefix, proj[i]);
+        /* diffusers' head_to_batch_dim with one head: a no-op reshape, transpose, reshape the
+           anchor's graph keeps, so sdcoreml's does too */
+        qkv[i] = sdc_net_linear(n, h, p, C, C);                                 /* (B, S, C) */
+        qkv[i] = sdc_mil_transpose(g, sdc_mil_reshape(g, qkv[i], 4, split), 4, heads_first); /* (B, 1, S, C) */
+        qkv[i] = sdc_mil_reshape(g, qkv[i], 3, merged);                        /* (B, S, C) */
+    }
+    /* diffusers scales q before QKᵀ here (baddbmm's alpha, lowered to a mul of the query) */
+    mil_var *q = sdc_mil_mul(g, qkv[0], sdc_mil_const_scalar(g, n->t, (float)(1.0 / sqrt((double)C))));
+    mil_var *w = sdc_mil_softmax(g, sdc_mil_matmul(g, q, qkv[1], false, true), -1); /* (B, S, S) */
+    mil_var *o = sdc_mil_reshape(g, sdc_mil_matmul(g, w, qkv[2], false, false), 4, joined); /* (B, 1, S, C) */
+    o = sdc_mil_reshape(g, sdc_mil_transpose(g, o, 4, heads_first), 3, merged); /* (B, S, C) */
     snprintf(p, sizeof p, "%s.%s", prefix, nm->out);
-    return sdc_mil_add(g, sdc_net_linear_1x1(n, o, p, C, C, true), x);
+    o = sdc_mil_transpose(g, sdc_net_linear(n, o, p, C, C), 3, swap12); /* (B, C, S) */
+    int64_t img[4] = {B, C, H, W};
+    return sdc_mil_add(g, sdc_mil_reshape(g, o, 4, img), x);
 }
 
 /* UNetMidBlock2D: resnet → attention → resnet, C channels throughout */
@@ -239,11 +243,14 @@ static void build_encoder(sdc_net *n, const vae_config *cfg, const sdc_vae_optio
             h = resnet(n, cfg, h, p, j == 0 ? cin : cout, cout);
         }
         if (i + 1 < cfg->n_blocks) {
-            /* LDM's asymmetric padding: zero row below and column right, then stride 2 */
-            static const int pad_br[4] = {0, 1, 0, 1};
+            /* LDM's asymmetric padding: zero row below and column right, then stride 2; a pad op
+               then a valid conv, as diffusers' F.pad lowers in the anchor's graph */
+            static const int32_t pad_br[4] = {0, 1, 0, 1};
+            static const int pad0[4] = {0, 0, 0, 0};
             snprintf(p, sizeof p, "encoder.down_blocks.%zu.downsamplers.0.conv", i);
             sdc_mil_scope(g, "%s", p);
-            h = sdc_net_conv(n, h, p, cout, cout, 3, 2, pad_br); /* (1, C, H/2, W/2) */
+            h = sdc_mil_pad_constant(g, h, pad_br, 0.0f);             /* (1, C, H+1, W+1) */
+            h = sdc_net_conv(n, h, p, cout, cout, 3, 2, pad0); /* (1, C, H/2, W/2) */
         }
         cin = cout;
     }

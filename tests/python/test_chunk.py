@@ -252,8 +252,9 @@ def test_check_fails_on_a_damaged_chunk(sdcoreml, pipelines, tmp_path):
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     label = c1.name.replace(".mlpackage", "+chunk2")
+    # damaged weights may overflow float16 in GroupNorm's decomposed steps (as on a device): NaN, -inf dB
     assert re.fullmatch(r"sdcoreml: error: --check-output-correctness: " + re.escape(label) +
-                        r" output 'noise_pred': PSNR -?[0-9.]+ dB vs " + re.escape(full.name) +
+                        r" output 'noise_pred': PSNR (-?[0-9.]+|-inf) dB vs " + re.escape(full.name) +
                         r" is below 35 dB", last), last
     # both chunks are moved aside (a pair is only good together); the UNet itself passed and stays
     moved = [c.with_name(c.name.replace(".mlpackage", ".failed-check.mlpackage")) for c in (c1, c2)]
