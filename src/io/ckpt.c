@@ -45,7 +45,7 @@ typedef struct ckpt {
     sdc_strmap by_key;
     found_tensor *found;
     size_t nfound, found_cap;
-    size_t visits;
+    size_t visits, name_bytes;
 } ckpt;
 
 /* The legacy format's first pickle: torch/serialization.py's MAGIC_NUMBER, little-endian. */
@@ -170,6 +170,14 @@ static sdc_status persistent_load(void *user, sdc_pk_vm *vm, const sdc_pk_obj *p
 /* ---- names: walking the dicts ------------------------------------------------------------ */
 
 static sdc_status add_found(ckpt *c, const char *name, const sdc_pk_tensor *t, sdc_err *err) {
+    /* a shared dict is listed once per path to it, so a small file can name exponentially many
+       tensors: bound their number and the bytes of their names */
+    if (c->nfound >= SDC_CKPT_MAX_TENSORS)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: dicts list more than %u tensors", c->path, SDC_CKPT_MAX_TENSORS);
+    c->name_bytes += strlen(name) + 1;
+    if (c->name_bytes > SDC_CKPT_MAX_NAME_BYTES)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: tensor names take more than %u MiB", c->path,
+                        SDC_CKPT_MAX_NAME_BYTES >> 20);
     if (c->nfound == c->found_cap) {
         size_t cap = c->found_cap ? c->found_cap * 2 : 256;
         found_tensor *f = sdc_realloc(c->found, cap * sizeof *f);
