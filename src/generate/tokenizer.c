@@ -586,12 +586,8 @@ static sdc_status add_merge(sdc_tokenizer *t, const char *line, size_t a0, size_
                             sdc_err *err) {
     char *key = sdc_arena_printf(&t->arena, "%.*s %.*s", (int)(a1 - a0), line + a0, (int)(b1 - b0), line + b0);
     if (!key) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    if (sdc_strmap_get(&t->ranks, key) >= 0) { /* listed again: the dict keeps the later rank */
-        for (size_t k = 0; k < t->ranks.cap; k++)
-            if (t->ranks.keys[k] && !strcmp(t->ranks.keys[k], key)) t->ranks.vals[k] = rank;
-        return SDC_OK;
-    }
-    return sdc_strmap_put(&t->ranks, key, rank) ? SDC_OK : sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    /* listed again: the dict keeps the later rank */
+    return sdc_strmap_set(&t->ranks, key, rank) ? SDC_OK : sdc_fail(err, SDC_E_NOMEM, "out of memory");
 }
 
 /* merges.txt as transformers reads it: the whole file stripped, split on "\n", line 0 (the
