@@ -52,12 +52,6 @@ typedef struct ckpt {
 static const uint8_t LEGACY_MAGIC[] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
 #define LEGACY_PROTOCOL_VERSION 1001
 
-static uint64_t le(const uint8_t *p, size_t n) {
-    uint64_t v = 0;
-    for (size_t i = n; i-- > 0;) v = (v << 8) | p[i];
-    return v;
-}
-
 static void set_where(ckpt *c, sdc_pk_vm *vm, const char *what) {
     snprintf(c->where, sizeof c->where, "%s: %s", c->path, what);
     sdc_pk_vm_set_where(vm, c->where);
@@ -361,7 +355,7 @@ static sdc_status read_legacy_storages(ckpt *c, sdc_pk_vm *vm, size_t at, sdc_er
         if (!s || s->is_view || s->data)
             return sdc_fail(err, SDC_E_FORMAT, "%s: storage key list: entry %zu is not a storage of the pickle, or "
                             "is listed twice", c->path, i);
-        if (c->map.size - at < 8 || le(c->map.data + at, 8) != s->numel || c->map.size - at - 8 < s->nbytes)
+        if (c->map.size - at < 8 || sdc_load_le(c->map.data + at, 8) != s->numel || c->map.size - at - 8 < s->nbytes)
             return sdc_fail(err, SDC_E_FORMAT, "%s: storage '%s': %llu elements of %s do not follow at offset %zu "
                             "(truncated?)", c->path, key, (unsigned long long)s->numel, sdc_dtype_name(s->dtype), at);
         s->data = c->map.data + at + 8;
