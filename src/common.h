@@ -67,6 +67,14 @@ static inline bool sdc_add_u64(uint64_t a, uint64_t b, uint64_t *out) {
     return !__builtin_add_overflow(a, b, out);
 }
 
+/* The little-endian unsigned integer of nbytes (<= 8) bytes at p, assembled byte by byte: safe
+   on unaligned data and independent of the host's byte order (file formats are little-endian). */
+static inline uint64_t sdc_load_le(const uint8_t *p, size_t nbytes) {
+    uint64_t v = 0;
+    for (size_t i = nbytes; i-- > 0;) v = (v << 8) | p[i];
+    return v;
+}
+
 #define SDC_MAX_RANK 8
 #define SDC_COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 

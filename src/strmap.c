@@ -9,12 +9,18 @@ static uint64_t hash_str(const char *s) {
     return h;
 }
 
-int sdc_strmap_get(const sdc_strmap *m, const char *key) {
-    if (!m->cap) return -1;
+/* The slot holding `key`, or SIZE_MAX when it is absent. */
+static size_t find(const sdc_strmap *m, const char *key) {
+    if (!m->cap) return SIZE_MAX;
     for (size_t i = hash_str(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        if (!m->keys[i]) return -1;
-        if (!strcmp(m->keys[i], key)) return m->vals[i];
+        if (!m->keys[i]) return SIZE_MAX;
+        if (!strcmp(m->keys[i], key)) return i;
     }
+}
+
+int sdc_strmap_get(const sdc_strmap *m, const char *key) {
+    size_t i = find(m, key);
+    return i == SIZE_MAX ? -1 : m->vals[i];
 }
 
 static void insert(const char **keys, int *vals, size_t cap, const char *key, int val) {
@@ -47,6 +53,13 @@ bool sdc_strmap_put(sdc_strmap *m, const char *key, int val) {
     if ((m->count + 1) * 2 > m->cap && !grow(m)) return false;
     insert(m->keys, m->vals, m->cap, key, val);
     m->count++;
+    return true;
+}
+
+bool sdc_strmap_set(sdc_strmap *m, const char *key, int val) {
+    size_t i = find(m, key);
+    if (i == SIZE_MAX) return sdc_strmap_put(m, key, val);
+    m->vals[i] = val;
     return true;
 }
 

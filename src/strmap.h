@@ -19,6 +19,8 @@ typedef struct sdc_strmap {
 int sdc_strmap_get(const sdc_strmap *m, const char *key);
 /* Adds `key` (not present yet; borrowed) with `val`; false when out of memory. */
 bool sdc_strmap_put(sdc_strmap *m, const char *key, int val);
+/* Adds `key` (borrowed) with `val`, or gives the key already there `val`; false when out of memory. */
+bool sdc_strmap_set(sdc_strmap *m, const char *key, int val);
 /* Frees the table (not the keys); the map is empty and usable again. */
 void sdc_strmap_clear(sdc_strmap *m);
 

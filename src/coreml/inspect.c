@@ -28,8 +28,12 @@ static json_t *features_json(size_t n, Sdc__Coreml__FeatureDescription **f) {
             for (size_t k = 0; k < a->n_shape; k++) json_array_append_new(shape, json_integer(a->shape[k]));
             dtype = array_type_name(a->datatype);
         }
-        json_array_append_new(arr, json_pack("{s:s, s:o, s:s, s:s}", "name", f[i]->name, "shape", shape, "dtype",
-                                             dtype, "description", f[i]->shortdescription));
+        /* json_pack refuses text that is not UTF-8: then the whole list fails (NULL) */
+        if (json_array_append_new(arr, json_pack("{s:s, s:o, s:s, s:s}", "name", f[i]->name, "shape", shape,
+                                                 "dtype", dtype, "description", f[i]->shortdescription))) {
+            json_decref(arr);
+            return NULL;
+        }
     }
     return arr;
 }
@@ -37,8 +41,13 @@ static json_t *features_json(size_t n, Sdc__Coreml__FeatureDescription **f) {
 static json_t *metadata_json(const Sdc__Coreml__Metadata *md) {
     json_t *user = json_object();
     if (!md) return json_pack("{s:o}", "user_defined", user);
-    for (size_t i = 0; i < md->n_userdefined; i++)
-        json_object_set_new(user, md->userdefined[i]->key, json_string(md->userdefined[i]->value));
+    for (size_t i = 0; i < md->n_userdefined; i++) {
+        /* a key or value that is not UTF-8 fails the whole metadata (NULL) */
+        if (json_object_set_new(user, md->userdefined[i]->key, json_string(md->userdefined[i]->value))) {
+            json_decref(user);
+            return NULL;
+        }
+    }
     return json_pack("{s:s, s:s, s:s, s:s, s:o}", "author", md->author, "license", md->license, "version",
                      md->versionstring, "short_description", md->shortdescription, "user_defined", user);
 }

@@ -6,6 +6,7 @@
 #include "generate/tokenizer.h"
 
 #include "arena.h"
+#include "source/source.h"
 #include "strmap.h"
 
 #include <errno.h>
@@ -486,37 +487,38 @@ static void make_byte_chars(sdc_tokenizer *t) {
     }
 }
 
+/* dir/name, malloc'd; NULL when out of memory. */
 static char *path_in(const char *dir, const char *name) {
-    char *p = sdc_malloc(strlen(dir) + strlen(name) + 2);
-    if (p) sprintf(p, "%s/%s", dir, name);
+    size_t size = strlen(dir) + strlen(name) + 2;
+    char *p = sdc_malloc(size);
+    if (p && !sdc_fmt(p, size, "%s/%s", dir, name)) {
+        sdc_free(p);
+        p = NULL;
+    }
     return p;
+}
+
+static sdc_status add_vocab(sdc_tokenizer *t, const char *path, json_t *v, sdc_err *err) {
+    if (!json_is_object(v)) return sdc_fail(err, SDC_E_FORMAT, "%s: not a JSON object", path);
+    const char *key;
+    json_t *val;
+    json_object_foreach(v, key, val) {
+        if (!json_is_integer(val) || json_integer_value(val) < 0 || json_integer_value(val) > INT32_MAX)
+            return sdc_fail(err, SDC_E_FORMAT, "%s: the id of token '%.40s' is not an integer in 0..2^31-1", path,
+                            key);
+        char *k = sdc_arena_strdup(&t->arena, key);
+        if (!k || !sdc_strmap_put(&t->vocab, k, (int)json_integer_value(val)))
+            return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
+    }
+    return SDC_OK;
 }
 
 static sdc_status read_vocab(sdc_tokenizer *t, const char *dir, sdc_err *err) {
     char *path = path_in(dir, "vocab.json");
-    if (!path) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    json_error_t je;
-    json_t *v = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-    sdc_status s = SDC_OK;
-    if (!v) {
-        s = sdc_fail(err, sdc_path_exists(path) ? SDC_E_FORMAT : SDC_E_NOTFOUND, "%s: %s", path, je.text);
-    } else if (!json_is_object(v)) {
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: not a JSON object", path);
-    } else {
-        const char *key;
-        json_t *val;
-        json_object_foreach(v, key, val) {
-            if (!json_is_integer(val) || json_integer_value(val) < 0 || json_integer_value(val) > INT32_MAX) {
-                s = sdc_fail(err, SDC_E_FORMAT, "%s: the id of token '%.40s' is not an integer in 0..2^31-1", path, key);
-                break;
-            }
-            char *k = sdc_arena_strdup(&t->arena, key);
-            if (!k || !sdc_strmap_put(&t->vocab, k, (int)json_integer_value(val))) {
-                s = sdc_fail(err, SDC_E_NOMEM, "out of memory");
-                break;
-            }
-        }
-    }
+    if (!path) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", dir);
+    json_t *v;
+    sdc_status s = sdc_json_load(path, &v, err);
+    if (!s) s = add_vocab(t, path, v, err);
     json_decref(v);
     sdc_free(path);
     return s;
@@ -548,50 +550,20 @@ static bool next_field(const char *s, size_t *i, size_t end, size_t *f0, size_t 
 
 /* Reads a whole small text file (up to 64 MiB) as valid UTF-8. */
 static sdc_status read_text(const char *path, char **out, size_t *out_len, sdc_err *err) {
+    sdc_status s = sdc_read_small_file(path, 64u << 20, out, out_len, err);
+    long bad = s ? -1 : utf8_invalid_at((const uint8_t *)*out, *out_len);
+    if (bad < 0) return s;
+    sdc_free(*out);
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return sdc_fail(err, errno == ENOENT ? SDC_E_NOTFOUND : SDC_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    size_t cap = 1 << 16, len = 0, got;
-    char *buf = sdc_malloc(cap);
-    while (buf && (got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += got;
-        if (len + 1 == cap) {
-            char *nb = cap < (64u << 20) ? sdc_realloc(buf, cap * 2) : NULL;
-            if (!nb) break;
-            buf = nb, cap *= 2;
-        }
-    }
-    bool too_big = buf && len + 1 == cap, read_error = ferror(f);
-    fclose(f);
-    if (!buf) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    sdc_status s = SDC_OK;
-    if (read_error)
-        s = sdc_fail(err, SDC_E_IO, "%s: read error", path);
-    else if (too_big)
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: larger than 64 MiB", path);
-    else if (utf8_invalid_at((const uint8_t *)buf, len) >= 0)
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: not valid UTF-8 (byte %ld)", path, utf8_invalid_at((const uint8_t *)buf, len));
-    if (s) {
-        sdc_free(buf);
-        return s;
-    }
-    buf[len] = 0;
-    *out = buf;
-    *out_len = len;
-    return SDC_OK;
+    return sdc_fail(err, SDC_E_FORMAT, "%s: not valid UTF-8 (byte %ld)", path, bad);
 }
 
-static sdc_status add_merge(sdc_tokenizer *t, const char *line, size_t a0, size_t a1, size_t b0, size_t b1, int rank,
-                            sdc_err *err) {
+static sdc_status add_merge(sdc_tokenizer *t, const char *path, const char *line, size_t a0, size_t a1, size_t b0,
+                            size_t b1, int rank, sdc_err *err) {
     char *key = sdc_arena_printf(&t->arena, "%.*s %.*s", (int)(a1 - a0), line + a0, (int)(b1 - b0), line + b0);
-    if (!key) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
-    if (sdc_strmap_get(&t->ranks, key) >= 0) { /* listed again: the dict keeps the later rank */
-        for (size_t k = 0; k < t->ranks.cap; k++)
-            if (t->ranks.keys[k] && !strcmp(t->ranks.keys[k], key)) t->ranks.vals[k] = rank;
-        return SDC_OK;
-    }
-    return sdc_strmap_put(&t->ranks, key, rank) ? SDC_OK : sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    /* listed again: the dict keeps the later rank */
+    if (!key || !sdc_strmap_set(&t->ranks, key, rank)) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
+    return SDC_OK;
 }
 
 /* merges.txt as transformers reads it: the whole file stripped, split on "\n", line 0 (the
@@ -600,10 +572,12 @@ static sdc_status add_merge(sdc_tokenizer *t, const char *line, size_t a0, size_
 static sdc_status read_merges(sdc_tokenizer *t, const char *dir, sdc_err *err) {
     char *path = path_in(dir, "merges.txt"), *buf;
     size_t len = 0, n;
-    if (!path) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    if (!path) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", dir);
     sdc_status s = read_text(path, &buf, &len, err);
-    sdc_free(path);
-    if (s) return s;
+    if (s) {
+        sdc_free(path);
+        return s;
+    }
     size_t pos = 0;
     while (pos < len && py_space_at(buf, pos, len, &n)) pos += n; /* strip() */
     for (int line = 0; !s && pos < len && line <= MAX_MERGES; line++) {
@@ -611,10 +585,11 @@ static sdc_status read_merges(sdc_tokenizer *t, const char *dir, sdc_err *err) {
         size_t end = nl ? (size_t)(nl - buf) : len, i = pos, a0, a1, b0, b1, c0, c1;
         if (line > 0 && next_field(buf, &i, end, &a0, &a1) && next_field(buf, &i, end, &b0, &b1) &&
             !next_field(buf, &i, end, &c0, &c1))
-            s = add_merge(t, buf, a0, a1, b0, b1, line - 1, err);
+            s = add_merge(t, path, buf, a0, a1, b0, b1, line - 1, err);
         pos = end + 1;
     }
     sdc_free(buf);
+    sdc_free(path);
     return s;
 }
 
@@ -626,24 +601,23 @@ static const char *token_text(const json_t *v) {
     return NULL;
 }
 
-static json_t *load_optional(const char *dir, const char *name, size_t flags, char **path_out, sdc_err *err,
-                             sdc_status *st) {
+/* sdc_json_load reads integers too long for 64 bits (a "no limit" model_max_length of 1e30
+   written as an integer) as reals. */
+static json_t *load_optional(const char *dir, const char *name, char **path_out, sdc_err *err, sdc_status *st) {
     char *path = path_in(dir, name);
     *path_out = path;
     *st = SDC_OK;
     if (!path) {
-        *st = sdc_fail(err, SDC_E_NOMEM, "out of memory");
+        *st = sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", dir);
         return NULL;
     }
     if (!sdc_path_exists(path)) return NULL;
-    json_error_t je;
-    json_t *v = json_load_file(path, JSON_REJECT_DUPLICATES | flags, &je);
-    if (!v || !json_is_object(v)) {
-        *st = sdc_fail(err, SDC_E_FORMAT, "%s: %s", path, v ? "not a JSON object" : je.text);
-        json_decref(v);
-        return NULL;
-    }
-    return v;
+    json_t *v;
+    *st = sdc_json_load(path, &v, err);
+    if (!*st && !json_is_object(v)) *st = sdc_fail(err, SDC_E_FORMAT, "%s: not a JSON object", path);
+    if (!*st) return v;
+    json_decref(v);
+    return NULL;
 }
 
 static sdc_status add_special(sdc_tokenizer *t, const char *text, int32_t id, const char *file, sdc_err *err) {
@@ -652,7 +626,7 @@ static sdc_status add_special(sdc_tokenizer *t, const char *text, int32_t id, co
     if (t->n_added == MAX_ADDED) return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: more than %d added tokens", file, MAX_ADDED);
     if (!*text) return sdc_fail(err, SDC_E_FORMAT, "%s: an added token is empty", file);
     char *copy = sdc_arena_strdup(&t->arena, text);
-    if (!copy) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    if (!copy) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", file);
     t->added[t->n_added++] = (added_token){copy, strlen(copy), id};
     return SDC_OK;
 }
@@ -705,12 +679,11 @@ static int max_length_of(const json_t *cfg) {
 static sdc_status read_specials(sdc_tokenizer *t, const char *dir, sdc_err *err) {
     char *cfg_path, *map_path, *legacy_path;
     sdc_status s1, s2;
-    /* integers as reals: a "no limit" model_max_length of 1e30 written as an integer overflows */
-    json_t *cfg = load_optional(dir, "tokenizer_config.json", JSON_DECODE_INT_AS_REAL, &cfg_path, err, &s1);
-    json_t *map = s1 ? NULL : load_optional(dir, "special_tokens_map.json", 0, &map_path, err, &s2);
+    json_t *cfg = load_optional(dir, "tokenizer_config.json", &cfg_path, err, &s1);
+    json_t *map = s1 ? NULL : load_optional(dir, "special_tokens_map.json", &map_path, err, &s2);
     sdc_status s = s1 ? s1 : s2;
     legacy_path = s ? NULL : path_in(dir, "added_tokens.json");
-    if (!s && !legacy_path) s = sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    if (!s && !legacy_path) s = sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", dir);
     if (!s && sdc_path_exists(legacy_path))
         s = sdc_fail(err, SDC_E_UNSUPPORTED, "%s: the legacy added-tokens file is not supported", legacy_path);
     const char *file = cfg_path;
@@ -745,7 +718,7 @@ static sdc_status read_specials(sdc_tokenizer *t, const char *dir, sdc_err *err)
 sdc_status sdc_tokenizer_open(const char *dir, sdc_tokenizer **out, sdc_err *err) {
     *out = NULL;
     sdc_tokenizer *t = sdc_calloc(1, sizeof *t);
-    if (!t) return sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    if (!t) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", dir);
     sdc_arena_init(&t->arena);
     make_byte_chars(t);
     sdc_status s = read_vocab(t, dir, err);

@@ -45,18 +45,12 @@ typedef struct ckpt {
     sdc_strmap by_key;
     found_tensor *found;
     size_t nfound, found_cap;
-    size_t visits;
+    size_t visits, name_bytes;
 } ckpt;
 
 /* The legacy format's first pickle: torch/serialization.py's MAGIC_NUMBER, little-endian. */
 static const uint8_t LEGACY_MAGIC[] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
 #define LEGACY_PROTOCOL_VERSION 1001
-
-static uint64_t le(const uint8_t *p, size_t n) {
-    uint64_t v = 0;
-    for (size_t i = n; i-- > 0;) v = (v << 8) | p[i];
-    return v;
-}
 
 static void set_where(ckpt *c, sdc_pk_vm *vm, const char *what) {
     snprintf(c->where, sizeof c->where, "%s: %s", c->path, what);
@@ -170,6 +164,14 @@ static sdc_status persistent_load(void *user, sdc_pk_vm *vm, const sdc_pk_obj *p
 /* ---- names: walking the dicts ------------------------------------------------------------ */
 
 static sdc_status add_found(ckpt *c, const char *name, const sdc_pk_tensor *t, sdc_err *err) {
+    /* a shared dict is listed once per path to it, so a small file can name exponentially many
+       tensors: bound their number and the bytes of their names */
+    if (c->nfound >= SDC_CKPT_MAX_TENSORS)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: dicts list more than %u tensors", c->path, SDC_CKPT_MAX_TENSORS);
+    c->name_bytes += strlen(name) + 1;
+    if (c->name_bytes > SDC_CKPT_MAX_NAME_BYTES)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: tensor names take more than %u MiB", c->path,
+                        SDC_CKPT_MAX_NAME_BYTES >> 20);
     if (c->nfound == c->found_cap) {
         size_t cap = c->found_cap ? c->found_cap * 2 : 256;
         found_tensor *f = sdc_realloc(c->found, cap * sizeof *f);
@@ -353,7 +355,7 @@ static sdc_status read_legacy_storages(ckpt *c, sdc_pk_vm *vm, size_t at, sdc_er
         if (!s || s->is_view || s->data)
             return sdc_fail(err, SDC_E_FORMAT, "%s: storage key list: entry %zu is not a storage of the pickle, or "
                             "is listed twice", c->path, i);
-        if (c->map.size - at < 8 || le(c->map.data + at, 8) != s->numel || c->map.size - at - 8 < s->nbytes)
+        if (c->map.size - at < 8 || sdc_load_le(c->map.data + at, 8) != s->numel || c->map.size - at - 8 < s->nbytes)
             return sdc_fail(err, SDC_E_FORMAT, "%s: storage '%s': %llu elements of %s do not follow at offset %zu "
                             "(truncated?)", c->path, key, (unsigned long long)s->numel, sdc_dtype_name(s->dtype), at);
         s->data = c->map.data + at + 8;

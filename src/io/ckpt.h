@@ -41,6 +41,8 @@
 
 #define SDC_CKPT_MAX_DEPTH 32       /* nested dicts walked for tensors */
 #define SDC_CKPT_MAX_NAME 4096      /* bytes of a dotted tensor name */
+#define SDC_CKPT_MAX_TENSORS (1u << 20)         /* tensors listed (shared dicts count per path) */
+#define SDC_CKPT_MAX_NAME_BYTES (64u << 20)     /* bytes of all their names together */
 
 sdc_status sdc_ckpt_open(const char *path, sdc_st_file **out, sdc_err *err);
 

@@ -5,6 +5,7 @@
 #ifndef SDC_FP16_H
 #define SDC_FP16_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -18,5 +19,9 @@ void sdc_f32_to_f16_n(const uint8_t *src, uint8_t *dst, size_t n);
 void sdc_f16_to_f32_n(const uint8_t *src, uint8_t *dst, size_t n);
 void sdc_bf16_to_f32_n(const uint8_t *src, uint8_t *dst, size_t n);
 void sdc_bf16_to_f16_n(const uint8_t *src, uint8_t *dst, size_t n);
+
+/* Whether a binary16 pattern is NaN or ±Inf (all-ones exponent). Inline so that loops counting
+   them still vectorise. */
+static inline bool sdc_f16_is_nonfinite(uint16_t h) { return (h & 0x7c00) == 0x7c00; }
 
 #endif

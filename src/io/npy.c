@@ -1,5 +1,6 @@
 /* npy.c — NumPy .npy reader and writer (see npy.h). */
 #include "io/npy.h"
+#include "io/fp16.h"
 #include "io/outdir.h"
 
 #include <errno.h>
@@ -30,7 +31,7 @@ size_t sdc_ndarray_numel(const sdc_ndarray *a) {
 size_t sdc_ndarray_count_nonfinite(const sdc_ndarray *a) {
     size_t n = sdc_ndarray_numel(a), bad = 0;
     if (a->dtype == SDC_ND_F16)
-        for (size_t i = 0; i < n; i++) bad += (((const uint16_t *)a->data)[i] & 0x7c00) == 0x7c00; /* all-ones exponent */
+        for (size_t i = 0; i < n; i++) bad += sdc_f16_is_nonfinite(((const uint16_t *)a->data)[i]);
     else if (a->dtype == SDC_ND_F32)
         for (size_t i = 0; i < n; i++) bad += !isfinite(((const float *)a->data)[i]);
     return bad;

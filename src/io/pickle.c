@@ -99,12 +99,6 @@ const sdc_pk_obj *sdc_pk_dict_get(const sdc_pk_obj *dict, const char *key) {
 
 /* ---- reading operands ------------------------------------------------------------------- */
 
-static uint64_t le(const uint8_t *p, size_t n) {
-    uint64_t v = 0;
-    for (size_t i = n; i-- > 0;) v = (v << 8) | p[i];
-    return v;
-}
-
 /* The next n operand bytes, or an error when the pickle ends first. */
 static const uint8_t *take(sdc_pk_vm *vm, uint64_t n, sdc_err *err) {
     if (n > (uint64_t)(vm->end - vm->p)) {
@@ -121,7 +115,7 @@ static const uint8_t *take(sdc_pk_vm *vm, uint64_t n, sdc_err *err) {
 static bool take_len(sdc_pk_vm *vm, size_t n, uint64_t *len, sdc_err *err) {
     const uint8_t *b = take(vm, n, err);
     if (!b) return false;
-    *len = le(b, n);
+    *len = sdc_load_le(b, n);
     return true;
 }
 
@@ -500,7 +494,7 @@ static sdc_status op_long(sdc_pk_vm *vm, uint8_t op, sdc_err *err) {
     const uint8_t *b = take(vm, n, err);
     if (!b) return err->code;
     if (n > 8) return push(vm, make_str(vm, SDC_PK_BIGINT, b, (size_t)n, err), err);
-    uint64_t v = le(b, (size_t)n);
+    uint64_t v = sdc_load_le(b, (size_t)n);
     if (n && n < 8 && (b[n - 1] & 0x80)) v |= ~UINT64_C(0) << (8 * n); /* sign-extend */
     return push(vm, make_int(vm, (int64_t)v, err), err);
 }

@@ -331,14 +331,6 @@ static sdc_status load_tensors(sdc_st_file *f, json_t *header, const uint8_t *da
 
 /* ---- open / close ------------------------------------------------------------------- */
 
-/* Little-endian loads assembled byte by byte: safe on unaligned data and independent of the
-   host's byte order. */
-static uint64_t load_le(const uint8_t *p, size_t nbytes) {
-    uint64_t v = 0;
-    for (size_t i = nbytes; i-- > 0;) v = (v << 8) | p[i];
-    return v;
-}
-
 /* Maps the file read-only (io/mapfile.c); its message goes through st_fail to stay on one line. */
 static sdc_status map_file(sdc_st_file *f, sdc_err *err) {
     sdc_err e = {0};
@@ -359,7 +351,7 @@ sdc_status sdc_st_open(const char *path, sdc_st_file **out, sdc_err *err) {
     sdc_status st = map_file(f, err);
     json_t *header = NULL;
     if (!st) {
-        uint64_t n = load_le(f->map, 8), size = f->map_size;
+        uint64_t n = sdc_load_le(f->map, 8), size = f->map_size;
         if (n > SDC_ST_MAX_HEADER)
             st = sdc_fail(err, SDC_E_FORMAT,
                          "%s: header length %llu exceeds the limit of %u bytes (not a "
@@ -441,7 +433,7 @@ const sdc_tensor *sdc_st_find(const sdc_st_file *f, const char *name) {
 float sdc_tensor_get_f32(const sdc_tensor *t, uint64_t i) {
     SDC_ASSERT(i < t->numel);
     size_t size = sdc_dtype_size(t->dtype);
-    uint64_t bits = load_le(t->data + i * size, size);
+    uint64_t bits = sdc_load_le(t->data + i * size, size);
     switch (t->dtype) {
     case SDC_DT_F32: {
         uint32_t u = (uint32_t)bits;

@@ -38,12 +38,6 @@ struct sdc_zip {
     const sdc_zip_entry **by_name; /* for sdc_zip_find */
 };
 
-static uint64_t le(const uint8_t *p, size_t n) {
-    uint64_t v = 0;
-    for (size_t i = n; i-- > 0;) v = (v << 8) | p[i];
-    return v;
-}
-
 /* Whether [off, off + len) lies inside [0, limit). */
 static bool within(uint64_t off, uint64_t len, uint64_t limit) {
     return off <= limit && len <= limit - off;
@@ -62,7 +56,7 @@ static sdc_status find_eocd(const sdc_zip *z, uint64_t *at, sdc_err *err) {
     if (z->size < EOCD_SIZE) return sdc_fail(err, SDC_E_FORMAT, "%s: too short for a ZIP archive", z->path);
     uint64_t last = z->size - EOCD_SIZE, first = last > 0xFFFF ? last - 0xFFFF : 0;
     for (uint64_t p = last + 1; p-- > first;) {
-        if (le(z->map + p, 4) == SIG_EOCD && le(z->map + p + 20, 2) == z->size - p - EOCD_SIZE) {
+        if (sdc_load_le(z->map + p, 4) == SIG_EOCD && sdc_load_le(z->map + p + 20, 2) == z->size - p - EOCD_SIZE) {
             *at = p;
             return SDC_OK;
         }
@@ -72,18 +66,18 @@ static sdc_status find_eocd(const sdc_zip *z, uint64_t *at, sdc_err *err) {
 
 static sdc_status read_eocd64(const sdc_zip *z, uint64_t eocd, directory *d, sdc_err *err) {
     const uint8_t *loc = z->map + eocd - LOCATOR_SIZE;
-    uint64_t off = le(loc + 8, 8);
-    if (le(loc + 4, 4) != 0 || le(loc + 16, 4) > 1)
+    uint64_t off = sdc_load_le(loc + 8, 8);
+    if (sdc_load_le(loc + 4, 4) != 0 || sdc_load_le(loc + 16, 4) > 1)
         return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: multi-disk ZIP archives are not supported", z->path);
-    if (!within(off, EOCD64_SIZE, eocd - LOCATOR_SIZE) || le(z->map + off, 4) != SIG_EOCD64)
+    if (!within(off, EOCD64_SIZE, eocd - LOCATOR_SIZE) || sdc_load_le(z->map + off, 4) != SIG_EOCD64)
         return sdc_fail(err, SDC_E_FORMAT, "%s: ZIP64 end of central directory record offset %llu is invalid",
                         z->path, (unsigned long long)off);
     const uint8_t *r = z->map + off;
-    if (le(r + 16, 4) != 0 || le(r + 20, 4) != 0 || le(r + 24, 8) != le(r + 32, 8))
+    if (sdc_load_le(r + 16, 4) != 0 || sdc_load_le(r + 20, 4) != 0 || sdc_load_le(r + 24, 8) != sdc_load_le(r + 32, 8))
         return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: multi-disk ZIP archives are not supported", z->path);
-    d->entries = le(r + 32, 8);
-    d->size = le(r + 40, 8);
-    d->offset = le(r + 48, 8);
+    d->entries = sdc_load_le(r + 32, 8);
+    d->size = sdc_load_le(r + 40, 8);
+    d->offset = sdc_load_le(r + 48, 8);
     d->end = off;
     return SDC_OK;
 }
@@ -93,13 +87,13 @@ static sdc_status read_directory_end(const sdc_zip *z, directory *d, sdc_err *er
     sdc_status st = find_eocd(z, &eocd, err);
     if (st) return st;
     const uint8_t *r = z->map + eocd;
-    if (eocd >= LOCATOR_SIZE && le(z->map + eocd - LOCATOR_SIZE, 4) == SIG_EOCD64_LOCATOR)
+    if (eocd >= LOCATOR_SIZE && sdc_load_le(z->map + eocd - LOCATOR_SIZE, 4) == SIG_EOCD64_LOCATOR)
         return read_eocd64(z, eocd, d, err);
-    if (le(r + 4, 2) != 0 || le(r + 6, 2) != 0 || le(r + 8, 2) != le(r + 10, 2))
+    if (sdc_load_le(r + 4, 2) != 0 || sdc_load_le(r + 6, 2) != 0 || sdc_load_le(r + 8, 2) != sdc_load_le(r + 10, 2))
         return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: multi-disk ZIP archives are not supported", z->path);
-    d->entries = le(r + 10, 2);
-    d->size = le(r + 12, 4);
-    d->offset = le(r + 16, 4);
+    d->entries = sdc_load_le(r + 10, 2);
+    d->size = sdc_load_le(r + 12, 4);
+    d->offset = sdc_load_le(r + 16, 4);
     d->end = eocd;
     return SDC_OK;
 }
@@ -111,7 +105,7 @@ static sdc_status read_directory_end(const sdc_zip *z, directory *d, sdc_err *er
 static sdc_status apply_zip64_extra(const sdc_zip *z, const char *name, const uint8_t *extra, size_t len,
                                     uint64_t *usize, uint64_t *csize, uint64_t *local, sdc_err *err) {
     for (size_t at = 0; at + 4 <= len;) {
-        uint64_t id = le(extra + at, 2), n = le(extra + at + 2, 2);
+        uint64_t id = sdc_load_le(extra + at, 2), n = sdc_load_le(extra + at + 2, 2);
         if (n > len - at - 4) break; /* checked below */
         if (id == EXTRA_ZIP64) {
             uint64_t *fields[] = {usize, csize, local};
@@ -121,7 +115,7 @@ static sdc_status apply_zip64_extra(const sdc_zip *z, const char *name, const ui
                 if (used + 8 > n)
                     return sdc_fail(err, SDC_E_FORMAT, "%s: ZIP entry '%s': ZIP64 extra field too short", z->path,
                                     name);
-                *fields[i] = le(extra + at + 4 + used, 8);
+                *fields[i] = sdc_load_le(extra + at + 4 + used, 8);
                 used += 8;
             }
         }
@@ -135,16 +129,16 @@ static sdc_status apply_zip64_extra(const sdc_zip *z, const char *name, const ui
 /* Checks the local header of an entry and finds its data. */
 static sdc_status read_local(const sdc_zip *z, const sdc_zip_entry *e, uint64_t local, uint64_t cd_offset,
                              uint64_t method, uint64_t *data_begin, sdc_err *err) {
-    if (!within(local, LOCAL_SIZE, cd_offset) || le(z->map + local, 4) != SIG_LOCAL)
+    if (!within(local, LOCAL_SIZE, cd_offset) || sdc_load_le(z->map + local, 4) != SIG_LOCAL)
         return sdc_fail(err, SDC_E_FORMAT, "%s: ZIP entry '%s': no local header at offset %llu", z->path, e->name,
                         (unsigned long long)local);
     const uint8_t *h = z->map + local;
-    uint64_t nlen = le(h + 26, 2), elen = le(h + 28, 2), name_len = strlen(e->name);
+    uint64_t nlen = sdc_load_le(h + 26, 2), elen = sdc_load_le(h + 28, 2), name_len = strlen(e->name);
     if (nlen != name_len || !within(local + LOCAL_SIZE, nlen + elen, cd_offset) ||
         memcmp(h + LOCAL_SIZE, e->name, name_len) != 0)
         return sdc_fail(err, SDC_E_FORMAT, "%s: ZIP entry '%s': local header disagrees with the central directory",
                         z->path, e->name);
-    if (le(h + 8, 2) != method)
+    if (sdc_load_le(h + 8, 2) != method)
         return sdc_fail(err, SDC_E_FORMAT, "%s: ZIP entry '%s': local header method disagrees with the central "
                         "directory", z->path, e->name);
     *data_begin = local + LOCAL_SIZE + nlen + elen;
@@ -159,11 +153,13 @@ static sdc_status read_local(const sdc_zip *z, const sdc_zip_entry *e, uint64_t 
 static sdc_status read_central(sdc_zip *z, const directory *d, uint64_t *at, sdc_zip_entry *e, entry_pos *pos,
                                sdc_err *err) {
     uint64_t end = d->offset + d->size;
-    if (!within(*at, CENTRAL_SIZE, end) || le(z->map + *at, 4) != SIG_CENTRAL)
+    if (!within(*at, CENTRAL_SIZE, end) || sdc_load_le(z->map + *at, 4) != SIG_CENTRAL)
         return sdc_fail(err, SDC_E_FORMAT, "%s: ZIP central directory header %zu is invalid", z->path, pos->index);
     const uint8_t *h = z->map + *at;
-    uint64_t flags = le(h + 8, 2), method = le(h + 10, 2), csize = le(h + 20, 4), usize = le(h + 24, 4);
-    uint64_t nlen = le(h + 28, 2), elen = le(h + 30, 2), clen = le(h + 32, 2), local = le(h + 42, 4);
+    uint64_t flags = sdc_load_le(h + 8, 2), method = sdc_load_le(h + 10, 2);
+    uint64_t csize = sdc_load_le(h + 20, 4), usize = sdc_load_le(h + 24, 4);
+    uint64_t nlen = sdc_load_le(h + 28, 2), elen = sdc_load_le(h + 30, 2), clen = sdc_load_le(h + 32, 2);
+    uint64_t local = sdc_load_le(h + 42, 4);
     if (!within(*at + CENTRAL_SIZE, nlen + elen + clen, end))
         return sdc_fail(err, SDC_E_FORMAT, "%s: ZIP central directory header %zu runs past the directory", z->path,
                         pos->index);
@@ -178,7 +174,7 @@ static sdc_status read_central(sdc_zip *z, const directory *d, uint64_t *at, sdc
     z->count++; /* from here on, close frees the name */
     sdc_status st = apply_zip64_extra(z, copy, name + nlen, elen, &usize, &csize, &local, err);
     if (st) return st;
-    if (le(h + 34, 2) != 0 && le(h + 34, 2) != 0xFFFF)
+    if (sdc_load_le(h + 34, 2) != 0 && sdc_load_le(h + 34, 2) != 0xFFFF)
         return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: multi-disk ZIP archives are not supported", z->path);
     if (flags & FLAG_ENCRYPTED)
         return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: ZIP entry '%s' is encrypted", z->path, copy);

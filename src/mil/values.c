@@ -7,8 +7,6 @@
 #include "io/fp16.h"
 #include "mil/graph.h"
 
-static bool f16_nonfinite(uint16_t h) { return (h & 0x7c00) == 0x7c00; }
-
 /* Every weight passes through these counts, so they are written to vectorise: -O2's "very
    cheap" cost model alone leaves such loops scalar (see SDC_VEC_OPT in interp/interp.h). */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -19,7 +17,7 @@ static bool f16_nonfinite(uint16_t h) { return (h & 0x7c00) == 0x7c00; }
 
 VEC_COUNT static uint64_t count_f16_nonfinite(const uint16_t *h, size_t n) {
     uint64_t c = 0;
-    for (size_t i = 0; i < n; i++) c += (h[i] & 0x7c00) == 0x7c00;
+    for (size_t i = 0; i < n; i++) c += sdc_f16_is_nonfinite(h[i]);
     return c;
 }
 
@@ -58,7 +56,7 @@ static void convert_weight(const sdc_tensor *src, uint64_t first, size_t n, sdc_
     for (size_t i = 0; i < n; i++) {
         uint16_t h = sdc_f32_to_f16(tmp[i]);
         memcpy(out + 2 * i, &h, 2);
-        faults->overflows += f16_nonfinite(h) && isfinite(tmp[i]);
+        faults->overflows += sdc_f16_is_nonfinite(h) && isfinite(tmp[i]);
     }
 }
 

@@ -176,9 +176,12 @@ static bool is_float(sdc_dtype d) { return d == SDC_DT_F32 || d == SDC_DT_F16 ||
 /* down [r, K…], up [out, r] or [out, r, 1, 1], alpha one float. */
 static sdc_status check_module(const lora_file *f, const lora_module *m, sdc_err *err) {
     const char *name = m->path + 2;
+    if (!m->down && !m->up)
+        return sdc_fail(err, SDC_E_FORMAT, "%s: module '%s' has an alpha but neither a down nor an up weight", f->path,
+                        name);
     if (!m->down || !m->up)
-        return sdc_fail(err, SDC_E_FORMAT, "%s: module '%s' has a %s weight but no %s weight", f->path, name,
-                        m->down ? "down" : m->up ? "up" : "alpha but neither a down nor an up", m->down ? "up" : "down");
+        return sdc_fail(err, SDC_E_FORMAT, "%s: module '%s' has %s weight but no %s weight", f->path, name,
+                        m->down ? "a down" : "an up", m->down ? "up" : "down");
     char a[128], b[128];
     const sdc_tensor *d = m->down, *u = m->up;
     bool up_ok = (u->rank == 2 || (u->rank == 4 && u->shape[2] == 1 && u->shape[3] == 1)) && u->shape[0] > 0;

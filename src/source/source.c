@@ -73,8 +73,7 @@ static bool is_plain_file_name(const char *name) {
 
 /* ---- strict JSON -------------------------------------------------------------------- */
 
-static sdc_status read_small_file(const char *path, size_t limit, char **out, size_t *len,
-                                  sdc_err *err) {
+sdc_status sdc_read_small_file(const char *path, size_t limit, char **out, size_t *len, sdc_err *err) {
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -156,7 +155,7 @@ sdc_status sdc_json_load(const char *path, json_t **out, sdc_err *err) {
     *out = NULL;
     char *text;
     size_t len;
-    sdc_status st = read_small_file(path, JSON_MAX_BYTES, &text, &len, err);
+    sdc_status st = sdc_read_small_file(path, JSON_MAX_BYTES, &text, &len, err);
     if (st) return st;
     json_error_t jerr;
     *out = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -189,7 +188,7 @@ static sdc_status load_json_object(const char *path, json_t **out, sdc_err *err)
 static sdc_status read_ref(const char *ref_path, char *rev, size_t size, sdc_err *err) {
     char *text;
     size_t len;
-    sdc_status st = read_small_file(ref_path, REF_MAX_BYTES, &text, &len, err);
+    sdc_status st = sdc_read_small_file(ref_path, REF_MAX_BYTES, &text, &len, err);
     if (st) return st;
     char *b = text, *e = text + len;
     while (b < e && (*b == ' ' || *b == '\t' || *b == '\n' || *b == '\r')) b++;

@@ -112,6 +112,10 @@ sdc_status sdc_config_bool(const sdc_component *c, const char *key, bool dflt, b
 sdc_status sdc_config_int_list(const sdc_component *c, const char *key, size_t max, int64_t *out,
                                size_t *n, sdc_err *err);
 
+/* Reads a whole regular file of at most `limit` bytes into *out (malloc'd, NUL-terminated; the
+   caller frees it), its length in *len. Errors name the file. */
+sdc_status sdc_read_small_file(const char *path, size_t limit, char **out, size_t *len, sdc_err *err);
+
 /* Reads a JSON file strictly (duplicate keys rejected, size bounded). */
 sdc_status sdc_json_load(const char *path, json_t **out, sdc_err *err);
 

@@ -376,6 +376,28 @@ def test_duplicate_names_after_flattening(tmp_path):
     assert_one_line(dump(path), path, "tensor 'a.b' appears twice")
 
 
+def shared_dicts(tmp_path, key, levels):
+    # torch.save memoizes the shared dict: a few KB list 2**levels tensors, one per path
+    d = {key: torch.zeros(1)}
+    for _ in range(levels):
+        d = {"a": d, "b": d}
+    path = tmp_path / "shared.pt"
+    torch.save(d, path)
+    assert path.stat().st_size < 64 << 10
+    return path
+
+
+def test_shared_dicts_long_names_are_bounded(tmp_path):
+    # 2**17 names of 4 KB each would take 538 MB
+    path = shared_dicts(tmp_path, "x" * 4000, 17)
+    assert_one_line(dump(path), path, "tensor names take more than 64 MiB")
+
+
+def test_shared_dicts_many_tensors_are_bounded(tmp_path):
+    path = shared_dicts(tmp_path, "x", 21)
+    assert_one_line(dump(path), path, "dicts list more than 1048576 tensors")
+
+
 # ---- broken files -------------------------------------------------------------------------------
 
 def saved(tmp_path, fmt):

@@ -343,6 +343,37 @@ def test_blocks_nested_too_deep(sdcoreml, coremltools_packages, tmp_path):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "more than 32 deep" in r.stderr, r.stderr
 
 
+def described_model(description):
+    """A one-op program whose ModelDescription (Model field 2) is given as wire bytes."""
+    fp32 = 11
+    block = fld(2, "y") + fld(3, operation("relu", [("x", "x")], [named("y", fp32, [1])]))
+    fn = fld(1, named("x", fp32, [1])) + fld(2, "CoreML6") + fld(3, fld(1, "CoreML6") + fld(2, block))
+    return model_with_function(fn) + fld(2, description)
+
+
+# ModelDescription{input = 1, metadata = 100}; Metadata{userDefined = 100: entries {key = 1, value = 2}}
+NOT_UTF8 = {
+    "input_name": fld(1, fld(1, b"x\xff")),
+    "metadata_key": fld(100, fld(100, fld(1, b"k\xfe") + fld(2, "v"))),
+    "metadata_value": fld(100, fld(100, fld(1, "k") + fld(2, b"v\xfe"))),
+}
+
+
+@pytest.mark.parametrize("field", list(NOT_UTF8))
+def test_text_not_utf8_fails_the_document(sdcoreml, coremltools_packages, tmp_path, field):
+    """Text that JSON cannot hold fails the package, never drops out of it (two contracts that
+    differ only there would otherwise compare the same)."""
+    base = coremltools_packages["cond"]
+    ok = package_with(described_model(fld(1, fld(1, "x"))), base, tmp_path / "ok.mlpackage")
+    check_ok(sdcoreml("inspect", ok, "--json"))
+    bad = package_with(described_model(NOT_UTF8[field]), base, tmp_path / "bad.mlpackage")
+    model = bad / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    r = sdcoreml("inspect", bad, "--json")
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, (r.returncode, r.stderr)
+    assert str(model) in r.stderr and "not UTF-8" in r.stderr, r.stderr
+    assert "not UTF-8" in one_error(compare(sdcoreml, ok, bad), str(model))
+
+
 def test_usage(sdcoreml, coremltools_packages):
     a = coremltools_packages["cond"]
     r = sdcoreml("inspect", "--compare", a)

@@ -458,8 +458,7 @@ Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
 
 @pytest.mark.parametrize("tensors,expect", [
     ({f"{Q}.lora_down.weight": torch.ones(2, 32)}, "has a down weight but no up weight"),
-    ({f"{Q}.lora_up.weight": torch.ones(32, 2)}, "has a up weight but no down weight"),
-    ({f"{Q}.alpha": torch.tensor(1.0)}, "neither a down nor an up"),
+    ({f"{Q}.lora_up.weight": torch.ones(32, 2)}, "has an up weight but no down weight"),
     ({f"{Q}.lora_down.weight": torch.ones(0, 32), f"{Q}.lora_up.weight": torch.ones(32, 0)}, "are not LoRA factors"),
     ({f"{Q}.lora_down.weight": torch.ones(2, 32), f"{Q}.lora_up.weight": torch.ones(32, 3)}, "are not LoRA factors"),
     ({f"{Q}.lora_down.weight": torch.ones(2, 32), f"{Q}.lora_up.weight": torch.ones(32, 2, 3)}, "are not LoRA factors"),
@@ -483,6 +482,14 @@ def test_malformed_loras(sdcoreml, pipelines, tmp_path, tensors, expect):
     lora = tmp_path / "bad.safetensors"
     save_file(tensors, str(lora))
     refused(sdcoreml, pipelines, tmp_path, lora, str(lora), expect)
+
+
+def test_alpha_without_factors(sdcoreml, pipelines, tmp_path):
+    lora = tmp_path / "alpha.safetensors"
+    save_file({f"{Q}.alpha": torch.tensor(1.0)}, str(lora))
+    line = refused(sdcoreml, pipelines, tmp_path, lora)
+    assert line.endswith(f"{lora}: module '{Q[10:]}' "
+                         "has an alpha but neither a down nor an up weight"), line
 
 
 def test_not_a_safetensors_file(sdcoreml, pipelines, tmp_path):

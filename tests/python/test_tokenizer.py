@@ -202,6 +202,18 @@ def test_overlong_prompt_is_refused(testkit):
     assert r.returncode == 1 and "longer than" in r.stderr
 
 
+def test_long_integers_in_optional_files_are_read(testkit, tmp_path):
+    # transformers writes int(1e30) for "no limit"; such integers may sit in either JSON file
+    d = broken(tmp_path, "tok", lambda d: None)
+    m = json.loads((d / "special_tokens_map.json").read_text())
+    m["model_max_length"] = 10**30
+    (d / "special_tokens_map.json").write_text(json.dumps(m))
+    ref = CLIPTokenizer.from_pretrained(str(d))
+    _, pad, got = ours(testkit, d, 77, ["a photo of a cat"])
+    assert pad == ref.pad_token_id
+    assert got[0][1] == ref("a photo of a cat", padding="max_length", max_length=77).input_ids
+
+
 def broken(tmp_path, name, change):
     d = tmp_path / name
     shutil.copytree(SD1, d)

@@ -251,8 +251,17 @@ static void test_bulk_unaligned(void) {
     CHECK(f16_is_nan((uint16_t)(f16[1 + 2 * 5] | (f16[2 + 2 * 5] << 8))));
 }
 
+/* NaN or ±Inf, by the reference's own NaN test and the two infinities: every pattern. */
+static void test_nonfinite(void) {
+    int bad = 0;
+    for (uint32_t h = 0; h <= 0xffff; h++)
+        bad += sdc_f16_is_nonfinite((uint16_t)h) != (f16_is_nan((uint16_t)h) || h == 0x7c00 || h == 0xfc00);
+    CHECK(bad == 0);
+}
+
 int main(void) {
     test_all_halves();
+    test_nonfinite();
     test_half_cases();
     test_bf16();
     test_bulk_unaligned();
