@@ -664,23 +664,10 @@ static sdc_status read_image(const gen *g, const char *path, const char *what, u
     return SDC_OK;
 }
 
-/* vae/config.json's scaling_factor (diffusers' default 0.18215 when absent). */
-static sdc_status vae_scaling_factor(const gen *g, double *out, sdc_err *err) {
-    char path[4200];
-    json_t *cfg = NULL;
-    *out = LATENT_SCALE;
-    if (!sdc_fmt(path, sizeof path, "%s/vae/config.json", g->src.root) || !sdc_path_exists(path)) return SDC_OK;
-    sdc_status s = sdc_json_load(path, &cfg, err);
-    json_t *v = s ? NULL : json_object_get(cfg, "scaling_factor");
-    if (json_is_number(v)) *out = json_number_value(v);
-    if (!s && v && !json_is_null(v) && !(json_is_number(v) && *out > 0 && isfinite(*out)))
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: scaling_factor is not a positive number", path);
-    json_decref(cfg);
-    return s;
-}
-
-/* Image-to-image: the image's latents (VAE encoder mean + std * N(0, 1), times the VAE's scale)
-   noised to the start step. `noise` holds the first draw; the encoder's draw follows it. */
+/* Image-to-image: the image's latents (VAE encoder mean + std * N(0, 1), times 0.18215) noised
+   to the start step. 0.18215 is the factor decode() divides by (the anchor's, for SDXL too), not
+   the VAE's scaling_factor (SDXL's 0.13025): so encode then decode gives the image back, as at
+   strength 0. `noise` holds the first draw; the encoder's draw follows it. */
 static sdc_status image_latents(gen *g, const float *noise, float *latents, int *start, sdc_err *err) {
     uint8_t *rgb = NULL;
     sdc_status s = read_image(g, g->job->image, "--image", &rgb, err);
@@ -701,13 +688,11 @@ static sdc_status image_latents(gen *g, const float *noise, float *latents, int 
     if (!s && count != 2 * g->nlat)
         s = sdc_fail(err, SDC_E_FORMAT, "%s: %zu output values, not mean and log-variance of %zu latents", g->enc_path, count,
                      g->nlat);
-    double scale = 0;
-    if (!s) s = vae_scaling_factor(g, &scale, err);
     if (!s) {
         randn_f16(&g->rng, eps, g->nlat);
         for (size_t k = 0; k < g->nlat; k++) {
             double logvar = fmin(fmax(moments[g->nlat + k], -30.0), 20.0);
-            latents[k] = (float)((moments[k] + exp(0.5 * logvar) * eps[k]) * scale);
+            latents[k] = (float)((moments[k] + exp(0.5 * logvar) * eps[k]) * LATENT_SCALE);
         }
         *start = sdc_scheduler_img2img_start(g->sched, g->job->strength);
         if (*start < sdc_scheduler_steps(g->sched)) sdc_scheduler_add_noise(g->sched, *start, noise, latents, g->nlat);
