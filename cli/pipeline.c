@@ -139,8 +139,9 @@ static const sdc_cli_command PIPELINE = {
         "precision it was converted with.\n\n",
     .help_tail =
         "\nThe image: DIR/<prompt, '/' and ' ' as '_'>/randomSeed_<N>_computeUnit_<UNIT>_modelVersion_<ID, '/'\n"
-        "as '_'>[_customScheduler_<NAME>_numInferenceSteps<N>].png, the anchor's name. SDXL latents are\n"
-        "decoded with 1/0.18215 as the anchor's Python pipeline does (not SDXL's 0.13025).\n",
+        "as '_'>[_customScheduler_<NAME>_numInferenceSteps<N>].png, the anchor's name (a prompt of . or ..\n"
+        "makes the folder _ or __, inside DIR). SDXL latents are decoded with 1/0.18215 as the anchor's\n"
+        "Python pipeline does (not SDXL's 0.13025), and an --image is encoded with 0.18215 to match.\n",
     .help_column = 30,
 };
 
