@@ -100,7 +100,8 @@ static const sdc_cli_option CONVERT_OPTIONS[] = {
      .help = "convert these ControlNets (SD 1.x/2.x) to ControlNet_<ID>.mlpackage"},
     STRING("--model-version", job.model_version, "ID",
            "diffusers folder, Hub id org/name[@rev] (downloaded into the HF cache if missing), or a single "
-           "checkpoint file (.safetensors or .ckpt, original LDM/SGM layout) (required)"),
+           "file (.safetensors, .ckpt, .pt, .pth: a whole LDM/SGM or diffusers-named checkpoint, or a lone UNet "
+           "or VAE) (required)"),
     STRING("--refiner-version", job.refiner_version, "ID", "SDXL refiner, converted with --convert-unet as <model>_refiner"),
     STRING("--custom-vae-version", job.custom_vae_version, "ID",
            "replacement VAE: folder or Hub id (vae/ or config.json at its root), or a single VAE file"),

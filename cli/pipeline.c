@@ -80,10 +80,12 @@ static const sdc_cli_option PIPELINE_OPTIONS[] = {
     STRING("-i", job.packages_dir, "DIR", "the packages: -o of a conversion (required)"),
     STRING("-o", job.output_dir, "DIR", "output folder: the image goes to DIR/<prompt>/randomSeed_....png\n(required)"),
     {.name = "--seed", .alias = "-s", .store = SDC_CLI_CALL, .call = store_seed, .metavar = "N",
-     .help = "NumPy RandomState seed of the initial latents [93]"},
+     .help = "NumPy RandomState seed of the initial latents, 0 to\n"
+             "4294967295 [93]"},
     STRING("--model-version", job.model_version, "ID",
-           "the model converted (folder, or Hub id in the HF cache): its\n"
-           "scheduler config, tokenizers, package names\n"
+           "the model converted (folder, or Hub id in the HF cache; for\n"
+           "a single file, its --config): its scheduler config,\n"
+           "tokenizers, package names\n"
            "[CompVis/stable-diffusion-v1-4]"),
     {.name = "--compute-unit", .store = SDC_CLI_CHOICE, .offset = ARG(compute_unit), .metavar = "UNIT",
      .choices = COMPUTE_UNITS, .help = "ALL, CPU_AND_GPU, CPU_ONLY or CPU_AND_NE: accepted, no\n"
@@ -94,7 +96,7 @@ static const sdc_cli_option PIPELINE_OPTIONS[] = {
              "EulerDiscrete, LMSDiscrete or PNDM, configured from the\n"
              "model's scheduler config [the model's own]"},
     {.name = "--num-inference-steps", .store = SDC_CLI_INT, .offset = ARG(job.num_inference_steps), .metavar = "N",
-     .int_min = 1, .int_max = 1000, .help = "denoising steps [50]"},
+     .int_min = 1, .int_max = 1000, .help = "denoising steps [50]; PNDM runs N+1, as diffusers does"},
     CALL("--guidance-scale", store_guidance, "G", "classifier-free guidance; 1 or less turns it off [7.5]"),
     {.name = "--controlnet", .store = SDC_CLI_LIST, .offset = ARG(controlnets), .metavar = "ID",
      .help = "use ControlNet_<ID>.mlpackage from -i with the control-unet package"},
@@ -105,12 +107,12 @@ static const sdc_cli_option PIPELINE_OPTIONS[] = {
      .help = "the UNet was converted with --unet-batch-one: two calls per step"},
     {.name = "--disable-safety", .store = SDC_CLI_TRUE, .offset = ARG(job.disable_safety),
      .help = "do not run the safety checker (the Swift CLI's option)"},
-    STRING("--image", job.image, "PNG", "image to image: start from this image (needs the\n"
-           "vae_encoder package)"),
+    STRING("--image", job.image, "PNG", "image to image: start from this image of the output's\n"
+           "size (needs the vae_encoder package)"),
     CALL("--strength", store_strength, "S", "image to image: how much of the schedule runs, 0 to 1 [0.5]"),
     {.name = "--json", .store = SDC_CLI_TRUE, .offset = ARG(json),
      .help = "print what was done as JSON: image path, size, scheduler,\n"
-             "steps, timings, NSFW flag"},
+             "steps (UNet steps run), timings, NSFW flag"},
     {.name = "--threads", .store = SDC_CLI_INT, .offset = ARG(job.n_threads), .metavar = "N", .int_min = 1,
      .int_max = 1024, .help = "interpreter threads [one per CPU]"},
     STRING("--save-float-npy", job.float_image_npy, "FILE",
@@ -137,8 +139,9 @@ static const sdc_cli_command PIPELINE = {
         "precision it was converted with.\n\n",
     .help_tail =
         "\nThe image: DIR/<prompt, '/' and ' ' as '_'>/randomSeed_<N>_computeUnit_<UNIT>_modelVersion_<ID, '/'\n"
-        "as '_'>[_customScheduler_<NAME>_numInferenceSteps<N>].png, the anchor's name. SDXL latents are\n"
-        "decoded with 1/0.18215 as the anchor's Python pipeline does (not SDXL's 0.13025).\n",
+        "as '_'>[_customScheduler_<NAME>_numInferenceSteps<N>].png, the anchor's name (a prompt of . or ..\n"
+        "makes the folder _ or __, inside DIR). SDXL latents are decoded with 1/0.18215 as the anchor's\n"
+        "Python pipeline does (not SDXL's 0.13025), and an --image is encoded with 0.18215 to match.\n",
     .help_column = 30,
 };
 

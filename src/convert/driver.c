@@ -9,6 +9,7 @@
 #include "io/outdir.h"
 #include "passes/palettize.h"
 #include "source/lora.h"
+#include "source/single_file.h"
 
 #include <stddef.h>
 
@@ -240,6 +241,19 @@ static sdc_status open_loras(sdc_conv_ctx *c, sdc_source *src, sdc_lora_set **se
     return s;
 }
 
+/* A single file's components whose config could not be inferred are refused before any
+   package is written (the custom VAE replaces the file's). */
+static sdc_status check_single_file_configs(const sdc_conv_ctx *c) {
+    sdc_status s = SDC_OK;
+    for (size_t i = 0; !s && c->src->single && i < SDC_COUNT_OF(COMPONENTS); i++) {
+        const sdc_conv_component *row = &COMPONENTS[i];
+        for (size_t k = 0; !s && requested(c->job, row) && k < SDC_COUNT_OF(row->weights) && row->weights[k]; k++)
+            if (!(c->job->custom_vae_version && !strcmp(row->weights[k], "vae")))
+                s = sdc_single_file_check(c->src->single, row->weights[k], c->err);
+    }
+    return s;
+}
+
 /* ---------------------------------------------------------------- entry point */
 
 sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
@@ -260,6 +274,7 @@ sdc_status sdc_convert(const sdc_job *job, char *errbuf, size_t err_size) {
     if (!s) opened = (s = sdc_source_open_config(job->model_version, job->config, &src, &err)) == SDC_OK;
     sdc_lora_set *loras = NULL;
     if (!s && job->n_loras) s = open_loras(&c, &src, &loras);
+    if (!s) s = check_single_file_configs(&c);
     if (!s) s = run_rows(&c, ROW_HOOK(prepare));
     if (!s) s = sdc_outdir_mkdirs(job->output_dir ? job->output_dir : ".", true, &err); /* as os.makedirs */
     if (!s) sdc_outdir_remove_stale(job->output_dir ? job->output_dir : ".", note_stale, &c);

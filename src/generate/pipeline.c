@@ -23,6 +23,7 @@
 #include "generate/tokenizer.h"
 #include "io/fp16.h"
 #include "io/outdir.h"
+#include "source/single_file.h"
 #include "source/source.h"
 
 /* The anchor's decode_latents divides by this for every model (SD 1.x/2.x's VAE factor; SDXL's
@@ -30,7 +31,7 @@
    anchor's Python pipeline lacks) encodes with the VAE config's scaling_factor, as diffusers and
    the Swift pipeline do, since that is the scale the UNet was trained on. */
 #define LATENT_SCALE 0.18215
-#define DEFAULT_MODEL_VERSION "CompVis/stable-diffusion-v1-4"
+static const char DEFAULT_MODEL_VERSION[] = "CompVis/stable-diffusion-v1-4"; /* one object: compared by address */
 /* diffusers' SDXL refiner defaults (aesthetic_score, negative_aesthetic_score). */
 #define AESTHETIC_SCORE 6.0
 #define NEGATIVE_AESTHETIC_SCORE 2.5
@@ -71,6 +72,8 @@ sdc_status sdc_gen_image_path(const char *out_dir, const char *prompt, uint32_t 
     if (!underscored(prompt, "/ ", dir_name, sizeof dir_name))
         return sdc_fail(err, SDC_E_ARG, "--prompt: %zu bytes is too long for the output folder's name (255 at most)",
                         strlen(prompt));
+    /* "." and ".." would name -o itself or its parent (the anchor writes there): one '_' per dot */
+    if (!strcmp(dir_name, ".") || !strcmp(dir_name, "..")) underscored(dir_name, ".", dir_name, sizeof dir_name);
     if (!underscored(model_version, "/", mv, sizeof mv))
         return sdc_fail(err, SDC_E_ARG, "--model-version: too long for the output file's name");
     if (scheduler) snprintf(tail, sizeof tail, "_customScheduler_%s_numInferenceSteps%d", scheduler, steps);
@@ -655,29 +658,16 @@ static sdc_status read_image(const gen *g, const char *path, const char *what, u
     if (w != g->width || h != g->height) {
         sdc_free(*rgb);
         *rgb = NULL;
-        return sdc_fail(err, SDC_E_ARG, "%s %s: the image is %dx%d, the packages make %dx%d images (resize it first)", what,
+        return sdc_fail(err, SDC_E_FORMAT, "%s %s: the image is %dx%d, the packages make %dx%d images (resize it first)", what,
                         path, w, h, g->width, g->height);
     }
     return SDC_OK;
 }
 
-/* vae/config.json's scaling_factor (diffusers' default 0.18215 when absent). */
-static sdc_status vae_scaling_factor(const gen *g, double *out, sdc_err *err) {
-    char path[4200];
-    json_t *cfg = NULL;
-    *out = LATENT_SCALE;
-    if (!sdc_fmt(path, sizeof path, "%s/vae/config.json", g->src.root) || !sdc_path_exists(path)) return SDC_OK;
-    sdc_status s = sdc_json_load(path, &cfg, err);
-    json_t *v = s ? NULL : json_object_get(cfg, "scaling_factor");
-    if (json_is_number(v)) *out = json_number_value(v);
-    if (!s && v && !json_is_null(v) && !(json_is_number(v) && *out > 0 && isfinite(*out)))
-        s = sdc_fail(err, SDC_E_FORMAT, "%s: scaling_factor is not a positive number", path);
-    json_decref(cfg);
-    return s;
-}
-
-/* Image-to-image: the image's latents (VAE encoder mean + std * N(0, 1), times the VAE's scale)
-   noised to the start step. `noise` holds the first draw; the encoder's draw follows it. */
+/* Image-to-image: the image's latents (VAE encoder mean + std * N(0, 1), times 0.18215) noised
+   to the start step. 0.18215 is the factor decode() divides by (the anchor's, for SDXL too), not
+   the VAE's scaling_factor (SDXL's 0.13025): so encode then decode gives the image back, as at
+   strength 0. `noise` holds the first draw; the encoder's draw follows it. */
 static sdc_status image_latents(gen *g, const float *noise, float *latents, int *start, sdc_err *err) {
     uint8_t *rgb = NULL;
     sdc_status s = read_image(g, g->job->image, "--image", &rgb, err);
@@ -698,13 +688,11 @@ static sdc_status image_latents(gen *g, const float *noise, float *latents, int 
     if (!s && count != 2 * g->nlat)
         s = sdc_fail(err, SDC_E_FORMAT, "%s: %zu output values, not mean and log-variance of %zu latents", g->enc_path, count,
                      g->nlat);
-    double scale = 0;
-    if (!s) s = vae_scaling_factor(g, &scale, err);
     if (!s) {
         randn_f16(&g->rng, eps, g->nlat);
         for (size_t k = 0; k < g->nlat; k++) {
             double logvar = fmin(fmax(moments[g->nlat + k], -30.0), 20.0);
-            latents[k] = (float)((moments[k] + exp(0.5 * logvar) * eps[k]) * scale);
+            latents[k] = (float)((moments[k] + exp(0.5 * logvar) * eps[k]) * LATENT_SCALE);
         }
         *start = sdc_scheduler_img2img_start(g->sched, g->job->strength);
         if (*start < sdc_scheduler_steps(g->sched)) sdc_scheduler_add_noise(g->sched, *start, noise, latents, g->nlat);
@@ -750,14 +738,14 @@ typedef struct clip_prep {
     double mean[3], std[3];
 } clip_prep;
 
-static void read_clip_prep(const gen *g, clip_prep *p) {
+static sdc_status read_clip_prep(const gen *g, clip_prep *p, sdc_err *err) {
     *p = (clip_prep){224, 224, 224, {0.48145466, 0.4578275, 0.40821073}, {0.26862954, 0.26130258, 0.27577711}};
     char path[4200];
     json_t *cfg = NULL;
-    sdc_err ignored = {0};
-    if (!sdc_fmt(path, sizeof path, "%s/feature_extractor/preprocessor_config.json", g->src.root) || !sdc_path_exists(path) ||
-        sdc_json_load(path, &cfg, &ignored))
-        return;
+    if (!sdc_fmt(path, sizeof path, "%s/feature_extractor/preprocessor_config.json", g->src.root) || !sdc_path_exists(path))
+        return SDC_OK;
+    sdc_status s = sdc_json_load(path, &cfg, err);
+    if (s) return s;
     json_t *size = json_object_get(cfg, "size"), *crop = json_object_get(cfg, "crop_size");
     json_t *se = json_is_object(size) ? json_object_get(size, "shortest_edge") : size;
     if (json_is_integer(se) && json_integer_value(se) > 0 && json_integer_value(se) <= 4096) p->shortest_edge = (int)json_integer_value(se);
@@ -773,6 +761,11 @@ static void read_clip_prep(const gen *g, clip_prep *p) {
                 if (json_is_number(json_array_get(a, (size_t)c))) dst[k][c] = json_number_value(json_array_get(a, (size_t)c));
     }
     json_decref(cfg);
+    for (int c = 0; c < 3; c++) /* the clip_input divides by std */
+        if (!isfinite(p->mean[c]) || !isfinite(p->std[c]) || !(p->std[c] > 0))
+            return sdc_fail(err, SDC_E_FORMAT, "%s: %s must be finite, image_std above 0", path,
+                            isfinite(p->mean[c]) ? "image_std" : "image_mean");
+    return SDC_OK;
 }
 
 /* The safety checker's clip_input (1, 3, crop_h, crop_w): the 8-bit image resized (shortest
@@ -805,10 +798,11 @@ static sdc_status clip_input(const gen *g, const uint8_t *rgb, const clip_prep *
 static sdc_status safety_check(gen *g, float *image, bool *nsfw, sdc_err *err) {
     size_t n = (size_t)g->height * g->width * 3;
     clip_prep p;
-    read_clip_prep(g, &p);
+    sdc_status s = read_clip_prep(g, &p, err);
+    if (s) return s;
     uint8_t *rgb = sdc_malloc(n);
     float *clip = sdc_malloc(sizeof *clip * 3 * (size_t)p.crop_h * p.crop_w), *flags = NULL, *filtered = NULL, zero = 0;
-    sdc_status s = rgb && clip ? SDC_OK : sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    s = rgb && clip ? SDC_OK : sdc_fail(err, SDC_E_NOMEM, "out of memory");
     if (!s) to_rgb8(image, n, rgb);
     if (!s) s = clip_input(g, rgb, &p, clip, err);
     sdc_ndarray *outs = NULL;
@@ -870,7 +864,7 @@ static sdc_status read_geometry(gen *g, sdc_err *err) {
     g->nlat = (size_t)(g->lc * g->lh * g->lw);
     g->xl = unet_input(g, "time_ids") != NULL || unet_input(g, "text_embeds") != NULL;
     if (g->job->unet_batch_one && g->batch != 1)
-        return sdc_fail(err, SDC_E_ARG, "--unet-batch-one: %s takes batch %d (convert it with --unet-batch-one)",
+        return sdc_fail(err, SDC_E_FORMAT, "--unet-batch-one: %s takes batch %d (convert it with --unet-batch-one)",
                         g->unet.path[0], g->batch);
     return SDC_OK;
 }
@@ -995,6 +989,25 @@ static sdc_status denoise(gen *g, float *latents, int start, sdc_generate_result
     return s;
 }
 
+/* How many trailing components of `path` do not exist yet (the directories mkdirs will make). */
+static int missing_dirs(const char *path) {
+    char p[4096];
+    if (!sdc_fmt(p, sizeof p, "%s", path)) return 0;
+    int n = 0;
+    for (char *slash; p[0] && !sdc_path_exists(p); n++) {
+        if (!(slash = strrchr(p, '/'))) return n + 1;
+        *slash = '\0';
+    }
+    return n;
+}
+
+/* rmdir of the last `n` components of `path`, deepest first (each only when empty). */
+static void remove_made_dirs(const char *path, int n) {
+    char p[4096];
+    if (!sdc_fmt(p, sizeof p, "%s", path)) return;
+    for (char *slash; n-- > 0 && p[0] && !rmdir(p) && (slash = strrchr(p, '/'));) *slash = '\0';
+}
+
 static sdc_status write_outputs(gen *g, const float *image, sdc_generate_result *res, sdc_err *err) {
     const sdc_generate_job *job = g->job;
     size_t n = (size_t)g->height * g->width * 3;
@@ -1002,19 +1015,22 @@ static sdc_status write_outputs(gen *g, const float *image, sdc_generate_result 
     sdc_status s = sdc_gen_image_path(job->output_dir, job->prompt, job->seed, job->compute_unit, job->model_version,
                                       job->scheduler, job->num_inference_steps, folder, sizeof folder, res->image_path,
                                       sizeof res->image_path, err);
-    bool folder_existed = sdc_path_exists(folder);
+    int made = s ? 0 : missing_dirs(folder);
     if (!s) s = sdc_outdir_mkdirs(folder, true, err);
-    if (!s && job->float_image_npy) {
-        sdc_ndarray a = f32_array("image", (float *)image, 4, (int64_t[]){1, g->height, g->width, 3});
-        char msg[1024];
-        if (sdc_npy_write(job->float_image_npy, &a, msg, sizeof msg)) s = sdc_fail(err, SDC_E_IO, "%s", msg);
-    }
     uint8_t *rgb = s ? NULL : sdc_malloc(n);
     if (!s && !rgb) s = sdc_fail(err, SDC_E_NOMEM, "out of memory");
     if (!s) to_rgb8(image, n, rgb);
     if (!s) s = sdc_png_write(res->image_path, g->width, g->height, rgb, err);
-    if (s && !folder_existed) rmdir(folder); /* the prompt's folder, made for this image: no empty leftover */
     sdc_free(rgb);
+    if (!s && job->float_image_npy) { /* after the PNG, so a failed PNG leaves no .npy */
+        sdc_ndarray a = f32_array("image", (float *)image, 4, (int64_t[]){1, g->height, g->width, 3});
+        char msg[1024];
+        if (sdc_npy_write(job->float_image_npy, &a, msg, sizeof msg)) {
+            s = sdc_fail(err, SDC_E_IO, "%s", msg);
+            unlink(res->image_path);
+        }
+    }
+    if (s) remove_made_dirs(folder, made); /* -o and the prompt's folder, made for this image: no empty leftover */
     return s;
 }
 
@@ -1022,7 +1038,13 @@ static sdc_status generate(gen *g, sdc_generate_result *res, sdc_err *err) {
     const sdc_generate_job *job = g->job;
     double t0 = now();
     sdc_status s = check_job(job, err);
+    if (!s && sdc_single_file_named(job->model_version))
+        s = sdc_fail(err, SDC_E_UNSUPPORTED, "--model-version %s: the pipeline needs the model's diffusers folder or Hub id "
+                     "(e.g. the one given as --config at conversion), not a single file", job->model_version);
     if (!s) s = sdc_source_open(job->model_version, &g->src, err);
+    if (s == SDC_E_NOTFOUND && err && job->model_version == DEFAULT_MODEL_VERSION) /* the pointer job_init set: not given */
+        snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
+                 " (the default --model-version; pass the model you converted)");
     g->src_open = !s;
     if (!s) s = open_scheduler(g, err);
     if (!s) s = load_packages(g, err);
@@ -1064,7 +1086,7 @@ static sdc_status generate(gen *g, sdc_generate_result *res, sdc_err *err) {
         res->safety_checked = !s;
         if (!s && res->nsfw) gen_log(job, SDC_LOG_WARNING, "the safety checker found NSFW content: the image is black");
     }
-    res->seconds_safety = now() - t4;
+    res->seconds_safety = g->safety ? now() - t4 : 0.0;
     if (!s) s = write_outputs(g, image, res, err);
     res->seconds_total = now() - t0;
     sdc_free(latents), sdc_free(noise), sdc_free(image);

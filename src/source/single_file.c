@@ -630,18 +630,25 @@ const json_t *sdc_single_file_config(const sdc_single_file *f, const char *compo
     return f->parts[p].config;
 }
 
+sdc_status sdc_single_file_check(const sdc_single_file *f, const char *component, sdc_err *err) {
+    sdc_ldm_part p = part_of_component(component);
+    if (p == SDC_LDM_NONE || !f->parts[p].n || f->parts[p].config) return SDC_OK;
+    return sdc_fail(err, f->parts[p].error.code, "%s", f->parts[p].error.msg);
+}
+
 sdc_status sdc_single_file_component(sdc_single_file *f, const char *component, sdc_component *out, sdc_err *err) {
     memset(out, 0, sizeof *out);
     sdc_ldm_part p = part_of_component(component);
     if (p == SDC_LDM_NONE || !f->parts[p].n)
         return sdc_fail(err, SDC_E_NOTFOUND, "%s has no %s", f->path, component[0] ? component : "model at its root");
     part *pt = &f->parts[p];
-    if (!pt->config) return sdc_fail(err, pt->error.code, "%s", pt->error.msg);
+    sdc_status st = sdc_single_file_check(f, component, err);
+    if (st) return st;
     snprintf(out->name, sizeof out->name, "%s", component);
     snprintf(out->dir, sizeof out->dir, "%s", f->path);
     snprintf(out->config_path, sizeof out->config_path, "%s", pt->origin);
     out->config = json_incref(pt->config);
-    sdc_status st = sdc_weights_from_views(f->path, pt->views, pt->n, f, &out->weights, err);
+    st = sdc_weights_from_views(f->path, pt->views, pt->n, f, &out->weights, err);
     if (st) sdc_component_close(out);
     return st;
 }

@@ -42,6 +42,11 @@ bool sdc_single_file_has(const sdc_single_file *f, const char *component);
 /* The component's config (borrowed; the --config one or the inferred one) and where it came from. */
 const json_t *sdc_single_file_config(const sdc_single_file *f, const char *component, const char **origin);
 
+/* Why the component's config could not be inferred (the error sdc_single_file_component would
+   return); SDC_OK when it has one or the file does not hold the component. Lets a conversion
+   refuse before it writes any package. */
+sdc_status sdc_single_file_check(const sdc_single_file *f, const char *component, sdc_err *err);
+
 /* Fills `out` as sdc_component_open does for a folder. */
 sdc_status sdc_single_file_component(sdc_single_file *f, const char *component, sdc_component *out, sdc_err *err);
 

@@ -19,7 +19,7 @@ from test_controlnet import CN, workdir  # noqa: F401 (the tiny ControlNet fixtu
 from test_unet import psnr
 
 # Measured (8 steps, these prompts and seeds): float32 packages 63.6 dB (DDIM, whose clip_sample
-# amplifies the float16 rounding of the UNet's inputs) and 79.9-94.5 dB for every other case;
+# amplifies the float16 rounding of the UNet's inputs) and 79.9-99.4 dB for every other case;
 # float16 packages 65.6-67.7 dB. Bars: the measured values minus a margin, above the issue's
 # 50 dB (float32) and 30 dB (float16).
 MIN_PSNR = {"FLOAT32": 55.0, "FLOAT16": 55.0}
@@ -156,7 +156,9 @@ def test_sd1_image_name_is_the_anchors(sdcoreml, convert, pipelines, tmp_path):
                           "CPU_ONLY", "--json", cwd=src.parent))
     want = tmp_path / "a_cat_dog__portrait" / (
         "randomSeed_3_computeUnit_CPU_ONLY_modelVersion_tiny-sd_customScheduler_DDIM_numInferenceSteps2.png")
-    assert Path(json.loads(r.stdout)["image"]) == want and want.is_file()
+    doc = json.loads(r.stdout)
+    assert Path(doc["image"]) == want and want.is_file()
+    assert doc["seconds"]["safety"] == 0  # no safety checker ran
     assert "safety checker" in r.stderr  # the model has one, -i does not: said, not silently skipped
     r = check_ok(sdcoreml("pipeline", "--prompt", "x", "-i", pkgs, "-o", tmp_path, "--model-version", src.name,
                           "--num-inference-steps", 2, "--quiet", cwd=src.parent))
@@ -260,7 +262,9 @@ def patch_img2img_noise(monkeypatch, module, seed, shape):
 
 def test_sdxl_refiner_image_to_image(sdcoreml, convert, pipelines, tmp_path, monkeypatch):
     """The refiner alone (text_encoder_2, 5 time ids with the aesthetic scores 6.0 / 2.5) from an
-    image, against StableDiffusionXLImg2ImgPipeline."""
+    image, against StableDiffusionXLImg2ImgPipeline with the VAE's scaling_factor set to 0.18215:
+    the factor the anchor's decode divides by, which our encoder multiplies by so that encode and
+    decode round trip (SDXL's own is 0.13025)."""
     import torch
     from diffusers import StableDiffusionXLImg2ImgPipeline
     from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_img2img as module
@@ -274,6 +278,8 @@ def test_sdxl_refiner_image_to_image(sdcoreml, convert, pipelines, tmp_path, mon
     assert doc["steps"] == int(STEPS * 0.6)
     patch_img2img_noise(monkeypatch, module, 93, (1, 4, 16, 16))
     pipe = with_scheduler(StableDiffusionXLImg2ImgPipeline.from_pretrained(src, torch_dtype=torch.float32), None, STEPS)
+    assert pipe.vae.config.scaling_factor == 0.13025
+    pipe.vae.register_to_config(scaling_factor=0.18215)
     latents = pipe(PROMPT, image=init, strength=0.6, num_inference_steps=STEPS, guidance_scale=7.5,
                    output_type="latent").images
     report("sdxl refiner img2img", psnr(decode_like_anchor(pipe.vae, latents), ours), MIN_PSNR["FLOAT32"])
@@ -368,6 +374,73 @@ def test_refusals(sdcoreml, convert, pipelines, tmp_path):
     assert len(lines) == 1
 
     # --unet-batch-one with a batch-2 UNet; an image of the wrong size
-    refused(sdcoreml(*base, "-i", pkgs, "--unet-batch-one", cwd=src.parent), tmp_path / "o", "--unet-batch-one")
+    # (bad input, exit 1, not a usage error)
+    r = sdcoreml(*base, "-i", pkgs, "--unet-batch-one", cwd=src.parent)
+    refused(r, tmp_path / "o", "--unet-batch-one")
+    assert r.returncode == 1, r.stderr
     random_png(tmp_path / "big.png", 48, 4)
     refused(sdcoreml(*base, "-i", pkgs, "--image", tmp_path / "big.png", cwd=src.parent), tmp_path / "o", "vae_encoder")
+    with_enc = convert("sd1", "--convert-unet", "--convert-vae-decoder", "--convert-vae-encoder")
+    r = sdcoreml(*base, "-i", with_enc, "--image", tmp_path / "big.png", cwd=src.parent)
+    refused(r, tmp_path / "o", "48x48", "32x32")
+    assert r.returncode == 1, r.stderr
+
+    # a single file as --model-version; no --model-version (the default, not in the cache)
+    r = sdcoreml(*base, "-i", pkgs, "--model-version", "x.ckpt", cwd=src.parent)
+    lines = refused(r, tmp_path / "o", "x.ckpt", "diffusers folder or Hub id")
+    assert len(lines) == 1 and "scheduler" not in r.stderr
+    no_mv = [a for a in base if a not in ("--model-version", src.name)]
+    lines = refused(sdcoreml(*no_mv, "-i", pkgs, cwd=tmp_path), tmp_path / "o",
+                    "CompVis/stable-diffusion-v1-4", "the default --model-version; pass the model you converted")
+    assert len(lines) == 1
+
+
+def test_prompt_dot_folders_stay_inside_o(sdcoreml, convert, pipelines, tmp_path):
+    """A prompt of "." or ".." is a folder of '_'s (one per dot) inside -o: a deliberate
+    difference from the anchor's get_image_path, which would write into -o or its parent."""
+    src = pipelines["sd1"]
+    pkgs = convert("sd1", "--convert-unet", "--convert-vae-decoder")
+    out = tmp_path / "a" / "o"
+    for prompt, folder in ((".", "_"), ("..", "__")):
+        check_ok(sdcoreml("pipeline", "--prompt", prompt, "-i", pkgs, "-o", out, "--model-version", src.name,
+                          "--num-inference-steps", 1, "--quiet", cwd=src.parent))
+        assert [p.name for p in (out / folder).iterdir()] == ["randomSeed_93_computeUnit_ALL_modelVersion_tiny-sd.png"]
+    assert {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")} == {
+        "a/o/__/randomSeed_93_computeUnit_ALL_modelVersion_tiny-sd.png",
+        "a/o/_/randomSeed_93_computeUnit_ALL_modelVersion_tiny-sd.png"}
+
+
+def test_failed_write_leaves_nothing(sdcoreml, convert, pipelines, tmp_path):
+    """A PNG that cannot be written leaves no --save-float-npy file; an .npy that cannot be
+    written leaves no PNG and none of the folders the run made (-o's parents too)."""
+    src = pipelines["sd1"]
+    pkgs = convert("sd1", "--convert-unet", "--convert-vae-decoder")
+    base = ["pipeline", "--prompt", "p", "-i", pkgs, "--model-version", src.name, "--num-inference-steps", 1]
+    name = "randomSeed_93_computeUnit_ALL_modelVersion_tiny-sd.png"
+    (tmp_path / "o" / "p" / name).mkdir(parents=True)  # the PNG's path is taken by a folder
+    r = sdcoreml(*base, "-o", tmp_path / "o", "--save-float-npy", tmp_path / "f.npy", cwd=src.parent)
+    assert r.returncode == 1 and name in r.stderr, r.stderr
+    assert not (tmp_path / "f.npy").exists()
+    r = sdcoreml(*base, "-o", tmp_path / "new" / "deeper", "--save-float-npy", tmp_path / "none" / "f.npy",
+                 cwd=src.parent)
+    refused(r, tmp_path / "new", "f.npy")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("config, key", [("{not json", "preprocessor_config.json"),
+                                         ('{"image_std": [0.27, 0, 0.28]}', "image_std"),
+                                         ('{"image_std": [0.27, -1, 0.28]}', "image_std")])
+def test_bad_preprocessor_config_is_refused(sdcoreml, convert, pipelines, tmp_path, config, key):
+    """The safety checker's feature_extractor/preprocessor_config.json: a parse error or an
+    image_std that is not above 0 is an error naming the file (and key), not CLIP's defaults."""
+    src = pipelines["sd1"]
+    pkgs = convert("sd1", "--convert-unet", "--convert-vae-decoder", "--convert-safety-checker")
+    model = tmp_path / "models" / src.name
+    shutil.copytree(src, model, symlinks=True)
+    prep = model / "feature_extractor" / "preprocessor_config.json"
+    prep.unlink()
+    prep.write_text(config)
+    r = sdcoreml("pipeline", "--prompt", "p", "-i", pkgs, "-o", tmp_path / "o", "--model-version", src.name,
+                 "--num-inference-steps", 1, cwd=model.parent)
+    lines = refused(r, tmp_path / "o", "preprocessor_config.json", key)
+    assert len(lines) == 1 and r.returncode == 1

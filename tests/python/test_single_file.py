@@ -297,6 +297,16 @@ def test_unconventional_shapes_need_config(sdcoreml, single_files, tmp_path, kin
     refused(convert_file(sdcoreml, f, tmp_path, flag, *xl_flags(kind)), tmp_path, f.name, component, "--config")
 
 
+def test_uninferable_config_is_refused_before_any_package(sdcoreml, single_files, tmp_path):
+    """The UNet and VAE come before the text encoder in the anchor's order: nothing of theirs is
+    written when the text encoder's config cannot be inferred."""
+    f = single_files["sd1-fp32"]
+    out = tmp_path / "out"
+    r = convert_file(sdcoreml, f, out, "--convert-unet", "--convert-vae-decoder", "--convert-text-encoder")
+    refused(r, out, f.name, "text_encoder", "--config")
+    assert r.returncode == 1 and (not out.exists() or not any(out.iterdir())), r.stderr
+
+
 def test_missing_component(sdcoreml, single_files, tmp_path):
     refused(convert_file(sdcoreml, single_files["vae-ldm"], tmp_path, "--convert-unet"), tmp_path, "vae-ldm", "no unet")
 
