@@ -399,6 +399,7 @@ sdc_status sdc_kernel_split(irun *r, const iop *op);
 sdc_status sdc_kernel_slice_by_index(irun *r, const iop *op);
 sdc_status sdc_kernel_slice_by_size(irun *r, const iop *op);
 sdc_status sdc_kernel_gather(irun *r, const iop *op);
+sdc_status sdc_kernel_gather_nd(irun *r, const iop *op);
 sdc_status sdc_kernel_tile(irun *r, const iop *op);
 sdc_status sdc_kernel_pad(irun *r, const iop *op);
 sdc_status sdc_kernel_band_part(irun *r, const iop *op);

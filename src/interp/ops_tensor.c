@@ -1,6 +1,6 @@
 /*
  * ops_tensor.c — shape and indexing ops (reshape, transpose, expand_dims, squeeze, concat,
- * stack, split, slice_by_index/size, gather, tile, pad, band_part, fill, range_1d,
+ * stack, split, slice_by_index/size, gather, gather_nd, tile, pad, band_part, fill, range_1d,
  * upsample_nearest_neighbor, shape) and reductions.
  *
  * Every value is held in 4-byte elements (float or int32), so copies are type-blind; a shape
@@ -442,6 +442,53 @@ sdc_status sdc_kernel_gather(irun *r, const iop *op) {
                 dst += inner;
             }
     return SDC_OK; /* an fp16 result is rounded by the executor, whatever the stored form */
+}
+
+/* gather_nd: the last dim of indices holds K coordinates into x's axes batch_dims..batch_dims+K-1;
+   out = indices.shape[:-1] + x.shape[batch_dims + K:] (coremltools' iOS15-iOS17 definitions). */
+sdc_status sdc_kernel_gather_nd(irun *r, const iop *op) {
+    itensor *x = sdc_rt_req(r, op, "x"), *idx = sdc_rt_req(r, op, "indices");
+    int64_t bd;
+    bool validate;
+    /* indices are always bounds-checked, whatever validate_indices says */
+    if (!x || !idx || sdc_rt_int(r, op, "batch_dims", 0, &bd) || sdc_rt_bool(r, op, "validate_indices", false, &validate))
+        return r->err->code;
+    if (!mt_is_int(idx->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "indices must be integers, not %s", mt_name(idx->dtype));
+    if (idx->rank < 1) return sdc_rt_fail(r, op, SDC_E_FORMAT, "indices must have rank >= 1");
+    int64_t K = idx->shape[idx->rank - 1];
+    if (bd < 0 || bd >= idx->rank || K < 1 || bd + K > x->rank)
+        return sdc_rt_fail(r, op, SDC_E_FORMAT, "batch_dims %lld with %lld coordinates does not fit x of rank %d", (long long)bd, (long long)K, x->rank);
+    for (int d = 0; d < bd; d++)
+        if (x->shape[d] != idx->shape[d]) return sdc_rt_fail(r, op, SDC_E_FORMAT, "batch dims of x and indices differ");
+    int R = idx->rank - 1 + x->rank - (int)(bd + K);
+    if (R > SDC_MAX_RANK) return sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "result rank too large");
+    int64_t shape[SDC_MAX_RANK];
+    int k = 0;
+    for (int d = 0; d < idx->rank - 1; d++) shape[k++] = idx->shape[d];
+    for (int d = (int)(bd + K); d < x->rank; d++) shape[k++] = x->shape[d];
+    if (check_store(r, op, x)) return r->err->code;
+    itensor *o = sdc_rt_out(r, op, 0, R, shape);
+    if (!o) return r->err->code;
+    size_t B = 1, per_batch = 1, inner = 1, tuples = 1;
+    for (int d = 0; d < bd; d++) B *= (size_t)x->shape[d];
+    for (int d = (int)(bd + K); d < x->rank; d++) inner *= (size_t)x->shape[d];
+    for (int d = (int)bd; d < x->rank; d++) per_batch *= (size_t)x->shape[d];
+    for (int d = (int)bd; d < idx->rank - 1; d++) tuples *= (size_t)idx->shape[d];
+    const int32_t *ip = idx->i;
+    uint32_t *dst = o->p;
+    for (size_t b = 0; b < B; b++)
+        for (size_t t = 0; t < tuples; t++, ip += K) {
+            size_t off = 0;
+            for (int64_t c = 0; c < K; c++) {
+                int64_t L = x->shape[bd + c], i = ip[c] < 0 ? ip[c] + L : ip[c];
+                if (i < 0 || i >= L)
+                    return sdc_rt_fail(r, op, SDC_E_ARG, "index %d is out of range for axis %lld of size %lld", ip[c], (long long)(bd + c), (long long)L);
+                off = off * (size_t)L + (size_t)i;
+            }
+            memcpy(dst, (const uint32_t *)x->p + b * per_batch + off * inner, inner * 4);
+            dst += inner;
+        }
+    return SDC_OK;
 }
 
 /* ---------------------------------------------------------------- tile, pad, band_part */

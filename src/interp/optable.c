@@ -108,6 +108,7 @@ static const iop_def DEFS[] = {
     {"slice_by_index", sdc_kernel_slice_by_index, 0, NULL},
     {"slice_by_size", sdc_kernel_slice_by_size, 0, NULL},
     {"gather", sdc_kernel_gather, 0, NULL},
+    {"gather_nd", sdc_kernel_gather_nd, 0, NULL},
     {"tile", sdc_kernel_tile, 0, NULL},
     {"pad", sdc_kernel_pad, 0, NULL},
     {"band_part", sdc_kernel_band_part, 0, NULL},

@@ -231,8 +231,12 @@ mil_var *sdc_mil_batch_norm(mil_graph *g, mil_var *x, mil_var *mean, mil_var *va
 mil_var *sdc_mil_reshape(mil_graph *g, mil_var *x, int rank, const int64_t *shape);
 mil_var *sdc_mil_transpose(mil_graph *g, mil_var *x, int rank, const int32_t *perm);
 mil_var *sdc_mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis);
+/* x[indices[..., 0], ..., indices[..., K-1]]: int32 or (iOS17+) uint16 indices [..., K] */
+mil_var *sdc_mil_gather_nd(mil_graph *g, mil_var *x, mil_var *indices);
 mil_var *sdc_mil_reduce_argmax(mil_graph *g, mil_var *x, int axis, bool keep_dims);
 mil_var *sdc_mil_concat(mil_graph *g, int n, mil_var **values, int axis);
+/* n same-shaped values joined along a new axis */
+mil_var *sdc_mil_stack(mil_graph *g, int n, mil_var **values, int axis);
 /* elementwise comparisons -> BOOL (broadcasting) */
 mil_var *sdc_mil_equal(mil_graph *g, mil_var *x, mil_var *y);
 mil_var *sdc_mil_greater(mil_graph *g, mil_var *x, mil_var *y);

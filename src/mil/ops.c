@@ -118,7 +118,7 @@ mil_var *sdc_mil_gelu(mil_graph *g, mil_var *x, const char *mode) {
 mil_var *sdc_mil_cast(mil_graph *g, mil_var *x, sdc_dtype to) {
     if (!x || !sdc_mil_graph_ok(g)) return NULL;
     const char *name = to == SDC_DT_F16 ? "fp16" : to == SDC_DT_F32 ? "fp32" : to == SDC_DT_I32 ? "int32"
-                     : to == SDC_DT_BOOL ? "bool" : NULL;
+                     : to == SDC_DT_BOOL ? "bool" : to == SDC_DT_U16 ? "uint16" : NULL;
     if (!name) return sdc_mil_fail(g, SDC_E_INTERNAL, "cast to %s is not a MIL cast", sdc_dtype_name(to));
     mil_var *d = sdc_mil_const_string(g, name);
     mil_op *op = sdc_mil_new_op(g, "cast", 1);
@@ -285,6 +285,27 @@ mil_var *sdc_mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis) {
     return out1(op, x->type.dtype, rank, shape);
 }
 
+mil_var *sdc_mil_gather_nd(mil_graph *g, mil_var *x, mil_var *indices) {
+    if (!x || !indices || !sdc_mil_graph_ok(g)) return NULL;
+    const mil_type *it = &indices->type;
+    bool int_ok = it->dtype == SDC_DT_I32 || (it->dtype == SDC_DT_U16 && g->opset >= 7);
+    if (!int_ok || it->rank < 1 || it->shape[it->rank - 1] < 1 || it->shape[it->rank - 1] > x->type.rank ||
+        it->rank - 1 + x->type.rank - it->shape[it->rank - 1] > SDC_MAX_RANK)
+        return shape_error(g, "gather_nd", "indices [..., K] must be int32 (or uint16 from iOS17) with K <= rank of x", x, indices);
+    /* out = indices.shape[:-1] + x.shape[K:] */
+    int64_t shape[SDC_MAX_RANK];
+    int rank = 0, K = (int)it->shape[it->rank - 1];
+    for (int i = 0; i < it->rank - 1; i++) shape[rank++] = it->shape[i];
+    for (int i = K; i < x->type.rank; i++) shape[rank++] = x->type.shape[i];
+    mil_var *batch_dims = g->opset >= 6 ? sdc_mil_const_int(g, 0) : NULL;
+    mil_var *validate = g->opset >= 7 ? sdc_mil_const_bool(g, false) : NULL;
+    mil_op *op = sdc_mil_new_op(g, "gather_nd", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "indices", indices)) return NULL;
+    if (batch_dims && !sdc_mil_param1(g, op, "batch_dims", batch_dims)) return NULL;
+    if (validate && !sdc_mil_param1(g, op, "validate_indices", validate)) return NULL;
+    return out1(op, x->type.dtype, rank, shape);
+}
+
 mil_var *sdc_mil_reduce_argmax(mil_graph *g, mil_var *x, int axis, bool keep_dims) {
     if (!x || !sdc_mil_graph_ok(g)) return NULL;
     int a = norm_axis(axis, x->type.rank);
@@ -332,6 +353,26 @@ mil_var *sdc_mil_concat(mil_graph *g, int n, mil_var **values, int axis) {
         !sdc_mil_param1(g, op, "interleave", il))
         return NULL;
     return out1(op, t0->dtype, t0->rank, shape);
+}
+
+mil_var *sdc_mil_stack(mil_graph *g, int n, mil_var **values, int axis) {
+    if (!sdc_mil_graph_ok(g) || n < 1) return NULL;
+    for (int i = 0; i < n; i++)
+        if (!values[i]) return NULL;
+    const mil_type *t0 = &values[0]->type;
+    int a = norm_axis(axis, t0->rank + 1);
+    if (a < 0 || a > t0->rank || t0->rank + 1 > SDC_MAX_RANK) return shape_error(g, "stack", "axis out of range", values[0], NULL);
+    for (int i = 1; i < n; i++)
+        if (values[i]->type.rank != t0->rank || values[i]->type.dtype != t0->dtype ||
+            memcmp(values[i]->type.shape, t0->shape, (size_t)t0->rank * sizeof *t0->shape))
+            return shape_error(g, "stack", "shapes or dtypes differ", values[0], values[i]);
+    /* out = shape[:axis] + [n] + shape[axis:] */
+    int64_t shape[SDC_MAX_RANK];
+    for (int d = 0, k = 0; d <= t0->rank; d++) shape[d] = d == a ? n : t0->shape[k++];
+    mil_var *ax = sdc_mil_const_int(g, axis);
+    mil_op *op = sdc_mil_new_op(g, "stack", 1);
+    if (!sdc_mil_set_param(g, op, "values", n, values) || !sdc_mil_param1(g, op, "axis", ax)) return NULL;
+    return out1(op, t0->dtype, t0->rank + 1, shape);
 }
 
 /* ---------------------------------------------------------------- convolution, reductions */

@@ -55,6 +55,19 @@ static mil_var *eos_position(sdc_net *n, const clip_text_config *cfg, mil_var *i
     return sdc_mil_reduce_argmax(g, is_eos, -1, false);
 }
 
+/* last_hidden_state[arange(1), position] as torch traces it and the anchor's graph has it: the
+   (batch, token) pairs stacked into indices [1, 2], then gather_nd; from iOS17 coremltools
+   narrows those indices to uint16. */
+static mil_var *pooled_row(sdc_net *n, const clip_text_config *cfg, mil_var *last, mil_var *ids) {
+    mil_graph *g = n->g;
+    int32_t batch0 = 0;
+    mil_var *position = eos_position(n, cfg, ids);                            /* [1] */
+    mil_var *pair[2] = {sdc_mil_const_ints(g, 1, &batch0), position};          /* [1], [1] */
+    mil_var *indices = sdc_mil_stack(g, 2, pair, 1);                                     /* [1, 2] */
+    if (g->opset >= 7) indices = sdc_mil_cast(g, indices, SDC_DT_U16);
+    return sdc_mil_gather_nd(g, last, indices); /* [1, W] */
+}
+
 /* x [1, S] float ids → embeddings [1, S, W] */
 static mil_var *embeddings(sdc_net *n, const clip_text_config *cfg, mil_var *ids, int64_t seq) {
     mil_graph *g = n->g;
@@ -88,8 +101,7 @@ static void build(sdc_net *n, const clip_text_config *cfg, int64_t seq, bool xl)
     }
     sdc_mil_scope(g, "final");
     mil_var *last = sdc_clip_layer_norm(n, h, "text_model.final_layer_norm", W, cfg->d.eps); /* [1, S, W] */
-    int64_t pooled_shape[2] = {1, W};
-    mil_var *pooled = sdc_mil_reshape(g, sdc_mil_gather(g, last, eos_position(n, cfg, ids), 1), 2, pooled_shape); /* [1, W] */
+    mil_var *pooled = pooled_row(n, cfg, last, ids); /* [1, W] */
     if (xl && cfg->with_projection) {
         sdc_mil_scope(g, "projection");
         int64_t ps[2] = {cfg->projection, W}, zs[1] = {cfg->projection};

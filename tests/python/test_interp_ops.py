@@ -314,6 +314,19 @@ def shape_cases():
                    lambda v, c: [np.stack([np.take(v["x"][b], v["i"][b], axis=0) for b in range(2)])], exact=True))
     cs.append(Case("gather_const_table", [("i", (7,), "i50")], lambda v, c: mb.gather(x=c["t"], indices=v["i"], axis=0),
                    lambda v, c: [c["t"][v["i"]]], consts=lambda rng: {"t": rand(rng, 50, 96)}, exact=True))
+    # gather_nd: indices[..., :K] address x's first K axes (after batch_dims); out = indices.shape[:-1] + x.shape[bd+K:]
+    cs.append(Case("gather_nd", [("x", (5, 5, 4), "f"), ("i", (2, 3, 2), "i5"), ("j", (4, 3), "i4")],
+                   lambda v, c: [mb.gather_nd(x=v["x"], indices=v["i"]), mb.gather_nd(x=v["x"], indices=v["j"])],
+                   lambda v, c: [v["x"][v["i"][..., 0], v["i"][..., 1]], v["x"][v["j"][:, 0], v["j"][:, 1], v["j"][:, 2]]],
+                   exact=True))
+    cs.append(Case("gather_nd_batch_dims", [("x", (2, 5, 3, 4), "f"), ("i", (2, 3, 1), "i5")],
+                   lambda v, c: mb.gather_nd(x=v["x"], indices=v["i"], batch_dims=1),
+                   lambda v, c: [np.stack([v["x"][b][v["i"][b, :, 0]] for b in range(2)])], exact=True))
+    # the text encoders' pooled row: last_hidden_state[arange(1), argmax(ids)] as torch traces it
+    cs.append(Case("gather_nd_pooled_row", [("x", (1, 7, 6), "f"), ("ids", (1, 7), "i50")],
+                   lambda v, c: mb.gather_nd(x=v["x"], indices=mb.stack(values=[np.array([0], np.int32),
+                                                                               mb.reduce_argmax(x=v["ids"], axis=-1)], axis=1)),
+                   lambda v, c: [v["x"][np.arange(1), np.argmax(v["ids"], -1)]], exact=True))
     cs.append(Case("upsample_nn", [("x", (1, 2, 3, 4), "f")],
                    lambda v, c: [mb.upsample_nearest_neighbor(x=v["x"], scale_factor_height=2, scale_factor_width=3)],
                    lambda v, c: [v["x"].repeat(2, axis=2).repeat(3, axis=3)], exact=True))
@@ -594,6 +607,23 @@ def test_unknown_op_is_named(sdcoreml, tmp_path):
     r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'x.npy'}", "-o", tmp_path / "o")
     assert r.returncode == 1
     assert "cumsum" in r.stderr and "my_cumsum" in r.stderr, r.stderr
+
+
+def test_gather_nd_index_out_of_range_is_named(sdcoreml, tmp_path):
+    @mb.program(input_specs=[mb.TensorSpec(shape=(3, 4)), mb.TensorSpec(shape=(2, 2), dtype=types.int32)],
+                opset_version=ct.target.iOS16)
+    def prog(x, i):
+        return mb.gather_nd(x=x, indices=i, name="my_rows")
+
+    pkg = tmp_path / "gnd.mlpackage"
+    save_program(prog, pkg)
+    names = [d.name for d in ct.utils.load_spec(str(pkg)).description.input]
+    np.save(tmp_path / "x.npy", np.zeros((3, 4), np.float32))
+    np.save(tmp_path / "i.npy", np.array([[0, 1], [3, 0]], np.int32))  # row 3 of 3
+    r = sdcoreml("run", pkg, "--input", f"{names[0]}={tmp_path / 'x.npy'}", "--input", f"{names[1]}={tmp_path / 'i.npy'}",
+                 "-o", tmp_path / "o")
+    assert r.returncode == 1 and "gather_nd" in r.stderr and "my_rows" in r.stderr and "out of range" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def simple_package(tmp_path):
