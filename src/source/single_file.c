@@ -553,7 +553,7 @@ static sdc_status infer_configs(sdc_single_file *f, const char *config_root, sdc
     sdc_status st = SDC_OK;
     for (int p = SDC_LDM_UNET; !st && p < N_PARTS; p++) {
         part *pt = &f->parts[p];
-        if (pt->n) st = sdc_weights_from_views(f->path, pt->views, pt->n, NULL, &pr.w[p], err);
+        if (pt->n) st = sdc_weights_from_views(f->path, pt->views, pt->n, &pr.w[p], err);
     }
     if (!st) f->fam = find_family(&pr);
     for (int p = SDC_LDM_UNET; !st && p < N_PARTS; p++) {
@@ -636,6 +636,8 @@ sdc_status sdc_single_file_check(const sdc_single_file *f, const char *component
     return sdc_fail(err, f->parts[p].error.code, "%s", f->parts[p].error.msg);
 }
 
+static void release_single_file(void *f) { sdc_single_file_release(f); }
+
 sdc_status sdc_single_file_component(sdc_single_file *f, const char *component, sdc_component *out, sdc_err *err) {
     memset(out, 0, sizeof *out);
     sdc_ldm_part p = part_of_component(component);
@@ -648,7 +650,12 @@ sdc_status sdc_single_file_component(sdc_single_file *f, const char *component, 
     snprintf(out->dir, sizeof out->dir, "%s", f->path);
     snprintf(out->config_path, sizeof out->config_path, "%s", pt->origin);
     out->config = json_incref(pt->config);
-    st = sdc_weights_from_views(f->path, pt->views, pt->n, f, &out->weights, err);
-    if (st) sdc_component_close(out);
-    return st;
+    st = sdc_weights_from_views(f->path, pt->views, pt->n, &out->weights, err);
+    if (st) {
+        sdc_component_close(out);
+        return st;
+    }
+    sdc_single_file_retain(f); /* the views point into f's mapping: the weights keep it */
+    sdc_weights_keep(out->weights, f, release_single_file);
+    return SDC_OK;
 }

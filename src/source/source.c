@@ -2,11 +2,12 @@
  * source.c — resolving a model name to a folder, and a component to its config and weights.
  *
  * Resolution follows diffusers' from_pretrained: an existing local folder wins, else the id is
- * looked up in the Hugging Face cache (reference/sd-architectures.md §2.2). Weight files are
- * chosen as diffusers does with variant="fp16" (§2.1): the variant when present, else the
- * default name; single files before shard indexes; .safetensors only.
+ * looked up in the Hugging Face cache (reference/sd-architectures.md §2.2). A component's
+ * weights are opened by weights.c, its small files read by files.c; a single-file checkpoint
+ * (single_file.c) and --lora (lora.c) plug in here, above both.
  */
 #include "source/source.h"
+#include "source/files.h"
 
 #include "hub/hub.h"
 #include "source/single_file.h"
@@ -18,169 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define JSON_MAX_BYTES (64u * 1024u * 1024u) /* configs and indexes are kilobytes */
 #define REF_MAX_BYTES 256u
-
-struct sdc_weights {
-    char describe[4200];
-    sdc_single_file *owner; /* views of a single file: kept alive by this set */
-    size_t n_files;
-    sdc_st_file **files;
-    size_t count;
-    const sdc_tensor **by_name; /* every tensor of every shard, sorted by name */
-    uint64_t total_bytes;
-    sdc_lora_merge *lora; /* the merged views that replace tensors of by_name, or NULL */
-};
-
-/* ---- errors and paths --------------------------------------------------------------- */
-
-static sdc_status join_path(char *buf, size_t size, const char *dir, const char *name,
-                            sdc_err *err) {
-    if (!sdc_fmt(buf, size, "%s/%s", dir, name))
-        return sdc_fail(err, SDC_E_ARG, "path too long: '%s/%s'", dir, name);
-    return SDC_OK;
-}
-
-static bool is_dir(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
-static bool is_file(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
-/* Present in the folder listing, even as a dangling symlink (an incomplete download), so
-   that opening it reports the real problem instead of silently falling back. */
-static bool entry_exists(const char *path) {
-    struct stat sb;
-    return lstat(path, &sb) == 0;
-}
-
-/* A relative path shown as "./x" so a reader sees where it was looked for. */
-static const char *display_path(const char *path, char *buf, size_t size) {
-    if (path[0] == '/' || strncmp(path, "./", 2) == 0 || strncmp(path, "../", 3) == 0)
-        return path;
-    snprintf(buf, size, "./%s", path);
-    return buf;
-}
-
-/* A single file name inside a folder: not empty, no separators, no parent references. */
-static bool is_plain_file_name(const char *name) {
-    return name[0] && !strchr(name, '/') && !strstr(name, "..");
-}
-
-/* ---- strict JSON -------------------------------------------------------------------- */
-
-sdc_status sdc_read_small_file(const char *path, size_t limit, char **out, size_t *len, sdc_err *err) {
-    *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return sdc_fail(err, errno == ENOENT ? SDC_E_NOTFOUND : SDC_E_IO, "%s: cannot open: %s",
-                        path, strerror(errno));
-    struct stat sb;
-    sdc_status st = SDC_OK;
-    char *buf = NULL;
-    size_t got = 0;
-    if (fstat(fd, &sb) != 0)
-        st = sdc_fail(err, SDC_E_IO, "%s: cannot stat: %s", path, strerror(errno));
-    else if (!S_ISREG(sb.st_mode))
-        st = sdc_fail(err, SDC_E_IO, "%s: not a regular file", path);
-    else if ((uint64_t)sb.st_size > limit)
-        st = sdc_fail(err, SDC_E_FORMAT, "%s: %lld bytes exceeds the limit of %zu bytes", path,
-                      (long long)sb.st_size, limit);
-    else if (!(buf = sdc_malloc((size_t)sb.st_size + 1)))
-        st = sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
-    while (!st && got < (size_t)sb.st_size) {
-        ssize_t n = read(fd, buf + got, (size_t)sb.st_size - got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) st = sdc_fail(err, SDC_E_IO, "%s: read failed: %s", path, strerror(errno));
-        if (n <= 0) break; /* a file that shrank while read: parse what is there */
-        got += (size_t)n;
-    }
-    close(fd);
-    if (st) {
-        sdc_free(buf);
-        return st;
-    }
-    buf[got] = '\0';
-    *out = buf;
-    *len = got;
-    return SDC_OK;
-}
-
-/* Integers longer than 18 digits, which JSON allows and jansson cannot hold in 64 bits
-   (transformers writes model_max_length = 1000000000000000019884624838656 for "no limit"),
-   rewritten as reals ("….0") so they parse; nothing that reads such a key wants an exact
-   integer from it. Returns a new text (caller frees), or NULL when out of memory. */
-static char *big_ints_as_reals(const char *text, size_t len, size_t *out_len) {
-    char *out = sdc_malloc(len + len / 2 + 2); /* each rewrite adds 2 bytes to >= 19 digits */
-    if (!out) return NULL;
-    size_t n = 0;
-    bool in_string = false;
-    for (size_t i = 0; i < len;) {
-        char ch = text[i];
-        if (in_string) {
-            out[n++] = text[i++];
-            if (ch == '\\' && i < len) out[n++] = text[i++];
-            else if (ch == '"') in_string = false;
-            continue;
-        }
-        if (ch == '"') in_string = true;
-        if (ch != '-' && !(ch >= '0' && ch <= '9')) {
-            out[n++] = text[i++];
-            continue;
-        }
-        size_t start = i, digits = 0;
-        bool integral = true;
-        for (; i < len && strchr("-+0123456789.eE", text[i]); i++) {
-            digits += text[i] >= '0' && text[i] <= '9';
-            integral = integral && (text[i] == '-' || (text[i] >= '0' && text[i] <= '9'));
-        }
-        memcpy(out + n, text + start, i - start);
-        n += i - start;
-        if (integral && digits > 18) {
-            memcpy(out + n, ".0", 2);
-            n += 2;
-        }
-    }
-    *out_len = n;
-    return out;
-}
-
-/* jansson's parser nests at most JSON_PARSER_MAX_DEPTH (2048) levels deep: a deeper file is
-   refused with jansson's message, as malformed. */
-sdc_status sdc_json_load(const char *path, json_t **out, sdc_err *err) {
-    *out = NULL;
-    char *text;
-    size_t len;
-    sdc_status st = sdc_read_small_file(path, JSON_MAX_BYTES, &text, &len, err);
-    if (st) return st;
-    json_error_t jerr;
-    *out = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!*out && json_error_code(&jerr) == json_error_numeric_overflow) {
-        size_t n;
-        char *relaxed = big_ints_as_reals(text, len, &n);
-        if (relaxed) *out = json_loadb(relaxed, n, JSON_REJECT_DUPLICATES, &jerr);
-        sdc_free(relaxed);
-    }
-    sdc_free(text);
-    if (*out) return SDC_OK;
-    /* jansson says "duplicate object key"; say what the rule is. */
-    bool dup = json_error_code(&jerr) == json_error_duplicate_key;
-    return sdc_fail(err, SDC_E_FORMAT, "%s: invalid JSON at line %d, column %d: %s", path,
-                    jerr.line, jerr.column, dup ? "duplicate key" : jerr.text);
-}
-
-static sdc_status load_json_object(const char *path, json_t **out, sdc_err *err) {
-    sdc_status st = sdc_json_load(path, out, err);
-    if (st) return st;
-    if (json_is_object(*out)) return SDC_OK;
-    json_decref(*out);
-    *out = NULL;
-    return sdc_fail(err, SDC_E_FORMAT, "%s: not a JSON object", path);
-}
 
 /* ---- model resolution --------------------------------------------------------------- */
 
@@ -226,13 +65,13 @@ static sdc_status find_in_hub_cache(const char *spec, char *snapshot, size_t siz
     }
     if (!sdc_fmt(entry, sizeof entry, "%s/%s", cache, id.folder))
         return sdc_fail(err, SDC_E_ARG, "cache path too long for model '%s'", spec);
-    if (!is_dir(entry)) {
+    if (!sdc_is_dir(entry)) {
         snprintf(tried, tried_size, "no cache entry '%s' (%s)", entry, why);
         return SDC_OK;
     }
     if (!sdc_fmt(ref_path, sizeof ref_path, "%s/refs/%s", entry, id.revision))
         return sdc_fail(err, SDC_E_ARG, "cache path too long for model '%s'", spec);
-    if (is_file(ref_path)) {
+    if (sdc_is_file(ref_path)) {
         if ((st = read_ref(ref_path, rev, sizeof rev, err))) return st;
     } else if (is_commit_hash(id.revision)) {
         snprintf(rev, sizeof rev, "%s", id.revision); /* huggingface_hub writes no ref for a hash */
@@ -242,7 +81,7 @@ static sdc_status find_in_hub_cache(const char *spec, char *snapshot, size_t siz
     }
     if (!sdc_fmt(snapshot, size, "%s/snapshots/%s", entry, rev))
         return sdc_fail(err, SDC_E_ARG, "cache path too long for model '%s'", spec);
-    if (!is_dir(snapshot)) {
+    if (!sdc_is_dir(snapshot)) {
         snprintf(tried, tried_size, "no snapshot folder '%s' for the commit in refs/%s (%s)",
                  snapshot, id.revision, why);
         snapshot[0] = '\0';
@@ -253,7 +92,7 @@ static sdc_status find_in_hub_cache(const char *spec, char *snapshot, size_t siz
 /* True when some immediate subfolder (or the folder itself) holds a config.json. */
 static bool has_component_folder(const char *root) {
     char path[4200];
-    if (sdc_fmt(path, sizeof path, "%s/config.json", root) && is_file(path)) return true;
+    if (sdc_fmt(path, sizeof path, "%s/config.json", root) && sdc_is_file(path)) return true;
     DIR *d = opendir(root);
     if (!d) return false;
     bool found = false;
@@ -261,7 +100,7 @@ static bool has_component_folder(const char *root) {
     while (!found && (de = readdir(d))) {
         if (de->d_name[0] == '.') continue;
         found = sdc_fmt(path, sizeof path, "%s/%s/config.json", root, de->d_name) &&
-                is_file(path);
+                sdc_is_file(path);
     }
     closedir(d);
     return found;
@@ -273,9 +112,9 @@ static sdc_status open_root(sdc_source *s, sdc_err *err) {
     while (n > 1 && s->root[n - 1] == '/') s->root[--n] = '\0';
     memcpy(s->config_root, s->root, n + 1);
     char index[4200];
-    sdc_status st = join_path(index, sizeof index, s->root, "model_index.json", err);
+    sdc_status st = sdc_path_join(index, sizeof index, s->root, "model_index.json", err);
     if (st) return st;
-    if (entry_exists(index)) return load_json_object(index, &s->model_index, err);
+    if (sdc_entry_exists(index)) return sdc_json_load_object(index, &s->model_index, err);
     if (has_component_folder(s->root)) return SDC_OK;
     return sdc_fail(err, SDC_E_NOTFOUND,
                     "model '%s': folder '%s' holds neither model_index.json nor a component "
@@ -334,17 +173,17 @@ sdc_status sdc_source_open_config(const char *model_version, const char *config,
     if (config)
         return sdc_fail(err, SDC_E_ARG, "--config %s describes a single-file --model-version; %s is not one (a .safetensors, "
                         ".ckpt, .pt or .pth file)", config, model_version);
-    if (is_dir(model_version)) {
+    if (sdc_is_dir(model_version)) {
         if (!sdc_fmt(out->root, sizeof out->root, "%s", model_version))
             return sdc_fail(err, SDC_E_ARG, "model path too long: '%.80s...'", model_version);
         return open_root(out, err);
     }
     char shown[sizeof out->id + 2];
-    const char *folder = display_path(model_version, shown, sizeof shown);
-    if (sdc_single_file_named(model_version) && !is_dir(model_version))
+    const char *folder = sdc_display_path(model_version, shown, sizeof shown);
+    if (sdc_single_file_named(model_version) && !sdc_is_dir(model_version))
         return sdc_fail(err, SDC_E_NOTFOUND, "model file '%s' not found (%s)", folder,
-                        entry_exists(model_version) ? "not a regular file" : strerror(ENOENT));
-    if (is_file(model_version))
+                        sdc_entry_exists(model_version) ? "not a regular file" : strerror(ENOENT));
+    if (sdc_is_file(model_version))
         return sdc_fail(err, SDC_E_UNSUPPORTED,
                         "model '%s': a file, but not a checkpoint sdcoreml reads (.safetensors, .ckpt, .pt, .pth)",
                         model_version);
@@ -375,7 +214,7 @@ void sdc_source_close(sdc_source *s) {
    other single-model repository keeps config.json at its root). */
 static bool is_component_name(const char *name) {
     return name && strlen(name) < SDC_COUNT_OF(((sdc_component *)0)->name) &&
-           (!name[0] || (is_plain_file_name(name) && strcmp(name, ".") != 0));
+           (!name[0] || (sdc_is_plain_file_name(name) && strcmp(name, ".") != 0));
 }
 
 static bool component_dir(const sdc_source *s, const char *component, char *buf, size_t size) {
@@ -410,317 +249,29 @@ bool sdc_source_has(const sdc_source *s, const char *component) {
     if (!is_component_name(component) || !component_dir(s, component, dir, sizeof dir))
         return false;
     if (!component[0])
-        return sdc_fmt(config, sizeof config, "%s/config.json", dir) && is_file(config);
+        return sdc_fmt(config, sizeof config, "%s/config.json", dir) && sdc_is_file(config);
     if (s->model_index) {
         if (component[0] == '_') return false; /* _class_name, _diffusers_version */
         const json_t *entry = json_object_get(s->model_index, component);
         return json_is_array(entry) && json_array_size(entry) == 2 &&
                json_is_string(json_array_get(entry, 1));
     }
-    return is_dir(dir);
+    return sdc_is_dir(dir);
 }
-
-/* ---- weights ------------------------------------------------------------------------ */
-
-static int cmp_tensor_name(const void *a, const void *b) {
-    const sdc_tensor *const *x = a, *const *y = b;
-    return strcmp((*x)->name, (*y)->name);
-}
-
-static void weights_free(sdc_weights *w) {
-    if (!w) return;
-    sdc_lora_merge_close(w->lora);
-    for (size_t i = 0; i < w->n_files; i++) sdc_st_close(w->files[i]);
-    sdc_free(w->files);
-    sdc_free(w->by_name);
-    sdc_single_file_release(w->owner);
-    sdc_free(w);
-}
-
-void sdc_weights_free(sdc_weights *w) { weights_free(w); }
-
-static sdc_status sort_and_check_names(sdc_weights *w, sdc_err *err);
-
-/* Builds the name index over all files; a name in two shards is ambiguous, so an error. */
-static sdc_status index_tensors(sdc_weights *w, sdc_err *err) {
-    size_t n = 0;
-    for (size_t i = 0; i < w->n_files; i++) n += sdc_st_count(w->files[i]);
-    if (!(w->by_name = sdc_calloc(n ? n : 1, sizeof *w->by_name)))
-        return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", w->describe);
-    for (size_t i = 0; i < w->n_files; i++) {
-        for (size_t j = 0; j < sdc_st_count(w->files[i]); j++) {
-            const sdc_tensor *t = sdc_st_at(w->files[i], j);
-            w->by_name[w->count++] = t;
-            w->total_bytes += t->nbytes;
-        }
-    }
-    return sort_and_check_names(w, err);
-}
-
-sdc_status sdc_weights_from_views(const char *describe, const sdc_tensor *views, size_t n, sdc_single_file *owner,
-                                  sdc_weights **out, sdc_err *err) {
-    *out = NULL;
-    sdc_weights *w = sdc_calloc(1, sizeof *w);
-    if (!w || !(w->by_name = sdc_calloc(n ? n : 1, sizeof *w->by_name))) {
-        sdc_free(w);
-        return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", describe);
-    }
-    snprintf(w->describe, sizeof w->describe, "%s", describe);
-    for (size_t i = 0; i < n; i++) {
-        w->by_name[w->count++] = &views[i];
-        w->total_bytes += views[i].nbytes;
-    }
-    if (owner) sdc_single_file_retain(owner);
-    w->owner = owner;
-    sdc_status st = sort_and_check_names(w, err);
-    if (st) weights_free(w);
-    else *out = w;
-    return st;
-}
-
-static sdc_status sort_and_check_names(sdc_weights *w, sdc_err *err) {
-    size_t n = w->count;
-    qsort(w->by_name, n, sizeof *w->by_name, cmp_tensor_name);
-    for (size_t i = 1; i < n; i++) {
-        if (strcmp(w->by_name[i - 1]->name, w->by_name[i]->name) == 0)
-            return sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s' is in both %s and %s",
-                            w->describe, w->by_name[i]->name, sdc_st_path(w->by_name[i - 1]->file),
-                            sdc_st_path(w->by_name[i]->file));
-    }
-    return SDC_OK;
-}
-
-static sdc_status open_single(const char *path, sdc_weights *w, sdc_err *err) {
-    snprintf(w->describe, sizeof w->describe, "%s", path);
-    if (!(w->files = sdc_calloc(1, sizeof *w->files)))
-        return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
-    sdc_status st = sdc_st_open(path, &w->files[0], err);
-    if (st) return st;
-    w->n_files = 1;
-    return index_tensors(w, err);
-}
-
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-static bool has_suffix(const char *s, const char *suffix) {
-    size_t n = strlen(s), m = strlen(suffix);
-    return n >= m && strcmp(s + n - m, suffix) == 0;
-}
-
-/* The distinct shard names of a weight_map, validated and sorted. Names point into map. */
-static sdc_status collect_shards(const char *index, const json_t *map, const char ***out,
-                                 size_t *n_out, sdc_err *err) {
-    const char **names = sdc_calloc(json_object_size(map), sizeof *names);
-    if (!names) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", index);
-    size_t n = 0;
-    const char *key;
-    const json_t *value;
-    sdc_status st = SDC_OK;
-    json_object_foreach((json_t *)map, key, value) {
-        const char *shard = json_string_value(value);
-        if (!shard || !is_plain_file_name(shard)) {
-            st = sdc_fail(err, SDC_E_FORMAT,
-                          "%s: weight_map entry of tensor '%s' is not a file name in the same "
-                          "folder",
-                          index, key);
-            break;
-        }
-        if (!has_suffix(shard, ".safetensors")) {
-            st = sdc_fail(err, SDC_E_UNSUPPORTED,
-                          "%s: weight_map puts tensor '%s' in '%s'; sdcoreml reads .safetensors",
-                          index, key, shard);
-            break;
-        }
-        bool seen = false;
-        for (size_t i = 0; i < n && !seen; i++) seen = strcmp(names[i], shard) == 0;
-        if (!seen) names[n++] = shard;
-    }
-    if (!st && n == 0) st = sdc_fail(err, SDC_E_FORMAT, "%s: weight_map is empty", index);
-    if (st) {
-        sdc_free(names);
-        return st;
-    }
-    qsort(names, n, sizeof *names, cmp_str);
-    *out = names;
-    *n_out = n;
-    return SDC_OK;
-}
-
-/* Every tensor the index names must be in the shard it names. */
-static sdc_status check_weight_map(const char *index, const json_t *map, const char **shards,
-                                   const sdc_weights *w, sdc_err *err) {
-    const char *key;
-    const json_t *value;
-    json_object_foreach((json_t *)map, key, value) {
-        const char *shard = json_string_value(value);
-        const char **hit = bsearch(&shard, shards, w->n_files, sizeof *shards, cmp_str);
-        SDC_ASSERT(hit);
-        if (!sdc_st_find(w->files[hit - shards], key))
-            return sdc_fail(err, SDC_E_FORMAT,
-                            "%s: weight_map puts tensor '%s' in '%s', but that file has no such "
-                            "tensor",
-                            index, key, shard);
-    }
-    return SDC_OK;
-}
-
-static sdc_status open_shards(const char *dir, const char *index, const json_t *map,
-                              sdc_weights *w, sdc_err *err) {
-    const char **shards = NULL;
-    size_t n = 0;
-    sdc_status st = collect_shards(index, map, &shards, &n, err);
-    if (st) return st;
-    snprintf(w->describe, sizeof w->describe, "%s (%zu shard%s)", index, n, n == 1 ? "" : "s");
-    if (!(w->files = sdc_calloc(n, sizeof *w->files)))
-        st = sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", index);
-    for (size_t i = 0; !st && i < n; i++) {
-        char path[4200];
-        if (!(st = join_path(path, sizeof path, dir, shards[i], err)) &&
-            !(st = sdc_st_open(path, &w->files[i], err)))
-            w->n_files++;
-    }
-    if (!st) st = check_weight_map(index, map, shards, w, err);
-    if (!st) st = index_tensors(w, err);
-    sdc_free(shards);
-    return st;
-}
-
-static sdc_status open_sharded(const char *dir, const char *index, sdc_weights *w,
-                               sdc_err *err) {
-    json_t *doc;
-    sdc_status st = load_json_object(index, &doc, err);
-    if (st) return st;
-    const json_t *map = json_object_get(doc, "weight_map");
-    if (!json_is_object(map))
-        st = sdc_fail(err, SDC_E_FORMAT, "%s: 'weight_map' is missing or not an object", index);
-    else
-        st = open_shards(dir, index, map, w, err);
-    json_decref(doc);
-    return st;
-}
-
-/* The first PyTorch pickle file in the folder (sorted, for a stable message), if any. */
-static bool find_pickle_weights(const char *dir, char *name, size_t size) {
-    DIR *d = opendir(dir);
-    if (!d) return false;
-    bool found = false;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        const char *n = de->d_name;
-        if (!(has_suffix(n, ".bin") || has_suffix(n, ".ckpt") || has_suffix(n, ".pt") ||
-              has_suffix(n, ".pth")))
-            continue;
-        if (!found || strcmp(n, name) < 0) found = sdc_fmt(name, size, "%s", n);
-    }
-    closedir(d);
-    return found;
-}
-
-static sdc_status report_no_weights(const char *dir, const char *tried, sdc_err *err) {
-    char pickle[256], path[4400];
-    if (find_pickle_weights(dir, pickle, sizeof pickle)) {
-        snprintf(path, sizeof path, "%s/%s", dir, pickle);
-        return sdc_fail(err, SDC_E_UNSUPPORTED,
-                        "only PyTorch pickle weights (%s) found; sdcoreml reads .safetensors",
-                        path);
-    }
-    return sdc_fail(err, SDC_E_NOTFOUND, "%s: no weights found (tried %s)", dir, tried);
-}
-
-/* The anchor's order of preference (diffusers with variant="fp16"): the variant, then the
-   default; diffusers' file stem, then transformers'; a single file, then a shard index. */
-bool sdc_source_weight_name(size_t i, char *out, size_t size, bool *is_index) {
-    static const char *const variants[] = {".fp16", ""};
-    static const char *const stems[] = {"diffusion_pytorch_model", "model"};
-    if (i >= 2 * SDC_COUNT_OF(variants) * SDC_COUNT_OF(stems)) return false;
-    const char *variant = variants[i / 4], *stem = stems[i / 2 % 2];
-    *is_index = i % 2 == 1;
-    if (*is_index) return sdc_fmt(out, size, "%s.safetensors.index%s.json", stem, variant);
-    return sdc_fmt(out, size, "%s%s.safetensors", stem, variant);
-}
-
-/* Picks the weight file(s) of a component folder in the anchor's order of preference. */
-static sdc_status open_weights(const char *dir, sdc_weights **out, sdc_err *err) {
-    char tried[1024] = "", name[128], path[4300];
-    bool is_index;
-    *out = NULL;
-    for (size_t i = 0; sdc_source_weight_name(i, name, sizeof name, &is_index); i++) {
-        sdc_status st = join_path(path, sizeof path, dir, name, err);
-        if (st) return st;
-        if (!entry_exists(path)) {
-            size_t used = strlen(tried);
-            snprintf(tried + used, sizeof tried - used, "%s%s", used ? ", " : "", name);
-            continue;
-        }
-        sdc_weights *w = sdc_calloc(1, sizeof *w);
-        if (!w) return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory", path);
-        st = is_index ? open_sharded(dir, path, w, err) : open_single(path, w, err);
-        if (st) {
-            weights_free(w);
-            return st;
-        }
-        *out = w;
-        return SDC_OK;
-    }
-    return report_no_weights(dir, tried, err);
-}
-
-const sdc_tensor *sdc_weights_at(const sdc_weights *w, size_t i) { return w->by_name[i]; }
-
-const sdc_tensor *sdc_weights_find(const sdc_weights *w, const char *name) {
-    sdc_tensor key = {.name = name};
-    const sdc_tensor *kp = &key;
-    const sdc_tensor **hit = bsearch(&kp, w->by_name, w->count, sizeof *w->by_name,
-                                     cmp_tensor_name);
-    return hit ? *hit : NULL;
-}
-
-static bool same_shape(const sdc_tensor *t, int rank, const int64_t *shape) {
-    if (t->rank != rank) return false;
-    for (int i = 0; i < rank; i++)
-        if (t->shape[i] != shape[i]) return false;
-    return true;
-}
-
-sdc_status sdc_weights_get(const sdc_weights *w, const char *name, int rank, const int64_t *shape,
-                           const sdc_tensor **out, sdc_err *err) {
-    *out = NULL;
-    const sdc_tensor *t = sdc_weights_find(w, name);
-    if (!t) return sdc_fail(err, SDC_E_NOTFOUND, "tensor '%s' not found in %s", name, w->describe);
-    const char *file = sdc_st_path(t->file);
-    if (t->dtype != SDC_DT_F32 && t->dtype != SDC_DT_F16 && t->dtype != SDC_DT_BF16)
-        return sdc_fail(err, SDC_E_UNSUPPORTED,
-                        "%s: tensor '%s' has dtype %s; a weight must be F32, F16 or BF16", file,
-                        name, sdc_dtype_name(t->dtype));
-    if (!same_shape(t, rank, shape)) {
-        char want[256], have[256];
-        return sdc_fail(err, SDC_E_FORMAT, "%s: tensor '%s' has shape %s but %s is expected",
-                        file, name, sdc_shape_str(t->shape, t->rank, have, sizeof have),
-                        sdc_shape_str(shape, rank, want, sizeof want));
-    }
-    *out = t;
-    return SDC_OK;
-}
-
-const char *sdc_weights_describe(const sdc_weights *w) { return w->describe; }
-size_t sdc_weights_count(const sdc_weights *w) { return w->count; }
-uint64_t sdc_weights_total_bytes(const sdc_weights *w) { return w->total_bytes; }
 
 /* ---- components --------------------------------------------------------------------- */
 
 /* --lora: the LoRAs' merged views take the place of the tensors they update, so every lookup
    of the component hands them out (lora.h says why this is the seam). */
+static void release_lora_merge(void *m) { sdc_lora_merge_close(m); }
+
 static sdc_status merge_loras(const sdc_lora_set *set, const char *component, sdc_weights *w, sdc_err *err) {
-    sdc_status st = sdc_lora_merge_open(set, component, w, &w->lora, err);
-    for (size_t i = 0; !st && w->lora && i < sdc_lora_merge_count(w->lora); i++) {
-        const sdc_tensor *merged = sdc_lora_merge_tensor(w->lora, i);
-        const sdc_tensor **slot = bsearch(&merged, w->by_name, w->count, sizeof *w->by_name, cmp_tensor_name);
-        SDC_ASSERT(slot);
-        *slot = merged;
-    }
-    return st;
+    sdc_lora_merge *m = NULL;
+    sdc_status st = sdc_lora_merge_open(set, component, w, &m, err);
+    if (st || !m) return st;
+    sdc_weights_keep(w, m, release_lora_merge);
+    for (size_t i = 0; i < sdc_lora_merge_count(m); i++) sdc_weights_substitute(w, sdc_lora_merge_tensor(m, i));
+    return SDC_OK;
 }
 
 sdc_status sdc_component_open(const sdc_source *s, const char *component, sdc_component *out,
@@ -743,30 +294,21 @@ sdc_status sdc_component_open(const sdc_source *s, const char *component, sdc_co
     snprintf(out->name, sizeof out->name, "%s", component);
     if (!component_dir(s, component, out->dir, sizeof out->dir))
         return sdc_fail(err, SDC_E_ARG, "path too long: '%s/%s'", s->root, component);
-    if (!is_dir(out->dir))
+    if (!sdc_is_dir(out->dir))
         return sdc_fail(err, SDC_E_NOTFOUND, "model '%s' has no component folder '%s'", s->id,
                         out->dir);
-    sdc_status st = join_path(out->config_path, sizeof out->config_path, out->dir, "config.json",
+    sdc_status st = sdc_path_join(out->config_path, sizeof out->config_path, out->dir, "config.json",
                               err);
-    if (!st && !entry_exists(out->config_path))
+    if (!st && !sdc_entry_exists(out->config_path))
         st = sdc_fail(err, SDC_E_NOTFOUND, "%s: missing (every component folder needs one)",
                       out->config_path);
-    if (!st) st = load_json_object(out->config_path, &out->config, err);
-    if (!st) st = open_weights(out->dir, &out->weights, err);
+    if (!st) st = sdc_json_load_object(out->config_path, &out->config, err);
+    if (!st) st = sdc_weights_open_folder(out->dir, &out->weights, err);
     if (!st && s->lora) st = merge_loras(s->lora, component, out->weights, err);
     if (st) sdc_component_close(out);
     return st;
 }
 
-void sdc_component_close(sdc_component *c) {
-    if (!c) return;
-    json_decref(c->config);
-    c->config = NULL;
-    weights_free(c->weights);
-    c->weights = NULL;
-}
-
-/* ---- config helpers ----------------------------------------------------------------- */
 
 /* A key that is absent or JSON null takes its default, as diffusers' config loading does. */
 static const json_t *config_value(const sdc_component *c, const char *key) {

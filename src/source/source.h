@@ -20,6 +20,7 @@
 
 #include "common.h"
 #include "io/safetensors.h"
+#include "source/files.h"
 
 #include <jansson.h>
 
@@ -84,10 +85,17 @@ const sdc_tensor *sdc_weights_find(const sdc_weights *w, const char *name);
    Accepted dtypes: F32, F16, BF16. */
 sdc_status sdc_weights_get(const sdc_weights *w, const char *name, int rank, const int64_t *shape,
                            const sdc_tensor **out, sdc_err *err);
-/* A weights set over views made elsewhere (single_file.c): the views stay owned by `owner`,
-   which the set keeps (retains) until sdc_weights_free; owner NULL: the caller keeps them alive. */
-sdc_status sdc_weights_from_views(const char *describe, const sdc_tensor *views, size_t n, sdc_single_file *owner,
-                                  sdc_weights **out, sdc_err *err);
+/* A weights set over views made elsewhere (single_file.c); what they point into is kept alive
+   by the caller, or handed to the set with sdc_weights_keep. */
+sdc_status sdc_weights_from_views(const char *describe, const sdc_tensor *views, size_t n, sdc_weights **out,
+                                  sdc_err *err);
+/* The weights of a component folder, its file(s) chosen in the anchor's order (weights.c). */
+sdc_status sdc_weights_open_folder(const char *dir, sdc_weights **out, sdc_err *err);
+/* The set calls release(obj) when it is freed: obj is what some of its views point into (a
+   checkpoint, a LoRA's merged tensors). At most 4 per set. */
+void sdc_weights_keep(sdc_weights *w, void *obj, void (*release)(void *obj));
+/* t takes the place of the tensor of the same name (which must exist): a LoRA's merged view. */
+void sdc_weights_substitute(sdc_weights *w, const sdc_tensor *t);
 void sdc_weights_free(sdc_weights *w); /* NULL is a no-op */
 
 /* The weight file(s) as one string for messages: "dir/model.fp16.safetensors". */
@@ -111,13 +119,6 @@ sdc_status sdc_config_bool(const sdc_component *c, const char *key, bool dflt, b
    gives *n = 0. A scalar is a type error: callers that accept both check json_is_array. */
 sdc_status sdc_config_int_list(const sdc_component *c, const char *key, size_t max, int64_t *out,
                                size_t *n, sdc_err *err);
-
-/* Reads a whole regular file of at most `limit` bytes into *out (malloc'd, NUL-terminated; the
-   caller frees it), its length in *len. Errors name the file. */
-sdc_status sdc_read_small_file(const char *path, size_t limit, char **out, size_t *len, sdc_err *err);
-
-/* Reads a JSON file strictly (duplicate keys rejected, size bounded). */
-sdc_status sdc_json_load(const char *path, json_t **out, sdc_err *err);
 
 /* ---- the pipeline around the components (pipeline.c) ----------------------------------
    Questions a converter asks of the whole pipeline; an absent file gives the default. */
