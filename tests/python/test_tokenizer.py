@@ -9,11 +9,15 @@ little, so most of BPE's ranking would go untested)."""
 import collections
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import regex
 from transformers import CLIPTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from make_tiny_pipelines import bytes_to_unicode  # noqa: E402  (the fixtures' one byte table)
 
 REPO = Path(__file__).resolve().parents[2]
 SD1 = REPO / "examples" / "tiny-sd" / "tokenizer"
@@ -54,18 +58,6 @@ CORPUS = [
     "a" * 300,
     "🙂" * 50,
 ]
-
-
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def train_bpe(texts, n_merges):
