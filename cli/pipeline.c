@@ -152,17 +152,11 @@ typedef struct step_ui {
     double started;
 } step_ui;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* "step 12/50, 1.23 s/step, ETA 0:47" on a terminal; nothing otherwise. */
 static void on_step(void *user, const char *what, uint64_t done, uint64_t total) {
     step_ui *s = user;
     if (s->ui.quiet || !s->ui.tty) return;
-    double t = now();
+    double t = sdc_cli_now();
     if (done == 0) {
         s->started = t;
         return;
