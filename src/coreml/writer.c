@@ -44,6 +44,27 @@ static int mil_data_type(sdc_dtype t) {
     return (int)t;
 }
 
+static bool pb_constant_dim(pb_ctx *c, Sdc__Coreml__Dimension *d, int64_t size) {
+    Sdc__Coreml__Dimension__ConstantDimension *cd = PB_NEW(
+        c, Sdc__Coreml__Dimension__ConstantDimension, SDC__COREML__DIMENSION__CONSTANT_DIMENSION__INIT);
+    if (!cd) return false;
+    cd->size = (uint64_t)size;
+    d->dimension_case = SDC__COREML__DIMENSION__DIMENSION_CONSTANT;
+    d->constant = cd;
+    return true;
+}
+
+/* A size known only at run time (MIL_DIM_UNKNOWN, as non_zero's count): an empty
+   UnknownDimension (not variadic), as coremltools writes it. */
+static bool pb_unknown_dim(pb_ctx *c, Sdc__Coreml__Dimension *d) {
+    Sdc__Coreml__Dimension__UnknownDimension *ud = PB_NEW(
+        c, Sdc__Coreml__Dimension__UnknownDimension, SDC__COREML__DIMENSION__UNKNOWN_DIMENSION__INIT);
+    if (!ud) return false;
+    d->dimension_case = SDC__COREML__DIMENSION__DIMENSION_UNKNOWN;
+    d->unknown = ud;
+    return true;
+}
+
 /* A tensor type by MIL DataType code, for types sdc_dtype has no name for (uint1…uint6). */
 static Sdc__Coreml__ValueType *pb_tensor_type_dt(pb_ctx *c, int datatype, int rank, const int64_t *shape) {
     Sdc__Coreml__TensorType *tt = PB_NEW(c, Sdc__Coreml__TensorType, SDC__COREML__TENSOR_TYPE__INIT);
@@ -54,12 +75,7 @@ static Sdc__Coreml__ValueType *pb_tensor_type_dt(pb_ctx *c, int datatype, int ra
     tt->rank = rank;
     for (int i = 0; i < rank; i++) {
         Sdc__Coreml__Dimension *d = PB_NEW(c, Sdc__Coreml__Dimension, SDC__COREML__DIMENSION__INIT);
-        Sdc__Coreml__Dimension__ConstantDimension *cd = PB_NEW(
-            c, Sdc__Coreml__Dimension__ConstantDimension, SDC__COREML__DIMENSION__CONSTANT_DIMENSION__INIT);
-        if (!d || !cd) return NULL;
-        cd->size = (uint64_t)shape[i];
-        d->dimension_case = SDC__COREML__DIMENSION__DIMENSION_CONSTANT;
-        d->constant = cd;
+        if (!d || !(shape[i] < 0 ? pb_unknown_dim(c, d) : pb_constant_dim(c, d, shape[i]))) return NULL;
         dims[i] = d;
     }
     tt->n_dimensions = (size_t)rank;

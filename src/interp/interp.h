@@ -31,8 +31,8 @@
  *
  * Files, from the top down (each uses only those below it): exec.c (public API: load,
  * describe, predict), load.c (package → program, through coreml/package.h), optable.c (op
- * type → kernel or constexpr value), the kernels ops_elementwise.c, ops_nn.c, ops_tensor.c
- * and consts.c (constexpr values), access.c (what kernels see of a run: parameters, values,
+ * type → kernel or constexpr value), the kernels ops_elementwise.c, ops_nn.c, ops_tensor.c,
+ * ops_dynamic.c and consts.c (constexpr values), access.c (what kernels see of a run: parameters, values,
  * outputs), and tensor.c (buffers, fp16, vector exp), pool.c, gemm.c.
  */
 #ifndef SDC_INTERP_H
@@ -407,6 +407,8 @@ sdc_status sdc_kernel_fill(irun *r, const iop *op);
 sdc_status sdc_kernel_range_1d(irun *r, const iop *op);
 sdc_status sdc_kernel_upsample_nn(irun *r, const iop *op);
 sdc_status sdc_kernel_shape(irun *r, const iop *op);
+sdc_status sdc_kernel_non_zero(irun *r, const iop *op);   /* ops_dynamic.c */
+sdc_status sdc_kernel_scatter_nd(irun *r, const iop *op); /* ops_dynamic.c */
 sdc_status sdc_kernel_sdpa(irun *r, const iop *op);
 sdc_status sdc_kernel_fused_attention(irun *r, const iop *op); /* fuse.c */
 

@@ -200,6 +200,9 @@ static sdc_status concat_common(irun *r, const iop *op, bool stack) {
         if (!(vs[i] = sdc_rt_in_at(r, op, "values", i))) st = r->err->code;
     if (st) goto done;
     const itensor *x0 = vs[0];
+    /* rank-0 values (coremltools' form of torch's list of scalars) join into a vector, as
+       stacking them would */
+    if (x0->rank == 0) stack = true;
     int R = stack ? x0->rank + 1 : x0->rank;
     if (R < 1 || R > SDC_MAX_RANK || !norm_axis(&axis, R)) {
         st = sdc_rt_fail(r, op, SDC_E_FORMAT, "axis out of range");
@@ -502,7 +505,8 @@ sdc_status sdc_kernel_tile(irun *r, const iop *op) {
     if (!has || n != x->rank) return sdc_rt_fail(r, op, SDC_E_FORMAT, "reps must have %d values", x->rank);
     int64_t shape[SDC_MAX_RANK];
     for (int d = 0; d < n; d++) {
-        if (reps[d] < 1) return sdc_rt_fail(r, op, SDC_E_FORMAT, "reps must be >= 1");
+        /* 0 happens with run-time reps: no elements to scatter (a safe image's empty non_zero) */
+        if (reps[d] < 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "reps must be >= 0");
         shape[d] = x->shape[d] * reps[d];
     }
     if (check_store(r, op, x)) return r->err->code;

@@ -116,6 +116,8 @@ static const iop_def DEFS[] = {
     {"range_1d", sdc_kernel_range_1d, 0, NULL},
     {"upsample_nearest_neighbor", sdc_kernel_upsample_nn, 0, NULL},
     {"shape", sdc_kernel_shape, 0, NULL},
+    {"non_zero", sdc_kernel_non_zero, 0, NULL},
+    {"scatter_nd", sdc_kernel_scatter_nd, 0, NULL},
     /* compression: values, not steps */
     {"constexpr_lut_to_dense", NULL, C_LUT, sdc_constexpr_eval},
     {"constexpr_affine_dequantize", NULL, C_AFFINE, sdc_constexpr_eval},

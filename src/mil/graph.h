@@ -29,8 +29,13 @@
 typedef struct mil_type {
     sdc_dtype dtype;
     int rank;
-    int64_t shape[SDC_MAX_RANK];
+    int64_t shape[SDC_MAX_RANK]; /* a dim may be MIL_DIM_UNKNOWN (below) */
 } mil_type;
+
+/* A dimension whose size only the run knows (non_zero's count and what follows from it):
+   written as an UnknownDimension, -1 in the interpreter's slots as well. Only the few ops
+   that make or take such values (tile_by, non_zero, scatter_nd) accept it. */
+#define MIL_DIM_UNKNOWN (-1)
 
 typedef enum mil_const_kind {
     MIL_NOT_CONST = 0,
@@ -234,6 +239,8 @@ mil_var *sdc_mil_gather(mil_graph *g, mil_var *x, mil_var *indices, int axis);
 /* x[indices[..., 0], ..., indices[..., K-1]]: int32 or (iOS17+) uint16 indices [..., K] */
 mil_var *sdc_mil_gather_nd(mil_graph *g, mil_var *x, mil_var *indices);
 mil_var *sdc_mil_reduce_argmax(mil_graph *g, mil_var *x, int axis, bool keep_dims);
+/* joined along axis; rank-0 values (axis 0) make a vector [n], as coremltools writes torch's
+   list of scalars */
 mil_var *sdc_mil_concat(mil_graph *g, int n, mil_var **values, int axis);
 /* n same-shaped values joined along a new axis */
 mil_var *sdc_mil_stack(mil_graph *g, int n, mil_var **values, int axis);
@@ -266,7 +273,23 @@ bool sdc_mil_split(mil_graph *g, mil_var *x, int axis, int n, const int64_t *siz
 mil_var *sdc_mil_slice(mil_graph *g, mil_var *x, int axis, int64_t begin, int64_t end);
 /* constant padding of H and W of x (N, C, H, W): pad {top, bottom, left, right} */
 mil_var *sdc_mil_pad_constant(mil_graph *g, mil_var *x, const int32_t pad[4], float value);
+/* x[..., index, ...]: one element along `axis`, the axis dropped (slice_by_index's squeeze_mask;
+   a rank-1 x gives a rank-0 value) */
+mil_var *sdc_mil_slice_squeeze(mil_graph *g, mil_var *x, int axis, int64_t index);
 mil_var *sdc_mil_expand_dims(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
+/* x repeated reps[d] times along each dim d (rank(x) values) */
+mil_var *sdc_mil_tile(mil_graph *g, mil_var *x, const int64_t *reps);
+/* tile with reps computed at run time (int32 [rank(x)]): every output dim MIL_DIM_UNKNOWN */
+mil_var *sdc_mil_tile_by(mil_graph *g, mil_var *x, mil_var *reps);
+/* cond ? a : b elementwise with broadcasting: cond BOOL, a and b one dtype */
+mil_var *sdc_mil_select(mil_graph *g, mil_var *cond, mil_var *a, mil_var *b);
+/* x's shape at run time: int32 [rank(x)] */
+mil_var *sdc_mil_shape(mil_graph *g, mil_var *x);
+/* the coordinates of x's non-zero elements in row-major order: int32 [MIL_DIM_UNKNOWN, rank(x)] */
+mil_var *sdc_mil_non_zero(mil_graph *g, mil_var *x);
+/* a copy of data whose elements at indices (int32 [..., K], K <= rank(data)) are combined with
+   updates (indices.shape[:-1] + data.shape[K:]) by `mode` ("update" writes them) */
+mil_var *sdc_mil_scatter_nd(mil_graph *g, mil_var *data, mil_var *indices, mil_var *updates, const char *mode);
 mil_var *sdc_mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *axes);
 
 /* ---------------------------------------------------------------- for passes that build new

@@ -333,10 +333,11 @@ mil_var *sdc_mil_concat(mil_graph *g, int n, mil_var **values, int axis) {
     for (int i = 0; i < n; i++)
         if (!values[i]) return NULL;
     const mil_type *t0 = &values[0]->type;
-    int a = norm_axis(axis, t0->rank);
-    if (a < 0 || a >= t0->rank) return shape_error(g, "concat", "axis out of range", values[0], NULL);
-    int64_t shape[SDC_MAX_RANK];
-    memcpy(shape, t0->shape, sizeof shape);
+    int rank = t0->rank ? t0->rank : 1; /* rank-0 values count as [1] */
+    int a = norm_axis(axis, rank);
+    if (a < 0 || a >= rank) return shape_error(g, "concat", "axis out of range", values[0], NULL);
+    int64_t shape[SDC_MAX_RANK] = {1};
+    memcpy(shape, t0->shape, (size_t)t0->rank * sizeof *shape);
     shape[a] = 0;
     for (int i = 0; i < n; i++) {
         const mil_type *t = &values[i]->type;
@@ -345,14 +346,15 @@ mil_var *sdc_mil_concat(mil_graph *g, int n, mil_var **values, int axis) {
         for (int d = 0; d < t->rank; d++)
             if (d != a && t->shape[d] != t0->shape[d])
                 return shape_error(g, "concat", "non-axis dims differ", values[0], values[i]);
-        shape[a] += t->shape[a];
+        int64_t len = t->rank ? t->shape[a] : 1;
+        shape[a] = shape[a] < 0 || len < 0 ? MIL_DIM_UNKNOWN : shape[a] + len;
     }
     mil_var *ax = sdc_mil_const_int(g, axis), *il = sdc_mil_const_bool(g, false);
     mil_op *op = sdc_mil_new_op(g, "concat", 1);
     if (!sdc_mil_set_param(g, op, "values", n, values) || !sdc_mil_param1(g, op, "axis", ax) ||
         !sdc_mil_param1(g, op, "interleave", il))
         return NULL;
-    return out1(op, t0->dtype, t0->rank, shape);
+    return out1(op, t0->dtype, rank, shape);
 }
 
 mil_var *sdc_mil_stack(mil_graph *g, int n, mil_var **values, int axis) {
@@ -584,4 +586,133 @@ mil_var *sdc_mil_squeeze(mil_graph *g, mil_var *x, int n_axes, const int32_t *ax
     mil_op *op = sdc_mil_new_op(g, "squeeze", 1);
     if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "axes", ax)) return NULL;
     return out1(op, x->type.dtype, rank, shape);
+}
+
+mil_var *sdc_mil_slice_squeeze(mil_graph *g, mil_var *x, int axis, int64_t index) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
+    int a = norm_axis(axis, x->type.rank), r = x->type.rank;
+    if (a < 0 || a >= r || index < 0 || index >= x->type.shape[a])
+        return shape_error(g, "slice_by_index", "index outside the axis", x, NULL);
+    int32_t b[SDC_MAX_RANK] = {0}, e[SDC_MAX_RANK] = {0}, st[SDC_MAX_RANK], bm[SDC_MAX_RANK], em[SDC_MAX_RANK],
+            sq[SDC_MAX_RANK] = {0};
+    for (int i = 0; i < r; i++) {
+        st[i] = 1;
+        bm[i] = em[i] = i != a; /* the other axes are taken whole */
+    }
+    b[a] = (int32_t)index;
+    e[a] = (int32_t)index + 1;
+    sq[a] = 1;
+    mil_var *vb = sdc_mil_const_ints(g, r, b), *ve = sdc_mil_const_ints(g, r, e), *vs = sdc_mil_const_ints(g, r, st);
+    mil_var *vbm = sdc_mil_const_bools(g, r, bm), *vem = sdc_mil_const_bools(g, r, em), *vsq = sdc_mil_const_bools(g, r, sq);
+    mil_op *op = sdc_mil_new_op(g, "slice_by_index", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "begin", vb) || !sdc_mil_param1(g, op, "end", ve) ||
+        !sdc_mil_param1(g, op, "stride", vs) || !sdc_mil_param1(g, op, "begin_mask", vbm) ||
+        !sdc_mil_param1(g, op, "end_mask", vem) || !sdc_mil_param1(g, op, "squeeze_mask", vsq))
+        return NULL;
+    int64_t shape[SDC_MAX_RANK];
+    for (int i = 0, k = 0; i < r; i++)
+        if (i != a) shape[k++] = x->type.shape[i];
+    return out1(op, x->type.dtype, r - 1, shape);
+}
+
+/* ---------------------------------------------------------------- tile, select, and the ops
+   whose output sizes only the run knows */
+
+static bool has_unknown_dim(const mil_type *t) {
+    for (int i = 0; i < t->rank; i++)
+        if (t->shape[i] < 0) return true;
+    return false;
+}
+
+mil_var *sdc_mil_tile(mil_graph *g, mil_var *x, const int64_t *reps) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
+    int r = x->type.rank;
+    int32_t r32[SDC_MAX_RANK];
+    int64_t shape[SDC_MAX_RANK];
+    for (int i = 0; i < r; i++) {
+        if (reps[i] < 1 || reps[i] > INT32_MAX || x->type.shape[i] < 0)
+            return shape_error(g, "tile", "reps must be >= 1 on known dims", x, NULL);
+        r32[i] = (int32_t)reps[i];
+        shape[i] = x->type.shape[i] * reps[i];
+    }
+    mil_var *vr = sdc_mil_const_ints(g, r, r32);
+    mil_op *op = sdc_mil_new_op(g, "tile", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "reps", vr)) return NULL;
+    return out1(op, x->type.dtype, r, shape);
+}
+
+mil_var *sdc_mil_tile_by(mil_graph *g, mil_var *x, mil_var *reps) {
+    if (!x || !reps || !sdc_mil_graph_ok(g)) return NULL;
+    if (reps->type.dtype != SDC_DT_I32 || reps->type.rank != 1 || reps->type.shape[0] != x->type.rank)
+        return shape_error(g, "tile", "reps must be int32 [rank(x)]", x, reps);
+    mil_op *op = sdc_mil_new_op(g, "tile", 1);
+    if (!sdc_mil_param1(g, op, "x", x) || !sdc_mil_param1(g, op, "reps", reps)) return NULL;
+    int64_t shape[SDC_MAX_RANK];
+    for (int i = 0; i < x->type.rank; i++) shape[i] = MIL_DIM_UNKNOWN;
+    return out1(op, x->type.dtype, x->type.rank, shape);
+}
+
+mil_var *sdc_mil_select(mil_graph *g, mil_var *cond, mil_var *a, mil_var *b) {
+    if (!cond || !a || !b || !sdc_mil_graph_ok(g)) return NULL;
+    if (cond->type.dtype != SDC_DT_BOOL || a->type.dtype != b->type.dtype)
+        return shape_error(g, "select", "cond must be BOOL and a, b one dtype", a, b);
+    const mil_type *ts[3] = {&cond->type, &a->type, &b->type};
+    int rank = 0;
+    for (int k = 0; k < 3; k++) rank = ts[k]->rank > rank ? ts[k]->rank : rank;
+    int64_t shape[SDC_MAX_RANK];
+    for (int i = 0; i < rank; i++) { /* NumPy broadcasting from the trailing dimension */
+        shape[i] = 1;
+        for (int k = 0; k < 3; k++) {
+            int j = ts[k]->rank - rank + i;
+            int64_t d = j >= 0 ? ts[k]->shape[j] : 1;
+            if (d < 0) return shape_error(g, "select", "unknown dims do not broadcast", a, b);
+            if (d != 1 && shape[i] != 1 && d != shape[i]) return shape_error(g, "select", "shapes do not broadcast", a, b);
+            if (d != 1) shape[i] = d;
+        }
+    }
+    mil_op *op = sdc_mil_new_op(g, "select", 1);
+    if (!sdc_mil_param1(g, op, "cond", cond) || !sdc_mil_param1(g, op, "a", a) || !sdc_mil_param1(g, op, "b", b))
+        return NULL;
+    return out1(op, a->type.dtype, rank, shape);
+}
+
+mil_var *sdc_mil_shape(mil_graph *g, mil_var *x) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
+    mil_op *op = sdc_mil_new_op(g, "shape", 1);
+    if (!sdc_mil_param1(g, op, "x", x)) return NULL;
+    int64_t shape[1] = {x->type.rank};
+    return out1(op, SDC_DT_I32, 1, shape);
+}
+
+mil_var *sdc_mil_non_zero(mil_graph *g, mil_var *x) {
+    if (!x || !sdc_mil_graph_ok(g)) return NULL;
+    if (x->type.rank < 1) return shape_error(g, "non_zero", "x must have rank >= 1", x, NULL);
+    mil_op *op = sdc_mil_new_op(g, "non_zero", 1);
+    if (!sdc_mil_param1(g, op, "x", x)) return NULL;
+    int64_t shape[2] = {MIL_DIM_UNKNOWN, x->type.rank};
+    return out1(op, SDC_DT_I32, 2, shape);
+}
+
+mil_var *sdc_mil_scatter_nd(mil_graph *g, mil_var *data, mil_var *indices, mil_var *updates, const char *mode) {
+    if (!data || !indices || !updates || !sdc_mil_graph_ok(g)) return NULL;
+    const mil_type *dt = &data->type, *it = &indices->type, *ut = &updates->type;
+    int64_t K = it->rank ? it->shape[it->rank - 1] : -1;
+    if (it->dtype != SDC_DT_I32 || it->rank < 1 || K < 1 || K > dt->rank || has_unknown_dim(dt))
+        return shape_error(g, "scatter_nd", "indices must be int32 [..., K], K <= rank(data) known", data, indices);
+    /* updates = indices.shape[:-1] + data.shape[K:]; unknown dims match anything */
+    bool ok = ut->dtype == dt->dtype && ut->rank == it->rank - 1 + dt->rank - (int)K;
+    for (int i = 0; ok && i < ut->rank; i++) {
+        int64_t want = i < it->rank - 1 ? it->shape[i] : dt->shape[K + i - (it->rank - 1)];
+        ok = want < 0 || ut->shape[i] < 0 || want == ut->shape[i];
+    }
+    if (!ok) return shape_error(g, "scatter_nd", "updates do not match indices and data", updates, data);
+    mil_var *m = sdc_mil_const_string(g, mode);
+    /* iOS17's scatter_nd gained validate_indices (default false) */
+    mil_var *validate = g->opset >= 7 ? sdc_mil_const_bool(g, false) : NULL;
+    mil_op *op = sdc_mil_new_op(g, "scatter_nd", 1);
+    if (!sdc_mil_param1(g, op, "data", data) || !sdc_mil_param1(g, op, "indices", indices) ||
+        !sdc_mil_param1(g, op, "updates", updates) || !sdc_mil_param1(g, op, "mode", m))
+        return NULL;
+    if (validate && !sdc_mil_param1(g, op, "validate_indices", validate)) return NULL;
+    return same_as(op, data);
 }

@@ -8,16 +8,17 @@
  *   special_care   = any(special_scores > 0)        as 0/1
  *   concept_scores = cos(e, concept_embeds) − concept_embeds_weights + 0.01 · special_care
  *   has_nsfw       = any(concept_scores > 0)        as 0/1, shaped (1, 1, 1, 1)
- *   filtered_images = images · (1 − has_nsfw)       unsafe images become zeros
+ *   filtered_images = images, zeroed if has_nsfw     (torch's images[mask] = 0.0)
  *
  * with cos(x, Y) = normalize(x) · normalize(Y)ᵀ (F.normalize: x / max(‖x‖, 1e-12)).
  *
  * The vision tower is transformers' CLIPVisionTransformer: patch conv (stride = patch, no
  * bias) → (1, G², W) tokens, class embedding prepended, position embeddings added,
- * pre_layrnorm (sic), pre-LN encoder layers (no mask), post_layernorm on token 0. It runs in
- * the compute dtype; the cosine/threshold tail (a few thousand flops) runs in float32 so the
- * decision near 0 is not fp16 rounding noise. Shapes in comments: T = G² + 1 tokens,
- * W hidden size, P projection size, N concepts, M special concepts.
+ * pre_layrnorm (sic), pre-LN encoder layers (no mask), post_layernorm on token 0. Everything,
+ * the tail included, runs in the compute dtype with the anchor's ops op for op (issue 10: the
+ * graph devices are known to run), down to the zeroing, whose non_zero/scatter_nd form has a
+ * dimension only the run knows. Shapes in comments: T = G² + 1 tokens, W hidden size,
+ * P projection size, N concepts, M special concepts.
  */
 #include "nets/nets.h"
 
@@ -127,40 +128,84 @@ static mil_var *vision_tower(sc_ctx *x, mil_var *pixels) {
         h = sdc_clip_encoder_layer(&x->n, h, layer, &cfg->d, NULL); /* no mask in the vision tower */
     }
     sdc_mil_scope(g, "pool");
-    mil_var *first = sdc_clip_layer_norm(&x->n, sdc_mil_slice(g, h, 1, 0, 1), PREFIX "post_layernorm", W, cfg->d.eps); /* (1, 1, W) */
-    int64_t pooled[2] = {1, W};
-    return sdc_mil_reshape(g, first, 2, pooled);
+    return sdc_clip_layer_norm(&x->n, sdc_mil_slice_squeeze(g, h, 1, 0), PREFIX "post_layernorm", W, cfg->d.eps); /* (1, W) */
 }
 
 /* ---------------------------------------------------------------- the checker */
 
-/* A weight in the compute dtype, then float32 for the tail. */
-static mil_var *weight_f32(sc_ctx *x, const char *name, int rank, const int64_t *shape) {
-    mil_var *w = sdc_net_weight(&x->n, name, rank, shape);
-    return w && w->type.dtype != SDC_DT_F32 ? sdc_mil_cast(x->n.g, w, SDC_DT_F32) : w;
+/* F.normalize's epsilon. In float16 coremltools keeps a non-zero constant that would round to
+   0 as the smallest subnormal (2^-24), and the anchor's graph has exactly that. */
+static mil_var *norm_eps(sc_ctx *x) {
+    return sdc_mil_const_scalar(x->n.g, x->n.t, x->n.t == SDC_DT_F16 ? 0x1p-24f : 1e-12f);
 }
 
-/* F.normalize over the last axis, float32: x / max(‖x‖, 1e-12) */
-static mil_var *normalize(mil_graph *g, mil_var *v) {
-    static const int32_t last[1] = {-1};
-    mil_var *norm = sdc_mil_sqrt(g, sdc_mil_reduce(g, "reduce_sum", sdc_mil_mul(g, v, v), 1, last, true));
-    return sdc_mil_real_div(g, v, sdc_mil_maximum(g, norm, sdc_mil_const_scalar(g, SDC_DT_F32, 1e-12f)));
+/* The values of tensor `name` (numel n, shape checked by the caller's table_rows) as float32,
+   in the graph's arena; NULL (error set) if one is not finite. */
+static float *table_values(sc_ctx *x, const char *name, int rank, const int64_t *shape, uint64_t n) {
+    const sdc_tensor *t;
+    if (!sdc_mil_graph_ok(x->n.g) || x->n.err->code || sdc_weights_get(x->n.c->weights, name, rank, shape, &t, x->n.err))
+        return NULL;
+    float *v = sdc_arena_alloc(&x->n.g->arena, n * sizeof *v);
+    if (!v) return sdc_mil_fail(x->n.g, SDC_E_NOMEM, "out of memory");
+    for (uint64_t i = 0; i < n; i++)
+        if (!isfinite(v[i] = sdc_tensor_get_f32(t, i))) {
+            sdc_fail(x->n.err, SDC_E_FORMAT, "%s: tensor '%s' has a non-finite value", sdc_weights_describe(x->n.c->weights), name);
+            return NULL;
+        }
+    return v;
 }
 
-/* any(v > 0) over the last axis as 0.0 / 1.0, keeping the axis */
-static mil_var *any_positive(mil_graph *g, mil_var *v) {
-    static const int32_t last[1] = {-1};
-    mil_var *pos = sdc_mil_cast(g, sdc_mil_greater(g, v, sdc_mil_const_scalar(g, SDC_DT_F32, 0.0f)), SDC_DT_F32);
-    return sdc_mil_reduce(g, "reduce_max", pos, 1, last, true);
-}
-
-/* cos(e, table) − thresholds: e (1, P) float32 normalised → (1, rows) */
+/* cos(e, table) − thresholds as the anchor's graph has it: the trace's
+   normalize(e) · normalize(table)ᵀ − thresholds, folded by coremltools at conversion into one
+   linear op whose weight is the table with each row divided by max(‖row‖, 1e-12) (float32,
+   then the compute dtype) and whose bias is −thresholds. e_n (1, P) → (1, rows). */
 static mil_var *scores(sc_ctx *x, mil_var *e_n, const char *table, const char *thresholds, int64_t rows) {
-    mil_graph *g = x->n.g;
     int64_t P = x->cfg->projection, ts[2] = {rows, P}, ws[1] = {rows};
-    mil_var *emb = normalize(g, weight_f32(x, table, 2, ts));                    /* (rows, P) */
-    mil_var *cos = sdc_mil_matmul(g, e_n, emb, false, true);                          /* (1, rows) */
-    return sdc_mil_sub(g, cos, weight_f32(x, thresholds, 1, ws));
+    float *w = table_values(x, table, 2, ts, (uint64_t)(rows * P)), *b = table_values(x, thresholds, 1, ws, (uint64_t)rows);
+    if (!w || !b) return NULL;
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = w + r * P;
+        double ss = 0;
+        for (int64_t k = 0; k < P; k++) ss += (double)row[k] * row[k];
+        float norm = (float)sqrt(ss);
+        if (norm < 1e-12f) norm = 1e-12f;
+        for (int64_t k = 0; k < P; k++) row[k] /= norm;
+        b[r] = -b[r];
+    }
+    mil_graph *g = x->n.g;
+    return sdc_mil_linear(g, e_n, sdc_mil_const_floats(g, x->n.t, 2, ts, w), sdc_mil_const_floats(g, x->n.t, 1, ws, b)); /* (1, rows) */
+}
+
+/* any(v > 0) over axis 1 of (1, K): greater → cast to the compute dtype → reduce_sum →
+   greater, a BOOL [1] */
+static mil_var *any_positive(sc_ctx *x, mil_var *v) {
+    mil_graph *g = x->n.g;
+    static const int32_t axis1[1] = {1};
+    mil_var *pos = sdc_mil_cast(g, sdc_mil_greater(g, v, sdc_mil_const_scalar(g, x->n.t, 0.0f)), x->n.t); /* (1, K) */
+    mil_var *count = sdc_mil_reduce(g, "reduce_sum", pos, 1, axis1, false);                                /* [1] */
+    return sdc_mil_greater(g, count, sdc_mil_const_scalar(g, x->n.t, 0.0f));
+}
+
+/* images with every element zeroed when has_nsfw (BOOL (1, 1, 1, 1)), in the form torch's
+   `images[mask] = 0.0` takes in the anchor's graph: the mask broadcast to the image, the
+   coordinates of its set elements (non_zero, [?, 4]), and as many zeros written there
+   (scatter_nd). The count is known only at run time: 0 for a safe image. */
+static mil_var *zero_flagged(sc_ctx *x, mil_var *images, mil_var *has_nsfw) {
+    mil_graph *g = x->n.g;
+    const int64_t *is = images ? images->type.shape : NULL;
+    if (!is) return NULL;
+    int64_t to_image[4] = {1, is[1], is[2], is[3]};
+    mil_var *mask = sdc_mil_cast(g, sdc_mil_tile(g, has_nsfw, to_image), SDC_DT_I32); /* (1, H, W, 3) */
+    mil_var *where = sdc_mil_non_zero(g, mask);                                          /* [?, 4] */
+    mil_var *count = sdc_mil_slice_squeeze(g, sdc_mil_shape(g, where), 0, 0);             /* rank 0 */
+    mil_var *reps = sdc_mil_concat(g, 1, &count, 0);                                     /* [1] */
+    /* torch's expand(-1) form: a count of -1 would mean "keep", i.e. 1 */
+    static const int32_t one[1] = {1};
+    reps = sdc_mil_select(g, sdc_mil_equal(g, reps, sdc_mil_const_int(g, -1)), sdc_mil_const_ints(g, 1, one), reps);
+    int64_t s1[1] = {1};
+    static const float zero[1] = {0.0f};
+    mil_var *zeros = sdc_mil_tile_by(g, sdc_mil_const_floats(g, x->n.t, 1, s1, zero), reps); /* [?] */
+    return sdc_mil_scatter_nd(g, images, where, zeros, "update");                            /* (1, H, W, 3) */
 }
 
 static void build(sc_ctx *x, const sdc_safety_checker_options *opt, int64_t n_concepts, int64_t n_special) {
@@ -174,25 +219,38 @@ static void build(sc_ctx *x, const sdc_safety_checker_options *opt, int64_t n_co
 
     mil_var *pooled = vision_tower(x, clip_input); /* (1, W) */
     sdc_mil_scope(g, "projection");
-    int64_t vp[2] = {cfg->projection, cfg->d.hidden};
-    mil_var *e = sdc_mil_matmul(g, pooled, sdc_net_weight(&x->n, "visual_projection.weight", 2, vp), false, true); /* (1, P) */
-    if (e && e->type.dtype != SDC_DT_F32) e = sdc_mil_cast(g, e, SDC_DT_F32);
-    mil_var *e_n = normalize(g, e);
+    int64_t P = cfg->projection, vp[2] = {P, cfg->d.hidden}, ps[1] = {P};
+    /* visual_projection has no bias; torch's linear is traced with a zero one */
+    float *zeros = sdc_arena_alloc(&g->arena, (size_t)P * sizeof *zeros);
+    if (zeros) memset(zeros, 0, (size_t)P * sizeof *zeros);
+    else sdc_mil_fail(g, SDC_E_NOMEM, "out of memory");
+    mil_var *e = sdc_mil_linear(g, pooled, sdc_net_weight(&x->n, "visual_projection.weight", 2, vp),
+                                zeros ? sdc_mil_const_floats(g, x->n.t, 1, ps, zeros) : NULL); /* (1, P) */
+    /* F.normalize(e): e / max(‖e‖, eps), the norm tiled to e's shape */
+    static const int32_t axis1[1] = {1};
+    mil_var *norm = sdc_mil_maximum(g, sdc_mil_reduce(g, "reduce_l2_norm", e, 1, axis1, true), norm_eps(x)); /* (1, 1) */
+    int64_t across[2] = {1, P};
+    mil_var *e_n = sdc_mil_real_div(g, e, sdc_mil_tile(g, norm, across)); /* (1, P) */
 
     sdc_mil_scope(g, "special_care");
     mil_var *special = scores(x, e_n, "special_care_embeds", "special_care_embeds_weights", n_special); /* (1, M) */
-    special = sdc_mil_add(g, special, sdc_mil_cast(g, adjustment, SDC_DT_F32));
-    mil_var *special_care = any_positive(g, special); /* (1, 1) */
+    sdc_mil_scope(g, "concepts");
+    mil_var *concepts = scores(x, e_n, "concept_embeds", "concept_embeds_weights", n_concepts); /* (1, N) */
+    sdc_mil_scope(g, "special_care");
+    special = sdc_mil_add(g, special, sdc_net_to_compute(&x->n, adjustment));
+    mil_var *special_care = sdc_mil_cast(g, any_positive(x, special), x->n.t); /* [1] */
+    mil_var *lift = sdc_mil_mul(g, special_care, sdc_mil_const_scalar(g, x->n.t, 0.01f));
+    int64_t to_concepts[2] = {1, n_concepts};
+    lift = sdc_mil_tile(g, sdc_mil_expand_dims(g, lift, 1, axis1), to_concepts); /* (1, N) */
 
     sdc_mil_scope(g, "concepts");
-    mil_var *concept_scores = scores(x, e_n, "concept_embeds", "concept_embeds_weights", n_concepts); /* (1, N) */
-    concept_scores = sdc_mil_add(g, concept_scores, sdc_mil_mul(g, special_care, sdc_mil_const_scalar(g, SDC_DT_F32, 0.01f)));
-    int64_t one4[4] = {1, 1, 1, 1};
-    mil_var *has_nsfw = sdc_mil_reshape(g, any_positive(g, concept_scores), 4, one4); /* (1, 1, 1, 1) */
+    mil_var *concept_scores = sdc_mil_add(g, concepts, lift); /* (1, N) */
+    mil_var *has_nsfw = any_positive(x, concept_scores);    /* BOOL [1] */
+    static const int32_t d1[1] = {1}, d2[1] = {2}, d3[1] = {3};
+    has_nsfw = sdc_mil_expand_dims(g, sdc_mil_expand_dims(g, sdc_mil_expand_dims(g, has_nsfw, 1, d1), 1, d2), 1, d3); /* (1, 1, 1, 1) */
 
     sdc_mil_scope(g, "filter");
-    mil_var *keep = sdc_mil_sub(g, sdc_mil_const_scalar(g, SDC_DT_F32, 1.0f), has_nsfw);
-    mil_var *filtered = sdc_mil_mul(g, sdc_mil_cast(g, images, SDC_DT_F32), keep); /* (1, H, W, 3) */
+    mil_var *filtered = zero_flagged(x, sdc_net_to_compute(&x->n, images), has_nsfw); /* (1, H, W, 3) */
 
     sdc_mil_scope(g, "out");
     sdc_net_output_f32(&x->n, filtered, "filtered_images");
