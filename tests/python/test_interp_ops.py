@@ -497,6 +497,59 @@ def test_op(sdcoreml, tmp_path, case, precision):
 
 
 # ---------------------------------------------------------------------------------------------
+# Sizes only the run knows: non_zero and scatter_nd (the safety checker's `images[mask] = 0.0`)
+
+
+@pytest.mark.parametrize("flagged", ["some", "none", "all"])
+@pytest.mark.parametrize("precision", ["FLOAT32", "FLOAT16"])
+def test_non_zero_and_scatter_nd(sdcoreml, tmp_path, flagged, precision):
+    """non_zero's [?, rank] coordinates and scatter_nd writing that many updates, against NumPy
+    (argwhere, where, add), with no element set (an empty non_zero: nothing is written), some,
+    and all. The updates are gathered from y at the same coordinates, so their count is the
+    run's too; x and y are fp16-exact, so `update` is exact in both precisions."""
+    rng = np.random.default_rng(RNG_SEED)
+    shape = (2, 3, 4)
+    x, y = f16(rng.standard_normal(shape)), f16(rng.standard_normal(shape))
+    mask = {"some": rng.integers(0, 2, shape), "none": np.zeros(shape), "all": np.ones(shape)}[flagged].astype(np.int32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=shape), mb.TensorSpec(shape=shape), mb.TensorSpec(shape=shape, dtype=types.int32)],
+                opset_version=ct.target.iOS16)
+    def prog(x, y, m):
+        where = mb.non_zero(x=m)
+        picked = mb.gather_nd(x=y, indices=where)
+        return (where, mb.scatter_nd(data=x, indices=where, updates=picked, mode="update"),
+                mb.scatter_nd(data=x, indices=where, updates=picked, mode="add"))
+
+    pkg = tmp_path / "scatter.mlpackage"
+    save_program(prog, pkg, precision)
+    names = [d.name for d in ct.utils.load_spec(str(pkg)).description.input]
+    got, _ = run_package(sdcoreml, pkg, dict(zip(names, (x, y, mask))), tmp_path / "run")
+    coords, updated, added = (g for _, g in got)
+    want = np.argwhere(mask)
+    assert coords.shape == want.shape and np.array_equal(coords, want), (coords, want)
+    assert np.array_equal(updated, np.where(mask != 0, y, x))
+    add = np.where(mask != 0, x + y, x)
+    check_close("scatter_nd add", added, f16(add) if precision == "FLOAT16" else add, precision)
+
+
+def test_scatter_nd_index_out_of_range_is_named(sdcoreml, tmp_path):
+    @mb.program(input_specs=[mb.TensorSpec(shape=(3, 4)), mb.TensorSpec(shape=(2, 1), dtype=types.int32)],
+                opset_version=ct.target.iOS16)
+    def prog(x, i):
+        return mb.scatter_nd(data=x, indices=i, updates=np.zeros((2, 4), np.float32), mode="update", name="my_rows")
+
+    pkg = tmp_path / "snd.mlpackage"
+    save_program(prog, pkg)
+    names = [d.name for d in ct.utils.load_spec(str(pkg)).description.input]
+    np.save(tmp_path / "x.npy", np.zeros((3, 4), np.float32))
+    np.save(tmp_path / "i.npy", np.array([[0], [3]], np.int32))  # row 3 of 3
+    r = sdcoreml("run", pkg, "--input", f"{names[0]}={tmp_path / 'x.npy'}", "--input", f"{names[1]}={tmp_path / 'i.npy'}",
+                 "-o", tmp_path / "o")
+    assert r.returncode == 1 and "scatter_nd" in r.stderr and "my_rows" in r.stderr and "outside" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
 # fp16 rounding of every op result
 
 
