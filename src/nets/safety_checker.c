@@ -24,6 +24,7 @@
 
 #include <math.h>
 
+#include "io/fp16.h"
 #include "nets/clip.h"
 #include "nets/config_tables.h"
 
@@ -158,11 +159,19 @@ static float *table_values(sc_ctx *x, const char *name, int rank, const int64_t 
 /* cos(e, table) − thresholds as the anchor's graph has it: the trace's
    normalize(e) · normalize(table)ᵀ − thresholds, folded by coremltools at conversion into one
    linear op whose weight is the table with each row divided by max(‖row‖, 1e-12) (float32,
-   then the compute dtype) and whose bias is −thresholds. e_n (1, P) → (1, rows). */
+   then the compute dtype) and whose bias is −thresholds. In float16 the table is first
+   rounded to float16: the anchor loads the pipeline in float16 and traces it cast back to
+   float32, so its folded weights are these bytes exactly. e_n (1, P) → (1, rows). */
 static mil_var *scores(sc_ctx *x, mil_var *e_n, const char *table, const char *thresholds, int64_t rows) {
     int64_t P = x->cfg->projection, ts[2] = {rows, P}, ws[1] = {rows};
     float *w = table_values(x, table, 2, ts, (uint64_t)(rows * P)), *b = table_values(x, thresholds, 1, ws, (uint64_t)rows);
     if (!w || !b) return NULL;
+    for (int64_t i = 0; x->n.t == SDC_DT_F16 && i < rows * P; i++)
+        if (!isfinite(w[i] = sdc_f16_to_f32(sdc_f32_to_f16(w[i])))) {
+            sdc_fail(x->n.err, SDC_E_FORMAT, "%s: tensor '%s' has a value that overflows float16",
+                     sdc_weights_describe(x->n.c->weights), table);
+            return NULL;
+        }
     for (int64_t r = 0; r < rows; r++) {
         float *row = w + r * P;
         double ss = 0;

@@ -210,9 +210,10 @@ SCENARIOS = [
 
 
 # Measured (concept_scores, interpreter vs diffusers float32, the four scenarios): FLOAT32
-# 145.6-149.4 dB, FLOAT16 70.7-73.0 dB with the anchor's float16 tail (folded cosine linears,
+# 145.6-149.4 dB, FLOAT16 71.2-72.1 dB with the anchor's float16 tail (folded cosine linears,
 # threshold biases and the 0.01 lift all in float16; 73.1-75.7 dB when sdcoreml ran that tail
-# in float32). Bars: 110 and 55 dB.
+# in float32). On tiny-sd's own weights the anchor's FLOAT16 package, run by the same
+# interpreter on the same inputs, gives bit-identical outputs. Bars: 110 and 55 dB.
 @pytest.mark.parametrize("precision,min_psnr", [("FLOAT16", 55.0), ("FLOAT32", 110.0)])
 @pytest.mark.parametrize("scenario", range(len(SCENARIOS)), ids=["safe", "unsafe", "safe-near-0", "special-care"])
 def test_numbers_match_diffusers(sdcoreml, pipelines, tmp_path, precision, min_psnr, scenario):
@@ -238,6 +239,34 @@ def test_numbers_match_diffusers(sdcoreml, pipelines, tmp_path, precision, min_p
         assert not got["filtered_images"].any()
     else:
         assert np.array_equal(got["filtered_images"], inputs["images"])
+
+
+@pytest.mark.parametrize("precision", ["FLOAT16", "FLOAT32"])
+def test_folded_score_tables(convert_vae, pipelines, precision):  # noqa: F811
+    """The cosine scores are linear ops on the normalised embedding tables with the negated
+    thresholds as biases, folded at conversion as coremltools folds the anchor's trace; in
+    float16 from the table rounded to float16 first (the anchor loads the pipeline in float16).
+    Oracle: NumPy on the checkpoint's tensors; the package is read by coremltools."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load
+    from safetensors.numpy import load_file
+
+    out = convert_vae("sd1", "--convert-safety-checker", "--compute-precision", precision)
+    pkg = str(out / package_name(pipelines["sd1"].name, SUB))
+    spec = ct.utils.load_spec(pkg)
+    prog = load(model_spec=spec, specification_version=spec.specificationVersion,
+                file_weights_dir=pkg + "/Data/com.apple.CoreML/weights")
+    linears = {op.weight.val.shape[0]: op for op in prog.functions["main"].operations if op.op_type == "linear"}
+    t = load_file(str(pipelines["sd1"] / SUB / "model.safetensors"))
+    dtype = np.float16 if precision == "FLOAT16" else np.float32
+    for table in ("special_care_embeds", "concept_embeds"):
+        e = t[table].astype(dtype).astype(np.float32)
+        want_w = (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)).astype(dtype)
+        want_b = (-t[table + "_weights"]).astype(dtype)
+        op = linears[e.shape[0]]
+        assert op.weight.val.dtype == dtype and op.bias.val.dtype == dtype, table
+        np.testing.assert_allclose(op.weight.val, want_w, rtol=0 if precision == "FLOAT16" else 1e-6, atol=0, err_msg=table)
+        assert np.array_equal(op.bias.val, want_b), table
 
 
 def test_same_weights_as_checkpoint(convert_vae, pipelines):  # noqa: F811
