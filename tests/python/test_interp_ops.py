@@ -505,8 +505,10 @@ def test_op(sdcoreml, tmp_path, case, precision):
 def test_non_zero_and_scatter_nd(sdcoreml, tmp_path, flagged, precision):
     """non_zero's [?, rank] coordinates and scatter_nd writing that many updates, against NumPy
     (argwhere, where, add), with no element set (an empty non_zero: nothing is written), some,
-    and all. The updates are gathered from y at the same coordinates, so their count is the
-    run's too; x and y are fp16-exact, so `update` is exact in both precisions."""
+    and all. The updates are gathered from y at the same coordinates, or are zeros tiled by the
+    count read back through shape / rank-0 slice / concat (tile with 0 reps when nothing is
+    set), so their number is the run's too; x and y are fp16-exact, so `update` is exact in
+    both precisions."""
     rng = np.random.default_rng(RNG_SEED)
     shape = (2, 3, 4)
     x, y = f16(rng.standard_normal(shape)), f16(rng.standard_normal(shape))
@@ -517,19 +519,25 @@ def test_non_zero_and_scatter_nd(sdcoreml, tmp_path, flagged, precision):
     def prog(x, y, m):
         where = mb.non_zero(x=m)
         picked = mb.gather_nd(x=y, indices=where)
+        # the count as coremltools lowers torch's `x[mask] = 0.0`: shape, a rank-0 slice, a
+        # concat of it, tile by that (0 reps when nothing is set)
+        count = mb.concat(values=[mb.slice_by_index(x=mb.shape(x=where), begin=[0], end=[0], squeeze_mask=[True])], axis=0)
+        zeros = mb.tile(x=np.zeros(1, np.float32), reps=count)
         return (where, mb.scatter_nd(data=x, indices=where, updates=picked, mode="update"),
-                mb.scatter_nd(data=x, indices=where, updates=picked, mode="add"))
+                mb.scatter_nd(data=x, indices=where, updates=picked, mode="add"),
+                mb.scatter_nd(data=x, indices=where, updates=zeros, mode="update"))
 
     pkg = tmp_path / "scatter.mlpackage"
     save_program(prog, pkg, precision)
     names = [d.name for d in ct.utils.load_spec(str(pkg)).description.input]
     got, _ = run_package(sdcoreml, pkg, dict(zip(names, (x, y, mask))), tmp_path / "run")
-    coords, updated, added = (g for _, g in got)
+    coords, updated, added, zeroed = (g for _, g in got)
     want = np.argwhere(mask)
     assert coords.shape == want.shape and np.array_equal(coords, want), (coords, want)
     assert np.array_equal(updated, np.where(mask != 0, y, x))
     add = np.where(mask != 0, x + y, x)
     check_close("scatter_nd add", added, f16(add) if precision == "FLOAT16" else add, precision)
+    assert np.array_equal(zeroed, np.where(mask != 0, 0, x))
 
 
 def test_scatter_nd_index_out_of_range_is_named(sdcoreml, tmp_path):
