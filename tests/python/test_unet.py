@@ -238,10 +238,28 @@ def run_package(sdcoreml, pkg, feeds, tmp_path):
     return {p.stem: np.load(p) for p in out.glob("*.npy")}
 
 
-# Measured (interpreter vs diffusers float32, these inputs, every kind): FLOAT32 125.0-128.3 dB,
-# FLOAT16 61.4-63.6 dB; SPLIT_EINSUM_V2 at 48x48 / 40x56 126.6-128.8 and 62.7-64.6 dB. Bars: FLOAT32 110 dB (a GroupNorm eps of 1e-5 for 1e-6 in the transformer
-# blocks gives 101-106 dB), FLOAT16 55 dB.
+# Measured (interpreter vs diffusers float32, these inputs, every kind): FLOAT32 112.5-114.4 dB,
+# FLOAT16 53.6-58.4 dB; SPLIT_EINSUM_V2 at 48x48 / 40x56 114.0-115.6 and 56.7-57.1 dB. Bars: FLOAT32
+# 110 dB (a GroupNorm eps of 1e-5 for 1e-6 in the transformer blocks gives 101-106 dB), FLOAT16 55 dB.
 MIN_PSNR = {"FLOAT32": 110.0, "FLOAT16": 55.0}
+
+# A FLOAT16 package computes the timestep sinusoids as the anchor's does: a float16 frequency table,
+# the product and sin/cos in float16 (t·freq near 1000 has float16 steps of 0.5). For sd1-inpaint
+# that alone takes noise_pred below 55 dB — and the anchor's own packages, run by the same
+# interpreter on the same inputs, score the same (53.57 / 53.74 dB; bit for bit the same noise_pred),
+# so the drop is the device's float16 arithmetic, not ours. Where the anchor's own package
+# (tests/data/anchor/psnr.json) is below MIN_PSNR, the bar is the anchor's number minus
+# ANCHOR_SLACK_DB; everywhere else MIN_PSNR holds.
+ANCHOR_PSNR = json.loads((Path(__file__).resolve().parent.parent / "data" / "anchor" / "psnr.json").read_text())["unet"]
+ANCHOR_SLACK_DB = 0.1
+
+
+def min_psnr_for(kind, attention, precision):
+    anchor = ANCHOR_PSNR.get(precision, {}).get(f"{kind}/{attention}")
+    if anchor is not None and anchor < MIN_PSNR[precision]:
+        return anchor - ANCHOR_SLACK_DB
+    return MIN_PSNR[precision]
+
 
 # SPLIT_EINSUM_V2 is left out here: at these 16x16 latents (256 tokens per attention, below
 # its 512-token chunk) it writes the same program as SPLIT_EINSUM. test_split_einsum_v2_* below
@@ -250,7 +268,7 @@ MIN_PSNR = {"FLOAT32": 110.0, "FLOAT16": 55.0}
 @pytest.mark.parametrize("attention", ["ORIGINAL", "SPLIT_EINSUM"])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_noise_pred_matches_diffusers(sdcoreml, unet_packages, pipelines, tmp_path, kind, attention, precision):
-    min_psnr = MIN_PSNR[precision]
+    min_psnr = min_psnr_for(kind, attention, precision)
     pkg = unet_packages(kind, attention, precision)
     feeds = random_inputs(pipelines[kind], KINDS[kind])
     ref = diffusers_noise_pred(pipelines[kind], feeds)
