@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <jansson.h>
 
@@ -156,7 +155,7 @@ typedef struct step_ui {
 static void on_step(void *user, const char *what, uint64_t done, uint64_t total) {
     step_ui *s = user;
     if (s->ui.quiet || !s->ui.tty) return;
-    double t = sdc_cli_now();
+    double t = sdc_now_seconds();
     if (done == 0) {
         s->started = t;
         return;

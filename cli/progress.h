@@ -22,9 +22,6 @@ typedef struct sdc_cli_ui {
 } sdc_cli_ui;
 
 /* quiet from --quiet; tty from isatty(2). */
-/* Seconds on the monotonic clock: for elapsed times and ETAs. */
-double sdc_cli_now(void);
-
 void sdc_cli_ui_init(sdc_cli_ui *u, bool quiet);
 /* An sdc_log_fn and an sdc_progress_fn; user is the sdc_cli_ui. */
 void sdc_cli_on_log(void *user, sdc_log_level level, const char *line);

@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include <jansson.h>
 
@@ -203,15 +202,13 @@ int sdc_cli_run(int argc, char **argv) {
             goto done;
         }
     }
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = sdc_now_seconds();
     if (sdc_model_predict(m, inputs, n_in, &outputs, &n_out, err, sizeof err)) {
         sdc_cli_end_progress(&ui);
         fprintf(stderr, "sdcoreml: error: %s\n", err);
         goto done;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    double seconds = sdc_now_seconds() - t0;
     if (mkdir_p(out_dir) != 0) {
         fprintf(stderr, "sdcoreml: error: %s: cannot create directory: %s\n", out_dir, strerror(errno));
         goto done;

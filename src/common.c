@@ -1,9 +1,10 @@
-/* common.c — errors and allocation shared by the whole library (dtypes: dtype.c). */
+/* common.c — errors, allocation and the monotonic clock shared by the whole library (dtypes: dtype.c). */
 #include "common.h"
 
 #include <sys/stat.h>
 
 #include <stdatomic.h>
+#include <time.h>
 
 /* Control characters (from file names, tensor names, JSON tokens) become spaces, so that a
    message stays one line whatever the input held. */
@@ -127,3 +128,9 @@ const char *sdc_status_str(sdc_status s) {
 }
 
 const char *sdc_version(void) { return SDC_VERSION_STRING; }
+
+double sdc_now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}

@@ -14,7 +14,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "generate/png.h"
@@ -39,12 +38,6 @@ static const char DEFAULT_MODEL_VERSION[] = "CompVis/stable-diffusion-v1-4"; /* 
 #define REFINER_START 0.8
 
 enum { MAX_CONTROLNETS = 16, MAX_FEEDS = 64, NEG = 0, POS = 1 };
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void gen_log(const sdc_generate_job *job, sdc_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -1036,7 +1029,7 @@ static sdc_status write_outputs(gen *g, const float *image, sdc_generate_result 
 
 static sdc_status generate(gen *g, sdc_generate_result *res, sdc_err *err) {
     const sdc_generate_job *job = g->job;
-    double t0 = now();
+    double t0 = sdc_now_seconds();
     sdc_status s = check_job(job, err);
     if (!s && sdc_single_file_named(job->model_version))
         s = sdc_fail(err, SDC_E_UNSUPPORTED, "--model-version %s: the pipeline needs the model's diffusers folder or Hub id "
@@ -1052,12 +1045,12 @@ static sdc_status generate(gen *g, sdc_generate_result *res, sdc_err *err) {
     g->cfg = job->guidance_scale > 1.0;
     snprintf(res->scheduler, sizeof res->scheduler, "%s", sdc_scheduler_name(g->sched));
     res->width = g->width, res->height = g->height;
-    double t1 = now();
+    double t1 = sdc_now_seconds();
     res->seconds_load = t1 - t0;
     s = encode_prompts(g, err);
     if (!s) s = prepare_time_ids(g, &g->unet, err);
     if (!s && g->refiner.n) s = prepare_time_ids(g, &g->refiner, err);
-    double t2 = now();
+    double t2 = sdc_now_seconds();
     res->seconds_text = t2 - t1;
     float *latents = sdc_malloc(sizeof(float) * g->nlat), *noise = sdc_malloc(sizeof(float) * g->nlat);
     float *image = sdc_malloc(sizeof(float) * (size_t)g->height * g->width * 3);
@@ -1076,19 +1069,19 @@ static sdc_status generate(gen *g, sdc_generate_result *res, sdc_err *err) {
         }
     }
     if (!s) s = denoise(g, latents, start, res, err);
-    double t3 = now();
+    double t3 = sdc_now_seconds();
     res->seconds_denoise = t3 - t2;
     if (!s) s = decode(g, latents, image, err);
-    double t4 = now();
+    double t4 = sdc_now_seconds();
     res->seconds_decode = t4 - t3;
     if (!s && g->safety) {
         s = safety_check(g, image, &res->nsfw, err);
         res->safety_checked = !s;
         if (!s && res->nsfw) gen_log(job, SDC_LOG_WARNING, "the safety checker found NSFW content: the image is black");
     }
-    res->seconds_safety = g->safety ? now() - t4 : 0.0;
+    res->seconds_safety = g->safety ? sdc_now_seconds() - t4 : 0.0;
     if (!s) s = write_outputs(g, image, res, err);
-    res->seconds_total = now() - t0;
+    res->seconds_total = sdc_now_seconds() - t0;
     sdc_free(latents), sdc_free(noise), sdc_free(image);
     return s;
 }

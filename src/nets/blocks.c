@@ -210,6 +210,16 @@ mil_var *sdc_net_resnet(sdc_net *n, mil_var *x, mil_var *temb_silu, const char *
     return sdc_mil_add(g, shortcut, h);
 }
 
+/* diffusers' (and the anchor's) frequency table exp(-ln(10000) · j / (half - shift)), computed as
+   their torch code does it, in float32 step by step: the exponent rounded to float32, then a
+   correctly rounded exp. Rounded to float16 this equals the anchor's stored table bit for bit for
+   every half up to 748 (checked against torch for half 1..2048; above, torch's vectorised expf is
+   1 ulp off in a few entries). */
+static void frequency_table(float *freq, int64_t half, double freq_shift) {
+    float scale = (float)-log(10000.0), denom = (float)((double)half - freq_shift);
+    for (int64_t j = 0; j < half; j++) freq[j] = (float)exp((double)((scale * (float)j) / denom));
+}
+
 mil_var *sdc_net_sinusoid(sdc_net *n, mil_var *t, int64_t dim, bool flip_sin_to_cos, double freq_shift) {
     mil_graph *g = n->g;
     if (!t || !sdc_mil_graph_ok(g)) return NULL;
@@ -218,25 +228,25 @@ mil_var *sdc_net_sinusoid(sdc_net *n, mil_var *t, int64_t dim, bool flip_sin_to_
     int64_t half = dim / 2;
     float *freq = sdc_malloc((size_t)half * sizeof *freq);
     if (!freq) return sdc_mil_fail(g, SDC_E_NOMEM, "out of memory");
-    for (int64_t j = 0; j < half; j++) freq[j] = (float)exp(-log(10000.0) * (double)j / ((double)half - freq_shift));
-    /* The anchor's op sequence (expand_dims, mul, sin, cos, concat, and for flip_sin_to_cos two
-       slice_by_index and a concat), but in float32 between two casts where the anchor runs it
-       in float16 with a float16 table: t·freq reaches ~1000, where float16 steps are 0.5, and
-       the float16 form costs the UNet ~3-10 dB against diffusers (53.5 dB for sd1-inpaint
-       ORIGINAL, under test_unet's 55 dB bar). The anchor's graph contains cast ops too. */
+    frequency_table(freq, half, freq_shift);
+    /* The anchor's op sequence and dtypes: expand_dims, mul by the table stored in the compute
+       dtype, sin, cos, concat (and for flip_sin_to_cos two slice_by_index and a concat). In a
+       FLOAT16 package that is the product and sin/cos in float16, as the device runs the
+       anchor's: t·freq reaches ~1000, where float16 steps are 0.5, which costs the UNet some dB
+       against diffusers' float32 (tests/python/test_unet.py holds it to the anchor's own
+       package there). */
     int64_t fs[2] = {1, half};
-    mil_var *f = sdc_mil_const_floats(g, SDC_DT_F32, 2, fs, freq);
+    mil_var *f = sdc_mil_const_floats(g, n->t, 2, fs, freq); /* (1, half) */
     sdc_free(freq);
     static const int32_t col[1] = {1};
-    mil_var *t32 = t->type.dtype == SDC_DT_F32 ? t : sdc_mil_cast(g, t, SDC_DT_F32);
-    mil_var *arg = sdc_mil_mul(g, sdc_mil_expand_dims(g, t32, 1, col), f); /* (N, half) */
+    mil_var *arg = sdc_mil_mul(g, sdc_mil_expand_dims(g, sdc_net_to_compute(n, t), 1, col), f); /* (N, half) */
     mil_var *parts[2] = {sdc_mil_sin(g, arg), sdc_mil_cos(g, arg)};
     mil_var *emb = sdc_mil_concat(g, 2, parts, -1); /* (N, dim): sin, cos */
     if (flip_sin_to_cos) { /* diffusers swaps the halves by slicing the concatenation */
         mil_var *swapped[2] = {sdc_mil_slice(g, emb, 1, half, dim), sdc_mil_slice(g, emb, 1, 0, half)};
         emb = sdc_mil_concat(g, 2, swapped, -1); /* (N, dim): cos, sin */
     }
-    return sdc_net_to_compute(n, emb);
+    return emb;
 }
 
 mil_var *sdc_net_column4(sdc_net *n, mil_var *x) {

@@ -51,7 +51,7 @@ mil_var *sdc_net_layer_norm_c(sdc_net *n, mil_var *x, const char *prefix, float 
 mil_var *sdc_net_resnet(sdc_net *n, mil_var *x, mil_var *temb_silu, const char *prefix, int64_t cin, int64_t cout,
                     int64_t temb_channels, int groups, float eps);
 
-/* diffusers get_timestep_embedding, computed in float32: t (N,) → (N, dim) of the compute dtype */
+/* diffusers get_timestep_embedding in the compute dtype, op for op as the anchor: t (N,) → (N, dim) */
 mil_var *sdc_net_sinusoid(sdc_net *n, mil_var *t, int64_t dim, bool flip_sin_to_cos, double freq_shift);
 
 /* (N, D) → (N, D, 1, 1) by two expand_dims, as the anchor's unsqueeze(-1) twice */

@@ -12,7 +12,7 @@ import pytest
 
 import coreml_checks
 from conftest import check_ok, package_name
-from test_unet import psnr, run_package
+from test_unet import assert_float16_within_device_sinusoid, psnr, run_package, with_float16_sinusoids
 
 CN = "tiny-controlnet"
 
@@ -40,11 +40,15 @@ def convert(sdcoreml, workdir, out, *flags, env=None):
     return sdcoreml("--model-version", "tiny-sd", "-o", out, *flags, cwd=workdir, env=env)
 
 
-def diffusers_controlnet(workdir, feeds):
+def diffusers_controlnet(workdir, feeds, device_sinusoid=False):
+    """diffusers' ControlNetModel in float32; device_sinusoid: with test_unet.float16_sinusoid's
+    timestep sinusoids in place of its float32 ones."""
     import torch
     from diffusers import ControlNetModel
 
     cn = ControlNetModel.from_pretrained(workdir / CN, torch_dtype=torch.float32).eval()
+    if device_sinusoid:
+        with_float16_sinusoids(cn)
     f = {k: torch.from_numpy(v.astype(np.float32)) for k, v in feeds.items()}
     ehs = f["encoder_hidden_states"].squeeze(2).permute(0, 2, 1)
     with torch.no_grad():
@@ -62,8 +66,16 @@ def controlnet_feeds(rng, latent=16, factor=2):
     }
 
 
-# Measured (interpreter vs diffusers float32): FLOAT32 132.1-141.6 dB, FLOAT16 71.2-75.4 dB over
-# the five residuals; bars 110 and 55 dB.
+# Measured (interpreter vs diffusers float32): FLOAT32 126.8-141.6 dB over the five residuals;
+# FLOAT16 46.6-75.4 dB, and 70.9-75.4 dB against diffusers with the float16 sinusoids. Bars 110 and 55 dB.
+#
+# A FLOAT16 package computes the timestep sinusoids as the anchor's does (float16 table, product
+# and sin/cos; src/nets/blocks.c sdc_net_sinusoid). With this ControlNet's random weights that
+# alone takes residuals 3 and 4 to 53.4 and 46.6 dB against diffusers in float32 (53.40 and 46.64
+# dB for diffusers with the float16 sinusoids itself). The anchor cannot convert this 2x-hint
+# ControlNet, so its own package cannot be measured here (on the 8x one it converts, ours and its
+# score the same to 0.01 dB: tests/data/anchor/README.md); FLOAT16 residuals are held by
+# test_unet.assert_float16_within_device_sinusoid instead.
 @pytest.mark.parametrize("precision,min_psnr", [("FLOAT16", 55.0), ("FLOAT32", 110.0)])
 def test_controlnet_contract_and_numbers(sdcoreml, workdir, tmp_path, precision, min_psnr):
     r = check_ok(convert(sdcoreml, workdir, tmp_path, "--convert-controlnet", CN, "--compute-precision", precision))
@@ -78,10 +90,15 @@ def test_controlnet_contract_and_numbers(sdcoreml, workdir, tmp_path, precision,
     assert info.metadata["version"] == CN
     assert info.metadata["short_description"].startswith("ControlNet is a neural network structure")
     got = run_package(sdcoreml, pkg, feeds, tmp_path / "run")
+    device = diffusers_controlnet(workdir, feeds, device_sinusoid=True) if precision == "FLOAT16" else None
     for i, want in enumerate(ref):
-        value = psnr(want, got[f"additional_residual_{i}"])
-        print(f"PSNR controlnet additional_residual_{i} {precision}: {value:.1f} dB")
-        assert value >= min_psnr, f"additional_residual_{i}: {value:.1f} dB"
+        name = f"additional_residual_{i}"
+        if precision == "FLOAT16":
+            assert_float16_within_device_sinusoid(f"controlnet {name} {precision}", want, device[i], got[name], min_psnr)
+            continue
+        value = psnr(want, got[name])
+        print(f"PSNR controlnet {name} {precision}: {value:.1f} dB")
+        assert value >= min_psnr, f"{name}: {value:.1f} dB"
 
 
 def test_control_unet_takes_the_controlnet_outputs(sdcoreml, workdir, tmp_path):

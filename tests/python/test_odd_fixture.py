@@ -16,13 +16,16 @@ import pytest
 
 from conftest import check_ok, package_name
 from test_interp_ops import run_package
-from test_unet import diffusers_noise_pred, psnr, random_inputs
+from test_unet import assert_float16_within_device_sinusoid, diffusers_noise_pred, psnr, random_inputs
 from test_vae import diffusers_vae, fp16_exact, reference_decode, reference_encode
 
 KIND = "odd"
 # Measured: UNet FLOAT32 123.6-123.7 dB, FLOAT16 62.9 dB; VAE FLOAT32 126.4 / 129.1 dB (decoder /
 # encoder), FLOAT16 62.3 / 65.6 dB; text encoder FLOAT32 140.3-144.2 dB, FLOAT16 68.9-73.1 dB.
-# Bars: 110 dB and 55 dB, as for the common fixtures.
+# Bars: 110 dB and 55 dB, as for the common fixtures. The FLOAT16 UNet computes the anchor's float16
+# timestep sinusoids: 54.3 dB (diffusers with those sinusoids itself 55.0 dB), 62.4 dB against
+# diffusers with them. The anchor cannot convert this UNet (32 groups hard-coded), so it is held by
+# test_unet.assert_float16_within_device_sinusoid.
 MIN_PSNR = {"FLOAT32": 110.0, "FLOAT16": 55.0}
 
 
@@ -68,6 +71,11 @@ def test_unet(sdcoreml, odd_packages, pipelines, tmp_path, precision, attention)
     feeds = random_inputs(pipelines[KIND], False, seed=21)
     ref = diffusers_noise_pred(pipelines[KIND], feeds)
     got = dict(run_package(sdcoreml, pkg(odd_packages(precision, attention), "unet"), feeds, tmp_path)[0])
+    if precision == "FLOAT16":
+        device = diffusers_noise_pred(pipelines[KIND], feeds, float16_sinusoids=True)
+        assert_float16_within_device_sinusoid(f"odd unet {attention} {precision}", ref, device, got["noise_pred"],
+                                              MIN_PSNR[precision])
+        return
     value = psnr(ref, got["noise_pred"])
     print(f"PSNR odd unet {attention} {precision}: {value:.1f} dB")
     assert value >= MIN_PSNR[precision], f"{value:.1f} dB"

@@ -4,6 +4,7 @@ footgun messages, and noise_pred compared with diffusers' UNet2DConditionModel i
 running the package through sdcoreml's interpreter."""
 
 import json
+import math
 from pathlib import Path
 
 import re
@@ -211,11 +212,50 @@ def random_inputs(pipeline, xl, seed=0, latent=None):
     return feeds
 
 
-def diffusers_noise_pred(pipeline, feeds):
+def float16_sinusoid(t, dim, flip_sin_to_cos, shift):
+    """The anchor's timestep sinusoids as a device runs its FLOAT16 graph, in NumPy: diffusers'
+    float32 frequency table stored in float16, t·freq, sin and cos each rounded to float16."""
+    import torch
+
+    half = dim // 2
+    freq = torch.exp(-math.log(10000) * torch.arange(0, half, dtype=torch.float32) / (half - shift)).numpy()
+    arg = np.float16(t.numpy())[:, None].astype(np.float32) * np.float16(freq).astype(np.float32)  # exact
+    arg = np.float16(arg).astype(np.float32)
+    emb = np.concatenate([np.float16(np.sin(arg)), np.float16(np.cos(arg))], -1).astype(np.float32)  # (N, dim)
+    if flip_sin_to_cos:
+        emb = np.concatenate([emb[:, half:], emb[:, :half]], -1)
+    return torch.from_numpy(emb)
+
+
+def with_float16_sinusoids(model):
+    """A diffusers UNet or ControlNet whose Timesteps projections (time_proj, SDXL's add_time_proj)
+    compute float16_sinusoid: the float32 model with the anchor's float16 sinusoids."""
+    for name in ("time_proj", "add_time_proj"):
+        tp = getattr(model, name, None)
+        if tp is not None:
+            tp.forward = lambda t, tp=tp: float16_sinusoid(t, tp.num_channels, tp.flip_sin_to_cos,
+                                                           tp.downscale_freq_shift)
+    return model
+
+
+# Where the anchor's own package cannot be measured (a model it cannot convert), a FLOAT16 output
+# is held to the usual bar against diffusers with float16_sinusoid: the float16 sinusoids may cost
+# what they cost on the device, everything else only what the bar allows. (Against plain diffusers
+# that bounds the output too, by the triangle inequality; the number is printed.)
+def assert_float16_within_device_sinusoid(name, ref, device, got, min_psnr):
+    value, against_device = psnr(ref, got), psnr(device, got)
+    print(f"PSNR {name}: {value:.1f} dB (diffusers with float16 sinusoids itself {psnr(ref, device):.1f} dB); "
+          f"against diffusers with float16 sinusoids {against_device:.1f} dB")
+    assert against_device >= min_psnr, f"{name}: {against_device:.1f} dB against the float16-sinusoid oracle"
+
+
+def diffusers_noise_pred(pipeline, feeds, float16_sinusoids=False):
     import torch
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(Path(pipeline) / "unet", torch_dtype=torch.float32).eval()
+    if float16_sinusoids:
+        with_float16_sinusoids(unet)
     f = {k: torch.from_numpy(v.astype(np.float32)) for k, v in feeds.items()}
     ehs = f["encoder_hidden_states"].squeeze(2).permute(0, 2, 1)  # (B, D, 1, K) -> (B, K, D)
     extra = {}
@@ -238,10 +278,28 @@ def run_package(sdcoreml, pkg, feeds, tmp_path):
     return {p.stem: np.load(p) for p in out.glob("*.npy")}
 
 
-# Measured (interpreter vs diffusers float32, these inputs, every kind): FLOAT32 125.0-128.3 dB,
-# FLOAT16 61.4-63.6 dB; SPLIT_EINSUM_V2 at 48x48 / 40x56 126.6-128.8 and 62.7-64.6 dB. Bars: FLOAT32 110 dB (a GroupNorm eps of 1e-5 for 1e-6 in the transformer
-# blocks gives 101-106 dB), FLOAT16 55 dB.
+# Measured (interpreter vs diffusers float32, these inputs, every kind): FLOAT32 112.5-114.4 dB,
+# FLOAT16 53.6-58.4 dB; SPLIT_EINSUM_V2 at 48x48 / 40x56 114.0-115.6 and 56.7-57.1 dB. Bars: FLOAT32
+# 110 dB (a GroupNorm eps of 1e-5 for 1e-6 in the transformer blocks gives 101-106 dB), FLOAT16 55 dB.
 MIN_PSNR = {"FLOAT32": 110.0, "FLOAT16": 55.0}
+
+# A FLOAT16 package computes the timestep sinusoids as the anchor's does: a float16 frequency table,
+# the product and sin/cos in float16 (t·freq near 1000 has float16 steps of 0.5). For sd1-inpaint
+# that alone takes noise_pred below 55 dB — and the anchor's own packages, run by the same
+# interpreter on the same inputs, score the same (53.57 / 53.74 dB; bit for bit the same noise_pred),
+# so the drop is the device's float16 arithmetic, not ours. Where the anchor's own package
+# (tests/data/anchor/psnr.json) is below MIN_PSNR, the bar is the anchor's number minus
+# ANCHOR_SLACK_DB; everywhere else MIN_PSNR holds.
+ANCHOR_PSNR = json.loads((Path(__file__).resolve().parent.parent / "data" / "anchor" / "psnr.json").read_text())["unet"]
+ANCHOR_SLACK_DB = 0.1
+
+
+def min_psnr_for(kind, attention, precision):
+    anchor = ANCHOR_PSNR.get(precision, {}).get(f"{kind}/{attention}")
+    if anchor is not None and anchor < MIN_PSNR[precision]:
+        return anchor - ANCHOR_SLACK_DB
+    return MIN_PSNR[precision]
+
 
 # SPLIT_EINSUM_V2 is left out here: at these 16x16 latents (256 tokens per attention, below
 # its 512-token chunk) it writes the same program as SPLIT_EINSUM. test_split_einsum_v2_* below
@@ -250,7 +308,7 @@ MIN_PSNR = {"FLOAT32": 110.0, "FLOAT16": 55.0}
 @pytest.mark.parametrize("attention", ["ORIGINAL", "SPLIT_EINSUM"])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_noise_pred_matches_diffusers(sdcoreml, unet_packages, pipelines, tmp_path, kind, attention, precision):
-    min_psnr = MIN_PSNR[precision]
+    min_psnr = min_psnr_for(kind, attention, precision)
     pkg = unet_packages(kind, attention, precision)
     feeds = random_inputs(pipelines[kind], KINDS[kind])
     ref = diffusers_noise_pred(pipelines[kind], feeds)
