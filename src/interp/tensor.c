@@ -133,12 +133,16 @@ void sdc_it_free(itensor *t) {
 /* ---------------------------------------------------------------- fp16 */
 
 #ifdef SDC_X86
+/* Values already fp16 (the copies of shape ops, say) are left unwritten: equal as floats
+   means equal bits here (rounding keeps a zero's sign), and a NaN compares unequal, so it is
+   written as before; memory that is only read need not be written back. */
 __attribute__((target("avx,f16c"))) static void round_f16_f16c(float *x, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
         __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(h));
+        __m256 w = _mm256_cvtph_ps(h);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(v, w, _CMP_NEQ_UQ))) _mm256_storeu_ps(x + i, w);
     }
     for (; i < n; i++) x[i] = sdc_f16_to_f32(sdc_f32_to_f16(x[i]));
 }
