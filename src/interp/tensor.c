@@ -41,10 +41,17 @@ bool sdc_it_numel(int rank, const int64_t *shape, size_t *n) {
 static struct {
     void *p;
     size_t cap;
-} ibuf_cache[IBUF_SLOTS];
+} ibuf_cache[IBUF_SLOTS]; /* oldest first */
 static int ibuf_n;
 static size_t ibuf_bytes;
 static pthread_mutex_t ibuf_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Removes entry i keeping the order; under ibuf_mu. */
+static void ibuf_remove(int i) {
+    ibuf_bytes -= ibuf_cache[i].cap;
+    memmove(&ibuf_cache[i], &ibuf_cache[i + 1], sizeof ibuf_cache[0] * (size_t)(ibuf_n - i - 1));
+    ibuf_n--;
+}
 
 void *sdc_ibuf_alloc(size_t bytes, size_t *cap) {
     if (bytes >= IBUF_MIN) {
@@ -57,8 +64,7 @@ void *sdc_ibuf_alloc(size_t bytes, size_t *cap) {
         if (best >= 0) {
             void *p = ibuf_cache[best].p;
             *cap = ibuf_cache[best].cap;
-            ibuf_bytes -= *cap;
-            ibuf_cache[best] = ibuf_cache[--ibuf_n];
+            ibuf_remove(best);
             pthread_mutex_unlock(&ibuf_mu);
             return p;
         }
@@ -68,19 +74,27 @@ void *sdc_ibuf_alloc(size_t bytes, size_t *cap) {
     return sdc_malloc(bytes);
 }
 
+/* A freed buffer goes into the cache, making room by releasing the oldest ones: what was freed
+   last is what the next ops ask for again (the VAE's 128-256 MB activations at 512x512 came
+   back to fresh pages when the cache, full of older sizes, turned them away). */
 void sdc_ibuf_free(void *p, size_t cap) {
     if (!p) return;
-    if (cap >= IBUF_MIN) {
+    void *evicted[IBUF_SLOTS];
+    int n_evicted = 0;
+    if (cap >= IBUF_MIN && cap <= IBUF_MAX_BYTES) {
         pthread_mutex_lock(&ibuf_mu);
-        if (ibuf_n < IBUF_SLOTS && ibuf_bytes + cap <= IBUF_MAX_BYTES) {
-            ibuf_cache[ibuf_n].p = p;
-            ibuf_cache[ibuf_n].cap = cap;
-            ibuf_n++;
-            ibuf_bytes += cap;
-            p = NULL;
+        while (ibuf_n == IBUF_SLOTS || ibuf_bytes + cap > IBUF_MAX_BYTES) {
+            evicted[n_evicted++] = ibuf_cache[0].p;
+            ibuf_remove(0);
         }
+        ibuf_cache[ibuf_n].p = p;
+        ibuf_cache[ibuf_n].cap = cap;
+        ibuf_n++;
+        ibuf_bytes += cap;
+        p = NULL;
         pthread_mutex_unlock(&ibuf_mu);
     }
+    for (int i = 0; i < n_evicted; i++) sdc_free(evicted[i]);
     sdc_free(p);
 }
 
