@@ -730,30 +730,13 @@ typedef struct reduce_ctx {
     bool contiguous; /* float x reduced over its trailing dims by a sum-like code: sum_rows */
 } reduce_ctx;
 
-/* Sum (of squares when `square`) of n contiguous floats in double, in 8 interleaved partial
-   sums so that it vectorises; the partial sums differ from one running sum only below
-   float32's resolution (double carries 29 more bits). */
-SDC_VECTORISE static double sum_run(const float *x, size_t n, bool square) {
-    double s[8] = {0};
-    size_t j = 0;
-    if (square)
-        for (; j + 8 <= n; j += 8)
-            for (int l = 0; l < 8; l++) s[l] += (double)x[j + l] * (double)x[j + l];
-    else
-        for (; j + 8 <= n; j += 8)
-            for (int l = 0; l < 8; l++) s[l] += (double)x[j + l];
-    double t = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-    for (; j < n; j++) t += square ? (double)x[j] * (double)x[j] : (double)x[j];
-    return t;
-}
-
 /* The hot reductions (GroupNorm's reduce_mean over a group, layer statistics): each kept
    position's values are one contiguous run. */
 static void sum_rows(reduce_ctx *c, size_t b, size_t e) {
     size_t nr = c->p.nr;
     bool sq = c->code == R_SUM_SQUARE || c->code == R_L2_NORM;
     for (size_t k = b; k < e; k++) {
-        double acc = sum_run(c->x->f + c->p.kept[k], nr, sq);
+        double acc = sdc_sum_f64(c->x->f + c->p.kept[k], nr, sq);
         if (c->code == R_MEAN) acc /= (double)nr;
         else if (c->code == R_L2_NORM) acc = sqrt(acc);
         if (mt_is_float(c->o->dtype)) c->o->f[k] = (float)acc;

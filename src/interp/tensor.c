@@ -305,6 +305,30 @@ void sdc_csrc_read_i(const csrc *s, size_t first, size_t count, int32_t *dst) {
     }
 }
 
+/* ---------------------------------------------------------------- sums in double */
+
+SDC_VECTORISE void sdc_sum8_add(double *lanes, const float *x, size_t n8, bool square) {
+    if (square)
+        for (size_t j = 0; j + 8 <= n8; j += 8)
+            for (int l = 0; l < 8; l++) lanes[l] += (double)x[j + l] * (double)x[j + l];
+    else
+        for (size_t j = 0; j + 8 <= n8; j += 8)
+            for (int l = 0; l < 8; l++) lanes[l] += (double)x[j + l];
+}
+
+double sdc_sum8_end(const double *lanes, const float *tail, size_t n_tail, bool square) {
+    double t = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for (size_t j = 0; j < n_tail; j++) t += square ? (double)tail[j] * (double)tail[j] : (double)tail[j];
+    return t;
+}
+
+double sdc_sum_f64(const float *x, size_t n, bool square) {
+    double lanes[8] = {0};
+    size_t n8 = n - n % 8;
+    sdc_sum8_add(lanes, x, n8, square);
+    return sdc_sum8_end(lanes, x + n8, n - n8, square);
+}
+
 /* ---------------------------------------------------------------- vector exp */
 
 /* expf by Cody-Waite reduction and Cephes' degree-6 polynomial (relative error below 1e-7
