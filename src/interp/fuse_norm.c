@@ -18,7 +18,10 @@
  * order (the squares' sum streamed block by block through the same lanes): the output is
  * bit-identical to the unfused ops.
  *
- * The loader (sdc_interp_fuse_norm, after fuse.c) marks the six ops as computed by the
+ * When h is a reshape read by nothing else (GroupNorm's view of (B, C, H, W) as groups), the
+ * reshape is computed too: the chain reads the reshaped value's buffer, and no copy is made.
+ *
+ * The loader (sdc_interp_fuse_norm, after fuse.c) marks the six (seven) ops as computed by the
  * real_div, which reads h: liveness and the run (exec.c) account for that as for attention.
  * A chain is fused only when none of its intermediate values is read elsewhere or is an output.
  */
@@ -33,6 +36,7 @@
 typedef struct gn_chain {
     int mean_op, sub_op, square_op, var_op, add_op, sqrt_op; /* op indices */
     int h, eps;                                                /* slots: the input, the epsilon constant */
+    int reshape_op, src; /* the reshape making h from src, computed too (-1: h is read as it is) */
 } gn_chain;
 
 /* The slot bound to a single-value parameter, or -1. */
@@ -69,7 +73,11 @@ static bool gn_walk(const sdc_model *m, const iop *div, int fused, gn_chain *c) 
     const iop *sub = &m->ops[c->sub_op];
     c->h = param_slot(sub, "x");
     if ((c->mean_op = maker(m, param_slot(sub, "y"), "reduce_mean", fused)) < 0) return false;
-    return c->h >= 0 && param_slot(&m->ops[c->mean_op], "x") == c->h;
+    if (c->h < 0 || param_slot(&m->ops[c->mean_op], "x") != c->h) return false;
+    c->reshape_op = maker(m, c->h, "reshape", fused);
+    c->src = c->reshape_op >= 0 ? param_slot(&m->ops[c->reshape_op], "x") : -1;
+    if (c->src < 0) c->reshape_op = -1;
+    return true;
 }
 
 static bool float_slot(const islot *s) { return s->dtype == MT_FP16 || s->dtype == MT_FP32; }
@@ -112,7 +120,19 @@ static int *count_readers(const sdc_model *m) {
 }
 
 /* Values, shapes, dtypes and readers of a walked chain ending at op `div`. */
-static bool gn_fits(const sdc_model *m, const int *readers, const iop *div, const gn_chain *c) {
+/* Whether the reshape making h can be computed too: h read by the chain only, made from a
+   value of h's dtype and element count (a reshape only renames the row-major positions, so
+   the chain reads that value's buffer as h: the copy is never made). */
+static bool reshape_fits(const sdc_model *m, const int *readers, const gn_chain *c) {
+    const islot *h = &m->slots[c->h], *src = &m->slots[c->src];
+    if (readers[c->h] != 2 || src->dtype != h->dtype || src->rank < 1) return false;
+    size_t nh, ns;
+    for (int d = 0; d < src->rank; d++)
+        if (src->shape[d] < 0) return false;
+    return sdc_it_numel(h->rank, h->shape, &nh) && sdc_it_numel(src->rank, src->shape, &ns) && nh == ns;
+}
+
+static bool gn_fits(const sdc_model *m, const int *readers, const iop *div, gn_chain *c) {
     const islot *h = &m->slots[c->h];
     int R = h->rank, first;
     if (R < 2 || R > SDC_MAX_RANK || !float_slot(h)) return false;
@@ -140,7 +160,9 @@ static bool gn_fits(const sdc_model *m, const int *readers, const iop *div, cons
             return false;
     }
     const islot *out = &m->slots[div->outs[0]];
-    return float_slot(out) && same_shape(out, R, h->shape);
+    if (!float_slot(out) || !same_shape(out, R, h->shape)) return false;
+    if (c->reshape_op >= 0 && !reshape_fits(m, readers, c)) c->reshape_op = -1;
+    return true;
 }
 
 static const iop_def FUSED_GROUP_NORM = {"group norm (fused)", sdc_kernel_fused_group_norm, 0, NULL};
@@ -152,7 +174,8 @@ void sdc_interp_fuse_norm(sdc_model *m) {
         iop *div = &m->ops[i];
         gn_chain c;
         if (div->fused_into >= 0 || div->fuse_first >= 0 || !gn_walk(m, div, -1, &c) || !gn_fits(m, readers, div, &c)) continue;
-        const int chain[] = {c.mean_op, c.sub_op, c.square_op, c.var_op, c.add_op, c.sqrt_op};
+        const int chain[] = {c.mean_op, c.sub_op, c.square_op, c.var_op, c.add_op, c.sqrt_op,
+                             c.reshape_op >= 0 ? c.reshape_op : c.mean_op};
         int first = i;
         for (size_t k = 0; k < SDC_COUNT_OF(chain); k++) {
             m->ops[chain[k]].fused_into = i;
@@ -214,25 +237,35 @@ SDC_VECTORISE static void gn_groups(void *vctx, size_t b, size_t e) {
     }
 }
 
+/* Elements of a fully known slot (gn_fits checked that it is). */
+static size_t o_count(const islot *s) {
+    size_t n = 0;
+    return sdc_it_numel(s->rank, s->shape, &n) ? n : 0;
+}
+
 sdc_status sdc_kernel_fused_group_norm(irun *r, const iop *op) {
     sdc_model *m = r->m;
     gn_chain ch;
     if (!gn_walk(m, op, (int)(op - m->ops), &ch)) return sdc_rt_fail(r, op, SDC_E_INTERNAL, "the fused group norm lost its chain");
-    itensor *h = sdc_interp_slot_value(r, op, ch.h), *eps = h ? sdc_interp_slot_value(r, op, ch.eps) : NULL;
+    int in = ch.reshape_op >= 0 ? ch.src : ch.h; /* h, or the value h would be a reshape of */
+    itensor *h = sdc_interp_slot_value(r, op, in), *eps = h ? sdc_interp_slot_value(r, op, ch.eps) : NULL;
     if (!eps) return r->err->code;
     int first;
-    if (!trailing_mean(m, &m->ops[ch.mean_op], h->rank, &first))
+    const islot *hs = &m->slots[ch.h], *os = &m->slots[op->outs[0]];
+    if (!trailing_mean(m, &m->ops[ch.mean_op], hs->rank, &first) || h->n != o_count(os))
         return sdc_rt_fail(r, op, SDC_E_INTERNAL, "the fused group norm lost its axes");
     size_t n = 1;
-    for (int d = first; d < h->rank; d++) n *= (size_t)h->shape[d];
+    for (int d = first; d < hs->rank; d++) n *= (size_t)hs->shape[d];
     /* the output takes h's buffer when this op is h's last reader (computing in place is safe) */
     int index = (int)(op - m->ops);
-    const islot *hs = &m->slots[ch.h], *os = &m->slots[op->outs[0]];
+    const islot *is = &m->slots[in];
     itensor *o;
-    if (hs->last_use == index && hs->kind != SL_CONST && !h->borrowed && h->dtype == os->dtype && !r->vals[op->outs[0]]) {
-        r->vals[ch.h] = NULL;
+    if (is->last_use == index && is->kind != SL_CONST && !h->borrowed && h->dtype == os->dtype && !r->vals[op->outs[0]]) {
+        r->vals[in] = NULL;
+        h->rank = os->rank;
+        memcpy(h->shape, os->shape, sizeof(int64_t) * (size_t)os->rank);
         r->vals[op->outs[0]] = o = h;
-    } else if (!(o = sdc_rt_out(r, op, 0, h->rank, h->shape))) {
+    } else if (!(o = sdc_rt_out(r, op, 0, os->rank, os->shape))) {
         return r->err->code;
     }
     bool round = !m->exact_fp16_off;
