@@ -10,7 +10,8 @@ bench/text_encoder.py. It is converted with build/sdcoreml --convert-text-encode
 run of this script:
   - the interpreter: `sdcoreml run` (a new process each time); its predict time (load and
     .npy I/O excluded; reported by `run --json`) and the whole process's wall time;
-  - PyTorch: transformers' CLIPTextModel in float32 on the CPU, one forward (loading excluded);
+  - PyTorch: transformers' CLIPTextModel in float32 on the CPU, one forward (loading excluded),
+    with torch.set_num_threads equal to the interpreter's threads (printed);
 each `--runs` times, alternating, after one warm-up of each; prints every time, the medians
 and their ratio, and the PSNR of the interpreter's outputs against PyTorch's (the anchor's
 formula). Nothing is asserted.
@@ -45,16 +46,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--compute-precision", default="FLOAT16", choices=["FLOAT16", "FLOAT32"])
-    ap.add_argument("--threads", type=int, default=0, help="interpreter threads [one per CPU]; a 1-thread run is added")
-    ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads [PyTorch's default]")
+    ap.add_argument("--threads", type=int, default=0, help="threads of the interpreter and of PyTorch [usable CPUs]")
     ap.add_argument("--sdcoreml", default=os.environ.get("SDCOREML_BIN", str(REPO / "build" / "sdcoreml")))
     args = ap.parse_args()
 
     import torch
     from transformers import CLIPTextModel
 
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
+    n_threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n_threads)  # equal threads: Debian's torch starts with 1
 
     exe = Path(args.sdcoreml)
     if not exe.is_file():
@@ -72,8 +72,7 @@ def main():
         ids = token_ids()
         np.save(work / "ids.npy", ids.astype(np.float32))
         cmd = [str(exe), "run", str(pkg), "--input", f"input_ids={work / 'ids.npy'}", "-o", str(work / "out"), "--json"]
-        n_threads = args.threads or os.cpu_count() or 1
-        modes = [n_threads] + ([1] if n_threads > 1 else [])
+        modes = [n_threads]
 
         model = CLIPTextModel.from_pretrained(src / "text_encoder", variant="fp16", torch_dtype=torch.float32).eval()
         tids = torch.from_numpy(ids)

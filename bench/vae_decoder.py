@@ -13,9 +13,10 @@ conversion timing needs only the sdcoreml binary.
 
 Prints wall time per conversion run and the median, peak RSS of each sdcoreml run (wait4's
 rusage of the child alone), and — when `sdcoreml run` exists — the interpreter's decode time
-for one 64x64 latent (load + predict, one run) next to PyTorch's float32 decode of the same
-input (one run, after a warm-up), their ratio, and the PSNR between them. Nothing is
-asserted: benchmarks are for reading, never for failing a build.
+for one 64x64 latent (load + predict) next to PyTorch's float32 decode of the same input
+(after a warm-up), each --decode-runs times, alternating, both with --threads threads
+(torch.set_num_threads, printed), their medians and ratio, and the PSNR between them.
+Nothing is asserted: benchmarks are for reading, never for failing a build.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,8 +106,9 @@ def has_interpreter(exe):
     return r.returncode == 0
 
 
-def decode_bench(exe, src, package, workdir, latent, threads):
-    """Interpreter vs PyTorch on one latent; returns a dict of figures."""
+def decode_bench(exe, src, package, workdir, latent, threads, runs):
+    """Interpreter vs PyTorch on one latent, `runs` times each, alternating (a change in the
+    machine's load hits both alike); returns a dict of figures."""
     need_torch("the decode comparison")
     import numpy as np
 
@@ -114,10 +117,16 @@ def decode_bench(exe, src, package, workdir, latent, threads):
     zf = workdir / "z.npy"
     np.save(zf, z)
     out = workdir / "run-out"
-    wall, rss, rc, err = run_child([str(exe), "run", str(package), "--input", f"z={zf}", "-o", str(out),
-                                    "--threads", str(threads)])
-    if rc != 0:
-        sys.exit(f"bench: sdcoreml run exited {rc}:\n{err}")
+    cmd = [str(exe), "run", str(package), "--input", f"z={zf}", "-o", str(out), "--threads", str(threads)]
+
+    def interp_once():
+        wall, rss, rc, err = run_child(cmd)
+        if rc != 0:
+            sys.exit(f"bench: sdcoreml run exited {rc}:\n{err}")
+        return wall, rss
+
+    # the first run before torch is imported: a child's peak RSS would count what it inherited
+    first_wall, rss = interp_once()
     got = np.load(out / "image.npy")
 
     import torch  # only now: see ensure_model
@@ -126,14 +135,24 @@ def decode_bench(exe, src, package, workdir, latent, threads):
     torch.set_num_threads(threads)  # Debian's torch starts with 1 thread
     vae = AutoencoderKL.from_pretrained(str(src / "vae"), variant="fp16", torch_dtype=torch.float32).eval()
     zt = torch.from_numpy(z)
+
+    def torch_once():
+        with torch.no_grad():
+            t = time.perf_counter()
+            ref = vae.decoder(vae.post_quant_conv(zt)).numpy()
+            return ref, time.perf_counter() - t
+
     with torch.no_grad():
         small = torch.from_numpy(z[:, :, :8, :8].copy())
         vae.decoder(vae.post_quant_conv(small))  # warm-up (allocator, kernels)
-        t = time.perf_counter()
-        ref = vae.decoder(vae.post_quant_conv(zt)).numpy()
-        torch_wall = time.perf_counter() - t
-    return {"interp_wall": wall, "interp_rss": rss, "torch_wall": torch_wall, "threads": torch.get_num_threads(),
-            "psnr": psnr(ref, got), "shape": tuple(got.shape)}
+    interp_walls, torch_walls = [first_wall], []
+    ref, dt = torch_once()
+    torch_walls.append(dt)
+    for _ in range(runs - 1):
+        interp_walls.append(interp_once()[0])
+        torch_walls.append(torch_once()[1])
+    return {"interp_walls": interp_walls, "interp_rss": rss, "torch_walls": torch_walls,
+            "threads": torch.get_num_threads(), "psnr": psnr(ref, got), "shape": tuple(got.shape)}
 
 
 def main():
@@ -143,6 +162,7 @@ def main():
     ap.add_argument("--latent", type=int, default=64, help="latent size of the decode comparison [64]")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="threads for both the interpreter and PyTorch [usable CPUs]")
+    ap.add_argument("--decode-runs", type=int, default=3, help="decodes of each, alternating [3]")
     ap.add_argument("--no-decode", action="store_true", help="time the conversion only")
     ap.add_argument("--make-model", metavar="DIR", help=argparse.SUPPRESS)
     ap.add_argument("--sdcoreml", default=os.environ.get("SDCOREML_BIN", str(REPO / "build" / "sdcoreml")))
@@ -175,7 +195,8 @@ def main():
             rows.append((i + 1, wall, rss))
         decode = None
         if not args.no_decode and has_interpreter(exe):
-            decode = decode_bench(exe, src, next((work / "out0").glob("*.mlpackage")), work, args.latent, args.threads)
+            decode = decode_bench(exe, src, next((work / "out0").glob("*.mlpackage")), work, args.latent, args.threads,
+                                  max(1, args.decode_runs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -195,11 +216,14 @@ def main():
         why = "--no-decode" if args.no_decode else "no `sdcoreml run` in this build"
         print(f"  decode comparison skipped ({why})")
     else:
-        print(f"  decode of one {args.latent}x{args.latent} latent -> image {decode['shape']}:")
-        print(f"    {'sdcoreml run (load + predict)':<32}{decode['interp_wall']:>8.2f}s  ({decode['threads']} threads, "
-              f"peak RSS {mb(decode['interp_rss'])})")
-        print(f"    {'PyTorch CPU float32':<32}{decode['torch_wall']:>8.2f}s  ({decode['threads']} threads)")
-        print(f"    {'ratio interpreter / PyTorch':<32}{decode['interp_wall'] / decode['torch_wall']:>8.2f}x  (one run each)")
+        fmt = lambda xs: " ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+        mi, mt = statistics.median(decode["interp_walls"]), statistics.median(decode["torch_walls"])
+        print(f"  decode of one {args.latent}x{args.latent} latent -> image {decode['shape']}, "
+              f"{decode['threads']} threads for both (torch.set_num_threads), alternating:")
+        print(f"    {'sdcoreml run (load + predict)':<32}{mi:>8.2f}s median of {fmt(decode['interp_walls'])}  "
+              f"(peak RSS {mb(decode['interp_rss'])})")
+        print(f"    {'PyTorch CPU float32':<32}{mt:>8.2f}s median of {fmt(decode['torch_walls'])}")
+        print(f"    {'ratio interpreter / PyTorch':<32}{mi / mt:>8.2f}x  (medians)")
         print(f"    {'PSNR (PyTorch fp32 reference)':<32}{decode['psnr']:>8.1f} dB")
     return 0
 

@@ -196,10 +196,9 @@ static sdc_status run_op(irun *r, int i) {
         }
     }
     free_dead(r, op, i);
-    if (op->fuse_first >= 0) { /* the ops it computes read their inputs here */
-        free_dead(r, &m->ops[op->fuse_first], i);
-        free_dead(r, &m->ops[op->fuse_softmax], i);
-    }
+    if (op->fuse_first >= 0) /* the ops it computes read their inputs here */
+        for (int j = op->fuse_first; j < i; j++)
+            if (m->ops[j].fused_into == i) free_dead(r, &m->ops[j], i);
     return SDC_OK;
 }
 

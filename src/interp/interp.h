@@ -162,6 +162,14 @@ void sdc_round_f16(ipool *p, float *x, size_t n);
 
 /* y[i] = exp(x[i]) for n values (x == y allowed), vectorised; relative error ~2e-7. */
 void sdc_vec_exp(const float *x, float *y, size_t n);
+/* The sum (of squares when `square`) of n floats in double, as 8 interleaved partial sums
+   (lane j % 8) so that it vectorises; they differ from one running sum only far below
+   float32's resolution. sdc_sum8_add adds n8 (a multiple of 8) values to lanes[8],
+   sdc_sum8_end combines the lanes and adds the last n % 8 values one by one: a sum streamed
+   through them block by block (blocks of multiples of 8) equals sdc_sum_f64 bit for bit. */
+double sdc_sum_f64(const float *x, size_t n, bool square);
+void sdc_sum8_add(double *lanes, const float *x, size_t n8, bool square);
+double sdc_sum8_end(const double *lanes, const float *tail, size_t n_tail, bool square);
 /* n little-endian fp16 bit patterns (unaligned) to float. */
 void sdc_f16_expand(ipool *p, const uint8_t *src, float *dst, size_t n);
 
@@ -235,8 +243,9 @@ struct iop {
     iparam *params;
     int n_out;
     int *outs;
-    /* fuse.c: >= 0 when this op is computed by op fused_into (which reads its inputs); an
-       op computing others names them (fuse_first, fuse_softmax) */
+    /* fuse.c, fuse_norm.c: >= 0 when this op is computed by op fused_into (which reads its
+       inputs); an op computing others names the first of them (fuse_first; the others lie
+       between it and the op) and attention its softmax (fuse_softmax) */
     int fused_into;
     int fuse_first, fuse_softmax;
     bool fuse_split;
@@ -259,6 +268,9 @@ void sdc_interp_liveness(struct sdc_model *m);
 /* Marks attention's product → softmax → product as one op computed block by block (fuse.c);
    after small constants are decoded, before liveness. */
 void sdc_interp_fuse(struct sdc_model *m);
+/* Marks GroupNorm's reduce_mean → sub → square → reduce_mean → add → sqrt → real_div as one op
+   (fuse_norm.c); after sdc_interp_fuse. */
+void sdc_interp_fuse_norm(struct sdc_model *m);
 sdc_status sdc_interp_decode_small(struct sdc_model *m, sdc_err *err);
 
 struct sdc_model {
@@ -411,5 +423,6 @@ sdc_status sdc_kernel_non_zero(irun *r, const iop *op);   /* ops_dynamic.c */
 sdc_status sdc_kernel_scatter_nd(irun *r, const iop *op); /* ops_dynamic.c */
 sdc_status sdc_kernel_sdpa(irun *r, const iop *op);
 sdc_status sdc_kernel_fused_attention(irun *r, const iop *op); /* fuse.c */
+sdc_status sdc_kernel_fused_group_norm(irun *r, const iop *op); /* fuse_norm.c */
 
 #endif

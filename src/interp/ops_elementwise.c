@@ -343,6 +343,17 @@ SDC_VECTORISE static void un_rows(void *vctx, size_t b, size_t e) {
         case U_EXP:
             sdc_vec_exp(xa + b, oa + b, e - b);
             return;
+        /* GroupNorm's square and plain activations: one operation per element, in loops
+           of their own so they vectorise (the switch of funary per element does not) */
+        case U_SQUARE:
+            for (size_t i = b; i < e; i++) oa[i] = xa[i] * xa[i];
+            return;
+        case U_RELU:
+            for (size_t i = b; i < e; i++) oa[i] = xa[i] > 0 ? xa[i] : 0.0f;
+            return;
+        case U_ABS:
+            for (size_t i = b; i < e; i++) oa[i] = fabsf(xa[i]);
+            return;
         default:
             for (size_t i = b; i < e; i++) oa[i] = funary(c->code, xa[i], eps);
             return;

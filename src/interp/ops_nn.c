@@ -693,6 +693,32 @@ sdc_status sdc_kernel_instance_norm(irun *r, const iop *op) {
     return SDC_OK;
 }
 
+typedef struct bn_ctx {
+    const float *x, *mean, *sd, *gamma, *beta; /* sd: sqrtf(variance + eps) per channel */
+    float *o;
+    size_t C, inner;
+} bn_ctx;
+
+/* Planes [b, e) of (N·C) planes of `inner` values, each channel's arithmetic as one element's. */
+SDC_VECTORISE static void bn_planes(void *vctx, size_t b, size_t e) {
+    const bn_ctx *c = vctx;
+    for (size_t pl = b; pl < e; pl++) {
+        size_t ch = pl % c->C;
+        float m = c->mean[ch], sd = c->sd[ch], g = c->gamma ? c->gamma[ch] : 1.0f, be = c->beta ? c->beta[ch] : 0.0f;
+        const float *x = c->x + pl * c->inner;
+        float *o = c->o + pl * c->inner;
+        if (c->gamma && c->beta)
+            for (size_t i = 0; i < c->inner; i++) o[i] = (x[i] - m) / sd * g + be;
+        else
+            for (size_t i = 0; i < c->inner; i++) {
+                float y = (x[i] - m) / sd;
+                if (c->gamma) y *= g;
+                if (c->beta) y += be;
+                o[i] = y;
+            }
+    }
+}
+
 sdc_status sdc_kernel_batch_norm(irun *r, const iop *op) {
     itensor *x = sdc_rt_req(r, op, "x"), *mean = x ? sdc_rt_req(r, op, "mean") : NULL, *var = mean ? sdc_rt_req(r, op, "variance") : NULL;
     if (!var) return r->err->code;
@@ -705,17 +731,17 @@ sdc_status sdc_kernel_batch_norm(irun *r, const iop *op) {
     for (int i = 0; i < 4; i++)
         if (ps[i] && (ps[i]->n != C || !mt_is_float(ps[i]->dtype)))
             return sdc_rt_fail(r, op, SDC_E_FORMAT, "mean, variance, gamma and beta must be float [%zu]", C);
-    itensor *o = sdc_rt_out(r, op, 0, x->rank, x->shape);
+    itensor *o = sdc_rt_out_reuse(r, op, 0, "x", x->rank, x->shape); /* element by element: in place is safe */
     if (!o) return r->err->code;
     size_t inner = 1;
     for (int d = 2; d < x->rank; d++) inner *= (size_t)x->shape[d];
-    for (size_t i = 0; i < x->n; i++) {
-        size_t ch = (i / (inner ? inner : 1)) % C;
-        float y = (x->f[i] - mean->f[ch]) / sqrtf(var->f[ch] + eps);
-        if (gamma) y *= gamma->f[ch];
-        if (beta) y += beta->f[ch];
-        o->f[i] = y;
-    }
+    if (o->n == 0) return SDC_OK;
+    float *sd = sdc_malloc(sizeof(float) * C); /* [C] */
+    if (!sd) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+    for (size_t ch = 0; ch < C; ch++) sd[ch] = sqrtf(var->f[ch] + eps);
+    bn_ctx c = {x->f, mean->f, sd, gamma ? gamma->f : NULL, beta ? beta->f : NULL, o->f, C, inner};
+    sdc_ipool_for(sdc_rt_pool(r), x->n / inner, (size_t)(16384 / inner) + 1, bn_planes, &c);
+    sdc_free(sd);
     return SDC_OK;
 }
 

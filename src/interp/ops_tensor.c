@@ -19,9 +19,27 @@ static sdc_status check_store(irun *r, const iop *op, const itensor *x) {
     return SDC_OK;
 }
 
-static itensor *copy_out(irun *r, const iop *op, const itensor *x, int rank, const int64_t *shape) {
+/* x itself under the new shape, when this op reads x last and the declared output agrees
+   (dtype, and every known dim): reshaping a value nobody else reads needs no copy. NULL when
+   it may not, and the caller copies (sdc_rt_out then reports a shape mismatch). */
+static itensor *take_as(irun *r, const iop *op, itensor *x, int rank, const int64_t *shape) {
+    if (op->n_out < 1 || !sdc_rt_may_take(r, op, "x")) return NULL;
+    const islot *sl = &r->m->slots[op->outs[0]];
+    bool same = !r->vals[op->outs[0]] && sl->dtype == x->dtype && sl->rank == rank;
+    for (int i = 0; same && i < rank; i++) same = sl->shape[i] < 0 || sl->shape[i] == shape[i];
+    if (!same) return NULL;
+    r->vals[sdc_rt_param(op, "x")->slots[0]] = NULL;
+    x->rank = rank;
+    memcpy(x->shape, shape, sizeof(int64_t) * (size_t)rank);
+    r->vals[op->outs[0]] = x;
+    return x;
+}
+
+static itensor *copy_out(irun *r, const iop *op, itensor *x, int rank, const int64_t *shape) {
     if (check_store(r, op, x)) return NULL;
-    itensor *o = sdc_rt_out(r, op, 0, rank, shape);
+    itensor *o = take_as(r, op, x, rank, shape);
+    if (o) return o;
+    o = sdc_rt_out(r, op, 0, rank, shape);
     if (o) memcpy(o->p, x->p, x->n * 4);
     return o;
 }
@@ -652,6 +670,28 @@ sdc_status sdc_kernel_shape(irun *r, const iop *op) {
 
 /* ---------------------------------------------------------------- upsample */
 
+typedef struct up_ctx {
+    const uint32_t *src;
+    uint32_t *dst;
+    int64_t H, W, H2, W2;
+    const int64_t *row_of, *col_of; /* source row of each output row, column of each column */
+} up_ctx;
+
+/* Output rows [b, e) of all planes (row index = plane · H2 + i). */
+SDC_VECTORISE static void up_rows(void *vctx, size_t b, size_t e) {
+    const up_ctx *c = vctx;
+    for (size_t row = b; row < e; row++) {
+        size_t plane = row / (size_t)c->H2, i = row % (size_t)c->H2;
+        const uint32_t *s = c->src + (plane * (size_t)c->H + (size_t)c->row_of[i]) * (size_t)c->W;
+        uint32_t *d = c->dst + row * (size_t)c->W2;
+        if (row > b && i > 0 && c->row_of[i] == c->row_of[i - 1]) { /* the row above (written by this call), again */
+            memcpy(d, d - c->W2, (size_t)c->W2 * 4);
+            continue;
+        }
+        for (int64_t j = 0; j < c->W2; j++) d[j] = s[c->col_of[j]];
+    }
+}
+
 sdc_status sdc_kernel_upsample_nn(irun *r, const iop *op) {
     itensor *x = sdc_rt_req(r, op, "x");
     float sh, sw;
@@ -667,19 +707,20 @@ sdc_status sdc_kernel_upsample_nn(irun *r, const iop *op) {
     if (check_store(r, op, x)) return r->err->code;
     itensor *o = sdc_rt_out(r, op, 0, R, shape);
     if (!o || o->n == 0) return r->err->code;
-    size_t planes = H * W > 0 ? x->n / (size_t)(H * W) : 0;
-    const uint32_t *src = x->p;
-    uint32_t *dst = o->p;
-    for (size_t p = 0; p < planes; p++)
-        for (int64_t i = 0; i < H2; i++) {
-            int64_t si = (int64_t)floor((double)i / (double)sh);
-            if (si > H - 1) si = H - 1;
-            for (int64_t j = 0; j < W2; j++) {
-                int64_t sj = (int64_t)floor((double)j / (double)sw);
-                if (sj > W - 1) sj = W - 1;
-                dst[(p * (size_t)H2 + (size_t)i) * (size_t)W2 + (size_t)j] = src[(p * (size_t)H + (size_t)si) * (size_t)W + (size_t)sj];
-            }
-        }
+    int64_t *idx = sdc_malloc(sizeof(int64_t) * (size_t)(H2 + W2)); /* [H2 + W2] */
+    if (!idx) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+    for (int64_t i = 0; i < H2; i++) {
+        int64_t si = (int64_t)floor((double)i / (double)sh);
+        idx[i] = si > H - 1 ? H - 1 : si;
+    }
+    for (int64_t j = 0; j < W2; j++) {
+        int64_t sj = (int64_t)floor((double)j / (double)sw);
+        idx[H2 + j] = sj > W - 1 ? W - 1 : sj;
+    }
+    up_ctx c = {x->p, o->p, H, W, H2, W2, idx, idx + H2};
+    size_t planes = x->n / (size_t)(H * W);
+    sdc_ipool_for(sdc_rt_pool(r), planes * (size_t)H2, (size_t)(65536 / W2) + 1, up_rows, &c);
+    sdc_free(idx);
     return SDC_OK;
 }
 
@@ -690,11 +731,31 @@ typedef struct reduce_ctx {
     const itensor *x;
     itensor *o;
     int code;
+    bool contiguous; /* float x reduced over its trailing dims by a sum-like code: sum_rows */
 } reduce_ctx;
+
+/* The hot reductions (GroupNorm's reduce_mean over a group, layer statistics): each kept
+   position's values are one contiguous run. */
+static void sum_rows(reduce_ctx *c, size_t b, size_t e) {
+    size_t nr = c->p.nr;
+    bool sq = c->code == R_SUM_SQUARE || c->code == R_L2_NORM;
+    for (size_t k = b; k < e; k++) {
+        double acc = sdc_sum_f64(c->x->f + c->p.kept[k], nr, sq);
+        if (c->code == R_MEAN) acc /= (double)nr;
+        else if (c->code == R_L2_NORM) acc = sqrt(acc);
+        if (mt_is_float(c->o->dtype)) c->o->f[k] = (float)acc;
+        else c->o->i[k] = (int32_t)acc;
+    }
+}
 
 SDC_VECTORISE static void reduce_rows(void *vctx, size_t b, size_t e) {
     reduce_ctx *c = vctx;
     size_t nr = c->p.nr;
+    if (c->contiguous) {
+        sum_rows(c, b, e);
+        return;
+    }
+    bool xf = mt_is_float(c->x->dtype);
     for (size_t k = b; k < e; k++) {
         size_t base = c->p.kept[k];
         double acc;
@@ -712,7 +773,7 @@ SDC_VECTORISE static void reduce_rows(void *vctx, size_t b, size_t e) {
             }
         for (size_t j = 0; j < nr; j++) {
             size_t i = base + c->p.red[j];
-            double v = mt_is_float(c->x->dtype) ? (double)c->x->f[i] : (double)c->x->i[i];
+            double v = xf ? (double)c->x->f[i] : (double)c->x->i[i];
             switch (c->code) {
             case R_SUM: case R_MEAN: case R_LOG_SUM: acc += v; break;
             case R_MAX: acc = v > acc ? v : acc; break;
@@ -774,6 +835,9 @@ sdc_status sdc_kernel_reduce(irun *r, const iop *op) {
         return SDC_OK;
     }
     if (sdc_red_plan_make(r, op, x, red, &c.p)) return r->err->code;
+    /* reduced offsets rise strictly from 0, so a last one of nr - 1 means they are 0..nr-1 */
+    c.contiguous = mt_is_float(x->dtype) && c.p.red[c.p.nr - 1] == c.p.nr - 1 &&
+                   (c.code == R_SUM || c.code == R_MEAN || c.code == R_SUM_SQUARE || c.code == R_L2_NORM);
     sdc_ipool_for(sdc_rt_pool(r), c.p.nk, (size_t)(16384 / (c.p.nr ? c.p.nr : 1)) + 1, reduce_rows, &c);
     sdc_red_plan_free(&c.p);
     return SDC_OK;

@@ -41,10 +41,17 @@ bool sdc_it_numel(int rank, const int64_t *shape, size_t *n) {
 static struct {
     void *p;
     size_t cap;
-} ibuf_cache[IBUF_SLOTS];
+} ibuf_cache[IBUF_SLOTS]; /* oldest first */
 static int ibuf_n;
 static size_t ibuf_bytes;
 static pthread_mutex_t ibuf_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Removes entry i keeping the order; under ibuf_mu. */
+static void ibuf_remove(int i) {
+    ibuf_bytes -= ibuf_cache[i].cap;
+    memmove(&ibuf_cache[i], &ibuf_cache[i + 1], sizeof ibuf_cache[0] * (size_t)(ibuf_n - i - 1));
+    ibuf_n--;
+}
 
 void *sdc_ibuf_alloc(size_t bytes, size_t *cap) {
     if (bytes >= IBUF_MIN) {
@@ -57,8 +64,7 @@ void *sdc_ibuf_alloc(size_t bytes, size_t *cap) {
         if (best >= 0) {
             void *p = ibuf_cache[best].p;
             *cap = ibuf_cache[best].cap;
-            ibuf_bytes -= *cap;
-            ibuf_cache[best] = ibuf_cache[--ibuf_n];
+            ibuf_remove(best);
             pthread_mutex_unlock(&ibuf_mu);
             return p;
         }
@@ -68,19 +74,27 @@ void *sdc_ibuf_alloc(size_t bytes, size_t *cap) {
     return sdc_malloc(bytes);
 }
 
+/* A freed buffer goes into the cache, making room by releasing the oldest ones: what was freed
+   last is what the next ops ask for again (the VAE's 128-256 MB activations at 512x512 came
+   back to fresh pages when the cache, full of older sizes, turned them away). */
 void sdc_ibuf_free(void *p, size_t cap) {
     if (!p) return;
-    if (cap >= IBUF_MIN) {
+    void *evicted[IBUF_SLOTS];
+    int n_evicted = 0;
+    if (cap >= IBUF_MIN && cap <= IBUF_MAX_BYTES) {
         pthread_mutex_lock(&ibuf_mu);
-        if (ibuf_n < IBUF_SLOTS && ibuf_bytes + cap <= IBUF_MAX_BYTES) {
-            ibuf_cache[ibuf_n].p = p;
-            ibuf_cache[ibuf_n].cap = cap;
-            ibuf_n++;
-            ibuf_bytes += cap;
-            p = NULL;
+        while (ibuf_n == IBUF_SLOTS || ibuf_bytes + cap > IBUF_MAX_BYTES) {
+            evicted[n_evicted++] = ibuf_cache[0].p;
+            ibuf_remove(0);
         }
+        ibuf_cache[ibuf_n].p = p;
+        ibuf_cache[ibuf_n].cap = cap;
+        ibuf_n++;
+        ibuf_bytes += cap;
+        p = NULL;
         pthread_mutex_unlock(&ibuf_mu);
     }
+    for (int i = 0; i < n_evicted; i++) sdc_free(evicted[i]);
     sdc_free(p);
 }
 
@@ -133,12 +147,16 @@ void sdc_it_free(itensor *t) {
 /* ---------------------------------------------------------------- fp16 */
 
 #ifdef SDC_X86
+/* Values already fp16 (the copies of shape ops, say) are left unwritten: equal as floats
+   means equal bits here (rounding keeps a zero's sign), and a NaN compares unequal, so it is
+   written as before; memory that is only read need not be written back. */
 __attribute__((target("avx,f16c"))) static void round_f16_f16c(float *x, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
         __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(h));
+        __m256 w = _mm256_cvtph_ps(h);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(v, w, _CMP_NEQ_UQ))) _mm256_storeu_ps(x + i, w);
     }
     for (; i < n; i++) x[i] = sdc_f16_to_f32(sdc_f32_to_f16(x[i]));
 }
@@ -285,6 +303,30 @@ void sdc_csrc_read_i(const csrc *s, size_t first, size_t count, int32_t *dst) {
         /* Wider integers are clamped; load.c rejects out-of-range int64/uint32 values. */
         dst[i] = v >= 2147483647.0 ? INT32_MAX : v <= -2147483648.0 ? INT32_MIN : (int32_t)v;
     }
+}
+
+/* ---------------------------------------------------------------- sums in double */
+
+SDC_VECTORISE void sdc_sum8_add(double *lanes, const float *x, size_t n8, bool square) {
+    if (square)
+        for (size_t j = 0; j + 8 <= n8; j += 8)
+            for (int l = 0; l < 8; l++) lanes[l] += (double)x[j + l] * (double)x[j + l];
+    else
+        for (size_t j = 0; j + 8 <= n8; j += 8)
+            for (int l = 0; l < 8; l++) lanes[l] += (double)x[j + l];
+}
+
+double sdc_sum8_end(const double *lanes, const float *tail, size_t n_tail, bool square) {
+    double t = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for (size_t j = 0; j < n_tail; j++) t += square ? (double)tail[j] * (double)tail[j] : (double)tail[j];
+    return t;
+}
+
+double sdc_sum_f64(const float *x, size_t n, bool square) {
+    double lanes[8] = {0};
+    size_t n8 = n - n % 8;
+    sdc_sum8_add(lanes, x, n8, square);
+    return sdc_sum8_end(lanes, x + n8, n - n8, square);
 }
 
 /* ---------------------------------------------------------------- vector exp */

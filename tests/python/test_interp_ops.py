@@ -580,6 +580,55 @@ def test_fp16_results_are_rounded(sdcoreml, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# GroupNorm's standardisation as SD graphs lower it (reduce_mean, sub, square, reduce_mean, add,
+# sqrt, real_div) runs fused (interp/fuse_norm.c): bit-identical to the ops one by one, which
+# run when an intermediate value is also an output (the fusion then does not apply)
+
+
+def gn_chain_program(shape, groups, expose_square):
+    B, C, H, W = shape
+    grouped = [B, groups, C // groups, H, W]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=shape)], opset_version=ct.target.iOS16)
+    def prog(x):
+        h = mb.reshape(x=x, shape=grouped)
+        mean = mb.reduce_mean(x=h, axes=[2, 3, 4], keep_dims=True)
+        dev = mb.sub(x=h, y=mean)
+        sq = mb.square(x=dev)
+        var = mb.reduce_mean(x=sq, axes=[2, 3, 4], keep_dims=True)
+        y = mb.reshape(x=mb.real_div(x=dev, y=mb.sqrt(x=mb.add(x=var, y=np.float32(1e-5)))), shape=list(shape))
+        return (y, mb.reduce_sum(x=sq, axes=[0, 1, 2, 3, 4])) if expose_square else y
+
+    return prog
+
+
+@pytest.mark.parametrize("precision", ["FLOAT32", "FLOAT16"])
+def test_group_norm_chain_fused_is_bit_identical(sdcoreml, tmp_path, precision):
+    # 3·37·61 = 6771 values per group: several of the fused kernel's blocks and a tail of 3
+    # after its 8-wide partial sums; values off-centre and spread, as activations are
+    shape, groups = (1, 6, 37, 61), 2
+    rng = np.random.default_rng(RNG_SEED)
+    x = (rng.standard_normal(shape) * 3.0 + 1.5).astype(np.float32)
+    outs = {}
+    for expose in (False, True):
+        pkg = tmp_path / f"gn-{expose}.mlpackage"
+        save_program(gn_chain_program(shape, groups, expose), pkg, precision)
+        ops = {op.type for op in ct.utils.load_spec(str(pkg)).mlProgram.functions["main"].block_specializations.values()
+               for op in op.operations}
+        assert {"reduce_mean", "sub", "square", "add", "sqrt", "real_div"} <= ops, ops
+        name = ct.utils.load_spec(str(pkg)).description.input[0].name
+        got, _ = run_package(sdcoreml, pkg, {name: x}, tmp_path / f"run-{expose}")
+        outs[expose] = got[0][1]
+    assert np.array_equal(outs[False], outs[True]), "fused and unfused group norm differ"
+    # and both against float64 NumPy on the rounded input
+    xin = f16(x) if precision == "FLOAT16" else x
+    want = np_layer_norm(xin.astype(np.float64).reshape(1, groups, -1), [2], None, None, 1e-5).reshape(shape)
+    check_close("group norm", outs[False], want, precision)
+    if precision == "FLOAT16":
+        assert np.array_equal(f16(outs[False]), outs[False].astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
 # Compressed weights: coremltools' own palettization / quantization vs its own decompression
 
 
