@@ -329,6 +329,7 @@ sdc_status sdc_kernel_fused_attention(irun *r, const iop *op) {
     itensor *o = sdc_rt_out(r, op, 0, 4, oshape);
     if (!o) return r->err->code;
     c.o = o->f;
+    sdc_rt_flops(r, (double)c.G * (double)c.sq, (double)c.sk, (double)(c.d + c.dv));
     c.round_w = !m->exact_fp16_off && m->slots[a->outs[0]].dtype == MT_FP16;
     c.round_p = !m->exact_fp16_off && m->slots[sm->outs[0]].dtype == MT_FP16;
     double per_col = fmin((double)c.sk * (double)c.d, (double)c.dv * (double)c.sk); /* M·K of either product */

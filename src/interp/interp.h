@@ -280,6 +280,8 @@ struct sdc_model {
     bool exact_fp16_off;     /* options: do not round fp16 results */
     sdc_progress_fn progress; /* options: ops done of the run, after each op */
     void *progress_user;
+    sdc_op_profile *prof;    /* time, FLOPs and calls per op type (exec.c); room for n_ops rows */
+    int n_prof;
 };
 
 /* ---------------------------------------------------------------- kernels' view of a run */
@@ -291,6 +293,7 @@ struct irun {
     int n_temps, cap_temps;
     sdc_err *err;
     const iop *op;
+    double flops; /* of the current op's matrix products (sdc_rt_flops) */
 };
 
 /* ---------------------------------------------------------------- accessors (access.c) */
@@ -332,6 +335,8 @@ itensor *sdc_rt_out_reuse(irun *r, const iop *op, int k, const char *name, int r
 bool sdc_rt_may_take(irun *r, const iop *op, const char *name); /* this op reads `name` last */
 int sdc_rt_out_dtype(const irun *r, const iop *op, int k);
 ipool *sdc_rt_pool(irun *r);
+/* Counts the current op's matrix-product work for the profile: 2·M·N·K per product. */
+static inline void sdc_rt_flops(irun *r, double m, double n, double k) { r->flops += 2.0 * m * n * k; }
 
 /* Normalises axis a of a rank-`rank` tensor (negative counts from the end); false if out of range. */
 static inline bool norm_axis(int64_t *a, int rank) {

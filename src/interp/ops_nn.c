@@ -111,6 +111,7 @@ sdc_status sdc_kernel_linear(irun *r, const iop *op) {
     if (!o) return r->err->code;
     if (o->n == 0) return SDC_OK;
     int64_t M = (int64_t)(o->n / (size_t)dout);
+    sdc_rt_flops(r, (double)M, (double)dout, (double)din);
     if (b) {
         for (int64_t i = 0; i < M; i++) memcpy(o->f + i * dout, b->f, sizeof(float) * (size_t)dout);
     }
@@ -184,6 +185,7 @@ sdc_status sdc_kernel_matmul(irun *r, const iop *op) {
     size_t xmat = (size_t)(M * K), ymat = (size_t)(K * N), omat = (size_t)(M * N);
     int64_t lda = tx ? M : K, ldb = ty ? K : N;
     if (o->n == 0) return SDC_OK;
+    sdc_rt_flops(r, (double)nb * (double)M, (double)N, (double)K);
     bool y_shared = true, x_full = true;
     for (int d = 0; d < br; d++) {
         y_shared = y_shared && by[d] == 1;
@@ -297,6 +299,7 @@ sdc_status sdc_kernel_einsum(irun *r, const iop *op) {
     itensor *o = sdc_rt_out(r, op, 0, form, form == 4 ? oshape : oshape + 1);
     if (!o) return r->err->code;
     if (o->n == 0) return SDC_OK;
+    sdc_rt_flops(r, (double)(B * H) * (double)C, (double)U, (double)W);
     batch_gemm g = {.M = C, .N = U, .K = W, .lda = X[2] * W, .ldb = Y[2] * U, .ldc = H * U};
     if (alloc_batch(r, op, &g, (size_t)(B * H))) return r->err->code;
     for (int64_t b = 0; b < B; b++)
@@ -424,6 +427,7 @@ sdc_status sdc_kernel_conv(irun *r, const iop *op) {
     g.P = g.out[0] * g.out[1] * g.out[2];
     g.kdim = g.cin_g * g.k[0] * g.k[1] * g.k[2];
     int64_t cout_g = Cout / groups, in_sz = g.in[0] * g.in[1] * g.in[2];
+    sdc_rt_flops(r, (double)(N * Cout), (double)g.P, (double)g.kdim);
     bool direct = g.k[0] * g.k[1] * g.k[2] == 1 && g.s[0] * g.s[1] * g.s[2] == 1 && g.pb[0] + g.pb[1] + g.pb[2] == 0 &&
                   pa[0] + pa[1] + pa[2] == 0;
     int64_t tile = g.P;
@@ -759,6 +763,7 @@ sdc_status sdc_kernel_sdpa(irun *r, const iop *op) {
     float *scores = sdc_malloc(sizeof(float) * (size_t)(L * S + 1));
     if (!scores) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
     float scale = 1.0f / sqrtf((float)E);
+    sdc_rt_flops(r, (double)nb * (double)L, (double)S, (double)(E + EV));
     for (size_t b = 0; b < nb; b++) {
         sdc_igemm(sdc_rt_pool(r), false, true, L, S, E, q->f + b * (size_t)(L * E), E, k->f + b * (size_t)(S * E), E, 0.0f, scores, S);
         size_t mb = 0, rem = b;
