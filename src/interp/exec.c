@@ -226,6 +226,7 @@ static sdc_status run_op(irun *r, int i) {
     if (op->fuse_first >= 0) { /* the ops it computes read their inputs here */
         free_dead(r, &m->ops[op->fuse_first], i);
         free_dead(r, &m->ops[op->fuse_softmax], i);
+        if (op->fuse_scale >= 0) free_dead(r, &m->ops[op->fuse_scale], i);
     }
     profile_add(m, op, now_seconds() - t0, r->flops);
     return SDC_OK;

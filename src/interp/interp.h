@@ -236,9 +236,9 @@ struct iop {
     int n_out;
     int *outs;
     /* fuse.c: >= 0 when this op is computed by op fused_into (which reads its inputs); an
-       op computing others names them (fuse_first, fuse_softmax) */
+       op computing others names them (fuse_first, fuse_scale: -1 when absent, fuse_softmax) */
     int fused_into;
-    int fuse_first, fuse_softmax;
+    int fuse_first, fuse_scale, fuse_softmax;
     bool fuse_split;
 };
 
