@@ -26,6 +26,7 @@
 #include <math.h>
 
 #include "interp/interp.h"
+#include "interp/vmath.h"
 
 enum { QBLOCK = 64 }; /* queries per block (at least): weights of Sk × 64 floats, in cache */
 #define FUSE_MIN_FLOPS 4e6            /* products below this take the built-in kernel (ops_nn.c) */
@@ -290,6 +291,69 @@ SDC_VECTORISE static void softmax_cols(float *s, int64_t L, int64_t n, float *mx
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* before_softmax and softmax_cols in three passes over s instead of nine, eight columns at a
+   time, for n a multiple of 8: the same operations on every element in the same order (fp16
+   rounding by the same conversion instruction, the same exp, sums over rows in row order), so
+   the same bits. */
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 round8(__m256 v) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void softmax_cols_avx2(const attn_ctx *c, float *s, int64_t L, int64_t n,
+                                                                        float *mx, float *sum) {
+    const __m256 scale = _mm256_set1_ps(c->scale), ninf = _mm256_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n; j += 8) _mm256_storeu_ps(mx + j, ninf), _mm256_storeu_ps(sum + j, _mm256_setzero_ps());
+    for (int64_t l = 0; l < L; l++) {
+        float *row = s + l * n;
+        for (int64_t j = 0; j < n; j += 8) {
+            __m256 v = _mm256_loadu_ps(row + j);
+            if (c->round_w) v = round8(v);
+            if (c->scaled) {
+                v = _mm256_mul_ps(v, scale);
+                if (c->round_s) v = round8(v);
+            }
+            _mm256_storeu_ps(row + j, v);
+            _mm256_storeu_ps(mx + j, _mm256_max_ps(v, _mm256_loadu_ps(mx + j))); /* a NaN is never the max */
+        }
+    }
+    for (int64_t j = 0; j < n; j += 8) {
+        __m256 m = _mm256_loadu_ps(mx + j);
+        _mm256_storeu_ps(mx + j, _mm256_blendv_ps(m, _mm256_setzero_ps(), _mm256_cmp_ps(m, ninf, _CMP_EQ_OQ)));
+    }
+    for (int64_t l = 0; l < L; l++) {
+        float *row = s + l * n;
+        for (int64_t j = 0; j < n; j += 8) {
+            __m256 e = sdc_exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(mx + j)));
+            _mm256_storeu_ps(row + j, e);
+            _mm256_storeu_ps(sum + j, _mm256_add_ps(_mm256_loadu_ps(sum + j), e));
+        }
+    }
+    for (int64_t j = 0; j < n; j += 8) _mm256_storeu_ps(sum + j, _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_loadu_ps(sum + j)));
+    for (int64_t l = 0; l < L; l++) {
+        float *row = s + l * n;
+        for (int64_t j = 0; j < n; j += 8) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(sum + j));
+            _mm256_storeu_ps(row + j, c->round_p ? round8(v) : v);
+        }
+    }
+}
+#endif
+
+/* The split form's weights (Sk × n) from the first product to the second's input. */
+static void split_softmax(const attn_ctx *c, float *s, int64_t n, float *mx, float *sum) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (n % 8 == 0 && sdc_cpu_avx2()) {
+        softmax_cols_avx2(c, s, c->sk, n, mx, sum);
+        return;
+    }
+#endif
+    size_t ns = (size_t)(c->sk * n);
+    before_softmax(c, s, ns);
+    softmax_cols(s, c->sk, n, mx, sum);
+    if (c->round_p) sdc_round_f16(NULL, s, ns);
+}
+
 /* softmax of each of the n rows of s (n × L): softmax_lines' arithmetic */
 SDC_VECTORISE static void softmax_rows(float *s, int64_t n, int64_t L) {
     for (int64_t r = 0; r < n; r++) {
@@ -322,9 +386,7 @@ static void attn_blocks(void *vctx, size_t b, size_t e) {
         size_t ns = (size_t)(c->sk * n);
         if (c->split) { /* w (Sk × n) = kᵀ (Sk × d) · q[:, u0:u0+n] */
             sdc_igemm(NULL, false, false, c->sk, n, c->d, k, c->d, q + u0, c->sq, 0.0f, s, n);
-            before_softmax(c, s, ns);
-            softmax_cols(s, c->sk, n, mx, sum);
-            if (c->round_p) sdc_round_f16(NULL, s, ns);
+            split_softmax(c, s, n, mx, sum);
             sdc_igemm(NULL, false, false, c->dv, n, c->sk, v, c->sk, s, n, 0.0f, o + u0, c->sq);
         } else { /* w (n × Sk) = q[:, u0:u0+n]ᵀ · k; o[:, u0:u0+n] = v · wᵀ */
             sdc_igemm(NULL, true, false, n, c->sk, c->d, q + u0, c->sq, k, c->sk, 0.0f, s, c->sk);

@@ -33,7 +33,7 @@
  * describe, predict), load.c (package → program, through coreml/package.h), optable.c (op
  * type → kernel or constexpr value), the kernels ops_elementwise.c, ops_nn.c, ops_tensor.c
  * and consts.c (constexpr values), access.c (what kernels see of a run: parameters, values,
- * outputs), and tensor.c (buffers, fp16, vector exp), pool.c, gemm.c.
+ * outputs), and tensor.c (buffers, fp16), vmath.c (vector exp), pool.c, gemm.c.
  */
 #ifndef SDC_INTERP_H
 #define SDC_INTERP_H
@@ -160,7 +160,8 @@ void sdc_round_f16(ipool *p, float *x, size_t n);
 #define SDC_VECTORISE SDC_VEC_OPT
 #endif
 
-/* y[i] = exp(x[i]) for n values (x == y allowed), vectorised; relative error ~2e-7. */
+/* y[i] = exp(x[i]) for n values (x == y allowed), vectorised (vmath.c): within 2 ulp of expf;
+   results below FLT_MIN flushed to 0. */
 void sdc_vec_exp(const float *x, float *y, size_t n);
 /* n little-endian fp16 bit patterns (unaligned) to float. */
 void sdc_f16_expand(ipool *p, const uint8_t *src, float *dst, size_t n);
