@@ -367,6 +367,9 @@ def nn_cases():
     cs.append(conv_case("conv2d_1x1", (2, 8, 5, 6), (12, 8, 1, 1), [1, 1], "valid", None, [1, 1], 1))
     cs.append(conv_case("conv2d_depthwise", (1, 6, 8, 8), (12, 1, 3, 3), [1, 1], "same", None, [1, 1], 6))
     cs.append(conv_case("conv1d", (2, 3, 17), (4, 3, 5), [2], "custom", [2, 1], [2], 1))
+    # more im2col columns (18 x 1.05M) than one 64 MiB buffer holds: cut in tiles that start and end
+    # inside output lines
+    cs.append(conv_case("conv2d_tiled_columns", (1, 2, 701, 1499), (3, 2, 3, 3), [1, 1], "same", None, [2, 1], 1))
 
     cs.append(Case("matmul_broadcast_transpose", [("x", (2, 1, 3, 4), "f"), ("y", (3, 5, 4), "f")],
                    lambda v, c: mb.matmul(x=v["x"], y=v["y"], transpose_y=True),
