@@ -46,6 +46,17 @@ __attribute__((target("avx2,fma"))) static void exp_avx2(const float *x, float *
 }
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+bool sdc_cpu_avx512(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f") && sdc_cpu_avx2();
+    }
+    return cached;
+}
+#endif
+
 void sdc_vec_exp(const float *x, float *y, size_t n) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (sdc_cpu_avx2()) {
