@@ -403,18 +403,30 @@ static void split_softmax(const attn_ctx *c, float *s, int64_t n, float *mx, flo
     if (c->round_p) sdc_round_f16(NULL, s, ns);
 }
 
-/* softmax of each of the n rows of s (n × L): softmax_lines' arithmetic */
+/* softmax of each of the n rows of s (n × L): softmax_lines' arithmetic. The sums run in
+   double, element by element in order, each a chain of dependent additions; four rows' chains
+   are interleaved so that they overlap (each row's sum is still taken in its own order). */
 SDC_VECTORISE static void softmax_rows(float *s, int64_t n, int64_t L) {
-    for (int64_t r = 0; r < n; r++) {
-        float *o = s + r * L, mx = -INFINITY;
-        for (int64_t i = 0; i < L; i++) mx = o[i] > mx ? o[i] : mx;
-        if (mx == -INFINITY) mx = 0;
-        for (int64_t i = 0; i < L; i++) o[i] = o[i] - mx;
-        sdc_vec_exp(o, o, (size_t)L);
-        double total = 0;
-        for (int64_t i = 0; i < L; i++) total += o[i];
-        float inv = (float)(1.0 / total);
-        for (int64_t i = 0; i < L; i++) o[i] *= inv;
+    for (int64_t r0 = 0; r0 < n; r0 += 4) {
+        int64_t k = n - r0 < 4 ? n - r0 : 4;
+        double total[4] = {0, 0, 0, 0};
+        for (int64_t r = r0; r < r0 + k; r++) {
+            float *o = s + r * L, mx = sdc_vec_max(o, (size_t)L);
+            if (mx == -INFINITY) mx = 0;
+            for (int64_t i = 0; i < L; i++) o[i] = o[i] - mx;
+            sdc_vec_exp(o, o, (size_t)L);
+        }
+        if (k == 4) {
+            const float *a = s + r0 * L, *b = a + L, *c = b + L, *d = c + L;
+            for (int64_t i = 0; i < L; i++) total[0] += a[i], total[1] += b[i], total[2] += c[i], total[3] += d[i];
+        } else {
+            for (int64_t r = 0; r < k; r++)
+                for (int64_t i = 0; i < L; i++) total[r] += s[(r0 + r) * L + i];
+        }
+        for (int64_t r = 0; r < k; r++) {
+            float *o = s + (r0 + r) * L, inv = (float)(1.0 / total[r]);
+            for (int64_t i = 0; i < L; i++) o[i] *= inv;
+        }
     }
 }
 

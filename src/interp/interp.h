@@ -163,6 +163,8 @@ void sdc_round_f16(ipool *p, float *x, size_t n);
 /* y[i] = exp(x[i]) for n values (x == y allowed), vectorised (vmath.c): within 2 ulp of expf;
    results below FLT_MIN flushed to 0. */
 void sdc_vec_exp(const float *x, float *y, size_t n);
+/* max of n floats, NaNs skipped; -Inf when there is none (vmath.c). */
+float sdc_vec_max(const float *x, size_t n);
 /* n little-endian fp16 bit patterns (unaligned) to float. */
 void sdc_f16_expand(ipool *p, const uint8_t *src, float *dst, size_t n);
 

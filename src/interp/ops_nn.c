@@ -500,8 +500,7 @@ SDC_VECTORISE static void softmax_lines(void *vctx, size_t b, size_t e) {
     for (size_t line = b; line < e; line++) {
         const float *x = c->x + line * (size_t)c->L;
         float *o = c->o + line * (size_t)c->L;
-        float mx = -INFINITY;
-        for (int64_t i = 0; i < c->L; i++) mx = x[i] > mx ? x[i] : mx;
+        float mx = sdc_vec_max(x, (size_t)c->L);
         if (mx == -INFINITY) mx = 0; /* all -inf: exp gives 0s, the sum 0, the result NaN as NumPy's */
         for (int64_t i = 0; i < c->L; i++) o[i] = x[i] - mx;
         sdc_vec_exp(o, o, (size_t)c->L);

@@ -66,3 +66,29 @@ void sdc_vec_exp(const float *x, float *y, size_t n) {
 #endif
     for (size_t i = 0; i < n; i++) y[i] = exp_scalar(x[i]);
 }
+
+/* The largest of n floats, NaNs skipped (-Inf when there is none), as the loop
+   m = x[i] > m ? x[i] : m gives it; vectorised, since that loop's compare chain is not (the max
+   of non-NaN values is exact in any order; of +0 and -0 it may pick either, which no softmax
+   can tell apart: x - (+0) and x - (-0) are equal but for x = -0, whose exp is 1 either way). */
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) static float max_avx2(const float *x, size_t n) {
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(_mm256_loadu_ps(x + i), m); /* a NaN in x yields m */
+    float lanes[8], best = -INFINITY;
+    _mm256_storeu_ps(lanes, m);
+    for (int k = 0; k < 8; k++) best = lanes[k] > best ? lanes[k] : best;
+    for (; i < n; i++) best = x[i] > best ? x[i] : best;
+    return best;
+}
+#endif
+
+float sdc_vec_max(const float *x, size_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (sdc_cpu_avx2()) return max_avx2(x, n);
+#endif
+    float best = -INFINITY;
+    for (size_t i = 0; i < n; i++) best = x[i] > best ? x[i] : best;
+    return best;
+}

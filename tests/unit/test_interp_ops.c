@@ -171,6 +171,24 @@ static void test_vec_exp(void) {
     free(x), free(y);
 }
 
+/* sdc_vec_max against the scalar loop it replaces, on every length 0..40 (vector body and
+   tails), with the maximum at every position, NaNs skipped, and all-NaN / empty giving -Inf. */
+static void test_vec_max(void) {
+    float x[40];
+    for (int n = 0; n <= 40; n++) {
+        for (int at = 0; at < n; at++) {
+            for (int i = 0; i < n; i++) x[i] = (float)((i * 37) % 11) - 20.0f;
+            x[at] = 7.5f;
+            if (n > 2) x[(at + 1) % n] = NAN;
+            CHECK_MSG(sdc_vec_max(x, (size_t)n) == 7.5f, "sdc_vec_max n=%d at=%d", n, at);
+        }
+        for (int i = 0; i < n; i++) x[i] = NAN;
+        CHECK_MSG(sdc_vec_max(x, (size_t)n) == -INFINITY, "sdc_vec_max of %d NaNs", n);
+    }
+    float inf[9] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, INFINITY};
+    CHECK(sdc_vec_max(inf, 8) == -INFINITY && sdc_vec_max(inf, 9) == INFINITY);
+}
+
 static void count_range(void *ctx, size_t b, size_t e) {
     int *hits = ctx;
     for (size_t i = b; i < e; i++) __atomic_add_fetch(&hits[i], 1, __ATOMIC_RELAXED);
@@ -540,6 +558,7 @@ int main(void) {
     test_gemm();
     test_fp16();
     test_vec_exp();
+    test_vec_max();
     test_pool();
     test_npy(dir);
     test_package_fp32(dir);
