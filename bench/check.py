@@ -158,7 +158,7 @@ def main():
         np.save(work / "ehs.npy", np.ascontiguousarray(hidden.transpose(0, 2, 1)[:, :, None, :]))  # (2, 768, 1, 77)
         run = [exe, "run", pkg, "--input", f"sample={work / 'sample.npy'}", "--input",
                f"timestep={work / 'timestep.npy'}", "--input", f"encoder_hidden_states={work / 'ehs.npy'}",
-               "-o", work / "out", "--json", "--threads", str(threads)]
+               "-o", work / "out", "--json", "--profile", "--threads", str(threads)]
 
         model = UNet2DConditionModel.from_pretrained(root / "unet", variant="fp16", torch_dtype=torch.float32).eval()
         tin = (torch.from_numpy(sample), torch.from_numpy(timestep), torch.from_numpy(hidden))
@@ -172,7 +172,7 @@ def main():
 
         check = [exe, "--convert-unet", "--model-version", root, "-o", out, "--compute-precision", args.precision,
                  "--check-output-correctness"]
-        rows = {k: [] for k in ("check_wall", "check_rss", "check_written", "interp", "torch")}
+        rows = {k: [] for k in ("check_wall", "check_rss", "check_written", "interp", "torch", "gemm_heavy")}
         psnr_text = ""
         for i in range(args.repeat):  # interleaved, so a change in the machine's load hits all alike
             wall, rss, written, rc = run_child_io(check, work / "check.log")
@@ -188,6 +188,8 @@ def main():
                 sys.exit(f"bench: sdcoreml run exited {r.returncode}:\n{r.stderr}")
             doc = json.loads(r.stdout)
             rows["interp"].append(doc["predict_seconds"])
+            heavy = [v for v in doc["profile"].values() if v["flops"] > 0]  # conv, matmul, linear, einsum, attention
+            rows["gemm_heavy"].append(sum(v["flops"] for v in heavy) / sum(v["seconds"] for v in heavy) / 1e9)
             ref, dt = torch_once()
             rows["torch"].append(dt)
             print(f"  run {i + 1}: check {wall:.1f} s, {rss / 1e6:.0f} MB peak RSS, {written / 1e6:.1f} MB written; "
@@ -210,6 +212,8 @@ def main():
     print(f"  {'GEMM work':32} {flops / 1e9:8.0f} GFLOP: interpreter {flops / med['interp'] / 1e9:.1f} GFLOP/s "
           f"({flops / med['interp'] / 1e9 / peak:.0%} of the sgemm peak {peak:.1f}), PyTorch "
           f"{flops / med['torch'] / 1e9:.1f} GFLOP/s ({flops / med['torch'] / 1e9 / peak:.0%})")
+    print(f"  {'GEMM-heavy ops':32} {med['gemm_heavy']:8.1f} GFLOP/s = {med['gemm_heavy'] / peak:.0%} of peak "
+          f"(their FLOPs over their own time, run --profile)")
     print(f"  {'interpreter vs PyTorch':32} PSNR {psnr(ref, got):.1f} dB (noise_pred)")
 
 

@@ -166,7 +166,7 @@ static const sdc_cli_command CONVERT = {
         "  sdcoreml --model-version ID [--convert-text-encoder ...] [-o DIR] [options]\n"
         "  sdcoreml inspect PACKAGE.mlpackage [--json]\n"
         "  sdcoreml inspect --compare A.mlpackage B.mlpackage [--json]\n"
-        "  sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy ... -o DIR [--json]\n"
+        "  sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy ... -o DIR [--json] [--profile]\n"
         "  sdcoreml download ID [--revision REV] [--include-weights-for COMPONENTS]\n"
         "  sdcoreml pipeline --prompt TEXT -i DIR -o DIR [--seed N] [--model-version ID]\n"
         "  sdcoreml [inspect | run | download | pipeline] -h | --help\n\n"

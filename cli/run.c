@@ -1,5 +1,5 @@
 /*
- * run.c — `sdcoreml run PKG --input NAME=FILE.npy ... -o DIR [--json] [--threads N]`:
+ * run.c — `sdcoreml run PKG --input NAME=FILE.npy ... -o DIR [--json] [--profile] [--threads N]`:
  * runs a package with the reference interpreter on NumPy inputs and writes one
  * DIR/<output name>.npy per output.
  *
@@ -28,7 +28,7 @@ typedef struct run_args {
     const char *in_specs[MAX_INPUTS], *in_files[MAX_INPUTS]; /* NAME=FILE, FILE */
     size_t name_len[MAX_INPUTS];
     int n_in, threads;
-    bool json;
+    bool json, profile;
 } run_args;
 
 /* --input NAME=FILE.npy: both parts non-empty, each NAME once. */
@@ -56,6 +56,8 @@ static const sdc_cli_option RUN_OPTIONS[] = {
     {.name = "-o", .alias = "--output", .store = SDC_CLI_STRING, .offset = offsetof(run_args, out_dir), .metavar = "DIR",
      .help = "output folder (created if missing)"},
     {.name = "--json", .store = SDC_CLI_TRUE, .offset = offsetof(run_args, json), .help = "print a JSON document instead of text"},
+    {.name = "--profile", .store = SDC_CLI_TRUE, .offset = offsetof(run_args, profile),
+     .help = "time, matrix-product GFLOP/s and calls per op type (with --json: a \"profile\" object)"},
     {.name = "--threads", .store = SDC_CLI_INT, .offset = offsetof(run_args, threads), .metavar = "N", .int_min = 1,
      .int_max = 1024, .help = "worker threads [one per CPU]"},
 };
@@ -67,7 +69,7 @@ static const sdc_cli_command RUN = {
     .positional = "PACKAGE",
     .positional_offset = offsetof(run_args, package),
     .help_head =
-        "Usage: sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy [--input ...] -o DIR [--json] [--threads N]\n\n"
+        "Usage: sdcoreml run PACKAGE.mlpackage --input NAME=FILE.npy [--input ...] -o DIR [--json] [--profile] [--threads N]\n\n"
         "Runs function main of an ML Program package on the CPU with sdcoreml's reference interpreter\n"
         "(fp32 accumulation; results rounded to each op's declared dtype, so fp16 programs give fp16\n"
         "results) and writes DIR/<output name>.npy for every output. An output holding NaN or inf\n"
@@ -100,6 +102,40 @@ static void shape_text(const sdc_ndarray *a, char *buf, size_t size) {
         else n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? ", " : "", (long long)a->shape[i]);
     }
     if (n < size) snprintf(buf + n, size - n, "]");
+}
+
+/* "profile": {op type: {"seconds", "flops", "calls"}} */
+static json_t *profile_json(const sdc_model *m) {
+    const sdc_op_profile *rows;
+    int n = sdc_model_profile(m, &rows);
+    json_t *p = json_object();
+    for (int i = 0; i < n; i++)
+        json_object_set_new(p, rows[i].op_type, json_pack("{s:f, s:f, s:I}", "seconds", rows[i].seconds, "flops", rows[i].flops,
+                                                          "calls", (json_int_t)rows[i].calls));
+    return p;
+}
+
+static int by_seconds_desc(const void *a, const void *b) {
+    double x = ((const sdc_op_profile *)a)->seconds, y = ((const sdc_op_profile *)b)->seconds;
+    return (x < y) - (x > y);
+}
+
+/* One line per op type, slowest first; GFLOP/s for the types that do matrix products. */
+static void print_profile(const sdc_model *m, double total) {
+    const sdc_op_profile *rows;
+    int n = sdc_model_profile(m, &rows);
+    sdc_op_profile *sorted = malloc(sizeof *sorted * (size_t)(n ? n : 1));
+    if (!sorted) return;
+    memcpy(sorted, rows, sizeof *sorted * (size_t)n);
+    qsort(sorted, (size_t)n, sizeof *sorted, by_seconds_desc);
+    printf("%-24s %10s %6s %8s %10s\n", "op type", "seconds", "share", "calls", "GFLOP/s");
+    for (int i = 0; i < n; i++) {
+        printf("%-24s %10.3f %5.1f%% %8lld", sorted[i].op_type, sorted[i].seconds, total > 0 ? 100.0 * sorted[i].seconds / total : 0.0,
+               sorted[i].calls);
+        if (sorted[i].flops > 0 && sorted[i].seconds > 0) printf(" %10.1f", sorted[i].flops / sorted[i].seconds * 1e-9);
+        printf("\n");
+    }
+    free(sorted);
 }
 
 static json_t *shape_json(const sdc_ndarray *a) {
@@ -218,6 +254,7 @@ int sdc_cli_run(int argc, char **argv) {
     json_object_set_new(doc, "package", json_string(pkg));
     json_object_set_new(doc, "outputs", arr);
     json_object_set_new(doc, "predict_seconds", json_real(seconds));
+    if (a.profile) json_object_set_new(doc, "profile", profile_json(m));
     for (int i = 0; i < n_out; i++) {
         char fname[600], path[5000];
         file_name(outputs[i].name, fname, sizeof fname);
@@ -246,6 +283,7 @@ int sdc_cli_run(int argc, char **argv) {
         free(text);
     } else {
         printf("predict: %.3f s\n", seconds);
+        if (a.profile) print_profile(m, seconds);
     }
     rc = 0;
 done:

@@ -277,6 +277,19 @@ sdc_status sdc_model_predict(sdc_model *m, const sdc_ndarray *inputs, int n_inpu
                              int *n_outputs, char *err, size_t err_size);
 void sdc_ndarrays_free(sdc_ndarray *arrays, int n); /* frees names, data and the array */
 
+/* Where a model's predictions spent their time, per op type: wall seconds of its ops (each
+   including the decoding of the weights it reads), the floating-point operations of its matrix
+   products (2·M·N·K for conv, matmul, linear, einsum and attention; 0 for other ops) and the
+   number of ops run. "attention (fused)" is attention's product → softmax → product run as one.
+   Summed over every prediction since the model was loaded, in order of first appearance. */
+typedef struct sdc_op_profile {
+    const char *op_type;
+    double seconds, flops;
+    long long calls;
+} sdc_op_profile;
+/* The rows (valid until the next predict or sdc_model_free); returns how many. */
+int sdc_model_profile(const sdc_model *m, const sdc_op_profile **rows);
+
 /* Copies any array's values into a new malloc'd float buffer (NULL when out of memory). */
 float *sdc_ndarray_to_f32(const sdc_ndarray *a);
 

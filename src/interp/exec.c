@@ -23,7 +23,8 @@ static sdc_status start_model(sdc_model *m, const sdc_model_options *opt, sdc_er
     if (n < 1) n = 1;
     sdc_igemm_set_threads(1); /* the pool's threads split every product (gemm.c) */
     m->pool = sdc_ipool_new(n);
-    return m->pool ? SDC_OK : sdc_fail(err, SDC_E_NOMEM, "out of memory");
+    m->prof = sdc_calloc((size_t)m->n_ops + 1, sizeof *m->prof); /* at most one row per op */
+    return m->pool && m->prof ? SDC_OK : sdc_fail(err, SDC_E_NOMEM, "out of memory");
 }
 
 /* A model named `path` loaded by `load` (a package, or a graph), started; NULL on failure. */
@@ -73,6 +74,7 @@ void sdc_model_free(sdc_model *m) {
     if (!m) return;
     sdc_interp_model_release(m);
     sdc_ipool_free(m->pool);
+    sdc_free(m->prof);
     sdc_free(m->path);
     sdc_free(m);
 }
@@ -174,10 +176,28 @@ static void free_dead(irun *r, const iop *reader, int i) {
     }
 }
 
+/* Adds one op's time and work to its type's row (a handful of types: a linear search). */
+static void profile_add(sdc_model *m, const iop *op, double seconds, double flops) {
+    const char *type = op->fuse_first >= 0 ? op->def->type : op->type;
+    int k = 0;
+    while (k < m->n_prof && strcmp(m->prof[k].op_type, type)) k++;
+    if (k == m->n_prof) m->prof[m->n_prof++].op_type = type;
+    m->prof[k].seconds += seconds;
+    m->prof[k].flops += flops;
+    m->prof[k].calls++;
+}
+
+int sdc_model_profile(const sdc_model *m, const sdc_op_profile **rows) {
+    *rows = m->prof;
+    return m->n_prof;
+}
+
 static sdc_status run_op(irun *r, int i) {
     sdc_model *m = r->m;
     const iop *op = &m->ops[i];
+    double t0 = sdc_now_seconds();
     r->op = op;
+    r->flops = 0;
     advise_consts(m, op, ADVICE_POPULATE);
     sdc_status s = op->def->fn(r, op);
     free_temps(r);
@@ -199,6 +219,7 @@ static sdc_status run_op(irun *r, int i) {
     if (op->fuse_first >= 0) /* the ops it computes read their inputs here */
         for (int j = op->fuse_first; j < i; j++)
             if (m->ops[j].fused_into == i) free_dead(r, &m->ops[j], i);
+    profile_add(m, op, sdc_now_seconds() - t0, r->flops);
     return SDC_OK;
 }
 

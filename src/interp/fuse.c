@@ -1,6 +1,7 @@
 /*
  * fuse.c — attention evaluated block by block: the three ops product → softmax → product that
- * both attention forms of SD graphs make are run as one, a block of queries at a time, so the
+ * both attention forms of SD graphs make (with the anchor's scale, a mul by a scalar constant
+ * between product and softmax, when present) are run as one, a block of queries at a time, so the
  * attention weights (Sq × Sk per head: a gigabyte for a 64×64 latent's self-attention in
  * float32) are never held whole: each block's weights stay in cache between the products.
  *
@@ -25,18 +26,22 @@
 #include <math.h>
 
 #include "interp/interp.h"
+#include "interp/vmath.h"
 
 enum { QBLOCK = 64 }; /* queries per block (at least): weights of Sk × 64 floats, in cache */
 #define FUSE_MIN_FLOPS 4e6            /* products below this take the built-in kernel (ops_nn.c) */
 
 /* ---------------------------------------------------------------- matching (load time) */
 
-static int readers_of(const sdc_model *m, int s) {
-    int n = 0;
+/* How many times each slot is read, counted once for the whole program (an output counts as
+   many readers: it is never fused away); NULL when out of memory. */
+static int *count_readers(const sdc_model *m) {
+    int *n = sdc_calloc((size_t)m->n_slots + 1, sizeof *n);
+    if (!n) return NULL;
     for (int i = 0; i < m->n_ops; i++)
         for (int p = 0; p < m->ops[i].n_params; p++)
-            for (int k = 0; k < m->ops[i].params[p].n; k++) n += m->ops[i].params[p].slots[k] == s;
-    for (int i = 0; i < m->n_outputs; i++) n += 1000 * (m->outputs[i] == s); /* an output is never fused away */
+            for (int k = 0; k < m->ops[i].params[p].n; k++) n[m->ops[i].params[p].slots[k]]++;
+    for (int i = 0; i < m->n_outputs; i++) n[m->outputs[i]] += 1000;
     return n;
 }
 
@@ -103,17 +108,42 @@ static bool known4(const islot *s) {
 }
 
 /* The producer op of slot s when s is an op's only output read only once, else NULL. */
-static const iop *single_use_producer(const sdc_model *m, int s, int *index) {
+static const iop *single_use_producer(const sdc_model *m, const int *readers, int s, int *index) {
     const islot *sl = &m->slots[s];
-    if (sl->kind != SL_OP || sl->producer < 0 || readers_of(m, s) != 1) return NULL;
+    if (sl->kind != SL_OP || sl->producer < 0 || readers[s] != 1) return NULL;
     const iop *op = &m->ops[sl->producer];
     if (op->n_out != 1 || op->fused_into >= 0) return NULL;
     *index = sl->producer;
     return op;
 }
 
-/* Whether ops a → b → c (c the candidate) form an attention; fills the form. */
-static bool match(const sdc_model *m, const iop *c, int *ia, int *ib, bool *split) {
+/* The float scalar constant of slot s; false when s is not one. */
+static bool const_scalar(const sdc_model *m, int s, float *out) {
+    const islot *sl = &m->slots[s];
+    if (sl->kind != SL_CONST || !sl->val || sl->val->n != 1 || !mt_is_float(sl->val->dtype)) return false;
+    *out = sl->val->f[0];
+    return true;
+}
+
+/* When slot s is the only output of a mul by a float scalar constant (either operand) read only
+   by the softmax, that mul's index (*index) and the slot it scales (*scaled); else false. */
+static bool scale_producer(const sdc_model *m, const int *readers, int s, int *index, int *scaled, float *scale) {
+    int at;
+    const iop *mul = single_use_producer(m, readers, s, &at);
+    if (!mul || !is_type(mul, "mul")) return false;
+    int x = param_slot(mul, "x"), y = param_slot(mul, "y");
+    if (x < 0 || y < 0) return false;
+    if (const_scalar(m, y, scale)) *scaled = x;
+    else if (const_scalar(m, x, scale)) *scaled = y;
+    else return false;
+    if (m->slots[*scaled].dtype != m->slots[s].dtype || m->slots[*scaled].rank != 4) return false;
+    *index = at;
+    return true;
+}
+
+/* Whether ops a → [scale →] b → c (c the candidate) form an attention; fills the form and the
+   scale op's index (-1: none). */
+static bool match(const sdc_model *m, const int *readers, const iop *c, int *ia, int *iscale, int *ib, bool *split) {
     bool es = is_type(c, "einsum"), mm = is_type(c, "matmul");
     if (!es && !mm) return false;
     int ps, ws;
@@ -129,13 +159,17 @@ static bool match(const sdc_model *m, const iop *c, int *ia, int *ib, bool *spli
             !const_int(m, c, "transpose_y", 0, &ty) || tx || !ty)
             return false;
     }
-    const iop *b = single_use_producer(m, ps, ib);
+    const iop *b = single_use_producer(m, readers, ps, ib);
     if (!b || !is_type(b, "softmax") || (ws = param_slot(b, "x")) < 0) return false;
     int64_t axis;
     if (!const_int(m, b, "axis", -1, &axis)) return false;
     if (axis < 0) axis += 4;
     if (axis != (es ? 1 : 3)) return false; /* over keys */
-    const iop *a = single_use_producer(m, ws, ia);
+    float scale;
+    int scaled;
+    *iscale = -1;
+    if (scale_producer(m, readers, ws, iscale, &scaled, &scale)) ws = scaled;
+    const iop *a = single_use_producer(m, readers, ws, ia);
     if (!a || !is_type(a, es ? "einsum" : "matmul")) return false;
     if (es) {
         const iparam *v = sdc_rt_param(a, "values");
@@ -187,20 +221,26 @@ static bool shapes_fit(const sdc_model *m, int q, int k, int v, int w, bool spli
 static const iop_def FUSED_ATTENTION = {"attention (fused)", sdc_kernel_fused_attention, 0, NULL};
 
 void sdc_interp_fuse(sdc_model *m) {
-    for (int i = 0; i < m->n_ops; i++) m->ops[i].fused_into = m->ops[i].fuse_first = m->ops[i].fuse_softmax = -1;
+    for (int i = 0; i < m->n_ops; i++)
+        m->ops[i].fused_into = m->ops[i].fuse_first = m->ops[i].fuse_scale = m->ops[i].fuse_softmax = -1;
+    int *readers = count_readers(m);
+    if (!readers) return; /* out of memory: the ops run unfused, with the same results */
     for (int i = 0; i < m->n_ops; i++) {
         iop *c = &m->ops[i];
-        int ia, ib, q, k, v;
+        int ia, is, ib, q, k, v;
         bool split;
-        if (c->n_out != 1 || !match(m, c, &ia, &ib, &split)) continue;
+        if (c->n_out != 1 || !match(m, readers, c, &ia, &is, &ib, &split)) continue;
         operands(m, &m->ops[ia], c, split, &q, &k, &v);
         if (!shapes_fit(m, q, k, v, m->ops[ia].outs[0], split)) continue;
         m->ops[ia].fused_into = m->ops[ib].fused_into = i;
+        if (is >= 0) m->ops[is].fused_into = i;
         c->fuse_first = ia;
+        c->fuse_scale = is;
         c->fuse_softmax = ib;
         c->fuse_split = split;
         c->def = &FUSED_ATTENTION;
     }
+    sdc_free(readers);
 }
 
 /* ---------------------------------------------------------------- the kernel */
@@ -212,8 +252,23 @@ typedef struct attn_ctx {
     const float *q, *k, *v;
     float *o;
     bool round_w, round_p;
+    bool scaled, round_s; /* the weights times `scale` (the mul between product and softmax) */
+    float scale;
     int failed;
 } attn_ctx;
+
+/* What the ops between the first product and the softmax do to its n values, in their order:
+   rounding to fp16 where declared, the scale's multiplication (the mul kernel's arithmetic). */
+SDC_VECTORISE static void scale_block(float *s, size_t n, float scale) {
+    for (size_t i = 0; i < n; i++) s[i] *= scale;
+}
+
+static void before_softmax(const attn_ctx *c, float *s, size_t n) {
+    if (c->round_w) sdc_round_f16(NULL, s, n);
+    if (!c->scaled) return;
+    scale_block(s, n, c->scale);
+    if (c->round_s) sdc_round_f16(NULL, s, n);
+}
 
 /* softmax over the Sk rows of s (Sk × n, row stride n): softmax_blocks' arithmetic */
 SDC_VECTORISE static void softmax_cols(float *s, int64_t L, int64_t n, float *mx, float *sum) {
@@ -236,18 +291,142 @@ SDC_VECTORISE static void softmax_cols(float *s, int64_t L, int64_t n, float *mx
     }
 }
 
-/* softmax of each of the n rows of s (n × L): softmax_lines' arithmetic */
+#if defined(__x86_64__) && defined(__GNUC__)
+/* before_softmax and softmax_cols in three passes over s instead of nine, eight columns at a
+   time, for n a multiple of 8: the same operations on every element in the same order (fp16
+   rounding by the same conversion instruction, the same exp, sums over rows in row order), so
+   the same bits. */
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 round8(__m256 v) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void softmax_cols_avx2(const attn_ctx *c, float *s, int64_t L, int64_t n,
+                                                                        float *mx, float *sum) {
+    const __m256 scale = _mm256_set1_ps(c->scale), ninf = _mm256_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n; j += 8) _mm256_storeu_ps(mx + j, ninf), _mm256_storeu_ps(sum + j, _mm256_setzero_ps());
+    for (int64_t l = 0; l < L; l++) {
+        float *row = s + l * n;
+        for (int64_t j = 0; j < n; j += 8) {
+            __m256 v = _mm256_loadu_ps(row + j);
+            if (c->round_w) v = round8(v);
+            if (c->scaled) {
+                v = _mm256_mul_ps(v, scale);
+                if (c->round_s) v = round8(v);
+            }
+            _mm256_storeu_ps(row + j, v);
+            _mm256_storeu_ps(mx + j, _mm256_max_ps(v, _mm256_loadu_ps(mx + j))); /* a NaN is never the max */
+        }
+    }
+    for (int64_t j = 0; j < n; j += 8) {
+        __m256 m = _mm256_loadu_ps(mx + j);
+        _mm256_storeu_ps(mx + j, _mm256_blendv_ps(m, _mm256_setzero_ps(), _mm256_cmp_ps(m, ninf, _CMP_EQ_OQ)));
+    }
+    for (int64_t l = 0; l < L; l++) {
+        float *row = s + l * n;
+        for (int64_t j = 0; j < n; j += 8) {
+            __m256 e = sdc_exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(mx + j)));
+            _mm256_storeu_ps(row + j, e);
+            _mm256_storeu_ps(sum + j, _mm256_add_ps(_mm256_loadu_ps(sum + j), e));
+        }
+    }
+    for (int64_t j = 0; j < n; j += 8) _mm256_storeu_ps(sum + j, _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_loadu_ps(sum + j)));
+    for (int64_t l = 0; l < L; l++) {
+        float *row = s + l * n;
+        for (int64_t j = 0; j < n; j += 8) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(sum + j));
+            _mm256_storeu_ps(row + j, c->round_p ? round8(v) : v);
+        }
+    }
+}
+
+/* softmax_cols_avx2 sixteen columns at a time (n a multiple of 16): the same operations lane for
+   lane, so the same bits. */
+__attribute__((target("avx512f"))) static inline __m512 round16(__m512 v) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+__attribute__((target("avx512f"))) static void softmax_cols_avx512(const attn_ctx *c, float *s, int64_t L, int64_t n, float *mx,
+                                                                  float *sum) {
+    const __m512 scale = _mm512_set1_ps(c->scale), ninf = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n; j += 16) _mm512_storeu_ps(mx + j, ninf), _mm512_storeu_ps(sum + j, _mm512_setzero_ps());
+    for (int64_t l = 0; l < L; l++) {
+        float *row = s + l * n;
+        for (int64_t j = 0; j < n; j += 16) {
+            __m512 v = _mm512_loadu_ps(row + j);
+            if (c->round_w) v = round16(v);
+            if (c->scaled) {
+                v = _mm512_mul_ps(v, scale);
+                if (c->round_s) v = round16(v);
+            }
+            _mm512_storeu_ps(row + j, v);
+            _mm512_storeu_ps(mx + j, _mm512_max_ps(v, _mm512_loadu_ps(mx + j)));
+        }
+    }
+    for (int64_t j = 0; j < n; j += 16) {
+        __m512 m = _mm512_loadu_ps(mx + j);
+        _mm512_storeu_ps(mx + j, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(m, ninf, _CMP_EQ_OQ), m, _mm512_setzero_ps()));
+    }
+    for (int64_t l = 0; l < L; l++) {
+        float *row = s + l * n;
+        for (int64_t j = 0; j < n; j += 16) {
+            __m512 e = sdc_exp16_avx512(_mm512_sub_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(mx + j)));
+            _mm512_storeu_ps(row + j, e);
+            _mm512_storeu_ps(sum + j, _mm512_add_ps(_mm512_loadu_ps(sum + j), e));
+        }
+    }
+    for (int64_t j = 0; j < n; j += 16) _mm512_storeu_ps(sum + j, _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_loadu_ps(sum + j)));
+    for (int64_t l = 0; l < L; l++) {
+        float *row = s + l * n;
+        for (int64_t j = 0; j < n; j += 16) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(sum + j));
+            _mm512_storeu_ps(row + j, c->round_p ? round16(v) : v);
+        }
+    }
+}
+#endif
+
+/* The split form's weights (Sk × n) from the first product to the second's input. */
+static void split_softmax(const attn_ctx *c, float *s, int64_t n, float *mx, float *sum) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (n % 16 == 0 && sdc_cpu_avx512()) {
+        softmax_cols_avx512(c, s, c->sk, n, mx, sum);
+        return;
+    }
+    if (n % 8 == 0 && sdc_cpu_avx2()) {
+        softmax_cols_avx2(c, s, c->sk, n, mx, sum);
+        return;
+    }
+#endif
+    size_t ns = (size_t)(c->sk * n);
+    before_softmax(c, s, ns);
+    softmax_cols(s, c->sk, n, mx, sum);
+    if (c->round_p) sdc_round_f16(NULL, s, ns);
+}
+
+/* softmax of each of the n rows of s (n × L): softmax_lines' arithmetic. The sums run in
+   double, element by element in order, each a chain of dependent additions; four rows' chains
+   are interleaved so that they overlap (each row's sum is still taken in its own order). */
 SDC_VECTORISE static void softmax_rows(float *s, int64_t n, int64_t L) {
-    for (int64_t r = 0; r < n; r++) {
-        float *o = s + r * L, mx = -INFINITY;
-        for (int64_t i = 0; i < L; i++) mx = o[i] > mx ? o[i] : mx;
-        if (mx == -INFINITY) mx = 0;
-        for (int64_t i = 0; i < L; i++) o[i] = o[i] - mx;
-        sdc_vec_exp(o, o, (size_t)L);
-        double total = 0;
-        for (int64_t i = 0; i < L; i++) total += o[i];
-        float inv = (float)(1.0 / total);
-        for (int64_t i = 0; i < L; i++) o[i] *= inv;
+    for (int64_t r0 = 0; r0 < n; r0 += 4) {
+        int64_t k = n - r0 < 4 ? n - r0 : 4;
+        double total[4] = {0, 0, 0, 0};
+        for (int64_t r = r0; r < r0 + k; r++) {
+            float *o = s + r * L, mx = sdc_vec_max(o, (size_t)L);
+            if (mx == -INFINITY) mx = 0;
+            for (int64_t i = 0; i < L; i++) o[i] = o[i] - mx;
+            sdc_vec_exp(o, o, (size_t)L);
+        }
+        if (k == 4) {
+            const float *a = s + r0 * L, *b = a + L, *c = b + L, *d = c + L;
+            for (int64_t i = 0; i < L; i++) total[0] += a[i], total[1] += b[i], total[2] += c[i], total[3] += d[i];
+        } else {
+            for (int64_t r = 0; r < k; r++)
+                for (int64_t i = 0; i < L; i++) total[r] += s[(r0 + r) * L + i];
+        }
+        for (int64_t r = 0; r < k; r++) {
+            float *o = s + (r0 + r) * L, inv = (float)(1.0 / total[r]);
+            for (int64_t i = 0; i < L; i++) o[i] *= inv;
+        }
     }
 }
 
@@ -268,13 +447,11 @@ static void attn_blocks(void *vctx, size_t b, size_t e) {
         size_t ns = (size_t)(c->sk * n);
         if (c->split) { /* w (Sk × n) = kᵀ (Sk × d) · q[:, u0:u0+n] */
             sdc_igemm(NULL, false, false, c->sk, n, c->d, k, c->d, q + u0, c->sq, 0.0f, s, n);
-            if (c->round_w) sdc_round_f16(NULL, s, ns);
-            softmax_cols(s, c->sk, n, mx, sum);
-            if (c->round_p) sdc_round_f16(NULL, s, ns);
+            split_softmax(c, s, n, mx, sum);
             sdc_igemm(NULL, false, false, c->dv, n, c->sk, v, c->sk, s, n, 0.0f, o + u0, c->sq);
         } else { /* w (n × Sk) = q[:, u0:u0+n]ᵀ · k; o[:, u0:u0+n] = v · wᵀ */
             sdc_igemm(NULL, true, false, n, c->sk, c->d, q + u0, c->sq, k, c->sk, 0.0f, s, c->sk);
-            if (c->round_w) sdc_round_f16(NULL, s, ns);
+            before_softmax(c, s, ns);
             softmax_rows(s, n, c->sk);
             if (c->round_p) sdc_round_f16(NULL, s, ns);
             sdc_igemm(NULL, false, true, c->dv, n, c->sk, v, c->sk, s, c->sk, 0.0f, o + u0, c->sq);
@@ -329,8 +506,16 @@ sdc_status sdc_kernel_fused_attention(irun *r, const iop *op) {
     itensor *o = sdc_rt_out(r, op, 0, 4, oshape);
     if (!o) return r->err->code;
     c.o = o->f;
+    sdc_rt_flops(r, (double)c.G * (double)c.sq, (double)c.sk, (double)(c.d + c.dv));
     c.round_w = !m->exact_fp16_off && m->slots[a->outs[0]].dtype == MT_FP16;
     c.round_p = !m->exact_fp16_off && m->slots[sm->outs[0]].dtype == MT_FP16;
+    if (op->fuse_scale >= 0) { /* match() checked: one operand is a float scalar constant */
+        const iop *mul = &m->ops[op->fuse_scale];
+        const islot *x = &m->slots[sdc_rt_param(mul, "x")->slots[0]], *y = &m->slots[sdc_rt_param(mul, "y")->slots[0]];
+        c.scaled = true;
+        c.scale = y->kind == SL_CONST && y->val && y->val->n == 1 ? y->val->f[0] : x->val->f[0];
+        c.round_s = !m->exact_fp16_off && m->slots[mul->outs[0]].dtype == MT_FP16;
+    }
     double per_col = fmin((double)c.sk * (double)c.d, (double)c.dv * (double)c.sk); /* M·K of either product */
     int64_t min_n = (int64_t)(BLAS_SMALL_MNK / per_col) + 1;
     int64_t *blk0 = query_blocks(c.sq, c.split ? sdc_ipool_size(sdc_rt_pool(r)) : 1, min_n, &c.nblk);

@@ -33,7 +33,7 @@
  * describe, predict), load.c (package → program, through coreml/package.h), optable.c (op
  * type → kernel or constexpr value), the kernels ops_elementwise.c, ops_nn.c, ops_tensor.c,
  * ops_dynamic.c and consts.c (constexpr values), access.c (what kernels see of a run: parameters, values,
- * outputs), and tensor.c (buffers, fp16, vector exp), pool.c, gemm.c.
+ * outputs), and tensor.c (buffers, fp16), vmath.c (vector exp, max), pool.c, gemm.c.
  */
 #ifndef SDC_INTERP_H
 #define SDC_INTERP_H
@@ -160,7 +160,8 @@ void sdc_round_f16(ipool *p, float *x, size_t n);
 #define SDC_VECTORISE SDC_VEC_OPT
 #endif
 
-/* y[i] = exp(x[i]) for n values (x == y allowed), vectorised; relative error ~2e-7. */
+/* y[i] = exp(x[i]) for n values (x == y allowed), vectorised (vmath.c): within 2 ulp of expf;
+   results below FLT_MIN flushed to 0. */
 void sdc_vec_exp(const float *x, float *y, size_t n);
 /* The sum (of squares when `square`) of n floats in double, as 8 interleaved partial sums
    (lane j % 8) so that it vectorises; they differ from one running sum only far below
@@ -170,6 +171,8 @@ void sdc_vec_exp(const float *x, float *y, size_t n);
 double sdc_sum_f64(const float *x, size_t n, bool square);
 void sdc_sum8_add(double *lanes, const float *x, size_t n8, bool square);
 double sdc_sum8_end(const double *lanes, const float *tail, size_t n_tail, bool square);
+/* max of n floats, NaNs skipped; -Inf when there is none (vmath.c). */
+float sdc_vec_max(const float *x, size_t n);
 /* n little-endian fp16 bit patterns (unaligned) to float. */
 void sdc_f16_expand(ipool *p, const uint8_t *src, float *dst, size_t n);
 
@@ -245,9 +248,10 @@ struct iop {
     int *outs;
     /* fuse.c, fuse_norm.c: >= 0 when this op is computed by op fused_into (which reads its
        inputs); an op computing others names the first of them (fuse_first; the others lie
-       between it and the op) and attention its softmax (fuse_softmax) */
+       between it and the op), attention its softmax (fuse_softmax) and scale (fuse_scale: -1
+       when absent) */
     int fused_into;
-    int fuse_first, fuse_softmax;
+    int fuse_first, fuse_scale, fuse_softmax;
     bool fuse_split;
 };
 
@@ -292,6 +296,8 @@ struct sdc_model {
     bool exact_fp16_off;     /* options: do not round fp16 results */
     sdc_progress_fn progress; /* options: ops done of the run, after each op */
     void *progress_user;
+    sdc_op_profile *prof;    /* time, FLOPs and calls per op type (exec.c); room for n_ops rows */
+    int n_prof;
 };
 
 /* ---------------------------------------------------------------- kernels' view of a run */
@@ -303,6 +309,7 @@ struct irun {
     int n_temps, cap_temps;
     sdc_err *err;
     const iop *op;
+    double flops; /* of the current op's matrix products (sdc_rt_flops) */
 };
 
 /* ---------------------------------------------------------------- accessors (access.c) */
@@ -344,6 +351,8 @@ itensor *sdc_rt_out_reuse(irun *r, const iop *op, int k, const char *name, int r
 bool sdc_rt_may_take(irun *r, const iop *op, const char *name); /* this op reads `name` last */
 int sdc_rt_out_dtype(const irun *r, const iop *op, int k);
 ipool *sdc_rt_pool(irun *r);
+/* Counts the current op's matrix-product work for the profile: 2·M·N·K per product. */
+static inline void sdc_rt_flops(irun *r, double m, double n, double k) { r->flops += 2.0 * m * n * k; }
 
 /* Normalises axis a of a rank-`rank` tensor (negative counts from the end); false if out of range. */
 static inline bool norm_axis(int64_t *a, int rank) {

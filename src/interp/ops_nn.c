@@ -111,6 +111,7 @@ sdc_status sdc_kernel_linear(irun *r, const iop *op) {
     if (!o) return r->err->code;
     if (o->n == 0) return SDC_OK;
     int64_t M = (int64_t)(o->n / (size_t)dout);
+    sdc_rt_flops(r, (double)M, (double)dout, (double)din);
     if (b) {
         for (int64_t i = 0; i < M; i++) memcpy(o->f + i * dout, b->f, sizeof(float) * (size_t)dout);
     }
@@ -184,6 +185,7 @@ sdc_status sdc_kernel_matmul(irun *r, const iop *op) {
     size_t xmat = (size_t)(M * K), ymat = (size_t)(K * N), omat = (size_t)(M * N);
     int64_t lda = tx ? M : K, ldb = ty ? K : N;
     if (o->n == 0) return SDC_OK;
+    sdc_rt_flops(r, (double)nb * (double)M, (double)N, (double)K);
     bool y_shared = true, x_full = true;
     for (int d = 0; d < br; d++) {
         y_shared = y_shared && by[d] == 1;
@@ -297,6 +299,7 @@ sdc_status sdc_kernel_einsum(irun *r, const iop *op) {
     itensor *o = sdc_rt_out(r, op, 0, form, form == 4 ? oshape : oshape + 1);
     if (!o) return r->err->code;
     if (o->n == 0) return SDC_OK;
+    sdc_rt_flops(r, (double)(B * H) * (double)C, (double)U, (double)W);
     batch_gemm g = {.M = C, .N = U, .K = W, .lda = X[2] * W, .ldb = Y[2] * U, .ldc = H * U};
     if (alloc_batch(r, op, &g, (size_t)(B * H))) return r->err->code;
     for (int64_t b = 0; b < B; b++)
@@ -327,7 +330,36 @@ typedef struct im2col_ctx {
     int64_t p0, tile;
 } im2col_ctx;
 
-SDC_VECTORISE static void im2col_rows(void *vctx, size_t r0, size_t r1) {
+/* One output line's stretch of a cols row: positions o2 in [o2a, o2b) of output line (o0, o1)
+   for kernel tap (k0, k1, k2) of one input channel, into dst. Taps outside the input are 0;
+   along the innermost axis the valid positions form one run, copied with memcpy when the
+   stride is 1. */
+static void im2col_stretch(const conv_geom *g, const float *src, int64_t o0, int64_t o1, int64_t o2a, int64_t o2b, int64_t k0,
+                           int64_t k1, int64_t k2, float *dst) {
+    int64_t i0 = o0 * g->s[0] - g->pb[0] + k0 * g->d[0], i1 = o1 * g->s[1] - g->pb[1] + k1 * g->d[1];
+    int64_t n = o2b - o2a;
+    if (i0 < 0 || i0 >= g->in[0] || i1 < 0 || i1 >= g->in[1]) {
+        memset(dst, 0, sizeof(float) * (size_t)n);
+        return;
+    }
+    const float *line = src + (i0 * g->in[1] + i1) * g->in[2];
+    int64_t off = k2 * g->d[2] - g->pb[2], s2 = g->s[2]; /* i2 = o2 * s2 + off */
+    /* valid o2: 0 <= o2 * s2 + off < in2 */
+    int64_t lo = off >= 0 ? 0 : (-off + s2 - 1) / s2, hi = g->in[2] - off <= 0 ? 0 : (g->in[2] - off + s2 - 1) / s2;
+    lo = lo < o2a ? o2a : lo > o2b ? o2b : lo;
+    hi = hi < lo ? lo : hi > o2b ? o2b : hi;
+    if (lo > o2a) memset(dst, 0, sizeof(float) * (size_t)(lo - o2a));
+    if (s2 == 1) {
+        memcpy(dst + (lo - o2a), line + lo + off, sizeof(float) * (size_t)(hi - lo));
+    } else {
+        for (int64_t o2 = lo; o2 < hi; o2++) dst[o2 - o2a] = line[o2 * s2 + off];
+    }
+    if (hi < o2b) memset(dst + (hi - o2a), 0, sizeof(float) * (size_t)(o2b - hi));
+}
+
+/* cols rows [r0, r1): row (ci, k0, k1, k2) holds input channel ci at that kernel tap for the
+   output positions [p0, p0 + tile), walked one output line at a time. */
+static void im2col_rows(void *vctx, size_t r0, size_t r1) {
     im2col_ctx *c = vctx;
     const conv_geom *g = c->g;
     int64_t ksz = g->k[0] * g->k[1] * g->k[2];
@@ -336,22 +368,11 @@ SDC_VECTORISE static void im2col_rows(void *vctx, size_t r0, size_t r1) {
         int64_t k0 = kr / (g->k[1] * g->k[2]), k1 = (kr / g->k[2]) % g->k[1], k2 = kr % g->k[2];
         const float *src = c->x + ci * g->in[0] * g->in[1] * g->in[2];
         float *dst = c->cols + (int64_t)row * c->tile;
-        int64_t p = c->p0;
-        int64_t o2 = p % g->out[2], o1 = (p / g->out[2]) % g->out[1], o0 = p / (g->out[2] * g->out[1]);
-        for (int64_t t = 0; t < c->tile; t++) {
-            int64_t i0 = o0 * g->s[0] - g->pb[0] + k0 * g->d[0];
-            int64_t i1 = o1 * g->s[1] - g->pb[1] + k1 * g->d[1];
-            int64_t i2 = o2 * g->s[2] - g->pb[2] + k2 * g->d[2];
-            dst[t] = (i0 >= 0 && i0 < g->in[0] && i1 >= 0 && i1 < g->in[1] && i2 >= 0 && i2 < g->in[2])
-                         ? src[(i0 * g->in[1] + i1) * g->in[2] + i2]
-                         : 0.0f;
-            if (++o2 == g->out[2]) {
-                o2 = 0;
-                if (++o1 == g->out[1]) {
-                    o1 = 0;
-                    o0++;
-                }
-            }
+        for (int64_t p = c->p0, end = c->p0 + c->tile; p < end;) {
+            int64_t line = p / g->out[2], o2 = p % g->out[2];
+            int64_t o2b = g->out[2] - o2 < end - p ? g->out[2] : o2 + (end - p);
+            im2col_stretch(g, src, line / g->out[1], line % g->out[1], o2, o2b, k0, k1, k2, dst + (p - c->p0));
+            p += o2b - o2;
         }
     }
 }
@@ -424,6 +445,7 @@ sdc_status sdc_kernel_conv(irun *r, const iop *op) {
     g.P = g.out[0] * g.out[1] * g.out[2];
     g.kdim = g.cin_g * g.k[0] * g.k[1] * g.k[2];
     int64_t cout_g = Cout / groups, in_sz = g.in[0] * g.in[1] * g.in[2];
+    sdc_rt_flops(r, (double)(N * Cout), (double)g.P, (double)g.kdim);
     bool direct = g.k[0] * g.k[1] * g.k[2] == 1 && g.s[0] * g.s[1] * g.s[2] == 1 && g.pb[0] + g.pb[1] + g.pb[2] == 0 &&
                   pa[0] + pa[1] + pa[2] == 0;
     int64_t tile = g.P;
@@ -478,8 +500,7 @@ SDC_VECTORISE static void softmax_lines(void *vctx, size_t b, size_t e) {
     for (size_t line = b; line < e; line++) {
         const float *x = c->x + line * (size_t)c->L;
         float *o = c->o + line * (size_t)c->L;
-        float mx = -INFINITY;
-        for (int64_t i = 0; i < c->L; i++) mx = x[i] > mx ? x[i] : mx;
+        float mx = sdc_vec_max(x, (size_t)c->L);
         if (mx == -INFINITY) mx = 0; /* all -inf: exp gives 0s, the sum 0, the result NaN as NumPy's */
         for (int64_t i = 0; i < c->L; i++) o[i] = x[i] - mx;
         sdc_vec_exp(o, o, (size_t)c->L);
@@ -785,6 +806,7 @@ sdc_status sdc_kernel_sdpa(irun *r, const iop *op) {
     float *scores = sdc_malloc(sizeof(float) * (size_t)(L * S + 1));
     if (!scores) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
     float scale = 1.0f / sqrtf((float)E);
+    sdc_rt_flops(r, (double)nb * (double)L, (double)S, (double)(E + EV));
     for (size_t b = 0; b < nb; b++) {
         sdc_igemm(sdc_rt_pool(r), false, true, L, S, E, q->f + b * (size_t)(L * E), E, k->f + b * (size_t)(S * E), E, 0.0f, scores, S);
         size_t mb = 0, rem = b;

@@ -367,6 +367,9 @@ def nn_cases():
     cs.append(conv_case("conv2d_1x1", (2, 8, 5, 6), (12, 8, 1, 1), [1, 1], "valid", None, [1, 1], 1))
     cs.append(conv_case("conv2d_depthwise", (1, 6, 8, 8), (12, 1, 3, 3), [1, 1], "same", None, [1, 1], 6))
     cs.append(conv_case("conv1d", (2, 3, 17), (4, 3, 5), [2], "custom", [2, 1], [2], 1))
+    # more im2col columns (18 x 1.05M) than one 64 MiB buffer holds: cut in tiles that start and end
+    # inside output lines
+    cs.append(conv_case("conv2d_tiled_columns", (1, 2, 701, 1499), (3, 2, 3, 3), [1, 1], "same", None, [2, 1], 1))
 
     cs.append(Case("matmul_broadcast_transpose", [("x", (2, 1, 3, 4), "f"), ("y", (3, 5, 4), "f")],
                    lambda v, c: mb.matmul(x=v["x"], y=v["y"], transpose_y=True),
@@ -416,6 +419,22 @@ def nn_cases():
                                                                  axis=-1), transpose_y=True),
                    lambda v, c: [v["v"].astype(np.float64) @ np.swapaxes(np_softmax(
                        np.swapaxes(v["q"].astype(np.float64), -1, -2) @ v["k"].astype(np.float64), -1), -1, -2)]))
+    # the same with the anchor's scale of the weights (a mul by a scalar after the first product,
+    # either operand order), which the interpreter runs inside the fused op
+    cs.append(Case("attention_split_einsum_scaled", [("kt", (2, 260, 1, 32), "f"), ("q", (2, 32, 1, 260), "f"),
+                                                     ("v", (2, 40, 1, 260), "f")],
+                   lambda v, c: mb.einsum(values=(v["v"], mb.softmax(x=mb.mul(x=mb.einsum(values=(v["kt"], v["q"]),
+                                                                                          equation="bchk,bkhq->bchq"),
+                                                                              y=np.float32(0.17677669)), axis=1)),
+                                          equation="nchw,nwhu->nchu"),
+                   lambda v, c: [np.einsum("nchw,nwhu->nchu", v["v"].astype(np.float64), np_softmax(
+                       np.einsum("nchw,nwhu->nchu", v["kt"].astype(np.float64), v["q"].astype(np.float64)) * 0.17677669, 1))]))
+    cs.append(Case("attention_original_scaled", [("q", (1, 2, 32, 260), "f"), ("k", (1, 2, 32, 260), "f"),
+                                                 ("v", (1, 2, 40, 260), "f")],
+                   lambda v, c: mb.matmul(x=v["v"], y=mb.softmax(x=mb.mul(x=np.float32(0.5), y=mb.matmul(
+                       x=v["q"], y=v["k"], transpose_x=True)), axis=-1), transpose_y=True),
+                   lambda v, c: [v["v"].astype(np.float64) @ np.swapaxes(np_softmax(
+                       0.5 * (np.swapaxes(v["q"].astype(np.float64), -1, -2) @ v["k"].astype(np.float64)), -1), -1, -2)]))
     cs.append(Case("layer_norm", [("x", (2, 7, 6), "f")],
                    lambda v, c: [mb.layer_norm(x=v["x"], axes=[-1], gamma=c["g"], beta=c["b"], epsilon=np.float32(1e-5)),
                                  mb.layer_norm(x=v["x"], axes=[0, 2], epsilon=np.float32(1e-3))],
@@ -555,6 +574,41 @@ def test_scatter_nd_index_out_of_range_is_named(sdcoreml, tmp_path):
                  "-o", tmp_path / "o")
     assert r.returncode == 1 and "scatter_nd" in r.stderr and "my_rows" in r.stderr and "outside" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# run --profile: time and matrix-product FLOPs per op type
+
+
+def test_profile_counts_matrix_products(sdcoreml, tmp_path):
+    """--profile's FLOPs are 2·M·N·K of each product, from the shapes (NumPy's arithmetic); the
+    scaled attention runs as one fused op (no einsum, mul or softmax left); times add up to at
+    most the predict time."""
+    rng = np.random.default_rng(3)
+    cw = rand(rng, 6, 4, 3, 3)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 260, 1, 32)), mb.TensorSpec(shape=(2, 32, 1, 260)),
+                             mb.TensorSpec(shape=(2, 40, 1, 260)), mb.TensorSpec(shape=(2, 4, 9, 7))],
+                opset_version=ct.target.iOS16)
+    def prog(kt, q, v, x):
+        w = mb.mul(x=mb.einsum(values=(kt, q), equation="bchk,bkhq->bchq"), y=np.float32(0.125))
+        a = mb.einsum(values=(v, mb.softmax(x=w, axis=1)), equation="nchw,nwhu->nchu")
+        return a, mb.conv(x=x, weight=cw, strides=[2, 1], pad_type="same")
+
+    pkg = tmp_path / "profile.mlpackage"
+    save_program(prog, pkg, "FLOAT16")
+    names = [i.name for i in ct.utils.load_spec(str(pkg)).description.input]
+    shapes = [(2, 260, 1, 32), (2, 32, 1, 260), (2, 40, 1, 260), (2, 4, 9, 7)]
+    _, doc = run_package(sdcoreml, pkg, {n: rand(rng, *s) for n, s in zip(names, shapes)}, tmp_path / "run",
+                         extra=("--profile",))
+    prof = doc["profile"]
+    att = prof["attention (fused)"]
+    assert att["calls"] == 1 and att["flops"] == 2 * 2 * 260 * 260 * (32 + 40), att
+    out_positions = 5 * 7  # ceil(9 / 2) x 7 with "same" padding
+    assert prof["conv"]["calls"] == 1 and prof["conv"]["flops"] == 2 * 2 * 6 * out_positions * (4 * 3 * 3), prof["conv"]
+    assert not {"einsum", "mul", "softmax"} & prof.keys(), sorted(prof)
+    assert all(row["seconds"] >= 0 for row in prof.values())
+    assert sum(row["seconds"] for row in prof.values()) <= doc["predict_seconds"] * 1.01 + 1e-3
+    assert all(row["flops"] == 0 for k, row in prof.items() if k not in ("conv", "attention (fused)")), prof
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
  * input checks). Op semantics on packages written by coremltools are covered by
  * tests/python/test_interp_ops.py.
  */
+#include <float.h>
 #include <math.h>
 #include <unistd.h>
 
@@ -121,22 +122,71 @@ static void test_fp16(void) {
     free(h), free(f), free(x), free(y);
 }
 
+/* Distance in float steps between two finite floats of the same sign. */
+static int64_t ulps_apart(float a, float b) {
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4);
+    memcpy(&ib, &b, 4);
+    return ia > ib ? (int64_t)ia - ib : (int64_t)ib - ia;
+}
+
+/* Against libm's expf over every 128th float of [-110, 90] (the underflow and overflow regions
+   included, about 17 million values), with an odd length so the vector tail is used too:
+   within 2 ulp where expf's result is normal; where it is subnormal (below FLT_MIN) the
+   result is 0 or within FLT_MIN of it; +Inf past the top. */
+static float float_of_bits(uint32_t b) {
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
 static void test_vec_exp(void) {
-    enum { N = 100003 };
-    float *x = malloc(N * 4), *y = malloc(N * 4);
-    for (int i = 0; i < N; i++) x[i] = -87.0f + 175.5f * (float)i / (N - 1);
-    sdc_vec_exp(x, y, N);
-    double worst = 0;
-    for (int i = 0; i < N; i++) {
-        double want = exp((double)x[i]), e = fabs(y[i] - want) / want;
-        worst = e > worst ? e : worst;
+    size_t cap = 1 << 25, n = 0;
+    float *x = malloc(cap * 4), *y = malloc(cap * 4);
+    uint32_t lo_mag, hi_mag;
+    float lo = 110.0f, hi = 90.0f;
+    memcpy(&lo_mag, &lo, 4);
+    memcpy(&hi_mag, &hi, 4);
+    for (uint32_t m = lo_mag; m >= 128 && n < cap; m -= 128) x[n++] = -float_of_bits(m);
+    for (uint32_t m = 0; m <= hi_mag && n < cap; m += 128) x[n++] = float_of_bits(m);
+    if (n % 8 == 0) n--;
+    sdc_vec_exp(x, y, n);
+    int64_t worst = 0;
+    int bad_sub = 0, bad_inf = 0;
+    for (size_t i = 0; i < n; i++) {
+        float want = expf(x[i]);
+        if (isinf(want)) bad_inf += !(isinf(y[i]) && y[i] > 0);
+        else if (want < FLT_MIN) bad_sub += !(y[i] >= 0.0f && fabsf(y[i] - want) <= FLT_MIN);
+        else if (y[i] >= FLT_MIN || y[i] == 0.0f) {
+            int64_t u = y[i] == 0.0f ? INT64_MAX : ulps_apart(y[i], want);
+            worst = u > worst ? u : worst;
+        }
     }
-    CHECK_MSG(worst < 2e-7, "sdc_vec_exp relative error %.3g", worst);
+    CHECK_MSG(worst <= 2, "sdc_vec_exp: %lld ulp from expf", (long long)worst);
+    CHECK_MSG(bad_sub == 0 && bad_inf == 0, "sdc_vec_exp: %d underflow, %d overflow results wrong", bad_sub, bad_inf);
     float sp[7] = {-INFINITY, INFINITY, NAN, -100.0f, 0.0f, 1.0f, 89.0f}, so[7];
     sdc_vec_exp(sp, so, 7);
     CHECK(so[0] == 0.0f && so[1] == INFINITY && isnan(so[2]) && so[3] == 0.0f && so[4] == 1.0f && fabsf(so[5] - 2.7182817f) < 3e-7f &&
           so[6] == INFINITY);
     free(x), free(y);
+}
+
+/* sdc_vec_max against the scalar loop it replaces, on every length 0..40 (vector body and
+   tails), with the maximum at every position, NaNs skipped, and all-NaN / empty giving -Inf. */
+static void test_vec_max(void) {
+    float x[40];
+    for (int n = 0; n <= 40; n++) {
+        for (int at = 0; at < n; at++) {
+            for (int i = 0; i < n; i++) x[i] = (float)((i * 37) % 11) - 20.0f;
+            x[at] = 7.5f;
+            if (n > 2) x[(at + 1) % n] = NAN;
+            CHECK_MSG(sdc_vec_max(x, (size_t)n) == 7.5f, "sdc_vec_max n=%d at=%d", n, at);
+        }
+        for (int i = 0; i < n; i++) x[i] = NAN;
+        CHECK_MSG(sdc_vec_max(x, (size_t)n) == -INFINITY, "sdc_vec_max of %d NaNs", n);
+    }
+    float inf[9] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, INFINITY};
+    CHECK(sdc_vec_max(inf, 8) == -INFINITY && sdc_vec_max(inf, 9) == INFINITY);
 }
 
 static void count_range(void *ctx, size_t b, size_t e) {
@@ -508,6 +558,7 @@ int main(void) {
     test_gemm();
     test_fp16();
     test_vec_exp();
+    test_vec_max();
     test_pool();
     test_npy(dir);
     test_package_fp32(dir);
