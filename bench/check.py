@@ -23,9 +23,11 @@ Rows (pick them with --only; --precisions picks the packages):
   vae    SD 1.5 VAE decoder, one 64x64 latent (bench/vae_decoder.py makes it): eval rows;
   te     SD 1.5 text encoder, input_ids (1, 77) (benchlib.ensure_text_encoder): eval rows.
 
-GEMM column: the convolutions', linears' and attention products' FLOPs of one PyTorch forward
-(forward hooks) over the interpreter's whole predict time, against the sgemm peak — a lower
-bound of the GEMM kernels' own rate, since the predict time includes every other op.
+GEMM column: with a binary whose `run` has --profile (per op type: seconds, matrix-product
+FLOPs, calls), the FLOPs of the op types that do matrix products over their own seconds, against
+the sgemm peak; without it, the convolutions', linears' and attention products' FLOPs of one
+PyTorch forward (forward hooks) over the interpreter's whole predict time — a lower bound of the
+GEMM kernels' own rate, since the predict time includes every other op. Each row says which.
 
 Needs the test venv's python (torch, diffusers, transformers); nothing is asserted:
 
@@ -165,8 +167,9 @@ class Model:
                 sys.exit(f"bench: converting {self.title} ({precision}) failed")
         return next(out.glob("*.mlpackage"))
 
-    def run_cmd(self, exe, work, precision, threads):
+    def run_cmd(self, exe, work, precision, threads, profile):
         args = [exe, "run", self.package(exe, work, precision), "-o", work / "out", "--json", "--threads", str(threads)]
+        args += ["--profile"] if profile else []
         for name, a in self.run_inputs.items():
             f = work / f"{self.key}-{name}.npy"
             if not f.exists():
@@ -256,12 +259,25 @@ def torch_once(m):
         return out, time.perf_counter() - t
 
 
-def interp_once(m, exe, work, precision, threads):
-    r = subprocess.run(m.run_cmd(exe, work, precision, threads), capture_output=True, text=True)
+def has_profile(exe):
+    """Whether `sdcoreml run` takes --profile (its JSON then has "profile": {op type: {seconds,
+    flops, calls}})."""
+    r = subprocess.run([str(exe), "run", "--help"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    return "--profile" in r.stdout
+
+
+def gemm_rate(doc):
+    """(FLOPs, seconds) of the op types that did matrix products in the run's profile, or None."""
+    rows = [v for v in doc.get("profile", {}).values() if v.get("flops", 0) > 0]
+    return (sum(v["flops"] for v in rows), sum(v["seconds"] for v in rows)) if rows else None
+
+
+def interp_once(m, exe, work, precision, threads, profile):
+    r = subprocess.run(m.run_cmd(exe, work, precision, threads, profile), capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"bench: sdcoreml run ({m.title}, {precision}) exited {r.returncode}:\n{r.stderr}")
     doc = json.loads(r.stdout)
-    return np.load(doc["outputs"][0]["file"]), doc["predict_seconds"]
+    return np.load(doc["outputs"][0]["file"]), doc["predict_seconds"], gemm_rate(doc)
 
 
 def check_once(m, exe, work, precision):
@@ -295,6 +311,7 @@ def main():
     if set(only) - set(ROWS) or set(precisions) - {"FLOAT16", "FLOAT32"}:
         sys.exit(f"bench: --only takes {','.join(ROWS)}; --precisions FLOAT16,FLOAT32")
     threads = args.threads or len(os.sched_getaffinity(0))
+    profile = has_profile(exe)
 
     import torch
 
@@ -326,7 +343,7 @@ def main():
         # PyTorch warmed up counting FLOPs)
         for k in [k for k in evaluated if k not in checked]:
             for p in precisions:
-                interp_once(models[k], exe, work, p, threads)
+                interp_once(models[k], exe, work, p, threads, profile)
         for i in range(args.repeat):
             for k in checked:
                 for p in (sdxl_precisions if k == "sdxl" else precisions):
@@ -339,8 +356,11 @@ def main():
             for k in [k for k in models if models[k].torch_call]:
                 m = models[k]
                 for p in (precisions if k in evaluated else []):
-                    out, dt = interp_once(m, exe, work, p, threads)
-                    res.setdefault(("eval", k, p), {"interp": []})["interp"].append(dt)
+                    out, dt, gemm = interp_once(m, exe, work, p, threads, profile)
+                    e = res.setdefault(("eval", k, p), {"interp": [], "gemm": []})
+                    e["interp"].append(dt)
+                    if gemm:
+                        e["gemm"].append(gemm[0] / gemm[1] / 1e9)
                     last[(k, p)] = out
                     print(f"  run {i + 1}: {k} {p}: interpreter {dt:.2f} s", flush=True)
                 ref, dt = torch_once(m)
@@ -367,14 +387,19 @@ def main():
         m = models[k]
         tt = med(res[("torch", k)]["torch"])
         for p in precisions:
-            it = med(res[("eval", k, p)]["interp"])
-            gf = m.flops / it / 1e9
+            e = res[("eval", k, p)]
+            it = med(e["interp"])
+            if e["gemm"]:
+                gf = med(e["gemm"])
+                gemm = f"GEMM ops (profile) {gf:.1f} GFLOP/s = {gf / peak:.0%} of peak"
+            else:
+                gf = m.flops / it / 1e9
+                gemm = f"GEMM {m.flops / 1e9:.0f} GFLOP / whole predict = {gf:.1f} GFLOP/s = {gf / peak:.0%} of peak"
             print(f"{'eval: ' + m.title + ', ' + p:44} {it:8.2f}s {tt:8.2f}s {it / tt:5.2f}x {'':>9} {'':>8}  "
-                  f"PSNR vs PyTorch {psnr(last[(k, 'torch')], last[(k, p)]):.1f} dB; GEMM {m.flops / 1e9:.0f} GFLOP "
-                  f"at {gf:.1f} GFLOP/s = {gf / peak:.0%} of peak (PyTorch {m.flops / tt / 1e9 / peak:.0%})")
+                  f"PSNR vs PyTorch {psnr(last[(k, 'torch')], last[(k, p)]):.1f} dB; {gemm} "
+                  f"(PyTorch, whole forward: {m.flops / tt / 1e9 / peak:.0%})")
     print("(check: wall and bytes written of the median / largest run, peak RSS the largest; its PyTorch column is two "
-          "float32 forwards; eval: predict time of `sdcoreml run --json`; GEMM: conv, linear and attention-product "
-          "FLOPs over the whole predict time)")
+          "float32 forwards; eval: predict time of `sdcoreml run --json`)")
 
 
 if __name__ == "__main__":
