@@ -371,7 +371,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"{'row':44} {'sdcoreml':>9} {'PyTorch':>9} {'ratio':>6} {'peak RSS':>9} {'written':>8}  notes")
+    print(f"{'row':54} {'sdcoreml':>9} {'PyTorch':>9} {'ratio':>6} {'peak RSS':>9} {'written':>8}  notes")
     for k in checked:
         m = models[k]
         tt = med(res.get(("torch", k), {}).get("torch", []))
@@ -379,10 +379,10 @@ def main():
             r = res[("check", k, p)]
             w = med(r["wall"])
             vs = f"{2 * tt:8.1f}s {w / (2 * tt):5.2f}x" if tt == tt else f"{'-':>9} {'-':>6}"
-            print(f"{'check: ' + m.title + ', ' + p:44} {w:8.1f}s {vs} {max(r['rss']) / 1e6:6.0f} MB "
+            print(f"{'check: ' + m.title + ', ' + p:54} {w:8.1f}s {vs} {max(r['rss']) / 1e6:6.0f} MB "
                   f"{max(r['written']) / 1e6:5.1f} MB  PSNR {r['result']}")
         if tt != tt:
-            print(f"{'':44} (PyTorch: not measured; --sdxl-torch times its float32 forward, ~10 GB and minutes)")
+            print(f"{'':54} (PyTorch: not measured; --sdxl-torch times its float32 forward, ~10 GB and minutes)")
     for k in evaluated:
         m = models[k]
         tt = med(res[("torch", k)]["torch"])
@@ -395,7 +395,7 @@ def main():
             else:
                 gf = m.flops / it / 1e9
                 gemm = f"GEMM {m.flops / 1e9:.0f} GFLOP / whole predict = {gf:.1f} GFLOP/s = {gf / peak:.0%} of peak"
-            print(f"{'eval: ' + m.title + ', ' + p:44} {it:8.2f}s {tt:8.2f}s {it / tt:5.2f}x {'':>9} {'':>8}  "
+            print(f"{'eval: ' + m.title + ', ' + p:54} {it:8.2f}s {tt:8.2f}s {it / tt:5.2f}x {'':>9} {'':>8}  "
                   f"PSNR vs PyTorch {psnr(last[(k, 'torch')], last[(k, p)]):.1f} dB; {gemm} "
                   f"(PyTorch, whole forward: {m.flops / tt / 1e9 / peak:.0%})")
     print("(check: wall and bytes written of the median / largest run, peak RSS the largest; its PyTorch column is two "
