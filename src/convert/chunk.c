@@ -131,8 +131,10 @@ static sdc_status check_chunks(const sdc_conv_ctx *c, const char *path, const ch
     const char *b1 = base_name(p1);
     size_t stem = strlen(b1) - strlen("1.mlpackage");
     snprintf(label, sizeof label, "%.*s1+chunk2", (int)stem, b1); /* "<stem>_chunk1+chunk2" */
-    /* one model at a time: the whole UNet, then chunk 1, then chunk 2 */
-    sdc_status s = sdc_model_load(path, NULL, &full, msg, sizeof msg);
+    /* one model at a time: the whole UNet, then chunk 1, then chunk 2, each with the job's
+       progress line, as the unchunked check has */
+    sdc_model_options opt = {.progress = c->job->progress, .progress_user = c->job->user};
+    sdc_status s = sdc_model_load(path, &opt, &full, msg, sizeof msg);
     if (s) {
         sdc_fail(c->err, s, "--check-output-correctness: %s", msg);
         goto done;
@@ -156,7 +158,7 @@ static sdc_status check_chunks(const sdc_conv_ctx *c, const char *path, const ch
         }
     sdc_model_free(full);
     full = NULL;
-    if ((s = sdc_model_load(p1, NULL, &m1, msg, sizeof msg))) {
+    if ((s = sdc_model_load(p1, &opt, &m1, msg, sizeof msg))) {
         sdc_fail(c->err, s, "--check-output-correctness: %s", msg);
         goto done;
     }
@@ -165,7 +167,7 @@ static sdc_status check_chunks(const sdc_conv_ctx *c, const char *path, const ch
         sdc_fail(c->err, s, "--check-output-correctness: %s: %s", b1, msg);
         goto done;
     }
-    if ((s = sdc_model_load(p2, NULL, &m2, msg, sizeof msg))) {
+    if ((s = sdc_model_load(p2, &opt, &m2, msg, sizeof msg))) {
         sdc_fail(c->err, s, "--check-output-correctness: %s", msg);
         goto done;
     }
