@@ -25,7 +25,8 @@ Rows (pick them with --only; --precisions picks the packages):
 
 GEMM column: with a binary whose `run` has --profile (per op type: seconds, matrix-product
 FLOPs, calls), the FLOPs of the op types that do matrix products over their own seconds, against
-the sgemm peak; without it, the convolutions', linears' and attention products' FLOPs of one
+the header's sgemm peak and against the peak measured again right before each run (the load
+of a shared machine moves between runs; the median of those shares is the figure to read); without it, the convolutions', linears' and attention products' FLOPs of one
 PyTorch forward (forward hooks) over the interpreter's whole predict time — a lower bound of the
 GEMM kernels' own rate, since the predict time includes every other op. Each row says which.
 
@@ -356,11 +357,15 @@ def main():
             for k in [k for k in models if models[k].torch_call]:
                 m = models[k]
                 for p in (precisions if k in evaluated else []):
+                    # the peak again right before the run: on a shared machine the load changes
+                    # between runs, so each run's share is taken against its own moment's peak
+                    near_peak = sgemm_peak(blas, threads) if blas else float("nan")
                     out, dt, gemm = interp_once(m, exe, work, p, threads, profile)
-                    e = res.setdefault(("eval", k, p), {"interp": [], "gemm": []})
+                    e = res.setdefault(("eval", k, p), {"interp": [], "gemm": [], "share": []})
                     e["interp"].append(dt)
                     if gemm:
                         e["gemm"].append(gemm[0] / gemm[1] / 1e9)
+                        e["share"].append(e["gemm"][-1] / near_peak)
                     last[(k, p)] = out
                     print(f"  run {i + 1}: {k} {p}: interpreter {dt:.2f} s", flush=True)
                 ref, dt = torch_once(m)
@@ -391,7 +396,8 @@ def main():
             it = med(e["interp"])
             if e["gemm"]:
                 gf = med(e["gemm"])
-                gemm = f"GEMM ops (profile) {gf:.1f} GFLOP/s = {gf / peak:.0%} of peak"
+                gemm = (f"GEMM ops (profile) {gf:.1f} GFLOP/s = {gf / peak:.0%} of the header's peak, "
+                        f"{med(e['share']):.0%} of the peak measured just before each run (median)")
             else:
                 gf = m.flops / it / 1e9
                 gemm = f"GEMM {m.flops / 1e9:.0f} GFLOP / whole predict = {gf:.1f} GFLOP/s = {gf / peak:.0%} of peak"
