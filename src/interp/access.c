@@ -9,6 +9,8 @@
  */
 #include "interp/interp.h"
 
+#include <math.h>
+
 sdc_status sdc_rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt, ...) {
     char msg[800];
     va_list ap;
@@ -84,13 +86,23 @@ itensor *sdc_interp_slot_value(irun *r, const iop *op, int s) {
     return push_temp(r, op, t);
 }
 
+/* Kernels compute on numbers: a string value (a const like `mode`) reaches a kernel only
+   through sdc_rt_str, so a malformed package wiring one into a tensor input is refused here,
+   for every op at once, instead of in each kernel (their t->f / t->i are NULL for strings). */
+static itensor *refuse_string(irun *r, const iop *op, const char *name, itensor *t) {
+    if (!t || t->dtype != MT_STRING) return t;
+    sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' is a string where a tensor is expected", name);
+    return NULL;
+}
+
 itensor *sdc_rt_in_at(irun *r, const iop *op, const char *name, int k) {
     const iparam *p = sdc_rt_param(op, name);
     if (!p || k < 0 || k >= p->n) return NULL;
-    return sdc_interp_slot_value(r, op, p->slots[k]);
+    return refuse_string(r, op, name, sdc_interp_slot_value(r, op, p->slots[k]));
 }
 
-itensor *sdc_rt_in(irun *r, const iop *op, const char *name) {
+/* The one value of input `name`, string or not (NULL when absent). */
+static itensor *any_value(irun *r, const iop *op, const char *name) {
     const iparam *p = sdc_rt_param(op, name);
     if (!p) return NULL;
     if (p->n != 1) {
@@ -98,6 +110,10 @@ itensor *sdc_rt_in(irun *r, const iop *op, const char *name) {
         return NULL;
     }
     return sdc_interp_slot_value(r, op, p->slots[0]);
+}
+
+itensor *sdc_rt_in(irun *r, const iop *op, const char *name) {
+    return refuse_string(r, op, name, any_value(r, op, name));
 }
 
 itensor *sdc_rt_req(irun *r, const iop *op, const char *name) {
@@ -165,7 +181,7 @@ sdc_status sdc_rt_str(irun *r, const iop *op, const char *name, const char *dflt
         *out = dflt;
         return SDC_OK;
     }
-    itensor *t = sdc_rt_in(r, op, name);
+    itensor *t = any_value(r, op, name);
     if (!t) return r->err->code;
     if (t->dtype != MT_STRING || !t->s) return sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be a string", name);
     *out = t->s;
@@ -180,7 +196,14 @@ sdc_status sdc_rt_ints(irun *r, const iop *op, const char *name, int64_t *out, i
     if (!t) return r->err->code;
     if (t->rank > 1 || t->dtype == MT_STRING || t->n > (size_t)max)
         return sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be a vector of at most %d integers", name, max);
-    for (size_t i = 0; i < t->n; i++) out[i] = it_geti(t, i);
+    for (size_t i = 0; i < t->n; i++) {
+        /* a float list (malformed, or read from run-time data) must hold whole numbers that an
+           int64 keeps: NaN or 1e30 would otherwise become an arbitrary size or index */
+        if (mt_is_float(t->dtype) && !(t->f[i] == truncf(t->f[i]) && fabsf(t->f[i]) <= INT32_MAX))
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' element %zu (%g) is not an int32 value", name, i,
+                               (double)t->f[i]);
+        out[i] = it_geti(t, i);
+    }
     *n = (int)t->n;
     if (present) *present = true;
     return SDC_OK;

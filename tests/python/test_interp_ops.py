@@ -557,6 +557,45 @@ def test_scatter_nd_index_out_of_range_is_named(sdcoreml, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def rewire_input(pkg, op_type, param, to_name):
+    """Points input `param` of the program's `op_type` op at the value named `to_name` (a
+    malformed package coremltools' builder would not write), in place."""
+    spec = ct.utils.load_spec(str(pkg))
+    block = next(iter(spec.mlProgram.functions["main"].block_specializations.values()))
+    for op in block.operations:
+        if op.type == op_type:
+            op.inputs[param].arguments[0].name = to_name
+    (Path(pkg) / "Data/com.apple.CoreML/model.mlmodel").write_bytes(spec.SerializeToString())
+    return block
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int32"])
+def test_string_value_as_tensor_input_is_refused(sdcoreml, tmp_path, dtype):
+    """scatter_nd's `updates` wired to the string const `mode`: one line naming the op and the
+    input, exit 1 (it crashed on int32 data: the kernel read the string's absent numbers)."""
+    np_t, mil_t = (np.float32, types.fp32) if dtype == "fp32" else (np.int32, types.int32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(3, 4), dtype=mil_t)], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.scatter_nd(data=x, indices=np.array([1, 2], np.int32), updates=np_t(5), mode="update",
+                             name="my_scatter")
+
+    pkg = tmp_path / "snd.mlpackage"
+    save_program(prog, pkg)
+    spec = ct.utils.load_spec(str(pkg))
+    block = next(iter(spec.mlProgram.functions["main"].block_specializations.values()))
+    mode = next(o.outputs[0].name for o in block.operations
+                if o.type == "const" and o.attributes["val"].immediateValue.HasField("tensor")
+                and o.attributes["val"].type.tensorType.dataType == ct.proto.MIL_pb2.STRING)
+    rewire_input(pkg, "scatter_nd", "updates", mode)
+    name = spec.description.input[0].name
+    np.save(tmp_path / "x.npy", np.zeros((3, 4), np_t))
+    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'x.npy'}", "-o", tmp_path / "o")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "my_scatter" in r.stderr and "'updates'" in r.stderr and "string" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists(), r.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # fp16 rounding of every op result
 
