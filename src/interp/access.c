@@ -211,6 +211,50 @@ sdc_status sdc_rt_ints(irun *r, const iop *op, const char *name, int64_t *out, i
 
 int sdc_rt_out_dtype(const irun *r, const iop *op, int k) { return r->m->slots[op->outs[k]].dtype; }
 
+/* Budget for an output whose declared shape leaves a dim to the run (tile with run-time reps,
+   non_zero): the size then comes from input data, so a crafted input could ask for any
+   amount. Real graphs (the safety checker's tail) make such tensors no larger than the
+   image; allowed is the larger of 1 GiB and 4x the largest tensor the graph declares with
+   every dim known. Scanned per call: only a handful of ops per graph have such outputs. */
+#define RUNTIME_BUDGET_MIN ((uint64_t)1 << 30)
+
+static uint64_t runtime_budget_bytes(const sdc_model *m) {
+    uint64_t largest = 0;
+    for (int s = 0; s < m->n_slots; s++) {
+        const islot *sl = &m->slots[s];
+        size_t n;
+        bool known = true;
+        for (int d = 0; d < sl->rank; d++) known = known && sl->shape[d] >= 0;
+        if (known && sdc_it_numel(sl->rank, sl->shape, &n) && (uint64_t)n * 4 > largest) largest = (uint64_t)n * 4;
+    }
+    return largest > RUNTIME_BUDGET_MIN / 4 ? largest * 4 : RUNTIME_BUDGET_MIN;
+}
+
+static bool runtime_shaped(const islot *sl) {
+    for (int d = 0; d < sl->rank; d++)
+        if (sl->shape[d] < 0) return true;
+    return false;
+}
+
+/* Whether output slot s may have this shape: a size that no tensor holds is a malformed
+   shape, not a failed allocation; a run-time size must fit the budget above. */
+static bool output_size_ok(irun *r, const iop *op, const islot *sl, int rank, const int64_t *shape) {
+    size_t n;
+    char a[200];
+    if (!sdc_it_numel(rank, shape, &n)) {
+        sdc_rt_fail(r, op, SDC_E_FORMAT, "output '%s': shape %s is too large", sl->name, shape_str(rank, shape, a, sizeof a));
+        return false;
+    }
+    uint64_t budget;
+    if (runtime_shaped(sl) && (uint64_t)n * 4 > (budget = runtime_budget_bytes(r->m))) {
+        sdc_rt_fail(r, op, SDC_E_FORMAT, "output '%s': run-time shape %s needs %llu MiB, over the %llu MiB allowed for "
+                    "tensors sized by run-time data", sl->name, shape_str(rank, shape, a, sizeof a),
+                    (unsigned long long)((uint64_t)n * 4 >> 20), (unsigned long long)(budget >> 20));
+        return false;
+    }
+    return true;
+}
+
 itensor *sdc_rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shape) {
     if (k >= op->n_out) {
         sdc_rt_fail(r, op, SDC_E_FORMAT, "declares %d outputs, the op makes at least %d", op->n_out, k + 1);
@@ -230,6 +274,7 @@ itensor *sdc_rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shap
         sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "output '%s' is a string", sl->name);
         return NULL;
     }
+    if (!output_size_ok(r, op, sl, rank, shape)) return NULL;
     itensor *t = sdc_it_new(sl->dtype, rank, shape);
     if (!t) {
         sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory for output '%s' %s", sl->name, shape_str(rank, shape, (char[200]){0}, 200));

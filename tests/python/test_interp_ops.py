@@ -596,6 +596,57 @@ def test_string_value_as_tensor_input_is_refused(sdcoreml, tmp_path, dtype):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists(), r.stderr
 
 
+def tile_runtime_reps_package(tmp_path):
+    """tile of a (1, 1) const by reps read from input `reps` (int32) — or, rewired, from the
+    float input `freps` (a malformed package): the output's size is the run's."""
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2,), dtype=types.int32), mb.TensorSpec(shape=(2,))],
+                opset_version=ct.target.iOS16)
+    def prog(reps, freps):
+        return mb.tile(x=np.ones((1, 1), np.float32), reps=reps, name="my_tile"), mb.add(x=freps, y=np.float32(0))
+
+    pkg = tmp_path / "tile.mlpackage"
+    save_program(prog, pkg)
+    return pkg, [d.name for d in ct.utils.load_spec(str(pkg)).description.input]
+
+
+def run_tile(sdcoreml, tmp_path, pkg, names, reps, freps=(1.0, 1.0)):
+    np.save(tmp_path / "r.npy", np.array(reps, np.int32))
+    np.save(tmp_path / "f.npy", np.array(freps, np.float32))
+    out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
+    return sdcoreml("run", pkg, "--input", f"{names[0]}={tmp_path / 'r.npy'}", "--input",
+                    f"{names[1]}={tmp_path / 'f.npy'}", "-o", out), out
+
+
+def assert_one_line_error(r, out, *words):
+    assert r.returncode == 1 and all(w in r.stderr for w in words), (r.returncode, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists(), r.stderr
+
+
+def test_runtime_sized_output_limits(sdcoreml, tmp_path):
+    """Sizes from run-time data: a shape no tensor holds is "too large" (not "out of memory");
+    one over the run-time budget (1 GiB here: the graph's static tensors are tiny) is refused
+    naming op and output; a size that fits runs and equals np.tile."""
+    pkg, names = tile_runtime_reps_package(tmp_path)
+    r, out = run_tile(sdcoreml, tmp_path, pkg, names, [2, 3])
+    check_ok(r)
+    assert np.array_equal(np.load(next(out.glob("my_tile*.npy"))), np.tile(np.ones((1, 1), np.float32), (2, 3)))
+    r, out = run_tile(sdcoreml, tmp_path, pkg, names, [2 ** 31 - 1, 2 ** 31 - 1])
+    assert_one_line_error(r, out, "my_tile", "too large")
+    assert "out of memory" not in r.stderr, r.stderr
+    r, out = run_tile(sdcoreml, tmp_path, pkg, names, [20000, 20000])  # 1.5 GiB of float32
+    assert_one_line_error(r, out, "my_tile", "run-time shape [20000, 20000]", "1024 MiB")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 1e30, 2.5])
+def test_float_reps_must_be_int32_values(sdcoreml, tmp_path, bad):
+    """A float vector wired into an integer list (tile's reps): NaN, 1e30 or 2.5 is refused
+    naming the op and the input rather than becoming an arbitrary size."""
+    pkg, names = tile_runtime_reps_package(tmp_path)
+    rewire_input(pkg, "tile", "reps", names[1])
+    r, out = run_tile(sdcoreml, tmp_path, pkg, names, [1, 1], freps=(2.0, bad))
+    assert_one_line_error(r, out, "my_tile", "'reps'", "int32 value")
+
+
 # ---------------------------------------------------------------------------------------------
 # fp16 rounding of every op result
 
