@@ -215,25 +215,26 @@ int sdc_rt_out_dtype(const irun *r, const iop *op, int k) { return r->m->slots[o
    non_zero): the size then comes from input data, so a crafted input could ask for any
    amount. Real graphs (the safety checker's tail) make such tensors no larger than the
    image; allowed is the larger of 1 GiB and 4x the largest tensor the graph declares with
-   every dim known. Scanned per call: only a handful of ops per graph have such outputs. */
+   every dim known. Found on first need, once per run (a graph with flexible input shapes has
+   many such outputs). */
 #define RUNTIME_BUDGET_MIN ((uint64_t)1 << 30)
-
-static uint64_t runtime_budget_bytes(const sdc_model *m) {
-    uint64_t largest = 0;
-    for (int s = 0; s < m->n_slots; s++) {
-        const islot *sl = &m->slots[s];
-        size_t n;
-        bool known = true;
-        for (int d = 0; d < sl->rank; d++) known = known && sl->shape[d] >= 0;
-        if (known && sdc_it_numel(sl->rank, sl->shape, &n) && (uint64_t)n * 4 > largest) largest = (uint64_t)n * 4;
-    }
-    return largest > RUNTIME_BUDGET_MIN / 4 ? largest * 4 : RUNTIME_BUDGET_MIN;
-}
 
 static bool runtime_shaped(const islot *sl) {
     for (int d = 0; d < sl->rank; d++)
         if (sl->shape[d] < 0) return true;
     return false;
+}
+
+static uint64_t runtime_budget_bytes(irun *r) {
+    if (r->runtime_budget) return r->runtime_budget;
+    const sdc_model *m = r->m;
+    uint64_t largest = 0;
+    for (int s = 0; s < m->n_slots; s++) {
+        const islot *sl = &m->slots[s];
+        size_t n;
+        if (!runtime_shaped(sl) && sdc_it_numel(sl->rank, sl->shape, &n) && (uint64_t)n * 4 > largest) largest = (uint64_t)n * 4;
+    }
+    return r->runtime_budget = largest > RUNTIME_BUDGET_MIN / 4 ? largest * 4 : RUNTIME_BUDGET_MIN;
 }
 
 /* Whether output slot s may have this shape: a size that no tensor holds is a malformed
@@ -246,7 +247,7 @@ static bool output_size_ok(irun *r, const iop *op, const islot *sl, int rank, co
         return false;
     }
     uint64_t budget;
-    if (runtime_shaped(sl) && (uint64_t)n * 4 > (budget = runtime_budget_bytes(r->m))) {
+    if (runtime_shaped(sl) && (uint64_t)n * 4 > (budget = runtime_budget_bytes(r))) {
         sdc_rt_fail(r, op, SDC_E_FORMAT, "output '%s': run-time shape %s needs %llu MiB, over the %llu MiB allowed for "
                     "tensors sized by run-time data", sl->name, shape_str(rank, shape, a, sizeof a),
                     (unsigned long long)((uint64_t)n * 4 >> 20), (unsigned long long)(budget >> 20));

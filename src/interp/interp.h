@@ -307,6 +307,7 @@ struct irun {
     int n_temps, cap_temps;
     sdc_err *err;
     const iop *op;
+    uint64_t runtime_budget; /* bytes allowed an output sized by run-time data; 0 until needed (access.c) */
 };
 
 /* ---------------------------------------------------------------- accessors (access.c) */

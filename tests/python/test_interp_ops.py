@@ -566,7 +566,6 @@ def rewire_input(pkg, op_type, param, to_name):
         if op.type == op_type:
             op.inputs[param].arguments[0].name = to_name
     (Path(pkg) / "Data/com.apple.CoreML/model.mlmodel").write_bytes(spec.SerializeToString())
-    return block
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "int32"])
