@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -208,17 +207,31 @@ static void finish_job(convert_args *a) {
 
 /* ---------------------------------------------------------------- inspect */
 
+/* A feature's shape as [2, 4, 64, 64]: a dim the package leaves open (negative) as ?, and an
+   empty shape, which Core ML reads as "not stated" (coremltools writes one for an output
+   sized at run time), as [?]. Returns the characters written, as snprintf. */
+static size_t shape_text(json_t *shape, char *buf, size_t size) {
+    size_t n = (size_t)snprintf(buf, size, "[%s", json_array_size(shape) ? "" : "?");
+    size_t i;
+    json_t *d;
+    json_array_foreach(shape, i, d) {
+        long long v = (long long)json_integer_value(d);
+        if (n < size) n += (size_t)(v < 0 ? snprintf(buf + n, size - n, "%s?", i ? ", " : "")
+                                          : snprintf(buf + n, size - n, "%s%lld", i ? ", " : "", v));
+    }
+    if (n < size) n += (size_t)snprintf(buf + n, size - n, "]");
+    return n;
+}
+
 static void print_features(const char *title, json_t *arr) {
     printf("%s:\n", title);
     size_t i;
     json_t *f;
     json_array_foreach(arr, i, f) {
-        printf("  %-28s %-8s [", json_string_value(json_object_get(f, "name")),
-               json_string_value(json_object_get(f, "dtype")));
-        size_t k;
-        json_t *d;
-        json_array_foreach(json_object_get(f, "shape"), k, d) printf("%s%lld", k ? ", " : "", (long long)json_integer_value(d));
-        printf("]\n");
+        char shape[256];
+        shape_text(json_object_get(f, "shape"), shape, sizeof shape);
+        printf("  %-28s %-8s %s\n", json_string_value(json_object_get(f, "name")),
+               json_string_value(json_object_get(f, "dtype")), shape);
     }
 }
 
@@ -246,20 +259,14 @@ static void print_inspect_text(json_t *doc) {
 enum { FIELD_WIDTH = 36, VALUE_WIDTH = 34 };
 
 /* A contract value as text: strings bare (control characters as spaces), shapes as
-   [2, 4, 64, 64], a side that lacks the field as "-". */
+   shape_text writes them, a side that lacks the field as "-". */
 static void value_text(json_t *v, char *buf, size_t size) {
-    size_t n = 0;
     if (json_is_string(v)) {
         snprintf(buf, size, "%s", json_string_value(v));
     } else if (json_is_integer(v)) {
         snprintf(buf, size, "%lld", (long long)json_integer_value(v));
     } else if (json_is_array(v)) {
-        size_t i;
-        json_t *d;
-        n = (size_t)snprintf(buf, size, "[");
-        json_array_foreach(v, i, d) if (n < size) n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? ", " : "",
-                                                                         (long long)json_integer_value(d));
-        if (n < size) snprintf(buf + n, size - n, "]");
+        shape_text(v, buf, size);
     } else {
         snprintf(buf, size, "-");
     }

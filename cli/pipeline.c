@@ -155,7 +155,7 @@ typedef struct step_ui {
 static void on_step(void *user, const char *what, uint64_t done, uint64_t total) {
     step_ui *s = user;
     if (s->ui.quiet || !s->ui.tty) return;
-    double t = sdc_now_seconds();
+    double t = sdc_cli_now();
     if (done == 0) {
         s->started = t;
         return;

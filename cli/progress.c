@@ -5,7 +5,14 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+double sdc_cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 void sdc_cli_ui_init(sdc_cli_ui *u, bool quiet) {
     memset(u, 0, sizeof *u);
@@ -74,7 +81,7 @@ static void draw_ops(sdc_cli_ui *u, const char *what, uint64_t done, uint64_t to
 void sdc_cli_on_progress(void *user, const char *what, uint64_t done, uint64_t total) {
     sdc_cli_ui *u = user;
     if (u->quiet || !u->tty) return;
-    double t = sdc_now_seconds();
+    double t = sdc_cli_now();
     bool download = !strncmp(what, "download ", 9), ops = !strncmp(what, "run ", 4);
     if (download && strcmp(u->what, what)) draw_download(u, what, done, total, t); /* start the new file's clock */
     if (ops && (strncmp(u->what, what, sizeof u->what - 1) || done <= 1)) { /* start the run's clock */

@@ -26,6 +26,10 @@ void sdc_cli_ui_init(sdc_cli_ui *u, bool quiet);
 /* An sdc_log_fn and an sdc_progress_fn; user is the sdc_cli_ui. */
 void sdc_cli_on_log(void *user, sdc_log_level level, const char *line);
 void sdc_cli_on_progress(void *user, const char *what, uint64_t done, uint64_t total);
+/* Seconds on the monotonic clock: the CLI's one clock (run, generate, progress). The library
+   keeps its own (src/common.h): the two are separate link units and the library's public API
+   is for models, not for timekeeping. */
+double sdc_cli_now(void);
 /* Erases a progress line left open (before an error is printed). */
 void sdc_cli_end_progress(sdc_cli_ui *u);
 

@@ -238,13 +238,13 @@ int sdc_cli_run(int argc, char **argv) {
             goto done;
         }
     }
-    double t0 = sdc_now_seconds();
+    double t0 = sdc_cli_now();
     if (sdc_model_predict(m, inputs, n_in, &outputs, &n_out, err, sizeof err)) {
         sdc_cli_end_progress(&ui);
         fprintf(stderr, "sdcoreml: error: %s\n", err);
         goto done;
     }
-    double seconds = sdc_now_seconds() - t0;
+    double seconds = sdc_cli_now() - t0;
     if (mkdir_p(out_dir) != 0) {
         fprintf(stderr, "sdcoreml: error: %s: cannot create directory: %s\n", out_dir, strerror(errno));
         goto done;

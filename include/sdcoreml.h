@@ -45,8 +45,6 @@ typedef enum sdc_status {
 
 const char *sdc_status_str(sdc_status s);
 const char *sdc_version(void); /* "0.1.0" */
-/* Seconds on the monotonic clock, for elapsed times and ETAs (the library's and the CLI's one clock). */
-double sdc_now_seconds(void);
 
 typedef enum sdc_attention {
     SDC_ATTN_ORIGINAL = 0,

@@ -82,6 +82,10 @@ static inline uint64_t sdc_load_le(const uint8_t *p, size_t nbytes) {
 /* A shape for messages, "[1, 77, 768]"; truncated quietly when it does not fit. Returns buf. */
 const char *sdc_shape_str(const int64_t *shape, int rank, char *buf, size_t size);
 
+/* Seconds on the monotonic clock: the library's one clock, for the stage times it reports.
+   Not public: the CLI, a separate link unit, has its own (sdc_cli_now in cli/progress.c). */
+double sdc_now_seconds(void);
+
 /* Whether anything (file, folder, link target) exists at `path`. */
 bool sdc_path_exists(const char *path);
 

@@ -757,10 +757,25 @@ static const char *opset_name(int opset) {
     }
 }
 
+/* A model's inputs and outputs are its contract with the Swift pipeline, which allocates them
+   from the stated shape: a dim the graph leaves to the run (MIL_DIM_UNKNOWN) cannot be
+   stated, so such a graph is refused, naming the feature, before anything is written. */
+static sdc_status check_feature_shapes(const char *kind, mil_var *const *vs, int n, const char *path, sdc_err *err) {
+    for (int i = 0; i < n; i++)
+        for (int d = 0; d < vs[i]->type.rank; d++)
+            if (vs[i]->type.shape[d] < 0)
+                return sdc_fail(err, SDC_E_UNSUPPORTED, "%s: %s '%s' has a dim (%d) known only at run time", path, kind,
+                                vs[i]->name, d);
+    return SDC_OK;
+}
+
 sdc_status sdc_write_package(const mil_graph *g, const sdc_package_info *info, const char *path,
                              const sdc_write_hooks *hooks, sdc_err *err) {
     const char *opset = opset_name(g->opset);
     SDC_ASSERT(opset && info->spec_version == g->opset + 1 && sdc_mil_graph_ok(g));
+    if (check_feature_shapes("input", g->inputs, g->n_inputs, path, err) ||
+        check_feature_shapes("output", g->outputs, g->n_outputs, path, err))
+        return err->code;
     char tmp[4096], p[4096];
     if (!temp_path_for(path, tmp, sizeof tmp) || strlen(tmp) + 64 > sizeof tmp)
         return sdc_fail(err, SDC_E_ARG, "%s: path too long", path);

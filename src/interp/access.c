@@ -9,6 +9,8 @@
  */
 #include "interp/interp.h"
 
+#include <math.h>
+
 sdc_status sdc_rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt, ...) {
     char msg[800];
     va_list ap;
@@ -84,13 +86,23 @@ itensor *sdc_interp_slot_value(irun *r, const iop *op, int s) {
     return push_temp(r, op, t);
 }
 
+/* Kernels compute on numbers: a string value (a const like `mode`) reaches a kernel only
+   through sdc_rt_str, so a malformed package wiring one into a tensor input is refused here,
+   for every op at once, instead of in each kernel (their t->f / t->i are NULL for strings). */
+static itensor *refuse_string(irun *r, const iop *op, const char *name, itensor *t) {
+    if (!t || t->dtype != MT_STRING) return t;
+    sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' is a string where a tensor is expected", name);
+    return NULL;
+}
+
 itensor *sdc_rt_in_at(irun *r, const iop *op, const char *name, int k) {
     const iparam *p = sdc_rt_param(op, name);
     if (!p || k < 0 || k >= p->n) return NULL;
-    return sdc_interp_slot_value(r, op, p->slots[k]);
+    return refuse_string(r, op, name, sdc_interp_slot_value(r, op, p->slots[k]));
 }
 
-itensor *sdc_rt_in(irun *r, const iop *op, const char *name) {
+/* The one value of input `name`, string or not (NULL when absent). */
+static itensor *any_value(irun *r, const iop *op, const char *name) {
     const iparam *p = sdc_rt_param(op, name);
     if (!p) return NULL;
     if (p->n != 1) {
@@ -98,6 +110,10 @@ itensor *sdc_rt_in(irun *r, const iop *op, const char *name) {
         return NULL;
     }
     return sdc_interp_slot_value(r, op, p->slots[0]);
+}
+
+itensor *sdc_rt_in(irun *r, const iop *op, const char *name) {
+    return refuse_string(r, op, name, any_value(r, op, name));
 }
 
 itensor *sdc_rt_req(irun *r, const iop *op, const char *name) {
@@ -165,7 +181,7 @@ sdc_status sdc_rt_str(irun *r, const iop *op, const char *name, const char *dflt
         *out = dflt;
         return SDC_OK;
     }
-    itensor *t = sdc_rt_in(r, op, name);
+    itensor *t = any_value(r, op, name);
     if (!t) return r->err->code;
     if (t->dtype != MT_STRING || !t->s) return sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be a string", name);
     *out = t->s;
@@ -180,13 +196,65 @@ sdc_status sdc_rt_ints(irun *r, const iop *op, const char *name, int64_t *out, i
     if (!t) return r->err->code;
     if (t->rank > 1 || t->dtype == MT_STRING || t->n > (size_t)max)
         return sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be a vector of at most %d integers", name, max);
-    for (size_t i = 0; i < t->n; i++) out[i] = it_geti(t, i);
+    for (size_t i = 0; i < t->n; i++) {
+        /* a float list (malformed, or read from run-time data) must hold whole numbers that an
+           int64 keeps: NaN or 1e30 would otherwise become an arbitrary size or index */
+        if (mt_is_float(t->dtype) && !(t->f[i] == truncf(t->f[i]) && fabsf(t->f[i]) <= INT32_MAX))
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' element %zu (%g) is not an int32 value", name, i,
+                               (double)t->f[i]);
+        out[i] = it_geti(t, i);
+    }
     *n = (int)t->n;
     if (present) *present = true;
     return SDC_OK;
 }
 
 int sdc_rt_out_dtype(const irun *r, const iop *op, int k) { return r->m->slots[op->outs[k]].dtype; }
+
+/* Budget for an output whose declared shape leaves a dim to the run (tile with run-time reps,
+   non_zero): the size then comes from input data, so a crafted input could ask for any
+   amount. Real graphs (the safety checker's tail) make such tensors no larger than the
+   image; allowed is the larger of 1 GiB and 4x the largest tensor the graph declares with
+   every dim known. Found on first need, once per run (a graph with flexible input shapes has
+   many such outputs). */
+#define RUNTIME_BUDGET_MIN ((uint64_t)1 << 30)
+
+static bool runtime_shaped(const islot *sl) {
+    for (int d = 0; d < sl->rank; d++)
+        if (sl->shape[d] < 0) return true;
+    return false;
+}
+
+static uint64_t runtime_budget_bytes(irun *r) {
+    if (r->runtime_budget) return r->runtime_budget;
+    const sdc_model *m = r->m;
+    uint64_t largest = 0;
+    for (int s = 0; s < m->n_slots; s++) {
+        const islot *sl = &m->slots[s];
+        size_t n;
+        if (!runtime_shaped(sl) && sdc_it_numel(sl->rank, sl->shape, &n) && (uint64_t)n * 4 > largest) largest = (uint64_t)n * 4;
+    }
+    return r->runtime_budget = largest > RUNTIME_BUDGET_MIN / 4 ? largest * 4 : RUNTIME_BUDGET_MIN;
+}
+
+/* Whether output slot s may have this shape: a size that no tensor holds is a malformed
+   shape, not a failed allocation; a run-time size must fit the budget above. */
+static bool output_size_ok(irun *r, const iop *op, const islot *sl, int rank, const int64_t *shape) {
+    size_t n;
+    char a[200];
+    if (!sdc_it_numel(rank, shape, &n)) {
+        sdc_rt_fail(r, op, SDC_E_FORMAT, "output '%s': shape %s is too large", sl->name, shape_str(rank, shape, a, sizeof a));
+        return false;
+    }
+    uint64_t budget;
+    if (runtime_shaped(sl) && (uint64_t)n * 4 > (budget = runtime_budget_bytes(r))) {
+        sdc_rt_fail(r, op, SDC_E_FORMAT, "output '%s': run-time shape %s needs %llu MiB, over the %llu MiB allowed for "
+                    "tensors sized by run-time data", sl->name, shape_str(rank, shape, a, sizeof a),
+                    (unsigned long long)((uint64_t)n * 4 >> 20), (unsigned long long)(budget >> 20));
+        return false;
+    }
+    return true;
+}
 
 itensor *sdc_rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shape) {
     if (k >= op->n_out) {
@@ -207,6 +275,7 @@ itensor *sdc_rt_out(irun *r, const iop *op, int k, int rank, const int64_t *shap
         sdc_rt_fail(r, op, SDC_E_UNSUPPORTED, "output '%s' is a string", sl->name);
         return NULL;
     }
+    if (!output_size_ok(r, op, sl, rank, shape)) return NULL;
     itensor *t = sdc_it_new(sl->dtype, rank, shape);
     if (!t) {
         sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory for output '%s' %s", sl->name, shape_str(rank, shape, (char[200]){0}, 200));

@@ -112,8 +112,12 @@ bool sdc_it_numel(int rank, const int64_t *shape, size_t *n); /* false on overfl
 uint32_t sdc_it_bits_at(const uint8_t *p, size_t i, int bits);
 
 static inline float it_getf(const itensor *t, size_t i) { return mt_is_float(t->dtype) ? t->f[i] : (float)t->i[i]; }
+/* A float that no int64 holds (NaN, +-inf, |x| >= 2^63) gives INT64_MIN, which every bounds
+   check refuses, rather than the undefined behaviour of the plain conversion. */
 static inline int64_t it_geti(const itensor *t, size_t i) {
-    return mt_is_float(t->dtype) ? (int64_t)t->f[i] : (int64_t)t->i[i];
+    if (!mt_is_float(t->dtype)) return (int64_t)t->i[i];
+    float v = t->f[i];
+    return v == v && v > -9.2e18f && v < 9.2e18f ? (int64_t)v : INT64_MIN;
 }
 /* "[1, 77, 768]" (common.h's printer, arguments in the interpreter's rank-first order) */
 static inline const char *shape_str(int rank, const int64_t *shape, char *buf, size_t size) {
@@ -310,6 +314,7 @@ struct irun {
     sdc_err *err;
     const iop *op;
     double flops; /* of the current op's matrix products (sdc_rt_flops) */
+    uint64_t runtime_budget; /* bytes allowed an output sized by run-time data; 0 until needed (access.c) */
 };
 
 /* ---------------------------------------------------------------- accessors (access.c) */

@@ -525,7 +525,9 @@ sdc_status sdc_kernel_tile(irun *r, const iop *op) {
     for (int d = 0; d < n; d++) {
         /* 0 happens with run-time reps: no elements to scatter (a safe image's empty non_zero) */
         if (reps[d] < 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "reps must be >= 0");
-        shape[d] = x->shape[d] * reps[d];
+        if (__builtin_mul_overflow(x->shape[d], reps[d], &shape[d]))
+            return sdc_rt_fail(r, op, SDC_E_FORMAT, "reps %lld times dim %d (%lld) is too large", (long long)reps[d], d,
+                               (long long)x->shape[d]);
     }
     if (check_store(r, op, x)) return r->err->code;
     itensor *o = sdc_rt_out(r, op, 0, n, shape);

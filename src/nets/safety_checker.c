@@ -134,10 +134,13 @@ static mil_var *vision_tower(sc_ctx *x, mil_var *pixels) {
 
 /* ---------------------------------------------------------------- the checker */
 
-/* F.normalize's epsilon. In float16 coremltools keeps a non-zero constant that would round to
-   0 as the smallest subnormal (2^-24), and the anchor's graph has exactly that. */
+/* F.normalize's epsilon: max(‖v‖, NORMALIZE_EPS), in the graph and in the folded tables. */
+#define NORMALIZE_EPS 1e-12f
+
+/* The epsilon as a graph constant. In float16 coremltools keeps a non-zero constant that would
+   round to 0 as the smallest subnormal (2^-24), and the anchor's graph has exactly that. */
 static mil_var *norm_eps(sc_ctx *x) {
-    return sdc_mil_const_scalar(x->n.g, x->n.t, x->n.t == SDC_DT_F16 ? 0x1p-24f : 1e-12f);
+    return sdc_mil_const_scalar(x->n.g, x->n.t, x->n.t == SDC_DT_F16 ? 0x1p-24f : NORMALIZE_EPS);
 }
 
 /* The values of tensor `name` (numel n, shape checked by the caller's table_rows) as float32,
@@ -158,7 +161,7 @@ static float *table_values(sc_ctx *x, const char *name, int rank, const int64_t 
 
 /* cos(e, table) − thresholds as the anchor's graph has it: the trace's
    normalize(e) · normalize(table)ᵀ − thresholds, folded by coremltools at conversion into one
-   linear op whose weight is the table with each row divided by max(‖row‖, 1e-12) (float32,
+   linear op whose weight is the table with each row divided by max(‖row‖, NORMALIZE_EPS) (float32,
    then the compute dtype) and whose bias is −thresholds. In float16 the table is first
    rounded to float16: the anchor loads the pipeline in float16 and traces it cast back to
    float32, so its folded weights are these bytes exactly. e_n (1, P) → (1, rows). */
@@ -177,7 +180,7 @@ static mil_var *scores(sc_ctx *x, mil_var *e_n, const char *table, const char *t
         double ss = 0;
         for (int64_t k = 0; k < P; k++) ss += (double)row[k] * row[k];
         float norm = (float)sqrt(ss);
-        if (norm < 1e-12f) norm = 1e-12f;
+        if (norm < NORMALIZE_EPS) norm = NORMALIZE_EPS;
         for (int64_t k = 0; k < P; k++) row[k] /= norm;
         b[r] = -b[r];
     }

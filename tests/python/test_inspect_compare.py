@@ -22,6 +22,7 @@ from test_hostile_packages import model_with_function, named, operation, package
 
 import coremltools as ct  # noqa: E402  (a test requirement: never skip without it)
 from coremltools.converters.mil import Builder as mb  # noqa: E402
+from coremltools.converters.mil.mil import types  # noqa: E402
 
 # Core ML ArrayFeatureType.ArrayDataType codes and MIL DataType codes -> what inspect prints.
 ARRAY_DTYPES = {65568: "FLOAT32", 65552: "FLOAT16", 131104: "INT32"}
@@ -263,6 +264,27 @@ def test_argument_order(sdcoreml, coremltools_packages):
     assert one.stdout == two.stdout
     swapped = json.loads(sdcoreml("inspect", "--compare", b, a, "--json").stdout)
     assert swapped["op_histogram"]["layer_norm"] == {"a": 0, "b": 1, "difference": 1}
+
+
+def test_unknown_dims_print_as_question_marks(sdcoreml, tmp_path):
+    """An output sized at run time: coremltools states no shape (Core ML's "not stated"),
+    printed [?]; a stated shape with an open dim (-1, written into the spec here) prints that
+    dim as ?; --json keeps the spec's numbers."""
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2,), dtype=types.int32)], opset_version=ct.target.iOS16)
+    def prog(reps):
+        return mb.tile(x=np.ones((1, 1), np.float32), reps=reps)
+
+    pkg = save(prog, tmp_path / "tile.mlpackage", ct.precision.FLOAT32)
+    spec = load_spec(pkg)
+    assert list(spec.description.output[0].type.multiArrayType.shape) == []  # the oracle: coremltools' own spec
+    spec.description.input[0].type.multiArrayType.shape[0] = -1
+    (pkg / "Data/com.apple.CoreML/model.mlmodel").write_bytes(spec.SerializeToString())
+    r = check_ok(sdcoreml("inspect", pkg))
+    rows = {line.split()[0]: line.split(None, 2)[2] for line in r.stdout.splitlines() if line.startswith("  ")
+            and len(line.split()) >= 3 and line.split()[1] in ("INT32", "FLOAT32")}
+    assert rows == {spec.description.input[0].name: "[?]", spec.description.output[0].name: "[?]"}, r.stdout
+    doc = json.loads(check_ok(sdcoreml("inspect", pkg, "--json")).stdout)
+    assert doc["inputs"][0]["shape"] == [-1] and doc["outputs"][0]["shape"] == [], doc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -611,6 +611,95 @@ def test_profile_counts_matrix_products(sdcoreml, tmp_path):
     assert all(row["flops"] == 0 for k, row in prof.items() if k not in ("conv", "attention (fused)")), prof
 
 
+def rewire_input(pkg, op_type, param, to_name):
+    """Points input `param` of the program's `op_type` op at the value named `to_name` (a
+    malformed package coremltools' builder would not write), in place."""
+    spec = ct.utils.load_spec(str(pkg))
+    block = next(iter(spec.mlProgram.functions["main"].block_specializations.values()))
+    for op in block.operations:
+        if op.type == op_type:
+            op.inputs[param].arguments[0].name = to_name
+    (Path(pkg) / "Data/com.apple.CoreML/model.mlmodel").write_bytes(spec.SerializeToString())
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int32"])
+def test_string_value_as_tensor_input_is_refused(sdcoreml, tmp_path, dtype):
+    """scatter_nd's `updates` wired to the string const `mode`: one line naming the op and the
+    input, exit 1 (it crashed on int32 data: the kernel read the string's absent numbers)."""
+    np_t, mil_t = (np.float32, types.fp32) if dtype == "fp32" else (np.int32, types.int32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(3, 4), dtype=mil_t)], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.scatter_nd(data=x, indices=np.array([1, 2], np.int32), updates=np_t(5), mode="update",
+                             name="my_scatter")
+
+    pkg = tmp_path / "snd.mlpackage"
+    save_program(prog, pkg)
+    spec = ct.utils.load_spec(str(pkg))
+    block = next(iter(spec.mlProgram.functions["main"].block_specializations.values()))
+    mode = next(o.outputs[0].name for o in block.operations
+                if o.type == "const" and o.attributes["val"].immediateValue.HasField("tensor")
+                and o.attributes["val"].type.tensorType.dataType == ct.proto.MIL_pb2.STRING)
+    rewire_input(pkg, "scatter_nd", "updates", mode)
+    name = spec.description.input[0].name
+    np.save(tmp_path / "x.npy", np.zeros((3, 4), np_t))
+    r = sdcoreml("run", pkg, "--input", f"{name}={tmp_path / 'x.npy'}", "-o", tmp_path / "o")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "my_scatter" in r.stderr and "'updates'" in r.stderr and "string" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists(), r.stderr
+
+
+def tile_runtime_reps_package(tmp_path):
+    """tile of a (1, 1) const by reps read from input `reps` (int32) — or, rewired, from the
+    float input `freps` (a malformed package): the output's size is the run's."""
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2,), dtype=types.int32), mb.TensorSpec(shape=(2,))],
+                opset_version=ct.target.iOS16)
+    def prog(reps, freps):
+        return mb.tile(x=np.ones((1, 1), np.float32), reps=reps, name="my_tile"), mb.add(x=freps, y=np.float32(0))
+
+    pkg = tmp_path / "tile.mlpackage"
+    save_program(prog, pkg)
+    return pkg, [d.name for d in ct.utils.load_spec(str(pkg)).description.input]
+
+
+def run_tile(sdcoreml, tmp_path, pkg, names, reps, freps=(1.0, 1.0)):
+    np.save(tmp_path / "r.npy", np.array(reps, np.int32))
+    np.save(tmp_path / "f.npy", np.array(freps, np.float32))
+    out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
+    return sdcoreml("run", pkg, "--input", f"{names[0]}={tmp_path / 'r.npy'}", "--input",
+                    f"{names[1]}={tmp_path / 'f.npy'}", "-o", out), out
+
+
+def assert_one_line_error(r, out, *words):
+    assert r.returncode == 1 and all(w in r.stderr for w in words), (r.returncode, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists(), r.stderr
+
+
+def test_runtime_sized_output_limits(sdcoreml, tmp_path):
+    """Sizes from run-time data: a shape no tensor holds is "too large" (not "out of memory");
+    one over the run-time budget (1 GiB here: the graph's static tensors are tiny) is refused
+    naming op and output; a size that fits runs and equals np.tile."""
+    pkg, names = tile_runtime_reps_package(tmp_path)
+    r, out = run_tile(sdcoreml, tmp_path, pkg, names, [2, 3])
+    check_ok(r)
+    assert np.array_equal(np.load(next(out.glob("my_tile*.npy"))), np.tile(np.ones((1, 1), np.float32), (2, 3)))
+    r, out = run_tile(sdcoreml, tmp_path, pkg, names, [2 ** 31 - 1, 2 ** 31 - 1])
+    assert_one_line_error(r, out, "my_tile", "too large")
+    assert "out of memory" not in r.stderr, r.stderr
+    r, out = run_tile(sdcoreml, tmp_path, pkg, names, [20000, 20000])  # 1.5 GiB of float32
+    assert_one_line_error(r, out, "my_tile", "run-time shape [20000, 20000]", "1024 MiB")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 1e30, 2.5])
+def test_float_reps_must_be_int32_values(sdcoreml, tmp_path, bad):
+    """A float vector wired into an integer list (tile's reps): NaN, 1e30 or 2.5 is refused
+    naming the op and the input rather than becoming an arbitrary size."""
+    pkg, names = tile_runtime_reps_package(tmp_path)
+    rewire_input(pkg, "tile", "reps", names[1])
+    r, out = run_tile(sdcoreml, tmp_path, pkg, names, [1, 1], freps=(2.0, bad))
+    assert_one_line_error(r, out, "my_tile", "'reps'", "int32 value")
+
+
 # ---------------------------------------------------------------------------------------------
 # fp16 rounding of every op result
 

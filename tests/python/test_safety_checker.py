@@ -256,14 +256,17 @@ def test_folded_score_tables(convert_vae, pipelines, precision):  # noqa: F811
     spec = ct.utils.load_spec(pkg)
     prog = load(model_spec=spec, specification_version=spec.specificationVersion,
                 file_weights_dir=pkg + "/Data/com.apple.CoreML/weights")
-    linears = {op.weight.val.shape[0]: op for op in prog.functions["main"].operations if op.op_type == "linear"}
+    # the graph's last two linear ops, in the order the anchor's trace has them (special-care
+    # scores first): keyed by order, not by row count, which two tables may share
+    linears = dict(zip(("special_care_embeds", "concept_embeds"),
+                       [op for op in prog.functions["main"].operations if op.op_type == "linear"][-2:]))
     t = load_file(str(pipelines["sd1"] / SUB / "model.safetensors"))
     dtype = np.float16 if precision == "FLOAT16" else np.float32
     for table in ("special_care_embeds", "concept_embeds"):
         e = t[table].astype(dtype).astype(np.float32)
         want_w = (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)).astype(dtype)
         want_b = (-t[table + "_weights"]).astype(dtype)
-        op = linears[e.shape[0]]
+        op = linears[table]
         assert op.weight.val.dtype == dtype and op.bias.val.dtype == dtype, table
         np.testing.assert_allclose(op.weight.val, want_w, rtol=0 if precision == "FLOAT16" else 1e-6, atol=0, err_msg=table)
         assert np.array_equal(op.bias.val, want_b), table

@@ -240,13 +240,26 @@ def with_float16_sinusoids(model):
 
 # Where the anchor's own package cannot be measured (a model it cannot convert), a FLOAT16 output
 # is held to the usual bar against diffusers with float16_sinusoid: the float16 sinusoids may cost
-# what they cost on the device, everything else only what the bar allows. (Against plain diffusers
-# that bounds the output too, by the triangle inequality; the number is printed.)
+# what they cost on the device, everything else only what the bar allows.
+#
+# And against plain diffusers: the usual bar, or, where the float16 sinusoids alone take the
+# oracle below it, the oracle's own PSNR minus DEVICE_ORACLE_SLACK_DB. The bar against the oracle
+# alone would let an output whose error adds to the sinusoids' (rather than sits beside it) lose
+# up to 6 dB against diffusers unseen. The slack is what the rest of a device's float16 arithmetic
+# costs on top of the sinusoids in the anchor's own graphs: on sd1-inpaint the oracle scores
+# 54.93 dB and the anchor's packages 53.57 / 53.74 dB (tests/data/anchor/psnr.json), 1.36 dB
+# below, so 1 dB would ask more than the anchor meets. Measured here: odd UNet 54.3 dB with the
+# oracle at 55.0; ControlNet residuals 3 and 4 at the oracle's 53.4 and 46.6 dB.
+DEVICE_ORACLE_SLACK_DB = 1.5
+
+
 def assert_float16_within_device_sinusoid(name, ref, device, got, min_psnr):
-    value, against_device = psnr(ref, got), psnr(device, got)
-    print(f"PSNR {name}: {value:.1f} dB (diffusers with float16 sinusoids itself {psnr(ref, device):.1f} dB); "
+    value, against_device, oracle = psnr(ref, got), psnr(device, got), psnr(ref, device)
+    print(f"PSNR {name}: {value:.1f} dB (diffusers with float16 sinusoids itself {oracle:.1f} dB); "
           f"against diffusers with float16 sinusoids {against_device:.1f} dB")
     assert against_device >= min_psnr, f"{name}: {against_device:.1f} dB against the float16-sinusoid oracle"
+    bar = min(min_psnr, oracle - DEVICE_ORACLE_SLACK_DB)
+    assert value >= bar, f"{name}: {value:.1f} dB against diffusers < {bar:.1f} (the oracle itself {oracle:.1f} dB)"
 
 
 def diffusers_noise_pred(pipeline, feeds, float16_sinusoids=False):
@@ -281,6 +294,11 @@ def run_package(sdcoreml, pkg, feeds, tmp_path):
 # Measured (interpreter vs diffusers float32, these inputs, every kind): FLOAT32 112.5-114.4 dB,
 # FLOAT16 53.6-58.4 dB; SPLIT_EINSUM_V2 at 48x48 / 40x56 114.0-115.6 and 56.7-57.1 dB. Bars: FLOAT32
 # 110 dB (a GroupNorm eps of 1e-5 for 1e-6 in the transformer blocks gives 101-106 dB), FLOAT16 55 dB.
+# FLOAT32 was 125-128 dB until d4715a2 (GroupNorm as the anchor's reduce_mean, sub, square,
+# reduce_mean, add, sqrt, real_div instead of layer_norm over a grouped view): each step now
+# rounds to float32 as a device's would, where the layer_norm kernel kept the statistics and
+# 1/sqrt in double. Measured on sd1 / sd1-inpaint SPLIT_EINSUM: 127.7 / 125.1 dB at d4715a2's
+# parent, 114.4 / 112.5 dB at d4715a2 (the later float16 sinusoids leave FLOAT32 as it was).
 MIN_PSNR = {"FLOAT32": 110.0, "FLOAT16": 55.0}
 
 # A FLOAT16 package computes the timestep sinusoids as the anchor's does: a float16 frequency table,
@@ -290,8 +308,17 @@ MIN_PSNR = {"FLOAT32": 110.0, "FLOAT16": 55.0}
 # so the drop is the device's float16 arithmetic, not ours. Where the anchor's own package
 # (tests/data/anchor/psnr.json) is below MIN_PSNR, the bar is the anchor's number minus
 # ANCHOR_SLACK_DB; everywhere else MIN_PSNR holds.
+#
+# The slack: ours scores 0.06-0.1 dB under the anchor's number, and a different libm (macOS's
+# sinf, expf, erff...) rounds an occasional float32 result to the other float16 neighbour. The
+# sinusoids themselves cannot flip the bar: a libm 1 float32 ulp off changes none of sd1-inpaint's
+# 64 float16 sin/cos values on these inputs, and the worst any libm could do (every value to its
+# other float16 neighbour) costs 0.016 dB (54.93 -> 54.91 dB for the float16-sinusoid oracle).
+# The remaining float16 ops move the number by about what the anchor's two attention forms differ
+# by — the same arithmetic in another op order: 53.57 vs 53.74 dB, 0.17 dB. ANCHOR_SLACK_DB is
+# about three times that.
 ANCHOR_PSNR = json.loads((Path(__file__).resolve().parent.parent / "data" / "anchor" / "psnr.json").read_text())["unet"]
-ANCHOR_SLACK_DB = 0.1
+ANCHOR_SLACK_DB = 0.5
 
 
 def min_psnr_for(kind, attention, precision):
@@ -299,6 +326,41 @@ def min_psnr_for(kind, attention, precision):
     if anchor is not None and anchor < MIN_PSNR[precision]:
         return anchor - ANCHOR_SLACK_DB
     return MIN_PSNR[precision]
+
+
+def diffusers_frequency_table(half, shift):
+    """diffusers 0.30.2 get_timestep_embedding's frequencies, its steps in torch float32:
+    exponent = -ln(max_period) · arange(half) / (half - shift), then exp."""
+    import torch
+
+    exponent = -math.log(10000) * torch.arange(start=0, end=half, dtype=torch.float32)
+    return torch.exp(exponent / (half - shift)).numpy()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_float16_frequency_table_is_torch_table(unet_packages, pipelines, kind):
+    """The frequency table a FLOAT16 package multiplies the timestep by (src/nets/blocks.c
+    frequency_table, stored in float16) is torch's float32 table rounded to float16, bit for
+    bit — the bytes the anchor's package stores — for time_proj and SDXL's add_time_proj."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    pkg = str(unet_packages(kind))
+    spec = ct.utils.load_spec(pkg)
+    prog = load(model_spec=spec, specification_version=spec.specificationVersion,
+                file_weights_dir=pkg + "/Data/com.apple.CoreML/weights")
+    cfg = json.loads((Path(pipelines[kind]) / "unet" / "config.json").read_text())
+    dims = [cfg["block_out_channels"][0]] + ([cfg["addition_time_embed_dim"]] if KINDS[kind] else [])
+    # the table: the const operand of a mul whose other operand is the expanded timestep column
+    tables = [op.y.val for op in prog.functions["main"].operations
+              if op.op_type == "mul" and op.x.op is not None and op.x.op.op_type == "expand_dims"
+              and op.y.val is not None and op.y.val.ndim == 2 and op.y.val.shape[0] == 1]
+    assert sorted(t.shape[1] for t in tables) == sorted(d // 2 for d in dims), [t.shape for t in tables]
+    for table in tables:
+        half = table.shape[1]
+        want = np.float16(diffusers_frequency_table(half, cfg["freq_shift"]))[None, :]
+        assert table.dtype == np.float16 and np.array_equal(table.view(np.uint16), want.view(np.uint16)), (
+            half, table, want)
 
 
 # SPLIT_EINSUM_V2 is left out here: at these 16x16 latents (256 tokens per attention, below

@@ -3,7 +3,8 @@
  * rule), which tensors cross it and in what order, float16 boundaries cast to float32 under the
  * var's name, the original inputs chunk 2 keeps, dead-code elimination, a constant both chunks
  * use, the failure when no op can be cut, and chunk 1 → chunk 2 run through the interpreter
- * giving bit for bit what the whole graph gives.
+ * giving bit for bit what the whole graph gives; and the writer's refusal of a feature shape
+ * known only at run time.
  */
 #include <unistd.h>
 
@@ -218,6 +219,24 @@ static void test_run(const char *dir, sdc_dtype t) {
     sdc_ndarrays_free(o2, n2);
 }
 
+/* The writer states every input and output shape in the model description: a graph whose
+   output is sized at run time (non_zero's count) is refused naming the output, and nothing is
+   left at the path. */
+static void test_unknown_feature_dim(const char *dir) {
+    mil_graph *g = sdc_mil_graph_new(6);
+    int64_t xs[1] = {4};
+    mil_var *x = sdc_mil_input(g, "x", SDC_DT_F32, 1, xs);
+    CHECK(sdc_mil_output(g, sdc_mil_non_zero(g, x), "where"));
+    char path[512];
+    snprintf(path, sizeof path, "%s/open.mlpackage", dir);
+    sdc_package_info info = {.spec_version = 7, .short_description = "", .author = "", .license = "", .version = ""};
+    sdc_err err = {0};
+    CHECK(sdc_write_package(g, &info, path, NULL, &err) == SDC_E_UNSUPPORTED);
+    CHECK(strstr(err.msg, "output 'where'") && strstr(err.msg, "run time") && !strchr(err.msg, '\n'));
+    CHECK(access(path, F_OK) != 0);
+    sdc_mil_graph_free(g);
+}
+
 int main(void) {
     char dir[] = "/tmp/sdc-test-chunk-XXXXXX";
     if (!mkdtemp(dir)) return 1;
@@ -226,6 +245,7 @@ int main(void) {
     test_no_cut();
     test_run(dir, SDC_DT_F16);
     test_run(dir, SDC_DT_F32);
+    test_unknown_feature_dim(dir);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
