@@ -35,7 +35,7 @@ enum { QBLOCK = 64 }; /* queries per block (at least): weights of Sk × 64 float
 
 /* How many times each slot is read, counted once for the whole program (an output counts as
    many readers: it is never fused away); NULL when out of memory. */
-static int *count_readers(const sdc_model *m) {
+int *sdc_interp_count_readers(const sdc_model *m) {
     int *n = sdc_calloc((size_t)m->n_slots + 1, sizeof *n);
     if (!n) return NULL;
     for (int i = 0; i < m->n_ops; i++)
@@ -223,7 +223,7 @@ static const iop_def FUSED_ATTENTION = {"attention (fused)", sdc_kernel_fused_at
 void sdc_interp_fuse(sdc_model *m) {
     for (int i = 0; i < m->n_ops; i++)
         m->ops[i].fused_into = m->ops[i].fuse_first = m->ops[i].fuse_scale = m->ops[i].fuse_softmax = -1;
-    int *readers = count_readers(m);
+    int *readers = sdc_interp_count_readers(m);
     if (!readers) return; /* out of memory: the ops run unfused, with the same results */
     for (int i = 0; i < m->n_ops; i++) {
         iop *c = &m->ops[i];

@@ -108,17 +108,6 @@ static bool trailing_mean(const sdc_model *m, const iop *op, int rank, int *firs
     return *first >= 1;
 }
 
-/* Reads of every slot by ops and as function outputs (an output counts as many reads). */
-static int *count_readers(const sdc_model *m) {
-    int *n = sdc_calloc((size_t)m->n_slots, sizeof *n);
-    if (!n) return NULL;
-    for (int i = 0; i < m->n_ops; i++)
-        for (int p = 0; p < m->ops[i].n_params; p++)
-            for (int k = 0; k < m->ops[i].params[p].n; k++) n[m->ops[i].params[p].slots[k]]++;
-    for (int i = 0; i < m->n_outputs; i++) n[m->outputs[i]] += 1000;
-    return n;
-}
-
 /* Values, shapes, dtypes and readers of a walked chain ending at op `div`. */
 /* Whether the reshape making h can be computed too: h read by the chain only, made from a
    value of h's dtype and element count (a reshape only renames the row-major positions, so
@@ -168,7 +157,7 @@ static bool gn_fits(const sdc_model *m, const int *readers, const iop *div, gn_c
 static const iop_def FUSED_GROUP_NORM = {"group norm (fused)", sdc_kernel_fused_group_norm, 0, NULL};
 
 void sdc_interp_fuse_norm(sdc_model *m) {
-    int *readers = count_readers(m);
+    int *readers = sdc_interp_count_readers(m);
     if (!readers) return; /* out of memory: the ops run unfused */
     for (int i = 0; i < m->n_ops; i++) {
         iop *div = &m->ops[i];

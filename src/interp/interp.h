@@ -279,6 +279,9 @@ void sdc_interp_fuse(struct sdc_model *m);
 /* Marks GroupNorm's reduce_mean → sub → square → reduce_mean → add → sqrt → real_div as one op
    (fuse_norm.c); after sdc_interp_fuse. */
 void sdc_interp_fuse_norm(struct sdc_model *m);
+/* How many times each slot is read (an output counts as many readers: it is never fused away),
+   counted once per fusion pass; sdc_free it. NULL when out of memory (fuse.c). */
+int *sdc_interp_count_readers(const struct sdc_model *m);
 sdc_status sdc_interp_decode_small(struct sdc_model *m, sdc_err *err);
 
 struct sdc_model {
