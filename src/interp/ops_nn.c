@@ -377,7 +377,11 @@ static void im2col_rows(void *vctx, size_t r0, size_t r1) {
     }
 }
 
-enum { CONV_TILE_FLOATS = 512 << 10 }; /* 2 MiB of columns per thread: measured best of 0.5, 2 and 8 MiB */
+/* 2 MiB of columns per thread: measured best of 0.5, 2 and 8 MiB on the full-size VAE decoder.
+   Up to 8 MiB of columns in all (every conv of the small test models) the columns are made at
+   once and one product is split over the pool, as before the tiles: their results stay the
+   same bit for bit (the BLAS's sums depend on how the columns are cut). */
+enum { CONV_TILE_FLOATS = 512 << 10, CONV_SMALL_FLOATS = 2 << 20 };
 
 typedef struct conv_tiles_ctx {
     const conv_geom *g;
@@ -495,7 +499,7 @@ sdc_status sdc_kernel_conv(irun *r, const iop *op) {
     sdc_rt_flops(r, (double)(N * Cout), (double)g.P, (double)g.kdim);
     bool direct = g.k[0] * g.k[1] * g.k[2] == 1 && g.s[0] * g.s[1] * g.s[2] == 1 && g.pb[0] + g.pb[1] + g.pb[2] == 0 &&
                   pa[0] + pa[1] + pa[2] == 0;
-    if (!direct && o->n) {
+    if (!direct && o->n && g.kdim * g.P > CONV_SMALL_FLOATS) {
         conv_tiles_ctx c = {&g, NULL, NULL, b ? b->f : NULL, NULL, cout_g, conv_tile_len(&g, sdc_ipool_size(sdc_rt_pool(r))), 0};
         for (int64_t n = 0; n < N && !c.oom; n++)
             for (int64_t gi = 0; gi < groups && !c.oom; gi++) {
@@ -508,13 +512,22 @@ sdc_status sdc_kernel_conv(irun *r, const iop *op) {
         if (c.oom) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory for the im2col buffer");
         return SDC_OK;
     }
+    size_t cols_cap = 0; /* the small case: all columns at once, im2col then one product over the pool */
+    float *cols = direct || o->n == 0 ? NULL : sdc_ibuf_alloc(sizeof(float) * (size_t)(g.kdim * g.P), &cols_cap);
+    if (!direct && o->n && !cols) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory for the im2col buffer");
     for (int64_t n = 0; n < N && o->n; n++)
         for (int64_t gi = 0; gi < groups; gi++) {
             const float *xg = x->f + (n * Cin + gi * g.cin_g) * in_sz;
             const float *wg = w->f + gi * cout_g * g.kdim;
             float *og = o->f + (n * Cout + gi * cout_g) * g.P;
+            if (!direct) {
+                im2col_ctx c = {&g, xg, cols, 0, g.P};
+                sdc_ipool_for(sdc_rt_pool(r), (size_t)g.kdim, (size_t)(8192 / g.P) + 1, im2col_rows, &c);
+                xg = cols;
+            }
             sdc_igemm(sdc_rt_pool(r), false, false, cout_g, g.P, g.kdim, wg, g.kdim, xg, g.P, 0.0f, og, g.P);
         }
+    sdc_ibuf_free(cols, cols_cap);
     if (b)
         for (int64_t n = 0; n < N; n++)
             for (int64_t c = 0; c < Cout; c++) {
