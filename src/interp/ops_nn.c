@@ -377,6 +377,57 @@ static void im2col_rows(void *vctx, size_t r0, size_t r1) {
     }
 }
 
+/* 8 MiB of columns per thread: of 0.5, 2 and 8 MiB, 8 was fastest on the full-size VAE decoder.
+   Up to 8 MiB of columns in all (every conv of the small test models) the columns are made at
+   once and one product is split over the pool, as before the tiles: their results stay the
+   same bit for bit (the BLAS's sums depend on how the columns are cut). */
+enum { CONV_TILE_FLOATS = 2 << 20, CONV_SMALL_FLOATS = 2 << 20 };
+
+typedef struct conv_tiles_ctx {
+    const conv_geom *g;
+    const float *x, *w, *bias; /* this (n, group)'s input [cin_g, *in], weight [cout_g, kdim], bias [cout_g] */
+    float *o;                  /* [cout_g, P] */
+    int64_t cout_g, tile;
+    _Atomic int oom;
+} conv_tiles_ctx;
+
+/* Output positions per tile: the tile's column buffer [kdim, tile] is sized to stay in the
+   thread's cache between im2col writing it and the product reading it, but wide enough that
+   the product's repacking of the weights stays small against its arithmetic. */
+static int64_t conv_tile_len(const conv_geom *g, int threads) {
+    int64_t t = CONV_TILE_FLOATS / g->kdim;
+    if (t < 256) t = 256;
+    t = (t + 15) / 16 * 16; /* whole vector widths */
+    int64_t even = (g->P + 2 * threads - 1) / (2 * threads); /* at least two tiles per thread */
+    if (t > even) t = even < 16 ? 16 : even;
+    return t;
+}
+
+/* Tiles [t0, t1) of the output positions: each one im2col into this thread's buffer, one
+   single-threaded product into the output rows, and the bias added while the rows are hot. */
+static void conv_tiles(void *vctx, size_t t0, size_t t1) {
+    conv_tiles_ctx *c = vctx;
+    const conv_geom *g = c->g;
+    size_t cap = 0;
+    float *cols = sdc_ibuf_alloc(sizeof(float) * (size_t)(g->kdim * c->tile), &cap); /* [kdim, tile] */
+    if (!cols) {
+        c->oom = 1;
+        return;
+    }
+    for (size_t ti = t0; ti < t1; ti++) {
+        int64_t p0 = (int64_t)ti * c->tile, t = g->P - p0 < c->tile ? g->P - p0 : c->tile;
+        im2col_ctx ic = {g, c->x, cols, p0, t};
+        im2col_rows(&ic, 0, (size_t)g->kdim);
+        sdc_igemm(NULL, false, false, c->cout_g, t, g->kdim, c->w, g->kdim, cols, t, 0.0f, c->o + p0, g->P);
+        if (c->bias)
+            for (int64_t co = 0; co < c->cout_g; co++) {
+                float *row = c->o + co * g->P + p0, bv = c->bias[co];
+                for (int64_t p = 0; p < t; p++) row[p] += bv;
+            }
+    }
+    sdc_ibuf_free(cols, cap);
+}
+
 sdc_status sdc_kernel_conv(irun *r, const iop *op) {
     itensor *x = sdc_rt_req(r, op, "x"), *w = x ? sdc_rt_req(r, op, "weight") : NULL;
     if (!w) return r->err->code;
@@ -448,32 +499,34 @@ sdc_status sdc_kernel_conv(irun *r, const iop *op) {
     sdc_rt_flops(r, (double)(N * Cout), (double)g.P, (double)g.kdim);
     bool direct = g.k[0] * g.k[1] * g.k[2] == 1 && g.s[0] * g.s[1] * g.s[2] == 1 && g.pb[0] + g.pb[1] + g.pb[2] == 0 &&
                   pa[0] + pa[1] + pa[2] == 0;
-    int64_t tile = g.P;
-    if (!direct && g.kdim * tile > (16 << 20)) { /* bound the column buffer to 64 MiB */
-        tile = (16 << 20) / g.kdim;
-        if (tile < 64) tile = 64;
-        if (tile > g.P) tile = g.P;
+    if (!direct && o->n && g.kdim * g.P > CONV_SMALL_FLOATS) {
+        conv_tiles_ctx c = {&g, NULL, NULL, b ? b->f : NULL, NULL, cout_g, conv_tile_len(&g, sdc_ipool_size(sdc_rt_pool(r))), 0};
+        for (int64_t n = 0; n < N && !c.oom; n++)
+            for (int64_t gi = 0; gi < groups && !c.oom; gi++) {
+                c.x = x->f + (n * Cin + gi * g.cin_g) * in_sz;
+                c.w = w->f + gi * cout_g * g.kdim;
+                c.o = o->f + (n * Cout + gi * cout_g) * g.P;
+                c.bias = b ? b->f + gi * cout_g : NULL;
+                sdc_ipool_for(sdc_rt_pool(r), (size_t)((g.P + c.tile - 1) / c.tile), 1, conv_tiles, &c);
+            }
+        if (c.oom) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory for the im2col buffer");
+        return SDC_OK;
     }
-    size_t cols_cap = 0;
-    float *cols = direct || o->n == 0 ? NULL : sdc_ibuf_alloc(sizeof(float) * (size_t)(g.kdim * tile), &cols_cap);
+    size_t cols_cap = 0; /* the small case: all columns at once, im2col then one product over the pool */
+    float *cols = direct || o->n == 0 ? NULL : sdc_ibuf_alloc(sizeof(float) * (size_t)(g.kdim * g.P), &cols_cap);
     if (!direct && o->n && !cols) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory for the im2col buffer");
-    for (int64_t n = 0; n < N && o->n; n++) {
+    for (int64_t n = 0; n < N && o->n; n++)
         for (int64_t gi = 0; gi < groups; gi++) {
             const float *xg = x->f + (n * Cin + gi * g.cin_g) * in_sz;
             const float *wg = w->f + gi * cout_g * g.kdim;
             float *og = o->f + (n * Cout + gi * cout_g) * g.P;
-            if (direct) {
-                sdc_igemm(sdc_rt_pool(r), false, false, cout_g, g.P, g.kdim, wg, g.kdim, xg, g.P, 0.0f, og, g.P);
-                continue;
+            if (!direct) {
+                im2col_ctx c = {&g, xg, cols, 0, g.P};
+                sdc_ipool_for(sdc_rt_pool(r), (size_t)g.kdim, (size_t)(8192 / g.P) + 1, im2col_rows, &c);
+                xg = cols;
             }
-            for (int64_t p0 = 0; p0 < g.P; p0 += tile) {
-                int64_t t = g.P - p0 < tile ? g.P - p0 : tile;
-                im2col_ctx c = {&g, xg, cols, p0, t};
-                sdc_ipool_for(sdc_rt_pool(r), (size_t)g.kdim, (size_t)(8192 / (t ? t : 1)) + 1, im2col_rows, &c);
-                sdc_igemm(sdc_rt_pool(r), false, false, cout_g, t, g.kdim, wg, g.kdim, cols, t, 0.0f, og + p0, g.P);
-            }
+            sdc_igemm(sdc_rt_pool(r), false, false, cout_g, g.P, g.kdim, wg, g.kdim, xg, g.P, 0.0f, og, g.P);
         }
-    }
     sdc_ibuf_free(cols, cols_cap);
     if (b)
         for (int64_t n = 0; n < N; n++)
