@@ -198,8 +198,8 @@ sdc_status sdc_rt_ints(irun *r, const iop *op, const char *name, int64_t *out, i
         return sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' must be a vector of at most %d integers", name, max);
     for (size_t i = 0; i < t->n; i++) {
         /* a float list (malformed, or read from run-time data) must hold whole numbers that an
-           int64 keeps: NaN or 1e30 would otherwise become an arbitrary size or index */
-        if (mt_is_float(t->dtype) && !(t->f[i] == truncf(t->f[i]) && fabsf(t->f[i]) <= INT32_MAX))
+           int32 keeps (below 2^31 in magnitude): NaN or 1e30 would otherwise become an arbitrary size or index */
+        if (mt_is_float(t->dtype) && !(t->f[i] == truncf(t->f[i]) && fabsf(t->f[i]) < 0x1p31f))
             return sdc_rt_fail(r, op, SDC_E_FORMAT, "input '%s' element %zu (%g) is not an int32 value", name, i,
                                (double)t->f[i]);
         out[i] = it_geti(t, i);
