@@ -108,7 +108,6 @@ static bool trailing_mean(const sdc_model *m, const iop *op, int rank, int *firs
     return *first >= 1;
 }
 
-/* Values, shapes, dtypes and readers of a walked chain ending at op `div`. */
 /* Whether the reshape making h can be computed too: h read by the chain only, made from a
    value of h's dtype and element count (a reshape only renames the row-major positions, so
    the chain reads that value's buffer as h: the copy is never made). */
@@ -121,6 +120,7 @@ static bool reshape_fits(const sdc_model *m, const int *readers, const gn_chain 
     return sdc_it_numel(h->rank, h->shape, &nh) && sdc_it_numel(src->rank, src->shape, &ns) && nh == ns;
 }
 
+/* Values, shapes, dtypes and readers of a walked chain ending at op `div`. */
 static bool gn_fits(const sdc_model *m, const int *readers, const iop *div, gn_chain *c) {
     const islot *h = &m->slots[c->h];
     int R = h->rank, first;

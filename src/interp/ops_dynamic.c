@@ -56,7 +56,7 @@ static const struct {
 };
 
 static combine_fn mode_fn(const char *name) {
-    for (size_t i = 0; i < sizeof MODES / sizeof MODES[0]; i++)
+    for (size_t i = 0; i < SDC_COUNT_OF(MODES); i++)
         if (!strcmp(MODES[i].name, name)) return MODES[i].fn;
     return NULL;
 }
