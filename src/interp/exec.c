@@ -192,12 +192,37 @@ int sdc_model_profile(const sdc_model *m, const sdc_op_profile **rows) {
     return m->n_prof;
 }
 
+/* Whether op's outputs of dtype `dt` hold only values copied from inputs of that same dtype,
+   which are already rounded to it (every value of an fp16 slot is: inputs, constants and op
+   outputs are rounded when made), so rounding them again would change nothing. */
+static bool moves_exact(const sdc_model *m, const iop *op, int dt) {
+    const char *const *moved = op->fuse_first >= 0 ? NULL : sdc_iop_moves(op->def->type);
+    if (!moved) return false;
+    for (int n = 0; n < SDC_IOP_MOVES && moved[n]; n++) {
+        const iparam *p = sdc_rt_param(op, moved[n]);
+        for (int k = 0; p && k < p->n; k++)
+            if (m->slots[p->slots[k]].dtype != dt) return false;
+    }
+    return true;
+}
+
+/* The output rounded to its declared dtype, unless the kernel did it or it cannot change. */
+static void round_output(irun *r, const iop *op, itensor *t) {
+    sdc_model *m = r->m;
+    if (m->exact_fp16_off || r->rounded || (t->dtype != MT_FP16 && t->dtype != MT_BF16) || moves_exact(m, op, t->dtype))
+        return;
+    if (t->dtype == MT_FP16) sdc_round_f16(m->pool, t->f, t->n);
+    else
+        for (size_t e = 0; e < t->n; e++) t->f[e] = sdc_bf16_to_f32(sdc_f32_to_bf16(t->f[e]));
+}
+
 static sdc_status run_op(irun *r, int i) {
     sdc_model *m = r->m;
     const iop *op = &m->ops[i];
     double t0 = sdc_now_seconds();
     r->op = op;
     r->flops = 0;
+    r->rounded = false;
     advise_consts(m, op, ADVICE_POPULATE);
     sdc_status s = op->def->fn(r, op);
     free_temps(r);
@@ -207,9 +232,7 @@ static sdc_status run_op(irun *r, int i) {
         int o = op->outs[k];
         itensor *t = r->vals[o];
         if (!t) return sdc_rt_fail(r, op, SDC_E_INTERNAL, "output %d was not computed", k);
-        if (t->dtype == MT_FP16 && !m->exact_fp16_off) sdc_round_f16(m->pool, t->f, t->n);
-        else if (t->dtype == MT_BF16 && !m->exact_fp16_off)
-            for (size_t e = 0; e < t->n; e++) t->f[e] = sdc_bf16_to_f32(sdc_f32_to_bf16(t->f[e]));
+        round_output(r, op, t);
         if (m->slots[o].last_use < 0) { /* nobody reads it */
             sdc_it_free(t);
             r->vals[o] = NULL;

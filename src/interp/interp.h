@@ -260,6 +260,10 @@ struct iop {
 };
 
 const iop_def *sdc_iop_find(const char *type); /* optable.c */
+/* The inputs whose values an op of `type` only copies or rearranges into its output (at most
+   SDC_IOP_MOVES names, NULL-padded), or NULL when it computes new values (optable.c). */
+enum { SDC_IOP_MOVES = 2 };
+const char *const *sdc_iop_moves(const char *type);
 
 /* Loads the package into m (load.c); sdc_interp_model_release frees what a load made, also after
    a failed one. */
@@ -318,6 +322,7 @@ struct irun {
     const iop *op;
     double flops; /* of the current op's matrix products (sdc_rt_flops) */
     uint64_t runtime_budget; /* bytes allowed an output sized by run-time data; 0 until needed (access.c) */
+    bool rounded; /* set by a kernel that rounded its outputs to their dtype itself (in its last pass) */
 };
 
 /* ---------------------------------------------------------------- accessors (access.c) */

@@ -69,7 +69,8 @@ typedef struct lin16_ctx {
 /* Weight rows block by block: expand into a per-thread buffer that stays in cache, multiply. */
 static void lin16_blocks(void *ctx, size_t b, size_t e) {
     lin16_ctx *c = ctx;
-    float *buf = sdc_malloc(sizeof(float) * (size_t)(c->rows * c->din + 1));
+    size_t cap;
+    float *buf = sdc_ibuf_alloc(sizeof(float) * (size_t)(c->rows * c->din + 1), &cap);
     if (!buf) {
         c->failed = 1;
         return;
@@ -79,7 +80,7 @@ static void lin16_blocks(void *ctx, size_t b, size_t e) {
         sdc_f16_expand(NULL, c->w16 + 2 * (size_t)(j0 * c->din), buf, (size_t)(n * c->din));
         sdc_igemm(NULL, false, true, c->M, n, c->din, c->x, c->din, buf, c->din, c->beta, c->o + j0, c->dout);
     }
-    sdc_free(buf);
+    sdc_ibuf_free(buf, cap);
 }
 
 sdc_status sdc_kernel_linear(irun *r, const iop *op) {
@@ -388,8 +389,37 @@ typedef struct conv_tiles_ctx {
     const float *x, *w, *bias; /* this (n, group)'s input [cin_g, *in], weight [cout_g, kdim], bias [cout_g] */
     float *o;                  /* [cout_g, P] */
     int64_t cout_g, tile;
+    bool round;                /* to fp16: the output's declared rounding, done here while the rows are hot */
     _Atomic int oom;
 } conv_tiles_ctx;
+
+/* The last pass over `rows` output rows (stride ld) at positions [p0, p0 + t): the bias (one
+   value per row) and the rounding to fp16 the output's dtype declares, in the order the
+   executor would apply them: the same bits. */
+static void conv_epilogue(float *o, int64_t rows, int64_t ld, int64_t p0, int64_t t, const float *bias, bool round) {
+    for (int64_t co = 0; co < rows; co++) {
+        float *row = o + co * ld + p0;
+        if (bias) {
+            float bv = bias[co];
+            for (int64_t p = 0; p < t; p++) row[p] += bv;
+        }
+        if (round) sdc_round_f16(NULL, row, (size_t)t);
+    }
+}
+
+typedef struct conv_rows_ctx {
+    float *o;            /* [N, Cout, P] */
+    const float *bias;   /* [Cout] or NULL */
+    int64_t cout, P;
+    bool round;
+} conv_rows_ctx;
+
+/* conv_epilogue over output rows [b, e) of all N · Cout. */
+static void conv_rows(void *vctx, size_t b, size_t e) {
+    conv_rows_ctx *c = vctx;
+    for (size_t i = b; i < e; i++)
+        conv_epilogue(c->o + (int64_t)i * c->P, 1, c->P, 0, c->P, c->bias ? c->bias + (int64_t)i % c->cout : NULL, c->round);
+}
 
 /* Output positions per tile: the tile's column buffer [kdim, tile] is sized to stay in the
    thread's cache between im2col writing it and the product reading it, but wide enough that
@@ -419,11 +449,7 @@ static void conv_tiles(void *vctx, size_t t0, size_t t1) {
         im2col_ctx ic = {g, c->x, cols, p0, t};
         im2col_rows(&ic, 0, (size_t)g->kdim);
         sdc_igemm(NULL, false, false, c->cout_g, t, g->kdim, c->w, g->kdim, cols, t, 0.0f, c->o + p0, g->P);
-        if (c->bias)
-            for (int64_t co = 0; co < c->cout_g; co++) {
-                float *row = c->o + co * g->P + p0, bv = c->bias[co];
-                for (int64_t p = 0; p < t; p++) row[p] += bv;
-            }
+        conv_epilogue(c->o, c->cout_g, g->P, p0, t, c->bias, c->round);
     }
     sdc_ibuf_free(cols, cap);
 }
@@ -497,10 +523,13 @@ sdc_status sdc_kernel_conv(irun *r, const iop *op) {
     g.kdim = g.cin_g * g.k[0] * g.k[1] * g.k[2];
     int64_t cout_g = Cout / groups, in_sz = g.in[0] * g.in[1] * g.in[2];
     sdc_rt_flops(r, (double)(N * Cout), (double)g.P, (double)g.kdim);
+    bool round = o->dtype == MT_FP16 && !r->m->exact_fp16_off;
+    r->rounded = round; /* by conv_epilogue */
     bool direct = g.k[0] * g.k[1] * g.k[2] == 1 && g.s[0] * g.s[1] * g.s[2] == 1 && g.pb[0] + g.pb[1] + g.pb[2] == 0 &&
                   pa[0] + pa[1] + pa[2] == 0;
     if (!direct && o->n && g.kdim * g.P > CONV_SMALL_FLOATS) {
-        conv_tiles_ctx c = {&g, NULL, NULL, b ? b->f : NULL, NULL, cout_g, conv_tile_len(&g, sdc_ipool_size(sdc_rt_pool(r))), 0};
+        conv_tiles_ctx c = {&g, NULL, NULL, b ? b->f : NULL, NULL, cout_g, conv_tile_len(&g, sdc_ipool_size(sdc_rt_pool(r))),
+                            round, 0};
         for (int64_t n = 0; n < N && !c.oom; n++)
             for (int64_t gi = 0; gi < groups && !c.oom; gi++) {
                 c.x = x->f + (n * Cin + gi * g.cin_g) * in_sz;
@@ -528,12 +557,8 @@ sdc_status sdc_kernel_conv(irun *r, const iop *op) {
             sdc_igemm(sdc_rt_pool(r), false, false, cout_g, g.P, g.kdim, wg, g.kdim, xg, g.P, 0.0f, og, g.P);
         }
     sdc_ibuf_free(cols, cols_cap);
-    if (b)
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t c = 0; c < Cout; c++) {
-                float *row = o->f + (n * Cout + c) * g.P, bv = b->f[c];
-                for (int64_t p = 0; p < g.P; p++) row[p] += bv;
-            }
+    conv_rows_ctx e = {o->f, b ? b->f : NULL, Cout, g.P, round};
+    if ((b || round) && o->n) sdc_ipool_for(sdc_rt_pool(r), (size_t)(N * Cout), (size_t)(16384 / g.P) + 1, conv_rows, &e);
     return SDC_OK;
 }
 

@@ -1,7 +1,7 @@
 /*
  * optable.c — the interpreter's op table: MIL op type → kernel (ops_*.c) and its variant.
  * constexpr_* ops are values, not steps: their row names the function that computes the
- * value (consts.c) instead of a kernel.
+ * value (consts.c) instead of a kernel. A second table names the ops that only move values.
  *
  * It sits above the kernels and consts.c, which reach values only through the accessors
  * (access.c); the loader finds kernels here, so no file of the interpreter calls back up.
@@ -132,3 +132,22 @@ const iop_def *sdc_iop_find(const char *type) {
     return NULL;
 }
 
+/* Ops whose output values are copies of some input values (or zeros): what they copy is
+   already rounded to its dtype, so their outputs need no rounding (exec.c). */
+static const struct {
+    const char *type;
+    const char *inputs[SDC_IOP_MOVES];
+} MOVERS[] = {
+    {"reshape", {"x"}},      {"transpose", {"x"}},      {"expand_dims", {"x"}},
+    {"squeeze", {"x"}},      {"identity", {"x"}},       {"concat", {"values"}},
+    {"stack", {"values"}},   {"split", {"x"}},          {"slice_by_index", {"x"}},
+    {"slice_by_size", {"x"}}, {"gather", {"x"}},        {"gather_nd", {"x"}},
+    {"tile", {"x"}},         {"pad", {"x", "constant_val"}}, {"band_part", {"x"}},
+    {"upsample_nearest_neighbor", {"x"}}, {"select", {"a", "b"}},
+};
+
+const char *const *sdc_iop_moves(const char *type) {
+    for (size_t i = 0; i < SDC_COUNT_OF(MOVERS); i++)
+        if (!strcmp(MOVERS[i].type, type)) return MOVERS[i].inputs;
+    return NULL;
+}

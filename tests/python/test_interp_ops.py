@@ -722,6 +722,30 @@ def test_fp16_results_are_rounded(sdcoreml, tmp_path):
     assert np.all(got[0][1] == 1.0), got[0][1]
 
 
+@pytest.mark.parametrize("mover", ["reshape", "transpose", "concat"])
+def test_moved_values_are_rounded_unless_already_fp16(sdcoreml, tmp_path, mover):
+    """Ops that only move values skip the fp16 rounding of their output when what they move is
+    fp16 already (then it cannot change anything). Rewired to read the fp32 input, whose
+    1 + 2^-12 is not an fp16 value, the same op's fp16 output must still be rounded to 1."""
+    x = np.full((1, 8), 1.0 + 2 ** -12, np.float32)
+    move = {"reshape": lambda h: mb.reshape(x=h, shape=[8, 1], name="mover"),
+            "transpose": lambda h: mb.transpose(x=h, perm=[1, 0], name="mover"),
+            "concat": lambda h: mb.concat(values=[h], axis=0, name="mover")}[mover]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8))], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.cast(x=move(mb.cast(x=x, dtype="fp16")), dtype="fp32")
+
+    pkg = tmp_path / "moved.mlpackage"
+    save_program(prog, pkg, "FLOAT32")
+    name = ct.utils.load_spec(str(pkg)).description.input[0].name
+    got, _ = run_package(sdcoreml, pkg, {name: x}, tmp_path / "run")
+    assert np.all(got[0][1] == 1.0), got[0][1]  # fp16 in, fp16 out: moved as is
+    rewire_input(pkg, mover, "values" if mover == "concat" else "x", name)
+    got, _ = run_package(sdcoreml, pkg, {name: x}, tmp_path / "rewired")
+    assert np.all(got[0][1] == 1.0), got[0][1]
+
+
 # ---------------------------------------------------------------------------------------------
 # GroupNorm's standardisation as SD graphs lower it (reduce_mean, sub, square, reduce_mean, add,
 # sqrt, real_div) runs fused (interp/fuse_norm.c): bit-identical to the ops one by one, which
