@@ -24,6 +24,11 @@
  * The loader (sdc_interp_fuse_norm, after fuse.c) marks the six (seven) ops as computed by the
  * real_div, which reads h: liveness and the run (exec.c) account for that as for attention.
  * A chain is fused only when none of its intermediate values is read elsewhere or is an output.
+ *
+ * When the result's only reader is a silu (through a reshape back to (B, C, H, W), as in every
+ * ResNet block), the silu is computed too, in the last pass while the values are in cache, with
+ * the silu kernel's arithmetic (x / (1 + exp(-x)), the same vector exp) on the standardised
+ * value rounded as declared: the silu op then computes the chain.
  */
 #include <math.h>
 
@@ -155,6 +160,45 @@ static bool gn_fits(const sdc_model *m, const int *readers, const iop *div, gn_c
 }
 
 static const iop_def FUSED_GROUP_NORM = {"group norm (fused)", sdc_kernel_fused_group_norm, 0, NULL};
+static const iop_def FUSED_GROUP_NORM_SILU = {"group norm + silu (fused)", sdc_kernel_fused_group_norm, 0, NULL};
+
+/* The one op after op `from` that reads slot s, of type `type`, with s as its input x, or -1. */
+static int sole_reader(const sdc_model *m, const int *readers, int from, int s, const char *type) {
+    if (readers[s] != 1) return -1;
+    for (int j = from + 1; j < m->n_ops; j++) {
+        const iop *op = &m->ops[j];
+        for (int p = 0; p < op->n_params; p++)
+            for (int k = 0; k < op->params[p].n; k++)
+                if (op->params[p].slots[k] == s)
+                    return op->def && op->n_out == 1 && op->fused_into < 0 && op->fuse_first < 0 &&
+                                   !strcmp(op->type, type) && param_slot(op, "x") == s
+                               ? j
+                               : -1;
+    }
+    return -1;
+}
+
+/* The silu reading the chain's result (directly, or through a reshape read by nothing else),
+   with the result's dtype and element count: its index and the reshape's (-1: none), or -1. */
+static int silu_after(const sdc_model *m, const int *readers, int div, int *reshape) {
+    int d = m->ops[div].outs[0];
+    *reshape = sole_reader(m, readers, div, d, "reshape");
+    int x = *reshape >= 0 ? m->ops[*reshape].outs[0] : d;
+    int silu = sole_reader(m, readers, *reshape >= 0 ? *reshape : div, x, "silu");
+    if (silu < 0) return -1;
+    const islot *ds = &m->slots[d], *xs = &m->slots[x], *os = &m->slots[m->ops[silu].outs[0]];
+    size_t nd, nx, no;
+    if (xs->dtype != ds->dtype || os->dtype != ds->dtype || !sdc_it_numel(ds->rank, ds->shape, &nd) ||
+        !sdc_it_numel(xs->rank, xs->shape, &nx) || !sdc_it_numel(os->rank, os->shape, &no) || nd != nx || nx != no)
+        return -1;
+    return silu;
+}
+
+/* The real_div a fused silu computes the chain of (through its reshape, if any), or -1. */
+static int div_under_silu(const sdc_model *m, const iop *silu, int fused) {
+    int x = param_slot(silu, "x"), r = maker(m, x, "reshape", fused);
+    return maker(m, r >= 0 ? param_slot(&m->ops[r], "x") : x, "real_div", fused);
+}
 
 void sdc_interp_fuse_norm(sdc_model *m) {
     int *readers = sdc_interp_count_readers(m);
@@ -163,15 +207,17 @@ void sdc_interp_fuse_norm(sdc_model *m) {
         iop *div = &m->ops[i];
         gn_chain c;
         if (div->fused_into >= 0 || div->fuse_first >= 0 || !gn_walk(m, div, -1, &c) || !gn_fits(m, readers, div, &c)) continue;
+        int reshape, silu = silu_after(m, readers, i, &reshape), at = silu >= 0 ? silu : i;
         const int chain[] = {c.mean_op, c.sub_op, c.square_op, c.var_op, c.add_op, c.sqrt_op,
-                             c.reshape_op >= 0 ? c.reshape_op : c.mean_op};
-        int first = i;
+                             c.reshape_op >= 0 ? c.reshape_op : c.mean_op, silu >= 0 ? i : c.mean_op,
+                             silu >= 0 && reshape >= 0 ? reshape : c.mean_op};
+        int first = at;
         for (size_t k = 0; k < SDC_COUNT_OF(chain); k++) {
-            m->ops[chain[k]].fused_into = i;
+            m->ops[chain[k]].fused_into = at;
             first = chain[k] < first ? chain[k] : first;
         }
-        div->fuse_first = first;
-        div->def = &FUSED_GROUP_NORM;
+        m->ops[at].fuse_first = first;
+        m->ops[at].def = silu >= 0 ? &FUSED_GROUP_NORM_SILU : &FUSED_GROUP_NORM;
     }
     sdc_free(readers);
 }
@@ -185,8 +231,9 @@ typedef struct gn_ctx {
     float *o;
     size_t n; /* values per group */
     float eps;
+    bool silu; /* then silu of the result */
     /* fp16 rounding of each step's result, as its slot is declared */
-    bool r_mean, r_dev, r_sq, r_var, r_add, r_std, r_out;
+    bool r_mean, r_dev, r_sq, r_var, r_add, r_std, r_out, r_silu;
 } gn_ctx;
 
 static inline float rnd(bool on, float v) { return on ? sdc_f16_to_f32(sdc_f32_to_f16(v)) : v; }
@@ -195,6 +242,15 @@ static inline float rnd(bool on, float v) { return on ? sdc_f16_to_f32(sdc_f32_t
 SDC_VECTORISE static void deviations(const float *x, float mean, float *dev, size_t n, bool round) {
     for (size_t j = 0; j < n; j++) dev[j] = x[j] - mean;
     if (round) sdc_round_f16(NULL, dev, n);
+}
+
+/* x = x / (1 + exp(-x)) in place, the silu kernel's arithmetic (ops_elementwise.c), then
+   rounded to fp16 when declared; t: n floats of scratch. */
+SDC_VECTORISE static void silu_block(float *x, float *t, size_t n, bool round) {
+    for (size_t j = 0; j < n; j++) t[j] = -x[j];
+    sdc_vec_exp(t, t, n);
+    for (size_t j = 0; j < n; j++) x[j] = x[j] / (1.0f + t[j]);
+    if (round) sdc_round_f16(NULL, x, n);
 }
 
 SDC_VECTORISE static void gn_groups(void *vctx, size_t b, size_t e) {
@@ -222,6 +278,7 @@ SDC_VECTORISE static void gn_groups(void *vctx, size_t b, size_t e) {
             deviations(x + j0, mean, dev, k, c->r_dev);
             for (size_t j = 0; j < k; j++) o[j0 + j] = dev[j] / std;
             if (c->r_out) sdc_round_f16(NULL, o + j0, k);
+            if (c->silu) silu_block(o + j0, sq, k, c->r_silu); /* sq: free scratch by now */
         }
     }
 }
@@ -235,7 +292,9 @@ static size_t o_count(const islot *s) {
 sdc_status sdc_kernel_fused_group_norm(irun *r, const iop *op) {
     sdc_model *m = r->m;
     gn_chain ch;
-    if (!gn_walk(m, op, (int)(op - m->ops), &ch)) return sdc_rt_fail(r, op, SDC_E_INTERNAL, "the fused group norm lost its chain");
+    int index = (int)(op - m->ops), div = op->def == &FUSED_GROUP_NORM_SILU ? div_under_silu(m, op, index) : index;
+    if (div < 0 || !gn_walk(m, &m->ops[div], index, &ch))
+        return sdc_rt_fail(r, op, SDC_E_INTERNAL, "the fused group norm lost its chain");
     int in = ch.reshape_op >= 0 ? ch.src : ch.h; /* h, or the value h would be a reshape of */
     itensor *h = sdc_interp_slot_value(r, op, in), *eps = h ? sdc_interp_slot_value(r, op, ch.eps) : NULL;
     if (!eps) return r->err->code;
@@ -246,7 +305,6 @@ sdc_status sdc_kernel_fused_group_norm(irun *r, const iop *op) {
     size_t n = 1;
     for (int d = first; d < hs->rank; d++) n *= (size_t)hs->shape[d];
     /* the output takes h's buffer when this op is h's last reader (computing in place is safe) */
-    int index = (int)(op - m->ops);
     const islot *is = &m->slots[in];
     itensor *o;
     if (is->last_use == index && is->kind != SL_CONST && !h->borrowed && h->dtype == os->dtype && !r->vals[op->outs[0]]) {
@@ -259,9 +317,10 @@ sdc_status sdc_kernel_fused_group_norm(irun *r, const iop *op) {
     }
     bool round = !m->exact_fp16_off;
 #define R16(op_index) (round && m->slots[m->ops[op_index].outs[0]].dtype == MT_FP16)
-    gn_ctx c = {h->f, o->f, n, it_getf(eps, 0), R16(ch.mean_op), R16(ch.sub_op), R16(ch.square_op),
-                R16(ch.var_op), R16(ch.add_op), R16(ch.sqrt_op), round && os->dtype == MT_FP16};
+    gn_ctx c = {h->f, o->f, n, it_getf(eps, 0), div != index, R16(ch.mean_op), R16(ch.sub_op), R16(ch.square_op),
+                R16(ch.var_op), R16(ch.add_op), R16(ch.sqrt_op), R16(div), round && os->dtype == MT_FP16};
 #undef R16
+    r->rounded = round && os->dtype == MT_FP16; /* the last pass rounded the output */
     sdc_ipool_for(sdc_rt_pool(r), h->n / n, 1, gn_groups, &c);
     return SDC_OK;
 }

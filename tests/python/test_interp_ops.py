@@ -752,7 +752,7 @@ def test_moved_values_are_rounded_unless_already_fp16(sdcoreml, tmp_path, mover)
 # run when an intermediate value is also an output (the fusion then does not apply)
 
 
-def gn_chain_program(shape, groups, expose_square):
+def gn_chain_program(shape, groups, expose_square, silu=False):
     B, C, H, W = shape
     grouped = [B, groups, C // groups, H, W]
 
@@ -764,32 +764,40 @@ def gn_chain_program(shape, groups, expose_square):
         sq = mb.square(x=dev)
         var = mb.reduce_mean(x=sq, axes=[2, 3, 4], keep_dims=True)
         y = mb.reshape(x=mb.real_div(x=dev, y=mb.sqrt(x=mb.add(x=var, y=np.float32(1e-5)))), shape=list(shape))
+        y = mb.silu(x=y) if silu else y  # a ResNet block's norm → activation
         return (y, mb.reduce_sum(x=sq, axes=[0, 1, 2, 3, 4])) if expose_square else y
 
     return prog
 
 
+@pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("precision", ["FLOAT32", "FLOAT16"])
-def test_group_norm_chain_fused_is_bit_identical(sdcoreml, tmp_path, precision):
+def test_group_norm_chain_fused_is_bit_identical(sdcoreml, tmp_path, precision, silu):
     # 3·37·61 = 6771 values per group: several of the fused kernel's blocks and a tail of 3
-    # after its 8-wide partial sums; values off-centre and spread, as activations are
+    # after its 8-wide partial sums; values off-centre and spread, as activations are. With a
+    # silu after it, the silu is computed by the fused op too (its profile row says so).
     shape, groups = (1, 6, 37, 61), 2
     rng = np.random.default_rng(RNG_SEED)
     x = (rng.standard_normal(shape) * 3.0 + 1.5).astype(np.float32)
     outs = {}
     for expose in (False, True):
         pkg = tmp_path / f"gn-{expose}.mlpackage"
-        save_program(gn_chain_program(shape, groups, expose), pkg, precision)
+        save_program(gn_chain_program(shape, groups, expose, silu), pkg, precision)
         ops = {op.type for op in ct.utils.load_spec(str(pkg)).mlProgram.functions["main"].block_specializations.values()
                for op in op.operations}
         assert {"reduce_mean", "sub", "square", "add", "sqrt", "real_div"} <= ops, ops
         name = ct.utils.load_spec(str(pkg)).description.input[0].name
-        got, _ = run_package(sdcoreml, pkg, {name: x}, tmp_path / f"run-{expose}")
+        got, doc = run_package(sdcoreml, pkg, {name: x}, tmp_path / f"run-{expose}", extra=("--profile",))
         outs[expose] = got[0][1]
+        fused = {k for k in doc["profile"] if "fused" in k}
+        assert fused == (set() if expose else {"group norm + silu (fused)" if silu else "group norm (fused)"}), fused
     assert np.array_equal(outs[False], outs[True]), "fused and unfused group norm differ"
     # and both against float64 NumPy on the rounded input
     xin = f16(x) if precision == "FLOAT16" else x
     want = np_layer_norm(xin.astype(np.float64).reshape(1, groups, -1), [2], None, None, 1e-5).reshape(shape)
+    if silu:
+        want = f16(want) if precision == "FLOAT16" else want  # the norm's result is rounded before the silu
+        want = want / (1.0 + np.exp(-want))
     check_close("group norm", outs[False], want, precision)
     if precision == "FLOAT16":
         assert np.array_equal(f16(outs[False]), outs[False].astype(np.float32))
