@@ -258,10 +258,19 @@ const char *sdc_igemm_backend(void) {
 #endif
 }
 
+#ifdef SDC_HAVE_OPENBLAS
+/* OpenBLAS (its pthread builds) starts its worker threads when it loads, and each busy-waits
+   for a first job for about 2^28 cycles (0.1 s) before it sleeps: in a short run on a
+   2-core machine, a core taken from the pool. With one BLAS thread per caller they never get
+   a job, so they are stopped. Weak: builds without it (OpenMP, serial) just lack the symbol. */
+extern int blas_thread_shutdown_(void) __attribute__((weak));
+#endif
+
 /* Accelerate has no per-process thread setting to make here: its BLAS sizes its own threads. */
 void sdc_igemm_set_threads(int n) {
 #ifdef SDC_HAVE_OPENBLAS
     if (n > 0) openblas_set_num_threads(n);
+    if (n == 1 && blas_thread_shutdown_) blas_thread_shutdown_();
 #else
     (void)n;
 #endif

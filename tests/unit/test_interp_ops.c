@@ -552,9 +552,33 @@ static void test_fused_attention(const char *dir) {
     for (int i = 0; i < 3; i++) free(in[i]);
 }
 
+/* Threads of this process, from /proc (Linux); -1 elsewhere. */
+static int count_threads(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    int n = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %d", &n) == 1) break;
+    fclose(f);
+    return n;
+}
+
+/* One BLAS thread per caller: OpenBLAS's own workers, started at load and busy-waiting for a
+   first job, are stopped (they would take a core from the pool), and products still work. */
+static void test_blas_threads(void) {
+    sdc_igemm_set_threads(1);
+    int n = count_threads();
+    if (n >= 0 && !strcmp(sdc_igemm_backend(), "openblas")) CHECK_MSG(n == 1, "%d threads after sdc_igemm_set_threads(1)", n);
+    float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8}, c[4];
+    sdc_igemm(NULL, false, false, 2, 2, 2, a, 2, b, 2, 0.0f, c, 2);
+    CHECK(c[0] == 19 && c[1] == 22 && c[2] == 43 && c[3] == 50);
+}
+
 int main(void) {
     char dir[] = "/tmp/sdc-test-interp-XXXXXX";
     if (!mkdtemp(dir)) return 1;
+    test_blas_threads(); /* first: before any pool of this test starts threads */
     test_gemm();
     test_fp16();
     test_vec_exp();
