@@ -706,10 +706,61 @@ typedef struct norm_ctx {
     float eps;
 } norm_ctx;
 
+enum { NORM_RUN = 64 }; /* positions normalised side by side */
+
+/* Positions k0 .. k0 + n whose values lie next to each other (kept[k0 + i] = kept[k0] + i: a
+   layer norm over the channels of (B, C, 1, S), whose reduced values are S apart), side by
+   side: each pass walks a channel's n neighbours instead of one value per cache line. Every
+   position gets norm_rows' arithmetic in its order (double sums over j in order). */
+SDC_VECTORISE static void norm_run(const norm_ctx *c, size_t k0, size_t n) {
+    size_t nr = c->p.nr, base = c->p.kept[k0];
+    double s[NORM_RUN] = {0}, v[NORM_RUN] = {0}, mean[NORM_RUN];
+    float inv[NORM_RUN], m[NORM_RUN], cg[NORM_RUN], cb[NORM_RUN];
+    for (size_t j = 0; j < nr; j++) {
+        const float *x = c->x + base + c->p.red[j];
+        for (size_t i = 0; i < n; i++) s[i] += x[i];
+    }
+    for (size_t i = 0; i < n; i++) mean[i] = s[i] / (double)nr;
+    for (size_t j = 0; j < nr; j++) {
+        const float *x = c->x + base + c->p.red[j];
+        for (size_t i = 0; i < n; i++) {
+            double d = x[i] - mean[i];
+            v[i] += d * d;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        inv[i] = (float)(1.0 / sqrt(v[i] / (double)nr + (double)c->eps)), m[i] = (float)mean[i];
+        cg[i] = c->cg ? c->cg[(k0 + i) % (size_t)c->C] : 1.0f, cb[i] = c->cb ? c->cb[(k0 + i) % (size_t)c->C] : 0.0f;
+    }
+    for (size_t j = 0; j < nr; j++) {
+        const float *x = c->x + base + c->p.red[j];
+        float *o = c->o + base + c->p.red[j], gj = c->gamma ? c->gamma[j] : 1.0f, bj = c->beta ? c->beta[j] : 0.0f;
+        for (size_t i = 0; i < n; i++) {
+            float y = (x[i] - m[i]) * inv[i];
+            if (c->gamma) y *= gj;
+            if (c->beta) y += bj;
+            o[i] = y * cg[i] + cb[i];
+        }
+    }
+}
+
+/* How many positions from k on (at most NORM_RUN, before e) lie next to each other. */
+static size_t adjacent_run(const red_plan *p, size_t k, size_t e) {
+    size_t n = 1;
+    while (n < NORM_RUN && k + n < e && p->kept[k + n] == p->kept[k] + n) n++;
+    return n;
+}
+
 SDC_VECTORISE static void norm_rows(void *vctx, size_t b, size_t e) {
     norm_ctx *c = vctx;
     size_t nr = c->p.nr;
     for (size_t k = b; k < e; k++) {
+        size_t run = nr > 1 ? adjacent_run(&c->p, k, e) : 1;
+        if (run >= 8) {
+            norm_run(c, k, run);
+            k += run - 1;
+            continue;
+        }
         size_t base = c->p.kept[k];
         double s = 0;
         for (size_t j = 0; j < nr; j++) s += c->x[base + c->p.red[j]];

@@ -441,6 +441,13 @@ def nn_cases():
                    lambda v, c: [np_layer_norm(v["x"].astype(np.float64), [-1], c["g"], c["b"], 1e-5),
                                  np_layer_norm(v["x"].astype(np.float64), [0, 2], None, None, 1e-3)],
                    consts=lambda rng: {"g": rand(rng, 6), "b": rand(rng, 6)}))
+    # over the channels of (B, C, 1, S), as SPLIT_EINSUM's transformer blocks normalise: 70
+    # positions per batch item side by side in runs of 64, then a tail of 6 one by one
+    cs.append(Case("layer_norm_channels", [("x", (2, 12, 1, 70), "f")],
+                   lambda v, c: mb.layer_norm(x=v["x"], axes=[1], gamma=c["g"], beta=c["b"], epsilon=np.float32(1e-5)),
+                   lambda v, c: [np_layer_norm(v["x"].astype(np.float64), [1], c["g"].reshape(1, 12, 1, 1),
+                                               c["b"].reshape(1, 12, 1, 1), 1e-5)],
+                   consts=lambda rng: {"g": rand(rng, 12), "b": rand(rng, 12)}))
     cs.append(Case("instance_norm", [("x", (2, 3, 5, 4), "f")],
                    lambda v, c: mb.instance_norm(x=v["x"], gamma=c["g"], beta=c["b"], epsilon=np.float32(1e-5)),
                    lambda v, c: [np_layer_norm(v["x"].astype(np.float64), [2, 3], None, None, 1e-5) * c["g"].reshape(1, 3, 1, 1)
