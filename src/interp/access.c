@@ -27,6 +27,11 @@ const iparam *sdc_rt_param(const iop *op, const char *name) {
     return NULL;
 }
 
+int sdc_rt_param_slot(const iop *op, const char *name) {
+    const iparam *p = sdc_rt_param(op, name);
+    return p && p->n == 1 ? p->slots[0] : -1;
+}
+
 ipool *sdc_rt_pool(irun *r) { return r->m->pool; }
 
 static itensor *push_temp(irun *r, const iop *op, itensor *t) {

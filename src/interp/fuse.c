@@ -45,12 +45,6 @@ int *sdc_interp_count_readers(const sdc_model *m) {
     return n;
 }
 
-/* The slot bound to a single-value parameter, or -1. */
-static int param_slot(const iop *op, const char *name) {
-    const iparam *p = sdc_rt_param(op, name);
-    return p && p->n == 1 ? p->slots[0] : -1;
-}
-
 /* A small integer / bool constant parameter; `dflt` when absent; false when not a constant. */
 static bool const_int(const sdc_model *m, const iop *op, const char *name, int64_t dflt, int64_t *out) {
     const iparam *p = sdc_rt_param(op, name);
@@ -66,7 +60,7 @@ static bool const_int(const sdc_model *m, const iop *op, const char *name, int64
 }
 
 static const char *const_str(const sdc_model *m, const iop *op, const char *name) {
-    int s = param_slot(op, name);
+    int s = sdc_rt_param_slot(op, name);
     const islot *sl = s >= 0 ? &m->slots[s] : NULL;
     return sl && sl->kind == SL_CONST && sl->val && sl->val->dtype == MT_STRING ? sl->val->s : NULL;
 }
@@ -131,7 +125,7 @@ static bool scale_producer(const sdc_model *m, const int *readers, int s, int *i
     int at;
     const iop *mul = single_use_producer(m, readers, s, &at);
     if (!mul || !is_type(mul, "mul")) return false;
-    int x = param_slot(mul, "x"), y = param_slot(mul, "y");
+    int x = sdc_rt_param_slot(mul, "x"), y = sdc_rt_param_slot(mul, "y");
     if (x < 0 || y < 0) return false;
     if (const_scalar(m, y, scale)) *scaled = x;
     else if (const_scalar(m, x, scale)) *scaled = y;
@@ -155,12 +149,12 @@ static bool match(const sdc_model *m, const int *readers, const iop *c, int *ia,
         if (!is_nchw_einsum(eq)) return false;
     } else {
         int64_t tx, ty;
-        if ((ps = param_slot(c, "y")) < 0 || !const_int(m, c, "transpose_x", 0, &tx) ||
+        if ((ps = sdc_rt_param_slot(c, "y")) < 0 || !const_int(m, c, "transpose_x", 0, &tx) ||
             !const_int(m, c, "transpose_y", 0, &ty) || tx || !ty)
             return false;
     }
     const iop *b = single_use_producer(m, readers, ps, ib);
-    if (!b || !is_type(b, "softmax") || (ws = param_slot(b, "x")) < 0) return false;
+    if (!b || !is_type(b, "softmax") || (ws = sdc_rt_param_slot(b, "x")) < 0) return false;
     int64_t axis;
     if (!const_int(m, b, "axis", -1, &axis)) return false;
     if (axis < 0) axis += 4;
@@ -177,7 +171,7 @@ static bool match(const sdc_model *m, const int *readers, const iop *c, int *ia,
         if (!v || v->n != 2 || !is_nchw_einsum(eq)) return false;
     } else {
         int64_t tx, ty;
-        if (param_slot(a, "x") < 0 || param_slot(a, "y") < 0 || !const_int(m, a, "transpose_x", 0, &tx) ||
+        if (sdc_rt_param_slot(a, "x") < 0 || sdc_rt_param_slot(a, "y") < 0 || !const_int(m, a, "transpose_x", 0, &tx) ||
             !const_int(m, a, "transpose_y", 0, &ty) || !tx || ty)
             return false;
     }
@@ -192,9 +186,9 @@ static void operands(const sdc_model *m, const iop *a, const iop *c, bool split,
         *q = sdc_rt_param(a, "values")->slots[1];
         *v = sdc_rt_param(c, "values")->slots[0];
     } else {
-        *q = param_slot(a, "x");
-        *k = param_slot(a, "y");
-        *v = param_slot(c, "x");
+        *q = sdc_rt_param_slot(a, "x");
+        *k = sdc_rt_param_slot(a, "y");
+        *v = sdc_rt_param_slot(c, "x");
     }
     (void)m;
 }

@@ -44,12 +44,6 @@ typedef struct gn_chain {
     int reshape_op, src; /* the reshape making h from src, computed too (-1: h is read as it is) */
 } gn_chain;
 
-/* The slot bound to a single-value parameter, or -1. */
-static int param_slot(const iop *op, const char *name) {
-    const iparam *p = sdc_rt_param(op, name);
-    return p && p->n == 1 ? p->slots[0] : -1;
-}
-
 /* The op of type `type` that makes slot s (its only output) and is fused into op `fused`
    (-1: not fused), or -1. */
 static int maker(const sdc_model *m, int s, const char *type, int fused) {
@@ -64,23 +58,23 @@ static int maker(const sdc_model *m, int s, const char *type, int fused) {
    are fused into (-1 when matching, the real_div's index when running). */
 static bool gn_walk(const sdc_model *m, const iop *div, int fused, gn_chain *c) {
     if (!div->def || strcmp(div->type, "real_div") || div->n_out != 1) return false;
-    int dev = param_slot(div, "x");
-    if ((c->sqrt_op = maker(m, param_slot(div, "y"), "sqrt", fused)) < 0) return false;
-    if ((c->add_op = maker(m, param_slot(&m->ops[c->sqrt_op], "x"), "add", fused)) < 0) return false;
+    int dev = sdc_rt_param_slot(div, "x");
+    if ((c->sqrt_op = maker(m, sdc_rt_param_slot(div, "y"), "sqrt", fused)) < 0) return false;
+    if ((c->add_op = maker(m, sdc_rt_param_slot(&m->ops[c->sqrt_op], "x"), "add", fused)) < 0) return false;
     const iop *add = &m->ops[c->add_op];
-    int ax = param_slot(add, "x"), ay = param_slot(add, "y");
+    int ax = sdc_rt_param_slot(add, "x"), ay = sdc_rt_param_slot(add, "y");
     bool x_const = ax >= 0 && m->slots[ax].kind == SL_CONST;
     c->eps = x_const ? ax : ay;
     if (c->eps < 0) return false;
     if ((c->var_op = maker(m, x_const ? ay : ax, "reduce_mean", fused)) < 0) return false;
-    if ((c->square_op = maker(m, param_slot(&m->ops[c->var_op], "x"), "square", fused)) < 0) return false;
-    if (param_slot(&m->ops[c->square_op], "x") != dev || (c->sub_op = maker(m, dev, "sub", fused)) < 0) return false;
+    if ((c->square_op = maker(m, sdc_rt_param_slot(&m->ops[c->var_op], "x"), "square", fused)) < 0) return false;
+    if (sdc_rt_param_slot(&m->ops[c->square_op], "x") != dev || (c->sub_op = maker(m, dev, "sub", fused)) < 0) return false;
     const iop *sub = &m->ops[c->sub_op];
-    c->h = param_slot(sub, "x");
-    if ((c->mean_op = maker(m, param_slot(sub, "y"), "reduce_mean", fused)) < 0) return false;
-    if (c->h < 0 || param_slot(&m->ops[c->mean_op], "x") != c->h) return false;
+    c->h = sdc_rt_param_slot(sub, "x");
+    if ((c->mean_op = maker(m, sdc_rt_param_slot(sub, "y"), "reduce_mean", fused)) < 0) return false;
+    if (c->h < 0 || sdc_rt_param_slot(&m->ops[c->mean_op], "x") != c->h) return false;
     c->reshape_op = maker(m, c->h, "reshape", fused);
-    c->src = c->reshape_op >= 0 ? param_slot(&m->ops[c->reshape_op], "x") : -1;
+    c->src = c->reshape_op >= 0 ? sdc_rt_param_slot(&m->ops[c->reshape_op], "x") : -1;
     if (c->src < 0) c->reshape_op = -1;
     return true;
 }
@@ -96,7 +90,7 @@ static bool same_shape(const islot *a, int rank, const int64_t *shape) {
 
 /* reduce_mean over the trailing axes [first, rank) with keep_dims true, all constants. */
 static bool trailing_mean(const sdc_model *m, const iop *op, int rank, int *first) {
-    int sa = param_slot(op, "axes"), sk = param_slot(op, "keep_dims");
+    int sa = sdc_rt_param_slot(op, "axes"), sk = sdc_rt_param_slot(op, "keep_dims");
     const itensor *axes = sa >= 0 ? m->slots[sa].val : NULL, *keep = sk >= 0 ? m->slots[sk].val : NULL;
     if (!axes || !keep || axes->dtype == MT_STRING || keep->dtype == MT_STRING || keep->n != 1 || it_geti(keep, 0) == 0 ||
         axes->n < 1 || axes->n > (size_t)rank)
@@ -171,7 +165,7 @@ static int sole_reader(const sdc_model *m, const int *readers, int from, int s, 
             for (int k = 0; k < op->params[p].n; k++)
                 if (op->params[p].slots[k] == s)
                     return op->def && op->n_out == 1 && op->fused_into < 0 && op->fuse_first < 0 &&
-                                   !strcmp(op->type, type) && param_slot(op, "x") == s
+                                   !strcmp(op->type, type) && sdc_rt_param_slot(op, "x") == s
                                ? j
                                : -1;
     }
@@ -196,8 +190,8 @@ static int silu_after(const sdc_model *m, const int *readers, int div, int *resh
 
 /* The real_div a fused silu computes the chain of (through its reshape, if any), or -1. */
 static int div_under_silu(const sdc_model *m, const iop *silu, int fused) {
-    int x = param_slot(silu, "x"), r = maker(m, x, "reshape", fused);
-    return maker(m, r >= 0 ? param_slot(&m->ops[r], "x") : x, "real_div", fused);
+    int x = sdc_rt_param_slot(silu, "x"), r = maker(m, x, "reshape", fused);
+    return maker(m, r >= 0 ? sdc_rt_param_slot(&m->ops[r], "x") : x, "real_div", fused);
 }
 
 void sdc_interp_fuse_norm(sdc_model *m) {

@@ -283,6 +283,9 @@ void sdc_interp_fuse(struct sdc_model *m);
 /* Marks GroupNorm's reduce_mean → sub → square → reduce_mean → add → sqrt → real_div as one op
    (fuse_norm.c); after sdc_interp_fuse. */
 void sdc_interp_fuse_norm(struct sdc_model *m);
+/* Marks GEGLU's split → gelu → mul as one op computed by the mul (fuse_geglu.c); after
+   sdc_interp_fuse_norm, before liveness. */
+void sdc_interp_fuse_geglu(struct sdc_model *m);
 /* How many times each slot is read (an output counts as many readers: it is never fused away),
    counted once per fusion pass; sdc_free it. NULL when out of memory (fuse.c). */
 int *sdc_interp_count_readers(const struct sdc_model *m);
@@ -336,6 +339,7 @@ sdc_status sdc_rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt,
     __attribute__((format(printf, 4, 5)));
 
 const iparam *sdc_rt_param(const iop *op, const char *name);
+int sdc_rt_param_slot(const iop *op, const char *name); /* the slot of a one-value parameter, or -1 */
 /* Value of parameter `name` (element k of a tuple parameter); NULL if absent (or on error:
    check r->err->code). sdc_rt_req fails when absent. */
 itensor *sdc_rt_in(irun *r, const iop *op, const char *name);
@@ -446,5 +450,10 @@ sdc_status sdc_kernel_scatter_nd(irun *r, const iop *op); /* ops_dynamic.c */
 sdc_status sdc_kernel_sdpa(irun *r, const iop *op);
 sdc_status sdc_kernel_fused_attention(irun *r, const iop *op); /* fuse.c */
 sdc_status sdc_kernel_fused_group_norm(irun *r, const iop *op); /* fuse_norm.c */
+sdc_status sdc_kernel_fused_geglu(irun *r, const iop *op);      /* fuse_geglu.c */
+/* gelu's modes (EXACT, TANH_APPROXIMATION, SIGMOID_APPROXIMATION) as codes 0-2, -1 for another
+   name; o = gelu(x) over n values by that code's arithmetic (ops_elementwise.c). */
+int sdc_gelu_code(const char *mode);
+void sdc_gelu_block(int code, const float *x, float *o, size_t n);
 
 #endif

@@ -174,6 +174,7 @@ sdc_status sdc_interp_graph_load(const mil_graph *g, sdc_model *m, sdc_err *err)
     if (!s) {
         sdc_interp_fuse(m);
         sdc_interp_fuse_norm(m);
+        sdc_interp_fuse_geglu(m);
         sdc_interp_liveness(m);
     }
     return s;

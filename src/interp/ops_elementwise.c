@@ -395,36 +395,43 @@ sdc_status sdc_kernel_unary(irun *r, const iop *op) {
 
 /* ---------------------------------------------------------------- gelu and parametric activations */
 
-SDC_VECTORISE static void gelu_rows(void *vctx, size_t b, size_t e) {
-    un_ctx *c = vctx;
-    const float *x = c->x->f;
-    float *o = c->o->f;
-    if (c->code == 0)
-        for (size_t i = b; i < e; i++) o[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
-    else if (c->code == 1)
-        for (size_t i = b; i < e; i++) {
+static const char *const GELU_MODES[] = {"EXACT", "TANH_APPROXIMATION", "SIGMOID_APPROXIMATION"};
+
+int sdc_gelu_code(const char *mode) {
+    for (int i = 0; i < (int)SDC_COUNT_OF(GELU_MODES); i++)
+        if (!strcmp(mode, GELU_MODES[i])) return i;
+    return -1;
+}
+
+SDC_VECTORISE void sdc_gelu_block(int code, const float *x, float *o, size_t n) {
+    if (code == 0)
+        for (size_t i = 0; i < n; i++) o[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+    else if (code == 1)
+        for (size_t i = 0; i < n; i++) {
             float v = x[i];
             o[i] = 0.5f * v * (1.0f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
         }
     else
-        for (size_t i = b; i < e; i += 256) {
+        for (size_t i = 0; i < n; i += 256) {
             float t[256];
-            size_t k = e - i < 256 ? e - i : 256;
+            size_t k = n - i < 256 ? n - i : 256;
             for (size_t j = 0; j < k; j++) t[j] = -1.702f * x[i + j];
             sdc_vec_exp(t, t, k);
             for (size_t j = 0; j < k; j++) o[i + j] = x[i + j] / (1.0f + t[j]);
         }
 }
 
+static void gelu_rows(void *vctx, size_t b, size_t e) {
+    un_ctx *c = vctx;
+    sdc_gelu_block(c->code, c->x->f + b, c->o->f + b, e - b);
+}
+
 sdc_status sdc_kernel_gelu(irun *r, const iop *op) {
     itensor *x = sdc_rt_req(r, op, "x");
     const char *mode;
     if (!x || sdc_rt_str(r, op, "mode", "EXACT", &mode)) return r->err->code;
-    un_ctx c = {.x = x};
-    if (!strcmp(mode, "EXACT")) c.code = 0;
-    else if (!strcmp(mode, "TANH_APPROXIMATION")) c.code = 1;
-    else if (!strcmp(mode, "SIGMOID_APPROXIMATION")) c.code = 2;
-    else return sdc_rt_fail(r, op, SDC_E_FORMAT, "unknown mode '%s'", mode);
+    un_ctx c = {.x = x, .code = sdc_gelu_code(mode)};
+    if (c.code < 0) return sdc_rt_fail(r, op, SDC_E_FORMAT, "unknown mode '%s'", mode);
     if (!mt_is_float(x->dtype)) return sdc_rt_fail(r, op, SDC_E_FORMAT, "x must be fp16 or fp32, not %s", mt_name(x->dtype));
     c.o = sdc_rt_out_reuse(r, op, 0, "x", x->rank, x->shape); /* element by element: in place is safe */
     if (!c.o || !mt_is_float(c.o->dtype)) return c.o ? sdc_rt_fail(r, op, SDC_E_FORMAT, "output must be float") : r->err->code;

@@ -811,6 +811,49 @@ def test_group_norm_chain_fused_is_bit_identical(sdcoreml, tmp_path, precision, 
 
 
 # ---------------------------------------------------------------------------------------------
+# GEGLU's split → gelu → mul runs fused (interp/fuse_geglu.c): bit-identical to the three ops,
+# which run when a half is also an output (the fusion then does not apply)
+
+
+def geglu_program(shape, gated, gelu_first, mode, expose_half):
+    @mb.program(input_specs=[mb.TensorSpec(shape=shape)], opset_version=ct.target.iOS16)
+    def prog(x):
+        halves = mb.split(x=x, num_splits=2, axis=1)
+        g = mb.gelu(x=halves[gated], mode=mode)
+        y = mb.mul(x=g, y=halves[1 - gated]) if gelu_first else mb.mul(x=halves[1 - gated], y=g)
+        return (y, mb.reduce_sum(x=halves[0], axes=[0, 1, 2, 3])) if expose_half else y
+
+    return prog
+
+
+@pytest.mark.parametrize("gated,gelu_first,mode", [(1, False, "EXACT"), (0, True, "TANH_APPROXIMATION")])
+@pytest.mark.parametrize("precision", ["FLOAT32", "FLOAT16"])
+def test_geglu_fused_is_bit_identical(sdcoreml, tmp_path, precision, gated, gelu_first, mode):
+    # (2, 2·6, 1, 1500): 1500 values per half and batch item, more than one of the fused
+    # kernel's blocks of 1024 and a tail; the gated half either one, the mul's operands in
+    # either order
+    shape = (2, 12, 1, 1500)
+    x = (np.random.default_rng(RNG_SEED).standard_normal(shape) * 2.0).astype(np.float32)
+    outs = {}
+    for expose in (False, True):
+        pkg = tmp_path / f"geglu-{expose}.mlpackage"
+        save_program(geglu_program(shape, gated, gelu_first, mode, expose), pkg, precision)
+        name = ct.utils.load_spec(str(pkg)).description.input[0].name
+        got, doc = run_package(sdcoreml, pkg, {name: x}, tmp_path / f"run-{expose}", extra=("--profile",))
+        outs[expose] = got[0][1]
+        fused = {k for k in doc["profile"] if "fused" in k}
+        assert fused == (set() if expose else {"split + gelu + mul (fused)"}), fused
+    assert np.array_equal(outs[False], outs[True]), "fused and unfused GEGLU differ"
+    xin = (f16(x) if precision == "FLOAT16" else x).astype(np.float64)
+    a, b = xin[:, :6], xin[:, 6:]
+    g = np_gelu(b if gated else a, mode)
+    g = f16(g) if precision == "FLOAT16" else g  # the gelu's result is rounded before the product
+    check_close("geglu", outs[False], (a if gated else b) * g, precision)
+    if precision == "FLOAT16":
+        assert np.array_equal(f16(outs[False]), outs[False].astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
 # Compressed weights: coremltools' own palettization / quantization vs its own decompression
 
 
