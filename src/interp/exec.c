@@ -193,8 +193,8 @@ int sdc_model_profile(const sdc_model *m, const sdc_op_profile **rows) {
 }
 
 /* Whether op's outputs of dtype `dt` hold only values copied from inputs of that same dtype,
-   which are already rounded to it (every value of an fp16 slot is: inputs, constants and op
-   outputs are rounded when made), so rounding them again would change nothing. */
+   which are already rounded to it (every value of an fp16 slot is: inputs, constants,
+   constexpr values and op outputs are rounded when made), so rounding again changes nothing. */
 static bool moves_exact(const sdc_model *m, const iop *op, int dt) {
     const char *const *moved = op->fuse_first >= 0 ? NULL : sdc_iop_moves(op->def->type);
     if (!moved) return false;
@@ -209,7 +209,8 @@ static bool moves_exact(const sdc_model *m, const iop *op, int dt) {
 /* The output rounded to its declared dtype, unless the kernel did it or it cannot change. */
 static void round_output(irun *r, const iop *op, itensor *t) {
     sdc_model *m = r->m;
-    if (m->exact_fp16_off || r->rounded || (t->dtype != MT_FP16 && t->dtype != MT_BF16) || moves_exact(m, op, t->dtype))
+    if (m->exact_fp16_off || r->rounded || (t->dtype != MT_FP16 && t->dtype != MT_BF16) ||
+        (t->dtype == MT_FP16 && moves_exact(m, op, MT_FP16))) /* bf16 inputs are not rounded when bound */
         return;
     if (t->dtype == MT_FP16) sdc_round_f16(m->pool, t->f, t->n);
     else

@@ -45,6 +45,13 @@ int *sdc_interp_count_readers(const sdc_model *m) {
     return n;
 }
 
+int sdc_interp_maker(const sdc_model *m, int s, const char *type, int fused) {
+    if (s < 0 || m->slots[s].kind != SL_OP || m->slots[s].producer < 0) return -1;
+    int i = m->slots[s].producer;
+    const iop *op = &m->ops[i];
+    return op->def && op->def->fn && op->fused_into == fused && !strcmp(op->type, type) ? i : -1;
+}
+
 /* A small integer / bool constant parameter; `dflt` when absent; false when not a constant. */
 static bool const_int(const sdc_model *m, const iop *op, const char *name, int64_t dflt, int64_t *out) {
     const iparam *p = sdc_rt_param(op, name);

@@ -25,27 +25,19 @@ typedef struct geglu {
     int gated; /* which half (0, 1) goes through the gelu */
 } geglu;
 
-/* The op making slot s, of type `type`, fused into `fused` (-1: not fused), or -1. */
-static int made_by(const sdc_model *m, int s, const char *type, int fused) {
-    if (s < 0 || m->slots[s].kind != SL_OP || m->slots[s].producer < 0) return -1;
-    int i = m->slots[s].producer;
-    const iop *op = &m->ops[i];
-    return op->def && op->def->fn && op->fused_into == fused && !strcmp(op->type, type) ? i : -1;
-}
-
-/* Walks from the mul back to the split (types and wiring only); `fused` as made_by. */
+/* Walks from the mul back to the split (types and wiring only); `fused` as sdc_interp_maker's. */
 static bool geglu_walk(const sdc_model *m, const iop *mul, int fused, geglu *gg) {
     if (!mul->def || strcmp(mul->type, "mul") || mul->n_out != 1) return false;
     int x = sdc_rt_param_slot(mul, "x"), y = sdc_rt_param_slot(mul, "y"), other = x;
-    gg->gelu_op = made_by(m, y, "gelu", fused);
+    gg->gelu_op = sdc_interp_maker(m, y, "gelu", fused);
     if (gg->gelu_op < 0) {
-        gg->gelu_op = made_by(m, x, "gelu", fused);
+        gg->gelu_op = sdc_interp_maker(m, x, "gelu", fused);
         other = y;
     }
     if (gg->gelu_op < 0 || m->ops[gg->gelu_op].n_out != 1) return false;
     int b = sdc_rt_param_slot(&m->ops[gg->gelu_op], "x");
-    gg->split_op = made_by(m, b, "split", fused);
-    if (gg->split_op < 0 || made_by(m, other, "split", fused) != gg->split_op) return false;
+    gg->split_op = sdc_interp_maker(m, b, "split", fused);
+    if (gg->split_op < 0 || sdc_interp_maker(m, other, "split", fused) != gg->split_op) return false;
     const iop *sp = &m->ops[gg->split_op];
     if (sp->n_out != 2 || other == b) return false;
     gg->gated = b == sp->outs[1];

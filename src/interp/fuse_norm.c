@@ -27,7 +27,7 @@
  *
  * When the result's only reader is a silu (through a reshape back to (B, C, H, W), as in every
  * ResNet block), the silu is computed too, in the last pass while the values are in cache, with
- * the silu kernel's arithmetic (x / (1 + exp(-x)), the same vector exp) on the standardised
+ * the silu kernel's arithmetic (sdc_silu_block) on the standardised
  * value rounded as declared: the silu op then computes the chain.
  */
 #include <math.h>
@@ -47,10 +47,8 @@ typedef struct gn_chain {
 /* The op of type `type` that makes slot s (its only output) and is fused into op `fused`
    (-1: not fused), or -1. */
 static int maker(const sdc_model *m, int s, const char *type, int fused) {
-    if (s < 0 || m->slots[s].kind != SL_OP || m->slots[s].producer < 0) return -1;
-    int i = m->slots[s].producer;
-    const iop *op = &m->ops[i];
-    return op->def && op->def->fn && op->n_out == 1 && op->fused_into == fused && !strcmp(op->type, type) ? i : -1;
+    int i = sdc_interp_maker(m, s, type, fused);
+    return i >= 0 && m->ops[i].n_out == 1 ? i : -1;
 }
 
 /* Walks from the real_div back to h; false when the ops do not have the chain's form (types
@@ -238,15 +236,6 @@ SDC_VECTORISE static void deviations(const float *x, float mean, float *dev, siz
     if (round) sdc_round_f16(NULL, dev, n);
 }
 
-/* x = x / (1 + exp(-x)) in place, the silu kernel's arithmetic (ops_elementwise.c), then
-   rounded to fp16 when declared; t: n floats of scratch. */
-SDC_VECTORISE static void silu_block(float *x, float *t, size_t n, bool round) {
-    for (size_t j = 0; j < n; j++) t[j] = -x[j];
-    sdc_vec_exp(t, t, n);
-    for (size_t j = 0; j < n; j++) x[j] = x[j] / (1.0f + t[j]);
-    if (round) sdc_round_f16(NULL, x, n);
-}
-
 SDC_VECTORISE static void gn_groups(void *vctx, size_t b, size_t e) {
     const gn_ctx *c = vctx;
     float dev[GN_BLOCK], sq[GN_BLOCK];
@@ -272,7 +261,8 @@ SDC_VECTORISE static void gn_groups(void *vctx, size_t b, size_t e) {
             deviations(x + j0, mean, dev, k, c->r_dev);
             for (size_t j = 0; j < k; j++) o[j0 + j] = dev[j] / std;
             if (c->r_out) sdc_round_f16(NULL, o + j0, k);
-            if (c->silu) silu_block(o + j0, sq, k, c->r_silu); /* sq: free scratch by now */
+            if (c->silu) sdc_silu_block(o + j0, o + j0, k);
+            if (c->silu && c->r_silu) sdc_round_f16(NULL, o + j0, k);
         }
     }
 }

@@ -286,6 +286,9 @@ void sdc_interp_fuse_norm(struct sdc_model *m);
 /* Marks GEGLU's split → gelu → mul as one op computed by the mul (fuse_geglu.c); after
    sdc_interp_fuse_norm, before liveness. */
 void sdc_interp_fuse_geglu(struct sdc_model *m);
+/* The op of type `type` making slot s and fused into op `fused` (-1: not fused), or -1 (fuse.c;
+   the fusion passes walk their chains back with it). */
+int sdc_interp_maker(const struct sdc_model *m, int s, const char *type, int fused);
 /* How many times each slot is read (an output counts as many readers: it is never fused away),
    counted once per fusion pass; sdc_free it. NULL when out of memory (fuse.c). */
 int *sdc_interp_count_readers(const struct sdc_model *m);
@@ -455,5 +458,7 @@ sdc_status sdc_kernel_fused_geglu(irun *r, const iop *op);      /* fuse_geglu.c 
    name; o = gelu(x) over n values by that code's arithmetic (ops_elementwise.c). */
 int sdc_gelu_code(const char *mode);
 void sdc_gelu_block(int code, const float *x, float *o, size_t n);
+/* o = silu(x) = x / (1 + exp(-x)) over n values (o may be x), the silu kernel's arithmetic. */
+void sdc_silu_block(const float *x, float *o, size_t n);
 
 #endif

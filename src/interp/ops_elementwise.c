@@ -329,15 +329,14 @@ SDC_VECTORISE static void un_rows(void *vctx, size_t b, size_t e) {
         float t[256];
         switch (c->code) { /* the hot ones: vectorised exp, in blocks */
         case U_SILU:
+            sdc_silu_block(xa + b, oa + b, e - b);
+            return;
         case U_SIGMOID:
             for (size_t i = b; i < e; i += 256) {
                 size_t k = e - i < 256 ? e - i : 256;
                 for (size_t j = 0; j < k; j++) t[j] = -xa[i + j];
                 sdc_vec_exp(t, t, k);
-                if (c->code == U_SILU)
-                    for (size_t j = 0; j < k; j++) oa[i + j] = xa[i + j] / (1.0f + t[j]);
-                else
-                    for (size_t j = 0; j < k; j++) oa[i + j] = 1.0f / (1.0f + t[j]);
+                for (size_t j = 0; j < k; j++) oa[i + j] = 1.0f / (1.0f + t[j]);
             }
             return;
         case U_EXP:
@@ -394,6 +393,16 @@ sdc_status sdc_kernel_unary(irun *r, const iop *op) {
 }
 
 /* ---------------------------------------------------------------- gelu and parametric activations */
+
+SDC_VECTORISE void sdc_silu_block(const float *x, float *o, size_t n) {
+    float t[256];
+    for (size_t i = 0; i < n; i += 256) {
+        size_t k = n - i < 256 ? n - i : 256;
+        for (size_t j = 0; j < k; j++) t[j] = -x[i + j];
+        sdc_vec_exp(t, t, k);
+        for (size_t j = 0; j < k; j++) o[i + j] = x[i + j] / (1.0f + t[j]);
+    }
+}
 
 static const char *const GELU_MODES[] = {"EXACT", "TANH_APPROXIMATION", "SIGMOID_APPROXIMATION"};
 
