@@ -224,10 +224,10 @@ int sdc_rt_out_dtype(const irun *r, const iop *op, int k) { return r->m->slots[o
    many such outputs). */
 #define RUNTIME_BUDGET_MIN ((uint64_t)1 << 30)
 
-static bool runtime_shaped(const islot *sl) {
+bool sdc_interp_shape_known(const islot *sl) {
     for (int d = 0; d < sl->rank; d++)
-        if (sl->shape[d] < 0) return true;
-    return false;
+        if (sl->shape[d] < 0) return false;
+    return true;
 }
 
 static uint64_t runtime_budget_bytes(irun *r) {
@@ -237,7 +237,7 @@ static uint64_t runtime_budget_bytes(irun *r) {
     for (int s = 0; s < m->n_slots; s++) {
         const islot *sl = &m->slots[s];
         size_t n;
-        if (!runtime_shaped(sl) && sdc_it_numel(sl->rank, sl->shape, &n) && (uint64_t)n * 4 > largest) largest = (uint64_t)n * 4;
+        if (sdc_interp_shape_known(sl) && sdc_it_numel(sl->rank, sl->shape, &n) && (uint64_t)n * 4 > largest) largest = (uint64_t)n * 4;
     }
     return r->runtime_budget = largest > RUNTIME_BUDGET_MIN / 4 ? largest * 4 : RUNTIME_BUDGET_MIN;
 }
@@ -252,7 +252,7 @@ static bool output_size_ok(irun *r, const iop *op, const islot *sl, int rank, co
         return false;
     }
     uint64_t budget;
-    if (runtime_shaped(sl) && (uint64_t)n * 4 > (budget = runtime_budget_bytes(r))) {
+    if (!sdc_interp_shape_known(sl) && (uint64_t)n * 4 > (budget = runtime_budget_bytes(r))) {
         sdc_rt_fail(r, op, SDC_E_FORMAT, "output '%s': run-time shape %s needs %llu MiB, over the %llu MiB allowed for "
                     "tensors sized by run-time data", sl->name, shape_str(rank, shape, a, sizeof a),
                     (unsigned long long)((uint64_t)n * 4 >> 20), (unsigned long long)(budget >> 20));

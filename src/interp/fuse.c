@@ -510,11 +510,10 @@ sdc_status sdc_kernel_fused_attention(irun *r, const iop *op) {
     sdc_rt_flops(r, (double)c.G * (double)c.sq, (double)c.sk, (double)(c.d + c.dv));
     c.round_w = !m->exact_fp16_off && m->slots[a->outs[0]].dtype == MT_FP16;
     c.round_p = !m->exact_fp16_off && m->slots[sm->outs[0]].dtype == MT_FP16;
-    if (op->fuse_scale >= 0) { /* match() checked: one operand is a float scalar constant */
+    if (op->fuse_scale >= 0) { /* match() checked: one operand is a float scalar constant, y tried first */
         const iop *mul = &m->ops[op->fuse_scale];
-        const islot *x = &m->slots[sdc_rt_param(mul, "x")->slots[0]], *y = &m->slots[sdc_rt_param(mul, "y")->slots[0]];
-        c.scaled = true;
-        c.scale = y->kind == SL_CONST && y->val && y->val->n == 1 ? y->val->f[0] : x->val->f[0];
+        c.scaled = const_scalar(m, sdc_rt_param_slot(mul, "y"), &c.scale) ||
+                   const_scalar(m, sdc_rt_param_slot(mul, "x"), &c.scale);
         c.round_s = !m->exact_fp16_off && m->slots[mul->outs[0]].dtype == MT_FP16;
     }
     double per_col = fmin((double)c.sk * (double)c.d, (double)c.dv * (double)c.sk); /* M·K of either product */

@@ -112,9 +112,8 @@ static bool reshape_fits(const sdc_model *m, const int *readers, const gn_chain 
     const islot *h = &m->slots[c->h], *src = &m->slots[c->src];
     if (readers[c->h] != 2 || src->dtype != h->dtype || src->rank < 1) return false;
     size_t nh, ns;
-    for (int d = 0; d < src->rank; d++)
-        if (src->shape[d] < 0) return false;
-    return sdc_it_numel(h->rank, h->shape, &nh) && sdc_it_numel(src->rank, src->shape, &ns) && nh == ns;
+    return sdc_interp_shape_known(src) && sdc_it_numel(h->rank, h->shape, &nh) && sdc_it_numel(src->rank, src->shape, &ns) &&
+           nh == ns;
 }
 
 /* Values, shapes, dtypes and readers of a walked chain ending at op `div`. */

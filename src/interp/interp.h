@@ -343,6 +343,7 @@ sdc_status sdc_rt_fail(irun *r, const iop *op, sdc_status code, const char *fmt,
 
 const iparam *sdc_rt_param(const iop *op, const char *name);
 int sdc_rt_param_slot(const iop *op, const char *name); /* the slot of a one-value parameter, or -1 */
+bool sdc_interp_shape_known(const islot *sl); /* every dim of the declared shape known (none left to the run) */
 /* Value of parameter `name` (element k of a tuple parameter); NULL if absent (or on error:
    check r->err->code). sdc_rt_req fails when absent. */
 itensor *sdc_rt_in(irun *r, const iop *op, const char *name);

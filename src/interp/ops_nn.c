@@ -708,10 +708,10 @@ typedef struct norm_ctx {
 
 enum { NORM_RUN = 64 }; /* positions normalised side by side */
 
-/* Positions k0 .. k0 + n whose values lie next to each other (kept[k0 + i] = kept[k0] + i: a
-   layer norm over the channels of (B, C, 1, S), whose reduced values are S apart), side by
-   side: each pass walks a channel's n neighbours instead of one value per cache line. Every
-   position gets norm_rows' arithmetic in its order (double sums over j in order). */
+/* Positions k0 .. k0 + n (n <= NORM_RUN) whose values lie next to each other
+   (kept[k0 + i] = kept[k0] + i: a layer norm over the channels of (B, C, 1, S), whose reduced
+   values are S apart), side by side: each pass walks a channel's n neighbours instead of one
+   value per cache line. Each position's statistics are summed in double over j in order. */
 SDC_VECTORISE static void norm_run(const norm_ctx *c, size_t k0, size_t n) {
     size_t nr = c->p.nr, base = c->p.kept[k0];
     double s[NORM_RUN] = {0}, v[NORM_RUN] = {0}, mean[NORM_RUN];
@@ -751,33 +751,12 @@ static size_t adjacent_run(const red_plan *p, size_t k, size_t e) {
     return n;
 }
 
-SDC_VECTORISE static void norm_rows(void *vctx, size_t b, size_t e) {
-    norm_ctx *c = vctx;
-    size_t nr = c->p.nr;
-    for (size_t k = b; k < e; k++) {
-        size_t run = nr > 1 ? adjacent_run(&c->p, k, e) : 1;
-        if (run >= 8) {
-            norm_run(c, k, run);
-            k += run - 1;
-            continue;
-        }
-        size_t base = c->p.kept[k];
-        double s = 0;
-        for (size_t j = 0; j < nr; j++) s += c->x[base + c->p.red[j]];
-        double mean = s / (double)nr, v = 0;
-        for (size_t j = 0; j < nr; j++) {
-            double d = c->x[base + c->p.red[j]] - mean;
-            v += d * d;
-        }
-        float inv = (float)(1.0 / sqrt(v / (double)nr + (double)c->eps)), m = (float)mean;
-        float cg = c->cg ? c->cg[k % (size_t)c->C] : 1.0f, cb = c->cb ? c->cb[k % (size_t)c->C] : 0.0f;
-        for (size_t j = 0; j < nr; j++) {
-            size_t i = base + c->p.red[j];
-            float y = (c->x[i] - m) * inv;
-            if (c->gamma) y *= c->gamma[j];
-            if (c->beta) y += c->beta[j];
-            c->o[i] = y * cg + cb;
-        }
+/* Positions [b, e), each run of neighbours side by side (a run of one where they are not). */
+static void norm_rows(void *vctx, size_t b, size_t e) {
+    const norm_ctx *c = vctx;
+    for (size_t k = b, run; k < e; k += run) {
+        run = adjacent_run(&c->p, k, e);
+        norm_run(c, k, run);
     }
 }
 
