@@ -449,6 +449,10 @@ sdc_status sdc_kernel_fill(irun *r, const iop *op);
 sdc_status sdc_kernel_range_1d(irun *r, const iop *op);
 sdc_status sdc_kernel_upsample_nn(irun *r, const iop *op);
 sdc_status sdc_kernel_shape(irun *r, const iop *op);
+/* Row-major position of index tuple idx[0..K) among dims shape[0..K) (a negative index counts
+   from the end, as NumPy's) in *off: -1, or the first coordinate outside its dim (ops_tensor.c;
+   gather_nd, scatter_nd). */
+int sdc_index_tuple_offset(const int64_t *shape, const int32_t *idx, int K, size_t *off);
 sdc_status sdc_kernel_non_zero(irun *r, const iop *op);   /* ops_dynamic.c */
 sdc_status sdc_kernel_scatter_nd(irun *r, const iop *op); /* ops_dynamic.c */
 sdc_status sdc_kernel_sdpa(irun *r, const iop *op);

@@ -76,19 +76,6 @@ static bool updates_fit(const itensor *data, const itensor *indices, const itens
     return true;
 }
 
-/* Element offset of index tuple idx[0..K) in data (negative indices count from the end, as
-   NumPy's); false when one lies outside its dim. */
-static bool tuple_offset(const itensor *data, const int32_t *idx, int K, size_t inner, size_t *off) {
-    size_t o = 0;
-    for (int d = 0; d < K; d++) {
-        int64_t L = data->shape[d], i = idx[d] < 0 ? idx[d] + L : idx[d];
-        if (i < 0 || i >= L) return false;
-        o = o * (size_t)L + (size_t)i;
-    }
-    *off = o * inner;
-    return true;
-}
-
 sdc_status sdc_kernel_scatter_nd(irun *r, const iop *op) {
     itensor *data = sdc_rt_req(r, op, "data"), *indices = data ? sdc_rt_req(r, op, "indices") : NULL;
     itensor *updates = indices ? sdc_rt_req(r, op, "updates") : NULL;
@@ -115,9 +102,10 @@ sdc_status sdc_kernel_scatter_nd(irun *r, const iop *op) {
     for (int d = K; d < data->rank; d++) inner *= (size_t)data->shape[d];
     for (size_t t = 0; t < tuples; t++) {
         size_t off;
-        if (!tuple_offset(data, indices->i + t * (size_t)K, K, inner, &off))
+        if (sdc_index_tuple_offset(data->shape, indices->i + t * (size_t)K, K, &off) >= 0)
             return sdc_rt_fail(r, op, SDC_E_FORMAT, "index tuple %zu lies outside data %s", t,
                                shape_str(data->rank, data->shape, a, sizeof a));
+        off *= inner;
         for (size_t j = 0; j < inner; j++) {
             size_t u = t * inner + j;
             if (fl) o->f[off + j] = (float)fn(o->f[off + j], updates->f[u]);

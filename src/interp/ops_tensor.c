@@ -467,6 +467,17 @@ sdc_status sdc_kernel_gather(irun *r, const iop *op) {
 
 /* gather_nd: the last dim of indices holds K coordinates into x's axes batch_dims..batch_dims+K-1;
    out = indices.shape[:-1] + x.shape[batch_dims + K:] (coremltools' iOS15-iOS17 definitions). */
+int sdc_index_tuple_offset(const int64_t *shape, const int32_t *idx, int K, size_t *off) {
+    size_t o = 0;
+    for (int d = 0; d < K; d++) {
+        int64_t L = shape[d], i = idx[d] < 0 ? idx[d] + L : idx[d];
+        if (i < 0 || i >= L) return d;
+        o = o * (size_t)L + (size_t)i;
+    }
+    *off = o;
+    return -1;
+}
+
 sdc_status sdc_kernel_gather_nd(irun *r, const iop *op) {
     itensor *x = sdc_rt_req(r, op, "x"), *idx = sdc_rt_req(r, op, "indices");
     int64_t bd;
@@ -499,13 +510,11 @@ sdc_status sdc_kernel_gather_nd(irun *r, const iop *op) {
     uint32_t *dst = o->p;
     for (size_t b = 0; b < B; b++)
         for (size_t t = 0; t < tuples; t++, ip += K) {
-            size_t off = 0;
-            for (int64_t c = 0; c < K; c++) {
-                int64_t L = x->shape[bd + c], i = ip[c] < 0 ? ip[c] + L : ip[c];
-                if (i < 0 || i >= L)
-                    return sdc_rt_fail(r, op, SDC_E_ARG, "index %d is out of range for axis %lld of size %lld", ip[c], (long long)(bd + c), (long long)L);
-                off = off * (size_t)L + (size_t)i;
-            }
+            size_t off;
+            int c = sdc_index_tuple_offset(x->shape + bd, ip, (int)K, &off);
+            if (c >= 0)
+                return sdc_rt_fail(r, op, SDC_E_ARG, "index %d is out of range for axis %lld of size %lld", ip[c],
+                                   (long long)(bd + c), (long long)x->shape[bd + c]);
             memcpy(dst, (const uint32_t *)x->p + b * per_batch + off * inner, inner * 4);
             dst += inner;
         }
