@@ -1,0 +1,266 @@
+/*
+ * gemm_few.c — x · wᵀ for a linear layer with few rows of x (a text encoder's 77 tokens, a
+ * cross-attention's keys and values), with w read straight from the package (fp16 or fp32).
+ *
+ * Through BLAS, one call per block of w packs x again for every block and packs each block of w
+ * a second time after it was expanded from fp16; with 77 rows those copies cost about as much
+ * as the product. Here x is packed once per op, and each tile of FEW_NR weight rows is expanded
+ * (or copied) straight into the layout the kernel reads, then multiplied by every panel of x
+ * while it sits in this core's cache. The expansion of the next tile is spread over the kernel's
+ * loop, so that its loads wait for memory while the FMAs run.
+ *
+ * Each output is one fp32 sum over k in order (padding adds exact zeros), then added to what C
+ * held (the bias).
+ */
+#include <math.h>
+#include <stdint.h>
+
+#include "interp/interp.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#include "interp/vmath.h"
+#include "io/fp16.h"
+
+enum {
+    FEW_NR = 12, /* weight rows per tile: 24 accumulators with a panel of 32 rows of x */
+    FEW_KB = 16, /* k per chunk: one cache line of fp32 per weight row */
+};
+
+/* Layouts, K16 = K rounded up to FEW_KB:
+   - a weight tile [K16 / FEW_KB][FEW_NR][FEW_KB]: the chunk of FEW_KB values of each row lies
+     in one cache line, so the kernel reaches weight (k, r) at a constant offset from one pointer;
+   - x panels [K16][width] of 32 rows (16 for the last ones), zero past M and past K. */
+
+typedef struct few_ctx {
+    int64_t M, N, K, K16, ldc;
+    int64_t n32, n16; /* panels of 32 rows, then at most one of 16 */
+    const float *xp;
+    const uint8_t *w;
+    bool w16;
+    bool add; /* C += x·wᵀ (else C = x·wᵀ) */
+    float *C;
+    _Atomic int oom;
+} few_ctx;
+
+/* ---------------------------------------------------------------- packing w */
+
+/* A tile's packing as a stream of pieces, each FEW_KB values of one weight row; they go row by
+   row, so the reads are sequential. */
+typedef struct few_pack {
+    const few_ctx *c;
+    int64_t n0;   /* the tile's first weight row */
+    float *wt;    /* its buffer */
+    int64_t r, j; /* the next piece: row r (FEW_NR when none is left), chunk j */
+} few_pack;
+
+/* A piece past the last row (zeros) or reaching past K (zeros there). */
+static void few_pack_edge(const few_ctx *c, int64_t n, int64_t k0, float *d) {
+    for (int64_t kk = 0; kk < FEW_KB; kk++) {
+        size_t at = (size_t)(n * c->K + k0 + kk);
+        d[kk] = n >= c->N || k0 + kk >= c->K ? 0.0f
+                : c->w16                     ? sdc_f16_to_f32((uint16_t)(c->w[2 * at] | c->w[2 * at + 1] << 8))
+                                             : ((const float *)(const void *)c->w)[at];
+    }
+}
+
+/* Up to `count` pieces. With `edges` false it stops at the first piece few_pack_edge must make:
+   the kernels call it so, and must hold no function call, which would make the compiler save
+   their accumulators around it. */
+__attribute__((target("avx512f,f16c"), always_inline)) static inline void few_pack_pieces(few_pack *s, int64_t count,
+                                                                                          bool edges) {
+    const few_ctx *c = s->c;
+    int64_t chunks = c->K16 / FEW_KB;
+    for (; count > 0 && s->r < FEW_NR; count--) {
+        int64_t n = s->n0 + s->r, k0 = s->j * FEW_KB;
+        float *d = s->wt + k0 * FEW_NR + s->r * FEW_KB;
+        size_t at = (size_t)(n * c->K + k0);
+        if (n >= c->N || k0 + FEW_KB > c->K) {
+            if (!edges) return;
+            few_pack_edge(c, n, k0, d);
+        } else if (c->w16) {
+            _mm512_storeu_ps(d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(c->w + 2 * at))));
+        } else {
+            _mm512_storeu_ps(d, _mm512_loadu_ps((const float *)(const void *)c->w + at));
+        }
+        if (++s->j == chunks) s->j = 0, s->r++;
+    }
+}
+
+/* The pieces of a tile not packed yet, edges included. */
+__attribute__((target("avx512f,f16c"))) static void few_pack_rest(few_pack *s) { few_pack_pieces(s, INT64_MAX, true); }
+
+/* What a kernel call does besides its product, once per chunk of k: `per_chunk` pieces of the
+   next tile, and `pf_per_chunk` cache lines of the tile after it, [pf, pf_end), asked into L2,
+   so that those pieces come from L2 when their turn comes. */
+typedef struct few_side {
+    few_pack *next;
+    int64_t per_chunk;
+    const char *pf, *pf_end;
+    int64_t pf_per_chunk;
+} few_side;
+
+__attribute__((target("avx512f,f16c"), always_inline)) static inline void few_side_step(few_side *sd) {
+    few_pack_pieces(sd->next, sd->per_chunk, false);
+    for (int64_t q = 0; q < sd->pf_per_chunk && sd->pf < sd->pf_end; q++, sd->pf += 64) _mm_prefetch(sd->pf, _MM_HINT_T1);
+}
+
+/* ---------------------------------------------------------------- kernels */
+
+#define FEW_REGS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+
+/* tile[r][0..31] = Σ_k x(k, 0..31) · w(k, r) over one panel of 32 rows: per k, 2 loads of x,
+   12 broadcasts of w, 24 FMAs */
+#define FEW_ACC2(r) __m512 a##r = _mm512_setzero_ps(), b##r = _mm512_setzero_ps();
+#define FEW_FMA2(r)                                                                                                    \
+    {                                                                                                                  \
+        __m512 wv = _mm512_set1_ps(wc[(r) * FEW_KB + kk]);                                                              \
+        a##r = _mm512_fmadd_ps(x0, wv, a##r);                                                                          \
+        b##r = _mm512_fmadd_ps(x1, wv, b##r);                                                                          \
+    }
+#define FEW_STORE2(r)                                                                                                  \
+    _mm512_storeu_ps(tile + (r) * 32, a##r);                                                                           \
+    _mm512_storeu_ps(tile + (r) * 32 + 16, b##r);
+
+__attribute__((target("avx512f,f16c"))) static void few_kernel32(int64_t K16, const float *restrict xp, const float *restrict wt,
+                                                                  float *restrict tile, few_side *sd) {
+    FEW_REGS(FEW_ACC2)
+    for (int64_t k0 = 0; k0 < K16; k0 += FEW_KB) {
+        const float *wc = wt + k0 * FEW_NR;
+        few_side_step(sd);
+        for (int kk = 0; kk < FEW_KB; kk++) {
+            __m512 x0 = _mm512_loadu_ps(xp + (k0 + kk) * 32), x1 = _mm512_loadu_ps(xp + (k0 + kk) * 32 + 16);
+            FEW_REGS(FEW_FMA2)
+        }
+    }
+    FEW_REGS(FEW_STORE2)
+}
+
+/* the same over a panel of 16 rows: tile[r][0..15] */
+#define FEW_ACC1(r) __m512 a##r = _mm512_setzero_ps();
+#define FEW_FMA1(r) a##r = _mm512_fmadd_ps(x0, _mm512_set1_ps(wc[(r) * FEW_KB + kk]), a##r);
+#define FEW_STORE1(r) _mm512_storeu_ps(tile + (r) * 32, a##r);
+
+__attribute__((target("avx512f,f16c"))) static void few_kernel16(int64_t K16, const float *restrict xp, const float *restrict wt,
+                                                                  float *restrict tile, few_side *sd) {
+    FEW_REGS(FEW_ACC1)
+    for (int64_t k0 = 0; k0 < K16; k0 += FEW_KB) {
+        const float *wc = wt + k0 * FEW_NR;
+        few_side_step(sd);
+        for (int kk = 0; kk < FEW_KB; kk++) {
+            __m512 x0 = _mm512_loadu_ps(xp + (k0 + kk) * 16);
+            FEW_REGS(FEW_FMA1)
+        }
+    }
+    FEW_REGS(FEW_STORE1)
+}
+
+/* C[m0 + i][n0 + r] (+)= tile[r][i] for the rows and weight rows that exist */
+static void few_add_tile(const few_ctx *c, const float *tile, int64_t m0, int64_t rows, int64_t n0) {
+    int64_t nr = c->N - n0 < FEW_NR ? c->N - n0 : FEW_NR;
+    for (int64_t i = 0; i < rows; i++) {
+        float *crow = c->C + (m0 + i) * c->ldc + n0;
+        if (c->add)
+            for (int64_t r = 0; r < nr; r++) crow[r] += tile[r * 32 + i];
+        else
+            for (int64_t r = 0; r < nr; r++) crow[r] = tile[r * 32 + i];
+    }
+}
+
+/* ---------------------------------------------------------------- driver */
+
+/* Tiles [t0, t1) of FEW_NR weight rows, in two buffers: while every panel of x passes over one,
+   the next is packed into the other. */
+static void few_tiles(void *vctx, size_t t0, size_t t1) {
+    few_ctx *c = vctx;
+    size_t cap = 0, tile_floats = (size_t)(FEW_NR * c->K16);
+    float *bufs = sdc_ibuf_alloc(sizeof(float) * 2 * tile_floats, &cap);
+    if (!bufs) {
+        c->oom = 1;
+        return;
+    }
+    float tile[FEW_NR * 32];
+    int64_t panels = c->n32 + c->n16, chunks = panels * (c->K16 / FEW_KB);
+    size_t esize = c->w16 ? 2 : 4, tile_bytes = esize * (size_t)(FEW_NR * c->K);
+    const char *w_end = (const char *)c->w + esize * (size_t)(c->N * c->K);
+    few_pack first = {c, (int64_t)t0 * FEW_NR, bufs, 0, 0};
+    few_pack_rest(&first);
+    for (size_t t = t0; t < t1; t++) {
+        int64_t n0 = (int64_t)t * FEW_NR;
+        float *wt = bufs + ((t - t0) & 1) * tile_floats;
+        few_pack next = {c, n0 + FEW_NR, bufs + ((t - t0 + 1) & 1) * tile_floats, t + 1 < t1 ? 0 : FEW_NR, 0};
+        few_side sd = {&next, (FEW_NR * (c->K16 / FEW_KB) + chunks - 1) / chunks, NULL, NULL,
+                       (int64_t)(tile_bytes / 64 + (size_t)chunks - 1) / chunks};
+        if (t + 2 < t1) { /* the tile after next, whose rows follow next's in w */
+            sd.pf = (const char *)c->w + esize * (size_t)((n0 + 2 * FEW_NR) * c->K);
+            sd.pf_end = sd.pf + tile_bytes < w_end ? sd.pf + tile_bytes : w_end;
+        }
+        const float *xp = c->xp;
+        for (int64_t p = 0; p < c->n32; p++, xp += c->K16 * 32) {
+            few_kernel32(c->K16, xp, wt, tile, &sd);
+            int64_t m0 = p * 32;
+            few_add_tile(c, tile, m0, c->M - m0 < 32 ? c->M - m0 : 32, n0);
+        }
+        if (c->n16) {
+            few_kernel16(c->K16, xp, wt, tile, &sd);
+            few_add_tile(c, tile, c->n32 * 32, c->M - c->n32 * 32, n0);
+        }
+        few_pack_rest(&next);
+    }
+    sdc_ibuf_free(bufs, cap);
+}
+
+/* x [M×K] into its panels. Chunks [b, e) of FEW_KB values of k: each reads FEW_KB neighbouring
+   values of every row and writes a block of FEW_KB × width that stays in L1 (a plain transpose
+   would read x a column at a time). */
+typedef struct few_xpack {
+    const few_ctx *c;
+    const float *x;
+    float *xp;
+} few_xpack;
+
+static void few_pack_x(void *vctx, size_t b, size_t e) {
+    const few_xpack *px = vctx;
+    const few_ctx *c = px->c;
+    float *panel = px->xp;
+    for (int64_t p = 0, m0 = 0; p < c->n32 + c->n16; p++) {
+        int64_t width = p < c->n32 ? 32 : 16;
+        for (int64_t k0 = (int64_t)b * FEW_KB; k0 < (int64_t)e * FEW_KB; k0 += FEW_KB) {
+            float *blk = panel + k0 * width;
+            for (int64_t i = 0; i < width; i++) {
+                int64_t nk = m0 + i >= c->M ? 0 : c->K - k0 < FEW_KB ? c->K - k0 : FEW_KB;
+                const float *row = px->x + (m0 + i) * c->K + k0;
+                for (int64_t kk = 0; kk < nk; kk++) blk[kk * width + i] = row[kk];
+                for (int64_t kk = nk; kk < FEW_KB; kk++) blk[kk * width + i] = 0.0f;
+            }
+        }
+        panel += c->K16 * width;
+        m0 += width;
+    }
+}
+#endif
+
+int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, const void *w, bool w16, bool add, float *C,
+                  int64_t ldc) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (M < 1 || M > SDC_IGEMM_FEW_MAX || N < 1 || K < 1 || !sdc_cpu_avx512()) return 0;
+    /* panels of 32 rows, the last one of 16 when at most 16 remain */
+    int64_t rest = M % 32;
+    few_ctx c = {M, N, K, (K + FEW_KB - 1) / FEW_KB * FEW_KB, ldc, M / 32 + (rest > 16), rest > 0 && rest <= 16, NULL, w, w16, add, C, 0};
+    size_t cap = 0;
+    float *xp = sdc_ibuf_alloc(sizeof(float) * (size_t)(c.K16 * (32 * c.n32 + 16 * c.n16)), &cap);
+    if (!xp) return -1;
+    few_xpack px = {&c, x, xp};
+    sdc_ipool_for(p, (size_t)(c.K16 / FEW_KB), 8, few_pack_x, &px);
+    c.xp = xp;
+    /* one run of neighbouring tiles per thread, so that each packs ahead within its run */
+    size_t tiles = (size_t)((N + FEW_NR - 1) / FEW_NR), T = (size_t)sdc_ipool_size(p);
+    sdc_ipool_for(p, tiles, (tiles + T - 1) / T, few_tiles, &c);
+    sdc_ibuf_free(xp, cap);
+    return c.oom ? -1 : 1;
+#else
+    (void)p, (void)M, (void)N, (void)K, (void)x, (void)w, (void)w16, (void)add, (void)C, (void)ldc;
+    return 0;
+#endif
+}
