@@ -150,6 +150,23 @@ void sdc_igemm_fallback(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_
 enum { SDC_IGEMM_FEW_MAX = 128 };
 int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, const void *w, bool w16, bool add, float *C,
                   int64_t ldc);
+/* A 3×3 convolution with stride 1, no dilation and one group over N images [N, Cin, H, W] into
+   [N, Cout, Ho, Wo], zero padding pt rows above and pl columns left (the rest follows from Ho,
+   Wo), then the bias and the rounding to fp16 when `round`. */
+typedef struct sdc_wino_conv {
+    int64_t N, Cin, Cout, H, W, Ho, Wo, pt, pl;
+    const float *x, *w, *bias; /* w [Cout, Cin, 3, 3]; bias [Cout] or NULL */
+    float *o;
+    bool round;
+} sdc_wino_conv;
+/* By Winograd's F(2×2, 3×3) (conv_wino.c): 1 when done; 0, having done nothing, for outputs of
+   fewer than SDC_WINO_MIN_TILES blocks of 2×2, i.e. smaller than 64×64 (measured on the SD 1.5
+   UNet, FLOAT16, 2 threads: its convolutions took 6.56 s direct, 6.26 s with this from 64×64 up,
+   6.34 s from 32×32, 6.86 s from 16×16: below, the weights' transform and the smaller products
+   cost more than the saved multiplications); -1 when memory ran short (o is then partly
+   written). */
+enum { SDC_WINO_MIN_TILES = 1024 };
+int sdc_conv_winograd(ipool *p, const sdc_wino_conv *c);
 const char *sdc_igemm_backend(void); /* "openblas", "accelerate" or "builtin" */
 
 #if defined(__x86_64__) && defined(__GNUC__)

@@ -531,6 +531,12 @@ sdc_status sdc_kernel_conv(irun *r, const iop *op) {
     sdc_rt_flops(r, (double)(N * Cout), (double)g.P, (double)g.kdim);
     bool round = o->dtype == MT_FP16 && !r->m->exact_fp16_off;
     r->rounded = round; /* by conv_epilogue */
+    if (S == 2 && groups == 1 && g.k[1] == 3 && g.k[2] == 3 && g.s[1] == 1 && g.s[2] == 1 && g.d[1] == 1 && g.d[2] == 1 && o->n) {
+        sdc_wino_conv wc = {N, Cin, Cout, g.in[1], g.in[2], g.out[1], g.out[2], g.pb[1], g.pb[2], x->f, w->f, b ? b->f : NULL, o->f, round};
+        int done = sdc_conv_winograd(sdc_rt_pool(r), &wc);
+        if (done < 0) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory for the Winograd buffers");
+        if (done) return SDC_OK;
+    }
     bool direct = g.k[0] * g.k[1] * g.k[2] == 1 && g.s[0] * g.s[1] * g.s[2] == 1 && g.pb[0] + g.pb[1] + g.pb[2] == 0 &&
                   pa[0] + pa[1] + pa[2] == 0;
     if (!direct && o->n && g.kdim * g.P > CONV_SMALL_FLOATS) {

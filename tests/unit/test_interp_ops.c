@@ -1,7 +1,8 @@
 /*
  * test_interp_ops.c — the interpreter's building blocks against hand-computed or naive
  * expectations: the blocked GEMM (odd shapes, transposes, beta, strides), sdc_igemm with
- * threads, the few-row product bit for bit against an fmaf loop, fp16 rounding and expansion against the reference conversions, the thread pool,
+ * threads, the few-row product bit for bit against an fmaf loop, Winograd's 3×3 convolution
+ * against the direct sum, fp16 rounding and expansion against the reference conversions, the thread pool,
  * .npy reading and writing (and its errors), and small packages written by our own writer
  * and run through the public API (broadcasting, linear, softmax, fp16 rounding of results,
  * input checks). Op semantics on packages written by coremltools are covered by
@@ -123,6 +124,66 @@ static void test_gemm_few(void) {
     float x1 = 1.0f, w1 = 1.0f, c1 = 0.0f;
     CHECK(sdc_igemm_few(NULL, SDC_IGEMM_FEW_MAX + 1, 1, 1, &x1, &w1, false, false, &c1, 1) == 0); /* too many rows */
     CHECK(sdc_igemm_few(NULL, 0, 1, 1, &x1, &w1, false, false, &c1, 1) == 0 && c1 == 0.0f);
+    sdc_ipool_free(pools[1]);
+}
+
+/* Winograd's 3×3 convolution against the direct sum in double: odd and even output sizes (a
+   2×2 block's second row and column cut off), symmetric, one-sided and wide zero padding, two
+   images, bias or none, fp16 rounding of the result or none, 1 and 3 threads. The tolerance is
+   relative to the sum of |x·w| of each output (fp32 sums in another order); an index slip is off
+   by the size of a term. */
+static void test_conv_winograd(void) {
+    static const struct {
+        int N, Cin, Cout, H, W, pt, pb, pl, pr;
+    } cases[] = {{1, 3, 5, 64, 64, 1, 1, 1, 1}, {2, 4, 3, 65, 67, 1, 1, 1, 1}, {1, 2, 7, 68, 66, 0, 0, 0, 0},
+                 {1, 5, 2, 64, 65, 1, 0, 0, 1}, {1, 1, 1, 63, 63, 2, 2, 2, 2}, {1, 6, 4, 70, 66, 0, 1, 1, 0}};
+    ipool *pools[2] = {NULL, sdc_ipool_new(3)};
+    for (size_t ci = 0; ci < SDC_COUNT_OF(cases); ci++)
+        for (int variant = 0; variant < 4; variant++) {
+            int N = cases[ci].N, Cin = cases[ci].Cin, Cout = cases[ci].Cout, H = cases[ci].H, W = cases[ci].W;
+            int Ho = H + cases[ci].pt + cases[ci].pb - 2, Wo = W + cases[ci].pl + cases[ci].pr - 2;
+            bool with_bias = variant & 1, round = variant & 2;
+            float *x = malloc(sizeof(float) * (size_t)(N * Cin * H * W)), *w = malloc(sizeof(float) * (size_t)(Cout * Cin * 9));
+            float *bias = malloc(sizeof(float) * (size_t)Cout), *o = malloc(sizeof(float) * (size_t)(N * Cout * Ho * Wo));
+            for (int i = 0; i < N * Cin * H * W; i++) x[i] = frand();
+            for (int i = 0; i < Cout * Cin * 9; i++) w[i] = frand();
+            for (int i = 0; i < Cout; i++) bias[i] = frand();
+            sdc_wino_conv c = {N, Cin, Cout, H, W, Ho, Wo, cases[ci].pt, cases[ci].pl, x, w, with_bias ? bias : NULL, o, round};
+            int rc = sdc_conv_winograd(pools[variant & 1], &c);
+            CHECK_MSG(rc == 1, "case %zu: sdc_conv_winograd returned %d", ci, rc);
+            double worst = 0;
+            int bad16 = 0;
+            for (int n = 0; n < N && rc == 1; n++)
+                for (int co = 0; co < Cout; co++)
+                    for (int y = 0; y < Ho; y++)
+                        for (int xo = 0; xo < Wo; xo++) {
+                            double sum = with_bias ? bias[co] : 0.0, mag = fabs(sum);
+                            for (int cin = 0; cin < Cin; cin++)
+                                for (int ky = 0; ky < 3; ky++)
+                                    for (int kx = 0; kx < 3; kx++) {
+                                        int iy = y - cases[ci].pt + ky, ix = xo - cases[ci].pl + kx;
+                                        if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                                        double t = (double)x[((n * Cin + cin) * H + iy) * W + ix] * w[((co * Cin + cin) * 3 + ky) * 3 + kx];
+                                        sum += t, mag += fabs(t);
+                                    }
+                            float got = o[((n * Cout + co) * Ho + y) * Wo + xo];
+                            if (round) { /* the fp16 of a value within fp32 noise of sum: that of sum, or a neighbour */
+                                float lo = sdc_f16_to_f32(sdc_f32_to_f16((float)(sum - 3e-5 * mag)));
+                                float hi = sdc_f16_to_f32(sdc_f32_to_f16((float)(sum + 3e-5 * mag)));
+                                bad16 += !(got >= lo && got <= hi) || got != sdc_f16_to_f32(sdc_f32_to_f16(got));
+                            } else {
+                                double err = fabs(got - sum) / (3e-5 * mag + 1e-30);
+                                worst = err > worst ? err : worst;
+                            }
+                        }
+            CHECK_MSG(worst <= 1.0, "case %zu variant %d: error %.2f x tolerance", ci, variant, worst);
+            CHECK_MSG(bad16 == 0, "case %zu variant %d: %d outputs not the fp16 of the sum", ci, variant, bad16);
+            free(x), free(w), free(bias), free(o);
+        }
+    /* below SDC_WINO_MIN_TILES blocks: not taken, nothing written */
+    float x1[4 * 4] = {0}, w1[9] = {0}, o1[2 * 2] = {7, 7, 7, 7};
+    sdc_wino_conv small = {1, 1, 1, 4, 4, 2, 2, 0, 0, x1, w1, NULL, o1, false};
+    CHECK(sdc_conv_winograd(NULL, &small) == 0 && o1[0] == 7);
     sdc_ipool_free(pools[1]);
 }
 
@@ -631,6 +692,7 @@ int main(void) {
     test_blas_threads(); /* first: before any pool of this test starts threads */
     test_gemm();
     test_gemm_few();
+    test_conv_winograd();
     test_fp16();
     test_vec_exp();
     test_vec_max();
