@@ -24,7 +24,9 @@ Rows (pick them with --only; --precisions picks the packages):
   te     SD 1.5 text encoder, input_ids (1, 77) (benchlib.ensure_text_encoder): eval rows.
 
 GEMM column: with a binary whose `run` has --profile (per op type: seconds, matrix-product
-FLOPs, calls), the FLOPs of the op types that do matrix products over their own seconds, against
+FLOPs, calls; a convolution's are the direct sum's, so where the interpreter runs it by
+Winograd's F(2x2,3x3), with 4/9 of the multiplications, the rate is an effective one), the FLOPs
+of the op types that do matrix products over their own seconds, against
 the header's sgemm peak and against the peak measured again right before each run (the load
 of a shared machine moves between runs; the median of those shares is the figure to read); without it, the convolutions', linears' and attention products' FLOPs of one
 PyTorch forward (forward hooks) over the interpreter's whole predict time — a lower bound of the
