@@ -144,17 +144,6 @@ static void advise_source(const csrc *c, int advice) {
     if (end > begin) madvise((void *)begin, end - begin, advice);
 }
 
-/* The same advice for every large mapped constant op reads, through constexpr chains. */
-static void advise_consts(const sdc_model *m, const iop *op, int advice) {
-    for (int p = 0; p < op->n_params; p++)
-        for (int k = 0; k < op->params[p].n; k++) {
-            const islot *sl = &m->slots[op->params[p].slots[k]];
-            if (sl->kind != SL_CONST || sl->val) continue;
-            if (sl->src.kind == CS_RAW) advise_source(&sl->src, advice);
-            else if (sl->src.kind == CS_CONSTEXPR) advise_consts(m, &m->ops[sl->src.op], advice); /* depth bounded at load */
-        }
-}
-
 /* Before an op, its weights are mapped in with one call (faulting them in page by page costs
    more); after it, their pages are dropped. Both are hints: failure changes nothing. */
 #ifdef MADV_POPULATE_READ
@@ -162,6 +151,19 @@ static void advise_consts(const sdc_model *m, const iop *op, int advice) {
 #else
 #define ADVICE_POPULATE MADV_WILLNEED
 #endif
+
+/* The same advice for every large mapped constant op reads, through constexpr chains; to map
+   pages in, not for an input the op reads only in part (its pages fault in as it reads them). */
+static void advise_consts(const sdc_model *m, const iop *op, int advice) {
+    const char *part = advice == ADVICE_POPULATE && op->def ? sdc_iop_reads_part(op->def->type) : NULL;
+    for (int p = 0; p < op->n_params; p++)
+        for (int k = 0; k < op->params[p].n && !(part && !strcmp(op->params[p].name, part)); k++) {
+            const islot *sl = &m->slots[op->params[p].slots[k]];
+            if (sl->kind != SL_CONST || sl->val) continue;
+            if (sl->src.kind == CS_RAW) advise_source(&sl->src, advice);
+            else if (sl->src.kind == CS_CONSTEXPR) advise_consts(m, &m->ops[sl->src.op], advice); /* depth bounded at load */
+        }
+}
 
 /* Frees every runtime value that `reader` (op i, or an op fused into it) reads last. */
 static void free_dead(irun *r, const iop *reader, int i) {

@@ -290,6 +290,8 @@ const iop_def *sdc_iop_find(const char *type); /* optable.c */
    SDC_IOP_MOVES names, NULL-padded), or NULL when it computes new values (optable.c). */
 enum { SDC_IOP_MOVES = 2 };
 const char *const *sdc_iop_moves(const char *type);
+/* The input an op of this type reads only in part (by index), or NULL (optable.c). */
+const char *sdc_iop_reads_part(const char *type);
 
 /* Loads the package into m (load.c); sdc_interp_model_release frees what a load made, also after
    a failed one. */

@@ -1,7 +1,8 @@
 /*
  * optable.c — the interpreter's op table: MIL op type → kernel (ops_*.c) and its variant.
  * constexpr_* ops are values, not steps: their row names the function that computes the
- * value (consts.c) instead of a kernel. A second table names the ops that only move values.
+ * value (consts.c) instead of a kernel. A second table names the ops that only move values, a
+ * third those that read only part of a constant input.
  *
  * It sits above the kernels and consts.c, which reach values only through the accessors
  * (access.c); the loader finds kernels here, so no file of the interpreter calls back up.
@@ -145,6 +146,20 @@ static const struct {
     {"tile", {"x"}},         {"pad", {"x", "constant_val"}}, {"band_part", {"x"}},
     {"upsample_nearest_neighbor", {"x"}}, {"select", {"a", "b"}},
 };
+
+/* Ops that read only part of a constant input, by index: a token embedding's 77 rows of 49,408.
+   Mapping such a table in whole before the op (exec.c) would cost more than the op. */
+static const struct {
+    const char *type, *input;
+} PART_READERS[] = {
+    {"gather", "x"}, /* sdc_kernel_gather reads a large constant table row by row */
+};
+
+const char *sdc_iop_reads_part(const char *type) {
+    for (size_t i = 0; i < SDC_COUNT_OF(PART_READERS); i++)
+        if (!strcmp(PART_READERS[i].type, type)) return PART_READERS[i].input;
+    return NULL;
+}
 
 const char *const *sdc_iop_moves(const char *type) {
     for (size_t i = 0; i < SDC_COUNT_OF(MOVERS); i++)
