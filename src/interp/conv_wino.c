@@ -29,22 +29,29 @@ typedef struct wino_w_ctx {
     float *U; /* [16][Cout][Cin] */
 } wino_w_ctx;
 
+/* Pairs (co, ci) [b, e) of the flattened [Cout][Cin] plane: G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]
+   down the kernel's rows, then across. */
+SDC_VECTORISE static void wino_weights_run(const float *restrict w, float *restrict U, int64_t plane, int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) {
+        const float *g = w + i * 9; /* [3][3] */
+        float t[4][3];
+        for (int j = 0; j < 3; j++) {
+            float g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
+            t[0][j] = g0, t[1][j] = 0.5f * (g0 + g1 + g2), t[2][j] = 0.5f * (g0 - g1 + g2), t[3][j] = g2;
+        }
+        for (int r = 0; r < 4; r++) {
+            U[(r * 4 + 0) * plane + i] = t[r][0];
+            U[(r * 4 + 1) * plane + i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+            U[(r * 4 + 2) * plane + i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+            U[(r * 4 + 3) * plane + i] = t[r][2];
+        }
+    }
+}
+
 static void wino_weights(void *vctx, size_t b, size_t e) {
     const wino_w_ctx *x = vctx;
-    int64_t Cin = x->c->Cin, plane = x->c->Cout * Cin;
-    for (size_t co = b; co < e; co++)
-        for (int64_t ci = 0; ci < Cin; ci++) {
-            const float *g = x->c->w + ((int64_t)co * Cin + ci) * 9; /* [3][3] */
-            double t[4][3]; /* G·g: G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1] */
-            for (int j = 0; j < 3; j++) {
-                double g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
-                t[0][j] = g0, t[1][j] = 0.5 * (g0 + g1 + g2), t[2][j] = 0.5 * (g0 - g1 + g2), t[3][j] = g2;
-            }
-            for (int i = 0; i < 4; i++) { /* (G·g)·Gᵀ */
-                double u[4] = {t[i][0], 0.5 * (t[i][0] + t[i][1] + t[i][2]), 0.5 * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
-                for (int j = 0; j < 4; j++) x->U[(i * 4 + j) * plane + (int64_t)co * Cin + ci] = (float)u[j];
-            }
-        }
+    int64_t Cin = x->c->Cin;
+    wino_weights_run(x->c->w, x->U, x->c->Cout * Cin, (int64_t)b * Cin, (int64_t)e * Cin);
 }
 
 /* ---------------------------------------------------------------- input: V = Bᵀ·d·B */
