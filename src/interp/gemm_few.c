@@ -9,8 +9,8 @@
  * while it sits in this core's cache. The expansion of the next tile is spread over the kernel's
  * loop, so that its loads wait for memory while the FMAs run.
  *
- * Each output is one fp32 sum over k in order (padding adds exact zeros), then added to what C
- * held (the bias).
+ * Each output is one fp32 sum over k in order (padding adds exact zeros), plus the bias, rounded
+ * to fp16 when the output is fp16: the bits of an fmaf loop, bias add and rounding pass.
  */
 #include <math.h>
 #include <stdint.h>
@@ -39,7 +39,8 @@ typedef struct few_ctx {
     const float *xp;
     const uint8_t *w;
     bool w16;
-    bool add; /* C += x·wᵀ (else C = x·wᵀ) */
+    const float *bias; /* [N] or NULL */
+    bool round;        /* to fp16 */
     float *C;
     _Atomic int oom;
 } few_ctx;
@@ -156,15 +157,20 @@ __attribute__((target("avx512f,f16c"))) static void few_kernel16(int64_t K16, co
     FEW_REGS(FEW_STORE1)
 }
 
-/* C[m0 + i][n0 + r] (+)= tile[r][i] for the rows and weight rows that exist */
-static void few_add_tile(const few_ctx *c, const float *tile, int64_t m0, int64_t rows, int64_t n0) {
+/* C[m0 + i][n0 + r] = tile[r][i] + bias[n0 + r] for the rows and weight rows that exist,
+   rounded to fp16 when the output's dtype declares it (the executor's rounding: the same
+   conversion, RNE, overflow to ±Inf), so that C is written once. */
+__attribute__((target("avx512f,f16c"))) static void few_store_tile(const few_ctx *c, const float *tile, int64_t m0, int64_t rows,
+                                                                    int64_t n0) {
     int64_t nr = c->N - n0 < FEW_NR ? c->N - n0 : FEW_NR;
+    __mmask16 mask = (__mmask16)((1u << nr) - 1);
+    __m512i at = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(32));
+    __m512 bias = c->bias ? _mm512_maskz_loadu_ps(mask, c->bias + n0) : _mm512_setzero_ps();
     for (int64_t i = 0; i < rows; i++) {
-        float *crow = c->C + (m0 + i) * c->ldc + n0;
-        if (c->add)
-            for (int64_t r = 0; r < nr; r++) crow[r] += tile[r * 32 + i];
-        else
-            for (int64_t r = 0; r < nr; r++) crow[r] = tile[r * 32 + i];
+        __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, at, tile + i, 4); /* tile[r][i], r < nr */
+        if (c->bias) v = _mm512_add_ps(v, bias);
+        if (c->round) v = _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        _mm512_mask_storeu_ps(c->C + (m0 + i) * c->ldc + n0, mask, v);
     }
 }
 
@@ -200,11 +206,11 @@ static void few_tiles(void *vctx, size_t t0, size_t t1) {
         for (int64_t p = 0; p < c->n32; p++, xp += c->K16 * 32) {
             few_kernel32(c->K16, xp, wt, tile, &sd);
             int64_t m0 = p * 32;
-            few_add_tile(c, tile, m0, c->M - m0 < 32 ? c->M - m0 : 32, n0);
+            few_store_tile(c, tile, m0, c->M - m0 < 32 ? c->M - m0 : 32, n0);
         }
         if (c->n16) {
             few_kernel16(c->K16, xp, wt, tile, &sd);
-            few_add_tile(c, tile, c->n32 * 32, c->M - c->n32 * 32, n0);
+            few_store_tile(c, tile, c->n32 * 32, c->M - c->n32 * 32, n0);
         }
         few_pack_rest(&next);
     }
@@ -241,13 +247,13 @@ static void few_pack_x(void *vctx, size_t b, size_t e) {
 }
 #endif
 
-int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, const void *w, bool w16, bool add, float *C,
-                  int64_t ldc) {
+int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, const void *w, bool w16, const float *bias,
+                  bool round, float *C, int64_t ldc) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (M < 1 || M > SDC_IGEMM_FEW_MAX || N < 1 || K < 1 || !sdc_cpu_avx512()) return 0;
     /* panels of 32 rows, the last one of 16 when at most 16 remain */
     int64_t rest = M % 32;
-    few_ctx c = {M, N, K, (K + FEW_KB - 1) / FEW_KB * FEW_KB, ldc, M / 32 + (rest > 16), rest > 0 && rest <= 16, NULL, w, w16, add, C, 0};
+    few_ctx c = {M, N, K, (K + FEW_KB - 1) / FEW_KB * FEW_KB, ldc, M / 32 + (rest > 16), rest > 0 && rest <= 16, NULL, w, w16, bias, round, C, 0};
     size_t cap = 0;
     float *xp = sdc_ibuf_alloc(sizeof(float) * (size_t)(c.K16 * (32 * c.n32 + 16 * c.n16)), &cap);
     if (!xp) return -1;
@@ -260,7 +266,7 @@ int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, con
     sdc_ibuf_free(xp, cap);
     return c.oom ? -1 : 1;
 #else
-    (void)p, (void)M, (void)N, (void)K, (void)x, (void)w, (void)w16, (void)add, (void)C, (void)ldc;
+    (void)p, (void)M, (void)N, (void)K, (void)x, (void)w, (void)w16, (void)bias, (void)round, (void)C, (void)ldc;
     return 0;
 #endif
 }

@@ -113,16 +113,21 @@ sdc_status sdc_kernel_linear(irun *r, const iop *op) {
     if (o->n == 0) return SDC_OK;
     int64_t M = (int64_t)(o->n / (size_t)dout);
     sdc_rt_flops(r, (double)M, (double)dout, (double)din);
+    /* few rows (a text encoder's tokens): packed once, w expanded straight into the kernel's
+       layout, the bias and the fp16 rounding in its last pass; elsewhere (or on processors
+       without AVX-512) through sdc_igemm */
+    bool round = o->dtype == MT_FP16 && !r->m->exact_fp16_off;
+    int few = sdc_igemm_few(sdc_rt_pool(r), M, dout, din, x->f, lazy ? (const void *)lazy->ptr : (const void *)w->f,
+                            lazy != NULL, b ? b->f : NULL, round, o->f, dout);
+    if (few < 0) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
+    if (few) {
+        r->rounded = round;
+        return SDC_OK;
+    }
     if (b) {
         for (int64_t i = 0; i < M; i++) memcpy(o->f + i * dout, b->f, sizeof(float) * (size_t)dout);
     }
     float beta = b ? 1.0f : 0.0f;
-    /* few rows (a text encoder's tokens): packed once, w expanded straight into the kernel's
-       layout; elsewhere (or on processors without AVX-512) through sdc_igemm */
-    int few = sdc_igemm_few(sdc_rt_pool(r), M, dout, din, x->f, lazy ? (const void *)lazy->ptr : (const void *)w->f,
-                            lazy != NULL, b != NULL, o->f, dout);
-    if (few < 0) return sdc_rt_fail(r, op, SDC_E_NOMEM, "out of memory");
-    if (few) return SDC_OK;
     if (!lazy) {
         sdc_igemm(sdc_rt_pool(r), false, true, M, dout, din, x->f, din, w->f, din, beta, o->f, dout);
         return SDC_OK;

@@ -78,9 +78,11 @@ static void test_gemm(void) {
 }
 
 /* The few-row product (a linear layer with at most SDC_IGEMM_FEW_MAX rows): each output must be
-   one fp32 sum in k order, so a scalar fmaf loop gives it bit for bit; shapes cross every edge
-   of the kernel (panels of 32 and 16 rows, tiles of 12 weight rows, chunks of 16 k), with fp16
-   and fp32 weights, C overwritten or added to, a row stride past N, 1 and 3 threads. */
+   one fp32 sum in k order plus the bias, rounded to fp16 when asked, so a scalar fmaf loop, an
+   add and the reference rounding give it bit for bit; shapes cross every edge of the kernel
+   (panels of 32 and 16 rows, tiles of 12 weight rows, chunks of 16 k), with fp16 and fp32
+   weights, a bias or none, rounding or none, a row stride past N (left untouched), 1 and 3
+   threads. */
 static void test_gemm_few(void) {
     static const int Ms[] = {1, 5, 16, 17, 31, 32, 33, 48, 49, 77, 128};
     static const int Ns[] = {1, 11, 12, 13, 25, 100};
@@ -90,40 +92,44 @@ static void test_gemm_few(void) {
     for (size_t mi = 0; mi < SDC_COUNT_OF(Ms); mi++)
         for (size_t ni = 0; ni < SDC_COUNT_OF(Ns); ni++)
             for (size_t ki = 0; ki < SDC_COUNT_OF(Ks); ki++)
-                for (int variant = 0; variant < 4; variant++) {
+                for (int variant = 0; variant < 8; variant++) {
                     int M = Ms[mi], N = Ns[ni], K = Ks[ki], ldc = N + 3;
-                    bool w16 = variant & 1, add = variant & 2;
+                    bool w16 = variant & 1, with_bias = variant & 2, round = variant & 4;
                     float *x = malloc(sizeof(float) * (size_t)(M * K)), *wf = malloc(sizeof(float) * (size_t)(N * K));
                     uint8_t *wh = malloc(2 * (size_t)(N * K));
+                    float *bias = malloc(sizeof(float) * (size_t)N);
                     float *C = malloc(sizeof(float) * (size_t)(M * ldc)), *want = malloc(sizeof(float) * (size_t)(M * ldc));
-                    for (int i = 0; i < M * K; i++) x[i] = frand();
+                    for (int i = 0; i < M * K; i++) x[i] = frand() * 300.0f; /* some sums beyond fp16's range */
                     for (int i = 0; i < N * K; i++) { /* fp16 weights: the values an fp16 holds */
                         uint16_t h = sdc_f32_to_f16(frand());
                         wh[2 * i] = (uint8_t)(h & 0xff), wh[2 * i + 1] = (uint8_t)(h >> 8);
                         wf[i] = w16 ? sdc_f16_to_f32(h) : frand();
                     }
+                    for (int j = 0; j < N; j++) bias[j] = frand();
                     for (int i = 0; i < M * ldc; i++) C[i] = want[i] = frand();
                     for (int i = 0; i < M; i++)
                         for (int j = 0; j < N; j++) {
                             float acc = 0.0f;
                             for (int k = 0; k < K; k++) acc = fmaf(x[i * K + k], wf[j * K + k], acc);
-                            want[i * ldc + j] = add ? want[i * ldc + j] + acc : acc;
+                            if (with_bias) acc += bias[j];
+                            want[i * ldc + j] = round ? sdc_f16_to_f32(sdc_f32_to_f16(acc)) : acc;
                         }
-                    int rc = sdc_igemm_few(pools[variant & 1], M, N, K, x, w16 ? (const void *)wh : (const void *)wf, w16, add, C, ldc);
+                    int rc = sdc_igemm_few(pools[variant & 1], M, N, K, x, w16 ? (const void *)wh : (const void *)wf, w16,
+                                           with_bias ? bias : NULL, round, C, ldc);
                     total++;
                     if (rc == 1) {
                         ran++;
                         exact += !memcmp(C, want, sizeof(float) * (size_t)(M * ldc)); /* the stride's padding too */
                     }
                     CHECK_MSG(rc == 0 || rc == 1, "sdc_igemm_few %dx%dx%d returned %d", M, N, K, rc);
-                    free(x), free(wf), free(wh), free(C), free(want);
+                    free(x), free(wf), free(wh), free(bias), free(C), free(want);
                 }
     CHECK_MSG(exact == ran, "sdc_igemm_few: %d of %d products differ from the fmaf loop", ran - exact, ran);
     if (ran == 0) printf("test_gemm_few: no AVX-512 here, the few-row product was not taken (%d shapes)\n", total);
     else CHECK(ran == total); /* taken for every M <= SDC_IGEMM_FEW_MAX */
     float x1 = 1.0f, w1 = 1.0f, c1 = 0.0f;
-    CHECK(sdc_igemm_few(NULL, SDC_IGEMM_FEW_MAX + 1, 1, 1, &x1, &w1, false, false, &c1, 1) == 0); /* too many rows */
-    CHECK(sdc_igemm_few(NULL, 0, 1, 1, &x1, &w1, false, false, &c1, 1) == 0 && c1 == 0.0f);
+    CHECK(sdc_igemm_few(NULL, SDC_IGEMM_FEW_MAX + 1, 1, 1, &x1, &w1, false, NULL, false, &c1, 1) == 0); /* too many rows */
+    CHECK(sdc_igemm_few(NULL, 0, 1, 1, &x1, &w1, false, NULL, false, &c1, 1) == 0 && c1 == 0.0f);
     sdc_ipool_free(pools[1]);
 }
 
