@@ -236,8 +236,7 @@ static void few_pack_x(void *vctx, size_t b, size_t e) {
             float *blk = panel + k0 * width;
             for (int64_t i = 0; i < width; i++) {
                 int64_t nk = m0 + i >= c->M ? 0 : c->K - k0 < FEW_KB ? c->K - k0 : FEW_KB;
-                const float *row = px->x + (m0 + i) * c->K + k0;
-                for (int64_t kk = 0; kk < nk; kk++) blk[kk * width + i] = row[kk];
+                for (int64_t kk = 0; kk < nk; kk++) blk[kk * width + i] = px->x[(m0 + i) * c->K + k0 + kk];
                 for (int64_t kk = nk; kk < FEW_KB; kk++) blk[kk * width + i] = 0.0f;
             }
         }
