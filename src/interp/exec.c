@@ -156,13 +156,15 @@ static void advise_source(const csrc *c, int advice) {
    pages in, not for an input the op reads only in part (its pages fault in as it reads them). */
 static void advise_consts(const sdc_model *m, const iop *op, int advice) {
     const char *part = advice == ADVICE_POPULATE && op->def ? sdc_iop_reads_part(op->def->type) : NULL;
-    for (int p = 0; p < op->n_params; p++)
-        for (int k = 0; k < op->params[p].n && !(part && !strcmp(op->params[p].name, part)); k++) {
+    for (int p = 0; p < op->n_params; p++) {
+        if (part && !strcmp(op->params[p].name, part)) continue;
+        for (int k = 0; k < op->params[p].n; k++) {
             const islot *sl = &m->slots[op->params[p].slots[k]];
             if (sl->kind != SL_CONST || sl->val) continue;
             if (sl->src.kind == CS_RAW) advise_source(&sl->src, advice);
             else if (sl->src.kind == CS_CONSTEXPR) advise_consts(m, &m->ops[sl->src.op], advice); /* depth bounded at load */
         }
+    }
 }
 
 /* Frees every runtime value that `reader` (op i, or an op fused into it) reads last. */

@@ -1,6 +1,6 @@
 /*
- * gemm_few.c — x · wᵀ for a linear layer with few rows of x (a text encoder's 77 tokens, a
- * cross-attention's keys and values), with w read straight from the package (fp16 or fp32).
+ * gemm_few.c — x · wᵀ for a linear layer with few rows of x (a text encoder's 77 tokens), with
+ * w read straight from the package (fp16 or fp32).
  *
  * Through BLAS, one call per block of w packs x again for every block and packs each block of w
  * a second time after it was expanded from fp16; with 77 rows those copies cost about as much
