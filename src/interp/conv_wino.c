@@ -56,6 +56,13 @@ static void wino_weights(void *vctx, size_t b, size_t e) {
 
 /* ---------------------------------------------------------------- input: V = Bᵀ·d·B */
 
+/* E[j], O[j] for one j near the row's ends: padded columns 2j and 2j + 1, zero outside */
+static inline void wino_split_edge(const float *src, int64_t W, int64_t pl, int64_t j, float *E, float *O) {
+    int64_t c0 = 2 * j - pl, c1 = c0 + 1;
+    E[j] = c0 >= 0 && c0 < W ? src[c0] : 0.0f;
+    O[j] = c1 >= 0 && c1 < W ? src[c1] : 0.0f;
+}
+
 /* Input row `row` (any, zero outside) split into its even and odd padded columns: E[j] is
    padded column 2j, O[j] column 2j + 1, for j in [0, n). */
 SDC_VECTORISE static void wino_split_row(const sdc_wino_conv *c, const float *plane, int64_t row, int64_t n, float *restrict E,
@@ -70,18 +77,10 @@ SDC_VECTORISE static void wino_split_row(const sdc_wino_conv *c, const float *pl
     int64_t lo = (pl + 1) / 2, hi = (W + pl - 1) / 2; /* j in [lo, hi): columns 2j - pl and 2j + 1 - pl inside */
     if (hi > n) hi = n;
     if (lo > hi) lo = hi;
-    for (int64_t j = 0; j < lo; j++) {
-        int64_t c0 = 2 * j - pl, c1 = c0 + 1;
-        E[j] = c0 >= 0 && c0 < W ? src[c0] : 0.0f;
-        O[j] = c1 >= 0 && c1 < W ? src[c1] : 0.0f;
-    }
+    for (int64_t j = 0; j < lo; j++) wino_split_edge(src, W, pl, j, E, O);
     const float *restrict s = src + 2 * lo - pl;
     for (int64_t j = 0; j < hi - lo; j++) E[lo + j] = s[2 * j], O[lo + j] = s[2 * j + 1];
-    for (int64_t j = hi; j < n; j++) {
-        int64_t c0 = 2 * j - pl, c1 = c0 + 1;
-        E[j] = c0 >= 0 && c0 < W ? src[c0] : 0.0f;
-        O[j] = c1 >= 0 && c1 < W ? src[c1] : 0.0f;
-    }
+    for (int64_t j = hi; j < n; j++) wino_split_edge(src, W, pl, j, E, O);
 }
 
 /* Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] down four rows p0..p3 (n values each) */

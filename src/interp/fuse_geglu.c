@@ -48,10 +48,12 @@ static bool geglu_walk(const sdc_model *m, const iop *mul, int fused, geglu *gg)
    and the gelu's result read once (by the gelu and the mul) and not outputs. */
 static bool geglu_fits(const sdc_model *m, const int *readers, const iop *mul, const geglu *gg) {
     const iop *sp = &m->ops[gg->split_op], *ge = &m->ops[gg->gelu_op];
-    const islot *h = &m->slots[sdc_rt_param_slot(sp, "x")], *p0 = &m->slots[sp->outs[0]], *p1 = &m->slots[sp->outs[1]];
+    int hs = sdc_rt_param_slot(sp, "x");
+    if (hs < 0) return false;
+    const islot *h = &m->slots[hs], *p0 = &m->slots[sp->outs[0]], *p1 = &m->slots[sp->outs[1]];
     const islot *g = &m->slots[ge->outs[0]], *o = &m->slots[mul->outs[0]];
-    if (sdc_rt_param_slot(sp, "x") < 0 || h->rank < 1 || !sdc_interp_shape_known(h) || !sdc_interp_shape_known(p0) || p0->rank != h->rank || p1->rank != h->rank ||
-        g->rank != h->rank || o->rank != h->rank)
+    if (h->rank < 1 || !sdc_interp_shape_known(h) || !sdc_interp_shape_known(p0) || p0->rank != h->rank ||
+        p1->rank != h->rank || g->rank != h->rank || o->rank != h->rank)
         return false;
     for (int d = 0; d < h->rank; d++)
         if (p0->shape[d] != p1->shape[d] || g->shape[d] != p0->shape[d] || o->shape[d] != p0->shape[d] ||

@@ -21,7 +21,6 @@
 #include <immintrin.h>
 
 #include "interp/vmath.h"
-#include "io/fp16.h"
 
 enum {
     FEW_NR = 12, /* weight rows per tile: 24 accumulators with a panel of 32 rows of x */
@@ -58,12 +57,13 @@ typedef struct few_pack {
 
 /* A piece past the last row (zeros) or reaching past K (zeros there). */
 static void few_pack_edge(const few_ctx *c, int64_t n, int64_t k0, float *d) {
-    for (int64_t kk = 0; kk < FEW_KB; kk++) {
-        size_t at = (size_t)(n * c->K + k0 + kk);
-        d[kk] = n >= c->N || k0 + kk >= c->K ? 0.0f
-                : c->w16                     ? sdc_f16_to_f32((uint16_t)(c->w[2 * at] | c->w[2 * at + 1] << 8))
-                                             : ((const float *)(const void *)c->w)[at];
+    int64_t valid = n >= c->N ? 0 : c->K - k0 < FEW_KB ? c->K - k0 : FEW_KB;
+    if (valid > 0) {
+        size_t at = (size_t)(n * c->K + k0);
+        if (c->w16) sdc_f16_expand(NULL, c->w + 2 * at, d, (size_t)valid);
+        else memcpy(d, (const float *)(const void *)c->w + at, sizeof(float) * (size_t)valid);
     }
+    memset(d + valid, 0, sizeof(float) * (size_t)(FEW_KB - valid));
 }
 
 /* Up to `count` pieces. With `edges` false it stops at the first piece few_pack_edge must make:
@@ -252,7 +252,8 @@ int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, con
     if (M < 1 || M > SDC_IGEMM_FEW_MAX || N < 1 || K < 1 || !sdc_cpu_avx512()) return 0;
     /* panels of 32 rows, the last one of 16 when at most 16 remain */
     int64_t rest = M % 32;
-    few_ctx c = {M, N, K, (K + FEW_KB - 1) / FEW_KB * FEW_KB, ldc, M / 32 + (rest > 16), rest > 0 && rest <= 16, NULL, w, w16, bias, round, C, 0};
+    few_ctx c = {M, N, K, (K + FEW_KB - 1) / FEW_KB * FEW_KB, ldc, M / 32 + (rest > 16), rest > 0 && rest <= 16,
+                 NULL, w, w16, bias, round, C, 0};
     size_t cap = 0;
     float *xp = sdc_ibuf_alloc(sizeof(float) * (size_t)(c.K16 * (32 * c.n32 + 16 * c.n16)), &cap);
     if (!xp) return -1;

@@ -465,8 +465,6 @@ sdc_status sdc_kernel_gather(irun *r, const iop *op) {
     return SDC_OK; /* an fp16 result is rounded by the executor, whatever the stored form */
 }
 
-/* gather_nd: the last dim of indices holds K coordinates into x's axes batch_dims..batch_dims+K-1;
-   out = indices.shape[:-1] + x.shape[batch_dims + K:] (coremltools' iOS15-iOS17 definitions). */
 int sdc_index_tuple_offset(const int64_t *shape, const int32_t *idx, int K, size_t *off) {
     size_t o = 0;
     for (int d = 0; d < K; d++) {
@@ -478,6 +476,8 @@ int sdc_index_tuple_offset(const int64_t *shape, const int32_t *idx, int K, size
     return -1;
 }
 
+/* gather_nd: the last dim of indices holds K coordinates into x's axes batch_dims..batch_dims+K-1;
+   out = indices.shape[:-1] + x.shape[batch_dims + K:] (coremltools' iOS15-iOS17 definitions). */
 sdc_status sdc_kernel_gather_nd(irun *r, const iop *op) {
     itensor *x = sdc_rt_req(r, op, "x"), *idx = sdc_rt_req(r, op, "indices");
     int64_t bd;
