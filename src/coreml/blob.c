@@ -2,6 +2,8 @@
 #include "coreml/blob.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 static void put_u32(uint8_t *p, uint32_t v) {
     for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
@@ -25,19 +27,62 @@ uint64_t sdc_blob_next_record(uint64_t record, uint64_t nbytes) {
     return align_up(record + SDC_BLOB_HEADER + nbytes);
 }
 
-static sdc_status write_bytes(sdc_blob_writer *w, const void *p, size_t n, sdc_err *err) {
-    if (n && fwrite(p, 1, n, w->f) != n)
-        return sdc_fail(err, SDC_E_IO, "%s: write failed: %s", w->path, strerror(errno));
-    w->pos += n;
+/* write(2) until all of [p, p + n) is at the file's current offset, retrying where it is cut short. */
+static bool write_all(int fd, const uint8_t *p, size_t n) {
+    while (n) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return false;
+        p += k;
+        n -= (size_t)k;
+    }
+    return true;
+}
+
+static sdc_status write_failed(const sdc_blob_writer *w, sdc_err *err) {
+    return sdc_fail(err, SDC_E_IO, "%s: write failed: %s", w->path, errno ? strerror(errno) : "no space written");
+}
+
+/* Appends [p, p + n): through buf, except whole chunks that start at a chunk boundary with buf
+   empty, which go straight to the file; so every write(2) but the last starts at a multiple of
+   SDC_BLOB_WRITE_CHUNK and is a multiple of it long. */
+static sdc_status write_bytes(sdc_blob_writer *w, const void *data, size_t n, sdc_err *err) {
+    const uint8_t *p = data;
+    while (n) {
+        size_t k;
+        errno = 0;
+        if (w->fill == 0 && n >= SDC_BLOB_WRITE_CHUNK) {
+            k = n / SDC_BLOB_WRITE_CHUNK * SDC_BLOB_WRITE_CHUNK;
+            if (!write_all(w->fd, p, k)) return write_failed(w, err);
+        } else {
+            k = SDC_BLOB_WRITE_CHUNK - w->fill < n ? SDC_BLOB_WRITE_CHUNK - w->fill : n;
+            memcpy(w->buf + w->fill, p, k);
+            w->fill += k;
+            if (w->fill == SDC_BLOB_WRITE_CHUNK) {
+                if (!write_all(w->fd, w->buf, w->fill)) return write_failed(w, err);
+                w->fill = 0;
+            }
+        }
+        p += k;
+        n -= k;
+        w->pos += k;
+    }
     return SDC_OK;
 }
 
 sdc_status sdc_blob_open(sdc_blob_writer *w, const char *path, sdc_err *err) {
     memset(w, 0, sizeof *w);
     w->path = path;
-    w->f = fopen(path, "wb");
-    if (!w->f) return sdc_fail(err, SDC_E_IO, "%s: cannot create: %s", path, strerror(errno));
-    setvbuf(w->f, NULL, _IOFBF, 1 << 22);
+    w->buf = sdc_malloc(SDC_BLOB_WRITE_CHUNK);
+    if (!w->buf) {
+        w->fd = -1;
+        return sdc_fail(err, SDC_E_NOMEM, "%s: out of memory for the write buffer", path);
+    }
+    w->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (w->fd < 0) {
+        sdc_blob_abort(w);
+        return sdc_fail(err, SDC_E_IO, "%s: cannot create: %s", path, strerror(errno));
+    }
     uint8_t header[SDC_BLOB_HEADER] = {0}; /* count is patched in sdc_blob_close */
     put_u32(header + 4, 2);
     return write_bytes(w, header, sizeof header, err);
@@ -78,16 +123,22 @@ sdc_status sdc_blob_close(sdc_blob_writer *w, sdc_err *err) {
     uint8_t count[4];
     put_u32(count, w->count);
     sdc_status s = SDC_OK;
-    if (fseek(w->f, 0, SEEK_SET) != 0 || fwrite(count, 1, 4, w->f) != 4)
-        s = sdc_fail(err, SDC_E_IO, "%s: cannot write header: %s", w->path, strerror(errno));
-    if (fclose(w->f) != 0 && !s) s = sdc_fail(err, SDC_E_IO, "%s: close failed: %s", w->path, strerror(errno));
-    w->f = NULL;
+    errno = 0;
+    if (w->fill && !write_all(w->fd, w->buf, w->fill)) s = write_failed(w, err);
+    if (!s && pwrite(w->fd, count, 4, 0) != 4)
+        s = sdc_fail(err, SDC_E_IO, "%s: cannot write header: %s", w->path, errno ? strerror(errno) : "short write");
+    if (close(w->fd) != 0 && !s) s = sdc_fail(err, SDC_E_IO, "%s: close failed: %s", w->path, strerror(errno));
+    w->fd = -1;
+    sdc_free(w->buf);
+    w->buf = NULL;
     return s;
 }
 
 void sdc_blob_abort(sdc_blob_writer *w) {
-    if (w->f) fclose(w->f);
-    w->f = NULL;
+    if (w->buf && w->fd >= 0) close(w->fd); /* buf: a writer that was opened, not one zeroed */
+    w->fd = -1;
+    sdc_free(w->buf);
+    w->buf = NULL;
 }
 
 /* ---------------------------------------------------------------- reading */

@@ -24,9 +24,16 @@ enum {
 /* Offset of the record that follows a blob whose record is at `record` with `nbytes` data. */
 uint64_t sdc_blob_next_record(uint64_t record, uint64_t nbytes);
 
+/* The writer hands the file system whole chunks of this size at offsets that are multiples of
+   it: Linux then keeps the file in its page cache as 2 MiB folios, which a reader maps with one
+   entry each instead of 512 (the interpreter maps and drops every weight once per run). */
+#define SDC_BLOB_WRITE_CHUNK ((size_t)4 << 20)
+
 typedef struct sdc_blob_writer {
-    FILE *f;
+    int fd; /* -1 when closed */
     const char *path;
+    uint8_t *buf;     /* SDC_BLOB_WRITE_CHUNK bytes, the file's bytes from its last chunk boundary */
+    size_t fill;      /* bytes in buf */
     uint64_t pos;     /* bytes written so far */
     uint64_t pending; /* data bytes still expected for the current blob */
     uint32_t count;
@@ -41,6 +48,7 @@ sdc_status sdc_blob_begin_bits(sdc_blob_writer *w, uint32_t code, uint64_t nbyte
 sdc_status sdc_blob_write(sdc_blob_writer *w, const void *data, size_t n, sdc_err *err);
 /* Writes the final header and closes; fails if a blob is incomplete. */
 sdc_status sdc_blob_close(sdc_blob_writer *w, sdc_err *err);
+/* Closes without finishing (the caller removes the file); a no-op on a zeroed writer. */
 void sdc_blob_abort(sdc_blob_writer *w);
 
 /* ---- reading: every byte is untrusted */

@@ -6,6 +6,7 @@
 #include "check.h"
 #include "coreml/blob.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -111,10 +112,57 @@ static void test_blob_round_trip(void) {
     unlink(path);
 }
 
+/* The writer's buffering, through the pieces that reach every path of it: small writes that
+   fill its buffer, a piece that ends exactly at a chunk boundary, one of whole chunks from an
+   empty buffer (written directly), and pieces crossing boundaries; the file holds every byte in
+   order, and a second blob after them is found where the first one's size says. */
+static void test_blob_writer_chunks(void) {
+    char path[] = "/tmp/sdc_test_format_XXXXXX";
+    int fd = mkstemp(path);
+    if (!CHECK(fd >= 0)) return;
+    close(fd);
+    const size_t C = SDC_BLOB_WRITE_CHUNK;
+    const size_t pieces[] = {1, 63, C - 128 - 64, 2 * C, C + 5, 7, C - 12, 3 * C + 1};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof pieces / sizeof *pieces; i++) total += pieces[i];
+    uint8_t *data = malloc(total);
+    if (!CHECK(data)) return;
+    uint32_t lcg = 12345;
+    for (size_t i = 0; i < total; i++) data[i] = (uint8_t)((lcg = lcg * 1664525u + 1013904223u) >> 24);
+    sdc_err err = {0};
+    sdc_blob_writer w;
+    uint64_t r1 = 0, r2 = 0;
+    uint8_t tail[3] = {7, 8, 9};
+    CHECK(!sdc_blob_open(&w, path, &err) && !sdc_blob_begin(&w, SDC_BLOB_U8, total, &r1, &err));
+    for (size_t i = 0, at = 0; i < sizeof pieces / sizeof *pieces; at += pieces[i++])
+        CHECK(!sdc_blob_write(&w, data + at, pieces[i], &err));
+    CHECK(!sdc_blob_begin(&w, SDC_BLOB_U8, sizeof tail, &r2, &err) && !sdc_blob_write(&w, tail, sizeof tail, &err));
+    CHECK_MSG(!sdc_blob_close(&w, &err), "%s", err.msg);
+    CHECK(r1 == 64 && r2 == sdc_blob_next_record(r1, total));
+    sdc_blob_file f;
+    sdc_blob_record rec;
+    if (CHECK_MSG(!sdc_blob_file_open(path, false, &f, &err), "%s", err.msg)) {
+        CHECK(f.count == 2 && f.map.size == r2 + 64 + sizeof tail);
+        CHECK(sdc_blob_record_at(&f, r1, &rec) && rec.sentinel_ok && rec.size == total && sdc_blob_data_inside(&f, &rec) &&
+              !memcmp(f.map.data + rec.data, data, total));
+        CHECK(sdc_blob_record_at(&f, r2, &rec) && rec.sentinel_ok && rec.size == sizeof tail &&
+              !memcmp(f.map.data + rec.data, tail, sizeof tail));
+        sdc_blob_file_close(&f);
+    }
+    free(data);
+    unlink(path);
+    /* a writer that was never opened is aborted without touching descriptor 0 */
+    bool stdin_open = fcntl(0, F_GETFD) != -1;
+    sdc_blob_writer zero = {0};
+    sdc_blob_abort(&zero);
+    CHECK((fcntl(0, F_GETFD) != -1) == stdin_open);
+}
+
 int main(void) {
     test_blob_codes();
     test_sizes_and_names();
     test_array_and_nd();
     test_blob_round_trip();
+    test_blob_writer_chunks();
     return CHECK_DONE("test_format");
 }
