@@ -48,6 +48,12 @@ sdc_status sdc_map_file(const char *path, size_t min_size, const char *header, b
         if (m == MAP_FAILED) {
             st = sdc_fail(err, SDC_E_IO, "%s: cannot mmap: %s", path, strerror(errno));
         } else {
+#ifdef MADV_HUGEPAGE
+            /* what this mapping reads from disk comes into the page cache in 2 MiB folios where
+               the file system can hold them, each later mapped with one entry, not 512 (the
+               interpreter maps and drops every weight once per run); a hint, failure is fine */
+            madvise(m, size, MADV_HUGEPAGE);
+#endif
             out->data = m;
             out->size = size;
         }
