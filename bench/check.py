@@ -67,8 +67,16 @@ def linked_blas(exe):
     return m.group(2) if m else None
 
 
+# OpenBLAS's worker threads busy-wait for a while after a call before they sleep (its
+# THREAD_TIMEOUT: 2^28 cycles, about 0.1 s here); a child started at once would share the cores
+# with them (measured: the text encoder's linears 0.094-0.101 s right after, 0.075-0.078 s after
+# this pause, medians of 5)
+BLAS_SETTLE_S = 0.5
+
+
 def sgemm_peak(lib_path, threads, n=2048, reps=3):
-    """GFLOP/s of the best of `reps` n^3 sgemms through the given libopenblas."""
+    """GFLOP/s of the best of `reps` n^3 sgemms through the given libopenblas, once its threads
+    are idle again."""
     lib = ctypes.CDLL(lib_path)
     lib.openblas_set_num_threads(ctypes.c_int(threads))
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
@@ -81,6 +89,7 @@ def sgemm_peak(lib_path, threads, n=2048, reps=3):
         # cblas_sgemm(RowMajor=101, NoTrans=111, NoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
         lib.cblas_sgemm(101, 111, 111, n, n, n, ctypes.c_float(1.0), p(a), n, p(b), n, ctypes.c_float(0.0), p(c), n)
         best = min(best, time.perf_counter() - t)
+    time.sleep(BLAS_SETTLE_S)
     return 2.0 * n ** 3 / best / 1e9
 
 
