@@ -26,7 +26,7 @@ typedef struct batch_gemm {
 static void batch_rows(void *ctx, size_t b, size_t e) {
     batch_gemm *g = ctx;
     for (size_t i = b; i < e; i++)
-        sdc_igemm_fallback(NULL, g->ta, g->tb, g->M, g->N, g->K, g->A[i], g->lda, g->B[i], g->ldb, 0.0f, g->C[i], g->ldc);
+        sdc_igemm(NULL, g->ta, g->tb, g->M, g->N, g->K, g->A[i], g->lda, g->B[i], g->ldb, 0.0f, g->C[i], g->ldc);
 }
 
 static void run_batch(ipool *p, batch_gemm *g) {
