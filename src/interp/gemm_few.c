@@ -53,6 +53,7 @@ typedef struct few_pack {
     int64_t n0;   /* the tile's first weight row */
     float *wt;    /* its buffer */
     int64_t r, j; /* the next piece: row r (FEW_NR when none is left), chunk j */
+    bool plain;   /* no piece of the tile reaches past N or K */
 } few_pack;
 
 /* A piece past the last row (zeros) or reaching past K (zeros there). */
@@ -72,21 +73,41 @@ static void few_pack_edge(const few_ctx *c, int64_t n, int64_t k0, float *d) {
 __attribute__((target("avx512f,f16c"), always_inline)) static inline void few_pack_pieces(few_pack *s, int64_t count,
                                                                                           bool edges) {
     const few_ctx *c = s->c;
-    int64_t chunks = c->K16 / FEW_KB;
-    for (; count > 0 && s->r < FEW_NR; count--) {
-        int64_t n = s->n0 + s->r, k0 = s->j * FEW_KB;
-        float *d = s->wt + k0 * FEW_NR + s->r * FEW_KB;
+    int64_t chunks = c->K16 / FEW_KB, r = s->r, j = s->j; /* locals: the stores below may alias *s */
+    if (s->plain) { /* every piece whole: the source runs on row after row, the destination jumps */
+        const uint8_t *src = c->w + (c->w16 ? 2 : 4) * (size_t)((s->n0 + r) * c->K + j * FEW_KB);
+        float *d = s->wt + j * FEW_KB * FEW_NR + r * FEW_KB;
+        if (c->w16) {
+            for (; count > 0 && r < FEW_NR; count--) {
+                _mm512_storeu_ps(d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)src)));
+                src += 32, d += FEW_KB * FEW_NR;
+                if (++j == chunks) j = 0, r++, d = s->wt + r * FEW_KB;
+            }
+        } else {
+            for (; count > 0 && r < FEW_NR; count--) {
+                _mm512_storeu_ps(d, _mm512_loadu_ps((const float *)(const void *)src));
+                src += 64, d += FEW_KB * FEW_NR;
+                if (++j == chunks) j = 0, r++, d = s->wt + r * FEW_KB;
+            }
+        }
+        s->r = r, s->j = j;
+        return;
+    }
+    for (; count > 0 && r < FEW_NR; count--) {
+        int64_t n = s->n0 + r, k0 = j * FEW_KB;
+        float *d = s->wt + k0 * FEW_NR + r * FEW_KB;
         size_t at = (size_t)(n * c->K + k0);
         if (n >= c->N || k0 + FEW_KB > c->K) {
-            if (!edges) return;
+            if (!edges) break;
             few_pack_edge(c, n, k0, d);
         } else if (c->w16) {
             _mm512_storeu_ps(d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(c->w + 2 * at))));
         } else {
             _mm512_storeu_ps(d, _mm512_loadu_ps((const float *)(const void *)c->w + at));
         }
-        if (++s->j == chunks) s->j = 0, s->r++;
+        if (++j == chunks) j = 0, r++;
     }
+    s->r = r, s->j = j;
 }
 
 /* The pieces of a tile not packed yet, edges included. */
@@ -190,12 +211,13 @@ static void few_tiles(void *vctx, size_t t0, size_t t1) {
     int64_t panels = c->n32 + c->n16, chunks = panels * (c->K16 / FEW_KB);
     size_t esize = c->w16 ? 2 : 4, tile_bytes = esize * (size_t)(FEW_NR * c->K);
     const char *w_end = (const char *)c->w + esize * (size_t)(c->N * c->K);
-    few_pack first = {c, (int64_t)t0 * FEW_NR, bufs, 0, 0};
+    few_pack first = {c, (int64_t)t0 * FEW_NR, bufs, 0, 0, false};
     few_pack_rest(&first);
     for (size_t t = t0; t < t1; t++) {
         int64_t n0 = (int64_t)t * FEW_NR;
         float *wt = bufs + ((t - t0) & 1) * tile_floats;
-        few_pack next = {c, n0 + FEW_NR, bufs + ((t - t0 + 1) & 1) * tile_floats, t + 1 < t1 ? 0 : FEW_NR, 0};
+        few_pack next = {c, n0 + FEW_NR, bufs + ((t - t0 + 1) & 1) * tile_floats, t + 1 < t1 ? 0 : FEW_NR, 0,
+                         c->K % FEW_KB == 0 && n0 + 2 * FEW_NR <= c->N};
         few_side sd = {&next, (FEW_NR * (c->K16 / FEW_KB) + chunks - 1) / chunks, NULL, NULL,
                        (int64_t)(tile_bytes / 64 + (size_t)chunks - 1) / chunks};
         if (t + 2 < t1) { /* the tile after next, whose rows follow next's in w */

@@ -86,7 +86,7 @@ static void test_gemm(void) {
 static void test_gemm_few(void) {
     static const int Ms[] = {1, 5, 16, 17, 31, 32, 33, 48, 49, 77, 128};
     static const int Ns[] = {1, 11, 12, 13, 25, 100};
-    static const int Ks[] = {1, 15, 16, 17, 100};
+    static const int Ks[] = {1, 15, 16, 17, 64, 100}; /* 16 and 64: whole pieces only (the packing's plain path) */
     ipool *pools[2] = {NULL, sdc_ipool_new(3)};
     int ran = 0, exact = 0, total = 0;
     for (size_t mi = 0; mi < SDC_COUNT_OF(Ms); mi++)
