@@ -12,13 +12,15 @@
  *                             p = softmax(w, axis = -1)
  *                             o = matmul(v (B,h,d,Sk), p, transpose_y)                     (B,h,d,Sq)
  *
- * Each element gets the arithmetic the three kernels give it (single-threaded BLAS products
- * over the same K, the softmax's order of sums, fp16 rounding of w and p where they are
- * declared fp16). SPLIT_EINSUM's query blocks lie inside the column parts the unfused products
- * are cut into, so its outputs are bit-identical to the unfused run; ORIGINAL's first product
- * is cut by query rows where the unfused one is cut by key columns, which BLAS may round
- * differently: within float32 rounding (it is the float32 reference's form). Only products
- * that the unfused kernels give to BLAS are fused (smaller ones take the built-in kernel).
+ * Each element gets the arithmetic the three kernels give it (the products over the same K, the
+ * softmax's order of sums, fp16 rounding of w and p where they are declared fp16). SPLIT_EINSUM's
+ * products take sdc_igemm_bcast where it runs, as the unfused einsum does, whose sums do not
+ * depend on the cut; elsewhere single-threaded BLAS, its query blocks inside the column parts
+ * the unfused products are cut into. Either way its outputs are bit-identical to the unfused
+ * run. ORIGINAL's first product is cut by query rows where the unfused one is cut by key
+ * columns, which BLAS may round differently: within float32 rounding (it is the float32
+ * reference's form). Products below FUSE_MIN_FLOPS are left to the unfused ops, which thread
+ * them over heads (their weights are small).
  *
  * The loader (sdc_interp_fuse) marks the first two ops as computed by the third, which then
  * reads their inputs: liveness and the run (exec.c) account for that.
@@ -29,7 +31,7 @@
 #include "interp/vmath.h"
 
 enum { QBLOCK = 64 }; /* queries per block (at least): weights of Sk × 64 floats, in cache */
-#define FUSE_MIN_FLOPS 4e6            /* products below this take the built-in kernel (ops_nn.c) */
+#define FUSE_MIN_FLOPS 4e6            /* products below this stay unfused, threaded over heads (ops_nn.c) */
 
 /* ---------------------------------------------------------------- matching (load time) */
 
@@ -447,9 +449,11 @@ static void attn_blocks(void *vctx, size_t b, size_t e) {
         float *o = c->o + g * c->dv * c->sq;
         size_t ns = (size_t)(c->sk * n);
         if (c->split) { /* w (Sk × n) = kᵀ (Sk × d) · q[:, u0:u0+n] */
-            sdc_igemm(NULL, false, false, c->sk, n, c->d, k, c->d, q + u0, c->sq, 0.0f, s, n);
+            if (!sdc_igemm_bcast(c->sk, n, c->d, k, c->d, q + u0, c->sq, s, n))
+                sdc_igemm(NULL, false, false, c->sk, n, c->d, k, c->d, q + u0, c->sq, 0.0f, s, n);
             split_softmax(c, s, n, mx, sum);
-            sdc_igemm(NULL, false, false, c->dv, n, c->sk, v, c->sk, s, n, 0.0f, o + u0, c->sq);
+            if (!sdc_igemm_bcast(c->dv, n, c->sk, v, c->sk, s, n, o + u0, c->sq))
+                sdc_igemm(NULL, false, false, c->dv, n, c->sk, v, c->sk, s, n, 0.0f, o + u0, c->sq);
         } else { /* w (n × Sk) = q[:, u0:u0+n]ᵀ · k; o[:, u0:u0+n] = v · wᵀ */
             sdc_igemm(NULL, true, false, n, c->sk, c->d, q + u0, c->sq, k, c->sk, 0.0f, s, c->sk);
             before_softmax(c, s, ns);

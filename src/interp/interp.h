@@ -150,6 +150,12 @@ void sdc_igemm_fallback(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_
 enum { SDC_IGEMM_FEW_MAX = 128 };
 int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, const void *w, bool w16, const float *bias,
                   bool round, float *C, int64_t ldc);
+/* C [M×N] (row stride ldc) = A [M×K] · B [K×N], row-major, on the calling thread, with B's rows
+   read in place (gemm_bcast.c: attention's products, where packing would cost as much as the
+   product). Each output is one fp32 fma chain over k in order from zero, the bits of an fmaf
+   loop, however M and N are cut. Returns false, having done nothing, without AVX-512. */
+bool sdc_igemm_bcast(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
+                     int64_t ldc);
 /* A 3×3 convolution with stride 1, no dilation and one group over N images [N, Cin, H, W] into
    [N, Cout, Ho, Wo], zero padding pt rows above and pl columns left (the rest follows from Ho,
    Wo), then the bias and the rounding to fp16 when `round`. */

@@ -1,5 +1,6 @@
 /*
- * ops_nn.c — linear, matmul, einsum, conv (all through sdc_igemm), softmax, layer/instance/batch
+ * ops_nn.c — linear, matmul, einsum, conv (through sdc_igemm and its special cases: few rows,
+ * einsum's in-place kernel, Winograd), softmax, layer/instance/batch
  * norm and scaled_dot_product_attention.
  *
  * Sums run in fp32 inside the GEMM and in double for the normalisation statistics; results are
@@ -8,13 +9,15 @@
 #include <math.h>
 
 #include "interp/interp.h"
+#include "interp/vmath.h"
 
 static bool all_float(const itensor *a, const itensor *b) {
     return a && b && mt_is_float(a->dtype) && mt_is_float(b->dtype);
 }
 
-/* Many small independent products: threads over the batch, each with the single-threaded
-   blocked kernel; large ones: one after another, each threaded by sdc_igemm. */
+/* Many small independent products: threads over the batch, each product on one thread
+   (sdc_igemm without a pool: BLAS where built with it); large ones: one after another, each
+   threaded by sdc_igemm. */
 typedef struct batch_gemm {
     bool ta, tb;
     int64_t M, N, K, lda, ldb, ldc;
@@ -37,6 +40,30 @@ static void run_batch(ipool *p, batch_gemm *g) {
     }
     for (size_t i = 0; i < g->count; i++)
         sdc_igemm(p, g->ta, g->tb, g->M, g->N, g->K, g->A[i], g->lda, g->B[i], g->ldb, 0.0f, g->C[i], g->ldc);
+}
+
+/* Columns per piece when sdc_igemm_bcast runs a batch: pieces over products and columns, since
+   its sums do not depend on the cut. */
+#define BCAST_COLS 256
+
+static void batch_bcast_pieces(void *ctx, size_t b, size_t e) {
+    batch_gemm *g = ctx;
+    size_t per = (size_t)((g->N + BCAST_COLS - 1) / BCAST_COLS);
+    for (size_t i = b; i < e; i++) {
+        size_t prod = i / per;
+        int64_t j0 = (int64_t)(i % per) * BCAST_COLS, n = g->N - j0 < BCAST_COLS ? g->N - j0 : BCAST_COLS;
+        sdc_igemm_bcast(g->M, n, g->K, g->A[prod], g->lda, g->B[prod] + j0, g->ldb, g->C[prod] + j0, g->ldc);
+    }
+}
+
+/* A batch of untransposed products through sdc_igemm_bcast where it runs, else run_batch. */
+static void run_batch_nn(ipool *p, batch_gemm *g) {
+    if (!sdc_cpu_avx512() || g->ta || g->tb) {
+        run_batch(p, g);
+        return;
+    }
+    size_t pieces = g->count * (size_t)((g->N + BCAST_COLS - 1) / BCAST_COLS);
+    sdc_ipool_for(p, pieces, 1, batch_bcast_pieces, g);
 }
 
 static void free_batch(batch_gemm *g) {
@@ -322,7 +349,7 @@ sdc_status sdc_kernel_einsum(irun *r, const iop *op) {
             g.B[i] = y->f + by * W * Y[2] * U + hy * U;
             g.C[i] = o->f + b * C * H * U + h * U;
         }
-    run_batch(sdc_rt_pool(r), &g);
+    run_batch_nn(sdc_rt_pool(r), &g); /* the fused attention's split form takes the same kernel: the same bits */
     free_batch(&g);
     return SDC_OK;
 }

@@ -133,6 +133,41 @@ static void test_gemm_few(void) {
     sdc_ipool_free(pools[1]);
 }
 
+/* sdc_igemm_bcast against the fmaf loop, bit for bit (its contract): row counts around its block
+   of 6, column counts around its vectors of 16 and blocks of 64, k around its passes of 256
+   (sums carried from one pass to the next) and none at all; every operand with a row stride
+   wider than its rows, whose gaps must be neither read into a sum nor written. */
+static void test_gemm_bcast(void) {
+    static const int Ms[] = {1, 5, 6, 7, 13, 40};
+    static const int Ns[] = {1, 15, 16, 17, 64, 65, 130};
+    static const int Ks[] = {0, 1, 40, 255, 256, 257, 600};
+    int ran = 0, exact = 0;
+    for (size_t mi = 0; mi < SDC_COUNT_OF(Ms); mi++)
+        for (size_t ni = 0; ni < SDC_COUNT_OF(Ns); ni++)
+            for (size_t ki = 0; ki < SDC_COUNT_OF(Ks); ki++) {
+                int M = Ms[mi], N = Ns[ni], K = Ks[ki], lda = K + 3, ldb = N + 5, ldc = N + 2;
+                float *A = malloc(sizeof(float) * (size_t)(M * lda + 1)), *B = malloc(sizeof(float) * (size_t)(K * ldb + 1));
+                float *C = malloc(sizeof(float) * (size_t)(M * ldc)), *want = malloc(sizeof(float) * (size_t)(M * ldc));
+                for (int i = 0; i < M * lda; i++) A[i] = (i % lda) >= K ? NAN : frand() * 30.0f; /* gaps: NaN */
+                for (int i = 0; i < K * ldb; i++) B[i] = (i % ldb) >= N ? NAN : frand();
+                for (int i = 0; i < M * ldc; i++) C[i] = want[i] = frand();
+                for (int i = 0; i < M; i++)
+                    for (int j = 0; j < N; j++) {
+                        float acc = 0.0f;
+                        for (int k = 0; k < K; k++) acc = fmaf(A[i * lda + k], B[k * ldb + j], acc);
+                        want[i * ldc + j] = acc;
+                    }
+                if (sdc_igemm_bcast(M, N, K, A, lda, B, ldb, C, ldc)) {
+                    ran++;
+                    exact += !memcmp(C, want, sizeof(float) * (size_t)(M * ldc)); /* C's gaps too */
+                }
+                free(A), free(B), free(C), free(want);
+            }
+    CHECK_MSG(exact == ran, "sdc_igemm_bcast: %d of %d products differ from the fmaf loop", ran - exact, ran);
+    if (ran == 0) printf("test_gemm_bcast: no AVX-512 here, the kernel was not taken\n");
+    else CHECK(ran == (int)(SDC_COUNT_OF(Ms) * SDC_COUNT_OF(Ns) * SDC_COUNT_OF(Ks)));
+}
+
 /* Winograd's 3×3 convolution against the direct sum in double: odd and even output sizes (a
    2×2 block's second row and column cut off), symmetric, one-sided and wide zero padding, two
    images, bias or none, fp16 rounding of the result or none, 1 and 3 threads. The tolerance is
@@ -753,6 +788,7 @@ int main(void) {
     test_blas_threads(); /* first: before any pool of this test starts threads */
     test_gemm();
     test_gemm_few();
+    test_gemm_bcast();
     test_conv_winograd();
     test_fp16();
     test_vec_exp();
