@@ -4,7 +4,8 @@
  *
  * Through BLAS, one call per block of w packs x again for every block and packs each block of w
  * a second time after it was expanded from fp16; with 77 rows those copies cost about as much
- * as the product. Here x is packed once per op, and each tile of FEW_NR weight rows is expanded
+ * as the product. Here each thread packs x once per op into its own buffer (shared panels would
+ * be read from the other core's cache), and each tile of FEW_NR weight rows is expanded
  * (or copied) straight into the layout the kernel reads, then multiplied by every panel of x
  * while it sits in this core's cache. The expansion of the next tile is spread over the kernel's
  * loop, so that its loads wait for memory while the FMAs run.
@@ -25,6 +26,7 @@
 enum {
     FEW_NR = 12, /* weight rows per tile: 24 accumulators with a panel of 32 rows of x */
     FEW_KB = 16, /* k per chunk: one cache line of fp32 per weight row */
+    FEW_XPF = 32, /* x's rows asked into L1 this many k ahead (they come from L2) */
 };
 
 /* Layouts, K16 = K rounded up to FEW_KB:
@@ -35,7 +37,7 @@ enum {
 typedef struct few_ctx {
     int64_t M, N, K, K16, ldc;
     int64_t n32, n16; /* panels of 32 rows, then at most one of 16 */
-    const float *xp;
+    const float *x; /* [M×K] */
     const uint8_t *w;
     bool w16;
     const float *bias; /* [N] or NULL */
@@ -130,6 +132,12 @@ __attribute__((target("avx512f,f16c"), always_inline)) static inline void few_si
 
 /* ---------------------------------------------------------------- kernels */
 
+/* The line of x's panels `at` floats on, asked into L1; past the panels' end too (a prefetch
+   never faults), so the address is made as an integer: such a pointer may not be formed. */
+__attribute__((target("avx512f,f16c"), always_inline)) static inline void few_prefetch_x(const float *xp, int64_t at) {
+    _mm_prefetch((const char *)((uintptr_t)xp + (uintptr_t)at * sizeof(float)), _MM_HINT_T0);
+}
+
 #define FEW_REGS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 
 /* tile[r][0..31] = Σ_k x(k, 0..31) · w(k, r) over one panel of 32 rows: per k, 2 loads of x,
@@ -152,6 +160,8 @@ __attribute__((target("avx512f,f16c"))) static void few_kernel32(int64_t K16, co
         const float *wc = wt + k0 * FEW_NR;
         few_side_step(sd);
         for (int kk = 0; kk < FEW_KB; kk++) {
+            few_prefetch_x(xp, (k0 + kk + FEW_XPF) * 32);
+            few_prefetch_x(xp, (k0 + kk + FEW_XPF) * 32 + 16);
             __m512 x0 = _mm512_loadu_ps(xp + (k0 + kk) * 32), x1 = _mm512_loadu_ps(xp + (k0 + kk) * 32 + 16);
             FEW_REGS(FEW_FMA2)
         }
@@ -171,6 +181,7 @@ __attribute__((target("avx512f,f16c"))) static void few_kernel16(int64_t K16, co
         const float *wc = wt + k0 * FEW_NR;
         few_side_step(sd);
         for (int kk = 0; kk < FEW_KB; kk++) {
+            few_prefetch_x(xp, (k0 + kk + FEW_XPF) * 16);
             __m512 x0 = _mm512_loadu_ps(xp + (k0 + kk) * 16);
             FEW_REGS(FEW_FMA1)
         }
@@ -197,16 +208,39 @@ __attribute__((target("avx512f,f16c"))) static void few_store_tile(const few_ctx
 
 /* ---------------------------------------------------------------- driver */
 
+/* x [M×K] into its panels: for each k, each group of 16 rows gathered into one vector (rows
+   past M and k past K are zeros). */
+__attribute__((target("avx512f"))) static void few_pack_x(const few_ctx *c, float *panel) {
+    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32((int)c->K)); /* K · 16 < 2^31: SDC_IGEMM_FEW_MAX rows */
+    for (int64_t p = 0, m0 = 0; p < c->n32 + c->n16; p++) {
+        int64_t width = p < c->n32 ? 32 : 16;
+        for (int64_t g = 0; g < width; g += 16) {
+            int64_t valid = c->M - (m0 + g);
+            __mmask16 mask = valid >= 16 ? (__mmask16)0xffff : valid > 0 ? (__mmask16)((1u << valid) - 1) : 0;
+            const float *src = c->x + (valid > 0 ? (m0 + g) * c->K : 0);
+            for (int64_t k = 0; k < c->K16; k++) {
+                __m512 v = k < c->K ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, rows, src + k, 4) : _mm512_setzero_ps();
+                _mm512_storeu_ps(panel + k * width + g, v);
+            }
+        }
+        panel += c->K16 * width;
+        m0 += width;
+    }
+}
+
 /* Tiles [t0, t1) of FEW_NR weight rows, in two buffers: while every panel of x passes over one,
    the next is packed into the other. */
 static void few_tiles(void *vctx, size_t t0, size_t t1) {
     few_ctx *c = vctx;
-    size_t cap = 0, tile_floats = (size_t)(FEW_NR * c->K16);
-    float *bufs = sdc_ibuf_alloc(sizeof(float) * 2 * tile_floats, &cap);
+    size_t cap = 0, tile_floats = (size_t)(FEW_NR * c->K16), x_floats = (size_t)(c->K16 * (32 * c->n32 + 16 * c->n16));
+    float *bufs = sdc_ibuf_alloc(sizeof(float) * (2 * tile_floats + x_floats), &cap); /* two tiles, then x's panels */
     if (!bufs) {
         c->oom = 1;
         return;
     }
+    float *xpanels = bufs + 2 * tile_floats;
+    few_pack_x(c, xpanels);
     float tile[FEW_NR * 32];
     int64_t panels = c->n32 + c->n16, chunks = panels * (c->K16 / FEW_KB);
     size_t esize = c->w16 ? 2 : 4, tile_bytes = esize * (size_t)(FEW_NR * c->K);
@@ -224,7 +258,7 @@ static void few_tiles(void *vctx, size_t t0, size_t t1) {
             sd.pf = (const char *)c->w + esize * (size_t)((n0 + 2 * FEW_NR) * c->K);
             sd.pf_end = sd.pf + tile_bytes < w_end ? sd.pf + tile_bytes : w_end;
         }
-        const float *xp = c->xp;
+        const float *xp = xpanels;
         for (int64_t p = 0; p < c->n32; p++, xp += c->K16 * 32) {
             few_kernel32(c->K16, xp, wt, tile, &sd);
             int64_t m0 = p * 32;
@@ -239,33 +273,6 @@ static void few_tiles(void *vctx, size_t t0, size_t t1) {
     sdc_ibuf_free(bufs, cap);
 }
 
-/* x [M×K] into its panels. Chunks [b, e) of FEW_KB values of k: each reads FEW_KB neighbouring
-   values of every row and writes a block of FEW_KB × width that stays in L1 (a plain transpose
-   would read x a column at a time). */
-typedef struct few_xpack {
-    const few_ctx *c;
-    const float *x;
-    float *xp;
-} few_xpack;
-
-static void few_pack_x(void *vctx, size_t b, size_t e) {
-    const few_xpack *px = vctx;
-    const few_ctx *c = px->c;
-    float *panel = px->xp;
-    for (int64_t p = 0, m0 = 0; p < c->n32 + c->n16; p++) {
-        int64_t width = p < c->n32 ? 32 : 16;
-        for (int64_t k0 = (int64_t)b * FEW_KB; k0 < (int64_t)e * FEW_KB; k0 += FEW_KB) {
-            float *blk = panel + k0 * width;
-            for (int64_t i = 0; i < width; i++) {
-                int64_t nk = m0 + i >= c->M ? 0 : c->K - k0 < FEW_KB ? c->K - k0 : FEW_KB;
-                for (int64_t kk = 0; kk < nk; kk++) blk[kk * width + i] = px->x[(m0 + i) * c->K + k0 + kk];
-                for (int64_t kk = nk; kk < FEW_KB; kk++) blk[kk * width + i] = 0.0f;
-            }
-        }
-        panel += c->K16 * width;
-        m0 += width;
-    }
-}
 #endif
 
 int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, const void *w, bool w16, const float *bias,
@@ -275,17 +282,10 @@ int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, con
     /* panels of 32 rows, the last one of 16 when at most 16 remain */
     int64_t rest = M % 32;
     few_ctx c = {M, N, K, (K + FEW_KB - 1) / FEW_KB * FEW_KB, ldc, M / 32 + (rest > 16), rest > 0 && rest <= 16,
-                 NULL, w, w16, bias, round, C, 0};
-    size_t cap = 0;
-    float *xp = sdc_ibuf_alloc(sizeof(float) * (size_t)(c.K16 * (32 * c.n32 + 16 * c.n16)), &cap);
-    if (!xp) return -1;
-    few_xpack px = {&c, x, xp};
-    sdc_ipool_for(p, (size_t)(c.K16 / FEW_KB), 8, few_pack_x, &px);
-    c.xp = xp;
+                 x, w, w16, bias, round, C, 0};
     /* one run of neighbouring tiles per thread, so that each packs ahead within its run */
     size_t tiles = (size_t)((N + FEW_NR - 1) / FEW_NR), T = (size_t)sdc_ipool_size(p);
     sdc_ipool_for(p, tiles, (tiles + T - 1) / T, few_tiles, &c);
-    sdc_ibuf_free(xp, cap);
     return c.oom ? -1 : 1;
 #else
     (void)p, (void)M, (void)N, (void)K, (void)x, (void)w, (void)w16, (void)bias, (void)round, (void)C, (void)ldc;
