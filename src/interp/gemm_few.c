@@ -212,7 +212,7 @@ __attribute__((target("avx512f,f16c"))) static void few_store_tile(const few_ctx
    past M and k past K are zeros). */
 __attribute__((target("avx512f"))) static void few_pack_x(const few_ctx *c, float *panel) {
     const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32((int)c->K)); /* K · 16 < 2^31: SDC_IGEMM_FEW_MAX rows */
+                                            _mm512_set1_epi32((int)c->K)); /* 15 · K < 2^31: sdc_igemm_few */
     for (int64_t p = 0, m0 = 0; p < c->n32 + c->n16; p++) {
         int64_t width = p < c->n32 ? 32 : 16;
         for (int64_t g = 0; g < width; g += 16) {
@@ -278,7 +278,8 @@ static void few_tiles(void *vctx, size_t t0, size_t t1) {
 int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, const void *w, bool w16, const float *bias,
                   bool round, float *C, int64_t ldc) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (M < 1 || M > SDC_IGEMM_FEW_MAX || N < 1 || K < 1 || !sdc_cpu_avx512()) return 0;
+    /* x's packing gathers 16 rows K apart with 32-bit offsets */
+    if (M < 1 || M > SDC_IGEMM_FEW_MAX || N < 1 || K < 1 || K > INT32_MAX / 16 || !sdc_cpu_avx512()) return 0;
     /* panels of 32 rows, the last one of 16 when at most 16 remain */
     int64_t rest = M % 32;
     few_ctx c = {M, N, K, (K + FEW_KB - 1) / FEW_KB * FEW_KB, ldc, M / 32 + (rest > 16), rest > 0 && rest <= 16,

@@ -143,10 +143,11 @@ void sdc_igemm_fallback(ipool *p, bool ta, bool tb, int64_t M, int64_t N, int64_
                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 /* C [M×N] (row stride ldc) = x [M×K] · wᵀ + bias ([N], or NULL: none), rounded to fp16 when
    `round`, for w [N×K] stored as fp32, or as fp16 when w16: a linear layer with at most
-   SDC_IGEMM_FEW_MAX rows of x, packed once, with w expanded tile by tile straight into the
-   kernel's layout (gemm_few.c). Each output is one fp32 sum in k order, then the bias. Returns 1
-   when done; 0, having done nothing, when M is out of range or the processor lacks AVX-512 (the
-   caller then takes sdc_igemm); -1 when memory ran short (C is then partly written). */
+   SDC_IGEMM_FEW_MAX rows of x, packed once per thread, with w expanded tile by tile straight
+   into the kernel's layout (gemm_few.c). Each output is one fp32 sum in k order, then the bias.
+   Returns 1 when done; 0, having done nothing, when M or K is out of range or the processor
+   lacks AVX-512 (the caller then takes sdc_igemm); -1 when memory ran short (C is then partly
+   written). */
 enum { SDC_IGEMM_FEW_MAX = 128 };
 int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, const void *w, bool w16, const float *bias,
                   bool round, float *C, int64_t ldc);

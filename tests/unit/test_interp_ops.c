@@ -130,6 +130,7 @@ static void test_gemm_few(void) {
     float x1 = 1.0f, w1 = 1.0f, c1 = 0.0f;
     CHECK(sdc_igemm_few(NULL, SDC_IGEMM_FEW_MAX + 1, 1, 1, &x1, &w1, false, NULL, false, &c1, 1) == 0); /* too many rows */
     CHECK(sdc_igemm_few(NULL, 0, 1, 1, &x1, &w1, false, NULL, false, &c1, 1) == 0 && c1 == 0.0f);
+    CHECK(sdc_igemm_few(NULL, 1, 1, (int64_t)INT32_MAX / 16 + 1, &x1, &w1, false, NULL, false, &c1, 1) == 0 && c1 == 0.0f);
     sdc_ipool_free(pools[1]);
 }
 
