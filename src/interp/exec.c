@@ -128,21 +128,28 @@ static void free_temps(irun *r) {
     r->n_temps = 0;
 }
 
-/* Constants this large have their pages dropped after each op that reads them: a model's
-   weights are read once per run, so keeping them resident would only grow the run's memory
-   to the whole weight file. */
-#define RELEASE_MIN_BYTES ((size_t)64 << 10)
+/* Constants this large are mapped in with one call before each op that reads them (smaller
+   ones fault in as they are read). */
+#define POPULATE_MIN_BYTES ((size_t)64 << 10)
 
-/* madvise(advice) over the whole pages inside a large mapped source (a neighbour's pages at
-   either end may be in use by this op). */
+/* madvise(advice) over a mapped constant's pages. Mapping in covers the whole pages inside it (a
+   neighbour's pages at either end may not be needed). Dropping covers every page it touches,
+   however small: a model's weights are read once per run, so keeping them resident would only
+   grow the run's memory to the whole weight file; and where the page cache holds the file in
+   2 MiB folios, reading a 1 KB bias maps its whole 2 MiB. Dropping a page a later op reads costs
+   that op a fault, never a wrong value: the mapping is private and read-only, so the page comes
+   back from the file. */
 static void advise_source(const csrc *c, int advice) {
     size_t bytes = c->bits >= 8 ? c->n * (size_t)(c->bits / 8) : (c->n * (size_t)c->bits + 7) / 8;
-    if (!c->mapped || bytes < RELEASE_MIN_BYTES) return;
+    if (!c->mapped || !bytes || (advice != MADV_DONTNEED && bytes < POPULATE_MIN_BYTES)) return;
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    uintptr_t begin = ((uintptr_t)c->ptr + page - 1) & ~(uintptr_t)(page - 1);
-    uintptr_t end = ((uintptr_t)c->ptr + bytes) & ~(uintptr_t)(page - 1);
+    uintptr_t first = (uintptr_t)c->ptr, last = first + bytes;
+    uintptr_t begin = advice == MADV_DONTNEED ? first & ~(uintptr_t)(page - 1) : (first + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t end = advice == MADV_DONTNEED ? (last + page - 1) & ~(uintptr_t)(page - 1) : last & ~(uintptr_t)(page - 1);
     if (end > begin) madvise((void *)begin, end - begin, advice);
 }
+
+void sdc_interp_drop_source(const csrc *c) { advise_source(c, MADV_DONTNEED); }
 
 /* Before an op, its weights are mapped in with one call (faulting them in page by page costs
    more); after it, their pages are dropped. Both are hints: failure changes nothing. */
@@ -152,8 +159,9 @@ static void advise_source(const csrc *c, int advice) {
 #define ADVICE_POPULATE MADV_WILLNEED
 #endif
 
-/* The same advice for every large mapped constant op reads, through constexpr chains; to map
-   pages in, not for an input the op reads only in part (its pages fault in as it reads them). */
+/* The same advice for every mapped constant op reads, through constexpr chains (advise_source
+   leaves small ones out of mapping in); to map pages in, not for an input the op reads only in
+   part (its pages fault in as it reads them). */
 static void advise_consts(const sdc_model *m, const iop *op, int advice) {
     const char *part = advice == ADVICE_POPULATE && op->def ? sdc_iop_reads_part(op->def->type) : NULL;
     for (int p = 0; p < op->n_params; p++) {

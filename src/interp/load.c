@@ -661,6 +661,12 @@ sdc_status sdc_interp_decode_small(sdc_model *m, sdc_err *err) {
         sl->val = t;
     }
     sdc_free(r.temps);
+    /* the values are copies now: a file cached in 2 MiB folios would otherwise keep every 2 MiB
+       that holds a small constant mapped for the whole run */
+    for (int s = 0; s < m->n_slots; s++) {
+        const islot *sl = &m->slots[s];
+        if (sl->kind == SL_CONST && sl->val && sl->src.kind == CS_RAW && sl->src.mapped) sdc_interp_drop_source(&sl->src);
+    }
     return SDC_OK;
 }
 
