@@ -12,6 +12,7 @@
 
 #include "interp/from_graph.h"
 #include "interp/interp.h"
+#include "io/mapfile.h"
 #include "io/fp16.h"
 #include "io/npy.h"
 
@@ -137,15 +138,16 @@ static void free_temps(irun *r) {
    however small: a model's weights are read once per run, so keeping them resident would only
    grow the run's memory to the whole weight file; and where the page cache holds the file in
    2 MiB folios, reading a 1 KB bias maps its whole 2 MiB. Dropping a page a later op reads costs
-   that op a fault, never a wrong value: the mapping is private and read-only, so the page comes
-   back from the file. */
+   that op a fault, never a wrong value (sdc_map_drop). */
 static void advise_source(const csrc *c, int advice) {
     size_t bytes = c->bits >= 8 ? c->n * (size_t)(c->bits / 8) : (c->n * (size_t)c->bits + 7) / 8;
     if (!c->mapped || !bytes || (advice != MADV_DONTNEED && bytes < POPULATE_MIN_BYTES)) return;
+    if (advice == MADV_DONTNEED) {
+        sdc_map_drop(c->ptr, bytes);
+        return;
+    }
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    uintptr_t first = (uintptr_t)c->ptr, last = first + bytes;
-    uintptr_t begin = advice == MADV_DONTNEED ? first & ~(uintptr_t)(page - 1) : (first + page - 1) & ~(uintptr_t)(page - 1);
-    uintptr_t end = advice == MADV_DONTNEED ? (last + page - 1) & ~(uintptr_t)(page - 1) : last & ~(uintptr_t)(page - 1);
+    uintptr_t begin = ((uintptr_t)c->ptr + page - 1) & ~(uintptr_t)(page - 1), end = ((uintptr_t)c->ptr + bytes) & ~(uintptr_t)(page - 1);
     if (end > begin) madvise((void *)begin, end - begin, advice);
 }
 

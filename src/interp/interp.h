@@ -327,8 +327,8 @@ int sdc_interp_maker(const struct sdc_model *m, int s, const char *type, int fus
 /* How many times each slot is read (an output counts as many readers: it is never fused away),
    counted once per fusion pass; sdc_free it. NULL when out of memory (fuse.c). */
 int *sdc_interp_count_readers(const struct sdc_model *m);
-/* Decodes the small constants into values at load (load.c), then drops the mapped pages they
-   were read from. */
+/* Decodes the small constants into values at load (load.c), dropping the mapped pages each was
+   read from. */
 sdc_status sdc_interp_decode_small(struct sdc_model *m, sdc_err *err);
 /* Drops the pages of a mapped constant source (exec.c: what each op does after it runs). */
 void sdc_interp_drop_source(const csrc *c);

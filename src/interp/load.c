@@ -190,6 +190,9 @@ static sdc_status blob_source(loader *L, const Sdc__Coreml__Value__BlobFileValue
     if (!sdc_blob_record_at(&f->blob, off, &rec))
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: blob offset %llu is outside %s", L->model_path, what,
                         (unsigned long long)off, f->name);
+    /* read: its page goes (with the file cached in 2 MiB folios, each record read would keep
+       its 2 MiB mapped: all of SDXL's 5 GB weight file by the end of the load) */
+    sdc_map_drop(f->blob.map.data + off, SDC_BLOB_HEADER);
     if (!rec.sentinel_ok)
         return sdc_fail(L->err, SDC_E_FORMAT, "%s: %s: no blob record at offset %llu of %s (bad sentinel)", L->model_path, what,
                         (unsigned long long)off, f->name);
@@ -648,6 +651,9 @@ sdc_status sdc_interp_decode_small(sdc_model *m, sdc_err *err) {
             } else {
                 sdc_csrc_read_i(&sl->src, 0, n, t->i);
             }
+            /* a copy now: with the file cached in 2 MiB folios, each small constant read would
+               keep its 2 MiB mapped (SDXL's small constants: most of its 5 GB file) */
+            if (sl->src.mapped) sdc_interp_drop_source(&sl->src);
         } else {
             const iop *maker = &m->ops[sl->src.op];
             sdc_status st = maker->def->value(&r, maker, &t);
@@ -661,12 +667,6 @@ sdc_status sdc_interp_decode_small(sdc_model *m, sdc_err *err) {
         sl->val = t;
     }
     sdc_free(r.temps);
-    /* the values are copies now: a file cached in 2 MiB folios would otherwise keep every 2 MiB
-       that holds a small constant mapped for the whole run */
-    for (int s = 0; s < m->n_slots; s++) {
-        const islot *sl = &m->slots[s];
-        if (sl->kind == SL_CONST && sl->val && sl->src.kind == CS_RAW && sl->src.mapped) sdc_interp_drop_source(&sl->src);
-    }
     return SDC_OK;
 }
 
@@ -679,6 +679,8 @@ sdc_status sdc_interp_model_load(const char *pkg, sdc_model *m, sdc_err *err) {
     L.names = &m->names;
     s = build(&L, m->pkg->model);
     if (!s) s = sdc_interp_decode_small(m, err);
+    /* and whatever else of the weight files the load read: the run maps each op's weights in */
+    for (int i = 0; !s && i < m->n_files; i++) sdc_map_drop(m->files[i].blob.map.data, m->files[i].blob.map.size);
     if (!s) {
         sdc_interp_fuse(m);
         sdc_interp_fuse_norm(m);

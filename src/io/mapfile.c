@@ -62,6 +62,13 @@ sdc_status sdc_map_file(const char *path, size_t min_size, const char *header, b
     return st;
 }
 
+void sdc_map_drop(const void *p, size_t len) {
+    if (!p || !len) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t begin = (uintptr_t)p & ~(page - 1), end = ((uintptr_t)p + len + page - 1) & ~(page - 1);
+    madvise((void *)begin, end - begin, MADV_DONTNEED);
+}
+
 void sdc_unmap_file(sdc_mapped_file *f) {
     if (f->data) munmap((void *)f->data, f->size);
     f->data = NULL;

@@ -17,5 +17,9 @@ typedef struct sdc_mapped_file {
 sdc_status sdc_map_file(const char *path, size_t min_size, const char *header, bool populate, sdc_mapped_file *out,
                         sdc_err *err);
 void sdc_unmap_file(sdc_mapped_file *f);
+/* Drops the resident pages touching [p, p + len) of a mapping made here: every page, however
+   little of it the range covers. A hint: a page read again comes back from the file, and the
+   mapping is private and read-only, so no value changes. */
+void sdc_map_drop(const void *p, size_t len);
 
 #endif
