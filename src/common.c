@@ -1,7 +1,9 @@
-/* common.c — errors, allocation and the monotonic clock shared by the whole library (dtypes: dtype.c). */
+/* common.c — errors, allocation, whole writes and the monotonic clock shared by the whole library (dtypes: dtype.c). */
 #include "common.h"
 
 #include <sys/stat.h>
+#include <errno.h>
+#include <unistd.h>
 
 #include <stdatomic.h>
 #include <time.h>
@@ -94,6 +96,18 @@ char *sdc_strdup(const char *s) {
 bool sdc_path_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;
+}
+
+bool sdc_write_all(int fd, const void *p, size_t n) {
+    const char *c = p;
+    while (n) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return false;
+        c += w;
+        n -= (size_t)w;
+    }
+    return true;
 }
 
 bool sdc_fmt(char *buf, size_t size, const char *fmt, ...) {

@@ -88,6 +88,9 @@ double sdc_now_seconds(void);
 
 /* Whether anything (file, folder, link target) exists at `path`. */
 bool sdc_path_exists(const char *path);
+/* write(2) until all n bytes of p are written, again after EINTR and after a short write; false
+   on an error (errno says which) or when nothing could be written (errno 0 then unless set). */
+bool sdc_write_all(int fd, const void *p, size_t n);
 
 /* snprintf into a fixed buffer; returns false when it did not fit. */
 bool sdc_fmt(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

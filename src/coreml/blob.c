@@ -27,18 +27,6 @@ uint64_t sdc_blob_next_record(uint64_t record, uint64_t nbytes) {
     return align_up(record + SDC_BLOB_HEADER + nbytes);
 }
 
-/* write(2) until all of [p, p + n) is at the file's current offset, retrying where it is cut short. */
-static bool write_all(int fd, const uint8_t *p, size_t n) {
-    while (n) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return false;
-        p += k;
-        n -= (size_t)k;
-    }
-    return true;
-}
-
 static sdc_status write_failed(const sdc_blob_writer *w, sdc_err *err) {
     return sdc_fail(err, SDC_E_IO, "%s: write failed: %s", w->path, errno ? strerror(errno) : "no space written");
 }
@@ -53,13 +41,13 @@ static sdc_status write_bytes(sdc_blob_writer *w, const void *data, size_t n, sd
         errno = 0;
         if (w->fill == 0 && n >= SDC_BLOB_WRITE_CHUNK) {
             k = n / SDC_BLOB_WRITE_CHUNK * SDC_BLOB_WRITE_CHUNK;
-            if (!write_all(w->fd, p, k)) return write_failed(w, err);
+            if (!sdc_write_all(w->fd, p, k)) return write_failed(w, err);
         } else {
             k = SDC_BLOB_WRITE_CHUNK - w->fill < n ? SDC_BLOB_WRITE_CHUNK - w->fill : n;
             memcpy(w->buf + w->fill, p, k);
             w->fill += k;
             if (w->fill == SDC_BLOB_WRITE_CHUNK) {
-                if (!write_all(w->fd, w->buf, w->fill)) return write_failed(w, err);
+                if (!sdc_write_all(w->fd, w->buf, w->fill)) return write_failed(w, err);
                 w->fill = 0;
             }
         }
@@ -124,7 +112,7 @@ sdc_status sdc_blob_close(sdc_blob_writer *w, sdc_err *err) {
     put_u32(count, w->count);
     sdc_status s = SDC_OK;
     errno = 0;
-    if (w->fill && !write_all(w->fd, w->buf, w->fill)) s = write_failed(w, err);
+    if (w->fill && !sdc_write_all(w->fd, w->buf, w->fill)) s = write_failed(w, err);
     if (!s && pwrite(w->fd, count, 4, 0) != 4)
         s = sdc_fail(err, SDC_E_IO, "%s: cannot write header: %s", w->path, errno ? strerror(errno) : "short write");
     if (close(w->fd) != 0 && !s) s = sdc_fail(err, SDC_E_IO, "%s: close failed: %s", w->path, strerror(errno));

@@ -194,17 +194,6 @@ static bool begin_body(exchange *x, long status) {
     return true;
 }
 
-static bool write_all(int fd, const char *p, size_t n) {
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return false;
-        p += w;
-        n -= (size_t)w;
-    }
-    return true;
-}
-
 static size_t on_body(char *data, size_t one, size_t n, void *user) {
     exchange *x = user;
     sdc_http_request *r = x->req;
@@ -231,7 +220,7 @@ static size_t on_body(char *data, size_t one, size_t n, void *user) {
         r->body[r->body_len] = '\0';
         return n;
     }
-    if (!write_all(r->fd, data, n)) {
+    if (!sdc_write_all(r->fd, data, n)) {
         snprintf(x->fault, sizeof x->fault, "cannot write the partial file: %s", strerror(errno));
         return 0;
     }
