@@ -12,7 +12,6 @@
 
 #include "interp/from_graph.h"
 #include "interp/interp.h"
-#include "io/mapfile.h"
 #include "io/fp16.h"
 #include "io/npy.h"
 
@@ -140,18 +139,16 @@ static void free_temps(irun *r) {
    2 MiB folios, reading a 1 KB bias maps its whole 2 MiB. Dropping a page a later op reads costs
    that op a fault, never a wrong value (sdc_map_drop). */
 static void advise_source(const csrc *c, int advice) {
-    size_t bytes = c->bits >= 8 ? c->n * (size_t)(c->bits / 8) : (c->n * (size_t)c->bits + 7) / 8;
-    if (!c->mapped || !bytes || (advice != MADV_DONTNEED && bytes < POPULATE_MIN_BYTES)) return;
+    size_t bytes = sdc_csrc_bytes(c);
     if (advice == MADV_DONTNEED) {
-        sdc_map_drop(c->ptr, bytes);
+        sdc_csrc_drop(c);
         return;
     }
+    if (!c->mapped || bytes < POPULATE_MIN_BYTES) return;
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     uintptr_t begin = ((uintptr_t)c->ptr + page - 1) & ~(uintptr_t)(page - 1), end = ((uintptr_t)c->ptr + bytes) & ~(uintptr_t)(page - 1);
     if (end > begin) madvise((void *)begin, end - begin, advice);
 }
-
-void sdc_interp_drop_source(const csrc *c) { advise_source(c, MADV_DONTNEED); }
 
 /* Before an op, its weights are mapped in with one call (faulting them in page by page costs
    more); after it, their pages are dropped. Both are hints: failure changes nothing. */

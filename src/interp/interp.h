@@ -240,6 +240,10 @@ typedef struct csrc {
 /* Decodes stored elements [first, first+count) of a CS_RAW source as float / int32. */
 void sdc_csrc_read_f(const csrc *s, size_t first, size_t count, float *dst);
 void sdc_csrc_read_i(const csrc *s, size_t first, size_t count, int32_t *dst);
+/* The bytes a CS_RAW source's elements occupy. */
+size_t sdc_csrc_bytes(const csrc *s);
+/* Drops the pages of a mapped CS_RAW source (sdc_map_drop); nothing for one not mapped. */
+void sdc_csrc_drop(const csrc *s);
 
 /* ---------------------------------------------------------------- program */
 
@@ -330,8 +334,6 @@ int *sdc_interp_count_readers(const struct sdc_model *m);
 /* Decodes the small constants into values at load (load.c), dropping the mapped pages each was
    read from. */
 sdc_status sdc_interp_decode_small(struct sdc_model *m, sdc_err *err);
-/* Drops the pages of a mapped constant source (exec.c: what each op does after it runs). */
-void sdc_interp_drop_source(const csrc *c);
 
 struct sdc_model {
     char *path;

@@ -6,6 +6,7 @@
 #include "interp/interp.h"
 
 #include "io/fp16.h"
+#include "io/mapfile.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -279,6 +280,14 @@ static double raw_get(const csrc *s, size_t i) {
     }
     }
     return 0;
+}
+
+size_t sdc_csrc_bytes(const csrc *s) {
+    return s->bits >= 8 ? s->n * (size_t)(s->bits / 8) : (s->n * (size_t)s->bits + 7) / 8;
+}
+
+void sdc_csrc_drop(const csrc *s) {
+    if (s->kind == CS_RAW && s->mapped) sdc_map_drop(s->ptr, sdc_csrc_bytes(s));
 }
 
 void sdc_csrc_read_f(const csrc *s, size_t first, size_t count, float *dst) {
