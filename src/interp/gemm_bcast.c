@@ -59,6 +59,8 @@ __attribute__((target("avx512f"))) static void bc_block(int64_t K, const float *
     BC_ROWS(BC_STORE)
 }
 
+bool sdc_igemm_bcast_runs(void) { return sdc_cpu_avx512(); }
+
 bool sdc_igemm_bcast(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
                      int64_t ldc) {
     if (!sdc_cpu_avx512()) return false;
@@ -91,6 +93,8 @@ bool sdc_igemm_bcast(int64_t M, int64_t N, int64_t K, const float *A, int64_t ld
     return true;
 }
 #else
+bool sdc_igemm_bcast_runs(void) { return false; }
+
 bool sdc_igemm_bcast(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
                      int64_t ldc) {
     (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C, (void)ldc;

@@ -157,6 +157,8 @@ int sdc_igemm_few(ipool *p, int64_t M, int64_t N, int64_t K, const float *x, con
    loop, however M and N are cut. Returns false, having done nothing, without AVX-512. */
 bool sdc_igemm_bcast(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
                      int64_t ldc);
+/* Whether sdc_igemm_bcast runs on this processor. */
+bool sdc_igemm_bcast_runs(void);
 /* A 3×3 convolution with stride 1, no dilation and one group over N images [N, Cin, H, W] into
    [N, Cout, Ho, Wo], zero padding pt rows above and pl columns left (the rest follows from Ho,
    Wo), then the bias and the rounding to fp16 when `round`. */

@@ -9,7 +9,6 @@
 #include <math.h>
 
 #include "interp/interp.h"
-#include "interp/vmath.h"
 
 static bool all_float(const itensor *a, const itensor *b) {
     return a && b && mt_is_float(a->dtype) && mt_is_float(b->dtype);
@@ -58,7 +57,7 @@ static void batch_bcast_pieces(void *ctx, size_t b, size_t e) {
 
 /* A batch of untransposed products through sdc_igemm_bcast where it runs, else run_batch. */
 static void run_batch_nn(ipool *p, batch_gemm *g) {
-    if (!sdc_cpu_avx512() || g->ta || g->tb) {
+    if (!sdc_igemm_bcast_runs() || g->ta || g->tb) {
         run_batch(p, g);
         return;
     }
