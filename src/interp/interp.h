@@ -235,8 +235,9 @@ typedef struct csrc {
     size_t n;           /* CS_RAW: stored elements */
     int op;             /* CS_CONSTEXPR: index of the constexpr op */
     int depth;          /* CS_CONSTEXPR: constexpr ops in the chain ending here (bounded at load) */
-    bool mapped;        /* CS_RAW: ptr lies in a read-only file mapping (weight.bin, safetensors),
-                           whose pages a run drops after the op that read them */
+    bool mapped;        /* CS_RAW: ptr lies in a private read-only file mapping (weight.bin,
+                           safetensors, a checkpoint), whose pages a run drops after the op that read
+                           them; never memory of the heap, which a drop would zero */
 } csrc;
 
 /* Decodes stored elements [first, first+count) of a CS_RAW source as float / int32. */

@@ -63,7 +63,7 @@ static sdc_status const_source(gloader *L, const mil_var *v, islot *sl) {
         c->fmt = sdc_interp_raw_fmt((int)w->src->dtype, &c->bits);
         c->ptr = w->src->data + w->first * sdc_dtype_size(w->src->dtype);
         c->n = (size_t)n;
-        c->mapped = true;
+        c->mapped = !w->src->in_memory; /* a file's mapping: its pages may be dropped */
         return SDC_OK;
     }
     case MIL_NOT_CONST:

@@ -38,6 +38,8 @@ typedef struct sdc_tensor {
     uint64_t nbytes;
     const sdc_st_file *file;
     const sdc_tensor_addend *addend; /* NULL, or added to the values as they are read */
+    bool in_memory;           /* data is a copy in memory, not the file's mapping: its pages are
+                                 never dropped (a drop would zero them) */
 } sdc_tensor;
 
 sdc_status sdc_st_open(const char *path, sdc_st_file **out, sdc_err *err);

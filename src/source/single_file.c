@@ -277,6 +277,7 @@ static sdc_status transpose_view(part *p, sdc_tensor *v, const char *path, sdc_e
     v->shape[0] = (int64_t)cols; /* [out, in] */
     v->shape[1] = (int64_t)rows;
     v->data = t;
+    v->in_memory = true;
     p->copy = t;
     return SDC_OK;
 }

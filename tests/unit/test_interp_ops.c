@@ -649,6 +649,44 @@ static void test_load_leaves_weights_unmapped(const char *dir) {
     free(lwant);
 }
 
+/* A weight whose values are a copy in memory (a single file's transposed matrix), not the file's
+   mapping, keeps them: the run drops the pages of mapped weights after their op, which on heap
+   memory would zero them (and the heap's own bookkeeping beside them). Two runs, equal outputs. */
+static void test_heap_weight_kept(void) {
+    enum { N = 100000 };
+    float *w = malloc(sizeof(float) * N);
+    if (!CHECK(w)) return;
+    for (int i = 0; i < N; i++) w[i] = (float)(i % 7);
+    sdc_tensor t = {.name = "copied", .dtype = SDC_DT_F32, .rank = 1, .shape = {N}, .numel = N, .data = (const uint8_t *)w,
+                    .nbytes = sizeof(float) * N, .in_memory = true};
+    mil_graph *g = sdc_mil_graph_new(6);
+    int64_t shape[1] = {N};
+    mil_var *in = sdc_mil_input(g, "x", SDC_DT_F32, 1, shape);
+    sdc_mil_output(g, sdc_mil_add(g, in, sdc_mil_const_weight(g, &t, SDC_DT_F32, 1, shape, 0)), "y");
+    sdc_model *m = NULL;
+    sdc_err e = {0};
+    float *xs = calloc(N, sizeof(float));
+    if (CHECK(xs) && CHECK_MSG(sdc_model_from_graph(g, "heap", NULL, &m, &e) == SDC_OK, "%s", e.msg)) {
+        for (int run = 0; run < 2; run++) {
+            sdc_ndarray a = {.name = "x", .dtype = SDC_ND_F32, .rank = 1, .shape = {N}, .data = xs};
+            sdc_ndarray *out;
+            int n_out;
+            char err[512];
+            if (CHECK_MSG(sdc_model_predict(m, &a, 1, &out, &n_out, err, sizeof err) == SDC_OK, "%s", err)) {
+                const float *y = out[0].data;
+                int wrong = 0;
+                for (int i = 0; i < N; i++) wrong += y[i] != (float)(i % 7);
+                CHECK_MSG(!wrong, "run %d: %d of %d outputs lost the in-memory weight", run, wrong, N);
+                sdc_ndarrays_free(out, n_out);
+            }
+        }
+        sdc_model_free(m);
+    }
+    free(xs);
+    sdc_mil_graph_free(g);
+    free(w);
+}
+
 static void test_package_fp16(const char *dir) {
     char path[512], err[1024];
     snprintf(path, sizeof path, "%s/p16.mlpackage", dir);
@@ -871,6 +909,7 @@ int main(void) {
     test_package_fp16(dir);
     test_gather_reads_part(dir);
     test_load_leaves_weights_unmapped(dir);
+    test_heap_weight_kept();
     test_bad_packages(dir);
     test_fused_attention(dir);
     char cmd[600];
