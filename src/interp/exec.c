@@ -139,14 +139,15 @@ static void free_temps(irun *r) {
    2 MiB folios, reading a 1 KB bias maps its whole 2 MiB. Dropping a page a later op reads costs
    that op a fault, never a wrong value (sdc_map_drop). */
 static void advise_source(const csrc *c, int advice) {
-    size_t bytes = sdc_csrc_bytes(c);
     if (advice == MADV_DONTNEED) {
         sdc_csrc_drop(c);
         return;
     }
+    size_t bytes = sdc_csrc_bytes(c);
     if (!c->mapped || bytes < POPULATE_MIN_BYTES) return;
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    uintptr_t begin = ((uintptr_t)c->ptr + page - 1) & ~(uintptr_t)(page - 1), end = ((uintptr_t)c->ptr + bytes) & ~(uintptr_t)(page - 1);
+    uintptr_t begin = ((uintptr_t)c->ptr + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t end = ((uintptr_t)c->ptr + bytes) & ~(uintptr_t)(page - 1);
     if (end > begin) madvise((void *)begin, end - begin, advice);
 }
 

@@ -45,9 +45,12 @@ static void run_batch(ipool *p, batch_gemm *g) {
    its sums do not depend on the cut. */
 #define BCAST_COLS 256
 
+/* Column pieces per product. */
+static size_t bcast_pieces(const batch_gemm *g) { return (size_t)((g->N + BCAST_COLS - 1) / BCAST_COLS); }
+
 static void batch_bcast_pieces(void *ctx, size_t b, size_t e) {
     batch_gemm *g = ctx;
-    size_t per = (size_t)((g->N + BCAST_COLS - 1) / BCAST_COLS);
+    size_t per = bcast_pieces(g);
     for (size_t i = b; i < e; i++) {
         size_t prod = i / per;
         int64_t j0 = (int64_t)(i % per) * BCAST_COLS, n = g->N - j0 < BCAST_COLS ? g->N - j0 : BCAST_COLS;
@@ -61,8 +64,7 @@ static void run_batch_nn(ipool *p, batch_gemm *g) {
         run_batch(p, g);
         return;
     }
-    size_t pieces = g->count * (size_t)((g->N + BCAST_COLS - 1) / BCAST_COLS);
-    sdc_ipool_for(p, pieces, 1, batch_bcast_pieces, g);
+    sdc_ipool_for(p, g->count * bcast_pieces(g), 1, batch_bcast_pieces, g);
 }
 
 static void free_batch(batch_gemm *g) {
