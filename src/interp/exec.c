@@ -13,6 +13,7 @@
 #include "interp/from_graph.h"
 #include "interp/interp.h"
 #include "io/fp16.h"
+#include "io/mapfile.h"
 #include "io/npy.h"
 
 /* ---------------------------------------------------------------- public API */
@@ -131,16 +132,20 @@ static void free_temps(irun *r) {
 /* Constants this large are mapped in with one call before each op that reads them (smaller
    ones fault in as they are read). */
 #define POPULATE_MIN_BYTES ((size_t)64 << 10)
+/* The weights' pages a run leaves mapped before dropping them together: a bound of 64 MiB
+   on top of one op's weights. */
+#define DROP_BATCH_BYTES ((size_t)64 << 20)
 
-/* madvise(advice) over a mapped constant's pages. Mapping in covers the whole pages inside it (a
-   neighbour's pages at either end may not be needed). Dropping covers every page it touches,
-   however small: a model's weights are read once per run, so keeping them resident would only
-   grow the run's memory to the whole weight file; and where the page cache holds the file in
-   2 MiB folios, reading a 1 KB bias maps its whole 2 MiB. Dropping a page a later op reads costs
-   that op a fault, never a wrong value (sdc_map_drop). */
-static void advise_source(const csrc *c, int advice) {
+/* madvise(advice) over a mapped constant's pages, or their drop added to the run's batch.
+   Mapping in covers the whole pages inside it (a neighbour's pages at either end may not be
+   needed). Dropping covers every page it touches, however small: a model's weights are read
+   once per run, so keeping them resident would only grow the run's memory to the whole weight
+   file; and where the page cache holds the file in 2 MiB folios, reading a 1 KB bias maps its
+   whole 2 MiB. Dropping a page a later op reads costs that op a fault, never a wrong value
+   (sdc_map_drop). */
+static void advise_source(irun *r, const csrc *c, int advice) {
     if (advice == MADV_DONTNEED) {
-        sdc_csrc_drop(c);
+        sdc_csrc_drop(c, r->drops);
         return;
     }
     size_t bytes = sdc_csrc_bytes(c);
@@ -152,7 +157,8 @@ static void advise_source(const csrc *c, int advice) {
 }
 
 /* Before an op, its weights are mapped in with one call (faulting them in page by page costs
-   more); after it, their pages are dropped. Both are hints: failure changes nothing. */
+   more); after it, their pages join the run's drop batch. Both are hints: failure changes
+   nothing. */
 #ifdef MADV_POPULATE_READ
 #define ADVICE_POPULATE MADV_POPULATE_READ
 #else
@@ -162,15 +168,15 @@ static void advise_source(const csrc *c, int advice) {
 /* The same advice for every mapped constant op reads, through constexpr chains (advise_source
    leaves small ones out of mapping in); to map pages in, not for an input the op reads only in
    part (its pages fault in as it reads them). */
-static void advise_consts(const sdc_model *m, const iop *op, int advice) {
+static void advise_consts(irun *r, const iop *op, int advice) {
     const char *part = advice == ADVICE_POPULATE && op->def ? sdc_iop_reads_part(op->def->type) : NULL;
     for (int p = 0; p < op->n_params; p++) {
         if (part && !strcmp(op->params[p].name, part)) continue;
         for (int k = 0; k < op->params[p].n; k++) {
-            const islot *sl = &m->slots[op->params[p].slots[k]];
+            const islot *sl = &r->m->slots[op->params[p].slots[k]];
             if (sl->kind != SL_CONST || sl->val) continue;
-            if (sl->src.kind == CS_RAW) advise_source(&sl->src, advice);
-            else if (sl->src.kind == CS_CONSTEXPR) advise_consts(m, &m->ops[sl->src.op], advice); /* depth bounded at load */
+            if (sl->src.kind == CS_RAW) advise_source(r, &sl->src, advice);
+            else if (sl->src.kind == CS_CONSTEXPR) advise_consts(r, &r->m->ops[sl->src.op], advice); /* depth bounded at load */
         }
     }
 }
@@ -236,10 +242,11 @@ static sdc_status run_op(irun *r, int i) {
     r->op = op;
     r->flops = 0;
     r->rounded = false;
-    advise_consts(m, op, ADVICE_POPULATE);
+    advise_consts(r, op, ADVICE_POPULATE);
     sdc_status s = op->def->fn(r, op);
     free_temps(r);
-    advise_consts(m, op, MADV_DONTNEED);
+    advise_consts(r, op, MADV_DONTNEED);
+    if (r->drops->resident >= DROP_BATCH_BYTES) sdc_drop_batch_flush(r->drops);
     if (s) return s;
     for (int k = 0; k < op->n_out; k++) {
         int o = op->outs[k];
@@ -292,7 +299,8 @@ static sdc_status make_output(irun *r, int i, sdc_ndarray *o) {
 sdc_status sdc_model_predict(sdc_model *m, const sdc_ndarray *inputs, int n_inputs, sdc_ndarray **outputs, int *n_outputs,
                              char *errbuf, size_t err_size) {
     sdc_err err = {0};
-    irun r = {.m = m, .err = &err};
+    sdc_drop_batch drops = {0};
+    irun r = {.m = m, .err = &err, .drops = &drops};
     sdc_status s = SDC_OK;
     sdc_ndarray *outs = NULL;
     *outputs = NULL;
@@ -342,6 +350,7 @@ sdc_status sdc_model_predict(sdc_model *m, const sdc_ndarray *inputs, int n_inpu
     if (r.vals)
         for (int i = 0; i < m->n_slots; i++) sdc_it_free(r.vals[i]);
     free_temps(&r);
+    sdc_drop_batch_free(&drops);
     sdc_free(r.temps);
     sdc_free(r.vals);
     sdc_ibuf_trim();

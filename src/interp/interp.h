@@ -245,8 +245,10 @@ void sdc_csrc_read_f(const csrc *s, size_t first, size_t count, float *dst);
 void sdc_csrc_read_i(const csrc *s, size_t first, size_t count, int32_t *dst);
 /* The bytes a CS_RAW source's elements occupy. */
 size_t sdc_csrc_bytes(const csrc *s);
-/* Drops the pages of a mapped CS_RAW source (sdc_map_drop); nothing for one not mapped. */
-void sdc_csrc_drop(const csrc *s);
+/* Drops the pages of a mapped CS_RAW source (sdc_map_drop), now or, given a batch, with it;
+   nothing for one not mapped. */
+struct sdc_drop_batch;
+void sdc_csrc_drop(const csrc *s, struct sdc_drop_batch *later);
 
 /* ---------------------------------------------------------------- program */
 
@@ -373,6 +375,7 @@ struct irun {
     double flops; /* of the current op's matrix products (sdc_rt_flops) */
     uint64_t runtime_budget; /* bytes allowed an output sized by run-time data; 0 until needed (access.c) */
     bool rounded; /* set by a kernel that rounded its outputs to their dtype itself (in its last pass) */
+    struct sdc_drop_batch *drops; /* pages of weights read, to drop (exec.c) */
 };
 
 /* ---------------------------------------------------------------- accessors (access.c) */

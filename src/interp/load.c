@@ -653,7 +653,7 @@ sdc_status sdc_interp_decode_small(sdc_model *m, sdc_err *err) {
             }
             /* a copy now: with the file cached in 2 MiB folios, each small constant read would
                keep its 2 MiB mapped (SDXL's small constants: most of its 5 GB file) */
-            sdc_csrc_drop(&sl->src);
+            sdc_csrc_drop(&sl->src, NULL);
         } else {
             const iop *maker = &m->ops[sl->src.op];
             sdc_status st = maker->def->value(&r, maker, &t);

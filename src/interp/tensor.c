@@ -286,8 +286,10 @@ size_t sdc_csrc_bytes(const csrc *s) {
     return s->bits >= 8 ? s->n * (size_t)(s->bits / 8) : (s->n * (size_t)s->bits + 7) / 8;
 }
 
-void sdc_csrc_drop(const csrc *s) {
-    if (s->kind == CS_RAW && s->mapped) sdc_map_drop(s->ptr, sdc_csrc_bytes(s));
+void sdc_csrc_drop(const csrc *s, struct sdc_drop_batch *later) {
+    if (s->kind != CS_RAW || !s->mapped) return;
+    if (later) sdc_drop_batch_add(later, s->ptr, sdc_csrc_bytes(s));
+    else sdc_map_drop(s->ptr, sdc_csrc_bytes(s));
 }
 
 void sdc_csrc_read_f(const csrc *s, size_t first, size_t count, float *dst) {

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -62,11 +63,59 @@ sdc_status sdc_map_file(const char *path, size_t min_size, const char *header, b
     return st;
 }
 
+/* The whole pages touching [p, p + len). */
+static struct sdc_page_span touched_pages(const void *p, size_t len) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    return (struct sdc_page_span){(uintptr_t)p & ~(page - 1), ((uintptr_t)p + len + page - 1) & ~(page - 1)};
+}
+
 void sdc_map_drop(const void *p, size_t len) {
     if (!p || !len) return;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t begin = (uintptr_t)p & ~(page - 1), end = ((uintptr_t)p + len + page - 1) & ~(page - 1);
-    madvise((void *)begin, end - begin, MADV_DONTNEED);
+    struct sdc_page_span s = touched_pages(p, len);
+    madvise((void *)s.begin, s.end - s.begin, MADV_DONTNEED);
+}
+
+void sdc_drop_batch_add(sdc_drop_batch *b, const void *p, size_t len) {
+    if (!p || !len) return;
+    if (b->n == b->cap) {
+        int cap = b->cap ? 2 * b->cap : 256;
+        void *grown = b->cap < INT_MAX / 2 ? sdc_realloc(b->spans, (size_t)cap * sizeof *b->spans) : NULL;
+        if (!grown) {
+            sdc_map_drop(p, len);
+            return;
+        }
+        b->spans = grown;
+        b->cap = cap;
+    }
+    struct sdc_page_span s = touched_pages(p, len);
+    b->spans[b->n++] = s;
+    b->resident += ((s.end + SDC_MAP_FOLIO - 1) & ~(SDC_MAP_FOLIO - 1)) - (s.begin & ~(SDC_MAP_FOLIO - 1));
+}
+
+static int by_begin(const void *a, const void *b) {
+    uintptr_t x = ((const struct sdc_page_span *)a)->begin, y = ((const struct sdc_page_span *)b)->begin;
+    return (x > y) - (x < y);
+}
+
+void sdc_drop_batch_flush(sdc_drop_batch *b) {
+    if (b->n > 1) qsort(b->spans, (size_t)b->n, sizeof *b->spans, by_begin);
+    for (int i = 0; i < b->n;) {
+        struct sdc_page_span run = b->spans[i++];
+        /* only spans that overlap or touch: a gap between them may be another mapping (the heap) */
+        while (i < b->n && b->spans[i].begin <= run.end) {
+            if (b->spans[i].end > run.end) run.end = b->spans[i].end;
+            i++;
+        }
+        madvise((void *)run.begin, run.end - run.begin, MADV_DONTNEED);
+    }
+    b->n = 0;
+    b->resident = 0;
+}
+
+void sdc_drop_batch_free(sdc_drop_batch *b) {
+    sdc_drop_batch_flush(b);
+    sdc_free(b->spans);
+    *b = (sdc_drop_batch){0};
 }
 
 void sdc_unmap_file(sdc_mapped_file *f) {
