@@ -22,9 +22,10 @@ void sdc_unmap_file(sdc_mapped_file *f);
    mapping is private and read-only, so no value changes. */
 void sdc_map_drop(const void *p, size_t len);
 
-/* Page drops gathered so that one madvise covers the pages of many reads: each drop makes
-   every thread of the process flush its TLB, and per weight of a small model (the text
-   encoder's 72 products in 3 ms) that costs more than the products' page faults. */
+/* Page drops gathered so that one madvise covers the pages of many reads. Dropping each
+   weight's pages on its own splits the page cache's 2 MiB mappings at the weight's ends, so the
+   next weight on the same 2 MiB maps 4 kB at a time; and each drop flushes the TLB of every
+   thread of the process. */
 typedef struct sdc_drop_batch {
     struct sdc_page_span { uintptr_t begin, end; } *spans;
     int n, cap;
