@@ -133,7 +133,8 @@ static void free_temps(irun *r) {
    ones fault in as they are read). */
 #define POPULATE_MIN_BYTES ((size_t)64 << 10)
 /* The weights' pages a run leaves mapped before dropping them together: a bound of 64 MiB
-   on top of one op's weights. */
+   on top of one op's weights, each weight counted as the 2 MiB folios it touches (a 1 KB
+   bias counts 2 MiB), so a batch is dropped when it holds 64 MiB or less. */
 #define DROP_BATCH_BYTES ((size_t)64 << 20)
 
 /* madvise(advice) over a mapped constant's pages, or their drop added to the run's batch.

@@ -236,8 +236,9 @@ typedef struct csrc {
     int op;             /* CS_CONSTEXPR: index of the constexpr op */
     int depth;          /* CS_CONSTEXPR: constexpr ops in the chain ending here (bounded at load) */
     bool mapped;        /* CS_RAW: ptr lies in a private read-only file mapping (weight.bin,
-                           safetensors, a checkpoint), whose pages a run drops after the op that read
-                           them; never memory of the heap, which a drop would zero */
+                           safetensors, a checkpoint), whose pages a run drops once the op that read
+                           them is done (in batches, exec.c); never memory of the heap, which a
+                           drop would zero */
 } csrc;
 
 /* Decodes stored elements [first, first+count) of a CS_RAW source as float / int32. */

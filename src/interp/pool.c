@@ -5,7 +5,8 @@
    woken by its host), and a text encoder runs one loop every ~0.2 ms: with sleeps only, its 72
    products ran at 262 GFLOP/s on 2 threads, with the watching at 290. OpenBLAS's own threads do
    not compete: each BLAS call runs on one pool thread, and they are stopped
-   (sdc_igemm_set_threads). */
+   (sdc_igemm_set_threads). With more threads than cores (--threads), the watching costs at
+   most SPIN_SECONDS a loop. */
 #include "interp/interp.h"
 
 #include <pthread.h>

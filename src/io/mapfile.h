@@ -31,7 +31,8 @@ typedef struct sdc_drop_batch {
     int n, cap;
     size_t resident; /* a bound on what the spans keep mapped: each rounded out to SDC_MAP_FOLIO */
 } sdc_drop_batch;
-/* The largest page a file mapping uses here (a 2 MiB folio of the page cache, mapped whole). */
+/* The largest page a file mapping uses with 4 kB pages (x86-64, most arm64 Linux): a 2 MiB
+   folio of the page cache, mapped whole. */
 #define SDC_MAP_FOLIO ((uintptr_t)2 << 20)
 /* Adds [p, p + len) to the batch (dropped now if the batch cannot grow: still a hint). */
 void sdc_drop_batch_add(sdc_drop_batch *b, const void *p, size_t len);

@@ -662,8 +662,8 @@ static void watch_mapping(void *user, const char *what, uint64_t done, uint64_t 
     if (kb > w->max_kb) w->max_kb = kb;
 }
 
-/* A run drops the weights' pages it read in batches: at no point does it keep more than the
-   batch's 64 MiB plus one op's weights mapped, and after it nothing. 20 weights of 4 MiB, each
+/* A run drops the weights' pages it read in batches: after no op does it keep more than the
+   batch's 64 MiB plus one op's weights mapped, and after the run nothing. 20 weights of 4 MiB, each
    read by one op: without drops the run would end with all 80 MiB mapped. */
 static void test_run_drops_weights(const char *dir) {
     char path[512], wpath[700], err[1024];
