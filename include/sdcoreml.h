@@ -280,7 +280,10 @@ void sdc_ndarrays_free(sdc_ndarray *arrays, int n); /* frees names, data and the
    products (2·M·N·K for conv, matmul, linear, einsum and attention; 0 for other ops; a conv's
    are the direct sum's whatever the algorithm: a 3×3 convolution of 64×64 outputs and more runs
    by Winograd's F(2×2, 3×3), with 4/9 of those multiplications) and the number of ops run. "attention (fused)" is attention's product → softmax → product run as one.
-   Summed over every prediction since the model was loaded, in order of first appearance. */
+   SDC_PROFILE_DROPS is not an op: the drops of the pages of weights already read, made for
+   several ops' weights at once (calls: how many). Summed over every prediction since the model
+   was loaded, in order of first appearance. */
+#define SDC_PROFILE_DROPS "(drop of weights read)"
 typedef struct sdc_op_profile {
     const char *op_type;
     double seconds, flops;

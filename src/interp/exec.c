@@ -24,7 +24,7 @@ static sdc_status start_model(sdc_model *m, const sdc_model_options *opt, sdc_er
     if (n < 1) n = 1;
     sdc_igemm_set_threads(1); /* the pool's threads split every product (gemm.c) */
     m->pool = sdc_ipool_new(n);
-    m->prof = sdc_calloc((size_t)m->n_ops + 1, sizeof *m->prof); /* at most one row per op */
+    m->prof = sdc_calloc((size_t)m->n_ops + 2, sizeof *m->prof); /* at most one row per op, and the drops' */
     return m->pool && m->prof ? SDC_OK : sdc_fail(err, SDC_E_NOMEM, "out of memory");
 }
 
@@ -195,15 +195,27 @@ static void free_dead(irun *r, const iop *reader, int i) {
     }
 }
 
-/* Adds one op's time and work to its type's row (a handful of types: a linear search). */
-static void profile_add(sdc_model *m, const iop *op, double seconds, double flops) {
-    const char *type = op->fuse_first >= 0 ? op->def->type : op->type;
+/* Adds time and work to the row of `type` (a handful of types: a linear search). */
+static void profile_row(sdc_model *m, const char *type, double seconds, double flops) {
     int k = 0;
     while (k < m->n_prof && strcmp(m->prof[k].op_type, type)) k++;
     if (k == m->n_prof) m->prof[m->n_prof++].op_type = type;
     m->prof[k].seconds += seconds;
     m->prof[k].flops += flops;
     m->prof[k].calls++;
+}
+
+static void profile_add(sdc_model *m, const iop *op, double seconds, double flops) {
+    profile_row(m, op->fuse_first >= 0 ? op->def->type : op->type, seconds, flops);
+}
+
+/* Drops the pages of the weights read so far, in the profile's row of its own: they are
+   several ops' weights. */
+static void drop_read_weights(irun *r) {
+    if (!r->drops->n) return;
+    double t0 = sdc_now_seconds();
+    sdc_drop_batch_flush(r->drops);
+    profile_row(r->m, SDC_PROFILE_DROPS, sdc_now_seconds() - t0, 0);
 }
 
 int sdc_model_profile(const sdc_model *m, const sdc_op_profile **rows) {
@@ -247,7 +259,6 @@ static sdc_status run_op(irun *r, int i) {
     sdc_status s = op->def->fn(r, op);
     free_temps(r);
     advise_consts(r, op, MADV_DONTNEED);
-    if (r->drops->resident >= DROP_BATCH_BYTES) sdc_drop_batch_flush(r->drops);
     if (s) return s;
     for (int k = 0; k < op->n_out; k++) {
         int o = op->outs[k];
@@ -340,8 +351,10 @@ sdc_status sdc_model_predict(sdc_model *m, const sdc_ndarray *inputs, int n_inpu
     for (int i = 0; !s && i < m->n_ops; i++) {
         if (!is_computed(&m->ops[i])) continue;
         s = run_op(&r, i);
+        if (!s && drops.resident >= DROP_BATCH_BYTES) drop_read_weights(&r);
         if (m->progress && !s) m->progress(m->progress_user, what, ++done, total);
     }
+    drop_read_weights(&r);
     if (!s) {
         outs = sdc_calloc((size_t)m->n_outputs + 1, sizeof *outs);
         if (!outs) s = sdc_fail(&err, SDC_E_NOMEM, "out of memory");

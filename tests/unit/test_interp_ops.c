@@ -697,6 +697,13 @@ static void test_run_drops_weights(const char *dir) {
             for (int i = 0; i < N; i++) wrong += y[i] != want[i % 3];
             CHECK_MSG(!wrong, "%d of %d sums wrong", wrong, N);
             sdc_ndarrays_free(out, n_out);
+            /* the drops have a profile row: batches during the run and the last one after it, far
+               fewer than one per weight */
+            const sdc_op_profile *rows;
+            long long drops = 0;
+            for (int k = sdc_model_profile(m, &rows) - 1; k >= 0; k--)
+                if (!strcmp(rows[k].op_type, SDC_PROFILE_DROPS)) drops = rows[k].calls;
+            CHECK_MSG(drops >= 2 && drops <= WEIGHTS / 4, "%lld drops for %d weights of 4 MiB", drops, WEIGHTS);
             long after = mapping_rss_kb(wpath);
             if (after >= 0 && watch.max_kb >= 0) {
                 CHECK_MSG(watch.max_kb <= (64 + 4) * 1024, "%ld kB of the 80 MiB weight file mapped during the run", watch.max_kb);
