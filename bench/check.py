@@ -31,6 +31,8 @@ the header's sgemm peak and against the peak measured again right before each ru
 of a shared machine moves between runs; the median of those shares is the figure to read); without it, the convolutions', linears' and attention products' FLOPs of one
 PyTorch forward (forward hooks) over the interpreter's whole predict time — a lower bound of the
 GEMM kernels' own rate, since the predict time includes every other op. Each row says which.
+The profile's "(drop of weights read)" row, the time spent dropping the pages of weights already
+read (several ops' weights at a time), is no op's: it is printed beside the GEMM figure.
 
 Needs the test venv's python (torch, diffusers, transformers); nothing is asserted:
 
@@ -278,10 +280,17 @@ def has_profile(exe):
     return "--profile" in r.stdout
 
 
+# the profile's row for the drops of weights already read (sdcoreml.h: SDC_PROFILE_DROPS)
+DROPS_ROW = "(drop of weights read)"
+
+
 def gemm_rate(doc):
-    """(FLOPs, seconds) of the op types that did matrix products in the run's profile, or None."""
-    rows = [v for v in doc.get("profile", {}).values() if v.get("flops", 0) > 0]
-    return (sum(v["flops"] for v in rows), sum(v["seconds"] for v in rows)) if rows else None
+    """(FLOPs, seconds, seconds of the weights' page drops) of the op types that did matrix
+    products in the run's profile, or None."""
+    prof = doc.get("profile", {})
+    rows = [v for v in prof.values() if v.get("flops", 0) > 0]
+    drops = prof.get(DROPS_ROW, {}).get("seconds", 0.0)
+    return (sum(v["flops"] for v in rows), sum(v["seconds"] for v in rows), drops) if rows else None
 
 
 def interp_once(m, exe, work, precision, threads, profile):
@@ -372,10 +381,11 @@ def main():
                     # between runs, so each run's share is taken against its own moment's peak
                     near_peak = sgemm_peak(blas, threads) if blas else float("nan")
                     out, dt, gemm = interp_once(m, exe, work, p, threads, profile)
-                    e = res.setdefault(("eval", k, p), {"interp": [], "gemm": [], "share": []})
+                    e = res.setdefault(("eval", k, p), {"interp": [], "gemm": [], "share": [], "drops": []})
                     e["interp"].append(dt)
                     if gemm:
                         e["gemm"].append(gemm[0] / gemm[1] / 1e9)
+                        e["drops"].append(gemm[2])
                         e["share"].append(e["gemm"][-1] / near_peak)
                     last[(k, p)] = out
                     print(f"  run {i + 1}: {k} {p}: interpreter {dt:.2f} s", flush=True)
@@ -408,7 +418,8 @@ def main():
             if e["gemm"]:
                 gf = med(e["gemm"])
                 gemm = (f"GEMM ops (profile) {gf:.1f} GFLOP/s = {gf / peak:.0%} of the header's peak, "
-                        f"{med(e['share']):.0%} of the peak measured just before each run (median)")
+                        f"{med(e['share']):.0%} of the peak measured just before each run (median); "
+                        f"weights' page drops {med(e['drops']):.3f} s (not in the GEMM ops)")
             else:
                 gf = m.flops / it / 1e9
                 gemm = f"GEMM {m.flops / 1e9:.0f} GFLOP / whole predict = {gf:.1f} GFLOP/s = {gf / peak:.0%} of peak"
