@@ -131,8 +131,9 @@ static sdc_status open_blob_file(loader *L, const char *name, struct ifile **out
     if (!files) return sdc_fail(L->err, SDC_E_NOMEM, "out of memory");
     m->files = files;
     struct ifile *f = &m->files[m->n_files];
-    /* not populated: a run maps each op's weights in before the op and drops them after it
-       (exec.c), so memory holds one op's weights, not the file */
+    /* not populated: a run maps each op's weights in before the op and drops them in batches
+       after it (exec.c), so memory holds one op's weights and less than 64 MiB of those
+       already read, not the file */
     if ((st = sdc_blob_file_open(path, false, &f->blob, L->err))) return st;
     f->name = sdc_arena_strdup(&m->arena, name);
     if (!f->name) {
