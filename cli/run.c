@@ -57,7 +57,8 @@ static const sdc_cli_option RUN_OPTIONS[] = {
      .help = "output folder (created if missing)"},
     {.name = "--json", .store = SDC_CLI_TRUE, .offset = offsetof(run_args, json), .help = "print a JSON document instead of text"},
     {.name = "--profile", .store = SDC_CLI_TRUE, .offset = offsetof(run_args, profile),
-     .help = "time, matrix-product GFLOP/s (a convolution's at the direct sum's FLOPs) and calls per op type (with --json: a \"profile\" object)"},
+     .help = "time, matrix-product GFLOP/s (a convolution's at the direct sum's FLOPs) and calls per op type, and the time "
+             "spent dropping the pages of weights already read (with --json: a \"profile\" object)"},
     {.name = "--threads", .store = SDC_CLI_INT, .offset = offsetof(run_args, threads), .metavar = "N", .int_min = 1,
      .int_max = 1024, .help = "worker threads [one per CPU]"},
 };
