@@ -63,7 +63,7 @@ bool sdc_igemm_bcast_runs(void) { return sdc_cpu_avx512(); }
 
 bool sdc_igemm_bcast(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
                      int64_t ldc) {
-    if (!sdc_cpu_avx512()) return false;
+    if (!sdc_igemm_bcast_runs()) return false;
     if (K <= 0) { /* empty sums */
         for (int64_t i = 0; i < M; i++)
             for (int64_t j = 0; j < N; j++) C[i * ldc + j] = 0.0f;
